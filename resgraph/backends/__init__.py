@@ -1,0 +1,1 @@
+"""Back ends (PyTorch, ONNX, TensorRT) import their heavy libraries lazily, inside themselves."""

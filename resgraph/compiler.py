@@ -1,0 +1,68 @@
+"""The front half of the pipeline: YAML -> Spec -> Graph -> resolved, shaped, Ws inserted, verified.
+
+    load_spec ─▶ expand ─▶ resolve_ops ─▶ infer_shapes ─▶ insert_shortcuts ─▶ verify
+                                                                              └▶ lint (warnings)
+Each stage reports every problem it finds; a stage with errors ends the run (later stages would only
+repeat them). Torch, ONNX and TensorRT are never imported here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import Diagnostic, Diagnostics
+from .ir import Graph, expand
+from .ops.count import totals
+from .passes import infer_shapes, insert_shortcuts, lint, resolve_ops, verify
+from .spec import Spec, load_spec, parse_spec
+
+
+@dataclass(frozen=True)
+class Checked:
+    spec: Spec
+    graph: Graph
+    params: int
+    macs: int
+    warnings: tuple[Diagnostic, ...]
+
+    def to_json(self) -> dict:
+        g = self.graph
+        return {"name": g.name,
+                "input": {"name": g.input_name, "shape": list(g.nodes[0].shape)},
+                "output": {"name": g.output_name, "shape": list(g[g.output].shape)},
+                "params": self.params, "macs": self.macs,
+                "projections": [p.to_json() for p in g.projections],
+                "warnings": [w.to_json() for w in self.warnings]}
+
+
+def check_file(path: str) -> Checked:
+    return check_spec(load_spec(path))
+
+
+def check_text(text: str, file: str = "<spec>") -> Checked:
+    return check_spec(parse_spec(text, file))
+
+
+def check_spec(spec: Spec) -> Checked:
+    g = expand(spec)
+    g = resolve_ops(g)
+    g = infer_shapes(g)
+    g = insert_shortcuts(g)
+    _check_io(spec, g)
+    verify(g)
+    params, macs = totals(g)
+    return Checked(spec, g, params, macs, tuple(lint(g)))
+
+
+def _check_io(spec: Spec, g: Graph) -> None:
+    """What the spec says about its input and output must fit the inferred shapes."""
+    d = Diagnostics()
+    out = g[g.output].shape
+    if spec.labels is not None and (len(out) != 1 or out[0] != len(spec.labels)):
+        d.error(spec.labels_loc, f"{len(spec.labels)} labels for an output of shape [{', '.join(map(str, out))}]",
+                "give one label per output class")
+    c = spec.input_shape[0]
+    for k in ("mean", "std"):
+        if k in spec.preprocess and len(spec.preprocess[k]) != c:
+            d.error(spec.preprocess[k + "_loc"], f"preprocess.{k} has {len(spec.preprocess[k])} values for {c} input channels",
+                    "one value per channel")
+    d.raise_if_any()

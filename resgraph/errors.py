@@ -1,0 +1,85 @@
+"""One error type for everything a user can cause.
+
+A `Diagnostic` is one problem at one place in one file; a `SpecError` carries
+every diagnostic found in a run (a compiler reports them all, not the first).
+Internal invariants are plain asserts, never a SpecError.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Loc:
+    """A place in a source file; line and column are 1-based like every compiler's."""
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+NOWHERE = Loc("<unknown>", 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    loc: Loc
+    message: str
+    hint: str = ""
+    severity: str = "error"   # "error" | "warning"
+    span: int = 1             # how many characters to underline
+
+    def to_json(self) -> dict:
+        return {"file": self.loc.file, "line": self.loc.line, "column": self.loc.col,
+                "message": self.message, "hint": self.hint}
+
+
+class SpecError(Exception):
+    """Everything wrong with a spec, in source order. file/line/column/message/hint are the first's."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        assert diagnostics, "a SpecError needs at least one diagnostic"
+        self.diagnostics = sorted(diagnostics, key=lambda d: (d.loc.file, d.loc.line, d.loc.col))
+        first = self.diagnostics[0]
+        self.file, self.line, self.column = first.loc.file, first.loc.line, first.loc.col
+        self.message, self.hint = first.message, first.hint
+        super().__init__("\n".join(f"{d.loc}: {d.severity}: {d.message}" for d in self.diagnostics))
+
+
+@dataclass
+class Diagnostics:
+    """Collects problems during a phase; `raise_if_any` ends the phase if there were errors."""
+    errors: list[Diagnostic] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)
+    limit: int = 200   # past this many, a spec is noise: stop collecting
+
+    def error(self, loc: Loc, message: str, hint: str = "", span: int = 1) -> None:
+        d = Diagnostic(loc, message, hint, "error", span)
+        # a block expanded n times reports its mistakes once
+        if len(self.errors) < self.limit and d not in self.errors[-64:]:
+            self.errors.append(d)
+
+    def warn(self, loc: Loc, message: str, hint: str = "") -> None:
+        d = Diagnostic(loc, message, hint, "warning")
+        if d not in self.warnings[-64:]:
+            self.warnings.append(d)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise SpecError(self.errors)
+
+
+def did_you_mean(word: str, choices, what: str = "") -> str:
+    """'did you mean 'conv'?' for a near miss, else the list of valid choices (short lists only)."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    if not choices:
+        return ""
+    if len(choices) <= 12:
+        return f"valid {what or 'choices'}: " + ", ".join(choices)
+    return f"valid {what or 'choices'} include: " + ", ".join(choices[:12]) + ", ..."

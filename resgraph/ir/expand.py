@@ -1,0 +1,277 @@
+"""Spec -> Graph: blocks, repeats, `first`, $vars and edges resolved; every node gets a path and a line.
+
+Naming (stable across compiles, so checkpoints keep loading):
+- an entry with `id: x` is `<scope>.x`; without one it is `<op><k>`, k counting that op in its
+  scope from 1 (conv1, bn1, relu1, conv2, ... as in torchvision), skipping names taken by ids;
+- `repeat: n` makes `<name>.0` ... `<name>.<n-1>`; referring to `<name>` means the last copy;
+- a residual block at path P is: body nodes `P.*`, the add `P` itself, and `P.post`.
+
+References (`in:`, `from:`) name an id of the current scope, `<id>.<i>` for one copy of a repeat,
+or `input` (the network's input at top level, the block's input inside a block). A reference to
+a later entry is an error: a cycle if that entry depends on this one, else a forward reference.
+"""
+from __future__ import annotations
+
+import graphlib
+from dataclasses import dataclass, field
+
+from ..errors import Diagnostics, Loc, SpecError, did_you_mean
+from ..limits import MAX_NODES, MAX_REPEAT
+from ..spec import expr as ex
+from ..spec.model import Entry, Residual, Spec
+from ..spec.yamlsrc import Y
+from .graph import INPUT, Graph, Node, freeze
+
+
+class _Abort(Exception):
+    pass
+
+
+@dataclass
+class _Scope:
+    prefix: str                      # "" at top level, "layer2.0." inside a block instance
+    env: dict                        # vars + block args
+    input: str                       # path of this scope's input
+    ids: dict[str, str] = field(default_factory=dict)       # id (or id.i) -> output path
+    declared: dict[str, int] = field(default_factory=dict)  # explicit id -> entry index
+    auto: set[str] = field(default_factory=set)             # automatic names (not referable)
+    index: int = 0                                          # the entry being expanded
+
+
+@dataclass
+class _Ref:
+    node: int          # index into nodes
+    slot: int          # index into inputs
+    name: str
+    loc: Loc
+    scope: _Scope
+
+
+def expand(spec: Spec) -> Graph:
+    return _Expander(spec).run()
+
+
+class _Expander:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.d = Diagnostics()
+        self.nodes: list[Node] = []
+        self.pending: list[_Ref] = []        # forward references, resolved after their scope
+        self.forward: list[_Ref] = []
+        self.stack: list[str] = []           # block names being expanded (a block may not call itself)
+
+    def run(self) -> Graph:
+        s = self.spec
+        self.nodes.append(Node(INPUT, "input", freeze({}), (), s.input_loc, shape=s.input_shape))
+        top = _Scope("", dict(s.vars), INPUT)
+        try:
+            out = self.entries(s.layers, top)
+        except _Abort:
+            raise SpecError(self.d.errors) from None
+        self.check_forward()
+        self.d.raise_if_any()
+        return Graph(s.name, tuple(self.nodes), out, s.input_name, s.output_name, meta=freeze({"spec": s}))
+
+    # -- scopes ---------------------------------------------------------------------------------
+    def entries(self, entries: tuple[Entry, ...], scope: _Scope) -> str:
+        names = self.names(entries, scope)
+        prev = scope.input
+        mark = len(self.pending)
+        for i, (e, name) in enumerate(zip(entries, names)):
+            scope.index = i
+            main = prev
+            if e.in_ is not None:
+                main = self.ref(e.in_.value, e.in_.loc, scope, len(self.nodes), 0)
+            prev = self.entry(e, scope.prefix + name, name, scope, main, e.id is not None)
+            if e.id is not None:
+                scope.ids[e.id.value] = prev
+        # forward references of this scope can be resolved now that every id in it is known
+        for r in self.pending[mark:]:
+            if r.name in r.scope.ids:
+                node = self.nodes[r.node]
+                ins = list(node.inputs)
+                ins[r.slot] = r.scope.ids[r.name]
+                self.nodes[r.node] = node.with_(inputs=tuple(ins))
+                self.forward.append(r)
+            else:
+                self.dangling(r.name, r.loc, r.scope)
+        del self.pending[mark:]
+        return prev
+
+    def names(self, entries, scope: _Scope) -> list[str]:
+        first_loc: dict[str, Loc] = {}
+        for i, e in enumerate(entries):
+            if e.id is not None:
+                v = e.id.value
+                if v in first_loc:
+                    self.d.error(e.id.loc, f"duplicate id '{v}' (first used at line {first_loc[v].line})",
+                                 "ids must be unique in their scope; rename one", span=len(v))
+                else:
+                    first_loc[v] = e.id.loc
+                    scope.declared[v] = i
+        counters: dict[str, int] = {}
+        names = []
+        for e in entries:
+            if e.id is not None:
+                names.append(e.id.value)
+                continue
+            k = counters.get(e.kind, 0) + 1
+            while f"{e.kind}{k}" in first_loc:
+                k += 1
+            counters[e.kind] = k
+            names.append(f"{e.kind}{k}")
+            scope.auto.add(names[-1])
+        return names
+
+    # -- references -----------------------------------------------------------------------------
+    def ref(self, name, loc: Loc, scope: _Scope, node: int, slot: int) -> str:
+        if not isinstance(name, str):
+            self.d.error(loc, f"a reference must be an id, got {name!r}", "e.g. in: stem  or  from: [input]")
+            return scope.input
+        if name == "input":
+            return scope.input
+        if name in scope.ids:
+            return scope.ids[name]
+        base = name.split(".")[0]
+        if scope.declared.get(base, -1) >= scope.index:
+            if base == name:
+                # resolved when the scope ends, then reported as a cycle or a forward reference
+                self.pending.append(_Ref(node, slot, name, loc, scope))
+                return "\0pending"
+        self.dangling(name, loc, scope)
+        return scope.input
+
+    def dangling(self, name: str, loc: Loc, scope: _Scope) -> None:
+        if name in scope.auto:
+            hint = f"'{name}' is an automatic name; give that entry 'id: {name}' to refer to it"
+        else:
+            hint = did_you_mean(name, list(scope.ids) + ["input"], "ids") or "refer to an 'id' defined earlier in this scope"
+        where = f"in '{scope.prefix[:-1]}'" if scope.prefix else "at top level"
+        self.d.error(loc, f"unknown id '{name}' ({where})", hint, span=len(name))
+
+    def check_forward(self) -> None:
+        if not self.forward:
+            return
+        cycle: set[str] = set()
+        try:
+            graphlib.TopologicalSorter({n.path: n.inputs for n in self.nodes}).prepare()
+        except graphlib.CycleError as e:
+            cycle = set(e.args[1])
+        for r in self.forward:
+            src = self.nodes[r.node].path
+            if src in cycle or self.nodes[r.node].inputs[r.slot] == src:
+                chain = " -> ".join(e for e in sorted(cycle)) if cycle else src
+                self.d.error(r.loc, f"cycle: '{src}' depends on '{r.name}', which depends on '{src}'",
+                             f"a network is acyclic; the cycle runs through: {chain}", span=len(r.name))
+            else:
+                self.d.error(r.loc, f"forward reference to '{r.name}', which is defined later",
+                             f"move the entry with id '{r.name}' before this one", span=len(r.name))
+
+    # -- entries --------------------------------------------------------------------------------
+    def count(self, e: Entry, n: int = 1) -> None:
+        if len(self.nodes) + n > MAX_NODES:
+            self.d.error(e.loc, f"the network expands to more than {MAX_NODES:,} nodes",
+                         "check repeat counts, especially repeats inside repeated blocks")
+            raise _Abort
+
+    def value(self, y: Y, env: dict):
+        if ex.is_expr(y.value):
+            try:
+                return ex.evaluate(y.value, env)
+            except ex.ExprError as err:
+                self.d.error(Loc(y.loc.file, y.loc.line, y.loc.col + err.offset), err.message, err.hint)
+                return None
+        return y.value
+
+    def entry(self, e: Entry, path: str, name: str, scope: _Scope, main: str, named: bool) -> str:
+        n = 1
+        if e.repeat is not None:
+            n = self.value(e.repeat, scope.env)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REPEAT:
+                self.d.error(e.repeat.loc, f"repeat must be an integer from 1 to {MAX_REPEAT:,}, got {n!r}",
+                             "repeat is a count of sequential copies")
+                n = 1
+            self.count(e, n)
+        out = main
+        for k in range(n):
+            copy = f"{path}.{k}" if e.repeat is not None else path
+            out = self.one(e, copy, scope, out if k else main, first=(k == 0))
+            if e.repeat is not None and named:
+                scope.ids[f"{name}.{k}"] = out
+        return out
+
+    def one(self, e: Entry, path: str, scope: _Scope, main: str, first: bool) -> str:
+        args = dict(e.args)
+        if first and e.first:
+            args.update(e.first)
+        if e.kind in self.spec.blocks:
+            return self.block(e, path, scope, main, args)
+        if e.kind == "residual":
+            inner = _Scope(path + ".", scope.env, main)
+            return self.residual(e.residual, path, inner, main)
+        return self.op(e, path, scope, main, args)
+
+    def op(self, e: Entry, path: str, scope: _Scope, main: str, given: dict[str, Y]) -> str:
+        self.count(e)
+        args = dict(self.spec.defaults.get(e.kind, {}))
+        args.update(given)
+        values, locs, inputs = {}, {}, [main]
+        for k, y in args.items():
+            locs[k] = y.loc
+            if k == "from":
+                refs = y.value if y.is_list else [y]
+                for j, r in enumerate(refs):
+                    if not isinstance(r.value, str):
+                        self.d.error(r.loc, f"'from' lists ids, got {r.value!r}", "e.g. from: [input]")
+                        continue
+                    inputs.append(self.ref(r.value, r.loc, scope, len(self.nodes), len(inputs)))
+                values["from"] = tuple(inputs[1:])
+                continue
+            values[k] = self.value(y, scope.env)
+        self.nodes.append(Node(path, e.kind, freeze(values), tuple(inputs), e.loc, freeze(locs)))
+        return path
+
+    def block(self, e: Entry, path: str, scope: _Scope, main: str, given: dict[str, Y]) -> str:
+        b = self.spec.blocks[e.kind]
+        if e.kind in self.stack:
+            self.d.error(e.loc, f"block '{e.kind}' uses itself (through {' -> '.join(self.stack + [e.kind])})",
+                         "a block cannot contain itself; blocks form no cycles")
+            return main
+        env = dict(self.spec.vars)
+        for k, y in given.items():
+            if k not in b.args:
+                self.d.error(y.loc, f"unknown argument '{k}' for block '{b.name}'",
+                             did_you_mean(k, b.args, "arguments") or f"block '{b.name}' takes no arguments", span=len(k))
+                continue
+            env[k] = self.value(y, scope.env)
+        for k, default in b.args.items():
+            if k not in given:
+                if default is None:
+                    self.d.error(e.loc, f"block '{b.name}' needs argument '{k}'",
+                                 f"pass it: - {b.name}: {{{k}: ...}}  (defined at line {b.loc.line})", span=len(e.kind))
+                    env[k] = None
+                else:
+                    env[k] = self.value(default, self.spec.vars)
+        inner = _Scope(path + ".", env, main)
+        self.stack.append(e.kind)
+        try:
+            if b.residual is not None:
+                return self.residual(b.residual, path, inner, main)
+            return self.entries(b.layers, inner)
+        finally:
+            self.stack.pop()
+
+    def residual(self, r: Residual, path: str, scope: _Scope, main: str) -> str:
+        first_body = len(self.nodes)
+        body = self.entries(r.layers, scope) if r.layers else main
+        for i in range(first_body, len(self.nodes)):
+            if not self.nodes[i].block:
+                self.nodes[i] = self.nodes[i].with_(block=path, role="body")
+        self.count(Entry("residual", r.loc, {}))
+        args = {"from": (main,), **({"shortcut": r.shortcut} if r.shortcut else {})}
+        self.nodes.append(Node(path, "add", freeze(args), (body, main), r.loc, block=path, role="add"))
+        if r.post is None:
+            return path
+        out = self.entry(r.post, path + ".post", "post", scope, path, False)
+        self.nodes[-1] = self.nodes[-1].with_(block=path, role="post")
+        return out

@@ -1,0 +1,114 @@
+"""The IR: frozen nodes in topological order. Rewrites build new graphs; nothing mutates one.
+
+A Graph prints itself as readable Python, one line per node, with its shape and source line:
+
+    def resnet18(image: f32[3, 224, 224]):
+        conv1 = conv(image, out=64, kernel=7, stride=2)      # [64, 112, 112]  resnet18.yaml:20
+        ...
+        return fc
+"""
+from __future__ import annotations
+
+import graphlib
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Mapping
+
+from ..errors import Loc
+
+INPUT = "input"   # the path of the graph's input node
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    path: str                         # hierarchical, dot-separated: layer2.0.conv1
+    op: str
+    args: Mapping[str, object]        # read-only
+    inputs: tuple[str, ...]           # paths; the main input first, then `from` inputs
+    loc: Loc
+    argloc: Mapping[str, Loc] = field(default_factory=lambda: MappingProxyType({}))
+    shape: tuple[int, ...] | None = None
+    inserted: bool = False            # added by a pass (a shortcut projection), not written by the user
+    block: str = ""                   # the residual block path this node belongs to ("" if none)
+    role: str = ""                    # body | add | post | shortcut inside a residual block
+
+    def with_(self, **changes) -> "Node":
+        return replace(self, **changes)
+
+
+def freeze(d: dict) -> Mapping:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One inserted Ws, as reported by check, the summary and ONNX metadata."""
+    at: str                 # the path of the add
+    kind: str               # conv1x1 | linear | zeropad | avgpool_conv1x1
+    from_shape: tuple[int, ...]
+    to_shape: tuple[int, ...]
+    stride: int
+    params: int
+    edge: str               # the path of the input that was projected
+    nodes: tuple[str, ...]  # inserted node paths
+
+    def to_json(self) -> dict:
+        return {"at": self.at, "kind": self.kind, "from": list(self.from_shape), "to": list(self.to_shape),
+                "stride": self.stride, "params": self.params}
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    nodes: tuple[Node, ...]           # topological order; nodes[0] is the input
+    output: str                       # path of the output node
+    input_name: str = "input"
+    output_name: str = "output"
+    projections: tuple[Projection, ...] = ()
+    meta: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self):
+        object.__setattr__(self, "_index", {n.path: n for n in self.nodes})
+
+    def __getitem__(self, path: str) -> Node:
+        return self._index[path]
+
+    def __contains__(self, path: str) -> bool:
+        return path in self._index
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def replace(self, **changes) -> "Graph":
+        return replace(self, **changes)
+
+    def users(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n.path: [] for n in self.nodes}
+        for n in self.nodes:
+            for i in n.inputs:
+                out[i].append(n.path)
+        return out
+
+    def __str__(self) -> str:
+        py = {n.path: n.path.replace(".", "_") if n.path != INPUT else self.input_name for n in self.nodes}
+        x = self.nodes[0]
+        lines = [f"def {self.name.replace('-', '_')}({py[INPUT]}: f32{_shape(x.shape)}):"]
+        for n in self.nodes[1:]:
+            ins = ", ".join(py[i] for i in n.inputs)
+            args = "".join(f", {k}={v!r}" for k, v in n.args.items() if k != "from" and v is not None)
+            call = f"    {py[n.path]} = {n.op}({ins}{args})"
+            note = ("  (inserted Ws)" if n.inserted else "")
+            lines.append(f"{call:<72} # {_shape(n.shape)}  {n.loc.file.rsplit('/', 1)[-1]}:{n.loc.line}{note}")
+        lines.append(f"    return {py[self.output]}")
+        return "\n".join(lines)
+
+
+def _shape(s) -> str:
+    return "[" + ", ".join(map(str, s)) + "]" if s is not None else "[?]"
+
+
+def topological(nodes: list[Node]) -> list[Node]:
+    """Stable topological order (graphlib); raises graphlib.CycleError on a cycle."""
+    ts = graphlib.TopologicalSorter({n.path: n.inputs for n in nodes})
+    order = {p: i for i, p in enumerate(ts.static_order())}
+    return sorted(nodes, key=lambda n: order[n.path])

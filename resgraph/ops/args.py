@@ -1,0 +1,106 @@
+"""Argument kinds of the op table. Each `Arg.check` returns the cleaned value or raises ArgError."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REQUIRED = object()
+
+from ..limits import MAX_CHANNELS, MAX_KERNEL
+
+
+class ArgError(Exception):
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+@dataclass(frozen=True)
+class Arg:
+    kind: str                       # int | float | bool | choice | padding | ids
+    default: object = REQUIRED
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple = ()
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def check(self, name: str, value):
+        k = self.kind
+        if k == "int":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise ArgError(f"'{name}' must be an integer, got {value!r}", _range_hint(self))
+            value = int(value)
+            return _bounded(self, name, value)
+        if k == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ArgError(f"'{name}' must be a number, got {value!r}", _range_hint(self))
+            return _bounded(self, name, float(value))
+        if k == "bool":
+            if not isinstance(value, bool):
+                raise ArgError(f"'{name}' must be true or false, got {value!r}")
+            return value
+        if k == "choice":
+            if value not in self.choices:
+                from ..errors import did_you_mean
+                raise ArgError(f"'{name}' must be one of {', '.join(map(str, self.choices))}; got {value!r}",
+                               did_you_mean(str(value), map(str, self.choices)))
+            return value
+        if k == "padding":
+            if value in ("same", "valid"):
+                return value
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ArgError(f"'{name}' must be 'same', 'valid' or a non-negative integer, got {value!r}",
+                               "'same' keeps the size (divided by the stride); 'valid' pads nothing")
+            return _bounded(self, name, value)
+        if k == "ids":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise ArgError(f"'{name}' must be a list of ids, got {value!r}", "for example: from: [input] or from: [stem, layer1]")
+            return tuple(value)
+        raise AssertionError(f"unknown arg kind {k}")
+
+
+def _range_hint(a: Arg) -> str:
+    if a.lo is not None and a.hi is not None:
+        return f"expected a value from {a.lo:g} to {a.hi:g}"
+    if a.lo is not None:
+        return f"expected a value >= {a.lo:g}"
+    return ""
+
+
+def _bounded(a: Arg, name: str, value):
+    if a.lo is not None and value < a.lo:
+        raise ArgError(f"'{name}' must be >= {a.lo:g}, got {value:g}",
+                       "sizes are positive" if a.lo == 1 else _range_hint(a))
+    if a.hi is not None and value > a.hi:
+        raise ArgError(f"'{name}' = {value:g} exceeds the limit of {a.hi:g}",
+                       "that is far beyond any real network; check for a typo or a runaway expression")
+    return value
+
+
+def Int(default=REQUIRED, lo=1, hi=MAX_CHANNELS, doc=""):
+    return Arg("int", default, lo, hi, doc=doc)
+
+
+def Float(default=REQUIRED, lo=None, hi=None, doc=""):
+    return Arg("float", default, lo, hi, doc=doc)
+
+
+def Bool(default=REQUIRED, doc=""):
+    return Arg("bool", default, doc=doc)
+
+
+def Choice(*choices, default=REQUIRED, doc=""):
+    return Arg("choice", default, choices=tuple(choices), doc=doc)
+
+
+def Padding(default="same", doc=""):
+    return Arg("padding", default, 0, MAX_KERNEL, doc=doc)
+
+
+def Ids(doc=""):
+    return Arg("ids", REQUIRED, doc=doc)

@@ -1,0 +1,268 @@
+"""The op table: one row per op — its arguments, shape rule, parameter and MAC counts.
+
+Shapes exclude the batch dimension: [C, H, W] for feature maps, [F] for vectors.
+Every rule is a pure function (args, input shapes) -> output shape that raises
+ShapeError with the offending equation, in the manner of a type checker.
+Back ends read `OPS[op]` and never re-derive a shape.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..limits import MAX_CHANNELS, MAX_KERNEL, MAX_SCALE, MAX_SPATIAL
+from .args import Arg, Bool, Choice, Float, Ids, Int, Padding
+
+Shape = tuple[int, ...]
+MAX_LAYER_PARAMS = 1 << 32   # 4.3e9 parameters in one layer is a typo, not a network
+MAX_ELEMENTS = 1 << 31       # elements of one activation per sample
+
+
+class ShapeError(Exception):
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    args: dict[str, Arg]
+    shape: Callable[[dict, list[Shape]], Shape]
+    params: Callable[[dict, list[Shape], Shape], int] = lambda a, i, o: 0
+    macs: Callable[[dict, list[Shape], Shape], int] = lambda a, i, o: 0
+    variadic: bool = False       # takes `from:` extra inputs (add, concat)
+    user: bool = True            # False: only passes insert it
+    doc: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def fmt(shape) -> str:
+    return "[" + ", ".join(map(str, shape)) + "]"
+
+
+# --- shape helpers --------------------------------------------------------------------------
+
+def _map(op: str, x: Shape) -> Shape:
+    if len(x) != 3:
+        hint = "this op works on feature maps [C, H, W]"
+        raise ShapeError(f"{op} expects a feature map [C, H, W], got {fmt(x)}", hint)
+    return x
+
+
+def _same_total(k: int, d: int) -> int:
+    return d * (k - 1)
+
+
+def spatial(n: int, k: int, s: int, d: int, padding, ceil_mode: bool = False) -> tuple[int, str]:
+    """Output length along one axis, and the equation that produced it (for error messages).
+
+    same:  out = ceil(n / s)                (total padding d*(k-1), begin = total // 2)
+    int p: out = floor((n + 2p - d*(k-1) - 1) / s) + 1   (ceil instead of floor in ceil_mode,
+           but the last window must start inside the input, as in PyTorch)
+    """
+    if padding == "same":
+        return -(-n // s), f"ceil({n} / {s})"
+    p = 0 if padding == "valid" else padding
+    num = n + 2 * p - d * (k - 1) - 1
+    if ceil_mode:
+        out = -(-num // s) + 1
+        if out > 0 and (out - 1) * s >= n + p:
+            out -= 1
+        return out, f"ceil(({n} + 2*{p} - {d}*({k}-1) - 1) / {s}) + 1"
+    return (num // s + 1 if num >= 0 else num // s + 1), f"floor(({n} + 2*{p} - {d}*({k}-1) - 1) / {s}) + 1"
+
+
+def _spatial_out(op: str, a: dict, x: Shape, k: int, s: int, d: int, ceil_mode=False) -> tuple[int, int]:
+    _, h, w = x
+    out = []
+    for axis, n in (("H", h), ("W", w)):
+        o, eq = spatial(n, k, s, d, a["padding"], ceil_mode)
+        if o < 1:
+            raise ShapeError(f"{op} output {axis} collapses to {o}: {eq} = {o} for input {fmt(x)}",
+                             "the input is smaller than the kernel; use padding: same, a smaller kernel or stride, "
+                             "or a larger input")
+        out.append(o)
+    return out[0], out[1]
+
+
+def _pad_ok(op: str, a: dict, k: int):
+    p = a["padding"]
+    if isinstance(p, int) and not isinstance(p, bool) and p > k // 2 and op.endswith("pool"):
+        raise ShapeError(f"{op} padding {p} is more than half the kernel {k}",
+                         "PyTorch and ONNX require padding <= kernel // 2 for pooling")
+
+
+def _elements(shape: Shape, op: str) -> Shape:
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise ShapeError(f"{op} output {fmt(shape)} has {n:.2e} elements per sample",
+                         f"the limit is {MAX_ELEMENTS:.1e}; check sizes and upsampling scales")
+    for d in shape[1:] if len(shape) == 3 else ():
+        if d > MAX_SPATIAL:
+            raise ShapeError(f"{op} output {fmt(shape)} is larger than {MAX_SPATIAL} pixels per side",
+                             "check upsampling scales")
+    return shape
+
+
+def _layer_params(op: str, n: int) -> int:
+    if n > MAX_LAYER_PARAMS:
+        raise ShapeError(f"{op} would have {n:.2e} parameters in one layer",
+                         f"the limit is {MAX_LAYER_PARAMS:.1e}; check 'out' and the input size")
+    return n
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+def conv_shape(a, ins):
+    c, h, w = _map("conv", ins[0])
+    g = a["groups"]
+    if c % g or a["out"] % g:
+        raise ShapeError(f"conv groups={g} must divide both in channels {c} and out channels {a['out']}",
+                         "choose groups as a common divisor, e.g. groups: 1 or groups: in channels (depthwise)")
+    ho, wo = _spatial_out("conv", a, ins[0], a["kernel"], a["stride"], a["dilation"])
+    _layer_params("conv", conv_params(a, ins, None))
+    return _elements((a["out"], ho, wo), "conv")
+
+
+def conv_params(a, ins, out):
+    c = ins[0][0]
+    return a["out"] * (c // a["groups"]) * a["kernel"] ** 2 + (a["out"] if a["bias"] else 0)
+
+
+def conv_macs(a, ins, out):
+    return math.prod(out) * (ins[0][0] // a["groups"]) * a["kernel"] ** 2
+
+
+def pool_shape(op):
+    def rule(a, ins):
+        c, _, _ = _map(op, ins[0])
+        k = a["kernel"]
+        s = a["stride"] or k
+        _pad_ok(op, a, k)
+        ho, wo = _spatial_out(op, a, ins[0], k, s, 1, a.get("ceil_mode", False))
+        return (c, ho, wo)
+    return rule
+
+
+def unchanged(a, ins):
+    return ins[0]
+
+
+def bn_shape(a, ins):
+    if len(ins[0]) not in (1, 3):
+        raise ShapeError(f"bn expects [C, H, W] or [F], got {fmt(ins[0])}")
+    return ins[0]
+
+
+def linear_shape(a, ins):
+    x = ins[0]
+    if len(x) != 1:
+        raise ShapeError(f"linear expects a vector [F], got the feature map {fmt(x)}",
+                         "add flatten (or global_avgpool then flatten) before the linear layer")
+    _layer_params("linear", x[0] * a["out"])
+    return (a["out"],)
+
+
+def linear_params(a, ins, out):
+    return ins[0][0] * a["out"] + (a["out"] if a["bias"] else 0)
+
+
+def flatten_shape(a, ins):
+    return _elements((math.prod(ins[0]),), "flatten")
+
+
+def global_pool_shape(a, ins):
+    c, _, _ = _map("global_avgpool", ins[0])
+    return (c, 1, 1)
+
+
+def add_shape(a, ins):
+    # The main input fixes the shape; insert_shortcuts makes the others match and the verifier checks it.
+    return ins[0]
+
+
+def concat_shape(a, ins):
+    first = ins[0]
+    for other in ins[1:]:
+        if len(other) != len(first) or other[1:] != first[1:]:
+            raise ShapeError(
+                f"concat needs equal shapes except channels: {' ++ '.join(fmt(s) for s in ins)}",
+                "concat does no shortcut handling; resample the inputs to the same H and W first")
+    c = sum(s[0] for s in ins)
+    if c > MAX_CHANNELS:
+        raise ShapeError(f"concat output has {c} channels, over the limit of {MAX_CHANNELS}")
+    return _elements((c,) + first[1:], "concat")
+
+
+def upsample_shape(a, ins):
+    c, h, w = _map("upsample", ins[0])
+    return _elements((c, h * a["scale"], w * a["scale"]), "upsample")
+
+
+def project_shape(a, ins):
+    x = ins[0]
+    if len(x) == 1:
+        if a["stride"] != 1:
+            raise ShapeError(f"project on a vector {fmt(x)} cannot have stride {a['stride']}", "remove stride")
+        _layer_params("project", x[0] * a["out"])
+        return (a["out"],)
+    c, h, w = _map("project", x)
+    return (a["out"], -(-h // a["stride"]), -(-w // a["stride"]))
+
+
+def project_params(a, ins, out):
+    x = ins[0]
+    return x[0] * a["out"] + (2 * a["out"] if len(x) == 3 else 0)
+
+
+def project_macs(a, ins, out):
+    return math.prod(out) * ins[0][0]
+
+
+def zeropad_shape(a, ins):
+    x = ins[0]
+    if len(x) == 1:
+        return (a["out"],)
+    return (a["out"], -(-x[1] // a["stride"]), -(-x[2] // a["stride"]))
+
+
+_ACT = "elementwise; shape unchanged"
+
+OPS: dict[str, OpDef] = {op.name: op for op in [
+    OpDef("conv", {"out": Int(), "kernel": Int(hi=MAX_KERNEL), "stride": Int(1, hi=MAX_KERNEL),
+                   "padding": Padding("same"), "dilation": Int(1, hi=MAX_KERNEL), "groups": Int(1),
+                   "bias": Bool(True)},
+          conv_shape, conv_params, conv_macs, doc="2-D convolution; padding 'same' keeps ceil(in / stride)"),
+    OpDef("bn", {"eps": Float(1e-5, lo=0), "momentum": Float(0.1, lo=0, hi=1)}, bn_shape,
+          lambda a, i, o: 2 * i[0][0], doc="batch normalisation over channels (or features)"),
+    *[OpDef(n, {}, unchanged, doc=_ACT) for n in ("relu", "relu6", "sigmoid", "tanh", "gelu", "silu")],
+    OpDef("leaky_relu", {"slope": Float(0.01)}, unchanged, doc=_ACT),
+    OpDef("maxpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),
+                      "padding": Padding("valid"), "ceil_mode": Bool(False)},
+          pool_shape("maxpool"), doc="max pooling; stride defaults to the kernel"),
+    OpDef("avgpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),
+                      "padding": Padding("valid"), "ceil_mode": Bool(False)},
+          pool_shape("avgpool"), doc="average pooling; padding is never counted"),
+    OpDef("global_avgpool", {}, global_pool_shape, doc="[C, H, W] -> [C, 1, 1]"),
+    OpDef("flatten", {}, flatten_shape, doc="-> [C*H*W]"),
+    OpDef("linear", {"out": Int(), "bias": Bool(True)}, linear_shape, linear_params,
+          lambda a, i, o: i[0][0] * a["out"], doc="fully connected layer on vectors [F]"),
+    OpDef("dropout", {"p": Float(0.5, lo=0, hi=1)}, unchanged, doc="identity at inference"),
+    OpDef("softmax", {}, unchanged, doc="over channels / features"),
+    OpDef("add", {"from": Ids(), "shortcut": Choice("projection", "zeropad", "avgpool_projection", "error",
+                                                   default=None)},
+          add_shape, variadic=True, doc="sum of the main input and `from` inputs; the Ws rule applies"),
+    OpDef("concat", {"from": Ids()}, concat_shape, variadic=True, doc="channels add up"),
+    OpDef("upsample", {"scale": Int(hi=MAX_SCALE), "mode": Choice("nearest", "bilinear", default="nearest")},
+          upsample_shape, doc="H, W times scale"),
+    OpDef("identity", {}, unchanged, doc="does nothing; useful as a named tap"),
+    OpDef("project", {"out": Int(), "stride": Int(1, hi=MAX_KERNEL)}, project_shape, project_params, project_macs,
+          doc="an explicit Ws: 1x1 conv (stride) + bn on maps, bias-free linear on vectors"),
+    # inserted by passes only
+    OpDef("zeropad", {"out": Int(), "stride": Int(1, hi=MAX_KERNEL)}, zeropad_shape, user=False,
+          doc="He et al. option A: every stride-th pixel, channels zero-padded to out"),
+]}
+
+USER_OPS = sorted(n for n, op in OPS.items() if op.user)

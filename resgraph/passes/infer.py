@@ -1,0 +1,35 @@
+"""infer_shapes: the shape of every edge, from the op table's rules.
+
+Pre:  resolve_ops has run (args complete and typed); nodes are in topological order.
+Post: every node has `shape`. A node whose rule fails is reported with its source line; nodes that
+      depend on it are skipped, so one mistake gives one error, not a cascade.
+For `add`, the rule returns the main input's shape; whether the others match (and what Ws makes
+them match) is insert_shortcuts' business.
+"""
+from __future__ import annotations
+
+from ..errors import Diagnostics
+from ..ir import Graph
+from ..ops import OPS, ShapeError
+
+
+def infer_shapes(g: Graph) -> Graph:
+    d = Diagnostics()
+    shapes: dict[str, tuple | None] = {}
+    nodes = []
+    for n in g.nodes:
+        if n.op == "input":
+            shapes[n.path] = n.shape
+            nodes.append(n)
+            continue
+        ins = [shapes.get(i) for i in n.inputs]
+        shape = None
+        if all(s is not None for s in ins):
+            try:
+                shape = tuple(OPS[n.op].shape(dict(n.args), ins))
+            except ShapeError as e:
+                d.error(n.loc, f"{n.path}: {e.message}", e.hint, span=len(n.op))
+        shapes[n.path] = shape
+        nodes.append(n.with_(shape=shape))
+    d.raise_if_any()
+    return g.replace(nodes=tuple(nodes))

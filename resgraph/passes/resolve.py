@@ -1,0 +1,69 @@
+"""resolve_ops: check every node against the op table and fill in default arguments.
+
+Pre:  a Graph from `expand` (op names and argument values exactly as written, expressions evaluated).
+Post: every node's op is in OPS; its args are exactly OPS[op].args with defaults filled and values
+      type-checked; `from` appears only on variadic ops; pool stride 0 means stride = kernel.
+"""
+from __future__ import annotations
+
+from ..errors import Diagnostics, did_you_mean
+from ..ir import Graph, freeze
+from ..ops import OPS, USER_OPS, ArgError
+
+ENTRY_KEYS = ("id", "in", "repeat", "first")
+
+
+def resolve_ops(g: Graph) -> Graph:
+    d = Diagnostics()
+    spec = g.meta.get("spec")
+    blocks = list(spec.blocks) if spec else []
+    for name in blocks:
+        if name in OPS:
+            d.error(spec.blocks[name].loc, f"block '{name}' has the name of an op", "rename the block")
+    for op, args in (spec.defaults.items() if spec else ()):
+        if op not in OPS or not OPS[op].user:
+            loc = next(iter(args.values())).loc if args else spec.root_loc
+            d.error(loc, f"defaults for unknown op '{op}'", did_you_mean(op, USER_OPS, "ops"))
+    nodes = [g.nodes[0]]
+    for n in g.nodes[1:]:
+        op = OPS.get(n.op)
+        if op is None or (not op.user and not n.inserted):
+            d.error(n.loc, f"unknown op or block '{n.op}'",
+                    did_you_mean(n.op, USER_OPS + blocks + ["residual"], "ops and blocks"), span=len(n.op))
+            nodes.append(n)
+            continue
+        args = {}
+        for k, v in n.args.items():
+            loc = n.argloc.get(k, n.loc)
+            if k not in op.args:
+                if k == "from":
+                    msg, hint = f"'{n.op}' takes a single input; 'from' is for add and concat", "use 'in:' to take a different input"
+                else:
+                    msg = f"unknown argument '{k}' for {n.op}"
+                    hint = did_you_mean(k, list(op.args) + list(ENTRY_KEYS), "arguments") or f"{n.op} takes no arguments"
+                d.error(loc, msg, hint, span=len(k))
+                continue
+            if k == "from":
+                args[k] = tuple(n.inputs[1:])   # expansion resolved the ids to paths
+                continue
+            if v is None:
+                continue   # an expression that failed (already reported) or an explicit null: keep the default
+            try:
+                args[k] = op.args[k].check(k, v)
+            except ArgError as e:
+                d.error(loc, f"{n.op}: {e.message}", e.hint)
+        for k, a in op.args.items():
+            if k not in args and k not in n.args:
+                if a.required:
+                    example = "from: [input]" if k == "from" else f"{k}: ..."
+                    d.error(n.loc, f"{n.op} needs '{k}'", f"write - {n.op}: {{{example}}}", span=len(n.op))
+                else:
+                    args[k] = a.default
+            elif k not in args and not a.required:
+                args[k] = a.default
+        if n.op in ("maxpool", "avgpool") and args.get("stride") == 0:
+            args["stride"] = args.get("kernel")
+        ordered = {k: args[k] for k in op.args if k in args}   # table order: stable printing and hashing
+        nodes.append(n.with_(args=freeze(ordered)))
+    d.raise_if_any()
+    return g.replace(nodes=tuple(nodes))

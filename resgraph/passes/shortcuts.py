@@ -1,0 +1,131 @@
+"""insert_shortcuts: the Ws rule of He et al. (2015), as a compiler pass.
+
+A residual block computes a[l+2] = g(z[l+2] + Ws·a[l]). Ws is the identity when z and a have the
+same shape; where they differ, the add's policy decides what Ws is. The main input (the body)
+fixes the target shape; for every other input of shape [C1, H1, W1] -> [C2, H2, W2]:
+
+    s = the smallest integer with ceil(H1 / s) = H2 and ceil(W1 / s) = W2
+    projection          Ws = bn(conv1x1(a, stride s, C1 -> C2, bias false))      kind conv1x1
+    zeropad             Ws = pad_channels(a[:, :, ::s, ::s], C2 - C1)  (C2 >= C1)  kind zeropad
+    avgpool_projection  Ws = bn(conv1x1(avgpool(a, s, ceil_mode), C1 -> C2))      kind avgpool_conv1x1
+    vectors [F1]->[F2]  Ws = linear(F1 -> F2, bias false), or zero padding         kind linear | zeropad
+
+Pre:  shapes inferred; args resolved.
+Post: every add's inputs all have the add's shape; each inserted node sits right before its add,
+      is marked `inserted`, and is named `<add-path>.shortcut[...]`; graph.projections lists them.
+"""
+from __future__ import annotations
+
+from ..errors import Diagnostics
+from ..ir import Graph, Node, Projection, freeze
+from ..ops import OPS, fmt
+
+
+def find_stride(src: tuple, dst: tuple) -> int | None:
+    """Smallest s >= 1 with ceil(src_i / s) == dst_i on both spatial axes, or None."""
+    (h1, w1), (h2, w2) = src[1:], dst[1:]
+    for s in range(1, max(h1, w1) + 1):
+        if -(-h1 // s) == h2 and -(-w1 // s) == w2:
+            return s
+    return None
+
+
+def _node(path, op, loc, inputs, block, **args) -> Node:
+    full = {k: a.default for k, a in OPS[op].args.items()}
+    full.update(args)
+    return Node(path, op, freeze(full), inputs, loc, inserted=True, block=block, role="shortcut")
+
+
+def insert_shortcuts(g: Graph) -> Graph:
+    d = Diagnostics()
+    spec = g.meta.get("spec")
+    default_policy = spec.shortcut if spec else "projection"
+    shapes = {n.path: n.shape for n in g.nodes}
+    out: list[Node] = []
+    projections: list[Projection] = []
+    for n in g.nodes:
+        if n.op != "add":
+            out.append(n)
+            continue
+        policy = n.args.get("shortcut") or default_policy
+        target = shapes[n.inputs[0]]
+        ins = list(n.inputs)
+        many = len(ins) > 2
+        for j, edge in enumerate(n.inputs[1:], start=1):
+            src = shapes[edge]
+            if src == target:
+                continue
+            base = f"{n.path}.shortcut{j if many else ''}"
+            eq = f"add {n.path}: {n.inputs[0]} {fmt(target)} + {edge} {fmt(src)}"
+            made = _ws(d, n, base, edge, src, target, policy, eq)
+            if made is None:
+                continue
+            nodes, kind, stride = made
+            shaped, params = [], 0
+            for m in nodes:
+                a, in_shapes = dict(m.args), [shapes[i] for i in m.inputs]
+                m = m.with_(shape=tuple(OPS[m.op].shape(a, in_shapes)))
+                params += OPS[m.op].params(a, in_shapes, m.shape)
+                shapes[m.path] = m.shape
+                shaped.append(m)
+            assert shaped[-1].shape == target, (eq, shaped[-1].shape)
+            out.extend(shaped)
+            ins[j] = shaped[-1].path
+            projections.append(Projection(n.path, kind, src, target, stride, params, edge,
+                                          tuple(m.path for m in shaped)))
+        out.append(n.with_(inputs=tuple(ins)))
+    d.raise_if_any()
+    return g.replace(nodes=tuple(out), projections=tuple(projections))
+
+
+def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, eq: str):
+    loc, blk = n.loc, n.block
+    where = f"the add at '{n.path}' joins the main input {n.inputs[0]} {fmt(dst)} and {edge} {fmt(src)}"
+    if policy == "error":
+        d.error(loc, f"shapes differ and the shortcut policy is 'error': {where}",
+                "make the shapes equal, or set shortcut: projection (learned Ws) or zeropad on this block")
+        return None
+    if len(src) != len(dst):
+        d.error(loc, f"rank mismatch: {where}", "a feature map and a vector cannot be added; flatten (or pool) first")
+        return None
+    if len(src) == 1:
+        f1, f2 = src[0], dst[0]
+        if policy == "zeropad":
+            if f2 < f1:
+                d.error(loc, f"zeropad would shrink {f1} features to {f2}: {where}",
+                        "zero padding only adds features; use shortcut: projection")
+                return None
+            return [_node(base, "zeropad", loc, (edge,), blk, out=f2, stride=1)], "zeropad", 1
+        return [_node(base, "linear", loc, (edge,), blk, out=f2, bias=False)], "linear", 1
+    (c1, h1, w1), (c2, h2, w2) = src, dst
+    if h2 > h1 or w2 > w1:
+        d.error(loc, f"the shortcut would need upsampling: {where}",
+                f"a stride only shrinks; upsample {edge} (upsample: {{scale: ...}}) or take the skip from a larger map")
+        return None
+    s = find_stride(src, dst)
+    if s is None:
+        d.error(loc, f"no integer stride maps {fmt(src)} to {fmt(dst)}: {where}",
+                f"ceil({h1} / s) = {h2} and ceil({w1} / s) = {w2} have no common integer s; "
+                "check strides and paddings in the body")
+        return None
+    if policy == "zeropad":
+        if c2 < c1:
+            d.error(loc, f"zeropad would shrink channels {c1} -> {c2}: {where}",
+                    "zero padding only adds channels; use shortcut: projection")
+            return None
+        return [_node(base, "zeropad", loc, (edge,), blk, out=c2, stride=s)], "zeropad", s
+    nodes, x = [], edge
+    kind = "conv1x1"
+    if policy == "avgpool_projection":
+        kind = "avgpool_conv1x1"
+        if s > 1:
+            nodes.append(_node(f"{base}.pool", "avgpool", loc, (x,), blk, kernel=s, stride=s, padding="valid",
+                               ceil_mode=True))
+            x = nodes[-1].path
+        conv_stride = 1
+    else:
+        conv_stride = s
+    nodes.append(_node(f"{base}.conv", "conv", loc, (x,), blk, out=c2, kernel=1, stride=conv_stride,
+                       padding="valid", bias=False))
+    nodes.append(_node(f"{base}.bn", "bn", loc, (nodes[-1].path,), blk))
+    return nodes, kind, s

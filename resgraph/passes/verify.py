@@ -1,0 +1,34 @@
+"""verify: the IR's invariants, checked apart from the passes that should keep them.
+
+A failure here is a bug in resgraph, not in the spec: it raises AssertionError, never SpecError.
+"""
+from __future__ import annotations
+
+from ..ir import Graph
+from ..ops import OPS
+
+
+def verify(g: Graph) -> Graph:
+    seen: set[str] = set()
+    assert g.nodes and g.nodes[0].op == "input", "the first node is the input"
+    for n in g.nodes:
+        assert n.path not in seen, f"duplicate path {n.path}"
+        for i in n.inputs:
+            assert i in seen, f"{n.path} reads {i} before it is defined (not topological)"
+        seen.add(n.path)
+        assert n.shape is not None and all(isinstance(x, int) and x > 0 for x in n.shape), f"{n.path}: shape {n.shape}"
+        if n.op == "input":
+            continue
+        assert n.op in OPS, f"{n.path}: op {n.op} not in the table"
+        op = OPS[n.op]
+        assert set(n.args) == set(op.args), f"{n.path}: args {set(n.args)} != {set(op.args)}"
+        ins = [g[i].shape for i in n.inputs]
+        assert tuple(op.shape(dict(n.args), ins)) == n.shape, f"{n.path}: stored shape disagrees with the rule"
+        if n.op == "add":
+            assert all(s == n.shape for s in ins), f"{n.path}: add inputs differ {ins} after insert_shortcuts"
+        if not op.variadic:
+            assert len(n.inputs) == 1, f"{n.path}: {len(n.inputs)} inputs to a single-input op"
+    assert g.output in seen, "the output node exists"
+    for p in g.projections:
+        assert p.at in seen and all(x in seen for x in p.nodes), f"projection {p.at} refers to missing nodes"
+    return g

@@ -1,0 +1,137 @@
+"""Human-readable output: diagnostics like a compiler, the summary table. Uses rich, imported here only."""
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .errors import Diagnostic
+from .ops import fmt
+from .ops.count import node_macs, node_params
+
+
+def console(stderr: bool = False) -> Console:
+    c = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not c.is_terminal:   # piped or redirected: don't squeeze tables into 80 columns
+        c = Console(stderr=stderr, highlight=False, soft_wrap=True, width=200)
+    return c
+
+
+_SOURCES: dict[str, list[str]] = {}
+
+
+def _line(file: str, n: int) -> str | None:
+    if file not in _SOURCES:
+        try:
+            with open(file, encoding="utf-8", errors="replace") as f:
+                _SOURCES[file] = f.read(4 << 20).splitlines()
+        except OSError:
+            _SOURCES[file] = []
+    lines = _SOURCES[file]
+    return lines[n - 1] if 0 < n <= len(lines) else None
+
+
+def diagnostic(d: Diagnostic) -> Text:
+    """FILE:LINE:COL: error: message, the source line with a caret under the place, and the hint."""
+    colour = "red" if d.severity == "error" else "yellow"
+    t = Text()
+    t.append(f"{d.loc}: ", style="bold")
+    t.append(f"{d.severity}: ", style=f"bold {colour}")
+    t.append(d.message + "\n", style="bold")
+    src = _line(d.loc.file, d.loc.line)
+    if src is not None:
+        src = src.expandtabs(1)
+        if len(src) > 160:
+            src = src[:157] + "..."
+        num = str(d.loc.line)
+        t.append(f" {num} | ", style="blue")
+        t.append(src + "\n")
+        t.append(" " * len(num) + "  | ", style="blue")
+        col = max(d.loc.col - 1, 0)
+        t.append(" " * min(col, 160) + "^" + "~" * max(d.span - 1, 0) + "\n", style=f"bold {colour}")
+    if d.hint:
+        t.append("  hint: ", style="bold cyan")
+        t.append(d.hint + "\n")
+    return t
+
+
+def human_int(n: int) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(n)
+
+
+def summary_table(checked, depth: int | None = None) -> Table:
+    g = checked.graph
+    title = f"{g.name}  ({os.path.basename(checked.spec.file)})"
+    t = Table(title=title, title_justify="left", header_style="bold", show_footer=True, box=None, pad_edge=False)
+    t.add_column("Layer (path)", footer="Total")
+    t.add_column("Op")
+    t.add_column("Output shape")
+    t.add_column("Params", justify="right", footer=f"{checked.params:,}")
+    t.add_column("MACs", justify="right", footer=f"{checked.macs:,}")
+    t.add_column("Connected to")
+    rows = _rows(g, depth)
+    for r in rows:
+        style = "yellow" if r["inserted"] else None
+        t.add_row(r["path"], r["op"], r["shape"], f"{r['params']:,}" if r["params"] else "-",
+                  f"{r['macs']:,}" if r["macs"] else "-", r["conn"], style=style)
+    return t
+
+
+def _rows(g, depth):
+    rows, prev = [], None
+    groups: dict[str, dict] = {}
+    via_ws = {p.nodes[-1]: p.edge for p in g.projections}
+    name = lambda i: g.input_name if i == "input" else i  # noqa: E731
+    for n in g.nodes:
+        p, m = node_params(n, g), node_macs(n, g)
+        # "connected to": the edges that are not simply the previous row (skip edges, `in:` jumps)
+        edges = [i for k, i in enumerate(n.inputs) if k > 0 or i != prev]
+        conn = ", ".join(f"{name(via_ws[i])} (via Ws)" if i in via_ws else name(i) for i in edges)
+        prev = n.path
+        op = n.op
+        if n.op == "conv":
+            k = n.args["kernel"]
+            op = f"conv {k}x{k}" + (f"/{n.args['stride']}" if n.args["stride"] > 1 else "")
+        if n.inserted:
+            op += "  (Ws)"
+        path = g.input_name if n.path == "input" else n.path
+        key = ".".join(path.split(".")[:depth]) if depth else path
+        if depth and key != path:
+            row = groups.get(key)
+            if row is None:
+                row = groups[key] = {"path": key, "op": "", "n": 0, "shape": "", "params": 0, "macs": 0,
+                                     "conn": "", "inserted": False}
+                rows.append(row)
+            row["n"] += 1
+            row["op"] = f"({row['n']} nodes)"
+            row["shape"] = fmt(n.shape)
+            row["params"] += p
+            row["macs"] += m
+            continue
+        rows.append({"path": ("+ " if n.inserted else "") + path, "op": op, "shape": fmt(n.shape), "params": p,
+                     "macs": m, "conn": conn, "inserted": n.inserted})
+    return rows
+
+
+def totals_text(checked) -> Text:
+    g = checked.graph
+    act = sum(_prod(n.shape) for n in g.nodes) * 4
+    ws = sum(p.params for p in g.projections)
+    t = Text()
+    t.append(f"Params: {checked.params:,} ({checked.params * 4 / 2**20:.2f} MiB fp32)   ")
+    t.append(f"MACs: {checked.macs:,} ({human_int(checked.macs)})   ")
+    t.append(f"Activations: {act / 2**20:.2f} MiB per sample (fp32)\n")
+    t.append(f"Inserted shortcut projections (Ws): {len(g.projections)}, {ws:,} params", style="yellow")
+    return t
+
+
+def _prod(shape):
+    out = 1
+    for s in shape:
+        out *= s
+    return out

@@ -1,0 +1,470 @@
+"""The typed Spec: the YAML tree checked for structure, with every value still located.
+
+This layer knows the language's keys and their types, not the ops: which names are ops,
+and what arguments they take, is the op table's business (see passes/resolve.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+
+from ..errors import Diagnostics, Loc, SpecError, did_you_mean
+from . import expr as ex
+from .yamlsrc import Y, load_yaml
+
+VERSION = 1
+POLICIES = ("projection", "zeropad", "avgpool_projection", "error")
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
+ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+ENTRY_KEYS = ("id", "in", "repeat", "first")          # keys every entry may carry
+RESIDUAL_KEYS = ("layers", "post", "shortcut")
+TOP_KEYS = ("resgraph", "name", "description", "input", "preprocess", "labels", "output", "shortcut",
+            "defaults", "vars", "init", "blocks", "layers")
+INIT_KEYS = {"zero_residual": bool}
+PREPROCESS_KEYS = ("resize", "crop", "mean", "std")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One item of a `layers` list: an op, a block call, or an inline `residual`."""
+    kind: str
+    loc: Loc                          # where the op/block name is written
+    args: dict[str, Y]                # arguments, located (excludes id/in/repeat/first)
+    id: Y | None = None
+    in_: Y | None = None
+    repeat: Y | None = None
+    first: dict[str, Y] | None = None
+    residual: "Residual | None" = None   # for kind == "residual"
+
+
+@dataclass(frozen=True)
+class Residual:
+    """a[l+2] = post(body(a[l]) + shortcut(a[l]))"""
+    layers: tuple[Entry, ...]
+    post: Entry | None
+    shortcut: str | None
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    loc: Loc
+    args: dict[str, Y | None]          # None = required
+    layers: tuple[Entry, ...] = ()
+    residual: Residual | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    file: str
+    source: str
+    sha256: str
+    name: str
+    description: str
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_loc: Loc
+    output_name: str
+    shortcut: str
+    defaults: dict[str, dict[str, Y]]
+    vars: dict[str, object]
+    init: dict[str, object]
+    preprocess: dict[str, object]
+    labels: tuple[str, ...] | None
+    labels_loc: Loc | None
+    blocks: dict[str, Block]
+    layers: tuple[Entry, ...]
+    root_loc: Loc = field(default=None)
+
+
+def load_spec(path: str) -> Spec:
+    """Read and structurally check a spec file; raises SpecError with every problem found."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4 << 20)
+    except OSError as e:
+        raise SpecError([_io_diag(path, e)]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        from ..errors import Diagnostic
+        raise SpecError([Diagnostic(Loc(path, 1, 1), f"not UTF-8 text ({e.reason} at byte {e.start})",
+                                    "save the spec as UTF-8")]) from None
+    return parse_spec(text, path)
+
+
+def _io_diag(path, e):
+    from ..errors import Diagnostic
+    hint = "check the path" if isinstance(e, FileNotFoundError) else "check permissions"
+    return Diagnostic(Loc(path, 0, 0), f"cannot read spec: {e.strerror or e}", hint)
+
+
+def parse_spec(text: str, file: str = "<spec>") -> Spec:
+    diags = Diagnostics()
+    root = load_yaml(text, file, diags)
+    diags.raise_if_any()
+    spec = _Parser(file, diags).spec(root, text)
+    diags.raise_if_any()
+    return spec
+
+
+class _Parser:
+    def __init__(self, file: str, diags: Diagnostics):
+        self.file, self.d = file, diags
+
+    # -- helpers ------------------------------------------------------------------------------
+    def keys(self, y: Y, allowed, what: str) -> None:
+        for k, loc in y.keylocs.items():
+            if k not in allowed:
+                self.d.error(loc, f"unknown key '{k}' in {what}", did_you_mean(k, allowed, "keys"), span=len(k))
+
+    def mapping(self, y: Y | None, what: str) -> Y | None:
+        if y is None:
+            return None
+        if not y.is_map:
+            self.d.error(y.loc, f"{what} must be a mapping, got {_kind(y)}", "write it as key: value pairs")
+            return None
+        return y
+
+    def const(self, y: Y, env: dict):
+        """A value that may be an expression over vars."""
+        if ex.is_expr(y.value):
+            try:
+                return ex.evaluate(y.value, env)
+            except ex.ExprError as e:
+                self.d.error(_shift(y.loc, e.offset), e.message, e.hint)
+                return None
+        return y.value
+
+    # -- the spec -----------------------------------------------------------------------------
+    def spec(self, root: Y, text: str) -> Spec | None:
+        if not root.is_map:
+            self.d.error(root.loc, f"the top level of a spec must be a mapping, got {_kind(root)}",
+                         "a spec starts with 'resgraph: 1', then name:, input:, layers:")
+            return None
+        m = root.value
+        self.keys(root, TOP_KEYS, "the spec")
+        top = Loc(self.file, 1, 1)
+        if "resgraph" not in m:
+            self.d.error(top, "missing 'resgraph:' version key", "start the spec with 'resgraph: 1'")
+        elif m["resgraph"].value != VERSION or isinstance(m["resgraph"].value, bool):
+            self.d.error(m["resgraph"].loc, f"unsupported spec version {m['resgraph'].value!r}",
+                         f"this resgraph reads version {VERSION}: write 'resgraph: {VERSION}'")
+        name = self.name(m)
+        desc = m["description"].value if "description" in m else ""
+        if not isinstance(desc, str):
+            self.d.error(m["description"].loc, "description must be text", "quote it")
+            desc = ""
+        env = self.vars(m.get("vars"))
+        in_name, in_shape, in_loc = self.input(m.get("input"), env, top)
+        out_name = self.output(m.get("output"))
+        policy = "projection"
+        if "shortcut" in m:
+            policy = self.policy(m["shortcut"]) or policy
+        defaults = self.defaults(m.get("defaults"))
+        init = self.init(m.get("init"))
+        pre = self.preprocess(m.get("preprocess"), env)
+        labels, labels_loc = self.labels(m.get("labels"))
+        blocks = self.blocks(m.get("blocks"))
+        if "layers" not in m:
+            self.d.error(top, "missing 'layers:'", "list the network's layers, e.g. layers: [conv: {out: 16, kernel: 3}, relu]")
+            layers = ()
+        else:
+            layers = self.entries(m["layers"], "layers")
+            if not layers and m["layers"].is_list:
+                self.d.error(m["layers"].loc, "'layers' is empty", "a network needs at least one layer")
+        if self.d.errors:
+            return None
+        return Spec(self.file, text, hashlib.sha256(text.encode()).hexdigest(), name, desc, in_name, in_shape,
+                    in_loc, out_name, policy, defaults, env, init, pre, labels, labels_loc, blocks, layers, root.loc)
+
+    def name(self, m) -> str:
+        if "name" not in m:
+            self.d.error(Loc(self.file, 1, 1), "missing 'name:'", "name the network, e.g. name: resnet18")
+            return "network"
+        v = m["name"]
+        if not isinstance(v.value, str) or not NAME_RE.match(v.value):
+            self.d.error(v.loc, f"invalid name {v.value!r}", "a name is letters, digits, '_' and '-', starting with a letter or '_'")
+            return "network"
+        return v.value
+
+    def vars(self, y) -> dict:
+        env: dict = {}
+        y = self.mapping(y, "vars")
+        if y is None:
+            return env
+        for k, v in y.value.items():
+            if not ID_RE.match(k):
+                self.d.error(y.keylocs[k], f"invalid variable name '{k}'", "use letters, digits and '_'")
+                continue
+            val = self.const(v, env)
+            if val is None:
+                continue
+            if isinstance(val, bool) or not isinstance(val, (int, float, str)):
+                self.d.error(v.loc, f"variable '{k}' must be a number or a word, got {_kind(v)}", "for example: width: 64")
+                continue
+            env[k] = val
+        return env
+
+    def input(self, y, env, top):
+        if y is None:
+            self.d.error(top, "missing 'input:'", "give the input shape without the batch, e.g. input: {shape: [3, 224, 224]}")
+            return "input", (1,), top
+        y = self.mapping(y, "input")
+        if y is None:
+            return "input", (1,), top
+        self.keys(y, ("name", "shape"), "input")
+        name = "input"
+        if "name" in y.value:
+            n = y.value["name"]
+            if not isinstance(n.value, str) or not ID_RE.match(n.value):
+                self.d.error(n.loc, f"invalid input name {n.value!r}", "use letters, digits and '_'")
+            else:
+                name = n.value
+        if "shape" not in y.value:
+            self.d.error(y.loc, "input needs a shape", "e.g. shape: [3, 224, 224] for images or [128] for vectors")
+            return name, (1,), y.loc
+        s = y.value["shape"]
+        if not s.is_list or len(s.value) not in (1, 3):
+            self.d.error(s.loc, f"input shape must be [C, H, W] or [F], got {s.plain()!r}",
+                         "the batch dimension is implicit: write [3, 224, 224], not [1, 3, 224, 224]")
+            return name, (1,), s.loc
+        from ..limits import MAX_CHANNELS, MAX_SPATIAL
+        dims = []
+        for i, d in enumerate(s.value):
+            v = self.const(d, env)
+            limit = MAX_CHANNELS if i == 0 else MAX_SPATIAL
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                self.d.error(d.loc, f"input dimension must be a positive integer, got {v!r}", "sizes are counts: 3, 224, ...")
+                v = 1
+            elif v > limit:
+                self.d.error(d.loc, f"input dimension {v} exceeds the limit of {limit}", "check for a typo")
+                v = 1
+            dims.append(v)
+        return name, tuple(dims), s.loc
+
+    def output(self, y) -> str:
+        y = self.mapping(y, "output")
+        if y is None:
+            return "output"
+        self.keys(y, ("name",), "output")
+        n = y.value.get("name")
+        if n is None:
+            return "output"
+        if not isinstance(n.value, str) or not ID_RE.match(n.value):
+            self.d.error(n.loc, f"invalid output name {n.value!r}", "use letters, digits and '_'")
+            return "output"
+        return n.value
+
+    def policy(self, y: Y) -> str | None:
+        if y.value not in POLICIES:
+            self.d.error(y.loc, f"unknown shortcut policy {y.value!r}", did_you_mean(str(y.value), POLICIES, "policies"))
+            return None
+        return y.value
+
+    def defaults(self, y) -> dict:
+        out = {}
+        y = self.mapping(y, "defaults")
+        if y is None:
+            return out
+        for op, args in y.value.items():
+            a = self.mapping(args, f"defaults for '{op}'")
+            if a is not None:
+                out[op] = dict(a.value)
+                for k in ENTRY_KEYS + ("from",):
+                    if k in a.value:
+                        self.d.error(a.keylocs[k], f"'{k}' cannot have a default", "set it on each entry")
+        return out
+
+    def init(self, y) -> dict:
+        out = {"zero_residual": False}
+        y = self.mapping(y, "init")
+        if y is None:
+            return out
+        self.keys(y, INIT_KEYS, "init")
+        for k, v in y.value.items():
+            if k in INIT_KEYS:
+                if not isinstance(v.value, INIT_KEYS[k]):
+                    self.d.error(v.loc, f"init.{k} must be true or false", "")
+                else:
+                    out[k] = v.value
+        return out
+
+    def preprocess(self, y, env) -> dict:
+        y = self.mapping(y, "preprocess")
+        if y is None:
+            return {}
+        self.keys(y, PREPROCESS_KEYS, "preprocess")
+        out = {}
+        for k in ("resize", "crop"):
+            if k in y.value:
+                v = self.const(y.value[k], env)
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65536:
+                    self.d.error(y.value[k].loc, f"preprocess.{k} must be a positive integer, got {v!r}", "pixels, e.g. 224")
+                else:
+                    out[k] = v
+        for k in ("mean", "std"):
+            if k in y.value:
+                v = y.value[k]
+                vals = v.plain() if v.is_list else None
+                if not vals or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+                    self.d.error(v.loc, f"preprocess.{k} must be a list of numbers", "one per channel, e.g. [0.485, 0.456, 0.406]")
+                elif k == "std" and any(x <= 0 for x in vals):
+                    self.d.error(v.loc, "preprocess.std must be positive", "divide by a positive number")
+                else:
+                    out[k] = [float(x) for x in vals]
+                    out[k + "_loc"] = v.loc
+        return out
+
+    def labels(self, y):
+        if y is None:
+            return None, None
+        if y.is_list:
+            vals = y.plain()
+            if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in vals):
+                self.d.error(y.loc, "labels must be a list of names", "one class name per entry")
+                return None, None
+            return tuple(str(x) for x in vals), y.loc
+        if isinstance(y.value, str):
+            path = os.path.join(os.path.dirname(self.file), y.value)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    return tuple(line.strip() for line in f.read(8 << 20).splitlines() if line.strip()), y.loc
+            except (OSError, UnicodeDecodeError) as e:
+                self.d.error(y.loc, f"cannot read labels file '{y.value}': {getattr(e, 'strerror', None) or e}",
+                             "the path is relative to the spec file; one class name per line")
+                return None, None
+        self.d.error(y.loc, f"labels must be a list or a file name, got {_kind(y)}", "")
+        return None, None
+
+    def blocks(self, y) -> dict:
+        out = {}
+        y = self.mapping(y, "blocks")
+        if y is None:
+            return out
+        for name, b in y.value.items():
+            kloc = y.keylocs[name]
+            if not ID_RE.match(name):
+                self.d.error(kloc, f"invalid block name '{name}'", "use letters, digits and '_'")
+                continue
+            if name in ("input", "residual"):
+                self.d.error(kloc, f"'{name}' is reserved and cannot name a block", "choose another name")
+                continue
+            b = self.mapping(b, f"block '{name}'")
+            if b is None:
+                continue
+            self.keys(b, ("args", "layers", "residual"), f"block '{name}'")
+            args = {}
+            a = self.mapping(b.value.get("args"), f"args of block '{name}'")
+            if a is not None:
+                for an, av in a.value.items():
+                    if an in ENTRY_KEYS + ("from",) or not ID_RE.match(an):
+                        self.d.error(a.keylocs[an], f"'{an}' cannot be a block argument",
+                                     "id, in, repeat, first and from are keys every entry has")
+                        continue
+                    args[an] = None if av.value is None else av
+            has_l, has_r = "layers" in b.value, "residual" in b.value
+            if has_l == has_r:
+                self.d.error(kloc, f"block '{name}' needs exactly one body: 'layers' or 'residual'",
+                             "layers: a plain sub-graph; residual: body + add with the input + post")
+                continue
+            if has_l:
+                body = self.entries(b.value["layers"], f"block '{name}'")
+                if not body and b.value["layers"].is_list:
+                    self.d.error(b.value["layers"].loc, f"block '{name}' has no layers", "add at least one layer")
+                out[name] = Block(name, kloc, args, layers=body)
+            else:
+                r = self.residual(b.value["residual"], b.keylocs["residual"])
+                if r is not None:
+                    out[name] = Block(name, kloc, args, residual=r)
+        return out
+
+    def residual(self, y, loc: Loc) -> Residual | None:
+        y = self.mapping(y, "residual")
+        if y is None:
+            return None
+        self.keys(y, RESIDUAL_KEYS, "residual")
+        if "layers" not in y.value:
+            self.d.error(y.loc, "residual needs 'layers' (its body)", "e.g. residual: {layers: [conv: {out: 64, kernel: 3}, bn], post: relu}")
+            return None
+        body = self.entries(y.value["layers"], "residual")
+        if not body and y.value["layers"].is_list:
+            self.d.error(y.value["layers"].loc, "residual body is empty", "with an empty body the block is just 2x its input")
+        post = None
+        if "post" in y.value and y.value["post"].value is not None:
+            post = self.entry(y.value["post"], allow_keys=False)
+        policy = self.policy(y.value["shortcut"]) if "shortcut" in y.value else None
+        return Residual(body, post, policy, loc)
+
+    def entries(self, y: Y, what: str) -> tuple[Entry, ...]:
+        if not y.is_list:
+            self.d.error(y.loc, f"{what} must be a list, got {_kind(y)}", "write one '- op' per line")
+            return ()
+        return tuple(e for e in (self.entry(item) for item in y.value) if e is not None)
+
+    def entry(self, y: Y, allow_keys: bool = True) -> Entry | None:
+        if isinstance(y.value, str):
+            return Entry(y.value, y.loc, {})
+        if not y.is_map:
+            self.d.error(y.loc, f"a layer must be an op name or 'op: {{args}}', got {_kind(y)}", "e.g. - relu  or  - conv: {out: 64, kernel: 3}")
+            return None
+        if len(y.value) != 1:
+            keys = list(y.value)
+            hint = "an entry is one op with its arguments nested under it: - conv: {out: 64, kernel: 3, id: stem}"
+            if any(k in ENTRY_KEYS for k in keys[1:]):
+                hint = f"'{keys[1]}' belongs inside the arguments of '{keys[0]}': indent it under the op, or write - {keys[0]}: {{..., {keys[1]}: ...}}"
+            self.d.error(y.loc, f"a layer must have exactly one op, found {len(keys)} keys: {', '.join(keys)}", hint)
+            return None
+        (kind, body), = y.value.items()
+        kloc = y.keylocs[kind]
+        if body.value is None:
+            body = Y({}, body.loc, {})
+        if not body.is_map:
+            self.d.error(body.loc, f"arguments of '{kind}' must be a mapping, got {_kind(body)}",
+                         f"e.g. - {kind}: {{out: 64}}; a bare '- {kind}' takes no arguments")
+            return None
+        args = dict(body.value)
+        common = {k: args.pop(k) for k in ENTRY_KEYS if k in args}
+        if common and not allow_keys:
+            self.d.error(kloc, "'post' takes one op without id, in, repeat or first", "e.g. post: relu")
+        first = None
+        if "first" in common:
+            f = self.mapping(common["first"], "first")
+            first = dict(f.value) if f is not None else None
+        for key in ("id", "in"):
+            v = common.get(key)
+            if v is not None and (not isinstance(v.value, str) or (key == "id" and not ID_RE.match(v.value))):
+                self.d.error(v.loc, f"'{key}' must be a name, got {v.value!r}",
+                             "ids are letters, digits and '_' (dots are reserved for paths)")
+                common.pop(key)
+            elif key == "id" and v is not None and v.value in ("input",):
+                self.d.error(v.loc, "'input' is reserved for the network's (or block's) input", "choose another id")
+                common.pop(key)
+        residual = None
+        if kind == "residual":
+            rargs = Y({k: a for k, a in args.items()}, body.loc, {k: body.keylocs[k] for k in args})
+            residual = self.residual(rargs, kloc)
+            if residual is None:
+                return None
+            args = {}
+            if first is not None:
+                self.d.error(common["first"].loc, "'first' needs a block with arguments", "define the block under blocks: with args")
+        return Entry(kind, kloc, args, common.get("id"), common.get("in"), common.get("repeat"), first, residual)
+
+
+def _kind(y: Y) -> str:
+    v = y.value
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    if v is None:
+        return "nothing"
+    return f"{type(v).__name__} {v!r}"
+
+
+def _shift(loc: Loc, offset: int) -> Loc:
+    return Loc(loc.file, loc.line, loc.col + offset)
