@@ -13,7 +13,8 @@ from .errors import Diagnostic, Diagnostics
 from .ir import Graph, expand
 from .ops.count import totals
 from .passes import infer_shapes, insert_shortcuts, lint, resolve_ops, verify
-from .spec import Spec, load_spec, parse_spec
+from .spec import Spec, parse_spec
+from .spec.model import read_source
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,26 @@ class Checked:
 
 
 def check_file(path: str) -> Checked:
-    return check_spec(load_spec(path))
+    return check_text(read_source(path), path)
 
 
 def check_text(text: str, file: str = "<spec>") -> Checked:
-    return check_spec(parse_spec(text, file))
+    # Structure, references and op arguments are checked together, so that one run reports the
+    # unknown key, the dangling id and the misspelt argument at once; shapes only once they are sound.
+    d = Diagnostics()
+    spec = parse_spec(text, file, d)
+    if spec is None:
+        d.raise_if_any()
+    g = resolve_ops(expand(spec, d), d)
+    d.raise_if_any()
+    return _back_half(spec, g)
 
 
 def check_spec(spec: Spec) -> Checked:
-    g = expand(spec)
-    g = resolve_ops(g)
+    return _back_half(spec, resolve_ops(expand(spec)))
+
+
+def _back_half(spec: Spec, g: Graph) -> Checked:
     g = infer_shapes(g)
     g = insert_shortcuts(g)
     _check_io(spec, g)

@@ -62,6 +62,9 @@ class Diagnostics:
         if len(self.errors) < self.limit and d not in self.errors[-64:]:
             self.errors.append(d)
 
+    def has_error_at(self, loc: Loc) -> bool:
+        return any(e.loc == loc for e in self.errors)
+
     def warn(self, loc: Loc, message: str, hint: str = "") -> None:
         d = Diagnostic(loc, message, hint, "warning")
         if d not in self.warnings[-64:]:

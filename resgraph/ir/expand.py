@@ -47,14 +47,21 @@ class _Ref:
     scope: _Scope
 
 
-def expand(spec: Spec) -> Graph:
-    return _Expander(spec).run()
+def expand(spec: Spec, diags: Diagnostics | None = None) -> Graph:
+    """Without `diags`, raise SpecError on any problem. With it, record problems there and return a
+    best-effort graph (bad references point at the scope's input) so later checks can still run;
+    only a resource limit still raises at once."""
+    e = _Expander(spec, diags)
+    g = e.run()
+    if diags is None:
+        e.d.raise_if_any()
+    return g
 
 
 class _Expander:
-    def __init__(self, spec: Spec):
+    def __init__(self, spec: Spec, diags: Diagnostics | None):
         self.spec = spec
-        self.d = Diagnostics()
+        self.d = diags if diags is not None else Diagnostics()
         self.nodes: list[Node] = []
         self.pending: list[_Ref] = []        # forward references, resolved after their scope
         self.forward: list[_Ref] = []
@@ -65,11 +72,11 @@ class _Expander:
         self.nodes.append(Node(INPUT, "input", freeze({}), (), s.input_loc, shape=s.input_shape))
         top = _Scope("", dict(s.vars), INPUT)
         try:
+            self.precount(s.layers)
             out = self.entries(s.layers, top)
         except _Abort:
             raise SpecError(self.d.errors) from None
         self.check_forward()
-        self.d.raise_if_any()
         return Graph(s.name, tuple(self.nodes), out, s.input_name, s.output_name, meta=freeze({"spec": s}))
 
     # -- scopes ---------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class _Expander:
             if base == name:
                 # resolved when the scope ends, then reported as a cycle or a forward reference
                 self.pending.append(_Ref(node, slot, name, loc, scope))
-                return "\0pending"
+                return scope.input   # replaced when the scope ends
         self.dangling(name, loc, scope)
         return scope.input
 
@@ -168,6 +175,34 @@ class _Expander:
                              f"move the entry with id '{r.name}' before this one", span=len(r.name))
 
     # -- entries --------------------------------------------------------------------------------
+    def precount(self, entries: tuple[Entry, ...]) -> None:
+        """Refuse repeat bombs before building anything: an upper estimate of the node count from
+        literal repeats (repeats given by block args count as 1 here; `count` guards those)."""
+        memo: dict[str, int] = {}
+
+        def size(entries, stack) -> int:
+            total = 0
+            for e in entries:
+                n = e.repeat.value if e.repeat is not None else 1
+                n = n if isinstance(n, int) and not isinstance(n, bool) and 0 < n <= MAX_REPEAT else 1
+                if e.kind in self.spec.blocks and e.kind not in stack:
+                    if e.kind not in memo:
+                        b = self.spec.blocks[e.kind]
+                        body = b.layers if b.residual is None else b.residual.layers
+                        memo[e.kind] = size(body, stack | {e.kind}) + (2 if b.residual else 0)
+                    one = memo[e.kind]
+                elif e.residual is not None:
+                    one = size(e.residual.layers, stack) + 2
+                else:
+                    one = 1
+                total += n * one
+                if total > MAX_NODES:
+                    self.d.error(e.loc, f"the network expands to about {total:.1e} nodes, more than {MAX_NODES:,}",
+                                 "check repeat counts, especially repeats inside repeated blocks")
+                    raise _Abort
+            return total
+        size(entries, frozenset())
+
     def count(self, e: Entry, n: int = 1) -> None:
         if len(self.nodes) + n > MAX_NODES:
             self.d.error(e.loc, f"the network expands to more than {MAX_NODES:,} nodes",
@@ -238,15 +273,19 @@ class _Expander:
                          "a block cannot contain itself; blocks form no cycles")
             return main
         env = dict(self.spec.vars)
+        misspelt = set()
         for k, y in given.items():
             if k not in b.args:
-                self.d.error(y.loc, f"unknown argument '{k}' for block '{b.name}'",
-                             did_you_mean(k, b.args, "arguments") or f"block '{b.name}' takes no arguments", span=len(k))
+                hint = did_you_mean(k, b.args, "arguments") or f"block '{b.name}' takes no arguments"
+                misspelt.update(a for a in b.args if f"'{a}'" in hint)
+                self.d.error(y.loc, f"unknown argument '{k}' for block '{b.name}'", hint, span=len(k))
                 continue
             env[k] = self.value(y, scope.env)
         for k, default in b.args.items():
             if k not in given:
-                if default is None:
+                if default is None and k in misspelt:
+                    env[k] = None
+                elif default is None:
                     self.d.error(e.loc, f"block '{b.name}' needs argument '{k}'",
                                  f"pass it: - {b.name}: {{{k}: ...}}  (defined at line {b.loc.line})", span=len(e.kind))
                     env[k] = None

@@ -13,8 +13,9 @@ from ..ops import OPS, USER_OPS, ArgError
 ENTRY_KEYS = ("id", "in", "repeat", "first")
 
 
-def resolve_ops(g: Graph) -> Graph:
-    d = Diagnostics()
+def resolve_ops(g: Graph, diags: Diagnostics | None = None) -> Graph:
+    """With `diags`, problems are recorded there instead of raised (so one run reports them all)."""
+    d = diags if diags is not None else Diagnostics()
     spec = g.meta.get("spec")
     blocks = list(spec.blocks) if spec else []
     for name in blocks:
@@ -33,6 +34,7 @@ def resolve_ops(g: Graph) -> Graph:
             nodes.append(n)
             continue
         args = {}
+        misspelt: set[str] = set()   # required args that an unknown arg probably meant: report once
         for k, v in n.args.items():
             loc = n.argloc.get(k, n.loc)
             if k not in op.args:
@@ -41,6 +43,7 @@ def resolve_ops(g: Graph) -> Graph:
                 else:
                     msg = f"unknown argument '{k}' for {n.op}"
                     hint = did_you_mean(k, list(op.args) + list(ENTRY_KEYS), "arguments") or f"{n.op} takes no arguments"
+                    misspelt.update(a for a in op.args if f"'{a}'" in hint)
                 d.error(loc, msg, hint, span=len(k))
                 continue
             if k == "from":
@@ -54,7 +57,7 @@ def resolve_ops(g: Graph) -> Graph:
                 d.error(loc, f"{n.op}: {e.message}", e.hint)
         for k, a in op.args.items():
             if k not in args and k not in n.args:
-                if a.required:
+                if a.required and k not in misspelt:
                     example = "from: [input]" if k == "from" else f"{k}: ..."
                     d.error(n.loc, f"{n.op} needs '{k}'", f"write - {n.op}: {{{example}}}", span=len(n.op))
                 else:
@@ -65,5 +68,6 @@ def resolve_ops(g: Graph) -> Graph:
             args["stride"] = args.get("kernel")
         ordered = {k: args[k] for k in op.args if k in args}   # table order: stable printing and hashing
         nodes.append(n.with_(args=freeze(ordered)))
-    d.raise_if_any()
+    if diags is None:
+        d.raise_if_any()
     return g.replace(nodes=tuple(nodes))

@@ -80,8 +80,8 @@ class Spec:
     root_loc: Loc = field(default=None)
 
 
-def load_spec(path: str) -> Spec:
-    """Read and structurally check a spec file; raises SpecError with every problem found."""
+def read_source(path: str) -> str:
+    """The spec's text; unreadable or non-UTF-8 files raise SpecError."""
     try:
         with open(path, "rb") as f:
             raw = f.read(4 << 20)
@@ -93,7 +93,12 @@ def load_spec(path: str) -> Spec:
         from ..errors import Diagnostic
         raise SpecError([Diagnostic(Loc(path, 1, 1), f"not UTF-8 text ({e.reason} at byte {e.start})",
                                     "save the spec as UTF-8")]) from None
-    return parse_spec(text, path)
+    return text
+
+
+def load_spec(path: str, diags: Diagnostics | None = None) -> Spec | None:
+    """Read and structurally check a spec file (see parse_spec for `diags`)."""
+    return parse_spec(read_source(path), path, diags)
 
 
 def _io_diag(path, e):
@@ -102,12 +107,16 @@ def _io_diag(path, e):
     return Diagnostic(Loc(path, 0, 0), f"cannot read spec: {e.strerror or e}", hint)
 
 
-def parse_spec(text: str, file: str = "<spec>") -> Spec:
-    diags = Diagnostics()
-    root = load_yaml(text, file, diags)
-    diags.raise_if_any()
-    spec = _Parser(file, diags).spec(root, text)
-    diags.raise_if_any()
+def parse_spec(text: str, file: str = "<spec>", diags: Diagnostics | None = None) -> Spec | None:
+    """Parse and structurally check. Without `diags`, raise SpecError on any problem; with it, record
+    problems there and return the best Spec that could be made (None if none), so that later stages
+    can report their errors in the same run."""
+    own = diags is None
+    d = Diagnostics() if own else diags
+    root = load_yaml(text, file, d)
+    spec = _Parser(file, d).spec(root, text) if root is not None else None
+    if own or spec is None:
+        d.raise_if_any()
     return spec
 
 
@@ -174,10 +183,8 @@ class _Parser:
             layers = ()
         else:
             layers = self.entries(m["layers"], "layers")
-            if not layers and m["layers"].is_list:
+            if m["layers"].is_list and not m["layers"].value:
                 self.d.error(m["layers"].loc, "'layers' is empty", "a network needs at least one layer")
-        if self.d.errors:
-            return None
         return Spec(self.file, text, hashlib.sha256(text.encode()).hexdigest(), name, desc, in_name, in_shape,
                     in_loc, out_name, policy, defaults, env, init, pre, labels, labels_loc, blocks, layers, root.loc)
 
@@ -186,6 +193,8 @@ class _Parser:
             self.d.error(Loc(self.file, 1, 1), "missing 'name:'", "name the network, e.g. name: resnet18")
             return "network"
         v = m["name"]
+        if v.value is None and self.d.has_error_at(v.loc):
+            return "network"    # already reported (a bad tag)
         if not isinstance(v.value, str) or not NAME_RE.match(v.value):
             self.d.error(v.loc, f"invalid name {v.value!r}", "a name is letters, digits, '_' and '-', starting with a letter or '_'")
             return "network"
@@ -373,7 +382,7 @@ class _Parser:
                 continue
             if has_l:
                 body = self.entries(b.value["layers"], f"block '{name}'")
-                if not body and b.value["layers"].is_list:
+                if b.value["layers"].is_list and not b.value["layers"].value:
                     self.d.error(b.value["layers"].loc, f"block '{name}' has no layers", "add at least one layer")
                 out[name] = Block(name, kloc, args, layers=body)
             else:
@@ -391,7 +400,7 @@ class _Parser:
             self.d.error(y.loc, "residual needs 'layers' (its body)", "e.g. residual: {layers: [conv: {out: 64, kernel: 3}, bn], post: relu}")
             return None
         body = self.entries(y.value["layers"], "residual")
-        if not body and y.value["layers"].is_list:
+        if y.value["layers"].is_list and not y.value["layers"].value:
             self.d.error(y.value["layers"].loc, "residual body is empty", "with an empty body the block is just 2x its input")
         post = None
         if "post" in y.value and y.value["post"].value is not None:

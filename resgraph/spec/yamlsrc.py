@@ -69,8 +69,12 @@ def load_yaml(text: str, file: str, diags: Diagnostics) -> Y | None:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        loc = _loc(file, mark) if mark else Loc(file, 1, 1)
         msg = "invalid YAML: " + (e.problem or e.context or "syntax error")
+        if e.context and e.context_mark:
+            msg += f" ({e.context} at line {e.context_mark.line + 1})"
+            if "<stream end>" in (e.problem or ""):
+                mark = e.context_mark   # an unclosed bracket: point at where it opened
+        loc = _loc(file, mark) if mark else Loc(file, 1, 1)
         diags.error(loc, msg, "check indentation, brackets and quotes near this place")
         return None
     except yaml.YAMLError as e:   # reader errors: bad bytes or control characters
@@ -96,10 +100,11 @@ class _Walker:
         self.file, self.diags = file, diags
         self.count = 0
         self.active: set[int] = set()   # ids of nodes on the current path: a repeat is a recursive alias
+        self.key_node = None            # the innermost mapping key being walked (where a bomb is reported)
         self.constructor = yaml.constructor.SafeConstructor()
 
     def fail(self, node, message: str, hint: str) -> None:
-        self.diags.error(_loc(self.file, node.start_mark), message, hint)
+        self.diags.error(_loc(self.file, (self.key_node or node).start_mark), message, hint)
         raise _Budget
 
     def walk(self, node, depth: int) -> Y:
@@ -108,8 +113,10 @@ class _Walker:
             self.fail(node, f"the document expands to more than {MAX_VALUES:,} values",
                       "this looks like an alias bomb (anchors that refer to anchors); write the spec out plainly")
         if depth > MAX_DEPTH:
+            self.key_node = None
             self.fail(node, f"nesting deeper than {MAX_DEPTH} levels", "flatten the spec")
         if id(node) in self.active:
+            self.key_node = None
             self.fail(node, "recursive alias: a value contains itself", "remove the alias that refers to its own anchor")
         loc = _loc(self.file, node.start_mark)
         tag = node.tag or ""
@@ -150,6 +157,7 @@ class _Walker:
                                      span=len(key))
                     continue
                 keylocs[key] = kloc
+                self.key_node = knode
                 out[key] = self.walk(vnode, depth + 1)
             return Y(out, loc, keylocs)
         finally:

@@ -1,0 +1,30 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = sorted((ROOT / "specs").glob("*.yaml"))
+
+
+def resgraph_cmd():
+    """The installed console script if present (what users run), else `python -m resgraph`."""
+    exe = Path(sys.executable).with_name("resgraph")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "resgraph"]
+
+
+def run_cli(*args, cwd=ROOT, timeout=60):
+    return subprocess.run(resgraph_cmd() + list(args), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    def write(text: str, name: str = "spec.yaml") -> str:
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+    return write
