@@ -92,7 +92,8 @@ def _rows(g, depth):
         # "connected to": the edges that are not simply the previous row (skip edges, `in:` jumps)
         edges = [i for k, i in enumerate(n.inputs) if k > 0 or i != prev]
         conn = ", ".join(f"{name(via_ws[i])} (via Ws)" if i in via_ws else name(i) for i in edges)
-        prev = n.path
+        if not n.inserted:   # Ws rows sit beside the body, not in its chain
+            prev = n.path
         op = n.op
         if n.op == "conv":
             k = n.args["kernel"]

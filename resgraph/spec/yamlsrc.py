@@ -21,6 +21,8 @@ MAX_VALUES = 200_000       # scalars + containers after alias expansion
 MAX_DEPTH = 64
 
 _CORE = "tag:yaml.org,2002:"
+# libyaml's composer is 10x faster and refuses absurd nesting itself; the pure-Python one is the fallback
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null")}
 
 
@@ -66,14 +68,14 @@ def load_yaml(text: str, file: str, diags: Diagnostics) -> Y | None:
                     "a network spec is a few hundred lines; is this the right file?")
         return None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         msg = "invalid YAML: " + (e.problem or e.context or "syntax error")
         if e.context and e.context_mark:
             msg += f" ({e.context} at line {e.context_mark.line + 1})"
-            if "<stream end>" in (e.problem or ""):
-                mark = e.context_mark   # an unclosed bracket: point at where it opened
+            if mark is None or not text[mark.index:].strip():
+                mark = e.context_mark   # an unclosed bracket or quote: point at where it opened
         loc = _loc(file, mark) if mark else Loc(file, 1, 1)
         diags.error(loc, msg, "check indentation, brackets and quotes near this place")
         return None

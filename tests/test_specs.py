@@ -1,0 +1,117 @@
+"""Shipped specs against published figures: torchvision's ResNets and He et al.'s CIFAR ResNets."""
+import json
+from pathlib import Path
+
+import pytest
+
+import resgraph
+from conftest import ROOT, SPECS, run_cli
+
+# params = trainable parameters (bn affine included); MACs = conv + linear multiply-accumulates
+IMAGENET = {
+    "resnet18": (11_689_512, 1_814_073_344, 3),
+    "resnet34": (21_797_672, 3_663_761_408, 3),
+    "resnet50": (25_557_032, 4_089_184_256, 4),
+    "resnet101": (44_549_160, 7_801_405_440, 4),
+    "resnet152": (60_192_808, 11_513_626_624, 4),
+}
+CIFAR_A = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962}
+CIFAR_B = {20: 272_474, 32: 466_906, 44: 661_338, 56: 855_770, 110: 1_730_714}
+
+
+def check(name):
+    return resgraph.check(str(ROOT / "specs" / f"{name}.yaml"))
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_imagenet_resnets(name):
+    params, macs, n_ws = IMAGENET[name]
+    c = check(name)
+    assert (c.params, c.macs) == (params, macs)
+    assert c.graph.nodes[0].shape == (3, 224, 224) and c.graph[c.graph.output].shape == (1000,)
+    # Ws where a stage changes shape: layer2..4 always, layer1 too for bottlenecks (64 -> 256 channels)
+    ats = [p.at for p in c.graph.projections]
+    assert len(ats) == n_ws and all(p.kind == "conv1x1" for p in c.graph.projections)
+    assert ats[-3:] == ["layer2.0", "layer3.0", "layer4.0"]
+    assert not c.warnings
+
+
+def test_resnet18_projection_matches_contract_example():
+    p = check("resnet18").graph.projections[0].to_json()
+    assert p == {"at": "layer2.0", "kind": "conv1x1", "from": [64, 56, 56], "to": [128, 28, 28],
+                 "stride": 2, "params": 8448}
+
+
+def test_resnet50_layer1_projection_is_stride_1():
+    p = check("resnet50").graph.projections[0]
+    assert (p.at, p.from_shape, p.to_shape, p.stride) == ("layer1.0", (64, 56, 56), (256, 56, 56), 1)
+
+
+def test_parameter_names_follow_torchvision():
+    g = check("resnet50").graph
+    paths = {n.path for n in g.nodes}
+    for p in ("conv1", "bn1", "layer1.0.conv1", "layer1.0.bn3", "layer3.5.conv2", "layer4.2.bn3", "fc",
+              "layer2.0.shortcut.conv", "layer2.0.shortcut.bn"):
+        assert p in paths, p
+
+
+@pytest.mark.parametrize("depth", CIFAR_A)
+def test_cifar_option_a(depth):
+    c = check(f"cifar_resnet{depth}_a")
+    assert c.params == CIFAR_A[depth]
+    assert [(p.at, p.kind, p.params) for p in c.graph.projections] == [("layer2.0", "zeropad", 0), ("layer3.0", "zeropad", 0)]
+    assert c.graph[c.graph.output].shape == (10,)
+
+
+@pytest.mark.parametrize("depth", CIFAR_B)
+def test_cifar_option_b(depth):
+    c = check(f"cifar_resnet{depth}_b")
+    assert c.params == CIFAR_B[depth]
+    assert [(p.at, p.kind, p.from_shape, p.to_shape, p.stride) for p in c.graph.projections] == [
+        ("layer2.0", "conv1x1", (16, 32, 32), (32, 16, 16), 2), ("layer3.0", "conv1x1", (32, 16, 16), (64, 8, 8), 2)]
+
+
+@pytest.mark.parametrize("depth", [20, 56])
+def test_plain_counterparts(depth):
+    plain, res = check(f"cifar_plain{depth}"), check(f"cifar_resnet{depth}_a")
+    assert plain.params == res.params and plain.macs == res.macs   # option A adds no parameters
+    assert not plain.graph.projections
+    assert not any(n.op == "add" for n in plain.graph.nodes)
+    assert sum(n.op == "add" for n in res.graph.nodes) == 3 * (depth - 2) // 6
+
+
+def test_residual_mlp_ws_is_256_by_128():
+    c = check("residual_mlp")
+    (p,) = c.graph.projections
+    assert (p.at, p.kind, p.from_shape, p.to_shape, p.params) == ("block", "linear", (128,), (256,), 256 * 128)
+    ws = c.graph["block.shortcut"]
+    assert ws.op == "linear" and ws.args["bias"] is False and ws.inserted
+
+
+def test_every_shipped_spec_checks_and_is_listed():
+    names = {p.stem for p in SPECS}
+    want = set(IMAGENET) | {f"cifar_resnet{d}_{o}" for d in CIFAR_A for o in "ab"} | {
+        "cifar_plain20", "cifar_plain56", "residual_mlp"}
+    assert want <= names
+    for p in SPECS:
+        resgraph.check(str(p))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_cli_json_matches_api(path):
+    p = run_cli("check", str(path.relative_to(ROOT)), "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    c = resgraph.check(str(path))
+    assert d == c.to_json()
+    assert set(d) == {"name", "input", "output", "params", "macs", "projections", "warnings"}
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_schema_line_and_validity(path):
+    jsonschema = pytest.importorskip("jsonschema")
+    import yaml
+    text = path.read_text()
+    assert text.startswith("# yaml-language-server: $schema=../docs/resgraph.schema.json\n")
+    schema = json.loads((ROOT / "docs" / "resgraph.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load(text), schema)
