@@ -416,6 +416,9 @@ class _Parser:
 
     def entry(self, y: Y, allow_keys: bool = True) -> Entry | None:
         if isinstance(y.value, str):
+            if y.value == "residual":
+                self.d.error(y.loc, "a residual entry needs its body", "write - residual: {layers: [...], post: relu}")
+                return None
             return Entry(y.value, y.loc, {})
         if not y.is_map:
             self.d.error(y.loc, f"a layer must be an op name or 'op: {{args}}', got {_kind(y)}", "e.g. - relu  or  - conv: {out: 64, kernel: 3}")
