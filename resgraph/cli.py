@@ -66,7 +66,7 @@ def _print_diagnostics(diags, path):
     from .render import console, diagnostic
     err = console(stderr=True)
     for d in diags:
-        err.print(diagnostic(d), end="")
+        err.print(diagnostic(d))
     n = sum(d.severity == "error" for d in diags)
     err.print(f"{path}: {n} error{'s' * (n != 1)}", style="bold red")
 
@@ -86,10 +86,11 @@ def _print_ok(path, c):
     for p in g.projections:
         t.append(f"   Ws at {p.at}: {p.kind} {fmt(p.from_shape)} -> {fmt(p.to_shape)}, stride {p.stride}, "
                  f"{p.params:,} params\n", style="yellow")
-    out.print(t, end="")
+    t.rstrip()
+    out.print(t)
     err = console(stderr=True)
     for w in c.warnings:
-        err.print(diagnostic(w), end="")
+        err.print(diagnostic(w))
 
 
 @cli.command()

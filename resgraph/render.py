@@ -53,7 +53,8 @@ def diagnostic(d: Diagnostic) -> Text:
         t.append(" " * min(col, 160) + "^" + "~" * max(d.span - 1, 0) + "\n", style=f"bold {colour}")
     if d.hint:
         t.append("  hint: ", style="bold cyan")
-        t.append(d.hint + "\n")
+        t.append(d.hint)
+    t.rstrip()
     return t
 
 
@@ -83,12 +84,11 @@ def summary_table(checked, depth: int | None = None) -> Table:
 
 
 def _rows(g, depth):
+    """One row per node; with `depth`, nodes whose paths share the first `depth` parts become one row."""
     rows, prev = [], None
-    groups: dict[str, dict] = {}
     via_ws = {p.nodes[-1]: p.edge for p in g.projections}
     name = lambda i: g.input_name if i == "input" else i  # noqa: E731
     for n in g.nodes:
-        p, m = node_params(n, g), node_macs(n, g)
         # "connected to": the edges that are not simply the previous row (skip edges, `in:` jumps)
         edges = [i for k, i in enumerate(n.inputs) if k > 0 or i != prev]
         conn = ", ".join(f"{name(via_ws[i])} (via Ws)" if i in via_ws else name(i) for i in edges)
@@ -100,23 +100,29 @@ def _rows(g, depth):
             op = f"conv {k}x{k}" + (f"/{n.args['stride']}" if n.args["stride"] > 1 else "")
         if n.inserted:
             op += "  (Ws)"
-        path = g.input_name if n.path == "input" else n.path
-        key = ".".join(path.split(".")[:depth]) if depth else path
-        if depth and key != path:
-            row = groups.get(key)
-            if row is None:
-                row = groups[key] = {"path": key, "op": "", "n": 0, "shape": "", "params": 0, "macs": 0,
-                                     "conn": "", "inserted": False}
-                rows.append(row)
-            row["n"] += 1
-            row["op"] = f"({row['n']} nodes)"
-            row["shape"] = fmt(n.shape)
-            row["params"] += p
-            row["macs"] += m
+        path = name(n.path)
+        rows.append({"path": path, "key": ".".join(path.split(".")[:depth]) if depth else path, "op": op,
+                     "shape": fmt(n.shape), "params": node_params(n, g), "macs": node_macs(n, g), "conn": conn,
+                     "inserted": n.inserted, "add": n.op == "add"})
+    if not depth:
+        for r in rows:
+            r["path"] = ("+ " if r["inserted"] else "") + r["path"]
+        return rows
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["key"], []).append(r)
+    out = []
+    for key, members in groups.items():
+        if len(members) == 1:
+            out.append(members[0])
             continue
-        rows.append({"path": ("+ " if n.inserted else "") + path, "op": op, "shape": fmt(n.shape), "params": p,
-                     "macs": m, "conn": conn, "inserted": n.inserted})
-    return rows
+        kind = "residual" if any(m["add"] and m["path"] == key for m in members) else "block"
+        ws = " + Ws" if any(m["inserted"] for m in members) else ""
+        skips = [m["conn"] for m in members if m["add"] and m["path"] == key and m["conn"]]
+        out.append({"path": key, "op": f"{kind}{ws} ({len(members)} nodes)", "shape": members[-1]["shape"],
+                    "params": sum(m["params"] for m in members), "macs": sum(m["macs"] for m in members),
+                    "conn": skips[0] if skips else "", "inserted": False})
+    return out
 
 
 def totals_text(checked) -> Text:

@@ -104,9 +104,10 @@ def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, eq
         return None
     s = find_stride(src, dst)
     if s is None:
+        eqs = f"ceil({h1} / s) = {h2}" + ("" if (h1, h2) == (w1, w2) else f" and ceil({w1} / s) = {w2}")
         d.error(loc, f"no integer stride maps {fmt(src)} to {fmt(dst)}: {where}",
-                f"ceil({h1} / s) = {h2} and ceil({w1} / s) = {w2} have no common integer s; "
-                "check strides and paddings in the body")
+                f"no integer s solves {eqs}; check the strides and paddings in the body "
+                "('same' padding keeps ceil(H / stride))")
         return None
     if policy == "zeropad":
         if c2 < c1:
