@@ -30,7 +30,13 @@ def cli():
 
 
 def _check(path):
-    from .compiler import check_file
+    """Check a file, or standard input for '-' (editors and pipes)."""
+    from .compiler import check_file, check_text
+    if path == "-":
+        from .render import remember_source
+        text = sys.stdin.read(4 << 20)
+        remember_source("<stdin>", text)
+        return check_text(text, "<stdin>")
     return check_file(path)
 
 
@@ -39,7 +45,8 @@ def _check(path):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the contract's format).")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def check(specs, as_json, strict):
-    """Check every dimension along every edge of SPECS; report inserted projections (Ws)."""
+    """Check every dimension along every edge of SPECS ('-' reads standard input); report inserted
+    projections (Ws). With --json and several specs, one JSON object per line."""
     failed = False
     for path in specs:
         try:

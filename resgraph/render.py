@@ -22,6 +22,11 @@ def console(stderr: bool = False) -> Console:
 _SOURCES: dict[str, list[str]] = {}
 
 
+def remember_source(file: str, text: str) -> None:
+    """Source text for a name that is not a file on disk (standard input)."""
+    _SOURCES[file] = text.splitlines()
+
+
 def _line(file: str, n: int) -> str | None:
     if file not in _SOURCES:
         try:

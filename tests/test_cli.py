@@ -85,3 +85,23 @@ def test_launchers():
 def test_usage_error_exit_code():
     p = run_cli("check")
     assert p.returncode == 2 and "Missing argument" in p.stderr
+
+
+def test_check_reads_standard_input():
+    import subprocess as sp
+    from conftest import resgraph_cmd
+    text = "resgraph: 1\nname: t\ninput: {shape: [3, 8, 8]}\nlayers:\n  - cnov: {out: 4, kernel: 3}\n"
+    p = sp.run(resgraph_cmd() + ["check", "-"], input=text, capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1 and "<stdin>:5:5: error: unknown op or block 'cnov'" in p.stderr
+    assert "  - cnov: {out: 4, kernel: 3}" in p.stderr
+    good = (ROOT / "specs" / "resnet18.yaml").read_text()
+    p = sp.run(resgraph_cmd() + ["check", "-", "--json"], input=good, capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and json.loads(p.stdout)["params"] == 11_689_512
+
+
+def test_bench_script_runs():
+    """A smoke run keeps bench/check_speed.py working; its numbers are printed, never asserted."""
+    p = subprocess.run([sys.executable, "bench/check_speed.py", "--quick", "--repeat", "1"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "ratio" in p.stdout and "per-node time" in p.stdout

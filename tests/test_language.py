@@ -264,3 +264,19 @@ def test_graph_prints_as_python():
 def test_determinism():
     a, b = ok(BLOCK + "layers:\n  - basic: {out: 8, stride: 2}\n"), ok(BLOCK + "layers:\n  - basic: {out: 8, stride: 2}\n")
     assert str(a.graph) == str(b.graph) and a.to_json() == b.to_json()
+
+
+def test_labels_file_relative_to_spec_and_preprocess(tmp_path):
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "classes.txt").write_text("cat\ndog\n\nbird\n")
+    spec = tmp_path / "net.yaml"
+    spec.write_text(HEAD + "input: {shape: [3, 8, 8]}\nlabels: labels/classes.txt\n"
+                    "preprocess: {resize: 10, crop: 8, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}\n"
+                    "layers:\n  - global_avgpool\n  - flatten\n  - linear: {out: 3}\n")
+    c = resgraph.check(str(spec))
+    assert c.spec.labels == ("cat", "dog", "bird")
+    assert c.spec.preprocess["crop"] == 8 and c.spec.preprocess["std"] == [0.25] * 3
+    spec.write_text(spec.read_text().replace("classes.txt", "missing.txt"))
+    with pytest.raises(resgraph.SpecError) as info:
+        resgraph.check(str(spec))
+    assert "cannot read labels file 'labels/missing.txt'" in info.value.message
