@@ -221,7 +221,7 @@ def bench_startup(repeat: int) -> dict:
 
 
 def bench_scaling(sizes: tuple[int, ...], in_runs: int, proc_runs: int) -> dict:
-    print(f"\n== 2. scaling: generated CIFAR-style specs (basic blocks, 3 stages, 2 stride-2 stages, projection Ws)")
+    print("\n== 2. scaling: generated CIFAR-style specs (basic blocks, 3 stages, 2 stride-2 stages, projection Ws)")
     print(f"   in-process: median of {runs(in_runs)} after a warm-up; whole process: median of {runs(proc_runs)}"
           " after a warm-up\n")
     rows = []

@@ -57,7 +57,7 @@ def test_cli_human(name):
     assert p.returncode == 1 and p.stdout == ""
     assert "Traceback" not in p.stderr
     lines = path.read_text().splitlines()
-    for line, text in expectations(path):
+    for line, _ in expectations(path):
         assert re.search(rf"^{re.escape(str(path))}:{line}:\d+: error: ", p.stderr, re.M), p.stderr
         assert lines[line - 1].strip() in p.stderr, "the offending source line is shown"
     assert re.search(r"^\s+\|\s+\^", p.stderr, re.M), "a caret points at the column"

@@ -1,6 +1,5 @@
 """Shipped specs against published figures: torchvision's ResNets and He et al.'s CIFAR ResNets."""
 import json
-from pathlib import Path
 
 import pytest
 

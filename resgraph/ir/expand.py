@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
 from ..limits import MAX_NODES, MAX_REPEAT
-from ..spec import expr as ex
-from ..spec.model import Entry, Residual, Spec
+from ..spec.model import Entry, Residual, Spec, evaluate_located
 from ..spec.yamlsrc import Y
 from .graph import INPUT, Graph, Node, freeze
 
@@ -84,7 +83,7 @@ class _Expander:
         names = self.names(entries, scope)
         prev = scope.input
         mark = len(self.pending)
-        for i, (e, name) in enumerate(zip(entries, names)):
+        for i, (e, name) in enumerate(zip(entries, names, strict=True)):
             scope.index = i
             main = prev
             if e.in_ is not None:
@@ -210,13 +209,7 @@ class _Expander:
             raise _Abort
 
     def value(self, y: Y, env: dict):
-        if ex.is_expr(y.value):
-            try:
-                return ex.evaluate(y.value, env)
-            except ex.ExprError as err:
-                self.d.error(Loc(y.loc.file, y.loc.line, y.loc.col + err.offset), err.message, err.hint)
-                return None
-        return y.value
+        return evaluate_located(y, env, self.d)
 
     def entry(self, e: Entry, path: str, name: str, scope: _Scope, main: str, named: bool) -> str:
         n = 1
@@ -255,7 +248,7 @@ class _Expander:
             locs[k] = y.loc
             if k == "from":
                 refs = y.value if y.is_list else [y]
-                for j, r in enumerate(refs):
+                for r in refs:
                     if not isinstance(r.value, str):
                         self.d.error(r.loc, f"'from' lists ids, got {r.value!r}", "e.g. from: [input]")
                         continue

@@ -139,14 +139,7 @@ class _Parser:
         return y
 
     def const(self, y: Y, env: dict):
-        """A value that may be an expression over vars."""
-        if ex.is_expr(y.value):
-            try:
-                return ex.evaluate(y.value, env)
-            except ex.ExprError as e:
-                self.d.error(_shift(y.loc, e.offset), e.message, e.hint)
-                return None
-        return y.value
+        return evaluate_located(y, env, self.d)
 
     # -- the spec -----------------------------------------------------------------------------
     def spec(self, root: Y, text: str) -> Spec | None:
@@ -465,6 +458,18 @@ class _Parser:
             if first is not None:
                 self.d.error(common["first"].loc, "'first' needs a block with arguments", "define the block under blocks: with args")
         return Entry(kind, kloc, args, common.get("id"), common.get("in"), common.get("repeat"), first, residual)
+
+
+def evaluate_located(y: Y, env: dict, diags: Diagnostics):
+    """y's value, with an expression ("$out * 4") evaluated in env; on error, report it at the
+    offending character and return None."""
+    if ex.is_expr(y.value):
+        try:
+            return ex.evaluate(y.value, env)
+        except ex.ExprError as e:
+            diags.error(_shift(y.loc, e.offset), e.message, e.hint)
+            return None
+    return y.value
 
 
 def _kind(y: Y) -> str:
