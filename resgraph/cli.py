@@ -128,6 +128,8 @@ def graph(spec):
     except SpecError as e:
         _print_diagnostics(e.diagnostics, spec)
         sys.exit(1)
+    except Exception as e:  # noqa: BLE001
+        _fail_internal(e)
     click.echo(str(c.graph))
 
 

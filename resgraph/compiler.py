@@ -74,6 +74,7 @@ def _check_io(spec: Spec, g: Graph) -> None:
     c = spec.input_shape[0]
     for k in ("mean", "std"):
         if k in spec.preprocess and len(spec.preprocess[k]) != c:
-            d.error(spec.preprocess[k + "_loc"], f"preprocess.{k} has {len(spec.preprocess[k])} values for {c} input channels",
+            n = len(spec.preprocess[k])
+            d.error(spec.preprocess[k + "_loc"], f"preprocess.{k} has {n} value{'s' * (n != 1)} for {c} input channels",
                     "one value per channel")
     d.raise_if_any()

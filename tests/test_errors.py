@@ -15,6 +15,7 @@ from conftest import run_cli
 
 BROKEN = sorted((Path(__file__).parent / "broken").glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (\d+): (.+)$", re.M)
+COUNT = re.compile(r"^# errors: (\d+)$", re.M)   # optional: exactly this many (no follow-on errors)
 
 
 def expectations(path: Path):
@@ -37,6 +38,10 @@ def test_error_and_line(path):
     for d in diags:
         assert d.loc.file == str(path) and d.loc.line >= 1 and d.loc.col >= 1
         assert d.hint, f"every error carries a hint: {d.message}"
+        assert "Y(" not in d.message and "<failed>" not in d.message, "no internal objects in messages"
+    count = COUNT.search(path.read_text())
+    if count:
+        assert len(diags) == int(count.group(1)), [d.message for d in diags]
 
 
 @pytest.mark.parametrize("path", BROKEN, ids=lambda p: p.stem)

@@ -281,3 +281,28 @@ def test_labels_file_relative_to_spec_and_preprocess(tmp_path):
     with pytest.raises(resgraph.SpecError) as info:
         resgraph.check(str(spec))
     assert "cannot read labels file 'labels/missing.txt'" in info.value.message
+
+
+def test_boolean_vars_drive_bool_args():
+    g = ok("vars: {b: false}\nlayers:\n  - conv: {out: 4, kernel: 3, bias: $b}\n").graph
+    assert g["conv1"].args["bias"] is False
+
+
+def test_ws_bn_follows_bn_defaults_but_ws_conv_ignores_conv_defaults():
+    c = ok("defaults:\n  bn: {eps: 0.001}\n  conv: {bias: true, kernel: 3}\nlayers:\n  - residual:\n      id: r\n"
+           "      layers:\n        - conv: {out: 8, stride: 2}\n        - bn\n")
+    assert c.graph["r.shortcut.bn"].args["eps"] == 0.001 and c.graph["r.bn1"].args["eps"] == 0.001
+    ws = c.graph["r.shortcut.conv"].args
+    assert ws["bias"] is False and ws["kernel"] == 1
+
+
+def test_warnings_once_per_source_line():
+    c = ok(BLOCK + "layers:\n  - basic: {out: 3, repeat: 3}\n")
+    bias = [w for w in c.warnings if "bias right before a bn" in w.message]
+    assert len(bias) == 2 and "(and 2 more instances)" in bias[0].message
+
+
+def test_every_shipped_spec_is_warning_free():
+    from conftest import SPECS
+    for p in SPECS:
+        assert not resgraph.check(str(p)).warnings, p

@@ -114,3 +114,18 @@ def test_schema_line_and_validity(path):
     assert text.startswith("# yaml-language-server: $schema=../docs/resgraph.schema.json\n")
     schema = json.loads((ROOT / "docs" / "resgraph.schema.json").read_text())
     jsonschema.validate(yaml.safe_load(text), schema)
+
+
+@pytest.mark.parametrize("doc,valid", [
+    ({"resgraph": 1, "name": "t", "input": {"shape": [3, 8, 8]}, "layers": ["relu", {"conv": {"out": 4, "kernel": 3}}]}, True),
+    ({"resgraph": 1, "name": "t", "input": {"shape": [3, 8, 8]}, "layers": [{"conv": {"out": "$w * 2", "kernel": 3}}]}, True),
+    ({"resgraph": 1, "name": "t", "input": {"shape": [3, 8, 8]}, "layers": [{"basic": {"out": 4}}]}, True),
+    ({"resgraph": 1, "name": "t", "input": {"shape": [3, 8, 8]}, "layers": [{"conv": {"out": 4, "kernal": 3}}]}, False),
+    ({"resgraph": 1, "name": "t", "input": {"shape": [3, 8, 8]}, "layers": [{"conv": {"kernel": 3}}]}, False),
+    ({"name": "t", "input": {"shape": [3, 8, 8]}, "layers": ["relu"]}, False),
+    ({"resgraph": 1, "name": "t", "input": {"shape": [3, 8, 8]}, "layers": ["relu"], "shortcut": "zero_pad"}, False),
+])
+def test_schema_accepts_and_rejects(doc, valid):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "docs" / "resgraph.schema.json").read_text())
+    assert jsonschema.Draft202012Validator(schema).is_valid(doc) is valid

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
 from ..limits import MAX_NODES, MAX_REPEAT
+from ..spec.expr import FAILED
 from ..spec.model import Entry, Residual, Spec, evaluate_located
 from ..spec.yamlsrc import Y
 from .graph import INPUT, Graph, Node, freeze
@@ -24,6 +25,11 @@ from .graph import INPUT, Graph, Node, freeze
 
 class _Abort(Exception):
     pass
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @dataclass
@@ -87,7 +93,7 @@ class _Expander:
             scope.index = i
             main = prev
             if e.in_ is not None:
-                main = self.ref(e.in_.value, e.in_.loc, scope, len(self.nodes), 0)
+                main = self.ref(e.in_.plain(), e.in_.loc, scope, len(self.nodes), 0)
             prev = self.entry(e, scope.prefix + name, name, scope, main, e.id is not None)
             if e.id is not None:
                 scope.ids[e.id.value] = prev
@@ -132,7 +138,7 @@ class _Expander:
     # -- references -----------------------------------------------------------------------------
     def ref(self, name, loc: Loc, scope: _Scope, node: int, slot: int) -> str:
         if not isinstance(name, str):
-            self.d.error(loc, f"a reference must be an id, got {name!r}", "e.g. in: stem  or  from: [input]")
+            self.d.error(loc, f"a reference must be an id, got {_short(name)}", "e.g. in: stem  or  from: [input]")
             return scope.input
         if name == "input":
             return scope.input
@@ -143,7 +149,10 @@ class _Expander:
             if base == name:
                 # resolved when the scope ends, then reported as a cycle or a forward reference
                 self.pending.append(_Ref(node, slot, name, loc, scope))
-                return scope.input   # replaced when the scope ends
+            else:
+                self.d.error(loc, f"forward reference to '{name}': '{base}' is defined later",
+                             f"move the entry with id '{base}' before this one", span=len(name))
+            return scope.input   # replaced when the scope ends, or an error already
         self.dangling(name, loc, scope)
         return scope.input
 
@@ -165,8 +174,11 @@ class _Expander:
             cycle = set(e.args[1])
         for r in self.forward:
             src = self.nodes[r.node].path
-            if src in cycle or self.nodes[r.node].inputs[r.slot] == src:
-                chain = " -> ".join(e for e in sorted(cycle)) if cycle else src
+            if self.nodes[r.node].inputs[r.slot] == src:
+                self.d.error(r.loc, f"cycle: '{r.name}' takes its own output as an input",
+                             "a network is acyclic; refer to an earlier entry", span=len(r.name))
+            elif src in cycle:
+                chain = " -> ".join(e for e in sorted(cycle))
                 self.d.error(r.loc, f"cycle: '{src}' depends on '{r.name}', which depends on '{src}'",
                              f"a network is acyclic; the cycle runs through: {chain}", span=len(r.name))
             else:
@@ -209,13 +221,15 @@ class _Expander:
             raise _Abort
 
     def value(self, y: Y, env: dict):
-        return evaluate_located(y, env, self.d)
+        return evaluate_located(y, env, self.d, failed=FAILED)
 
     def entry(self, e: Entry, path: str, name: str, scope: _Scope, main: str, named: bool) -> str:
         n = 1
         if e.repeat is not None:
             n = self.value(e.repeat, scope.env)
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REPEAT:
+            if n is FAILED:
+                n = 1   # reported where it failed
+            elif isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REPEAT:
                 self.d.error(e.repeat.loc, f"repeat must be an integer from 1 to {MAX_REPEAT:,}, got {n!r}",
                              "repeat is a count of sequential copies")
                 n = 1
@@ -248,9 +262,12 @@ class _Expander:
             locs[k] = y.loc
             if k == "from":
                 refs = y.value if y.is_list else [y]
+                if not refs:
+                    self.d.error(y.loc, "'from' is empty", f"{e.kind} joins the main input with at least one other: "
+                                 "from: [input]")
                 for r in refs:
                     if not isinstance(r.value, str):
-                        self.d.error(r.loc, f"'from' lists ids, got {r.value!r}", "e.g. from: [input]")
+                        self.d.error(r.loc, f"'from' lists ids, got {_short(r.plain())}", "e.g. from: [input]")
                         continue
                     inputs.append(self.ref(r.value, r.loc, scope, len(self.nodes), len(inputs)))
                 values["from"] = tuple(inputs[1:])
@@ -277,11 +294,11 @@ class _Expander:
         for k, default in b.args.items():
             if k not in given:
                 if default is None and k in misspelt:
-                    env[k] = None
+                    env[k] = FAILED
                 elif default is None:
                     self.d.error(e.loc, f"block '{b.name}' needs argument '{k}'",
                                  f"pass it: - {b.name}: {{{k}: ...}}  (defined at line {b.loc.line})", span=len(e.kind))
-                    env[k] = None
+                    env[k] = FAILED
                 else:
                     env[k] = self.value(default, self.spec.vars)
         inner = _Scope(path + ".", env, main)

@@ -1,6 +1,7 @@
 """Argument kinds of the op table. Each `Arg.check` returns the cleaned value or raises ArgError."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 REQUIRED = object()
@@ -30,17 +31,18 @@ class Arg:
     def check(self, name: str, value):
         k = self.kind
         if k == "int":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-                raise ArgError(f"'{name}' must be an integer, got {value!r}", _range_hint(self))
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) \
+                    or int(value) != value:
+                raise ArgError(f"'{name}' must be an integer, got {_show(value)}", _range_hint(self))
             value = int(value)
             return _bounded(self, name, value)
         if k == "float":
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ArgError(f"'{name}' must be a number, got {value!r}", _range_hint(self))
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                raise ArgError(f"'{name}' must be a finite number, got {_show(value)}", _range_hint(self) or "e.g. 0.001")
             return _bounded(self, name, float(value))
         if k == "bool":
             if not isinstance(value, bool):
-                raise ArgError(f"'{name}' must be true or false, got {value!r}")
+                raise ArgError(f"'{name}' must be true or false, got {_show(value)}", f"write {name}: true or {name}: false")
             return value
         if k == "choice":
             if value not in self.choices:
@@ -52,32 +54,51 @@ class Arg:
             if value in ("same", "valid"):
                 return value
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ArgError(f"'{name}' must be 'same', 'valid' or a non-negative integer, got {value!r}",
+                raise ArgError(f"'{name}' must be 'same', 'valid' or a non-negative integer, got {_show(value)}",
                                "'same' keeps the size (divided by the stride); 'valid' pads nothing")
             return _bounded(self, name, value)
         if k == "ids":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                raise ArgError(f"'{name}' must be a list of ids, got {value!r}", "for example: from: [input] or from: [stem, layer1]")
+                raise ArgError(f"'{name}' must be a list of ids, got {_show(value)}", "for example: from: [input] or from: [stem, layer1]")
             return tuple(value)
         raise AssertionError(f"unknown arg kind {k}")
 
 
+def _finite(v) -> bool:
+    return isinstance(v, int) or math.isfinite(v)
+
+
+def _num(v) -> str:
+    """A number as a person writes it: 1,048,576 not 1.04858e+06; huge ints abbreviated."""
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e15):
+        v = int(v)
+        return f"{v:,}" if abs(v) < 10**15 else f"a {len(str(abs(v)))}-digit number"
+    return f"{v:g}"
+
+
+def _show(v) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return _num(v)
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _range_hint(a: Arg) -> str:
     if a.lo is not None and a.hi is not None:
-        return f"expected a value from {a.lo:g} to {a.hi:g}"
+        return f"expected a value from {_num(a.lo)} to {_num(a.hi)}"
     if a.lo is not None:
-        return f"expected a value >= {a.lo:g}"
+        return f"expected a value >= {_num(a.lo)}"
     return ""
 
 
 def _bounded(a: Arg, name: str, value):
     if a.lo is not None and value < a.lo:
-        raise ArgError(f"'{name}' must be >= {a.lo:g}, got {value:g}",
+        raise ArgError(f"'{name}' must be >= {_num(a.lo)}, got {_num(value)}",
                        "sizes are positive" if a.lo == 1 else _range_hint(a))
     if a.hi is not None and value > a.hi:
-        raise ArgError(f"'{name}' = {value:g} exceeds the limit of {a.hi:g}",
+        raise ArgError(f"'{name}' = {_num(value)} exceeds the limit of {_num(a.hi)}",
                        "that is far beyond any real network; check for a typo or a runaway expression")
     return value
 

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from ..errors import Diagnostics, did_you_mean
 from ..ir import Graph, freeze
+from ..spec.model import evaluate_located
 from ..ops import OPS, USER_OPS, ArgError
+from ..spec.expr import FAILED
 
 ENTRY_KEYS = ("id", "in", "repeat", "first")
+# names users bring from PyTorch, Keras and Ultralytics YAML
+ALIASES = {"batchnorm": "bn", "batchnorm2d": "bn", "batchnorm1d": "bn", "batch_norm": "bn", "bn2d": "bn",
+           "conv2d": "conv", "convolution": "conv", "dense": "linear", "fc": "linear", "fully_connected": "linear",
+           "maxpool2d": "maxpool", "max_pool": "maxpool", "avgpool2d": "avgpool", "avg_pool": "avgpool",
+           "adaptiveavgpool2d": "global_avgpool", "globalaveragepooling2d": "global_avgpool", "gap": "global_avgpool",
+           "leakyrelu": "leaky_relu", "swish": "silu", "sum": "add", "cat": "concat", "concatenate": "concat",
+           "upsampling2d": "upsample", "interpolate": "upsample", "shortcut": "project", "downsample": "project",
+           "projection": "project", "skip": "add"}
+
 
 
 def resolve_ops(g: Graph, diags: Diagnostics | None = None) -> Graph:
@@ -21,16 +32,29 @@ def resolve_ops(g: Graph, diags: Diagnostics | None = None) -> Graph:
     for name in blocks:
         if name in OPS:
             d.error(spec.blocks[name].loc, f"block '{name}' has the name of an op", "rename the block")
+    defaults: dict[str, dict] = {}   # resolved, for nodes that passes insert (a Ws bn follows defaults: {bn: ...})
     for op, args in (spec.defaults.items() if spec else ()):
         if op not in OPS or not OPS[op].user:
             loc = next(iter(args.values())).loc if args else spec.root_loc
             d.error(loc, f"defaults for unknown op '{op}'", did_you_mean(op, USER_OPS, "ops"))
+            continue
+        defaults[op] = {}
+        for k, y in args.items():
+            if k not in OPS[op].args:
+                continue   # reported on every node that receives it
+            v = evaluate_located(y, spec.vars, d, failed=FAILED)
+            try:
+                if v is not FAILED and v is not None:
+                    defaults[op][k] = OPS[op].args[k].check(k, v)
+            except ArgError:
+                pass       # reported on every node that receives it
     nodes = [g.nodes[0]]
     for n in g.nodes[1:]:
         op = OPS.get(n.op)
         if op is None or (not op.user and not n.inserted):
-            d.error(n.loc, f"unknown op or block '{n.op}'",
-                    did_you_mean(n.op, USER_OPS + blocks + ["residual"], "ops and blocks"), span=len(n.op))
+            hint = (f"resgraph calls it '{ALIASES[n.op.lower()]}'" if n.op.lower() in ALIASES else
+                    did_you_mean(n.op, USER_OPS + blocks + ["residual"], "ops and blocks"))
+            d.error(n.loc, f"unknown op or block '{n.op}'", hint, span=len(n.op))
             nodes.append(n)
             continue
         args = {}
@@ -49,8 +73,12 @@ def resolve_ops(g: Graph, diags: Diagnostics | None = None) -> Graph:
             if k == "from":
                 args[k] = tuple(n.inputs[1:])   # expansion resolved the ids to paths
                 continue
-            if v is None:
-                continue   # an expression that failed (already reported) or an explicit null: keep the default
+            if v is FAILED:
+                continue   # reported where it failed (an expression, a missing block argument)
+            if v is None:  # an explicit null: the default, if there is one
+                if op.args[k].required:
+                    d.error(loc, f"{n.op} needs a value for '{k}', got null", f"write {k}: ...", span=len(k))
+                continue
             try:
                 args[k] = op.args[k].check(k, v)
             except ArgError as e:
@@ -70,4 +98,4 @@ def resolve_ops(g: Graph, diags: Diagnostics | None = None) -> Graph:
         nodes.append(n.with_(args=freeze(ordered)))
     if diags is None:
         d.raise_if_any()
-    return g.replace(nodes=tuple(nodes))
+    return g.replace(nodes=tuple(nodes), meta=freeze({**g.meta, "defaults": defaults}))

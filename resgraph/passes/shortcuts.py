@@ -40,6 +40,8 @@ def insert_shortcuts(g: Graph) -> Graph:
     d = Diagnostics()
     spec = g.meta.get("spec")
     default_policy = spec.shortcut if spec else "projection"
+    # a Ws bn follows the spec's `defaults: {bn: ...}` like every bn; a Ws conv stays 1x1 and bias-free
+    bn_args = dict(g.meta.get("defaults", {}).get("bn", {}))
     shapes = {n.path: n.shape for n in g.nodes}
     out: list[Node] = []
     projections: list[Projection] = []
@@ -57,7 +59,7 @@ def insert_shortcuts(g: Graph) -> Graph:
                 continue
             base = f"{n.path}.shortcut{j if many else ''}"
             eq = f"add {n.path}: {n.inputs[0]} {fmt(target)} + {edge} {fmt(src)}"
-            made = _ws(d, n, base, edge, src, target, policy, eq)
+            made = _ws(d, n, base, edge, src, target, policy, bn_args)
             if made is None:
                 continue
             nodes, kind, stride = made
@@ -78,7 +80,7 @@ def insert_shortcuts(g: Graph) -> Graph:
     return g.replace(nodes=tuple(out), projections=tuple(projections))
 
 
-def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, eq: str):
+def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, bn_args: dict):
     loc, blk = n.loc, n.block
     where = f"the add at '{n.path}' joins the main input {n.inputs[0]} {fmt(dst)} and {edge} {fmt(src)}"
     if policy == "error":
@@ -128,5 +130,5 @@ def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, eq
         conv_stride = s
     nodes.append(_node(f"{base}.conv", "conv", loc, (x,), blk, out=c2, kernel=1, stride=conv_stride,
                        padding="valid", bias=False))
-    nodes.append(_node(f"{base}.bn", "bn", loc, (nodes[-1].path,), blk))
+    nodes.append(_node(f"{base}.bn", "bn", loc, (nodes[-1].path,), blk, **bn_args))
     return nodes, kind, s

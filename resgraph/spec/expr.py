@@ -20,6 +20,15 @@ MAX_PARENS = 32
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)|\$(?P<var>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>//|[-+*()]))")
 
 
+class _Failed:
+    """The value of something whose error has been reported: later stages skip it silently."""
+    def __repr__(self) -> str:
+        return "<failed>"
+
+
+FAILED = _Failed()
+
+
 class ExprError(Exception):
     def __init__(self, message: str, hint: str = "", offset: int = 0):
         super().__init__(message)
@@ -38,7 +47,10 @@ def evaluate(text: str, env: dict):
     if len(tokens) == 1 and tokens[0][0] == "var":
         return _lookup(tokens[0][1], env, tokens[0][2])
     parser = _Parser(text, tokens, env)
-    value = parser.expr()
+    try:
+        value = parser.expr()
+    except OverflowError:
+        raise ExprError(f"'{text}' overflows", "sizes in a network are far smaller") from None
     if parser.pos != len(tokens):
         _, tok, off = tokens[parser.pos]
         raise ExprError(f"unexpected '{tok}' in expression '{text}'", "expressions use numbers, $names, + - * // and ( )", off)

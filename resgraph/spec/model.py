@@ -6,6 +6,7 @@ and what arguments they take, is the op table's business (see passes/resolve.py)
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ def load_spec(path: str, diags: Diagnostics | None = None) -> Spec | None:
 def _io_diag(path, e):
     from ..errors import Diagnostic
     hint = "check the path" if isinstance(e, FileNotFoundError) else "check permissions"
-    return Diagnostic(Loc(path, 0, 0), f"cannot read spec: {e.strerror or e}", hint)
+    return Diagnostic(Loc(path, 1, 1), f"cannot read spec: {e.strerror or e}", hint)
 
 
 def parse_spec(text: str, file: str = "<spec>", diags: Diagnostics | None = None) -> Spec | None:
@@ -114,7 +115,11 @@ def parse_spec(text: str, file: str = "<spec>", diags: Diagnostics | None = None
     own = diags is None
     d = Diagnostics() if own else diags
     root = load_yaml(text, file, d)
-    spec = _Parser(file, d).spec(root, text) if root is not None else None
+    if d.errors:
+        # the document is not plain YAML data (bad tag, merge key, duplicate key): what it means is
+        # unclear, and checking it further would mostly report the same mistake again
+        raise SpecError(d.errors)
+    spec = _Parser(file, d).spec(root, text)
     if own or spec is None:
         d.raise_if_any()
     return spec
@@ -163,12 +168,22 @@ class _Parser:
         env = self.vars(m.get("vars"))
         in_name, in_shape, in_loc = self.input(m.get("input"), env, top)
         out_name = self.output(m.get("output"))
+        if out_name == in_name:
+            where = m["output"].loc if "output" in m else top
+            self.d.error(where, f"the output is named '{out_name}', like the input",
+                         "inputs and outputs of a model need distinct names, e.g. input: image, output: logits")
         policy = "projection"
         if "shortcut" in m:
             policy = self.policy(m["shortcut"]) or policy
         defaults = self.defaults(m.get("defaults"))
         init = self.init(m.get("init"))
         pre = self.preprocess(m.get("preprocess"), env)
+        if "crop" in pre and len(in_shape) == 3 and (pre["crop"], pre["crop"]) != in_shape[1:]:
+            self.d.error(m["preprocess"].loc, f"preprocess.crop is {pre['crop']} but the input is "
+                         f"{in_shape[1]}x{in_shape[2]}", "the crop is what the network sees: make it equal to the input size")
+        if "crop" in pre and "resize" in pre and pre["resize"] < pre["crop"]:
+            self.d.error(m["preprocess"].loc, f"preprocess.resize {pre['resize']} is smaller than crop {pre['crop']}",
+                         "resize the shorter side to at least the crop size")
         labels, labels_loc = self.labels(m.get("labels"))
         blocks = self.blocks(m.get("blocks"))
         if "layers" not in m:
@@ -205,8 +220,9 @@ class _Parser:
             val = self.const(v, env)
             if val is None:
                 continue
-            if isinstance(val, bool) or not isinstance(val, (int, float, str)):
-                self.d.error(v.loc, f"variable '{k}' must be a number or a word, got {_kind(v)}", "for example: width: 64")
+            if not isinstance(val, (int, float, str, bool)):
+                self.d.error(v.loc, f"variable '{k}' must be a number, a word or true/false, got {_kind(v)}",
+                             "for example: width: 64")
                 continue
             env[k] = val
         return env
@@ -290,7 +306,7 @@ class _Parser:
         for k, v in y.value.items():
             if k in INIT_KEYS:
                 if not isinstance(v.value, INIT_KEYS[k]):
-                    self.d.error(v.loc, f"init.{k} must be true or false", "")
+                    self.d.error(v.loc, f"init.{k} must be true or false", f"write {k}: true or {k}: false")
                 else:
                     out[k] = v.value
         return out
@@ -312,7 +328,8 @@ class _Parser:
             if k in y.value:
                 v = y.value[k]
                 vals = v.plain() if v.is_list else None
-                if not vals or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in vals):
+                if not vals or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                                       for x in vals):
                     self.d.error(v.loc, f"preprocess.{k} must be a list of numbers", "one per channel, e.g. [0.485, 0.456, 0.406]")
                 elif k == "std" and any(x <= 0 for x in vals):
                     self.d.error(v.loc, "preprocess.std must be positive", "divide by a positive number")
@@ -339,7 +356,8 @@ class _Parser:
                 self.d.error(y.loc, f"cannot read labels file '{y.value}': {getattr(e, 'strerror', None) or e}",
                              "the path is relative to the spec file; one class name per line")
                 return None, None
-        self.d.error(y.loc, f"labels must be a list or a file name, got {_kind(y)}", "")
+        self.d.error(y.loc, f"labels must be a list or a file name, got {_kind(y)}",
+                     "labels: [cat, dog] or labels: classes.txt (one name a line, relative to the spec)")
         return None, None
 
     def blocks(self, y) -> dict:
@@ -416,6 +434,9 @@ class _Parser:
         if not y.is_map:
             self.d.error(y.loc, f"a layer must be an op name or 'op: {{args}}', got {_kind(y)}", "e.g. - relu  or  - conv: {out: 64, kernel: 3}")
             return None
+        if not y.value:
+            self.d.error(y.loc, "an empty mapping is not a layer", "e.g. - relu  or  - conv: {out: 64, kernel: 3}")
+            return None
         if len(y.value) != 1:
             keys = list(y.value)
             hint = "an entry is one op with its arguments nested under it: - conv: {out: 64, kernel: 3, id: stem}"
@@ -442,8 +463,10 @@ class _Parser:
         for key in ("id", "in"):
             v = common.get(key)
             if v is not None and (not isinstance(v.value, str) or (key == "id" and not ID_RE.match(v.value))):
-                self.d.error(v.loc, f"'{key}' must be a name, got {v.value!r}",
-                             "ids are letters, digits and '_' (dots are reserved for paths)")
+                shown = repr(v.plain())
+                what = "an id must be a name" if key == "id" else "a reference must be an id"
+                self.d.error(v.loc, f"{what}, got {shown if len(shown) <= 40 else shown[:37] + '...'}",
+                             "ids are letters, digits and '_' (dots are reserved for paths); in: takes one id")
                 common.pop(key)
             elif key == "id" and v is not None and v.value in ("input",):
                 self.d.error(v.loc, "'input' is reserved for the network's (or block's) input", "choose another id")
@@ -460,15 +483,17 @@ class _Parser:
         return Entry(kind, kloc, args, common.get("id"), common.get("in"), common.get("repeat"), first, residual)
 
 
-def evaluate_located(y: Y, env: dict, diags: Diagnostics):
-    """y's value, with an expression ("$out * 4") evaluated in env; on error, report it at the
-    offending character and return None."""
+def evaluate_located(y: Y, env: dict, diags: Diagnostics, failed=None):
+    """y's value, with an expression ("$out * 4") evaluated in env. On error, report it at the
+    offending character and return `failed`; an expression over a value that already failed
+    returns `failed` without a second report."""
     if ex.is_expr(y.value):
         try:
             return ex.evaluate(y.value, env)
         except ex.ExprError as e:
-            diags.error(_shift(y.loc, e.offset), e.message, e.hint)
-            return None
+            if not any(v is ex.FAILED and f"${k}" in y.value for k, v in env.items()):
+                diags.error(_shift(y.loc, e.offset), e.message, e.hint)
+            return failed
     return y.value
 
 

@@ -125,10 +125,14 @@ class _Walker:
         if isinstance(node, yaml.ScalarNode):
             if tag not in _SCALAR_TAGS:
                 return self._bad_tag(node, loc)
+            if tag in (_CORE + "int", _CORE + "float") and len(node.value) > 64:
+                self.diags.error(loc, f"a number of {len(node.value)} characters",
+                                 "sizes in a network are a few digits long; check for a typo")
+                return Y(None, loc)
             try:
                 value = self.constructor.construct_object(node, deep=True)
-            except Exception as e:   # noqa: BLE001 - e.g. an int of 10,000 digits
-                self.diags.error(loc, f"cannot read scalar {node.value[:40]!r}: {e}", "write a plain number or string")
+            except Exception:   # noqa: BLE001 - malformed timestamps and the like
+                self.diags.error(loc, f"cannot read the value {node.value[:40]!r}", "quote it to make it a string")
                 return Y(None, loc)
             return Y(value, loc)
         self.active.add(id(node))
