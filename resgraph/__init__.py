@@ -15,5 +15,12 @@ __version__ = "0.1.0"
 
 check = check_file
 
-__all__ = ["Checked", "Diagnostic", "Loc", "SpecError", "check", "check_file", "check_spec", "check_text",
+
+def to_torch(source, seed: int | None = None, weights: str | None = None, init: bool = True):
+    """A trainable torch.nn.Module (a torch.fx.GraphModule) for a spec path, Spec, Checked or Graph.
+    Imports torch on first use; see resgraph.backends.torch.to_torch."""
+    from .backends.torch import to_torch as _to_torch
+    return _to_torch(source, seed=seed, weights=weights, init=init)
+
+__all__ = ["to_torch", "Checked", "Diagnostic", "Loc", "SpecError", "check", "check_file", "check_spec", "check_text",
            "load_spec", "parse_spec", "__version__"]

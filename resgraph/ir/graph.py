@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import graphlib
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Mapping
 
 from ..errors import Loc
@@ -26,7 +25,7 @@ class Node:
     args: Mapping[str, object]        # read-only
     inputs: tuple[str, ...]           # paths; the main input first, then `from` inputs
     loc: Loc
-    argloc: Mapping[str, Loc] = field(default_factory=lambda: MappingProxyType({}))
+    argloc: Mapping[str, Loc] = field(default_factory=lambda: _EMPTY)
     shape: tuple[int, ...] | None = None
     inserted: bool = False            # added by a pass (a shortcut projection), not written by the user
     block: str = ""                   # the residual block path this node belongs to ("" if none)
@@ -36,8 +35,31 @@ class Node:
         return replace(self, **changes)
 
 
+class FrozenDict(dict):
+    """A read-only dict: what nodes hold as args. Unlike MappingProxyType it pickles and deep-copies,
+    so modules that carry their IR survive torch.save, copy.deepcopy and DistributedDataParallel."""
+    __slots__ = ()
+
+    def _readonly(self, *a, **k):
+        raise TypeError("IR mappings are read-only; build a new node with Node.with_()")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _readonly
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self   # immutable
+
+
+_EMPTY = FrozenDict()
+
+
 def freeze(d: dict) -> Mapping:
-    return MappingProxyType(dict(d))
+    return d if isinstance(d, FrozenDict) else FrozenDict(d)
 
 
 @dataclass(frozen=True)
@@ -65,7 +87,7 @@ class Graph:
     input_name: str = "input"
     output_name: str = "output"
     projections: tuple[Projection, ...] = ()
-    meta: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    meta: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self):
         object.__setattr__(self, "_index", {n.path: n for n in self.nodes})

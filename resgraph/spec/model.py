@@ -23,7 +23,8 @@ ENTRY_KEYS = ("id", "in", "repeat", "first")          # keys every entry may car
 RESIDUAL_KEYS = ("layers", "post", "shortcut")
 TOP_KEYS = ("resgraph", "name", "description", "input", "preprocess", "labels", "output", "shortcut",
             "defaults", "vars", "init", "blocks", "layers")
-INIT_KEYS = {"zero_residual": bool}
+INIT_KEYS = {"zero_residual": (False, True), "conv": ("kaiming_normal", "kaiming_uniform", "xavier_uniform"),
+             "linear": ("default", "xavier_uniform")}   # first = default; see backends/torch/init.py
 PREPROCESS_KEYS = ("resize", "crop", "mean", "std")
 
 
@@ -298,17 +299,23 @@ class _Parser:
         return out
 
     def init(self, y) -> dict:
-        out = {"zero_residual": False}
+        out = {k: choices[0] for k, choices in INIT_KEYS.items()}
         y = self.mapping(y, "init")
         if y is None:
             return out
         self.keys(y, INIT_KEYS, "init")
         for k, v in y.value.items():
-            if k in INIT_KEYS:
-                if not isinstance(v.value, INIT_KEYS[k]):
+            if k not in INIT_KEYS:
+                continue
+            choices = INIT_KEYS[k]
+            if v.value not in choices or isinstance(v.value, bool) != isinstance(choices[0], bool):
+                if isinstance(choices[0], bool):
                     self.d.error(v.loc, f"init.{k} must be true or false", f"write {k}: true or {k}: false")
                 else:
-                    out[k] = v.value
+                    self.d.error(v.loc, f"init.{k} must be one of {', '.join(choices)}",
+                                 did_you_mean(str(v.value), choices, "policies"))
+            else:
+                out[k] = v.value
         return out
 
     def preprocess(self, y, env) -> dict:

@@ -94,7 +94,8 @@ def json_schema(ops: dict) -> dict:
                          "additionalProperties": {"type": "object"}},
             "vars": {"type": "object", "additionalProperties": {"type": ["number", "string"]}},
             "init": {"type": "object", "additionalProperties": False,
-                     "properties": {k: {"type": "boolean"} for k in INIT_KEYS}},
+                     "properties": {k: ({"type": "boolean"} if isinstance(c[0], bool) else {"enum": list(c)})
+                                    for k, c in INIT_KEYS.items()}},
             "blocks": {"type": "object", "additionalProperties": {
                 "type": "object", "additionalProperties": False,
                 "properties": {"args": {"type": "object"}, "layers": {"$ref": "#/$defs/layers"},

@@ -1,0 +1,205 @@
+"""IR -> torch.fx.GraphModule: a trainable nn.Module whose `forward` is readable Python.
+
+Every IR node becomes one fx node named after its path (layer2.0.conv1 -> layer2_0_conv1); ops with
+parameters become submodules at the node's path, so state-dict keys are the spec's hierarchical
+names (layer2.0.conv1.weight, layer2.0.shortcut.conv.weight). Shapes come from the IR: a lowering
+reads node.shape and its inputs' shapes, never re-derives them.
+
+LOWER is the PyTorch column of the op table; tests/test_torch_backend.py checks that every op in
+resgraph.ops.OPS has an entry, so an op cannot be added without its lowering.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from ...ir import Graph, Node
+from . import functional as RF
+
+
+class _Ctx:
+    def __init__(self, graph: Graph):
+        self.ir = graph
+        self.root = nn.Module()
+        self.fx = fx.Graph()
+        self.paths: dict[str, str] = {}   # fx node name -> IR path
+
+    def shape(self, path: str):
+        return self.ir[path].shape
+
+    def module(self, path: str, mod: nn.Module, x: fx.Node, node: Node | None) -> fx.Node:
+        _set_submodule(self.root, path, mod)
+        return self._create("call_module", path, (x,), {}, node)
+
+    def call(self, fn, args, node: Node | None, **kwargs) -> fx.Node:
+        return self._create("call_function", fn, tuple(args), kwargs, node)
+
+    def _create(self, kind, target, args, kwargs, node: Node | None) -> fx.Node:
+        # fx nodes are named after IR paths (layer2.0.conv1 -> layer2_0_conv1) so `forward` reads like the spec
+        name = node.path.replace(".", "_") if node is not None else None
+        n = self.fx.create_node(kind, target, args, kwargs, name=name)
+        if node is not None:
+            self.paths[n.name] = node.path
+        return n
+
+
+def _set_submodule(root: nn.Module, path: str, mod: nn.Module) -> None:
+    *parents, leaf = path.split(".")
+    m = root
+    for p in parents:
+        if not hasattr(m, p):
+            m.add_module(p, nn.Module())
+        m = getattr(m, p)
+    m.add_module(leaf, mod)
+
+
+def _same_pads(k: int, d: int) -> tuple[int, int]:
+    """'same': total padding d*(k-1), begin = total // 2, end = the rest."""
+    total = d * (k - 1)
+    return total // 2, total - total // 2
+
+
+def _pads(padding, k: int, d: int = 1) -> tuple[int, int]:
+    if padding == "same":
+        return _same_pads(k, d)
+    p = 0 if padding == "valid" else int(padding)
+    return p, p
+
+
+# --- lowerings: (ctx, node, fx inputs) -> fx node ------------------------------------------------
+
+def conv(ctx, n, xs):
+    a = n.args
+    cin = ctx.shape(n.inputs[0])[0]
+    b, e = _pads(a["padding"], a["kernel"], a["dilation"])
+    x = xs[0]
+    if b != e:   # asymmetric 'same' (even kernels): pad explicitly, as TensorFlow and ONNX do
+        x = ctx.call(F.pad, (x, (b, e, b, e)), None)
+        b = 0
+    mod = nn.Conv2d(cin, a["out"], a["kernel"], a["stride"], b, a["dilation"], a["groups"], a["bias"])
+    return ctx.module(n.path, mod, x, n)
+
+
+def bn(ctx, n, xs):
+    c = n.shape[0]
+    cls = nn.BatchNorm2d if len(n.shape) == 3 else nn.BatchNorm1d
+    return ctx.module(n.path, cls(c, eps=n.args["eps"], momentum=n.args["momentum"]), xs[0], n)
+
+
+def linear(ctx, n, xs):
+    return ctx.module(n.path, nn.Linear(ctx.shape(n.inputs[0])[0], n.args["out"], n.args["bias"]), xs[0], n)
+
+
+def pointwise(fn, **kw):
+    return lambda ctx, n, xs: ctx.call(fn, xs, n, **kw)
+
+
+def leaky_relu(ctx, n, xs):
+    return ctx.call(F.leaky_relu, xs, n, negative_slope=n.args["slope"])
+
+
+def maxpool(ctx, n, xs):
+    a = n.args
+    b, e = _pads(a["padding"], a["kernel"])
+    x = xs[0]
+    if b != e:
+        x = ctx.call(F.pad, (x, (b, e, b, e)), None, value=float("-inf"))
+        b = 0
+    return ctx.call(F.max_pool2d, (x, a["kernel"], a["stride"], b), n, ceil_mode=a["ceil_mode"])
+
+
+def avgpool(ctx, n, xs):
+    a = n.args
+    b, e = _pads(a["padding"], a["kernel"])
+    if b != e:
+        return ctx.call(RF.avg_pool_padded, (xs[0], a["kernel"], a["stride"], (b, e, b, e), a["ceil_mode"]), n)
+    return ctx.call(F.avg_pool2d, (xs[0], a["kernel"], a["stride"], b), n, ceil_mode=a["ceil_mode"],
+                    count_include_pad=False)
+
+
+def global_avgpool(ctx, n, xs):
+    return ctx.call(F.adaptive_avg_pool2d, (xs[0], 1), n)
+
+
+def flatten(ctx, n, xs):
+    if len(ctx.shape(n.inputs[0])) == 1:
+        return identity(ctx, n, xs)
+    return ctx.call(torch.flatten, (xs[0], 1), n)
+
+
+def dropout(ctx, n, xs):
+    return ctx.module(n.path, nn.Dropout(n.args["p"]), xs[0], n)
+
+
+def softmax(ctx, n, xs):
+    return ctx.call(F.softmax, xs, n, dim=1)
+
+
+def add(ctx, n, xs):
+    acc = xs[0]
+    for i, x in enumerate(xs[1:], start=1):
+        acc = ctx.call(operator.add, (acc, x), n if i == len(xs) - 1 else None)
+    return acc
+
+
+def concat(ctx, n, xs):
+    return ctx.call(torch.cat, (list(xs), 1), n)
+
+
+def upsample(ctx, n, xs):
+    a = n.args
+    kw = {"align_corners": False} if a["mode"] == "bilinear" else {}
+    return ctx.call(F.interpolate, xs, n, scale_factor=float(a["scale"]), mode=a["mode"], **kw)
+
+
+def identity(ctx, n, xs):
+    ctx.paths.setdefault(xs[0].name, n.path)   # nothing to compute: the path names its input's value
+    return xs[0]
+
+
+def project(ctx, n, xs):
+    """An explicit Ws: conv1x1 (stride) + bn at <path>.conv / <path>.bn, or a bias-free linear at <path>."""
+    src = ctx.shape(n.inputs[0])
+    if len(src) == 1:
+        return ctx.module(n.path, nn.Linear(src[0], n.args["out"], bias=False), xs[0], n)
+    c = ctx.module(f"{n.path}.conv", nn.Conv2d(src[0], n.args["out"], 1, n.args["stride"], bias=False), xs[0], None)
+    return ctx.module(f"{n.path}.bn", nn.BatchNorm2d(n.args["out"]), c, n)
+
+
+def zeropad(ctx, n, xs):
+    return ctx.call(RF.zeropad, (xs[0], n.args["out"], n.args["stride"]), n)
+
+
+LOWER = {
+    "conv": conv, "bn": bn, "linear": linear,
+    "relu": pointwise(F.relu), "relu6": pointwise(F.relu6), "sigmoid": pointwise(torch.sigmoid),
+    "tanh": pointwise(torch.tanh), "gelu": pointwise(F.gelu), "silu": pointwise(F.silu), "leaky_relu": leaky_relu,
+    "maxpool": maxpool, "avgpool": avgpool, "global_avgpool": global_avgpool, "flatten": flatten,
+    "dropout": dropout, "softmax": softmax, "add": add, "concat": concat, "upsample": upsample,
+    "identity": identity, "project": project, "zeropad": zeropad,
+}
+
+
+def lower(graph: Graph) -> fx.GraphModule:
+    """The IR as a GraphModule. Parameters are freshly constructed (PyTorch defaults); see init.py."""
+    ctx = _Ctx(graph)
+    env: dict[str, fx.Node] = {}
+    x = ctx.fx.placeholder(graph.input_name)
+    ctx.paths[x.name] = "input"
+    env["input"] = x
+    for n in graph.nodes[1:]:
+        env[n.path] = LOWER[n.op](ctx, n, [env[i] for i in n.inputs])
+    ctx.fx.output(env[graph.output])
+    gm = fx.GraphModule(ctx.root, ctx.fx, class_name=_class_name(graph.name))
+    gm.meta["resgraph"] = {"name": graph.name, "paths": dict(ctx.paths), "input": graph.input_name,
+                           "output": graph.output_name, "input_shape": graph.nodes[0].shape,
+                           "output_shape": graph[graph.output].shape}
+    return gm
+
+
+def _class_name(name: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in name.replace("-", "_").split("_") if p) or "Network"
