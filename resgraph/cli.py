@@ -142,22 +142,139 @@ def schema(output):
     from .spec.schema import json_schema
     text = json.dumps(json_schema(OPS), indent=2) + "\n"
     if output:
-        _write_atomic(output, text)
+        from .fileio import atomic_write_text
+        atomic_write_text(output, text)
     else:
         click.echo(text, nl=False)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    import tempfile
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resgraph-")
+# --- the PyTorch side: init, import-weights, train, eval ------------------------------------------
+
+def _run(fn):
+    """Run a command body: user errors print like a compiler's and exit 1; bugs exit 70."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        return fn()
+    except SpecError as e:
+        _print_diagnostics(e.diagnostics, e.diagnostics[0].loc.file)
+        sys.exit(1)
+    except ImportError as e:
+        click.echo(f"resgraph: error: {e}\n  hint: this command needs PyTorch: pip install 'resgraph[torch]'", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001
+        _fail_internal(e)
+
+
+@cli.command("init")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same weights.")
+def init_cmd(spec, output, seed):
+    """Write freshly initialised weights for SPEC (the spec's init: policies), marked untrained."""
+    def body():
+        from .backends.torch import save_checkpoint, to_torch
+        from .compiler import check_file
+        c = check_file(spec)
+        m = to_torch(c, seed=seed)
+        save_checkpoint(m, output, {"spec": c.spec.name, "spec_sha256": c.spec.sha256, "untrained": "true",
+                                    "seed": seed, "resgraph_version": __version__})
+        click.echo(f"wrote {output}: {c.params:,} parameters, seed {seed} (untrained)")
+    _run(body)
+
+
+@cli.command("import-weights")
+@click.argument("source")
+@click.option("--spec", "spec", required=True, type=click.Path(dir_okay=False), help="The spec whose architecture matches.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("--pretrained", is_flag=True, help="Download torchvision's published weights (needs internet).")
+@click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
+              help="A torchvision state_dict (.pth) downloaded elsewhere, for machines without internet.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for a randomly initialised torchvision model (without --pretrained or --weights-file).")
+def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
+    """Import weights from SOURCE (torchvision:NAME, e.g. torchvision:resnet50) into SPEC's layout.
+
+    Tensors are matched by structure (order, shape and kind), not by name, so any spec with the
+    same architecture works whatever its ids; a different architecture fails at the first mismatch.
+    """
+    def body():
+        from .backends.torch import save_checkpoint
+        from .backends.torch.torchvision import import_torchvision
+        from .compiler import check_file
+        from .errors import Diagnostic, Loc
+        kind, _, name = source.partition(":")
+        if kind != "torchvision" or not name:
+            raise SpecError([Diagnostic(Loc(source, 0, 0), f"unknown weights source '{source}'",
+                                        "write torchvision:NAME, e.g. torchvision:resnet50")])
+        c = check_file(spec)
+        module, report = import_torchvision(name, c, pretrained=pretrained, weights_file=weights_file, seed=seed)
+        origin = "pretrained" if pretrained else (weights_file or f"random init, seed {seed}")
+        save_checkpoint(module, output, {"spec": c.spec.name, "spec_sha256": c.spec.sha256,
+                                         "untrained": str(not (pretrained or weights_file)).lower(),
+                                         "source": f"torchvision:{name} ({origin})", "resgraph_version": __version__})
+        click.echo(f"wrote {output}: {report['tensors']} tensors, {report['params']:,} parameters from "
+                   f"torchvision:{name} ({origin})")
+    _run(body)
+
+
+@cli.command("train")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="'digits' (scikit-learn's, bundled) or an ImageFolder-style folder.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder (default runs/<spec name>).")
+@click.option("--epochs", type=click.IntRange(1, 100000), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=64, show_default=True, help="Global batch.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 0.1 sgd, 0.001 adamw].")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=None, help="[default: 5e-4 sgd, 0.05 adamw]")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on for CUDA, off on CPU].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--val-split", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True)
+@click.option("--channels-last", is_flag=True)
+@click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across processes (torchrun).")
+def train_cmd(spec, data, out, **options):
+    """Train SPEC on DATA; a checkpoint per epoch, metrics.csv, resumable. Works under torchrun."""
+    def body():
+        from .render import console
+        from .training.loop import TrainConfig, train
+        cfg = TrainConfig(spec=spec, data=data, out=out, **options)
+        rows = train(cfg, console())
+        if rows and int(os.environ.get("RANK", "0")) == 0:
+            last = rows[-1]
+            click.echo(f"done: {cfg.out or os.path.join('runs', os.path.splitext(os.path.basename(spec))[0])} "
+                       f"val_acc {last['val_acc']:.4f}")
+    _run(body)
+
+
+@cli.command("eval")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", required=True, type=click.Path(dir_okay=False), help="A .safetensors checkpoint.")
+@click.option("--data", required=True, help="'digits' or an ImageFolder-style folder.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--val-split", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="The seed of the train/val split.")
+def eval_cmd(spec, weights, data, split, val_split, seed):
+    """Accuracy and loss of SPEC with WEIGHTS on DATA (the held-out split by default)."""
+    def body():
+        import torch
+
+        from .backends.torch import to_torch
+        from .compiler import check_file
+        from .training.data import load_data
+        from .training.loop import evaluate
+        c = check_file(spec)
+        m = to_torch(c, weights=weights)
+        d = load_data(data, c.spec, val_split, seed)
+        ds = d.val if split == "val" else d.train
+        loss, acc = evaluate(m, ds, torch.device("cpu"))
+        click.echo(f"{c.spec.name} on {d.source} ({split}, {len(ds)} samples): accuracy {acc:.4f}, loss {loss:.4f}")
+    _run(body)
 
 
 def main() -> None:

@@ -42,7 +42,8 @@ def diagnostic(d: Diagnostic) -> Text:
     """FILE:LINE:COL: error: message, the source line with a caret under the place, and the hint."""
     colour = "red" if d.severity == "error" else "yellow"
     t = Text()
-    t.append(f"{d.loc}: ", style="bold")
+    where = str(d.loc) if d.loc.line > 0 else d.loc.file   # artifacts (weights, data) have no lines
+    t.append(f"{where}: ", style="bold")
     t.append(f"{d.severity}: ", style=f"bold {colour}")
     t.append(d.message + "\n", style="bold")
     src = _line(d.loc.file, d.loc.line)

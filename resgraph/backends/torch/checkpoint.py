@@ -6,14 +6,12 @@ lists the first mismatches otherwise.
 """
 from __future__ import annotations
 
-import os
-import tempfile
-
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ...errors import Diagnostic, Loc, SpecError
+from ...fileio import atomic_write
 
 
 def save_checkpoint(module: torch.nn.Module, path: str, metadata: dict | None = None) -> None:
@@ -21,17 +19,7 @@ def save_checkpoint(module: torch.nn.Module, path: str, metadata: dict | None = 
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     meta.setdefault("format", "resgraph-checkpoint-1")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resgraph-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), suffix=".safetensors")
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -1,0 +1,298 @@
+"""`resgraph train`: SGD/AdamW, cosine schedule with warm-up, weight decay, AMP on GPU, a rich
+progress bar, a safetensors checkpoint per epoch, --resume, a metrics CSV.
+
+Runs unchanged under `torchrun --nproc_per_node N`: it reads RANK / WORLD_SIZE / LOCAL_RANK, uses
+gloo on CPU and NCCL on GPU, wraps the module in DistributedDataParallel, and shards each global
+batch across processes with DistributedSampler. --batch-size is the global batch: with N processes
+each takes batch/N of the same samples one process would take at that step, so N processes and
+one process follow the same trajectory (up to BatchNorm, whose statistics are per process unless
+--sync-bn).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from ..errors import Diagnostic, Loc, SpecError
+from ..fileio import atomic_write
+from .data import load_data
+from .state import load_trainer_state, save_trainer_state
+
+
+@dataclass
+class TrainConfig:
+    spec: str
+    data: str = "digits"
+    out: str | None = None               # default runs/<spec name>
+    epochs: int = 10
+    batch_size: int = 64                 # global, across processes
+    optimizer: str = "sgd"               # sgd | adamw
+    lr: float | None = None              # default 0.1 (sgd) / 1e-3 (adamw), for batch 64; scale with batch
+    momentum: float = 0.9
+    weight_decay: float | None = None    # default 5e-4 (sgd) / 0.05 (adamw)
+    schedule: str = "cosine"             # cosine | constant
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    resume: bool = False
+    weights: str | None = None           # start from a checkpoint instead of the spec's init
+    amp: bool | None = None              # default: on for CUDA (fp16 + GradScaler), off on CPU
+    device: str = "auto"
+    val_split: float = 0.2
+    workers: int = 0
+    channels_last: bool = False
+    sync_bn: bool = False
+    progress: bool = True
+    on_epoch: object = None              # Python API: called with each epoch's metrics row (rank 0)
+
+
+def _error(where, message, hint):
+    return SpecError([Diagnostic(Loc(where, 0, 0), message, hint)])
+
+
+class _Dist:
+    def __init__(self, device_kind: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.on = self.world > 1
+        if self.on and not dist.is_initialized():
+            dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float], device) -> list[float]:
+        if not self.on:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self):
+        if self.on:
+            dist.barrier()
+
+    def close(self):
+        if self.on and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
+    kind = cfg.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise _error("--device", "CUDA was asked for but is not available", "use --device cpu")
+        return torch.device("cuda", d.local)
+    return torch.device("cpu")
+
+
+def _schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+
+    def factor(step: int) -> float:   # per optimizer step
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _optimizer(module, cfg: TrainConfig):
+    if cfg.optimizer == "sgd":
+        lr = 0.1 if cfg.lr is None else cfg.lr
+        wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
+        return torch.optim.SGD(module.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=wd, nesterov=cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        lr = 1e-3 if cfg.lr is None else cfg.lr
+        wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
+        return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=wd)
+    raise _error("--optimizer", f"unknown optimizer '{cfg.optimizer}'", "use sgd or adamw")
+
+
+@torch.no_grad()
+def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `module` in eval mode."""
+    was = module.training
+    module.eval()
+    loss = correct = n = 0.0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        x, y = x.to(device), y.to(device)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = module(x).float()
+        loss += F.cross_entropy(out, y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+        n += len(y)
+    module.train(was)
+    return loss / max(n, 1), correct / max(n, 1)
+
+
+METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+
+
+def train(cfg: TrainConfig, console=None) -> list[dict]:
+    """Train; returns the metrics rows (one per epoch, this run's and any resumed ones)."""
+    from ..backends.torch import load_checkpoint, save_checkpoint, to_torch
+    from ..compiler import check_file
+
+    kind = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
+    d = _Dist(kind)
+    try:
+        device = _device(cfg, d)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        checked = check_file(cfg.spec)
+        spec = checked.spec
+        out = cfg.out or os.path.join("runs", spec.name)
+        torch.manual_seed(cfg.seed)
+        module = to_torch(checked, seed=cfg.seed, weights=cfg.weights)
+        data = load_data(cfg.data, spec, cfg.val_split, cfg.seed)
+        n_out = checked.graph[checked.graph.output].shape
+        if n_out != (len(data.classes),):
+            raise _error(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is {list(n_out)}",
+                         f"set the last layer to linear: {{out: {len(data.classes)}}}")
+        if cfg.batch_size % d.world:
+            raise _error("--batch-size", f"batch {cfg.batch_size} does not split evenly over {d.world} processes",
+                         "use a multiple of the process count")
+        per_rank = cfg.batch_size // d.world
+        sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
+        loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True,
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda")
+        if len(loader) == 0:
+            raise _error(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
+                         "lower --batch-size")
+        module.to(device)
+        if cfg.channels_last:
+            module.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and d.on:
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        model = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None) \
+            if d.on else module
+        optimizer = _optimizer(module, cfg)
+        scheduler = _schedule(optimizer, cfg, len(loader))
+        amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+
+        os.makedirs(out, exist_ok=True) if d.main else None
+        metrics_path = os.path.join(out, "metrics.csv")
+        rows: list[dict] = []
+        start = 0
+        state_path = os.path.join(out, "trainer.safetensors")
+        if cfg.resume:
+            if not os.path.exists(state_path):
+                raise _error(out, "nothing to resume: no trainer.safetensors here", "train without --resume first")
+            load_checkpoint(module, os.path.join(out, "last.safetensors"))
+            meta = load_trainer_state(state_path, optimizer, scheduler, device)
+            start = meta["epoch"]
+            if os.path.exists(metrics_path):
+                with open(metrics_path, newline="") as f:
+                    rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)][:start]
+        meta_common = {"spec": spec.name, "spec_sha256": spec.sha256, "data": data.source, "untrained": "false",
+                       "classes": ",".join(data.classes)}
+        best = max((r["val_acc"] for r in rows), default=-1.0)
+        for epoch in range(start, cfg.epochs):
+            sampler.set_epoch(epoch)
+            model.train()
+            t0 = time.perf_counter()
+            loss_sum = correct = seen = 0.0
+            progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(loader))
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if cfg.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                progress.advance(loss_sum / seen, correct / seen)
+            progress.close()
+            loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
+            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
+                   "train_acc": correct / seen}
+            if d.main:
+                row["val_loss"], row["val_acc"] = evaluate(module, data.val, device, channels_last=cfg.channels_last)
+                row["seconds"] = time.perf_counter() - t0
+                rows.append(row)
+                meta = {**meta_common, "epoch": epoch + 1, "val_acc": f"{row['val_acc']:.6f}"}
+                save_checkpoint(module, os.path.join(out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
+                save_checkpoint(module, os.path.join(out, "last.safetensors"), meta)
+                if row["val_acc"] > best:
+                    best = row["val_acc"]
+                    save_checkpoint(module, os.path.join(out, "best.safetensors"), meta)
+                save_trainer_state(state_path, optimizer, scheduler, epoch + 1,
+                                   {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"}})
+                _write_metrics(metrics_path, rows)
+                if cfg.on_epoch is not None:
+                    cfg.on_epoch(row)
+                if console is not None:
+                    console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                                  f"acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
+                                  f"val_acc {row['val_acc']:.4f}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
+            d.barrier()
+        return rows
+    finally:
+        d.close()
+
+
+def _write_metrics(path: str, rows: list[dict]) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRICS})
+    atomic_write(path, write)
+
+
+class _NoProgress:
+    def advance(self, loss, acc):
+        pass
+
+    def close(self):
+        pass
+
+
+class _Progress:
+    def __init__(self, console, epoch, epochs, steps):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        self.p = Progress(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
+                          TimeRemainingColumn(), console=console, transient=True)
+        self.task = self.p.add_task("train", total=steps, loss=float("nan"), acc=float("nan"))
+        self.p.start()
+
+    def advance(self, loss, acc):
+        self.p.update(self.task, advance=1, loss=loss, acc=acc)
+
+    def close(self):
+        self.p.stop()
+
+
+def _progress(console, on, epoch, epochs, steps):
+    if not on or console is None or not console.is_terminal:
+        return _NoProgress()
+    return _Progress(console, epoch, epochs, steps)
