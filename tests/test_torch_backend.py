@@ -188,3 +188,13 @@ def test_backward_reaches_every_parameter():
     m = resgraph.to_torch(ROOT / "specs" / "cifar_resnet20_b.yaml", seed=0).train()
     m(torch.randn(4, 3, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_state_dict_matches_the_op_tables_tensor_list(path):
+    """One list of tensors (ops/table.py `tensors`) that every back end and checkpoint check use."""
+    from resgraph.ops.count import state_dict_shapes
+    checked = resgraph.check(str(path))
+    m = resgraph.to_torch(checked, init=False)
+    assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == state_dict_shapes(checked.graph)
+    assert list(m.state_dict()) == list(state_dict_shapes(checked.graph))

@@ -20,6 +20,16 @@ def node_macs(node, graph) -> int:
     return OPS[node.op].macs(dict(node.args), [graph[i].shape for i in node.inputs], node.shape)
 
 
+def state_dict_shapes(graph) -> dict[str, tuple]:
+    """Every tensor a checkpoint of `graph` holds, name -> shape, in the order the module defines them."""
+    from .table import tensors
+    out = {}
+    for n in graph.nodes[1:]:
+        for suffix, shape in tensors(n.op, dict(n.args), [graph[i].shape for i in n.inputs], n.shape).items():
+            out[f"{n.path}.{suffix}"] = shape
+    return out
+
+
 def totals(graph) -> tuple[int, int]:
     """(params, macs) of the whole graph."""
     p = m = 0

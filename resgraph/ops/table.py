@@ -38,6 +38,26 @@ class OpDef:
     extra: dict = field(default_factory=dict)
 
 
+def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
+    """The op's state-dict tensors (suffix -> shape), as every back end names them."""
+    if op == "conv":
+        t = {"weight": (args["out"], ins[0][0] // args["groups"], args["kernel"], args["kernel"])}
+        return {**t, "bias": (args["out"],)} if args["bias"] else t
+    if op == "linear":
+        t = {"weight": (args["out"], ins[0][0])}
+        return {**t, "bias": (args["out"],)} if args["bias"] else t
+    if op == "bn":
+        c = ins[0][0]
+        return {"weight": (c,), "bias": (c,), "running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+    if op == "project":
+        if len(ins[0]) == 1:
+            return {"weight": (args["out"], ins[0][0])}
+        c = args["out"]
+        return {"conv.weight": (c, ins[0][0], 1, 1), "bn.weight": (c,), "bn.bias": (c,), "bn.running_mean": (c,),
+                "bn.running_var": (c,), "bn.num_batches_tracked": ()}
+    return {}
+
+
 def fmt(shape) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
 
