@@ -277,6 +277,34 @@ def eval_cmd(spec, weights, data, split, val_split, seed):
     _run(body)
 
 
+@cli.command("compile")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(dir_okay=False), help="A .safetensors checkpoint (default: a fresh seeded init, flagged untrained).")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder [default: compiled/<name>].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: fp16 weights and compute, fp32 input and output.")
+@click.option("--opset", type=int, default=None, help="ONNX opset, 17 to 21 [default: 17].")
+@click.option("--no-fold", is_flag=True, help="Keep batch norms instead of folding them into the layer before.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh init when no --weights.")
+def compile_cmd(spec, weights, out, precision, opset, no_fold, seed):
+    """Compile SPEC to ONNX: model.onnx, weights.safetensors and manifest.json, written atomically."""
+    def body():
+        from .compile import compile_spec
+        from .render import console
+        con = console(stderr=True)
+        with con.status("compiling") as status:
+            c = compile_spec(spec, weights=weights, out=out, precision=precision, opset=opset, fold=not no_fold,
+                             seed=seed, progress=lambda s: status.update(s))
+        m = c.manifest
+        untrained = "" if m["trained"] else "  (untrained: fresh init, seed %d)" % seed
+        click.echo(f"compiled {m['name']} -> {c.out}/  {precision}, opset {m['opset']}, "
+                   f"{'folded' if m['folded'] else 'unfolded'} bn, {c.seconds['total']:.2f} s{untrained}")
+        for name, info in m["artifacts"].items():
+            click.echo(f"  {name:<20} {info['bytes']:>12,} bytes  sha256 {info['sha256'][:16]}")
+        click.echo("  manifest.json")
+    _run(body)
+
+
 def main() -> None:
     cli(prog_name="resgraph")
 

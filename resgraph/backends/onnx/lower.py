@@ -1,0 +1,230 @@
+"""IR + weights -> ONNX ModelProto, built with the onnx package (no torch, no tracing).
+
+Naming: every tensor is named after the IR path that computes it (layer2.0.conv1), initializers
+after the parameter paths (layer2.0.conv1.weight), the graph's input and output after the spec.
+The batch dimension is symbolic ("batch"). Shapes come from the IR; ONNX shape inference is run
+afterwards by the checks (check.py) and must agree with them.
+
+LOWER is the ONNX column of the op table (a test requires one entry per op in resgraph.ops.OPS).
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ...ir import Graph
+
+DEFAULT_OPSET = 17
+OPSETS = range(17, 22)
+INT64_MAX = np.iinfo(np.int64).max
+
+
+class _Builder:
+    def __init__(self, graph: Graph, weights: dict, dtype):
+        self.ir, self.w, self.dtype = graph, weights, dtype
+        self.nodes: list = []
+        self.inits: dict[str, object] = {}
+        self.opset = DEFAULT_OPSET
+
+    def op(self, op_type: str, inputs: list[str], output: str, name: str | None = None, **attrs) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=name or output, **attrs))
+        return output
+
+    def weight(self, name: str) -> str:
+        if name not in self.inits:
+            if name not in self.w:
+                raise KeyError(name)
+            self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(self.w[name], dtype=self.dtype), name)
+        return name
+
+    def const(self, name: str, value, dtype=None) -> str:
+        if name not in self.inits:
+            self.inits[name] = numpy_helper.from_array(np.asarray(value, dtype=dtype or self.dtype), name)
+        return name
+
+    def has(self, name: str) -> bool:
+        return name in self.w
+
+
+def _same(k: int, d: int = 1) -> tuple[int, int]:
+    total = d * (k - 1)
+    return total // 2, total - total // 2
+
+
+def _pads(padding, k: int, d: int = 1) -> list[int]:
+    """ONNX order: [H_begin, W_begin, H_end, W_end]."""
+    if padding == "same":
+        b, e = _same(k, d)
+    else:
+        b = e = 0 if padding == "valid" else int(padding)
+    return [b, b, e, e]
+
+
+# --- lowerings: (builder, node, input names) -> output name ---------------------------------------
+
+def conv(b, n, xs):
+    a = n.args
+    ins = [xs[0], b.weight(f"{n.path}.weight")]
+    if a["bias"]:
+        ins.append(b.weight(f"{n.path}.bias"))
+    return b.op("Conv", ins, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
+                dilations=[a["dilation"]] * 2, group=a["groups"], pads=_pads(a["padding"], a["kernel"], a["dilation"]))
+
+
+def bn(b, n, xs, prefix=None):
+    p = prefix or n.path
+    eps = n.args["eps"] if prefix is None else 1e-5
+    return b.op("BatchNormalization", [xs[0], b.weight(f"{p}.weight"), b.weight(f"{p}.bias"),
+                                       b.weight(f"{p}.running_mean"), b.weight(f"{p}.running_var")],
+                n.path, epsilon=float(eps))
+
+
+def linear(b, n, xs):
+    ins = [xs[0], b.weight(f"{n.path}.weight")]
+    if n.args["bias"]:
+        ins.append(b.weight(f"{n.path}.bias"))
+    return b.op("Gemm", ins, n.path, transB=1)
+
+
+def simple(op_type, **attrs):
+    return lambda b, n, xs: b.op(op_type, xs, n.path, **attrs)
+
+
+def relu6(b, n, xs):
+    return b.op("Clip", [xs[0], b.const("const.zero", 0.0), b.const("const.six", 6.0)], n.path)
+
+
+def gelu(b, n, xs):
+    if b.opset >= 20:
+        return b.op("Gelu", xs, n.path)
+    # 0.5 * x * (1 + erf(x / sqrt(2))), PyTorch's exact gelu
+    p = n.path
+    t = b.op("Div", [xs[0], b.const("const.sqrt2", np.sqrt(2.0))], f"{p}/div")
+    t = b.op("Erf", [t], f"{p}/erf")
+    t = b.op("Add", [t, b.const("const.one", 1.0)], f"{p}/add")
+    t = b.op("Mul", [xs[0], t], f"{p}/mul")
+    return b.op("Mul", [t, b.const("const.half", 0.5)], p)
+
+
+def silu(b, n, xs):
+    s = b.op("Sigmoid", xs, f"{n.path}/sigmoid")
+    return b.op("Mul", [xs[0], s], n.path)
+
+
+def leaky_relu(b, n, xs):
+    return b.op("LeakyRelu", xs, n.path, alpha=float(n.args["slope"]))
+
+
+def maxpool(b, n, xs):
+    a = n.args
+    return b.op("MaxPool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
+                pads=_pads(a["padding"], a["kernel"]), ceil_mode=int(a["ceil_mode"]))
+
+
+def avgpool(b, n, xs):
+    a = n.args
+    return b.op("AveragePool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
+                pads=_pads(a["padding"], a["kernel"]), ceil_mode=int(a["ceil_mode"]), count_include_pad=0)
+
+
+def flatten(b, n, xs):
+    if len(b.ir[n.inputs[0]].shape) == 1:
+        return b.op("Identity", xs, n.path)
+    return b.op("Flatten", xs, n.path, axis=1)
+
+
+def add(b, n, xs):
+    acc = xs[0]
+    for i, x in enumerate(xs[1:], start=1):
+        acc = b.op("Add", [acc, x], n.path if i == len(xs) - 1 else f"{n.path}/add{i}")
+    return acc
+
+
+def upsample(b, n, xs):
+    s = float(n.args["scale"])
+    scales = b.const(f"{n.path}/scales", [1.0, 1.0, s, s], np.float32)
+    if n.args["mode"] == "nearest":   # PyTorch's nearest: floor(dst * in / out)
+        return b.op("Resize", [xs[0], "", scales], n.path, mode="nearest",
+                    coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    return b.op("Resize", [xs[0], "", scales], n.path, mode="linear", coordinate_transformation_mode="pytorch_half_pixel")
+
+
+def project(b, n, xs):
+    src = b.ir[n.inputs[0]].shape
+    if len(src) == 1:
+        return b.op("Gemm", [xs[0], b.weight(f"{n.path}.weight")], n.path, transB=1)
+    c = b.op("Conv", [xs[0], b.weight(f"{n.path}.conv.weight")], f"{n.path}.conv", kernel_shape=[1, 1],
+             strides=[n.args["stride"]] * 2)
+    return bn(b, n, [c], prefix=f"{n.path}.bn")
+
+
+def zeropad(b, n, xs):
+    """Option A: every s-th pixel, then zero channels up to `out`."""
+    src = b.ir[n.inputs[0]].shape
+    x, s = xs[0], n.args["stride"]
+    if len(src) == 3:
+        if s > 1:
+            x = b.op("Slice", [x, b.const("const.slice_starts", [0, 0], np.int64),
+                               b.const("const.slice_ends", [INT64_MAX, INT64_MAX], np.int64),
+                               b.const("const.slice_axes", [2, 3], np.int64),
+                               b.const(f"const.slice_steps{s}", [s, s], np.int64)], f"{n.path}/subsample")
+        pads = [0, 0, 0, 0, 0, n.args["out"] - src[0], 0, 0]
+    else:
+        pads = [0, 0, 0, n.args["out"] - src[0]]
+    return b.op("Pad", [x, b.const(f"{n.path}/pads", pads, np.int64)], n.path, mode="constant")
+
+
+LOWER = {
+    "conv": conv, "bn": bn, "linear": linear,
+    "relu": simple("Relu"), "relu6": relu6, "sigmoid": simple("Sigmoid"), "tanh": simple("Tanh"), "gelu": gelu,
+    "silu": silu, "leaky_relu": leaky_relu, "maxpool": maxpool, "avgpool": avgpool,
+    "global_avgpool": simple("GlobalAveragePool"), "flatten": flatten, "dropout": simple("Identity"),
+    "softmax": simple("Softmax", axis=1), "add": add, "concat": simple("Concat", axis=1), "upsample": upsample,
+    "identity": simple("Identity"), "project": project, "zeropad": zeropad,
+}
+
+
+def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+            metadata: dict | None = None) -> onnx.ModelProto:
+    """Lower `graph` with `weights` (numpy arrays by parameter path). fp16: weights and compute in
+    fp16, with fp32 input and output (a Cast at each edge), the form TensorRT 10+ builds from."""
+    assert opset in OPSETS, opset
+    assert precision in ("fp32", "fp16"), precision
+    dtype = np.float16 if precision == "fp16" else np.float32
+    b = _Builder(graph, weights, dtype)
+    b.opset = opset
+    x = graph.input_name
+    env = {"input": x}
+    if precision == "fp16":
+        env["input"] = b.op("Cast", [x], f"{x}/fp16", to=TensorProto.FLOAT16)
+    for n in graph.nodes[1:]:
+        env[n.path] = LOWER[n.op](b, n, [env[i] for i in n.inputs])
+    out = env[graph.output]
+    final = graph.output_name
+    if precision == "fp16":
+        b.op("Cast", [out], final, name=f"{final}/fp32", to=TensorProto.FLOAT)
+    elif out == x:   # a network that computes nothing
+        b.op("Identity", [out], final)
+    else:            # the last tensor takes the spec's output name
+        for node in b.nodes:
+            node.output[:] = [final if o == out else o for o in node.output]
+            node.input[:] = [final if i == out else i for i in node.input]
+    in_shape, out_shape = graph.nodes[0].shape, graph[graph.output].shape
+    g = helper.make_graph(
+        b.nodes, graph.name,
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *in_shape])],
+        [helper.make_tensor_value_info(final, TensorProto.FLOAT, ["batch", *out_shape])],
+        initializer=list(b.inits.values()))
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(g, opset_imports=opsets, producer_name="resgraph",
+                              producer_version=_version(), ir_version=helper.find_min_ir_version_for(opsets))
+    model.doc_string = f"{graph.name}, compiled by resgraph from its spec"
+    for k, v in (metadata or {}).items():
+        model.metadata_props.add(key=k, value=v)
+    return model
+
+
+def _version() -> str:
+    from ... import __version__
+    return __version__

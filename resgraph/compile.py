@@ -1,0 +1,196 @@
+"""`resgraph compile`: a spec (+ weights) -> compiled/<name>/{model.onnx, weights.safetensors, manifest.json}.
+
+    check -> weights (a safetensors file, checked against the spec; or a fresh seeded init, flagged
+    untrained) -> inference passes (drop no-ops, fold bn unless --no-fold) -> ONNX -> validate ->
+    write all three artifacts atomically.
+
+No torch import when weights come from a file: weights are read with safetensors' numpy API.
+
+Atomic: every artifact is written in full into a hidden staging folder beside the output folder,
+then renamed into place (each rename is atomic), the manifest last. A crash, Ctrl-C or kill -9
+while writing leaves the previous artifacts as they were and no partial file in the output
+folder; a stale staging folder is removed by the next compile. (Files are not fsync'ed: this
+protects against the process dying, not against the machine losing power mid-write; fsync of
+two 100 MB files costs more than the whole compile.)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+
+from .errors import Diagnostic, Loc, SpecError
+
+
+@dataclass
+class Compiled:
+    out: str
+    files: dict[str, str]        # artifact -> path
+    manifest: dict
+    seconds: dict[str, float]
+
+
+def _error(where: str, message: str, hint: str) -> SpecError:
+    return SpecError([Diagnostic(Loc(where, 0, 0), message, hint)])
+
+
+def load_weights(path: str, graph) -> dict:
+    """A safetensors checkpoint as numpy arrays, checked against the graph's tensor list."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from .ops.count import state_dict_shapes
+    try:
+        tensors = load_file(path)
+    except FileNotFoundError:
+        raise _error(path, "no such weights file", "check the path (resgraph init / train / import-weights make one)") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _error(path, f"not a readable safetensors file: {e}", "weights are .safetensors files") from None
+    want = state_dict_shapes(graph)
+    missing = [k for k in want if k not in tensors]
+    wrong = [f"{k}: file {list(tensors[k].shape)}, spec {list(want[k])}" for k in want
+             if k in tensors and tuple(tensors[k].shape) != want[k]]
+    unexpected = [k for k in tensors if k not in want]
+    if missing or wrong or unexpected:
+        parts = [f"{label} ({len(x)}): " + "; ".join(x[:5]) + (" ..." if len(x) > 5 else "")
+                 for label, x in (("missing", missing), ("shape mismatch", wrong), ("unexpected", unexpected)) if x]
+        raise _error(path, "the weights do not fit the spec: " + " | ".join(parts),
+                     "were they made for another spec? Rebuild them with resgraph init / train / import-weights")
+    return tensors
+
+
+def fresh_weights(graph, seed: int) -> dict:
+    """A seeded initialisation by the spec's init: policies (needs torch)."""
+    from .backends.torch import to_torch
+    m = to_torch(graph, seed=seed)
+    return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
+                 opset: int | None = None, fold: bool = True, seed: int = 0, progress=None) -> Compiled:
+    from . import __version__
+    from .compiler import check_file
+    step = progress or (lambda name: None)
+    t = {"start": time.perf_counter()}
+
+    step("checking the spec")
+    checked = check_file(spec_path)
+    spec, graph = checked.spec, checked.graph
+    from .backends.onnx import DEFAULT_OPSET, OPSETS, to_onnx, validate
+    opset = DEFAULT_OPSET if opset is None else opset
+    if opset not in OPSETS:
+        raise _error("--opset", f"opset {opset} is not supported", f"choose {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+    if precision not in ("fp32", "fp16"):
+        raise _error("--precision", f"unknown precision '{precision}'", "fp32 or fp16")
+    out = out or os.path.join("compiled", spec.name)
+    parent = os.path.dirname(os.path.abspath(out))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise _error(out, "the output path is a file", "give a folder: -o compiled/NAME")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise _error(parent, f"cannot create the output folder: {e.strerror}", "choose a writable place with -o") from None
+    if not os.access(parent, os.W_OK):
+        raise _error(parent, "the output folder is not writable", "choose a writable place with -o")
+    t["check"] = time.perf_counter()
+
+    step("loading weights" if weights else "initialising weights")
+    import numpy as np
+    trained = weights is not None
+    w = load_weights(weights, graph) if weights else fresh_weights(graph, seed)
+    w = {k: np.asarray(v) for k, v in w.items()}
+    t["weights"] = time.perf_counter()
+
+    step("inference passes")
+    from .passes.inference import for_inference
+    from .passes.verify import verify
+    igraph, iw = for_inference(graph, w, fold=fold)
+    verify(igraph)
+    t["passes"] = time.perf_counter()
+
+    step("lowering to ONNX")
+    meta = {"resgraph.spec": spec.name, "resgraph.spec_sha256": spec.sha256, "resgraph.version": __version__,
+            "resgraph.projections": json.dumps([p.to_json() for p in graph.projections]),
+            "resgraph.preprocess": json.dumps({k: v for k, v in spec.preprocess.items() if not k.endswith("_loc")}),
+            "resgraph.labels": json.dumps(list(spec.labels) if spec.labels is not None else None),
+            "resgraph.precision": precision, "resgraph.folded": str(fold).lower(),
+            "resgraph.trained": str(trained).lower()}
+    model = to_onnx(igraph, iw, opset=opset, precision=precision, metadata=meta)
+    validate(model, igraph)
+    t["onnx"] = time.perf_counter()
+
+    step("writing artifacts")
+    _clean_stale(parent, os.path.basename(out))
+    stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.staging-")
+    try:
+        files = {"model.onnx": os.path.join(stage, "model.onnx"), "weights.safetensors": os.path.join(stage, "weights.safetensors")}
+        data = model.SerializeToString()
+        del model
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(3) as pool:   # hashing and writing release the GIL: overlap them
+            model_sha = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+            pool.submit(_write_bytes, files["model.onnx"], data).result()
+            if weights:   # the checked checkpoint, byte for byte
+                _copy(weights, files["weights.safetensors"])
+            else:
+                from safetensors.numpy import save_file
+                save_file({k: np.require(v, requirements="C") for k, v in w.items()}, files["weights.safetensors"],
+                          metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
+            weights_sha = _sha256(files["weights.safetensors"])
+            shas = {"model.onnx": model_sha.result(), "weights.safetensors": weights_sha}
+        manifest = {
+            "resgraph_version": __version__, "name": spec.name, "spec": spec_path,
+            "spec_sha256": spec.sha256, "trained": trained, "weights_source": weights or f"fresh init, seed {seed}",
+            "precision": precision, "opset": opset, "folded": fold,
+            "input": {"name": graph.input_name, "shape": ["batch", *graph.nodes[0].shape]},
+            "output": {"name": graph.output_name, "shape": ["batch", *graph[graph.output].shape]},
+            "projections": [p.to_json() for p in graph.projections],
+            "preprocess": {k: v for k, v in spec.preprocess.items() if not k.endswith("_loc")},
+            "labels": list(spec.labels) if spec.labels is not None else None,
+            "params": checked.params, "macs": checked.macs,
+            "artifacts": {name: {"sha256": shas[name], "bytes": os.path.getsize(p)} for name, p in files.items()},
+        }
+        files["manifest.json"] = os.path.join(stage, "manifest.json")
+        with open(files["manifest.json"], "w") as f:
+            json.dump(manifest, f, indent=2)
+            f.write("\n")
+        os.makedirs(out, exist_ok=True)
+        final = {}
+        for name in ("weights.safetensors", "model.onnx", "manifest.json"):   # the manifest last
+            os.chmod(files[name], 0o644)
+            os.replace(files[name], os.path.join(out, name))
+            final[name] = os.path.join(out, name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    t["write"] = time.perf_counter()
+    keys = list(t)
+    seconds = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
+    seconds["total"] = t["write"] - t["start"]
+    return Compiled(out, final, manifest, seconds)
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _copy(src: str, dst: str) -> None:
+    shutil.copyfile(src, dst)
+
+
+def _clean_stale(parent: str, base: str) -> None:
+    for e in os.scandir(parent):
+        if e.name.startswith(f".{base}.staging-") and e.is_dir():
+            shutil.rmtree(e.path, ignore_errors=True)

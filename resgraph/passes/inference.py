@@ -1,0 +1,95 @@
+"""Inference-only rewrites of (graph, weights): pure functions returning a new graph and new weights.
+
+Weights are a dict of numpy arrays keyed like a PyTorch state dict (`<node path>.weight`, ...).
+Each pass states its maths, pre- and postconditions; tests/test_inference_passes.py checks each one
+numerically, before vs after, on random input with non-trivial bn statistics.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..ir import Graph, Node, freeze
+
+Weights = dict
+
+
+def _users(g: Graph) -> dict[str, list[str]]:
+    return g.users()
+
+
+def _rewire(g: Graph, removed: dict[str, str], nodes: list[Node]) -> Graph:
+    """Drop the nodes in `removed` (path -> the path that now stands for its value) and point every
+    reader (and the output, and the projections) at the replacement."""
+    def sub(p: str) -> str:
+        while p in removed:
+            p = removed[p]
+        return p
+    kept = []
+    for n in nodes:
+        if n.path in removed:
+            continue
+        ins = tuple(sub(i) for i in n.inputs)
+        if ins != n.inputs:
+            args = dict(n.args)
+            if "from" in args:
+                args["from"] = ins[1:]
+            n = n.with_(inputs=ins, args=freeze(args))
+        kept.append(n)
+    projections = tuple(dataclasses.replace(p, nodes=tuple(x for x in p.nodes if x not in removed))
+                        for p in g.projections)
+    return g.replace(nodes=tuple(kept), output=sub(g.output), projections=projections)
+
+
+def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
+    """Fold every bn into the conv or linear that feeds it.
+
+    With s = gamma / sqrt(running_var + eps) per output channel:
+        W' = W * s   (broadcast over each output channel's weights)
+        b' = (b - running_mean) * s + beta        (b = 0 for a bias-free layer)
+    so that  bn(conv(x; W, b)) = conv(x; W', b')  exactly in eval mode.
+
+    Pre:  shapes inferred; `weights` holds every tensor of the nodes involved.
+    Post: no bn whose input is a conv/linear read by that bn alone; those layers have bias=True;
+          the bn's tensors are gone; everything that read the bn reads the layer.
+    """
+    import numpy as np
+    users = _users(g)
+    w = dict(weights)
+    nodes = list(g.nodes)
+    index = {n.path: i for i, n in enumerate(nodes)}
+    removed: dict[str, str] = {}
+    for n in g.nodes:
+        if n.op != "bn":
+            continue
+        src = g[n.inputs[0]]
+        if src.op not in ("conv", "linear") or users[src.path] != [n.path] or src.path == g.output:
+            continue
+        gamma, beta = w.pop(f"{n.path}.weight"), w.pop(f"{n.path}.bias")
+        mean, var = w.pop(f"{n.path}.running_mean"), w.pop(f"{n.path}.running_var")
+        w.pop(f"{n.path}.num_batches_tracked", None)
+        W = w[f"{src.path}.weight"]
+        s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + n.args["eps"])   # per channel, exact
+        b = w.get(f"{src.path}.bias")
+        b = np.zeros(W.shape[0]) if b is None else b.astype(np.float64)
+        w[f"{src.path}.weight"] = W * s.astype(W.dtype).reshape((-1,) + (1,) * (W.ndim - 1))
+        w[f"{src.path}.bias"] = ((b - mean) * s + beta).astype(W.dtype)
+        nodes[index[src.path]] = nodes[index[src.path]].with_(args=freeze({**src.args, "bias": True}))
+        removed[n.path] = src.path
+    return _rewire(g, removed, nodes), w
+
+
+def drop_noops(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
+    """Remove dropout (the identity at inference) and identity nodes: y = x.
+
+    Post: no dropout or identity node; their readers (and the output) read their input.
+    """
+    removed = {n.path: n.inputs[0] for n in g.nodes if n.op in ("dropout", "identity")}
+    return _rewire(g, removed, list(g.nodes)), dict(weights)
+
+
+def for_inference(g: Graph, weights: Weights, fold: bool = True) -> tuple[Graph, Weights]:
+    """The inference pipeline: drop no-ops, then (by default) fold batch norms."""
+    g, weights = drop_noops(g, weights)
+    if fold:
+        g, weights = fold_batchnorm(g, weights)
+    return g, weights
