@@ -1,0 +1,136 @@
+"""`resgraph compile`: artifacts, manifest, atomicity under kill -9 and Ctrl-C, errors, no torch with weights."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("onnx", reason="the onnx extra is not installed")
+pytest.importorskip("safetensors", reason="safetensors is not installed")
+
+from conftest import ROOT, resgraph_cmd, run_cli  # noqa: E402
+
+DIGITS_W = str(ROOT / "specs" / "weights" / "digits_resnet.safetensors")
+
+
+def sha(path):
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def test_compile_writes_three_artifacts_and_an_honest_manifest(tmp_path):
+    out = tmp_path / "digits"
+    p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(out))
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "weights.safetensors"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["name"] == "digits_resnet" and m["trained"] is True and m["precision"] == "fp32" and m["opset"] == 17
+    assert m["folded"] is True and m["input"] == {"name": "image", "shape": ["batch", 1, 8, 8]}
+    assert m["output"] == {"name": "logits", "shape": ["batch", 10]} and m["labels"][3] == "3"
+    assert [p["at"] for p in m["projections"]] == ["layer2", "layer3"] and m["params"] == 77_754
+    for name, info in m["artifacts"].items():
+        assert info["sha256"] == sha(out / name) and info["bytes"] == os.path.getsize(out / name)
+    assert sha(out / "weights.safetensors") == sha(DIGITS_W)   # the checked checkpoint, byte for byte
+    assert oct(os.stat(out / "model.onnx").st_mode & 0o777) == "0o644"
+    # an untrained compile says so
+    p = run_cli("compile", "specs/residual_mlp.yaml", "-o", str(tmp_path / "mlp"), "--precision", "fp16", "--opset", "21", "--no-fold")
+    assert p.returncode == 0 and "untrained" in p.stdout
+    m = json.loads((tmp_path / "mlp" / "manifest.json").read_text())
+    assert (m["trained"], m["precision"], m["opset"], m["folded"]) == (False, "fp16", 21, False)
+
+
+def test_compiled_model_classifies_digits_with_onnxruntime(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    np = pytest.importorskip("numpy")
+    from sklearn.datasets import load_digits
+    run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(tmp_path / "d"))
+    s = ort.InferenceSession(str(tmp_path / "d" / "model.onnx"), providers=["CPUExecutionProvider"])
+    d = load_digits()
+    x = ((d.images / 16.0 - 0.3) / 0.38).astype(np.float32)[:, None]
+    acc = (s.run(None, {"image": x})[0].argmax(1) == d.target).mean()
+    assert acc > 0.97
+
+
+def test_no_torch_when_weights_come_from_a_file(tmp_path):
+    probe = ("import sys\nfrom resgraph.cli import cli\n"
+             f"try:\n    cli(['compile', 'specs/digits_resnet.yaml', '--weights', {DIGITS_W!r}, '-o', {str(tmp_path / 'x')!r}],"
+             " standalone_mode=False)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+             "print('TORCH', 'torch' in sys.modules)\n")
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().endswith("TORCH False") and (tmp_path / "x" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--weights", "nope.safetensors"], "no such weights file"),
+    (["--weights", "specs/cifar_resnet20_a.yaml"], "not a readable safetensors file"),
+    (["--opset", "12"], "opset 12 is not supported"),
+])
+def test_bad_input_is_a_clean_error_with_no_output(tmp_path, args, fragment):
+    out = tmp_path / "o"
+    p = run_cli("compile", "specs/digits_resnet.yaml", "-o", str(out), *args)
+    assert p.returncode == 1 and fragment in p.stderr and "Traceback" not in p.stderr
+    assert not out.exists() and not [e for e in os.listdir(tmp_path) if e.startswith(".")]
+
+
+def test_mismatched_weights_and_unwritable_places(tmp_path):
+    p = run_cli("compile", "specs/resnet18.yaml", "--weights", DIGITS_W, "-o", str(tmp_path / "o"))
+    assert p.returncode == 1 and "do not fit the spec" in p.stderr and "missing (" in p.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(blocker))
+    assert p.returncode == 2 and "is a file" in p.stderr   # click refuses it as a usage error
+    p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(blocker / "sub" / "o"))
+    assert p.returncode == 1 and "cannot create the output folder" in p.stderr
+
+
+@pytest.fixture(scope="module")
+def big_weights(tmp_path_factory):
+    """resnet50 weights (100 MB), so that a compile spends long enough writing to be caught in the act."""
+    pytest.importorskip("torch")
+    w = tmp_path_factory.mktemp("w") / "r50.safetensors"
+    assert run_cli("init", "specs/resnet50.yaml", "-o", str(w)).returncode == 0
+    return str(w)
+
+
+def start_compile(out, weights):
+    return subprocess.Popen(resgraph_cmd() + ["compile", "specs/resnet50.yaml", "--weights", weights, "-o", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_staging(parent, proc, timeout=120):
+    """Until the compile has begun writing into its staging folder."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for e in os.scandir(parent):
+            if e.name.startswith(".") and "staging" in e.name and os.listdir(e.path):
+                return True
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_killed_mid_write_leaves_previous_artifacts_intact(tmp_path, big_weights, sig):
+    out = tmp_path / "r50"
+    assert run_cli("compile", "specs/resnet50.yaml", "--weights", big_weights, "-o", str(out)).returncode == 0
+    before = {f: sha(out / f) for f in os.listdir(out)}
+    caught = 0
+    for _ in range(5):   # the write phase is short: try a few times to land inside it
+        proc = start_compile(out, big_weights)
+        if wait_for_staging(tmp_path, proc):
+            proc.send_signal(sig)
+            caught += 1
+        proc.wait(timeout=120)
+        assert {f: sha(out / f) for f in os.listdir(out)} == before, "the previous artifacts changed"
+        assert sorted(os.listdir(out)) == sorted(before), "a partial file appeared"
+        if caught:
+            break
+    assert caught, "never caught the compile while it was writing"
+    if sig == signal.SIGINT:   # Ctrl-C cleans up its staging folder itself
+        assert not [e for e in os.listdir(tmp_path) if "staging" in e]
+    # the next compile succeeds and removes any stale staging folder left by kill -9
+    assert run_cli("compile", "specs/resnet50.yaml", "--weights", big_weights, "-o", str(out)).returncode == 0
+    assert not [e for e in os.listdir(tmp_path) if "staging" in e]
