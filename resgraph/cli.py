@@ -225,12 +225,17 @@ def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
 @click.option("--lr", type=float, default=None, help="Peak learning rate [default: 0.1 sgd, 0.001 adamw].")
 @click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--nesterov/--no-nesterov", default=True, show_default=True, help="Nesterov momentum for SGD.")
 @click.option("--weight-decay", type=float, default=None, help="[default: 5e-4 sgd, 0.05 adamw]")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
 @click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
 @click.option("--label-smoothing", type=float, default=0.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and batch order.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="The train/val split (kept across --seed).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--save-every", type=click.IntRange(0, None), default=1, show_default=True,
+              help="Keep epoch-NNN.safetensors every N epochs (0: none; last and best are always kept).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch.")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on for CUDA, off on CPU].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -246,9 +251,7 @@ def train_cmd(spec, data, out, **options):
         cfg = TrainConfig(spec=spec, data=data, out=out, **options)
         rows = train(cfg, console())
         if rows and int(os.environ.get("RANK", "0")) == 0:
-            last = rows[-1]
-            click.echo(f"done: {cfg.out or os.path.join('runs', os.path.splitext(os.path.basename(spec))[0])} "
-                       f"val_acc {last['val_acc']:.4f}")
+            click.echo(f"done: {cfg.out}  val_acc {rows[-1]['val_acc']:.4f}")
     _run(body)
 
 
@@ -258,7 +261,7 @@ def train_cmd(spec, data, out, **options):
 @click.option("--data", required=True, help="'digits' or an ImageFolder-style folder.")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--val-split", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="The seed of the train/val split.")
+@click.option("--split-seed", "seed", type=int, default=0, show_default=True, help="The seed of the train/val split.")
 def eval_cmd(spec, weights, data, split, val_split, seed):
     """Accuracy and loss of SPEC with WEIGHTS on DATA (the held-out split by default)."""
     def body():

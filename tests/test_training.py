@@ -185,3 +185,12 @@ def test_image_folder(tmp_path, spec):
     rows = train(TrainConfig(spec=spec(text, "f.yaml"), data=str(tmp_path / "imgs"), out=str(tmp_path / "run"),
                              epochs=8, batch_size=8, progress=False, lr=0.05))
     assert rows[-1]["val_acc"] == 1.0
+
+
+def test_cli_reports_the_folder_it_wrote_and_options(spec, tmp_path, monkeypatch):
+    path = spec(SMALL.replace("name: digits_small", "name: othername"), "myfile.yaml")
+    p = run_cli("train", path, "--data", "digits", "--epochs", "1", "--batch-size", "64", "--save-every", "0",
+                "--no-nesterov", "--threads", "1", "--split-seed", "3", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "done: runs/othername" in p.stdout and (tmp_path / "runs" / "othername" / "last.safetensors").exists()
+    assert not list((tmp_path / "runs" / "othername").glob("epoch-*.safetensors"))

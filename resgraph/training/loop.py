@@ -32,18 +32,22 @@ from .state import load_trainer_state, save_trainer_state
 class TrainConfig:
     spec: str
     data: str = "digits"
-    out: str | None = None               # default runs/<spec name>
+    out: str | None = None               # default runs/<spec name>; train() fills in the folder it used
     epochs: int = 10
     batch_size: int = 64                 # global, across processes
     optimizer: str = "sgd"               # sgd | adamw
     lr: float | None = None              # default 0.1 (sgd) / 1e-3 (adamw), for batch 64; scale with batch
     momentum: float = 0.9
+    nesterov: bool = True                # False: the classical momentum of He et al.
     weight_decay: float | None = None    # default 5e-4 (sgd) / 0.05 (adamw)
     schedule: str = "cosine"             # cosine | constant
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
-    seed: int = 0
+    seed: int = 0                        # initialisation, batch order
+    split_seed: int = 0                  # the train/val split: fixed across training seeds
     resume: bool = False
+    save_every: int = 1                  # epoch-NNN.safetensors every N epochs (0: none); last/best always
+    threads: int | None = None           # torch.set_num_threads (CPU)
     weights: str | None = None           # start from a checkpoint instead of the spec's init
     amp: bool | None = None              # default: on for CUDA (fp16 + GradScaler), off on CPU
     device: str = "auto"
@@ -117,7 +121,8 @@ def _optimizer(module, cfg: TrainConfig):
     if cfg.optimizer == "sgd":
         lr = 0.1 if cfg.lr is None else cfg.lr
         wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
-        return torch.optim.SGD(module.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=wd, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(module.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=wd,
+                               nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adamw":
         lr = 1e-3 if cfg.lr is None else cfg.lr
         wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
@@ -157,12 +162,14 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
         device = _device(cfg, d)
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         checked = check_file(cfg.spec)
         spec = checked.spec
-        out = cfg.out or os.path.join("runs", spec.name)
+        out = cfg.out = cfg.out or os.path.join("runs", spec.name)
         torch.manual_seed(cfg.seed)
         module = to_torch(checked, seed=cfg.seed, weights=cfg.weights)
-        data = load_data(cfg.data, spec, cfg.val_split, cfg.seed)
+        data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
         n_out = checked.graph[checked.graph.output].shape
         if n_out != (len(data.classes),):
             raise _error(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is {list(n_out)}",
@@ -238,7 +245,8 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
                 row["seconds"] = time.perf_counter() - t0
                 rows.append(row)
                 meta = {**meta_common, "epoch": epoch + 1, "val_acc": f"{row['val_acc']:.6f}"}
-                save_checkpoint(module, os.path.join(out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
+                if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                    save_checkpoint(module, os.path.join(out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
                 save_checkpoint(module, os.path.join(out, "last.safetensors"), meta)
                 if row["val_acc"] > best:
                     best = row["val_acc"]
