@@ -77,7 +77,7 @@ def _parse(argv=None):
 
 def _settings(a) -> dict:
     return {"data": "digits", "epochs": a.epochs, "batch_size": a.batch_size, "optimizer": "sgd",
-            "nesterov": a.momentum > 0,  # resgraph's SGD is always Nesterov when momentum > 0
+            "nesterov": a.momentum > 0,  # resgraph's SGD default (TrainConfig.nesterov)
             "lr": a.lr, "momentum": a.momentum, "weight_decay": a.weight_decay, "schedule": a.schedule,
             "warmup_epochs": 0.0, "label_smoothing": 0.0, "val_split": a.val_split, "amp": False,
             "device": "cpu", "threads": a.threads, "jobs": a.jobs, "seeds": a.seeds}
