@@ -106,13 +106,7 @@ def _print_ok(path, c):
               help="Collapse paths deeper than this into one row (like torchinfo's depth).")
 def summary(spec, depth):
     """A layer table of SPEC: path, op, output shape, params, MACs, skip edges; inserted Ws marked."""
-    try:
-        c = _check(spec)
-    except SpecError as e:
-        _print_diagnostics(e.diagnostics, spec)
-        sys.exit(1)
-    except Exception as e:  # noqa: BLE001
-        _fail_internal(e)
+    c = _run(lambda: _check(spec))
     from .render import console, summary_table, totals_text
     out = console()
     out.print(summary_table(c, depth))
@@ -123,14 +117,7 @@ def summary(spec, depth):
 @click.argument("spec", type=click.Path(dir_okay=False))
 def graph(spec):
     """Print the compiled IR of SPEC as readable Python (shapes and source lines as comments)."""
-    try:
-        c = _check(spec)
-    except SpecError as e:
-        _print_diagnostics(e.diagnostics, spec)
-        sys.exit(1)
-    except Exception as e:  # noqa: BLE001
-        _fail_internal(e)
-    click.echo(str(c.graph))
+    click.echo(str(_run(lambda: _check(spec)).graph))
 
 
 @cli.command()
