@@ -181,12 +181,10 @@ def test_parity_on_every_shipped_spec(path):
     for batch in (1, 7):
         x = rng.standard_normal((batch, *checked.graph.nodes[0].shape)).astype(np.float32)
         ref = torch_eval(checked.graph, w, x)
-        err = np.abs(ort_run(model, x) - ref).max()
-        if err > 1e-4:
-            noise = fp32_noise(checked.graph, w, x)
-            assert err <= 4 * noise, f"ONNX Runtime differs by {err:.2e}; fp32 noise floor {noise:.2e}"
-        if batch == 1:
-            assert np.abs(ort_run(unfolded, x) - ref).max() <= max(1e-4, 4 * fp32_noise(checked.graph, w, x))
+        errs = [np.abs(ort_run(model, x) - ref).max()] + ([np.abs(ort_run(unfolded, x) - ref).max()] if batch == 1 else [])
+        if max(errs) > 1e-4:
+            noise = fp32_noise(checked.graph, w, x)   # an fp64 forward: only where it is needed
+            assert max(errs) <= 4 * noise, f"ONNX Runtime differs by {max(errs):.2e}; fp32 noise floor {noise:.2e}"
 
 
 def test_model_conventions():
