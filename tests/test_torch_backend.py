@@ -26,8 +26,8 @@ class Capture(fx.Interpreter):
 
     def run_node(self, n):
         out = super().run_node(n)
-        if n.name in self.paths:
-            self.values[self.paths[n.name]] = out
+        if n.name in self.paths:   # a copy: a later in-place relu or add may overwrite the tensor
+            self.values[self.paths[n.name]] = out.clone()
         return out
 
 
@@ -62,7 +62,8 @@ def test_parameter_names_are_the_spec_paths():
 def test_forward_is_readable_python():
     code = resgraph.to_torch(ROOT / "specs" / "cifar_resnet20_b.yaml", seed=0).code
     assert "layer2_0_shortcut_conv = getattr(self.layer2, \"0\").shortcut.conv(layer1_2_post)" in code
-    assert "layer2_0 = layer2_0_bn2 + layer2_0_shortcut_bn" in code
+    assert "layer2_0 = layer2_0_bn2.add_(layer2_0_shortcut_bn)" in code                  # in place, as torchvision
+    assert "layer2_0_post = torch.nn.functional.relu(layer2_0, inplace = True)" in code
 
 
 NET = """resgraph: 1

@@ -21,12 +21,23 @@ from ...ir import Graph, Node
 from . import functional as RF
 
 
+# Ops whose output autograd does not keep (their backward needs their inputs, or nothing), so the
+# one op that reads it may overwrite it: what torchvision's ReLU(inplace=True) and `out += identity`
+# rely on. Saves an allocation and a memory pass per relu and residual add in eager mode.
+_OVERWRITABLE = {"bn", "conv", "linear", "add"}
+
+
 class _Ctx:
     def __init__(self, graph: Graph):
         self.ir = graph
+        self.users = graph.users()
         self.root = nn.Module()
         self.fx = fx.Graph()
         self.paths: dict[str, str] = {}   # fx node name -> IR path
+
+    def may_overwrite(self, node: Node, path: str) -> bool:
+        """True if `node` is the only reader of `path`'s value and that value may be overwritten."""
+        return self.ir[path].op in _OVERWRITABLE and self.users[path] == [node.path]
 
     def shape(self, path: str):
         return self.ir[path].shape
@@ -37,6 +48,9 @@ class _Ctx:
 
     def call(self, fn, args, node: Node | None, **kwargs) -> fx.Node:
         return self._create("call_function", fn, tuple(args), kwargs, node)
+
+    def method(self, name, args, node: Node | None) -> fx.Node:
+        return self._create("call_method", name, tuple(args), {}, node)
 
     def _create(self, kind, target, args, kwargs, node: Node | None) -> fx.Node:
         # fx nodes are named after IR paths (layer2.0.conv1 -> layer2_0_conv1) so `forward` reads like the spec
@@ -98,6 +112,12 @@ def pointwise(fn, **kw):
     return lambda ctx, n, xs: ctx.call(fn, xs, n, **kw)
 
 
+def relu(ctx, n, xs):
+    if ctx.may_overwrite(n, n.inputs[0]):
+        return ctx.call(F.relu, xs, n, inplace=True)
+    return ctx.call(F.relu, xs, n)
+
+
 def leaky_relu(ctx, n, xs):
     return ctx.call(F.leaky_relu, xs, n, negative_slope=n.args["slope"])
 
@@ -140,9 +160,11 @@ def softmax(ctx, n, xs):
 
 
 def add(ctx, n, xs):
+    inplace = ctx.may_overwrite(n, n.inputs[0]) and n.inputs[0] not in n.inputs[1:]
     acc = xs[0]
     for i, x in enumerate(xs[1:], start=1):
-        acc = ctx.call(operator.add, (acc, x), n if i == len(xs) - 1 else None)
+        last = n if i == len(xs) - 1 else None
+        acc = ctx.method("add_", (acc, x), last) if inplace else ctx.call(operator.add, (acc, x), last)
     return acc
 
 
@@ -177,7 +199,7 @@ def zeropad(ctx, n, xs):
 
 LOWER = {
     "conv": conv, "bn": bn, "linear": linear,
-    "relu": pointwise(F.relu), "relu6": pointwise(F.relu6), "sigmoid": pointwise(torch.sigmoid),
+    "relu": relu, "relu6": pointwise(F.relu6), "sigmoid": pointwise(torch.sigmoid),
     "tanh": pointwise(torch.tanh), "gelu": pointwise(F.gelu), "silu": pointwise(F.silu), "leaky_relu": leaky_relu,
     "maxpool": maxpool, "avgpool": avgpool, "global_avgpool": global_avgpool, "flatten": flatten,
     "dropout": dropout, "softmax": softmax, "add": add, "concat": concat, "upsample": upsample,
