@@ -139,16 +139,20 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         data = model.SerializeToString()
         del model
         from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(3) as pool:   # hashing and writing release the GIL: overlap them
+        with ThreadPoolExecutor(3) as pool:   # hashing, writing and copying release the GIL: overlap them
             model_sha = pool.submit(lambda: hashlib.sha256(data).hexdigest())
-            pool.submit(_write_bytes, files["model.onnx"], data).result()
             if weights:   # the checked checkpoint, byte for byte
-                _copy(weights, files["weights.safetensors"])
+                weights_sha = pool.submit(_sha256, weights)
+                copied = pool.submit(_copy, weights, files["weights.safetensors"])
+            _write_bytes(files["model.onnx"], data)
+            if weights:
+                copied.result()
+                weights_sha = weights_sha.result()
             else:
                 from safetensors.numpy import save_file
                 save_file({k: np.require(v, requirements="C") for k, v in w.items()}, files["weights.safetensors"],
                           metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
-            weights_sha = _sha256(files["weights.safetensors"])
+                weights_sha = _sha256(files["weights.safetensors"])
             shas = {"model.onnx": model_sha.result(), "weights.safetensors": weights_sha}
         manifest = {
             "resgraph_version": __version__, "name": spec.name, "spec": spec_path,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from ...ir import Graph
 
@@ -24,7 +24,7 @@ class _Builder:
     def __init__(self, graph: Graph, weights: dict, dtype):
         self.ir, self.w, self.dtype = graph, weights, dtype
         self.nodes: list = []
-        self.inits: dict[str, object] = {}
+        self.inits: dict[str, np.ndarray] = {}   # name -> array; written into the model once, at the end
         self.opset = DEFAULT_OPSET
 
     def op(self, op_type: str, inputs: list[str], output: str, name: str | None = None, **attrs) -> str:
@@ -35,12 +35,12 @@ class _Builder:
         if name not in self.inits:
             if name not in self.w:
                 raise KeyError(name)
-            self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(self.w[name], dtype=self.dtype), name)
+            self.inits[name] = np.ascontiguousarray(self.w[name], dtype=self.dtype)
         return name
 
     def const(self, name: str, value, dtype=None) -> str:
         if name not in self.inits:
-            self.inits[name] = numpy_helper.from_array(np.asarray(value, dtype=dtype or self.dtype), name)
+            self.inits[name] = np.asarray(value, dtype=dtype or self.dtype)
         return name
 
     def has(self, name: str) -> bool:
@@ -211,14 +211,22 @@ def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: 
             node.output[:] = [final if o == out else o for o in node.output]
             node.input[:] = [final if i == out else i for i in node.input]
     in_shape, out_shape = graph.nodes[0].shape, graph[graph.output].shape
-    g = helper.make_graph(
-        b.nodes, graph.name,
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *in_shape])],
-        [helper.make_tensor_value_info(final, TensorProto.FLOAT, ["batch", *out_shape])],
-        initializer=list(b.inits.values()))
-    opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(g, opset_imports=opsets, producer_name="resgraph",
-                              producer_version=_version(), ir_version=helper.find_min_ir_version_for(opsets))
+    # The ModelProto is filled in place: helper.make_graph/make_model would copy every weight twice
+    model = onnx.ModelProto()
+    model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+    model.opset_import.add(domain="", version=opset)
+    model.producer_name, model.producer_version = "resgraph", _version()
+    g = model.graph
+    g.name = graph.name
+    g.node.extend(b.nodes)
+    g.input.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *in_shape]))
+    g.output.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, ["batch", *out_shape]))
+    for name, arr in b.inits.items():
+        t = g.initializer.add()
+        t.name = name
+        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        t.dims.extend(arr.shape)
+        t.raw_data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
     model.doc_string = f"{graph.name}, compiled by resgraph from its spec"
     for k, v in (metadata or {}).items():
         model.metadata_props.add(key=k, value=v)
