@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -47,6 +46,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import write_json  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/resnet152.yaml"
@@ -322,10 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n   benchmark took {results['total_s']:.1f} s")
 
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        print(f"   results written to {args.json}")
+        write_json(args.json, results)
     return 0
 
 

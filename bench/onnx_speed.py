@@ -74,7 +74,6 @@ import argparse
 import contextlib
 import gc
 import io
-import json
 import os
 import platform
 import statistics
@@ -84,6 +83,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from _common import cpu_name, write_json  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("resnet50", "resnet152")
@@ -559,7 +560,7 @@ def header(threads: int) -> dict:
         cpus = os.cpu_count()
     h = {"python": f"{platform.python_implementation()} {platform.python_version()}",
          "executable": sys.executable, "platform": platform.platform(), "machine": platform.machine(),
-         "processor": _cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": cpus, "threads": threads,
+         "processor": cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": cpus, "threads": threads,
          "resgraph": resgraph.__version__,
          **{k: dist_version(k) for k in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy")},
          "load_start": load(), "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
@@ -571,17 +572,6 @@ def header(threads: int) -> dict:
           f" onnxruntime {h['onnxruntime']}, onnxscript {h['onnxscript']}, numpy {h['numpy']}")
     print(f"   load average at start (1, 5, 15 min): {h['load_start']}")
     return h
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def bench_model(model: str, work: Path, args, repeat: int, proc_repeat: int, runs_cfg: dict) -> dict:
@@ -686,10 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     if keep:
         print(f"   files kept in {keep}")
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-            f.write("\n")
-        print(f"   results written to {json_path}")
+        write_json(json_path, results)
     return 0
 
 

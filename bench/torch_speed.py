@@ -88,6 +88,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import cpu_name  # bench/ is on sys.path when a script here runs
+
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.97              # resgraph img/s / torchvision img/s, medians
 NOISY_PCT = 25          # a model's min..max img/s over the rounds wider than this % of its median: say so
@@ -127,17 +129,6 @@ def load_average() -> tuple[float, float, float] | None:
         return os.getloadavg()
     except (AttributeError, OSError):
         return None
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def sync(device: torch.device) -> None:
