@@ -5,7 +5,7 @@ the op table knows the ops (see docs/architecture.md on module boundaries).
 """
 from __future__ import annotations
 
-from .model import ENTRY_KEYS, INIT_KEYS, POLICIES, PREPROCESS_KEYS
+from .model import INIT_KEYS, POLICIES, PREPROCESS_KEYS
 
 SCHEMA_ID = "https://resgraph.dev/schema/spec-v1.json"
 EXPR = {"type": "string", "pattern": r"\$", "description": "an expression over $vars and block args: \"$out * 4\""}
@@ -110,4 +110,4 @@ def json_schema(ops: dict) -> dict:
     }
 
 
-__all__ = ["json_schema", "ENTRY_KEYS"]
+__all__ = ["json_schema"]
