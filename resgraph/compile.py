@@ -88,7 +88,9 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     step("checking the spec")
     checked = check_file(spec_path)
     spec, graph = checked.spec, checked.graph
-    from .backends.onnx import DEFAULT_OPSET, OPSETS, to_onnx, validate
+    from .backends.onnx import DEFAULT_OPSET, OPSETS, validate
+    from .backends.onnx.lower import build
+    from .backends.onnx.writer import write_model
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
         raise _error("--opset", f"opset {opset} is not supported", f"choose {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
@@ -127,8 +129,8 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             "resgraph.labels": json.dumps(list(spec.labels) if spec.labels is not None else None),
             "resgraph.precision": precision, "resgraph.folded": str(fold).lower(),
             "resgraph.trained": str(trained).lower()}
-    model = to_onnx(igraph, iw, opset=opset, precision=precision, metadata=meta)
-    validate(model, igraph)
+    model, big = build(igraph, iw, opset=opset, precision=precision, metadata=meta)
+    validate(model, igraph, streamed=big)
     t["onnx"] = time.perf_counter()
 
     step("writing artifacts")
@@ -136,15 +138,13 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.staging-")
     try:
         files = {"model.onnx": os.path.join(stage, "model.onnx"), "weights.safetensors": os.path.join(stage, "weights.safetensors")}
-        data = model.SerializeToString()
-        del model
         from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(3) as pool:   # hashing, writing and copying release the GIL: overlap them
-            model_sha = pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        with ThreadPoolExecutor(2) as pool:   # hashing and copying release the GIL: overlap them with the model
             if weights:   # the checked checkpoint, byte for byte
                 weights_sha = pool.submit(_sha256, weights)
                 copied = pool.submit(_copy, weights, files["weights.safetensors"])
-            _write_bytes(files["model.onnx"], data)
+            model_sha, _ = write_model(files["model.onnx"], model, big)   # streamed, hashed as written
+            del model, big
             if weights:
                 copied.result()
                 weights_sha = weights_sha.result()
@@ -153,7 +153,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
                 save_file({k: np.require(v, requirements="C") for k, v in w.items()}, files["weights.safetensors"],
                           metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
                 weights_sha = _sha256(files["weights.safetensors"])
-            shas = {"model.onnx": model_sha.result(), "weights.safetensors": weights_sha}
+            shas = {"model.onnx": model_sha, "weights.safetensors": weights_sha}
         manifest = {
             "resgraph_version": __version__, "name": spec.name, "spec": spec_path,
             "spec_sha256": spec.sha256, "trained": trained, "weights_source": weights or f"fresh init, seed {seed}",
@@ -183,11 +183,6 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     seconds = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
     seconds["total"] = t["write"] - t["start"]
     return Compiled(out, final, manifest, seconds)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def _copy(src: str, dst: str) -> None:

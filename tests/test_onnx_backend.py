@@ -255,3 +255,23 @@ def test_metadata_round_trip(tmp_path):
     assert json.loads(meta["resgraph.labels"])[0] == "airplane"
     assert json.loads(meta["resgraph.preprocess"])["mean"] == [0.4914, 0.4822, 0.4465]
     assert meta["resgraph.trained"] == "false"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_streamed_file_equals_the_model(allops, tmp_path, precision):
+    """The streaming writer's file parses to exactly the ModelProto to_onnx builds."""
+    import hashlib
+    from resgraph.backends.onnx.lower import build
+    from resgraph.backends.onnx.writer import write_model
+    g, w = for_inference(allops.graph, random_weights(allops.graph))
+    meta = {"resgraph.spec": "allops"}
+    small, big = build(g, w, precision=precision, metadata=meta)
+    assert big and all(a.size > 64 for a in big.values())
+    path = tmp_path / "m.onnx"
+    digest, n = write_model(str(path), small, big)
+    data = path.read_bytes()
+    assert digest == hashlib.sha256(data).hexdigest() and n == len(data)
+    assert onnx.load(str(path)) == to_onnx(g, w, precision=precision, metadata=meta)
+    x = np.random.default_rng(0).standard_normal((2, 4, 10, 10)).astype(np.float32)
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.abs(s.run(None, {"x": x})[0] - ort_run(to_onnx(g, w, precision=precision), x)).max() == 0

@@ -19,15 +19,18 @@ def inferred_shapes(model: onnx.ModelProto) -> dict[str, list]:
     return out
 
 
-def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def skeleton(model: onnx.ModelProto, streamed: dict | None = None) -> onnx.ModelProto:
     """The model with its weights declared as typed, shaped graph inputs instead of initializers:
     the same nodes and the same shapes for the checker and shape inference, without copying
-    hundreds of megabytes of weights through them."""
+    hundreds of megabytes of weights through them. `streamed`: weights kept out of the model
+    (name -> array, from lower.build), declared the same way."""
     from onnx import helper
     g = model.graph
     big = [t for t in g.initializer if _size(t) > 64]          # weights; small constants (scales, pads) stay
     small = [t for t in g.initializer if _size(t) <= 64]       # data: shape inference needs their values
     weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big]
+    weights += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+                for name, a in (streamed or {}).items()]
     sg = helper.make_graph(list(g.node), g.name, list(g.input) + weights, list(g.output), initializer=small)
     m = helper.make_model(sg, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                           producer_name=model.producer_name, producer_version=model.producer_version)
@@ -41,10 +44,10 @@ def _size(t) -> int:
     return n
 
 
-def validate(model: onnx.ModelProto, graph: Graph) -> None:
+def validate(model: onnx.ModelProto, graph: Graph, streamed: dict | None = None) -> None:
     """Raise AssertionError (a resgraph bug, never the user's) if the model is invalid or its
     inferred shapes disagree with the IR. Checks the skeleton: weights only matter by type and shape."""
-    model = skeleton(model)
+    model = skeleton(model, streamed)
     onnx.checker.check_model(model, full_check=True)
     shapes = inferred_shapes(model)
     names = {n.output[0] for n in model.graph.node}

@@ -185,10 +185,16 @@ LOWER = {
 }
 
 
-def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: str = "fp32",
-            metadata: dict | None = None) -> onnx.ModelProto:
-    """Lower `graph` with `weights` (numpy arrays by parameter path). fp16: weights and compute in
-    fp16, with fp32 input and output (a Cast at each edge), the form TensorRT 10+ builds from."""
+SMALL = 64   # initializers up to this many elements travel inside the model even when weights stream
+
+
+def build(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+          metadata: dict | None = None) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model without its large initializers, and those as arrays (name -> little-endian array).
+
+    `to_onnx` attaches them for a complete ModelProto; `writer.write_model` streams them straight
+    into the file, so a 100 MB model is never held as one protobuf message.
+    """
     assert opset in OPSETS, opset
     assert precision in ("fp32", "fp16"), precision
     dtype = np.float16 if precision == "fp16" else np.float32
@@ -211,7 +217,7 @@ def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: 
             node.output[:] = [final if o == out else o for o in node.output]
             node.input[:] = [final if i == out else i for i in node.input]
     in_shape, out_shape = graph.nodes[0].shape, graph[graph.output].shape
-    # The ModelProto is filled in place: helper.make_graph/make_model would copy every weight twice
+    # filled in place: helper.make_graph/make_model would copy every message again
     model = onnx.ModelProto()
     model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
     model.opset_import.add(domain="", version=opset)
@@ -221,15 +227,37 @@ def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: 
     g.node.extend(b.nodes)
     g.input.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *in_shape]))
     g.output.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, ["batch", *out_shape]))
+    big = {}
     for name, arr in b.inits.items():
-        t = g.initializer.add()
-        t.name = name
-        t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
-        t.dims.extend(arr.shape)
-        t.raw_data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))
+        if arr.size > SMALL:
+            big[name] = arr
+        else:
+            g.initializer.append(initializer_header(name, arr))
+            g.initializer[-1].raw_data = arr.tobytes()
     model.doc_string = f"{graph.name}, compiled by resgraph from its spec"
     for k, v in (metadata or {}).items():
         model.metadata_props.add(key=k, value=v)
+    return model, big
+
+
+def initializer_header(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    return t
+
+
+def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: str = "fp32",
+            metadata: dict | None = None) -> onnx.ModelProto:
+    """Lower `graph` with `weights` (numpy arrays by parameter path) to a complete ModelProto.
+    fp16: weights and compute in fp16, with fp32 input and output (a Cast at each edge), the form
+    TensorRT 10+ builds from."""
+    model, big = build(graph, weights, opset, precision, metadata)
+    for name, arr in big.items():
+        model.graph.initializer.append(initializer_header(name, arr))
+        model.graph.initializer[-1].raw_data = arr.tobytes()
     return model
 
 
