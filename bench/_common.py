@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 
 
@@ -15,6 +16,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask), else all of them."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def write_json(path: str, results: dict) -> None:

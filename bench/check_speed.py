@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import write_json  # bench/ is on sys.path when a script here runs
+from _common import usable_cpus, write_json  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/resnet152.yaml"
@@ -278,10 +278,7 @@ def bench_scaling(sizes: tuple[int, ...], in_runs: int, proc_runs: int) -> dict:
 # --------------------------------------------------------------------------------------------- main
 
 def header() -> dict:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count()
+    cpus = usable_cpus()
     h = {"python": f"{platform.python_implementation()} {platform.python_version()}",
          "executable": sys.executable, "platform": platform.platform(), "machine": platform.machine(),
          "cpu_count": os.cpu_count(), "cpus_usable": cpus, "resgraph": resgraph.__version__,

@@ -84,7 +84,7 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import cpu_name, write_json  # bench/ is on sys.path when a script here runs
+from _common import cpu_name, usable_cpus, write_json  # bench/ is on sys.path when a script here runs
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("resnet50", "resnet152")
@@ -290,10 +290,7 @@ def bench_processes(model: str, prep: dict, work: Path, repeat: int) -> tuple[di
               "legacy": "python export.py: torch.onnx.export dynamo=False"}
     print(f"\n   a/b. whole process, {repeat} round{'s' * (repeat != 1)} interleaved after one untimed warm-up each   (load {load()})")
     warm = {k: run_process(c) for k, c in cmds.items()}
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    for _ in range(repeat):
-        for k, c in cmds.items():
-            times[k].append(run_process(c))
+    times = interleaved({k: (lambda c=c: run_process(c)) for k, c in cmds.items()}, repeat)
     w = max(map(len, labels.values()))
     print(f"   {'process':<{w}}  {'median':>9}  {'min..max':>17}  {'warm-up':>9}")
     for k in cmds:
@@ -355,10 +352,7 @@ def bench_in_process(model: str, prep: dict, work: Path, repeat: int) -> dict:
           f" interleaved   (load {load()})")
     cold = {k: timed(fn) for k, fn in calls.items()}
     cold_stages = stages.pop()
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(repeat):
-        for k, fn in calls.items():
-            times[k].append(timed(fn))
+    times = interleaved({k: (lambda fn=fn: timed(fn)) for k, fn in calls.items()}, repeat)
     w = max(map(len, labels.values()))
     print(f"   {'call':<{w}}  {'median':>9}  {'min..max':>17}  {'first call':>10}")
     for k in calls:
@@ -553,11 +547,17 @@ def bench_files(files: dict[str, Path]) -> dict:
 
 # --------------------------------------------------------------------------------------------- main
 
+def interleaved(measure: dict, repeat: int) -> dict[str, list[float]]:
+    """`repeat` rounds, each taking one measurement of every entry in turn, so load drift hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in measure}
+    for _ in range(repeat):
+        for k, m in measure.items():
+            times[k].append(m())
+    return times
+
+
 def header(threads: int) -> dict:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count()
+    cpus = usable_cpus()
     h = {"python": f"{platform.python_implementation()} {platform.python_version()}",
          "executable": sys.executable, "platform": platform.platform(), "machine": platform.machine(),
          "processor": cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": cpus, "threads": threads,
