@@ -134,3 +134,79 @@ def test_killed_mid_write_leaves_previous_artifacts_intact(tmp_path, big_weights
     # the next compile succeeds and removes any stale staging folder left by kill -9
     assert run_cli("compile", "specs/resnet50.yaml", "--weights", big_weights, "-o", str(out)).returncode == 0
     assert not [e for e in os.listdir(tmp_path) if "staging" in e]
+
+
+def compile_digits(out, weights=DIGITS_W, **kw):
+    from resgraph.compile import compile_spec
+    return compile_spec(str(ROOT / "specs" / "digits_resnet.yaml"), weights=str(weights), out=str(out), **kw)
+
+
+def hidden(folder):
+    return [e for e in os.listdir(folder) if e.startswith(".")]
+
+
+def test_a_new_output_folder_appears_whole_with_ordinary_permissions(tmp_path):
+    out = tmp_path / "new"
+    compile_digits(out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(out).st_mode & 0o777 == 0o777 & ~umask   # not the staging folder's owner-only mode
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "weights.safetensors"] and not hidden(tmp_path)
+
+
+def test_recompiling_swaps_the_whole_set_and_keeps_the_folder_mode(tmp_path):
+    out = tmp_path / "d"
+    compile_digits(out)
+    os.chmod(out, 0o750)
+    inode = os.stat(out).st_ino
+    compile_digits(out, fold=False)
+    assert os.stat(out).st_ino != inode, "expected the staging folder to be exchanged in"
+    assert os.stat(out).st_mode & 0o777 == 0o750
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["folded"] is False and all(info["sha256"] == sha(out / n) for n, info in m["artifacts"].items())
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "weights.safetensors"] and not hidden(tmp_path)
+
+
+def test_recompiling_keeps_other_files_in_the_folder(tmp_path):
+    out = tmp_path / "d"
+    compile_digits(out)
+    (out / "notes.txt").write_text("mine")
+    compile_digits(out, fold=False)   # file by file: the folder is not swapped away with notes.txt in it
+    assert (out / "notes.txt").read_text() == "mine"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["folded"] is False and all(info["sha256"] == sha(out / n) for n, info in m["artifacts"].items())
+    assert not hidden(tmp_path)
+
+
+def test_a_symlinked_output_folder_stays_a_link(tmp_path):
+    real = tmp_path / "store" / "digits-v1"
+    real.mkdir(parents=True)
+    link = tmp_path / "current"
+    link.symlink_to(real, target_is_directory=True)
+    compile_digits(link)
+    compile_digits(link, fold=False)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert json.loads((real / "manifest.json").read_text())["folded"] is False
+    assert not hidden(tmp_path) and not hidden(real.parent)
+
+
+def test_weights_from_resgraph_init_are_flagged_untrained(tmp_path):
+    pytest.importorskip("torch")
+    w = tmp_path / "w.safetensors"
+    assert run_cli("init", "specs/digits_resnet.yaml", "-o", str(w)).returncode == 0
+    m = compile_digits(tmp_path / "o", weights=w).manifest
+    assert m["trained"] is False and m["weights_source"] == str(w)
+
+
+def test_exchange_swaps_two_folders_in_one_step(tmp_path):
+    from resgraph.fileio import exchange
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("from a")
+    (b / "y").write_text("from b")
+    if not exchange(str(a), str(b)):
+        pytest.skip("this filesystem cannot exchange paths (renameat2 RENAME_EXCHANGE)")
+    assert os.listdir(a) == ["y"] and os.listdir(b) == ["x"]
+    with pytest.raises(FileNotFoundError):
+        exchange(str(a), str(tmp_path / "missing"))
