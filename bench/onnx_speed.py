@@ -28,7 +28,7 @@ for each of --models (default resnet50 and resnet152; --quick: resnet18 only).
         torch.onnx.export with dynamo=True, and the same with dynamo=False.  One untimed warm-up each
         (OS file cache), then --repeat rounds, interleaved, so that drift in machine load hits all alike.
         Each run writes to the same paths, so every timed run replaces the previous run's files, as
-        recompiling does (for resgraph that costs the unlinking of the old model.onnx and weights copy).
+        recompiling does (for resgraph: swapping the output folder and deleting the previous set).
    c.   In process: one call of resgraph.compile.compile_spec(spec, weights=..., out=...) against the
         torch.onnx.export(...) call alone (model already built and loaded), dynamo and legacy.  The first
         call of each in this process is reported apart ("cold": lazy imports, first-use initialisation),
