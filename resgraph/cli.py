@@ -276,17 +276,22 @@ def eval_cmd(spec, weights, data, split, val_split, seed):
 @click.option("--opset", type=int, default=None, help="ONNX opset, 17 to 21 [default: 17].")
 @click.option("--no-fold", is_flag=True, help="Keep batch norms instead of folding them into the layer before.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh init when no --weights.")
-def compile_cmd(spec, weights, out, precision, opset, no_fold, seed):
-    """Compile SPEC to ONNX: model.onnx, weights.safetensors and manifest.json, written atomically."""
+@click.option("--external-data", is_flag=True,
+              help="Weights in model.onnx.data beside model.onnx: ONNX Runtime maps them (faster start-up). "
+                   "Automatic from 2 GiB, which one .onnx file cannot hold.")
+def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_data):
+    """Compile SPEC to ONNX: model.onnx, weights.safetensors and manifest.json (and model.onnx.data with
+    --external-data), written atomically."""
     def body():
         from .compile import compile_spec
         from .render import console
         con = console(stderr=True)
         with con.status("compiling") as status:
             c = compile_spec(spec, weights=weights, out=out, precision=precision, opset=opset, fold=not no_fold,
-                             seed=seed, progress=lambda s: status.update(s))
+                             seed=seed, external_data=external_data, progress=lambda s: status.update(s))
         m = c.manifest
-        untrained = "" if m["trained"] else "  (untrained: fresh init, seed %d)" % seed
+        untrained = "" if m["trained"] else (f"  (untrained: fresh init, seed {seed})" if not weights
+                                             else "  (untrained: the checkpoint is marked so by resgraph init)")
         click.echo(f"compiled {m['name']} -> {c.out}/  {precision}, opset {m['opset']}, "
                    f"{'folded' if m['folded'] else 'unfolded'} bn, {c.seconds['total']:.2f} s{untrained}")
         for name, info in m["artifacts"].items():

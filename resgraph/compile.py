@@ -1,4 +1,5 @@
-"""`resgraph compile`: a spec (+ weights) -> compiled/<name>/{model.onnx, weights.safetensors, manifest.json}.
+"""`resgraph compile`: a spec (+ weights) -> compiled/<name>/{model.onnx, weights.safetensors, manifest.json}
+(+ model.onnx.data with --external-data, and for any model of 2 GiB or more).
 
     check -> weights (a safetensors file, checked against the spec, flagged untrained if `resgraph
     init` made it; or a fresh seeded init, flagged untrained) -> inference passes (drop no-ops, fold bn unless --no-fold) -> ONNX -> validate ->
@@ -18,6 +19,7 @@ two 100 MB files costs more than the whole compile.)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -87,7 +89,8 @@ def _sha256(path: str) -> str:
 
 
 def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
-                 opset: int | None = None, fold: bool = True, seed: int = 0, progress=None) -> Compiled:
+                 opset: int | None = None, fold: bool = True, seed: int = 0, external_data: bool = False,
+                 progress=None) -> Compiled:
     from . import __version__
     from .compiler import check_file
     step = progress or (lambda name: None)
@@ -98,7 +101,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     spec, graph = checked.spec, checked.graph
     from .backends.onnx import DEFAULT_OPSET, OPSETS, validate
     from .backends.onnx.lower import build
-    from .backends.onnx.writer import write_model
+    from .backends.onnx.writer import PROTOBUF_LIMIT, model_bytes, write_external, write_model
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
         raise _error("--opset", f"opset {opset} is not supported", f"choose {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
@@ -157,7 +160,13 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         t["onnx"] = time.perf_counter()
 
         step("writing artifacts")
-        model_sha, _ = write_model(files["model.onnx"], model, big)   # streamed, hashed as written
+        # one protobuf message cannot hold 2 GiB: such a model must keep its weights beside it
+        external = external_data or model_bytes(model, big) >= PROTOBUF_LIMIT
+        if external:
+            files["model.onnx.data"] = os.path.join(stage, "model.onnx.data")
+            (model_sha, _), (data_sha, _) = write_external(files["model.onnx"], model, big, "model.onnx.data")
+        else:
+            model_sha, _ = write_model(files["model.onnx"], model, big)   # streamed, hashed as written
         del model, big, iw
         if weights:
             copied.result()
@@ -167,11 +176,13 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             save_file({k: np.require(v, requirements="C") for k, v in w.items()}, files["weights.safetensors"],
                       metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
             weights_sha = _sha256(files["weights.safetensors"])
-        shas = {"model.onnx": model_sha, "weights.safetensors": weights_sha}
+        shas = {"model.onnx": model_sha, **({"model.onnx.data": data_sha} if external else {}),
+                "weights.safetensors": weights_sha}
         manifest = {
             "resgraph_version": __version__, "name": spec.name, "spec": spec_path,
             "spec_sha256": spec.sha256, "trained": trained, "weights_source": weights or f"fresh init, seed {seed}",
             "precision": precision, "opset": opset, "folded": fold,
+            "external_data": "model.onnx.data" if external else None,
             "input": {"name": graph.input_name, "shape": ["batch", *graph.nodes[0].shape]},
             "output": {"name": graph.output_name, "shape": ["batch", *graph[graph.output].shape]},
             "projections": [p.to_json() for p in graph.projections],
@@ -184,7 +195,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             json.dump(manifest, f, indent=2)
             f.write("\n")
         _publish(stage, target, list(files))
-        final = {name: os.path.join(out, name) for name in ARTIFACTS}
+        final = {name: os.path.join(out, name) for name in files}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)   # a running copy ends before its folder goes
         shutil.rmtree(stage, ignore_errors=True)
@@ -195,7 +206,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     return Compiled(out, final, manifest, seconds)
 
 
-ARTIFACTS = ("weights.safetensors", "model.onnx", "manifest.json")
+ARTIFACTS = ("weights.safetensors", "model.onnx.data", "model.onnx", "manifest.json")   # publishing order
 
 
 def _publish(stage: str, out: str, names: list[str]) -> None:
@@ -206,10 +217,13 @@ def _publish(stage: str, out: str, names: list[str]) -> None:
     is deleted. Readers then never see a mixed set, and no file is renamed over another, which on
     ext4 (auto_da_alloc) forces the new file's blocks to be allocated and the old one's freed on the
     spot: ~0.1 s per 100 MB file. Otherwise (other files beside the artifacts, a symlinked folder, a
-    system without exchange) file by file, the manifest last: each file is replaced atomically.
+    system without exchange) file by file, the manifest last: each file is replaced atomically, and
+    an artifact of the previous compile that this one does not make (model.onnx.data) is removed
+    after. A crash between two of those renames leaves a mixed set that the manifest, replaced last,
+    does not describe (its sha256s tell).
     """
     from .fileio import exchange
-    assert sorted(names) == sorted(ARTIFACTS), names
+    assert set(names) <= set(ARTIFACTS) and {"model.onnx", "weights.safetensors", "manifest.json"} <= set(names), names
     umask = os.umask(0)
     os.umask(umask)
     for name in names:
@@ -229,8 +243,11 @@ def _publish(stage: str, out: str, names: list[str]) -> None:
             shutil.rmtree(old, ignore_errors=True)
             return
     os.makedirs(out, exist_ok=True)
-    for name in ARTIFACTS:   # the manifest last
+    for name in (n for n in ARTIFACTS if n in names):   # the manifest last
         os.replace(os.path.join(stage, name), os.path.join(out, name))
+    for name in (n for n in ARTIFACTS if n not in names):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(out, name))
 
 
 def _clean_stale(parent: str, base: str) -> None:

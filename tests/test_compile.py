@@ -210,3 +210,78 @@ def test_exchange_swaps_two_folders_in_one_step(tmp_path):
     assert os.listdir(a) == ["y"] and os.listdir(b) == ["x"]
     with pytest.raises(FileNotFoundError):
         exchange(str(a), str(tmp_path / "missing"))
+
+
+def test_external_data_gives_the_same_model_with_mapped_weights(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    np = pytest.importorskip("numpy")
+    import onnx
+    pytest.importorskip("torch")
+    w = tmp_path / "r18.safetensors"
+    assert run_cli("init", "specs/resnet18.yaml", "-o", str(w)).returncode == 0
+    one, ext = tmp_path / "one", tmp_path / "ext"
+    p = run_cli("compile", "specs/resnet18.yaml", "--weights", str(w), "-o", str(ext), "--external-data")
+    assert p.returncode == 0, p.stderr
+    assert "model.onnx.data" in p.stdout
+    from resgraph.compile import compile_spec
+    compile_spec(str(ROOT / "specs" / "resnet18.yaml"), weights=str(w), out=str(one))
+    m = json.loads((ext / "manifest.json").read_text())
+    assert m["external_data"] == "model.onnx.data" and set(m["artifacts"]) == {"model.onnx", "model.onnx.data", "weights.safetensors"}
+    assert all(info["sha256"] == sha(ext / n) and info["bytes"] == os.path.getsize(ext / n) for n, info in m["artifacts"].items())
+    assert json.loads((one / "manifest.json").read_text())["external_data"] is None
+    assert os.path.getsize(ext / "model.onnx") < 100_000 < os.path.getsize(ext / "model.onnx.data")
+    # every large tensor where ONNX Runtime can map it; the same initializers as the one-file model
+    meta = onnx.load(str(ext / "model.onnx"), load_external_data=False)
+    for t in meta.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in t.external_data}
+            assert info["location"] == "model.onnx.data"
+            assert int(info["length"]) < 1 << 20 or int(info["offset"]) % (1 << 16) == 0, t.name
+    a, b = onnx.load(str(one / "model.onnx")), onnx.load(str(ext / "model.onnx"))
+    assert {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in a.graph.initializer} == \
+           {t.name: onnx.numpy_helper.to_array(t).tobytes() for t in b.graph.initializer}
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    outs = [ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+            for d in (one, ext)]
+    assert np.array_equal(outs[0], outs[1])
+    # back to one file: the side file goes, whether the folder is swapped or updated file by file
+    compile_spec(str(ROOT / "specs" / "resnet18.yaml"), weights=str(w), out=str(ext))
+    assert not (ext / "model.onnx.data").exists()
+    compile_spec(str(ROOT / "specs" / "resnet18.yaml"), weights=str(w), out=str(ext), external_data=True)
+    (ext / "notes.txt").write_text("mine")
+    compile_spec(str(ROOT / "specs" / "resnet18.yaml"), weights=str(w), out=str(ext))
+    assert sorted(os.listdir(ext)) == ["manifest.json", "model.onnx", "notes.txt", "weights.safetensors"]
+
+
+def test_a_model_too_large_for_one_protobuf_keeps_its_weights_beside_it(tmp_path, monkeypatch):
+    """Protobuf cannot parse 2 GiB: past the limit compile switches to external data by itself (the
+    limit lowered here to the digits model's size; the real limit is exercised by the next test)."""
+    import resgraph.backends.onnx.writer as writer
+    monkeypatch.setattr(writer, "PROTOBUF_LIMIT", 300_000)   # the digits model is ~313 kB
+    m = compile_digits(tmp_path / "d").manifest
+    assert m["external_data"] == "model.onnx.data" and (tmp_path / "d" / "model.onnx.data").exists()
+
+
+def test_a_model_over_2_gib_compiles_and_runs(tmp_path):
+    """A real 2.15 GB linear layer (538M parameters): one .onnx cannot hold it, so its weights go
+    to model.onnx.data, and ONNX Runtime loads and runs it. ~6 GB of temporary files."""
+    ort = pytest.importorskip("onnxruntime")
+    np = pytest.importorskip("numpy")
+    from safetensors.numpy import save_file
+    n = 23_200
+    spec = tmp_path / "huge.yaml"
+    spec.write_text(f"resgraph: 1\nname: huge\ninput: {{name: x, shape: [{n}]}}\nlayers:\n  - linear: {{id: fc, out: {n}}}\n")
+    w = np.empty((n, n), np.float32)
+    w[:] = ((np.arange(n, dtype=np.float32) % 7 - 3) / n)[:, None]   # row i: (i mod 7 - 3) / n
+    b = np.linspace(-1, 1, n, dtype=np.float32)
+    save_file({"fc.weight": w, "fc.bias": b}, str(tmp_path / "w.safetensors"))
+    del w
+    from resgraph.compile import compile_spec
+    c = compile_spec(str(spec), weights=str(tmp_path / "w.safetensors"), out=str(tmp_path / "out"))
+    (tmp_path / "w.safetensors").unlink()
+    assert c.manifest["external_data"] == "model.onnx.data" and c.manifest["artifacts"]["model.onnx.data"]["bytes"] > 2**31
+    assert os.path.getsize(tmp_path / "out" / "model.onnx") < 10_000
+    x = np.random.default_rng(0).standard_normal((2, n)).astype(np.float32)
+    y = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = ((np.arange(n) % 7 - 3) / n)[None, :] * x.astype(np.float64).sum(1, keepdims=True) + b
+    assert np.abs(y - want).max() <= 1e-4

@@ -10,10 +10,19 @@ large initializers followed by one field-5 record per initializer — each a Ten
 100 MB SerializeToString, the tobytes copies, or the model in memory twice. The sha256 is computed
 on the same pieces in a second thread while they are written (hashing and writing both release the
 GIL; hashing is the slower, ~1 GB/s).
+
+`write_external` writes the other form ONNX allows: the large initializers in a side file
+(`model.onnx.data`), each TensorProto holding only {location, offset, length}. Protobuf cannot
+parse a message of 2 GiB or more, so a model that large *must* take this form; smaller ones may
+(`resgraph compile --external-data`), which lets ONNX Runtime map the weights instead of parsing
+them out of the model (faster session start-up). Tensors of 1 MiB and more start at a multiple of
+64 KiB: ONNX Runtime maps an initializer only at an offset aligned to the allocation granularity
+(4 KiB on Linux, 64 KiB on Windows); smaller ones are packed, as ONNX Runtime's own writer does.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 
 import numpy as np
@@ -57,6 +66,44 @@ def write_model(path: str, model: onnx.ModelProto, big: dict[str, np.ndarray]) -
     pieces = [rest.SerializeToString(), _field(7, total), graph_bytes]   # ModelProto.graph = 7
     for head, raw in records:
         pieces += [head, raw]
+    return _write_hashed(path, pieces)
+
+
+PROTOBUF_LIMIT = 2**31 - 1   # bytes: the most a protobuf message (the whole .onnx file) may hold
+ALIGN, ALIGN_FROM = 1 << 16, 1 << 20
+
+
+def model_bytes(model: onnx.ModelProto, big: dict[str, np.ndarray]) -> int:
+    """The size of the self-contained file `write_model` would write (within a few bytes per tensor)."""
+    return model.ByteSize() + sum(a.nbytes + 64 + len(name) for name, a in big.items())
+
+
+def write_external(path: str, model: onnx.ModelProto, big: dict[str, np.ndarray],
+                   data_name: str) -> tuple[tuple[str, int], tuple[str, int]]:
+    """Write `model` to `path` with the initializers in `big` in the side file `data_name` beside it.
+    Returns (sha256 hex, bytes) of the model file and of the data file."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)   # small: the large initializers are not in it
+    pieces, offset = [], 0
+    for name, arr in big.items():
+        raw = memoryview(arr).cast("B")
+        if raw.nbytes >= ALIGN_FROM and offset % ALIGN:
+            pad = ALIGN - offset % ALIGN
+            pieces.append(bytes(pad))
+            offset += pad
+        t = initializer_header(name, arr)
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(raw.nbytes))):
+            t.external_data.add(key=key, value=value)
+        m.graph.initializer.append(t)
+        pieces.append(raw)
+        offset += raw.nbytes
+    data = _write_hashed(os.path.join(os.path.dirname(path), data_name), pieces)
+    return _write_hashed(path, [m.SerializeToString()]), data
+
+
+def _write_hashed(path: str, pieces: list) -> tuple[str, int]:
+    """Write the pieces in order, hashing them in a second thread meanwhile; (sha256 hex, bytes)."""
     h = hashlib.sha256()
     hasher = threading.Thread(target=lambda: [h.update(p) for p in pieces], name="resgraph-sha256")
     hasher.start()
