@@ -12,7 +12,7 @@ import resgraph  # noqa: E402
 from resgraph.backends.onnx import LOWER, OPSETS, to_onnx, validate  # noqa: E402
 from resgraph.compiler import check_text  # noqa: E402
 from resgraph.ops import OPS  # noqa: E402
-from resgraph.passes.inference import drop_noops, fold_batchnorm, for_inference  # noqa: E402
+from resgraph.passes.inference import drop_noops, expand_projections, fold_batchnorm, for_inference  # noqa: E402
 from resgraph.passes.verify import verify  # noqa: E402
 from conftest import ROOT, SPECS  # noqa: E402
 
@@ -139,6 +139,25 @@ def test_drop_noops(allops):
     assert not any(n.op in ("dropout", "identity") for n in g2.nodes)
     x = np.random.default_rng(1).standard_normal((3, 4, 10, 10)).astype(np.float32)
     assert np.abs(torch_eval(g, w, x) - torch_eval(g2, w2, x)).max() <= 1e-6
+
+
+def test_explicit_projections_are_spelled_out_then_folded():
+    """project on maps = bn(conv1x1), its bn following the spec's defaults: {bn: ...} (eps 0.01 here:
+    with ONNX's 1e-5 instead the outputs would differ by ~1e-2)."""
+    g = check_text(ALL_OPS.replace("layers:\n", "defaults: {bn: {eps: 0.01}}\nlayers:\n", 1)).graph
+    w = random_weights(g)
+    p = next(n.path for n in g.nodes if n.op == "project" and len(n.shape) == 3)
+    g2, w2 = expand_projections(g, w)
+    verify(g2)
+    assert p not in g2 and g2[f"{p}.conv"].args["kernel"] == 1 and g2[f"{p}.bn"].args["eps"] == 0.01
+    assert [n.op for n in g2.nodes if n.op == "project"] == ["project"] and w2 == w   # the vector one stays
+    x = np.random.default_rng(3).standard_normal((3, 4, 10, 10)).astype(np.float32)
+    ref = torch_eval(g, w, x)
+    assert np.abs(torch_eval(g2, w2, x) - ref).max() <= 1e-6
+    g3, w3 = for_inference(g, w)
+    assert f"{p}.bn" not in g3 and f"{p}.conv.bias" in w3 and f"{p}.bn.weight" not in w3
+    for model in (to_onnx(g, w), to_onnx(*for_inference(g, w, fold=False)), to_onnx(g3, w3)):
+        assert np.abs(ort_run(model, x) - ref).max() <= 1e-4
 
 
 @pytest.mark.parametrize("opset", list(OPSETS))

@@ -1,7 +1,7 @@
 """Inference-only rewrites of (graph, weights): pure functions returning a new graph and new weights.
 
 Weights are a dict of numpy arrays keyed like a PyTorch state dict (`<node path>.weight`, ...).
-Each pass states its maths, pre- and postconditions; tests/test_inference_passes.py checks each one
+Each pass states its maths, pre- and postconditions; tests/test_onnx_backend.py checks each one
 numerically, before vs after, on random input with non-trivial bn statistics.
 """
 from __future__ import annotations
@@ -78,6 +78,40 @@ def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
     return _rewire(g, removed, nodes), w
 
 
+def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
+    """Write each explicit `project` on feature maps as the two nodes it stands for:
+
+        project(x; out, stride) = bn(conv1x1(x; stride, C_in -> out, no bias))
+
+    at `<path>.conv` and `<path>.bn` (where its tensors already live), the bn with the spec's
+    `defaults: {bn: ...}` as the PyTorch back end builds it. Then fold_batchnorm folds that bn like
+    any other, and the ONNX lowering needs no second description of the op. A `project` on vectors
+    (a bias-free linear) stays as it is.
+
+    Pre:  shapes inferred.
+    Post: no `project` node on maps; readers of `<path>` (and the output) read `<path>.bn`;
+          the weights are unchanged.
+    """
+    from ..ops import OPS
+    bn_args = dict(g.meta.get("defaults", {}).get("bn", {}))
+
+    def node(n: Node, path: str, op: str, inputs: tuple, **args) -> Node:
+        full = {k: a.default for k, a in OPS[op].args.items()}
+        full.update(args)
+        return Node(path, op, freeze(full), inputs, n.loc, shape=n.shape, inserted=n.inserted, block=n.block, role=n.role)
+
+    nodes, removed = [], {}
+    for n in g.nodes:
+        if n.op != "project" or len(n.shape) == 1:
+            nodes.append(n)
+            continue
+        conv = node(n, f"{n.path}.conv", "conv", n.inputs[:1], out=n.args["out"], kernel=1, stride=n.args["stride"],
+                    padding="valid", bias=False)
+        nodes += [n, conv, node(n, f"{n.path}.bn", "bn", (conv.path,), **bn_args)]
+        removed[n.path] = f"{n.path}.bn"
+    return _rewire(g, removed, nodes), dict(weights)
+
+
 def drop_noops(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
     """Remove dropout (the identity at inference) and identity nodes: y = x.
 
@@ -88,8 +122,9 @@ def drop_noops(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
 
 
 def for_inference(g: Graph, weights: Weights, fold: bool = True) -> tuple[Graph, Weights]:
-    """The inference pipeline: drop no-ops, then (by default) fold batch norms."""
+    """The inference pipeline: drop no-ops, spell out projections, then (by default) fold batch norms."""
     g, weights = drop_noops(g, weights)
+    g, weights = expand_projections(g, weights)
     if fold:
         g, weights = fold_batchnorm(g, weights)
     return g, weights
