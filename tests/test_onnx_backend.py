@@ -160,6 +160,23 @@ def test_explicit_projections_are_spelled_out_then_folded():
         assert np.abs(ort_run(model, x) - ref).max() <= 1e-4
 
 
+@pytest.mark.parametrize("op", ["maxpool", "avgpool"])
+@pytest.mark.parametrize("h,w,k,s,padding", [(6, 7, 1, 2, "same"), (6, 6, 2, 2, "same"), (6, 9, 3, 2, "same"),
+                                             (2, 2, 1, 2, "valid"), (6, 5, 1, 2, "valid"), (5, 8, 2, 2, 1),
+                                             (7, 6, 3, 2, 1), (4, 7, 2, 3, 1)])
+def test_pool_ceil_mode_corners(op, h, w, k, s, padding):
+    """ceil_mode where PyTorch drops a last window that would start in the end padding (ONNX's shape
+    inference does not), on one axis and not the other; and 'same', whose size ceil_mode cannot change."""
+    spec = f"resgraph: 1\nname: p\ninput: {{shape: [2, {h}, {w}]}}\nlayers:\n" \
+           f"  - {op}: {{kernel: {k}, stride: {s}, padding: {padding}, ceil_mode: true}}\n"
+    g = check_text(spec).graph
+    model = to_onnx(g, {})
+    validate(model, g)   # ONNX's own shape inference agrees with the IR
+    x = np.random.default_rng(0).standard_normal((1, 2, h, w)).astype(np.float32)
+    ref = torch_eval(g, {}, x)
+    assert ref.shape[1:] == g[g.output].shape and np.abs(ort_run(model, x) - ref).max() <= 1e-6
+
+
 @pytest.mark.parametrize("opset", list(OPSETS))
 def test_all_ops_parity_at_every_opset(allops, opset):
     w = random_weights(allops.graph)

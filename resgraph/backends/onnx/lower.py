@@ -117,16 +117,34 @@ def leaky_relu(b, n, xs):
     return b.op("LeakyRelu", xs, n.path, alpha=float(n.args["slope"]))
 
 
+def _pool_pads(b, n) -> list[int]:
+    """Floor-mode pads, [H_begin, W_begin, H_end, W_end], that give exactly the IR's output size.
+
+    ceil_mode is floor mode with the end padding grown until the last window fits. resgraph never
+    emits ceil_mode=1: PyTorch (and ONNX Runtime) drop a last window that would start in the end
+    padding, ONNX's shape inference does not, so the model would contradict its own declared shapes.
+    The padding stays below the kernel, as ONNX Runtime requires: a kept ceil window starts inside
+    the input or the begin padding. 'same' needs no growth: floor mode already gives ceil(n / s).
+    """
+    a = n.args
+    k, s = a["kernel"], a["stride"]
+    begin, _, end, _ = _pads(a["padding"], k)
+    _, h, w = b.ir[n.inputs[0]].shape
+    _, oh, ow = n.shape
+    ends = [max(end, (o - 1) * s + k - size - begin) for o, size in ((oh, h), (ow, w))]
+    assert begin < k and all(e < k for e in ends), (n.path, begin, ends)
+    return [begin, begin, *ends]
+
+
 def maxpool(b, n, xs):
     a = n.args
-    return b.op("MaxPool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
-                pads=_pads(a["padding"], a["kernel"]), ceil_mode=int(a["ceil_mode"]))
+    return b.op("MaxPool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2, pads=_pool_pads(b, n))
 
 
 def avgpool(b, n, xs):
-    a = n.args
+    a = n.args   # count_include_pad=0: grown end padding is not counted either, as in PyTorch's ceil_mode
     return b.op("AveragePool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
-                pads=_pads(a["padding"], a["kernel"]), ceil_mode=int(a["ceil_mode"]), count_include_pad=0)
+                pads=_pool_pads(b, n), count_include_pad=0)
 
 
 def flatten(b, n, xs):

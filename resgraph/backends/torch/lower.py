@@ -122,6 +122,12 @@ def leaky_relu(ctx, n, xs):
     return ctx.call(F.leaky_relu, xs, n, negative_slope=n.args["slope"])
 
 
+def _ceil_mode(a) -> bool:
+    """'same' fixes the output at ceil(n / s), which floor mode gives with its padding: ceil_mode
+    there would add a window that starts in the (explicit, asymmetric) end padding."""
+    return a["ceil_mode"] and a["padding"] != "same"
+
+
 def maxpool(ctx, n, xs):
     a = n.args
     b, e = _pads(a["padding"], a["kernel"])
@@ -129,15 +135,15 @@ def maxpool(ctx, n, xs):
     if b != e:
         x = ctx.call(F.pad, (x, (b, e, b, e)), None, value=float("-inf"))
         b = 0
-    return ctx.call(F.max_pool2d, (x, a["kernel"], a["stride"], b), n, ceil_mode=a["ceil_mode"])
+    return ctx.call(F.max_pool2d, (x, a["kernel"], a["stride"], b), n, ceil_mode=_ceil_mode(a))
 
 
 def avgpool(ctx, n, xs):
     a = n.args
     b, e = _pads(a["padding"], a["kernel"])
     if b != e:
-        return ctx.call(RF.avg_pool_padded, (xs[0], a["kernel"], a["stride"], (b, e, b, e), a["ceil_mode"]), n)
-    return ctx.call(F.avg_pool2d, (xs[0], a["kernel"], a["stride"], b), n, ceil_mode=a["ceil_mode"],
+        return ctx.call(RF.avg_pool_padded, (xs[0], a["kernel"], a["stride"], (b, e, b, e), _ceil_mode(a)), n)
+    return ctx.call(F.avg_pool2d, (xs[0], a["kernel"], a["stride"], b), n, ceil_mode=_ceil_mode(a),
                     count_include_pad=False)
 
 
