@@ -123,6 +123,7 @@ def test_pytorch_and_onnx_runtime_agree_on_random_specs(text):
     w = random_weights(g)
     x = np.random.default_rng(0).standard_normal((2, *g.nodes[0].shape)).astype(np.float32)
     ref = torch_eval(g, w, x)
+    assert ref.shape[1:] == g[g.output].shape, f"PyTorch gives {ref.shape[1:]}, the IR says {g[g.output].shape}"
     scale = 1 + np.abs(ref).max()
     for fold in (True, False):
         ig, iw = for_inference(g, w, fold=fold)
