@@ -45,6 +45,8 @@ for each of --models (default resnet50 and resnet152; --quick: resnet18 only).
    eval, inference_mode) for reference.
    - Session start-up: the wall time of onnxruntime.InferenceSession(path) per file, --repeat times
      interleaved after one untimed creation (file cache); the ORT graph optimisations it runs are included.
+     Also for `resgraph compile --external-data` (weights in model.onnx.data, as the dynamo exporter
+     writes them), compiled untimed for this row only.
    - Agreement: max abs difference of the logits on one random batch, each ONNX vs eager and resgraph's
      vs each exporter's (with the largest |logit| for scale and the top-1 agreement).
    - Latency: warm-up runs of each, then the same number of timed runs of each (sized from the warm-up
@@ -436,7 +438,7 @@ def bench_sessions(files: dict[str, Path], threads: int, repeat: int) -> tuple[d
             sessions[k] = create(p)
             times[k].append(time.perf_counter() - t0)
     for k, v in times.items():
-        print(f"   {k:<10} {msec(statistics.median(v))}   min..max {min(v) * 1e3:.1f}..{max(v) * 1e3:.1f} ms")
+        print(f"   {k:<19} {msec(statistics.median(v))}   min..max {min(v) * 1e3:.1f}..{max(v) * 1e3:.1f} ms")
     return {k: stats(v) for k, v in times.items()}, sessions
 
 
@@ -595,7 +597,12 @@ def bench_model(model: str, work: Path, args, repeat: int, proc_repeat: int, run
     if args.profile:
         res["profile"] = profile_compile(prep, work)
     print(f"\n== 2. ONNX Runtime CPU, {args.threads} intra-op threads: {model}")
-    res["session_start"], sessions = bench_sessions(files, args.threads, repeat)
+    # start-up only: resgraph's --external-data form, the weights in a side file as dynamo writes them
+    from resgraph.compile import compile_spec
+    ext = compile_spec(str(ROOT / prep["spec"]), weights=str(prep["weights"]), out=str(work / "rg-ext"), external_data=True)
+    res["session_start"], sessions = bench_sessions({**files, "rg --external-data": Path(ext.files["model.onnx"])},
+                                                    args.threads, repeat)
+    sessions.pop("rg --external-data")
     res["latency"] = bench_latency(model, sessions, prep["tv"], args.threads, runs_cfg)
     del sessions
     res["files"] = bench_files(files)
