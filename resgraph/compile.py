@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -240,7 +241,7 @@ def _publish(stage: str, out: str, names: list[str]) -> None:
         if exchange(stage, out):
             old = tempfile.mkdtemp(dir=os.path.dirname(stage), prefix=f".{os.path.basename(out)}.old-")
             os.rename(stage, old)   # over its own empty folder: the name says "not being written"
-            shutil.rmtree(old, ignore_errors=True)
+            _delete_later(old)
             return
     os.makedirs(out, exist_ok=True)
     for name in (n for n in ARTIFACTS if n in names):   # the manifest last
@@ -250,7 +251,28 @@ def _publish(stage: str, out: str, names: list[str]) -> None:
             os.unlink(os.path.join(out, name))
 
 
+_deleting: list[threading.Thread] = []
+
+
+def _delete_later(folder: str) -> None:
+    """Delete the replaced artifacts in a background thread: freeing 200 MB of blocks (with online
+    discard) takes 15-70 ms that the caller need not wait for. Not a daemon: the interpreter joins
+    it at exit, so a `resgraph compile` process leaves nothing behind; `wait_for_cleanup()` joins it
+    on demand, and a stale `.old-` folder (a killed process) is removed by the next compile."""
+    t = threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
+                         name="resgraph-delete-old")
+    t.start()
+    _deleting.append(t)
+
+
+def wait_for_cleanup() -> None:
+    """Until every replaced artifact set has been deleted."""
+    while _deleting:
+        _deleting.pop().join()
+
+
 def _clean_stale(parent: str, base: str) -> None:
+    wait_for_cleanup()
     for e in os.scandir(parent):
         if e.name.startswith((f".{base}.staging-", f".{base}.old-")) and e.is_dir(follow_symlinks=False):
             shutil.rmtree(e.path, ignore_errors=True)

@@ -142,6 +142,8 @@ def compile_digits(out, weights=DIGITS_W, **kw):
 
 
 def hidden(folder):
+    from resgraph.compile import wait_for_cleanup
+    wait_for_cleanup()   # the replaced set is deleted in the background
     return [e for e in os.listdir(folder) if e.startswith(".")]
 
 
@@ -165,6 +167,9 @@ def test_recompiling_swaps_the_whole_set_and_keeps_the_folder_mode(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["folded"] is False and all(info["sha256"] == sha(out / n) for n, info in m["artifacts"].items())
     assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "weights.safetensors"] and not hidden(tmp_path)
+    # a compile process deletes the replaced set before it exits
+    assert run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(out)).returncode == 0
+    assert not [e for e in os.listdir(tmp_path) if e.startswith(".")]
 
 
 def test_recompiling_keeps_other_files_in_the_folder(tmp_path):
