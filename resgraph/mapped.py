@@ -11,6 +11,9 @@ its Python API does not expose. Format (safetensors' spec): 8 bytes little-endia
 N bytes of JSON {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the
 data; offsets count from the end of the header, tensors are little-endian and C-contiguous.
 
+BF16 tensors (a bfloat16 training run's checkpoint) have no numpy type: they are widened to float32,
+exactly (bfloat16 is the upper half of a float32), into fresh memory. Every other dtype is a view.
+
 The views are read-only, and live as long as the map: a file truncated by another process while it
 is mapped makes the next read of the lost pages fail with SIGBUS (as any mmap reader does).
 """
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# safetensors' dtype names -> numpy; BF16 has no numpy type (safetensors.numpy refuses it too).
-DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+# safetensors' dtype names -> numpy (BF16 is read as its bits and widened, see above)
+DTYPES = {"BF16": "<u2", "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
           "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
 
 
@@ -55,5 +58,9 @@ def open_mapped(path: str) -> Mapped:
         begin, end = info["data_offsets"]
         count = (end - begin) // dtype.itemsize
         assert count == int(np.prod(info["shape"], dtype=np.int64)), (name, info)   # safe_open checked it
-        tensors[name] = np.frombuffer(buf, dtype=dtype, count=count, offset=start + begin).reshape(info["shape"])
+        t = np.frombuffer(buf, dtype=dtype, count=count, offset=start + begin).reshape(info["shape"])
+        if info["dtype"] == "BF16":
+            t = (t.astype("<u4") << 16).view("<f4")
+            t.flags.writeable = False
+        tensors[name] = t
     return Mapped(path, buf, tensors, dict(metadata))

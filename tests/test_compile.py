@@ -290,3 +290,19 @@ def test_a_model_over_2_gib_compiles_and_runs(tmp_path):
     y = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     want = ((np.arange(n) % 7 - 3) / n)[None, :] * x.astype(np.float64).sum(1, keepdims=True) + b
     assert np.abs(y - want).max() <= 1e-4
+
+
+def test_a_bfloat16_checkpoint_compiles_to_fp32(tmp_path):
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    np = pytest.importorskip("numpy")
+    from safetensors.torch import load_file, save_file
+    from sklearn.datasets import load_digits
+    bf16 = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_file(DIGITS_W).items()}
+    save_file(bf16, str(tmp_path / "bf16.safetensors"))
+    p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", str(tmp_path / "bf16.safetensors"), "-o", str(tmp_path / "o"))
+    assert p.returncode == 0, p.stderr
+    s = ort.InferenceSession(str(tmp_path / "o" / "model.onnx"), providers=["CPUExecutionProvider"])
+    d = load_digits()
+    x = ((d.images / 16.0 - 0.3) / 0.38).astype(np.float32)[:, None]
+    assert (s.run(None, {"image": x})[0].argmax(1) == d.target).mean() > 0.97

@@ -43,10 +43,12 @@ def test_a_damaged_file_raises_safetensors_error(tmp_path, damage):
         open_mapped(str(path))
 
 
-def test_bfloat16_is_refused_with_its_name(tmp_path):
+def test_bfloat16_is_widened_to_float32_exactly(tmp_path):
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file as save_torch
     path = tmp_path / "bf16.safetensors"
-    save_torch({"w": torch.ones(3, dtype=torch.bfloat16)}, str(path))
-    with pytest.raises(ValueError, match="BF16"):
-        open_mapped(str(path))
+    x = torch.randn(5, 7).to(torch.bfloat16)
+    save_torch({"w": x, "b": torch.tensor([1.0, -0.0, float("inf")], dtype=torch.bfloat16)}, str(path))
+    m = open_mapped(str(path))
+    assert m.tensors["w"].dtype == np.float32 and np.array_equal(m.tensors["w"], x.float().numpy())
+    assert m.tensors["b"].tolist() == [1.0, -0.0, float("inf")] and not m.tensors["w"].flags.writeable
