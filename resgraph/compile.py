@@ -81,6 +81,12 @@ def fresh_weights(graph, seed: int) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
 
 
+def _nonfinite(tensors: dict) -> list[str]:
+    """The floating-point tensors holding a NaN or an infinity (16 ms for resnet50, in the background)."""
+    import numpy as np
+    return [k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -137,6 +143,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             w = mapped.tensors
             weights_sha = pool.submit(lambda: hashlib.sha256(mapped.buffer).hexdigest())
             copied = pool.submit(shutil.copyfile, weights, files["weights.safetensors"])   # in the kernel
+            nonfinite = pool.submit(_nonfinite, w)
         else:
             trained = False
             w = {k: np.asarray(v) for k, v in fresh_weights(graph, seed).items()}
@@ -170,6 +177,12 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             model_sha, _ = write_model(files["model.onnx"], model, big)   # streamed, hashed as written
         del model, big, iw
         if weights:
+            bad = nonfinite.result()
+            if bad:
+                raise _error(weights, f"the weights are not all finite: NaN or inf in {len(bad)} tensor(s): "
+                             + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
+                             "a diverged training run? Compile an earlier checkpoint (resgraph train keeps "
+                             "best.safetensors and epoch-NNN.safetensors)")
             copied.result()
             weights_sha = weights_sha.result()
         else:

@@ -306,3 +306,16 @@ def test_a_bfloat16_checkpoint_compiles_to_fp32(tmp_path):
     d = load_digits()
     x = ((d.images / 16.0 - 0.3) / 0.38).astype(np.float32)[:, None]
     assert (s.run(None, {"image": x})[0].argmax(1) == d.target).mean() > 0.97
+
+
+def test_weights_with_nan_or_inf_are_refused(tmp_path):
+    np = pytest.importorskip("numpy")
+    from safetensors.numpy import load_file, save_file
+    w = load_file(DIGITS_W)
+    w["layer2.conv1.weight"][0, 0, 0, 0] = np.nan
+    w["fc.bias"][3] = np.inf
+    save_file(w, str(tmp_path / "nan.safetensors"))
+    p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", str(tmp_path / "nan.safetensors"), "-o", str(tmp_path / "o"))
+    assert p.returncode == 1 and "not all finite" in p.stderr and "2 tensor(s)" in p.stderr
+    assert "layer2.conv1.weight" in p.stderr and "fc.bias" in p.stderr and "diverged" in p.stderr
+    assert not (tmp_path / "o").exists() and not [e for e in os.listdir(tmp_path) if e.startswith(".")]
