@@ -87,6 +87,20 @@ def _nonfinite(tensors: dict) -> list[str]:
     return [k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
 
 
+def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
+    """fp16 holds |x| <= 65504: a weight beyond it (bn folding multiplies by gamma / sqrt(var + eps))
+    would become inf, and the model would answer inf or NaN."""
+    from onnx import TensorProto, numpy_helper
+    small = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type == TensorProto.FLOAT16}
+    bad = _nonfinite({**big, **small})
+    if bad:
+        import numpy as np
+        worst = ", ".join(f"{k} (|w| up to {float(np.abs(fp32[k]).max()):.3g})" if k in fp32 else k for k in bad[:5])
+        raise _error(where, f"{len(bad)} tensor(s) overflow fp16 (|x| > 65504): {worst}" + (" ..." if len(bad) > 5 else ""),
+                     "compile with --precision fp32, or with --no-fold (folding bn multiplies a layer's weights "
+                     "by gamma / sqrt(running_var + eps))")
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -164,6 +178,8 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
                 "resgraph.precision": precision, "resgraph.folded": str(fold).lower(),
                 "resgraph.trained": str(trained).lower()}
         model, big = build(igraph, iw, opset=opset, precision=precision, metadata=meta)
+        if precision == "fp16":
+            _check_fp16(model, big, iw, weights or spec_path)
         validate(model, igraph, streamed=big)
         t["onnx"] = time.perf_counter()
 

@@ -319,3 +319,18 @@ def test_weights_with_nan_or_inf_are_refused(tmp_path):
     assert p.returncode == 1 and "not all finite" in p.stderr and "2 tensor(s)" in p.stderr
     assert "layer2.conv1.weight" in p.stderr and "fc.bias" in p.stderr and "diverged" in p.stderr
     assert not (tmp_path / "o").exists() and not [e for e in os.listdir(tmp_path) if e.startswith(".")]
+
+
+def test_weights_that_overflow_fp16_after_folding_are_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    w = load_file(DIGITS_W)
+    w["layer2.conv1.weight"][0] = 1000.0
+    w["layer2.bn1.running_var"][0] = 1e-6   # folded: 1000 * gamma / sqrt(1e-6 + 1e-5) ~ 3e5
+    save_file(w, str(tmp_path / "big.safetensors"))
+    args = ["compile", "specs/digits_resnet.yaml", "--weights", str(tmp_path / "big.safetensors"), "--precision", "fp16"]
+    p = run_cli(*args, "-o", str(tmp_path / "o"))
+    assert p.returncode == 1 and "overflow fp16" in p.stderr and "layer2.conv1.weight" in p.stderr and "--no-fold" in p.stderr
+    assert not (tmp_path / "o").exists()
+    # fp32 is fine; unfolded fp16 too (1000 fits)
+    assert run_cli(*args[:4], "-o", str(tmp_path / "o32")).returncode == 0
+    assert run_cli(*args, "--no-fold", "-o", str(tmp_path / "o16")).returncode == 0

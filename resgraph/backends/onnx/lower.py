@@ -35,7 +35,8 @@ class _Builder:
         if name not in self.inits:
             if name not in self.w:
                 raise KeyError(name)
-            self.inits[name] = np.ascontiguousarray(self.w[name], dtype=self.dtype)
+            with np.errstate(over="ignore"):   # fp16 overflow becomes inf: compile names such tensors
+                self.inits[name] = np.ascontiguousarray(self.w[name], dtype=self.dtype)
         return name
 
     def const(self, name: str, value, dtype=None) -> str:
