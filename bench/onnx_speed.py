@@ -293,11 +293,7 @@ def bench_processes(model: str, prep: dict, work: Path, repeat: int) -> tuple[di
     print(f"\n   a/b. whole process, {repeat} round{'s' * (repeat != 1)} interleaved after one untimed warm-up each   (load {load()})")
     warm = {k: run_process(c) for k, c in cmds.items()}
     times = interleaved({k: (lambda c=c: run_process(c)) for k, c in cmds.items()}, repeat)
-    w = max(map(len, labels.values()))
-    print(f"   {'process':<{w}}  {'median':>9}  {'min..max':>17}  {'warm-up':>9}")
-    for k in cmds:
-        v = times[k]
-        print(f"   {labels[k]:<{w}}  {sec(statistics.median(v))}  {min(v):7.2f}..{max(v):<7.2f}s  {sec(warm[k])}")
+    print_times("process", labels, times, "warm-up", warm)
     res = {"commands": {k: " ".join(c) for k, c in cmds.items()},
            "times": {k: stats(v) | {"warm_up_s": warm[k]} for k, v in times.items()}}
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -355,11 +351,7 @@ def bench_in_process(model: str, prep: dict, work: Path, repeat: int) -> dict:
     cold = {k: timed(fn) for k, fn in calls.items()}
     cold_stages = stages.pop()
     times = interleaved({k: (lambda fn=fn: timed(fn)) for k, fn in calls.items()}, repeat)
-    w = max(map(len, labels.values()))
-    print(f"   {'call':<{w}}  {'median':>9}  {'min..max':>17}  {'first call':>10}")
-    for k in calls:
-        v = times[k]
-        print(f"   {labels[k]:<{w}}  {sec(statistics.median(v))}  {min(v):7.2f}..{max(v):<7.2f}s  {sec(cold[k])}")
+    print_times("call", labels, times, "first call", cold)
     med = {k: statistics.median(v) for k, v in times.items()}
     mn = {k: min(v) for k, v in times.items()}
     res = {"times": {k: stats(v) | {"first_call_s": cold[k]} for k, v in times.items()},
@@ -548,6 +540,14 @@ def bench_files(files: dict[str, Path]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- main
+
+def print_times(what: str, labels: dict, times: dict[str, list[float]], apart: str, first: dict) -> None:
+    """One row per entry: median, min..max of the timed rounds, and the untimed-or-first run apart."""
+    w = max(map(len, labels.values()))
+    print(f"   {what:<{w}}  {'median':>9}  {'min..max':>17}  {apart:>10}")
+    for k, v in times.items():
+        print(f"   {labels[k]:<{w}}  {sec(statistics.median(v))}  {min(v):7.2f}..{max(v):<7.2f}s  {sec(first[k])}")
+
 
 def interleaved(measure: dict, repeat: int) -> dict[str, list[float]]:
     """`repeat` rounds, each taking one measurement of every entry in turn, so load drift hits all alike."""
