@@ -2,16 +2,19 @@
 (+ model.onnx.data with --external-data, and for any model of 2 GiB or more).
 
     check -> weights (a safetensors file, checked against the spec, flagged untrained if `resgraph
-    init` made it; or a fresh seeded init, flagged untrained) -> inference passes (drop no-ops, fold bn unless --no-fold) -> ONNX -> validate ->
-    write all three artifacts atomically.
+    init` made it; or a fresh seeded init, flagged untrained) -> inference passes (drop no-ops,
+    spell out projections, fold bn unless --no-fold) -> ONNX -> validate -> write the artifacts
+    atomically.
 
 No torch import when weights come from a file: the checkpoint is memory-mapped (mapped.py) and its
-tensors are zero-copy views; its byte-for-byte copy and its sha256 run in two background threads
-from the moment it is checked, beside the passes and the lowering, and model.onnx is hashed in a
-third while it is written (resnet50: ~0.2 s for 200 MB written and hashed, on 2 cores).
+tensors are zero-copy views; its byte-for-byte copy, its sha256 and a NaN/inf scan run in
+background threads from the moment it is checked, beside the passes and the lowering, and
+model.onnx is hashed in another while it is written (resnet50: ~0.2 s for 200 MB written and
+hashed, on 2 cores).
 
 Atomic: every artifact is written in full into a hidden staging folder beside the output folder,
-then renamed into place (each rename is atomic), the manifest last. A crash, Ctrl-C or kill -9
+which then takes the output folder's place whole (see _publish: a rename, or an exchange of the
+two folders), or, where it cannot, file by file with the manifest last. A crash, Ctrl-C or kill -9
 while writing leaves the previous artifacts as they were and no partial file in the output
 folder; a stale staging folder is removed by the next compile. (Files are not fsync'ed: this
 protects against the process dying, not against the machine losing power mid-write; fsync of

@@ -37,6 +37,10 @@ class OpDef:
     doc: str = ""
     extra: dict = field(default_factory=dict)
 
+    def with_defaults(self, **args) -> dict:
+        """Every argument, the given ones over the defaults: the args of a node a pass creates."""
+        return {**{k: a.default for k, a in self.args.items()}, **args}
+
 
 def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
     """The op's state-dict tensors (suffix -> shape), as every back end names them."""

@@ -96,9 +96,8 @@ def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
     bn_args = dict(g.meta.get("defaults", {}).get("bn", {}))
 
     def node(n: Node, path: str, op: str, inputs: tuple, **args) -> Node:
-        full = {k: a.default for k, a in OPS[op].args.items()}
-        full.update(args)
-        return Node(path, op, freeze(full), inputs, n.loc, shape=n.shape, inserted=n.inserted, block=n.block, role=n.role)
+        return Node(path, op, freeze(OPS[op].with_defaults(**args)), inputs, n.loc, shape=n.shape,
+                    inserted=n.inserted, block=n.block, role=n.role)
 
     nodes, removed = [], {}
     for n in g.nodes:

@@ -31,9 +31,7 @@ def find_stride(src: tuple, dst: tuple) -> int | None:
 
 
 def _node(path, op, loc, inputs, block, **args) -> Node:
-    full = {k: a.default for k, a in OPS[op].args.items()}
-    full.update(args)
-    return Node(path, op, freeze(full), inputs, loc, inserted=True, block=block, role="shortcut")
+    return Node(path, op, freeze(OPS[op].with_defaults(**args)), inputs, loc, inserted=True, block=block, role="shortcut")
 
 
 def insert_shortcuts(g: Graph) -> Graph:
