@@ -4,16 +4,28 @@
     >>> checked = resgraph.check("specs/resnet18.yaml")
     >>> checked.params, [p.at for p in checked.graph.projections]
 
-Importing resgraph loads only the front end (PyYAML and the standard library); back ends import
-torch, onnx or tensorrt when they are first used.
+Importing resgraph loads nothing but this file: the front end (PyYAML and the standard library)
+loads on first use of its names, and back ends import torch, onnx or tensorrt when they are first
+used. So the runtime (resgraph.runtime), which reads only compiled folders, runs without the
+front end.
 """
-from .compiler import Checked, check_file, check_spec, check_text
-from .errors import Diagnostic, Loc, SpecError
-from .spec import load_spec, parse_spec
+from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-check = check_file
+_LAZY = {"Checked": "compiler", "check_file": "compiler", "check_spec": "compiler", "check_text": "compiler",
+         "check": "compiler", "Diagnostic": "errors", "Loc": "errors", "SpecError": "errors",
+         "load_spec": "spec", "parse_spec": "spec"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = getattr(module, "check_file" if name == "check" else name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'resgraph' has no attribute {name!r}")
 
 
 def to_torch(source, seed: int | None = None, weights: str | None = None, init: bool = True):
@@ -21,6 +33,7 @@ def to_torch(source, seed: int | None = None, weights: str | None = None, init: 
     Imports torch on first use; see resgraph.backends.torch.to_torch."""
     from .backends.torch import to_torch as _to_torch
     return _to_torch(source, seed=seed, weights=weights, init=init)
+
 
 __all__ = ["to_torch", "Checked", "Diagnostic", "Loc", "SpecError", "check", "check_file", "check_spec", "check_text",
            "load_spec", "parse_spec", "__version__"]

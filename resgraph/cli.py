@@ -137,6 +137,10 @@ def schema(output):
 
 # --- the PyTorch side: init, import-weights, train, eval ------------------------------------------
 
+EXTRAS = {"torch": "torch", "safetensors": "onnx", "onnx": "onnx", "onnxruntime": "onnx", "PIL": "onnx", "numpy": "onnx",
+          "sklearn": "train", "torchvision": "torchvision"}   # a missing module -> the extra that installs it
+
+
 def _run(fn):
     """Run a command body: user errors print like a compiler's and exit 1; bugs exit 70."""
     try:
@@ -145,7 +149,10 @@ def _run(fn):
         _print_diagnostics(e.diagnostics, e.diagnostics[0].loc.file)
         sys.exit(1)
     except ImportError as e:
-        click.echo(f"resgraph: error: {e}\n  hint: this command needs PyTorch: pip install 'resgraph[torch]'", err=True)
+        top = (e.name or "").split(".")[0]
+        extra = EXTRAS.get(top, "torch")
+        click.echo(f"resgraph: error: {e}\n  hint: this command needs {top or 'a package'}: pip install 'resgraph[{extra}]'",
+                   err=True)
         sys.exit(1)
     except Exception as e:  # noqa: BLE001
         _fail_internal(e)
@@ -290,14 +297,20 @@ def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_da
             c = compile_spec(spec, weights=weights, out=out, precision=precision, opset=opset, fold=not no_fold,
                              seed=seed, external_data=external_data, progress=lambda s: status.update(s))
         m = c.manifest
-        untrained = "" if m["trained"] else (f"  (untrained: fresh init, seed {seed})" if not weights
+        untrained = "" if m.trained else (f"  (untrained: fresh init, seed {seed})" if not weights
                                              else "  (untrained: the checkpoint is marked so by resgraph init)")
-        click.echo(f"compiled {m['name']} -> {c.out}/  {precision}, opset {m['opset']}, "
-                   f"{'folded' if m['folded'] else 'unfolded'} bn, {c.seconds['total']:.2f} s{untrained}")
-        for name, info in m["artifacts"].items():
-            click.echo(f"  {name:<20} {info['bytes']:>12,} bytes  sha256 {info['sha256'][:16]}")
+        click.echo(f"compiled {m.name} -> {c.out}/  {precision}, opset {m.opset}, "
+                   f"{'folded' if m.folded else 'unfolded'} bn, {c.seconds['total']:.2f} s{untrained}")
+        for name, info in m.artifacts.items():
+            click.echo(f"  {name:<20} {info.bytes:>12,} bytes  sha256 {info.sha256[:16]}")
         click.echo("  manifest.json")
     _run(body)
+
+
+from .cli_infer import bench_cmd, doctor_cmd, parity_cmd, run_cmd  # noqa: E402  (they use _run above)
+
+for _command in (run_cmd, bench_cmd, parity_cmd, doctor_cmd):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""`resgraph compile`: a spec (+ weights) -> compiled/<name>/{model.onnx, weights.safetensors, manifest.json}
-(+ model.onnx.data with --external-data, and for any model of 2 GiB or more).
+"""`resgraph compile`: a spec (+ weights) -> compiled/<name>/{model.onnx, weights.safetensors, spec.yaml,
+manifest.json} (+ model.onnx.data with --external-data, and for any model of 2 GiB or more).
 
     check -> weights (a safetensors file, checked against the spec, flagged untrained if `resgraph
     init` made it; or a fresh seeded init, flagged untrained) -> inference passes (drop no-ops,
@@ -13,7 +13,7 @@ model.onnx is hashed in another while it is written (resnet50: ~0.2 s for 200 MB
 hashed, on 2 cores).
 
 Atomic: every artifact is written in full into a hidden staging folder beside the output folder,
-which then takes the output folder's place whole (see _publish: a rename, or an exchange of the
+which then takes the output folder's place whole (artifacts.Stage: a rename, or an exchange of the
 two folders), or, where it cannot, file by file with the manifest last. A crash, Ctrl-C or kill -9
 while writing leaves the previous artifacts as they were and no partial file in the output
 folder; a stale staging folder is removed by the next compile. (Files are not fsync'ed: this
@@ -22,25 +22,25 @@ two 100 MB files costs more than the whole compile.)
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .artifacts import Artifact, Manifest, Stage, TensorInfo, wait_for_cleanup, write_manifest
 from .errors import Diagnostic, Loc, SpecError
+
+__all__ = ["Compiled", "compile_spec", "load_weights", "wait_for_cleanup"]
 
 
 @dataclass
 class Compiled:
     out: str
     files: dict[str, str]        # artifact -> path
-    manifest: dict
+    manifest: "Manifest"
     seconds: dict[str, float]
 
 
@@ -132,7 +132,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     if precision not in ("fp32", "fp16"):
         raise _error("--precision", f"unknown precision '{precision}'", "fp32 or fp16")
     out = out or os.path.join("compiled", spec.name)
-    target = os.path.realpath(out) if os.path.islink(out) else out   # stage beside the real folder
+    target = os.path.realpath(out) if os.path.islink(out) else out   # Stage works beside the real folder
     parent = os.path.dirname(os.path.abspath(target))
     if os.path.exists(out) and not os.path.isdir(out):
         raise _error(out, "the output path is a file", "give a folder: -o compiled/NAME")
@@ -145,10 +145,8 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     t["check"] = time.perf_counter()
 
     import numpy as np
-    _clean_stale(parent, os.path.basename(target))
-    stage = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(target)}.staging-")
-    files = {"model.onnx": os.path.join(stage, "model.onnx"), "weights.safetensors": os.path.join(stage, "weights.safetensors"),
-             "manifest.json": os.path.join(stage, "manifest.json")}
+    stage = Stage(out)
+    files = {name: stage.file(name) for name in ("model.onnx", "weights.safetensors", "spec.yaml", "manifest.json")}
     # Copying and hashing the checkpoint depend on nothing else: they run in the background from
     # here, beside the passes and the lowering (both release the GIL).
     pool = ThreadPoolExecutor(2, thread_name_prefix="resgraph-compile")
@@ -174,9 +172,11 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         t["passes"] = time.perf_counter()
 
         step("lowering to ONNX")
+        from .runtime.preprocess import Preprocess
+        pre = Preprocess.resolve(spec.preprocess, graph.nodes[0].shape).to_json()
         meta = {"resgraph.spec": spec.name, "resgraph.spec_sha256": spec.sha256, "resgraph.version": __version__,
                 "resgraph.projections": json.dumps([p.to_json() for p in graph.projections]),
-                "resgraph.preprocess": json.dumps({k: v for k, v in spec.preprocess.items() if not k.endswith("_loc")}),
+                "resgraph.preprocess": json.dumps(pre),
                 "resgraph.labels": json.dumps(list(spec.labels) if spec.labels is not None else None),
                 "resgraph.precision": precision, "resgraph.folded": str(fold).lower(),
                 "resgraph.trained": str(trained).lower()}
@@ -190,7 +190,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         # one protobuf message cannot hold 2 GiB: such a model must keep its weights beside it
         external = external_data or model_bytes(model, big) >= PROTOBUF_LIMIT
         if external:
-            files["model.onnx.data"] = os.path.join(stage, "model.onnx.data")
+            files["model.onnx.data"] = stage.file("model.onnx.data")
             (model_sha, _), (data_sha, _) = write_external(files["model.onnx"], model, big, "model.onnx.data")
         else:
             model_sha, _ = write_model(files["model.onnx"], model, big)   # streamed, hashed as written
@@ -209,102 +209,27 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             save_file({k: np.require(v, requirements="C") for k, v in w.items()}, files["weights.safetensors"],
                       metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
             weights_sha = _sha256(files["weights.safetensors"])
+        with open(files["spec.yaml"], "wb") as f:   # the folder's own copy: the torch back end rebuilds from it
+            f.write(spec.source.encode())
         shas = {"model.onnx": model_sha, **({"model.onnx.data": data_sha} if external else {}),
-                "weights.safetensors": weights_sha}
-        manifest = {
-            "resgraph_version": __version__, "name": spec.name, "spec": spec_path,
-            "spec_sha256": spec.sha256, "trained": trained, "weights_source": weights or f"fresh init, seed {seed}",
-            "precision": precision, "opset": opset, "folded": fold,
-            "external_data": "model.onnx.data" if external else None,
-            "input": {"name": graph.input_name, "shape": ["batch", *graph.nodes[0].shape]},
-            "output": {"name": graph.output_name, "shape": ["batch", *graph[graph.output].shape]},
-            "projections": [p.to_json() for p in graph.projections],
-            "preprocess": {k: v for k, v in spec.preprocess.items() if not k.endswith("_loc")},
-            "labels": list(spec.labels) if spec.labels is not None else None,
-            "params": checked.params, "macs": checked.macs,
-            "artifacts": {name: {"sha256": shas[name], "bytes": os.path.getsize(files[name])} for name in shas},
-        }
-        with open(files["manifest.json"], "w") as f:
-            json.dump(manifest, f, indent=2)
-            f.write("\n")
-        _publish(stage, target, list(files))
-        final = {name: os.path.join(out, name) for name in files}
+                "weights.safetensors": weights_sha, "spec.yaml": spec.sha256}
+        manifest = Manifest(
+            name=spec.name, resgraph_version=__version__, spec_sha256=spec.sha256, spec_source=spec_path,
+            trained=trained, weights_source=weights or f"fresh init, seed {seed}", precision=precision, opset=opset,
+            folded=fold, external_data="model.onnx.data" if external else None,
+            input=TensorInfo(graph.input_name, ("batch", *graph.nodes[0].shape)),
+            output=TensorInfo(graph.output_name, ("batch", *graph[graph.output].shape)),
+            preprocess=pre,
+            labels=tuple(spec.labels) if spec.labels is not None else None,
+            params=checked.params, macs=checked.macs, projections=tuple(p.to_json() for p in graph.projections),
+            artifacts={name: Artifact(shas[name], os.path.getsize(files[name])) for name in shas})
+        write_manifest(files["manifest.json"], manifest)
+        final = stage.publish()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)   # a running copy ends before its folder goes
-        shutil.rmtree(stage, ignore_errors=True)
+        stage.close()
     t["write"] = time.perf_counter()
     keys = list(t)
     seconds = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
     seconds["total"] = t["write"] - t["start"]
     return Compiled(out, final, manifest, seconds)
-
-
-ARTIFACTS = ("weights.safetensors", "model.onnx.data", "model.onnx", "manifest.json")   # publishing order
-
-
-def _publish(stage: str, out: str, names: list[str]) -> None:
-    """Put the staged artifacts in place of the previous ones, atomically.
-
-    The whole folder at once where possible: `out` absent -> one rename of the staging folder;
-    `out` holding nothing but earlier artifacts -> one exchange of the two folders, then the old one
-    is deleted. Readers then never see a mixed set, and no file is renamed over another, which on
-    ext4 (auto_da_alloc) forces the new file's blocks to be allocated and the old one's freed on the
-    spot: ~0.1 s per 100 MB file. Otherwise (other files beside the artifacts, a symlinked folder, a
-    system without exchange) file by file, the manifest last: each file is replaced atomically, and
-    an artifact of the previous compile that this one does not make (model.onnx.data) is removed
-    after. A crash between two of those renames leaves a mixed set that the manifest, replaced last,
-    does not describe (its sha256s tell).
-    """
-    from .fileio import exchange
-    assert set(names) <= set(ARTIFACTS) and {"model.onnx", "weights.safetensors", "manifest.json"} <= set(names), names
-    umask = os.umask(0)
-    os.umask(umask)
-    for name in names:
-        os.chmod(os.path.join(stage, name), 0o666 & ~umask)
-    if not os.path.lexists(out):
-        os.chmod(stage, 0o777 & ~umask)   # mkdtemp's folder is owner-only
-        try:
-            os.rename(stage, out)
-            return
-        except OSError:   # created meanwhile by someone else: file by file below
-            pass
-    elif not os.path.islink(out) and all(e.name in ARTIFACTS and e.is_file(follow_symlinks=False) for e in os.scandir(out)):
-        os.chmod(stage, os.stat(out).st_mode & 0o7777)
-        if exchange(stage, out):
-            old = tempfile.mkdtemp(dir=os.path.dirname(stage), prefix=f".{os.path.basename(out)}.old-")
-            os.rename(stage, old)   # over its own empty folder: the name says "not being written"
-            _delete_later(old)
-            return
-    os.makedirs(out, exist_ok=True)
-    for name in (n for n in ARTIFACTS if n in names):   # the manifest last
-        os.replace(os.path.join(stage, name), os.path.join(out, name))
-    for name in (n for n in ARTIFACTS if n not in names):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(out, name))
-
-
-_deleting: list[threading.Thread] = []
-
-
-def _delete_later(folder: str) -> None:
-    """Delete the replaced artifacts in a background thread: freeing 200 MB of blocks (with online
-    discard) takes 15-70 ms that the caller need not wait for. Not a daemon: the interpreter joins
-    it at exit, so a `resgraph compile` process leaves nothing behind; `wait_for_cleanup()` joins it
-    on demand, and a stale `.old-` folder (a killed process) is removed by the next compile."""
-    t = threading.Thread(target=shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True},
-                         name="resgraph-delete-old")
-    t.start()
-    _deleting.append(t)
-
-
-def wait_for_cleanup() -> None:
-    """Until every replaced artifact set has been deleted."""
-    while _deleting:
-        _deleting.pop().join()
-
-
-def _clean_stale(parent: str, base: str) -> None:
-    wait_for_cleanup()
-    for e in os.scandir(parent):
-        if e.name.startswith((f".{base}.staging-", f".{base}.old-")) and e.is_dir(follow_symlinks=False):
-            shutil.rmtree(e.path, ignore_errors=True)

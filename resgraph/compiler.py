@@ -39,11 +39,11 @@ def check_file(path: str) -> Checked:
     return check_text(read_source(path), path)
 
 
-def check_text(text: str, file: str = "<spec>") -> Checked:
+def check_text(text: str, file: str = "<spec>", read_files: bool = True) -> Checked:
     # Structure, references and op arguments are checked together, so that one run reports the
     # unknown key, the dangling id and the misspelt argument at once; shapes only once they are sound.
     d = Diagnostics()
-    spec = parse_spec(text, file, d)
+    spec = parse_spec(text, file, d, read_files)
     if spec is None:
         d.raise_if_any()
     g = resolve_ops(expand(spec, d), d)

@@ -8,8 +8,6 @@ from rich.table import Table
 from rich.text import Text
 
 from .errors import Diagnostic
-from .ops import fmt
-from .ops.count import node_macs, node_params
 
 
 def console(stderr: bool = False) -> Console:
@@ -90,6 +88,8 @@ def summary_table(checked, depth: int | None = None) -> Table:
 
 
 def _rows(g, depth):
+    from .ops import fmt   # here, not at the top: the runtime's commands render without the front end
+    from .ops.count import node_macs, node_params
     """One row per node; with `depth`, nodes whose paths share the first `depth` parts become one row."""
     rows, prev = [], None
     via_ws = {p.nodes[-1]: p.edge for p in g.projections}

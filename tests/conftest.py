@@ -27,3 +27,13 @@ def write_spec(tmp_path):
         p.write_text(text)
         return str(p)
     return write
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory):
+    """The shipped digits ResNet, compiled with its trained weights (ONNX Runtime and torch read it)."""
+    from resgraph.compile import compile_spec
+    out = tmp_path_factory.mktemp("compiled") / "digits_resnet"
+    compile_spec(str(ROOT / "specs" / "digits_resnet.yaml"), weights=str(ROOT / "specs" / "weights" / "digits_resnet.safetensors"),
+                 out=str(out))
+    return out

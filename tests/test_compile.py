@@ -21,15 +21,16 @@ def sha(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def test_compile_writes_three_artifacts_and_an_honest_manifest(tmp_path):
+def test_compile_writes_four_artifacts_and_an_honest_manifest(tmp_path):
     out = tmp_path / "digits"
     p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(out))
     assert p.returncode == 0, p.stderr
-    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "weights.safetensors"]
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "spec.yaml", "weights.safetensors"]
     m = json.loads((out / "manifest.json").read_text())
     assert m["name"] == "digits_resnet" and m["trained"] is True and m["precision"] == "fp32" and m["opset"] == 17
-    assert m["folded"] is True and m["input"] == {"name": "image", "shape": ["batch", 1, 8, 8]}
-    assert m["output"] == {"name": "logits", "shape": ["batch", 10]} and m["labels"][3] == "3"
+    assert m["folded"] is True and m["input"] == {"name": "image", "shape": ["batch", 1, 8, 8], "dtype": "float32"}
+    assert m["output"] == {"name": "logits", "shape": ["batch", 10], "dtype": "float32"} and m["labels"][3] == "3"
+    assert m["format"] == 1 and m["spec"] == "spec.yaml" and m["spec_sha256"] == sha(out / "spec.yaml")
     assert [p["at"] for p in m["projections"]] == ["layer2", "layer3"] and m["params"] == 77_754
     for name, info in m["artifacts"].items():
         assert info["sha256"] == sha(out / name) and info["bytes"] == os.path.getsize(out / name)
@@ -153,7 +154,7 @@ def test_a_new_output_folder_appears_whole_with_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert os.stat(out).st_mode & 0o777 == 0o777 & ~umask   # not the staging folder's owner-only mode
-    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "weights.safetensors"] and not hidden(tmp_path)
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "spec.yaml", "weights.safetensors"] and not hidden(tmp_path)
 
 
 def test_recompiling_swaps_the_whole_set_and_keeps_the_folder_mode(tmp_path):
@@ -166,7 +167,7 @@ def test_recompiling_swaps_the_whole_set_and_keeps_the_folder_mode(tmp_path):
     assert os.stat(out).st_mode & 0o777 == 0o750
     m = json.loads((out / "manifest.json").read_text())
     assert m["folded"] is False and all(info["sha256"] == sha(out / n) for n, info in m["artifacts"].items())
-    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "weights.safetensors"] and not hidden(tmp_path)
+    assert sorted(os.listdir(out)) == ["manifest.json", "model.onnx", "spec.yaml", "weights.safetensors"] and not hidden(tmp_path)
     # a compile process deletes the replaced set before it exits
     assert run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(out)).returncode == 0
     assert not [e for e in os.listdir(tmp_path) if e.startswith(".")]
@@ -200,7 +201,7 @@ def test_weights_from_resgraph_init_are_flagged_untrained(tmp_path):
     w = tmp_path / "w.safetensors"
     assert run_cli("init", "specs/digits_resnet.yaml", "-o", str(w)).returncode == 0
     m = compile_digits(tmp_path / "o", weights=w).manifest
-    assert m["trained"] is False and m["weights_source"] == str(w)
+    assert m.trained is False and m.weights_source == str(w)
 
 
 def test_exchange_swaps_two_folders_in_one_step(tmp_path):
@@ -231,7 +232,7 @@ def test_external_data_gives_the_same_model_with_mapped_weights(tmp_path):
     from resgraph.compile import compile_spec
     compile_spec(str(ROOT / "specs" / "resnet18.yaml"), weights=str(w), out=str(one))
     m = json.loads((ext / "manifest.json").read_text())
-    assert m["external_data"] == "model.onnx.data" and set(m["artifacts"]) == {"model.onnx", "model.onnx.data", "weights.safetensors"}
+    assert m["external_data"] == "model.onnx.data" and set(m["artifacts"]) == {"model.onnx", "model.onnx.data", "weights.safetensors", "spec.yaml"}
     assert all(info["sha256"] == sha(ext / n) and info["bytes"] == os.path.getsize(ext / n) for n, info in m["artifacts"].items())
     assert json.loads((one / "manifest.json").read_text())["external_data"] is None
     assert os.path.getsize(ext / "model.onnx") < 100_000 < os.path.getsize(ext / "model.onnx.data")
@@ -255,7 +256,7 @@ def test_external_data_gives_the_same_model_with_mapped_weights(tmp_path):
     compile_spec(str(ROOT / "specs" / "resnet18.yaml"), weights=str(w), out=str(ext), external_data=True)
     (ext / "notes.txt").write_text("mine")
     compile_spec(str(ROOT / "specs" / "resnet18.yaml"), weights=str(w), out=str(ext))
-    assert sorted(os.listdir(ext)) == ["manifest.json", "model.onnx", "notes.txt", "weights.safetensors"]
+    assert sorted(os.listdir(ext)) == ["manifest.json", "model.onnx", "notes.txt", "spec.yaml", "weights.safetensors"]
 
 
 def test_a_model_too_large_for_one_protobuf_keeps_its_weights_beside_it(tmp_path, monkeypatch):
@@ -264,7 +265,7 @@ def test_a_model_too_large_for_one_protobuf_keeps_its_weights_beside_it(tmp_path
     import resgraph.backends.onnx.writer as writer
     monkeypatch.setattr(writer, "PROTOBUF_LIMIT", 300_000)   # the digits model is ~313 kB
     m = compile_digits(tmp_path / "d").manifest
-    assert m["external_data"] == "model.onnx.data" and (tmp_path / "d" / "model.onnx.data").exists()
+    assert m.external_data == "model.onnx.data" and (tmp_path / "d" / "model.onnx.data").exists()
 
 
 def test_a_model_over_2_gib_compiles_and_runs(tmp_path):
@@ -284,7 +285,7 @@ def test_a_model_over_2_gib_compiles_and_runs(tmp_path):
     from resgraph.compile import compile_spec
     c = compile_spec(str(spec), weights=str(tmp_path / "w.safetensors"), out=str(tmp_path / "out"))
     (tmp_path / "w.safetensors").unlink()
-    assert c.manifest["external_data"] == "model.onnx.data" and c.manifest["artifacts"]["model.onnx.data"]["bytes"] > 2**31
+    assert c.manifest.external_data == "model.onnx.data" and c.manifest.artifacts["model.onnx.data"].bytes > 2**31
     assert os.path.getsize(tmp_path / "out" / "model.onnx") < 10_000
     x = np.random.default_rng(0).standard_normal((2, n)).astype(np.float32)
     y = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]

@@ -25,7 +25,10 @@ TOP_KEYS = ("resgraph", "name", "description", "input", "preprocess", "labels", 
             "defaults", "vars", "init", "blocks", "layers")
 INIT_KEYS = {"zero_residual": (False, True), "conv": ("kaiming_normal", "kaiming_uniform", "xavier_uniform"),
              "linear": ("default", "xavier_uniform")}   # first = default; see backends/torch/init.py
-PREPROCESS_KEYS = ("resize", "crop", "mean", "std")
+PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
+# Pillow's resampling filters, by torchvision's names (InterpolationMode); first = default, as
+# torchvision's Resize. The runtime maps them to Pillow (runtime/preprocess.py; a test keeps the two equal).
+INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "box", "hamming", "lanczos")
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,12 @@ def _io_diag(path, e):
     return Diagnostic(Loc(path, 1, 1), f"cannot read spec: {e.strerror or e}", hint)
 
 
-def parse_spec(text: str, file: str = "<spec>", diags: Diagnostics | None = None) -> Spec | None:
+def parse_spec(text: str, file: str = "<spec>", diags: Diagnostics | None = None,
+               read_files: bool = True) -> Spec | None:
     """Parse and structurally check. Without `diags`, raise SpecError on any problem; with it, record
     problems there and return the best Spec that could be made (None if none), so that later stages
-    can report their errors in the same run."""
+    can report their errors in the same run. read_files=False leaves a `labels:` file unread (labels
+    None): a compiled folder's copy of the spec rebuilds its module without the labels file beside it."""
     own = diags is None
     d = Diagnostics() if own else diags
     root = load_yaml(text, file, d)
@@ -120,15 +125,15 @@ def parse_spec(text: str, file: str = "<spec>", diags: Diagnostics | None = None
         # the document is not plain YAML data (bad tag, merge key, duplicate key): what it means is
         # unclear, and checking it further would mostly report the same mistake again
         raise SpecError(d.errors)
-    spec = _Parser(file, d).spec(root, text)
+    spec = _Parser(file, d, read_files).spec(root, text)
     if own or spec is None:
         d.raise_if_any()
     return spec
 
 
 class _Parser:
-    def __init__(self, file: str, diags: Diagnostics):
-        self.file, self.d = file, diags
+    def __init__(self, file: str, diags: Diagnostics, read_files: bool = True):
+        self.file, self.d, self.read_files = file, diags, read_files
 
     # -- helpers ------------------------------------------------------------------------------
     def keys(self, y: Y, allowed, what: str) -> None:
@@ -331,6 +336,13 @@ class _Parser:
                     self.d.error(y.value[k].loc, f"preprocess.{k} must be a positive integer, got {v!r}", "pixels, e.g. 224")
                 else:
                     out[k] = v
+        if "interpolation" in y.value:
+            v = y.value["interpolation"]
+            if v.value not in INTERPOLATIONS or isinstance(v.value, bool):
+                self.d.error(v.loc, f"unknown preprocess.interpolation {v.value!r}",
+                             did_you_mean(str(v.value), INTERPOLATIONS, "interpolations"))
+            else:
+                out["interpolation"] = v.value
         for k in ("mean", "std"):
             if k in y.value:
                 v = y.value[k]
@@ -354,6 +366,8 @@ class _Parser:
                 self.d.error(y.loc, "labels must be a list of names", "one class name per entry")
                 return None, None
             return tuple(str(x) for x in vals), y.loc
+        if isinstance(y.value, str) and not self.read_files:
+            return None, None
         if isinstance(y.value, str):
             path = os.path.join(os.path.dirname(self.file), y.value)
             try:

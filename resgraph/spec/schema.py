@@ -5,7 +5,7 @@ the op table knows the ops (see docs/architecture.md on module boundaries).
 """
 from __future__ import annotations
 
-from .model import INIT_KEYS, POLICIES, PREPROCESS_KEYS
+from .model import INIT_KEYS, INTERPOLATIONS, POLICIES, PREPROCESS_KEYS
 
 SCHEMA_ID = "https://resgraph.dev/schema/spec-v1.json"
 EXPR = {"type": "string", "pattern": r"\$", "description": "an expression over $vars and block args: \"$out * 4\""}
@@ -87,7 +87,8 @@ def json_schema(ops: dict) -> dict:
                           "description": "[C, H, W] or [F]; the batch dimension is implicit"}}},
             "output": {"type": "object", "additionalProperties": False, "properties": {"name": {"type": "string"}}},
             "preprocess": {"type": "object", "additionalProperties": False, "properties": {
-                k: ({"type": "integer", "minimum": 1} if k in ("resize", "crop") else num_list) for k in PREPROCESS_KEYS}},
+                k: ({"type": "integer", "minimum": 1} if k in ("resize", "crop") else
+                    {"enum": list(INTERPOLATIONS)} if k == "interpolation" else num_list) for k in PREPROCESS_KEYS}},
             "labels": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": ["string", "integer"]}}]},
             "shortcut": {"enum": list(POLICIES), "description": "what an add does when its inputs differ in shape"},
             "defaults": {"type": "object", "propertyNames": {"enum": user_ops},

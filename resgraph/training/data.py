@@ -1,7 +1,8 @@
 """Datasets for `resgraph train`: scikit-learn's bundled digits, or ImageFolder-style class folders.
 
 Both apply the spec's `preprocess` (resize the shorter side, centre-crop, scale to [0, 1],
-normalise by mean/std), so the network sees at training time exactly what inference will feed it.
+normalise by mean/std), so the network sees at training time exactly what inference will feed it:
+image files go through the runtime's own transform (runtime/preprocess.py).
 
 ImageFolder layout (as torchvision's):  DIR/train/<class>/*.png and DIR/val/<class>/*.png, or
 DIR/<class>/*.png, split into train/val by --val-split with a fixed seed.
@@ -94,31 +95,15 @@ class Images(Dataset):
         from PIL import Image
         path, label = self.items[i]
         with Image.open(path) as im:
-            im = im.convert("L" if self.c == 1 else "RGB")
             x = preprocess_image(im, self.spec)
         return x, label
 
 
 def preprocess_image(im, spec) -> torch.Tensor:
-    """PIL image -> [C, H, W] float tensor: resize (shorter side), centre crop, [0, 1], normalise."""
-    from PIL import Image
-    _, h, w = spec.input_shape
-    pre = spec.preprocess
-    if "resize" in pre:
-        s = pre["resize"]
-        iw, ih = im.size
-        scale = s / min(iw, ih)
-        im = im.resize((max(1, round(iw * scale)), max(1, round(ih * scale))), Image.BILINEAR)
-    iw, ih = im.size
-    if (iw, ih) != (w, h):
-        if iw >= w and ih >= h:
-            left, top = (iw - w) // 2, (ih - h) // 2
-            im = im.crop((left, top, left + w, top + h))
-        else:
-            im = im.resize((w, h), Image.BILINEAR)
-    a = np.asarray(im, dtype=np.float32) / 255.0
-    x = torch.from_numpy(a.copy()).reshape(h, w, -1).permute(2, 0, 1)
-    return _normalise(x.unsqueeze(0), spec)[0]
+    """PIL image -> [C, H, W] float tensor, by the runtime's transform (the same one `resgraph run` applies)."""
+    from ..runtime.preprocess import Preprocess
+    pre = Preprocess.resolve(spec.preprocess, spec.input_shape)
+    return torch.from_numpy(np.ascontiguousarray(pre.image(im)))
 
 
 def _scan(folder: str) -> tuple[list[str], list[tuple[str, str]]]:

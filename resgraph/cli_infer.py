@@ -1,0 +1,373 @@
+"""The inference commands: run, bench, parity, doctor. Parsing and rendering only: the work is in
+resgraph.runtime. None of them imports torch or the front end unless a torch back end is opened.
+
+Exit codes: 0 ok; 1 an input failed (run), a pair beyond tolerance (parity), or a user error.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+BACKEND_HELP = "auto, tensorrt, ort-cuda, torch-cuda, ort-cpu, torch-cpu; ort / torch: that package's best device"
+
+
+def session_options(f):
+    """The options every inference command shares (how a back end is opened)."""
+    for opt in reversed([
+        click.option("--threads", type=click.IntRange(1, 1024), default=None,
+                     help="CPU threads for one inference (ONNX Runtime intra-op, torch) [default: all cores]."),
+        click.option("--cuda-graph", is_flag=True, help="Capture a CUDA graph per batch size (ort-cuda, torch-cuda)."),
+        click.option("--torch-compile", is_flag=True, help="torch.compile the module (torch back ends)."),
+        click.option("--amp", type=click.Choice(["off", "fp16", "bf16"]), default=None,
+                     help="torch-cuda autocast [default: the artifact's precision]."),
+        click.option("--device-id", type=click.IntRange(0, 1024), default=0, show_default=True, help="Which GPU."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _options(threads, cuda_graph, torch_compile, amp, device_id):
+    from .runtime import Options
+    return Options(threads=threads, cuda_graph=cuda_graph, torch_compile=torch_compile, amp=amp, device_id=device_id)
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _progress(total: int, enabled: bool):
+    """A rich progress bar on stderr, only on a terminal and only for long runs."""
+    import contextlib
+    if not enabled:
+        return contextlib.nullcontext(lambda n: None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .render import console
+
+    @contextlib.contextmanager
+    def bar():
+        with Progress(TextColumn("inference"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console(stderr=True), transient=True) as p:
+            task = p.add_task("run", total=total)
+            yield lambda n: p.advance(task, n)
+    return bar()
+
+
+@click.command("run")
+@click.argument("artifact", type=click.Path())
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--backend", default="auto", show_default=True, help=BACKEND_HELP)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=32, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per input, in input order.")
+@click.option("--workers", type=click.IntRange(0, 256), default=None,
+              help="Threads decoding images beside inference (0: decode in line) [default: min(4, cores)].")
+@session_options
+def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **opts):
+    """Classify INPUTS with the compiled model ARTIFACT (a compiled folder, or its model.onnx).
+
+    INPUTS: image files (JPEG, PNG, BMP, GIF, TIFF, WebP), folders (recursive, sorted), .npy files
+    holding the network's input as is ([C, H, W] or a batch [N, C, H, W]), or - for paths on standard
+    input. An input that cannot be used is reported on its own line and skipped; the exit status is
+    1 if any input failed.
+    """
+    from .cli import _run
+
+    def body():
+        import time
+
+        from .runtime import expand, open_session, predict, top_k as best
+
+        session = open_session(artifact, backend, _options(**opts))
+        _say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
+        items = expand(inputs, sys.stdin, session.input_shape)
+        if not items:
+            raise _no_inputs(inputs)
+        if len(session.output_shape) != 1:
+            from .runtime import BackendError
+            raise BackendError.at(artifact, f"the model's output is {list(session.output_shape)}, not a vector of "
+                                  "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
+                                  "from Python for other outputs")
+        k = min(top_k, session.output_shape[0])
+        width = min(max(len(i.name) for i in items), 60)
+        if not as_json:
+            click.echo(f"{'input':<{width}}  top-{k} (softmax score)")
+        failed = 0
+        t0 = time.perf_counter()
+        long_run = sys.stderr.isatty() and len(items) > 2 * batch_size
+        with _progress(len(items), long_run) as advance:
+            for r in predict(session, items, batch_size, workers):
+                advance(1)
+                failed += not r.ok
+                if as_json:
+                    line = ({"input": r.item.name, "ok": True, "top": best(r.output, k, session.labels)} if r.ok
+                            else {"input": r.item.name, "ok": False, "error": r.error})
+                    click.echo(json.dumps(line, ensure_ascii=False))
+                elif r.ok:
+                    cells = "  ".join(f"{t['label']} ({t['score']:.3f})" for t in best(r.output, k, session.labels))
+                    click.echo(f"{r.item.name:<{width}}  {cells}")
+                else:
+                    click.echo(f"{r.item.name:<{width}}  error: {r.error}")
+        seconds = time.perf_counter() - t0
+        n = len(items)
+        _say(f"{n} input{'s' * (n != 1)}: {n - failed} ok, {failed} failed; {seconds:.2f} s ({n / seconds:,.0f} inputs/s)")
+        return failed
+
+    sys.exit(1 if _run(body) else 0)
+
+
+def _no_inputs(inputs):
+    from .runtime import BackendError
+    return BackendError.at(" ".join(inputs), "no inputs: the folders are empty (or standard input named no files)",
+                           "give image files, .npy files or folders holding them")
+
+
+@click.command("bench")
+@click.argument("artifact", type=click.Path())
+@click.option("--backend", default="auto", show_default=True,
+              help="One back end, a comma-separated list, or 'all' (every usable one, side by side). " + BACKEND_HELP)
+@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--duration", type=click.FloatRange(0.01, 3600), default=3.0, show_default=True,
+              help="Seconds measured per back end and batch size.")
+@click.option("--warmup", type=click.FloatRange(0, 3600), default=1.0, show_default=True, help="Seconds run first, unmeasured.")
+@click.option("--cv-threshold", type=click.FloatRange(0, 10), default=None,
+              help="Flag a run as noisy above this coefficient of variation of the latencies [default: 0.10].")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (see docs/inference.md).")
+@session_options
+def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json, **opts):
+    """Latency and throughput of ARTIFACT per back end and batch size, trtexec-style."""
+    from .cli import _run
+
+    def body():
+        from . import __version__
+        from .artifacts import folder_of, read_manifest
+        from .runtime import BackendError, open_session
+        from .runtime.bench import NOISY_CV, bench
+        sizes = _int_list(batch, "--batch")
+        folder = folder_of(artifact)
+        manifest = read_manifest(folder)
+        names, skipped = _backends(backend, folder)
+        results = []
+        for name in names:
+            try:
+                session = open_session(folder, name, _options(**opts))
+            except BackendError as e:
+                if backend != "all":
+                    raise
+                skipped.append({"backend": name, "reason": e.message, "install": None})
+                continue
+            if not as_json:
+                _say(f"resgraph: {name}: {session.describe()} ({session.why})")
+            with session:
+                for n in sizes:
+                    results.append(bench(session, n, duration, warmup,
+                                         cv_threshold=NOISY_CV if cv_threshold is None else cv_threshold))
+        report = {"resgraph_version": __version__, "artifact": folder, "model": manifest.name,
+                  "precision": manifest.precision, "macs_per_image": manifest.macs, "params": manifest.params,
+                  "duration_s": duration, "warmup_s": warmup, "results": [r.to_json() for r in results],
+                  "skipped": skipped}
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            _bench_table(report)
+    _run(body)
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    from .runtime import BackendError
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 or v > 65536 for v in values):
+        raise BackendError.at(option, f"'{text}' is not a list of batch sizes", "positive integers, e.g. --batch 1,8,32")
+    return values
+
+
+def _backends(spec: str, folder: str) -> tuple[list[str], list[dict]]:
+    """The back ends named by --backend(s): 'all' -> every usable one (the others listed as skipped)."""
+    from .runtime import AUTO_ORDER, BACKENDS, choose
+    if spec == "all":
+        names, skipped = [], []
+        for name in AUTO_ORDER:
+            a = BACKENDS[name].probe(folder)
+            if a.ok:
+                names.append(name)
+            else:
+                skipped.append({"backend": name, "reason": a.reason, "install": a.install})
+        if not names:
+            choose("auto", folder)   # raises, naming what to install
+        return names, skipped
+    names = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _ = choose(part, folder)
+        if name not in names:
+            names.append(name)
+    return names, []
+
+
+def _bench_table(report: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .render import console
+    t = Table(title=f"{report['model']} ({report['precision']}): {report['duration_s']:g} s per row, "
+                    f"{report['macs_per_image']:,} MACs per image", title_justify="left")
+    for col in ("backend", "batch", "queries/s", "images/s", "min", "mean", "median", "p90", "p95", "p99", "max",
+                "GFLOP/s", "H2D", "D2H", "CV"):
+        t.add_column(col, justify="left" if col == "backend" else "right")
+    noisy = []
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        ms = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        t.add_row(r["backend"], str(r["batch"]), f"{r['throughput']['queries_per_s']:,.1f}",
+                  f"{r['throughput']['images_per_s']:,.1f}", *(ms(lat[k]) for k in ("min", "mean", "median", "p90", "p95",
+                                                                                      "p99", "max")),
+                  f"{r['gflops']:,.1f}", ms(r["h2d_ms"]), ms(r["d2h_ms"]), f"{r['cv']:.1%}" + (" !" if r["noisy"] else ""))
+        if r["noisy"]:
+            noisy.append(f"{r['backend']} batch {r['batch']}")
+    out = console()
+    out.print(t)
+    out.print("latencies in ms per query (one query = one batch); images/s = queries/s x batch")
+    for s in report["skipped"]:
+        out.print(escape(f"skipped {s['backend']}: {s['reason']}" + (f"  ({s['install']})" if s.get("install") else "")))
+    if noisy:
+        _say(f"warning: noisy measurement (CV above the threshold) for {', '.join(noisy)}: other load on the machine? "
+             "Rerun with a longer --duration")
+
+
+@click.command("parity")
+@click.argument("artifact", type=click.Path())
+@click.option("--backends", default="all", show_default=True,
+              help="Comma-separated back ends to compare, or 'all' (every usable one). " + BACKEND_HELP)
+@click.option("--inputs", "source", default="16", show_default=True,
+              help="N random normalised inputs (seeded), or a folder of images / .npy files.")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@session_options
+def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):
+    """The same inputs through every back end: max abs and relative error and top-1 agreement for
+    each pair; exit 1 if any pair is beyond the tolerance for the artifact's precision."""
+    from .cli import _run
+
+    def body():
+        import numpy as np
+
+        from .artifacts import folder_of, read_manifest, verify_artifacts
+        from .runtime import BackendError, expand, open_session
+        from .runtime.parity import compare, noise_floor, order, run_all
+        folder = folder_of(artifact)
+        manifest = read_manifest(folder)
+        names, skipped = _backends(backends, folder)
+        names = order(names)
+        if len(names) < 2:
+            raise BackendError.at(backends, f"parity needs two back ends; usable here: {', '.join(names) or 'none'}",
+                                  "; ".join(f"{s['backend']}: {s['install']}" for s in skipped if s.get("install"))
+                                  or "name two with --backends, e.g. --backends torch-cpu,ort-cpu")
+        sessions = {n: open_session(folder, n, _options(**opts)) for n in names}
+        first = next(iter(sessions.values()))
+        failed_inputs = []
+        if source.isdigit():
+            x = np.random.default_rng(0).standard_normal((int(source), *first.input_shape), dtype=np.float32)
+            what = f"{int(source)} random normalised inputs (seed 0)"
+        else:
+            import os
+            if not os.path.isdir(source):
+                raise BackendError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
+            items = expand([source], None, first.input_shape)
+            from .runtime.pipeline import decode_batch
+            decoded = decode_batch(items, first.preprocess)
+            failed_inputs = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]
+            good = [d for d in decoded if not isinstance(d, str)]
+            if not good:
+                raise _no_inputs([source])
+            x = np.stack(good)
+            what = f"{len(good)} inputs from {source}"
+        outputs = run_all(sessions, x, batch_size)
+        torch_ref = next((s for n, s in sessions.items() if n == "torch-cpu"), None)
+        floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
+        pairs = compare(outputs, {n: s.precision for n, s in sessions.items()}, floor)
+        changed = verify_artifacts(folder, manifest)
+        ok = all(p.ok for p in pairs)
+        report = {"artifact": folder, "model": manifest.name, "precision": manifest.precision, "inputs": what,
+                  "backends": {n: s.describe() for n, s in sessions.items()}, "pairs": [p.to_json() for p in pairs],
+                  "changed_since_compile": changed, "failed_inputs": failed_inputs, "skipped": skipped, "ok": ok}
+        for s in sessions.values():
+            s.close()
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            _parity_table(report)
+        return ok
+    sys.exit(0 if _run(body) else 1)
+
+
+def _parity_table(report: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .render import console
+    out = console()
+    t = Table(title=f"{report['model']} ({report['precision']}): {report['inputs']}", title_justify="left")
+    for col in ("reference", "other", "max |a-b|", "max |a-b|/(1+|ref|)", "top-1 agree", "tolerance", ""):
+        t.add_column(col)
+    for p in report["pairs"]:
+        t.add_row(p["reference"], p["other"], f"{p['max_abs']:.3e}", f"{p['max_scaled']:.3e}",
+                  "—" if p["top1_agreement"] is None else f"{p['top1_agreement']:.1%}", escape(p["tolerance"]),
+                  "[green]ok[/]" if p["ok"] else "[bold red]FAIL[/]")
+    out.print(t)
+    for name, sha in report["changed_since_compile"].items():
+        out.print(f"[yellow]note:[/] {name} is not the file compile wrote (sha256 {sha[:16]}..., manifest says otherwise)")
+    for f in report["failed_inputs"]:
+        out.print(f"[yellow]skipped input[/] {escape(f['input'])}: {escape(f['error'])}")
+    for s in report["skipped"]:
+        out.print(escape(f"not compared: {s['backend']}: {s['reason']}"))
+    out.print("[green]parity ok[/]" if report["ok"] else "[bold red]parity FAILED[/]: a pair is beyond its tolerance")
+
+
+@click.command("doctor")
+@click.option("--json", "as_json", is_flag=True)
+def doctor_cmd(as_json):
+    """What this machine can run: Python, packages, CUDA, GPUs, and each back end with the command
+    that makes it usable."""
+    from .cli import _run
+
+    def body():
+        from .runtime.doctor import report
+        r = report()
+        if as_json:
+            click.echo(json.dumps(r, indent=2))
+            return
+        from rich.markup import escape
+        from rich.table import Table
+
+        from .render import console
+        out = console()
+        out.print(f"python      {r['python']['version']} ({r['python']['executable']})")
+        out.print(f"platform    {r['platform']}")
+        out.print(f"resgraph    {r['resgraph']}")
+        for p, v in r["packages"].items():
+            if v or p in ("onnxruntime", "torch", "tensorrt", "onnx"):
+                out.print(f"{p:<11} {v or '-'}")
+        if "torch" in r:
+            t = r["torch"]
+            out.print(f"torch CUDA  {t.get('cuda') or 'none (CPU build)'}; available: {t.get('cuda_available', False)}"
+                      if "error" not in t else f"torch       broken: {t['error']}")
+        if "onnxruntime" in r:
+            o = r["onnxruntime"]
+            out.print(f"ORT EPs     {', '.join(o.get('providers', [])) or o.get('error')}")
+        gpus = r["nvidia"]["gpus"]
+        out.print(f"NVIDIA      driver {r['nvidia']['driver'] or '-'}; " +
+                  ("; ".join(f"GPU {g['index']}: {g['name']}, {g['memory_mib']:,} MiB, compute {g['compute_capability']}"
+                             for g in gpus) if gpus else "no GPU found"))
+        t = Table(title="back ends", title_justify="left")
+        for col in ("back end", "usable", "why", "to make it usable"):
+            t.add_column(col)
+        for b in r["backends"]:
+            t.add_row(b["name"], "[green]yes[/]" if b["usable"] else "[red]no[/]", escape(b["reason"]), escape(b["install"] or ""))
+        out.print(t)
+        for w in r["warnings"]:
+            out.print(f"[yellow]warning:[/] {escape(w)}")
+    _run(body)

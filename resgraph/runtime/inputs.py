@@ -1,0 +1,97 @@
+"""What `resgraph run` takes: image files, folders (recursive, sorted), .npy files, '-' for a list
+of paths on standard input; and turning one of them into a sample.
+
+A .npy file holds the network's input as it is, already preprocessed: one sample [C, H, W] (or [F]),
+or a batch [N, C, H, W], which counts as N inputs named FILE[0] ... FILE[N-1] (as Polygraphy's
+and trtexec's input files, it is not normalised again).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .preprocess import InputError, Preprocess
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str
+    index: int | None = None      # the sample's place in a batched .npy
+    error: str | None = None      # known before decoding (a .npy whose header is broken, say)
+
+    @property
+    def name(self) -> str:
+        return self.path if self.index is None else f"{self.path}[{self.index}]"
+
+
+def expand(args, stdin=None, sample_shape: tuple | None = None) -> list[Item]:
+    """Every input named by `args`, in order: folders walked recursively in sorted order (every
+    file but dot-files: a stray non-image there is reported, not silently skipped)."""
+    items: list[Item] = []
+    for arg in args:
+        if arg == "-":
+            assert stdin is not None
+            paths = [line.strip() for line in stdin.read().splitlines() if line.strip()]
+            items.extend(i for p in paths for i in _file(p, sample_shape))
+        elif os.path.isdir(arg):
+            for root, dirs, files in os.walk(arg):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                items.extend(i for f in sorted(files) if not f.startswith(".")
+                             for i in _file(os.path.join(root, f), sample_shape))
+        else:
+            items.extend(_file(arg, sample_shape))
+    return items
+
+
+def _file(path: str, sample_shape) -> list[Item]:
+    if not path.lower().endswith(".npy") or sample_shape is None:
+        return [Item(path)]
+    try:   # the header alone: how many samples the file holds
+        with open(path, "rb") as f:
+            fmt = np.lib.format
+            version = fmt.read_magic(f)
+            shape = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)[0]
+    except FileNotFoundError:
+        return [Item(path, error="no such file")]
+    except (OSError, ValueError, SyntaxError) as e:
+        return [Item(path, error=f"not a readable .npy file: {e}")]
+    if len(shape) == len(sample_shape) + 1 and tuple(shape[1:]) == tuple(sample_shape) and shape[0] > 0:
+        return [Item(path, i) for i in range(shape[0])]
+    return [Item(path)]
+
+
+def load(item: Item, pre: Preprocess) -> np.ndarray:
+    """One sample, [C, H, W] float32; InputError if the input cannot be used."""
+    if item.error:
+        raise InputError(item.error)
+    if item.path.lower().endswith(".npy"):
+        return _npy(item, pre.shape)
+    if not pre.takes_images:
+        raise InputError(f"this model's input is {list(pre.shape)}, not an image: give .npy files of that shape")
+    return pre.file(item.path)
+
+
+def _npy(item: Item, shape: tuple) -> np.ndarray:
+    try:
+        a = np.load(item.path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError("no such file") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"not a readable .npy file: {e}") from None
+    if not isinstance(a, np.ndarray):
+        raise InputError("an .npz archive, not one array: save one with numpy.save") from None
+    if item.index is not None:
+        a = a[item.index]
+    if tuple(a.shape) != tuple(shape):
+        raise InputError(f"shape {list(a.shape)}, but the model takes {list(shape)} (or a batch [N, {', '.join(map(str, shape))}])")
+    if a.dtype.kind not in "fiub":
+        raise InputError(f"dtype {a.dtype}: numbers expected")
+    try:
+        out = np.asarray(a, dtype=np.float32)
+    except (OSError, ValueError) as e:   # a file shorter than its header says
+        raise InputError(f"not a readable .npy file: {e}") from None
+    if not np.isfinite(out).all():
+        raise InputError("holds NaN or inf")
+    return out

@@ -1,0 +1,83 @@
+"""`resgraph parity`: the same inputs through several back ends, every pair compared.
+
+Tolerances are the test suite's (the compiler's proof):
+    fp32 on both sides   max |a - b| <= 1e-4, or, where fp32 arithmetic itself is noisier than that
+                         (deep nets with random weights), <= 4 x the fp32 noise floor: the torch
+                         module in fp32 against the same module in fp64 on the same inputs
+    fp16 on either side  |a - b| <= 2e-2 x (1 + |reference|), element by element
+The reference of a pair is its first back end; torch-cpu (the checkpoint, unfolded, fp32) comes
+first wherever it takes part, so a model.onnx altered after compiling fails against it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+FP32_ABS = 1e-4
+FP32_NOISE_FACTOR = 4.0
+FP16_REL = 2e-2
+
+
+@dataclass(frozen=True)
+class Pair:
+    reference: str
+    other: str
+    max_abs: float
+    max_scaled: float            # max |a - b| / (1 + |reference|)
+    top1_agreement: float | None  # share of inputs whose arg-max agrees (vector outputs)
+    tolerance: str
+    ok: bool
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def order(backends: list[str]) -> list[str]:
+    """The checkpoint's torch module first: the reference of every pair it is in."""
+    return sorted(backends, key=lambda b: (b != "torch-cpu", b != "torch-cuda"))
+
+
+def run_all(sessions: dict, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([s.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+            for name, s in sessions.items()}
+
+
+def noise_floor(torch_session, x: np.ndarray, ref: np.ndarray) -> float:
+    """max |fp32 - fp64| of the torch module on x: how far fp32 arithmetic itself is from exact."""
+    import torch
+    m = copy.deepcopy(torch_session.module).to("cpu").double()
+    with torch.inference_mode():
+        r64 = m(torch.from_numpy(x).double()).numpy()
+    return float(np.abs(ref - r64).max())
+
+
+def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=None) -> list[Pair]:
+    """Every pair; `floor()` gives the fp32 noise floor on demand (None: no torch to measure it)."""
+    names = list(outputs)
+    pairs = []
+    measured = None
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ref, got = outputs[a], outputs[b]
+            diff = np.abs(got.astype(np.float64) - ref)
+            max_abs = float(diff.max()) if diff.size else 0.0
+            scaled = diff / (1 + np.abs(ref))
+            max_scaled = float(scaled.max()) if diff.size else 0.0
+            top1 = None
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                top1 = float(np.mean(ref.argmax(1) == got.argmax(1)))
+            if "fp16" in (precisions[a], precisions[b]) or "bf16" in (precisions[a], precisions[b]):
+                ok, tol = max_scaled <= FP16_REL, f"|a-b| <= {FP16_REL:g} (1 + |ref|)"
+            elif max_abs <= FP32_ABS:
+                ok, tol = True, f"max |a-b| <= {FP32_ABS:g}"
+            elif floor is not None:
+                measured = floor() if measured is None else measured
+                bound = FP32_NOISE_FACTOR * measured
+                ok, tol = max_abs <= bound, (f"max |a-b| <= {FP32_ABS:g}, or {FP32_NOISE_FACTOR:g} x the fp32 noise "
+                                             f"floor {measured:.2e}")
+            else:
+                ok, tol = False, f"max |a-b| <= {FP32_ABS:g}"
+            pairs.append(Pair(a, b, max_abs, max_scaled, top1, tol, ok))
+    return pairs

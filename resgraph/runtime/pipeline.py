@@ -1,0 +1,98 @@
+"""`resgraph run`'s engine: decode in a worker pool, overlapped with inference, in input order.
+
+    inputs --chunks of batch_size--> workers decode + preprocess (Pillow releases the GIL)
+           --> main thread stacks the good samples, runs the session --> results, in input order
+
+Up to `workers + 1` batches are decoded ahead of the one being inferred, so the session waits on
+decoding only when decoding is the slower side. A batch ends up smaller than batch_size where some
+of its inputs failed, and the last batch is partial; every input yields exactly one Result.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from itertools import islice
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .inputs import Item, load
+from .preprocess import InputError, Preprocess
+
+
+@dataclass(frozen=True)
+class Result:
+    item: Item
+    output: np.ndarray | None = None   # the model's output for this input
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def default_workers() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def decode_batch(items: list[Item], pre: Preprocess) -> list:
+    """Each item's sample, or its error message."""
+    out: list = []
+    for it in items:
+        try:
+            out.append(load(it, pre))
+        except InputError as e:
+            out.append(str(e))
+    return out
+
+
+def predict(session, items: list[Item], batch_size: int = 32, workers: int | None = None) -> Iterator[Result]:
+    """One Result per item, in order. workers=0 decodes on the calling thread (no overlap)."""
+    assert batch_size >= 1
+    _require_pillow(items, session.preprocess)
+    pre = session.preprocess
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    workers = default_workers() if workers is None else workers
+    if workers == 0:
+        for chunk in chunks:
+            yield from _infer(session, chunk, decode_batch(chunk, pre))
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="resgraph-decode") as pool:
+        ahead = iter(chunks)
+        pending = deque((c, pool.submit(decode_batch, c, pre)) for c in islice(ahead, workers + 1))
+        while pending:
+            chunk, fut = pending.popleft()
+            decoded = fut.result()
+            nxt = next(ahead, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(decode_batch, nxt, pre)))
+            yield from _infer(session, chunk, decoded)
+
+
+def _infer(session, chunk: list[Item], decoded: list) -> Iterator[Result]:
+    good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    y = session.run(np.stack([decoded[i] for i in good])) if good else None
+    at = {i: k for k, i in enumerate(good)}
+    for i, it in enumerate(chunk):
+        yield Result(it, output=y[at[i]]) if i in at else Result(it, error=decoded[i])
+
+
+def _require_pillow(items: list[Item], pre: Preprocess) -> None:
+    if pre.takes_images and any(not it.path.lower().endswith(".npy") for it in items):
+        import importlib.util
+        if importlib.util.find_spec("PIL") is None:
+            from .session import BackendError
+            raise BackendError.at("Pillow", "decoding images needs Pillow, which is not installed",
+                                  "pip install 'resgraph[onnx]' (or pillow)")
+
+
+def top_k(output: np.ndarray, k: int, labels) -> list[dict]:
+    """The k best classes of one output vector: index, label, softmax score (float64 softmax, then rounded)."""
+    z = output.astype(np.float64).ravel()
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    idx = np.argsort(-p, kind="stable")[:k]
+    return [{"index": int(i), "label": labels[i] if labels is not None else str(int(i)), "score": round(float(p[i]), 6)}
+            for i in idx]

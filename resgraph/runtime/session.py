@@ -1,0 +1,223 @@
+"""One interface over every back end: a Session opens a compiled folder and runs numpy batches.
+
+    s = open_session("compiled/resnet50", backend="auto")
+    y = s.run(x)          # x: [N, *input shape] float32 -> [N, *output shape] float32
+
+Back ends (name: what it runs)
+    tensorrt     model.engine with TensorRT (the engine builder's; see runtime/tensorrt.py)
+    ort-cuda     model.onnx on ONNX Runtime's CUDA execution provider (onnxruntime-gpu), I/O bound on the device
+    torch-cuda   the PyTorch module rebuilt from spec.yaml + weights.safetensors, on the GPU
+    ort-cpu      model.onnx on ONNX Runtime's CPU execution provider
+    torch-cpu    the PyTorch module on the CPU
+`auto` takes the first usable one in that order (fastest first) and says why the others were passed
+over; `ort` / `onnxruntime` and `torch` take that package's GPU form where usable, else its CPU one.
+Probing imports nothing heavy: a back end's package is imported when that back end is opened
+(torch only where an NVIDIA GPU is visible), so the ONNX Runtime path runs without torch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..artifacts import Manifest, read_manifest
+from ..errors import Diagnostic, Loc, SpecError
+from .preprocess import Preprocess
+
+AUTO_ORDER = ("tensorrt", "ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")
+ALIASES = {"ort": ("ort-cuda", "ort-cpu"), "onnxruntime": ("ort-cuda", "ort-cpu"), "torch": ("torch-cuda", "torch-cpu"),
+           "trt": ("tensorrt",)}
+INSTALL = {
+    "onnx": "pip install 'resgraph[onnx]'",
+    "gpu": "pip uninstall -y onnxruntime && pip install 'resgraph[gpu]'   (onnxruntime-gpu replaces onnxruntime)",
+    "torch": "pip install 'resgraph[torch]'",
+    "tensorrt": "pip install 'resgraph[tensorrt]'",
+}
+
+
+class BackendError(SpecError):
+    """A back end that cannot run here, or cannot open this folder; the hint says how to fix it."""
+
+    @classmethod
+    def at(cls, where: str, message: str, hint: str) -> "BackendError":
+        return cls([Diagnostic(Loc(where, 0, 0), message, hint)])
+
+
+@dataclass(frozen=True)
+class Options:
+    threads: int | None = None        # CPU threads for one inference (ONNX Runtime intra-op; torch.set_num_threads)
+    device_id: int = 0
+    cuda_graph: bool = False          # capture one CUDA graph per batch size (ort-cuda, torch-cuda)
+    torch_compile: bool = False       # torch.compile the module (torch back ends)
+    amp: str | None = None            # torch-cuda autocast: fp16 | bf16 | off [default: the artifact's precision]
+    channels_last: bool | None = None  # torch-cuda [default: on for image inputs]
+
+
+class Session:
+    """A compiled folder opened on one back end. Subclasses set backend/device/precision and run()."""
+    backend: str = ""
+    device: str = "cpu"
+    precision: str = "fp32"           # what the back end computes in
+
+    def __init__(self, folder: str, manifest: Manifest, options: Options):
+        self.folder, self.manifest, self.options = folder, manifest, options
+        self.input_name, self.output_name = manifest.input.name, manifest.output.name
+        self.input_shape, self.output_shape = manifest.input.sample_shape, manifest.output.sample_shape
+        self.labels = manifest.labels
+        self.preprocess = Preprocess.from_json(manifest.preprocess, self.input_shape)
+        self.last_io: tuple[float, float] | None = None   # the last run's host->device, device->host seconds
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def describe(self) -> str:
+        return f"{self.backend} on {self.device}, {self.precision}"
+
+    def check_batch(self, x: np.ndarray) -> np.ndarray:
+        """The batch every back end accepts: [N, *input shape] float32, C-contiguous."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise BackendError.at(self.input_name, f"a batch of shape {list(x.shape)}, but the model takes "
+                                  f"[N, {', '.join(map(str, self.input_shape))}]", "stack samples along a first axis")
+        return x
+
+
+@dataclass(frozen=True)
+class Availability:
+    ok: bool
+    reason: str                       # why it is usable, or why not
+    install: str | None = None        # what makes it usable, where a package is missing
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    probe: Callable[[str | None], Availability]      # folder (None: this machine alone, for doctor)
+    open: Callable[[str, Manifest, Options], Session]
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def nvidia_gpu_visible() -> bool:
+    """Cheap (no CUDA library loaded): the NVIDIA driver's /proc entry or /dev node."""
+    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) \
+        or os.path.exists("/dev/nvidia0")
+
+
+def _ort_probe(cuda: bool):
+    def probe(folder):
+        if not _has("onnxruntime"):
+            return Availability(False, "onnxruntime is not installed", INSTALL["gpu" if cuda else "onnx"])
+        import onnxruntime as ort
+        if not cuda:
+            return Availability(True, f"onnxruntime {ort.__version__}, CPUExecutionProvider")
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return Availability(False, f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (the CPU-only "
+                                "package)", INSTALL["gpu"])
+        if not nvidia_gpu_visible():
+            return Availability(False, "no NVIDIA GPU visible")
+        return Availability(True, f"onnxruntime {ort.__version__}, CUDAExecutionProvider")
+    return probe
+
+
+def _torch_probe(cuda: bool):
+    def probe(folder):
+        if not (_has("torch") and _has("safetensors")):
+            return Availability(False, "torch is not installed", INSTALL["torch"])
+        if folder is not None and not os.path.isfile(os.path.join(folder, "spec.yaml")):
+            return Availability(False, f"no spec.yaml in {folder} to rebuild the module from",
+                                "recompile with this resgraph (resgraph compile SPEC --weights W -o FOLDER)")
+        if not cuda:
+            return Availability(True, "torch, on the CPU")
+        if not nvidia_gpu_visible():   # before importing torch: 1-2 s that a CPU machine need not pay
+            return Availability(False, "no NVIDIA GPU visible")
+        import torch
+        if not torch.cuda.is_available():
+            return Availability(False, f"torch {torch.__version__} sees no CUDA device (a CPU build?)")
+        return Availability(True, f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name()}")
+    return probe
+
+
+def _open_ort(cuda: bool):
+    def open_(folder, manifest, options):
+        from .ort import OrtSession
+        return OrtSession(folder, manifest, options, cuda=cuda)
+    return open_
+
+
+def _open_torch(cuda: bool):
+    def open_(folder, manifest, options):
+        from .torch_session import TorchSession
+        return TorchSession(folder, manifest, options, cuda=cuda)
+    return open_
+
+
+def _trt_probe(folder):
+    from .tensorrt import probe
+    return probe(folder)
+
+
+def _trt_open(folder, manifest, options):
+    from .tensorrt import open_engine
+    return open_engine(folder, manifest, options)
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("tensorrt", _trt_probe, _trt_open),
+    Backend("ort-cuda", _ort_probe(True), _open_ort(True)),
+    Backend("torch-cuda", _torch_probe(True), _open_torch(True)),
+    Backend("ort-cpu", _ort_probe(False), _open_ort(False)),
+    Backend("torch-cpu", _torch_probe(False), _open_torch(False)),
+)}
+assert tuple(BACKENDS) == AUTO_ORDER
+
+
+def choose(name: str, folder: str | None) -> tuple[str, str]:
+    """(the back end to open, why): `auto` and the aliases pick the first usable candidate; an
+    unusable explicit choice is a BackendError naming what to install."""
+    if name in BACKENDS:
+        a = BACKENDS[name].probe(folder)
+        if not a.ok:
+            raise BackendError.at(name, f"the {name} back end is not usable here: {a.reason}",
+                                  a.install or f"see resgraph doctor; other back ends: {', '.join(AUTO_ORDER)}")
+        return name, a.reason
+    if name != "auto" and name not in ALIASES:
+        from ..errors import did_you_mean
+        raise BackendError.at(name, f"unknown back end '{name}'",
+                              did_you_mean(name, [*AUTO_ORDER, *ALIASES, "auto"], "back ends"))
+    passed = []
+    candidates = AUTO_ORDER if name == "auto" else ALIASES[name]
+    for cand in candidates:
+        a = BACKENDS[cand].probe(folder)
+        if a.ok:
+            why = f"{name}: {a.reason}" + (f"; passed over {'; '.join(passed)}" if passed else "")
+            return cand, why
+        passed.append(f"{cand} ({a.reason})")
+    installs = sorted({BACKENDS[c].probe(folder).install for c in candidates} - {None})
+    raise BackendError.at(name, f"no usable back end: {'; '.join(passed)}",
+                          " or ".join(installs) if installs else "see resgraph doctor")
+
+
+def open_session(artifact: str, backend: str = "auto", options: Options | None = None) -> Session:
+    """Open a compiled folder (or the model.onnx inside one) on a back end; `session.why` says why that one."""
+    from ..artifacts import folder_of
+    folder = folder_of(artifact)
+    manifest = read_manifest(folder)
+    name, why = choose(backend, folder)
+    s = BACKENDS[name].open(folder, manifest, options or Options())
+    s.why = why
+    return s

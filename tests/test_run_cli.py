@@ -1,0 +1,208 @@
+"""`resgraph run`, `bench`, `parity` and `doctor`, end to end through the command line, on the
+shipped digits model: real PNG files, real ONNX Runtime, real torch, every answer checked against
+a hand-written Pillow + ONNX Runtime loop."""
+import json
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, resgraph_cmd, run_cli
+from test_runtime import bad_files
+
+SAMPLES = ROOT / "examples" / "digits" / "samples"
+
+
+@pytest.fixture(scope="module")
+def all_digits(tmp_path_factory):
+    """All 1,797 scikit-learn digits as PNGs (as examples/digits/make_samples.py writes them) -> labels by path."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    folder = tmp_path_factory.mktemp("digits_png")
+    labels = {}
+    for i, (img, y) in enumerate(zip(d.images, d.target)):
+        path = folder / f"{i:04d}.png"
+        Image.fromarray(np.round(img * 255.0 / 16.0).astype(np.uint8)).save(path)
+        labels[str(path)] = int(y)
+    return folder, labels
+
+
+def hand_loop(model: str, paths: list[str], batch: int = 64) -> dict[str, int]:
+    """The reference: Pillow and ONNX Runtime by hand, the digits spec's preprocess written out."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    preds = {}
+    for i in range(0, len(paths), batch):
+        chunk = paths[i:i + batch]
+        x = np.stack([((np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255 - np.float32(0.3))
+                       / np.float32(0.38))[None] for p in chunk])
+        preds.update(zip(chunk, sess.run(None, {"image": x})[0].argmax(1).tolist()))
+    return preds
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_the_quick_start_samples(digits_folder):
+    p = run_cli("run", str(digits_folder), str(SAMPLES))
+    assert p.returncode == 0, p.stderr
+    rows = p.stdout.splitlines()
+    assert rows[0].split()[:2] == ["input", "top-5"] and len(rows) == 41
+    right = sum(os.path.basename(r.split()[0]).split("digit-")[1][0] == r.split()[1] for r in rows[1:])
+    assert right >= 38                     # 0005 and 0046 are 5s the model reads as 9s
+    assert "ort-cpu" in p.stderr and "40 inputs: 40 ok, 0 failed" in p.stderr
+
+
+def test_all_digits_with_broken_files_among_them(digits_folder, all_digits, tmp_path):
+    folder, labels = all_digits
+    mixed = tmp_path / "mixed"
+    shutil.copytree(folder, mixed)
+    broken = bad_files(mixed)
+    np.save(mixed / "zz_batch.npy", np.zeros((3, 1, 8, 8), np.float32))
+    p = run_cli("run", str(digits_folder), str(mixed), "--json", "--batch-size", "64", timeout=300)
+    assert p.returncode == 1, p.stderr[-2000:]
+    lines = json_lines(p.stdout)
+    names = sorted([*(f"{mixed}/{os.path.basename(k)}" for k in labels), *(f"{mixed}/{b}" for b in broken),
+                    *(f"{mixed}/zz_batch.npy[{i}]" for i in range(3))])
+    assert [r["input"] for r in lines] == names              # every input once, in sorted order
+    failed = {os.path.basename(r["input"]): r["error"] for r in lines if not r["ok"]}
+    assert set(failed) == set(broken), failed
+    assert "shape [3, 8, 8], but the model takes [1, 8, 8]" in failed["wrong_shape.npy"]
+    assert "NaN" in failed["nan.npy"] and "not an image" in failed["notes.txt"]
+    assert "Traceback" not in p.stderr and "1,797" not in p.stderr and "failed" in p.stderr
+    ours = {r["input"]: r["top"][0]["index"] for r in lines if r["ok"] and r["input"].endswith(".png")}
+    ref = hand_loop(str(digits_folder / "model.onnx"), sorted(labels))
+    assert {os.path.basename(k): v for k, v in ours.items()} == {os.path.basename(k): v for k, v in ref.items()}
+    accuracy = np.mean([ours[f"{mixed}/{os.path.basename(k)}"] == y for k, y in labels.items()])
+    assert accuracy >= 0.97
+    assert all(len(r["top"]) == 5 and r["top"][0]["score"] >= r["top"][1]["score"] for r in lines if r["ok"])
+
+
+def test_paths_on_standard_input(digits_folder):
+    paths = sorted(str(p) for p in SAMPLES.glob("*.png"))[:5] + ["missing.png"]
+    p = subprocess.run(resgraph_cmd() + ["run", str(digits_folder), "-", "--json", "--top-k", "2"],
+                       input="\n".join(paths) + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = json_lines(p.stdout)
+    assert [r["input"] for r in lines] == paths and p.returncode == 1
+    assert lines[-1] == {"input": "missing.png", "ok": False, "error": "no such file"}
+    assert all(len(r["top"]) == 2 for r in lines[:-1])
+
+
+def test_torch_and_onnxruntime_give_the_same_top1(digits_folder):
+    runs = [json_lines(run_cli("run", str(digits_folder), str(SAMPLES), "--json", "--backend", b).stdout)
+            for b in ("ort-cpu", "torch-cpu")]
+    assert len(runs[0]) == 40 and [r["top"][0]["index"] for r in runs[0]] == [r["top"][0]["index"] for r in runs[1]]
+    assert max(abs(a["top"][0]["score"] - b["top"][0]["score"]) for a, b in zip(*runs)) <= 1e-5
+
+
+def test_the_model_file_itself_and_batch_sizes(digits_folder):
+    a = run_cli("run", str(digits_folder / "model.onnx"), str(SAMPLES), "--json", "--batch-size", "7", "--workers", "0")
+    b = run_cli("run", str(digits_folder), str(SAMPLES), "--json", "--batch-size", "40", "--workers", "3")
+    assert a.returncode == b.returncode == 0 and json_lines(a.stdout) == json_lines(b.stdout)
+
+
+def test_bench_json(digits_folder):
+    p = run_cli("bench", str(digits_folder), "--backend", "all", "--batch", "1,4", "--duration", "0.2",
+                "--warmup", "0.05", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["model"] == "digits_resnet" and r["macs_per_image"] == 763_520
+    assert [(x["backend"], x["batch"]) for x in r["results"]] == [("ort-cpu", 1), ("ort-cpu", 4), ("torch-cpu", 1),
+                                                                   ("torch-cpu", 4)]
+    for x in r["results"]:
+        lat = x["latency_ms"]
+        assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert x["iterations"] >= 10 and x["throughput"]["images_per_s"] == pytest.approx(
+            x["throughput"]["queries_per_s"] * x["batch"])
+        assert x["gflops"] == pytest.approx(2 * 763_520 * x["throughput"]["images_per_s"] / 1e9)
+        assert x["h2d_ms"] is None and isinstance(x["noisy"], bool)
+    assert {s["backend"] for s in r["skipped"]} >= {"tensorrt", "torch-cuda"}
+
+
+def test_bench_table_and_bad_batch(digits_folder):
+    p = run_cli("bench", str(digits_folder), "--batch", "2", "--duration", "0.1", "--warmup", "0")
+    assert p.returncode == 0 and "queries/s" in p.stdout and "images/s" in p.stdout and "ort-cpu" in p.stdout
+    p = run_cli("bench", str(digits_folder), "--batch", "1,x")
+    assert p.returncode == 1 and "not a list of batch sizes" in p.stderr and "hint:" in p.stderr
+
+
+def test_parity_passes_then_fails_on_a_tampered_model(digits_folder, tmp_path):
+    p = run_cli("parity", str(digits_folder), "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    r = json.loads(p.stdout)
+    [pair] = r["pairs"]
+    assert (pair["reference"], pair["other"]) == ("torch-cpu", "ort-cpu") and pair["ok"] and pair["max_abs"] <= 1e-4
+    assert pair["top1_agreement"] == 1.0 and r["changed_since_compile"] == {}
+    # alter one weight of model.onnx after compiling, the way a bad copy or a hand edit would
+    import onnx
+    from onnx import numpy_helper
+    folder = tmp_path / "tampered"
+    shutil.copytree(digits_folder, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    fc = next(t for t in model.graph.initializer if t.name == "fc.weight")
+    fc.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(fc) * np.float32(1.01), "fc.weight"))
+    onnx.save(model, str(folder / "model.onnx"))
+    p = run_cli("parity", str(folder), "--backends", "ort-cpu,torch-cpu", "--json")
+    assert p.returncode == 1
+    r = json.loads(p.stdout)
+    assert not r["ok"] and r["pairs"][0]["max_abs"] > 1e-4 and "model.onnx" in r["changed_since_compile"]
+    p = run_cli("parity", str(folder), "--backends", "ort-cpu,torch-cpu")
+    assert p.returncode == 1 and "FAIL" in p.stdout and "model.onnx is not the file compile wrote" in p.stdout
+
+
+def test_parity_on_image_inputs_and_needing_two_back_ends(digits_folder, tmp_path):
+    folder = tmp_path / "imgs"
+    shutil.copytree(SAMPLES, folder)
+    (folder / "junk.png").write_bytes(b"junk")
+    p = run_cli("parity", str(digits_folder), "--inputs", str(folder), "--json")
+    r = json.loads(p.stdout)
+    assert p.returncode == 0 and r["inputs"].startswith("40 inputs") and r["failed_inputs"][0]["input"].endswith("junk.png")
+    p = run_cli("parity", str(digits_folder), "--backends", "ort-cpu")
+    assert p.returncode == 1 and "parity needs two back ends" in p.stderr
+
+
+def test_doctor(tmp_path):
+    p = run_cli("doctor", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["python"]["version"].count(".") == 2 and r["packages"]["onnxruntime"] and r["packages"]["torch"]
+    assert "CPUExecutionProvider" in r["onnxruntime"]["providers"]
+    backends = {b["name"]: b for b in r["backends"]}
+    assert backends["ort-cpu"]["usable"] and backends["torch-cpu"]["usable"]
+    assert not backends["tensorrt"]["usable"] and "resgraph[tensorrt]" in backends["tensorrt"]["install"]
+    p = run_cli("doctor")
+    assert p.returncode == 0 and "back ends" in p.stdout and "ort-cpu" in p.stdout
+
+
+def test_run_errors_a_user_can_cause(digits_folder, tmp_path):
+    cases = [
+        (["run", str(tmp_path / "nowhere"), str(SAMPLES)], "no such compiled folder"),
+        (["run", str(SAMPLES / "0005_digit-5.png"), str(SAMPLES)], "not a compiled folder"),
+        (["run", str(digits_folder), str(SAMPLES), "--backend", "tensorrt"], "tensorrt back end is not usable"),
+        (["run", str(digits_folder), str(SAMPLES), "--backend", "onnx"], "unknown back end 'onnx'"),
+        (["run", str(digits_folder), str(tmp_path)], "no inputs"),
+    ]
+    for args, message in cases:
+        p = run_cli(*args)
+        assert p.returncode == 1 and message in p.stderr and "hint:" in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+        assert p.stdout == "", args        # no partial output
+    newer = tmp_path / "newer"
+    shutil.copytree(digits_folder, newer)
+    m = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**m, "format": 99}))
+    p = run_cli("run", str(newer), str(SAMPLES))
+    assert p.returncode == 1 and "newer than this resgraph" in p.stderr and "upgrade resgraph" in p.stderr
+
+
+def test_a_vector_model_takes_npy_not_images(tmp_path):
+    from resgraph.compile import compile_spec
+    c = compile_spec(str(ROOT / "specs" / "residual_mlp.yaml"), out=str(tmp_path / "mlp"))
+    shape = tuple(json.loads((tmp_path / "mlp" / "manifest.json").read_text())["input"]["shape"][1:])
+    np.save(tmp_path / "x.npy", np.zeros(shape, np.float32))
+    p = run_cli("run", c.out, str(tmp_path / "x.npy"), str(SAMPLES / "0005_digit-5.png"), "--json")
+    a, b = json_lines(p.stdout)
+    assert p.returncode == 1 and a["ok"] and not b["ok"] and "not an image: give .npy files" in b["error"]
