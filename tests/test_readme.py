@@ -12,7 +12,7 @@ def quick_start_commands():
 
 def test_two_commands_and_ci_runs_the_test_command():
     main_job, tests = quick_start_commands()
-    assert "resgraph check specs/" in main_job and "resgraph eval specs/digits_resnet.yaml" in main_job
+    assert "resgraph check specs/" in main_job and "resgraph run compiled/digits_resnet examples/digits/samples" in main_job and "torch" not in main_job
     assert tests.endswith("python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci.splitlines()
