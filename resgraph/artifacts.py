@@ -24,7 +24,7 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 
-from .errors import Diagnostic, Loc, SpecError
+from .errors import SpecError
 
 FORMAT = 1   # manifest.json's format; bump on any change a reader must know about
 # every file a compiled folder may hold, in publishing order: the manifest, which describes the
@@ -35,10 +35,6 @@ ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx"
 
 class ArtifactError(SpecError):
     """A compiled folder, or a file in it, that cannot be used; names the file."""
-
-    @classmethod
-    def at(cls, where: str, message: str, hint: str) -> "ArtifactError":
-        return cls([Diagnostic(Loc(where, 0, 0), message, hint)])
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,11 @@ class SpecError(Exception):
         self.message, self.hint = first.message, first.hint
         super().__init__("\n".join(f"{d.loc}: {d.severity}: {d.message}" for d in self.diagnostics))
 
+    @classmethod
+    def at(cls, where: str, message: str, hint: str):
+        """One error about a file, tensor, input or option (no line): `where` names it."""
+        return cls([Diagnostic(Loc(where, 0, 0), message, hint)])
+
 
 @dataclass
 class Diagnostics:

@@ -16,19 +16,10 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from resgraph.training.split import split   # resgraph train's split (numpy only)
+
 PER_DIGIT = 4
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
-
-
-def held_out(labels: np.ndarray, val_split: float = 0.2, seed: int = 0) -> np.ndarray:
-    """resgraph.training.data._split's held-out indices (the same stratified, seeded draw)."""
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        val.extend(idx[: int(round(len(idx) * val_split))])
-    return np.sort(np.array(val, dtype=np.int64))
 
 
 def to_png_pixels(image: np.ndarray) -> np.ndarray:
@@ -38,7 +29,7 @@ def to_png_pixels(image: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     d = load_digits()
-    val = held_out(d.target)
+    _, val = split(len(d.target), d.target, val_split=0.2, seed=0)
     os.makedirs(OUT, exist_ok=True)
     for digit in range(10):
         for i in [i for i in val if d.target[i] == digit][:PER_DIGIT]:

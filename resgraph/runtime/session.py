@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..artifacts import Manifest, read_manifest
-from ..errors import Diagnostic, Loc, SpecError
+from ..errors import SpecError
 from .preprocess import Preprocess
 
 AUTO_ORDER = ("tensorrt", "ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")
@@ -40,10 +40,6 @@ INSTALL = {
 
 class BackendError(SpecError):
     """A back end that cannot run here, or cannot open this folder; the hint says how to fix it."""
-
-    @classmethod
-    def at(cls, where: str, message: str, hint: str) -> "BackendError":
-        return cls([Diagnostic(Loc(where, 0, 0), message, hint)])
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import Diagnostic, Loc, SpecError
+from .split import split as _split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -46,19 +47,6 @@ def _normalise(x: torch.Tensor, spec) -> torch.Tensor:
     mean = torch.tensor(spec.preprocess.get("mean", [0.0] * c)).view(1, c, 1, 1)
     std = torch.tensor(spec.preprocess.get("std", [1.0] * c)).view(1, c, 1, 1)
     return (x - mean) / std
-
-
-def _split(n: int, labels: np.ndarray, val_split: float, seed: int):
-    """A stratified, seeded split: the same held-out set on every run."""
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        rng.shuffle(idx)
-        val.extend(idx[: int(round(len(idx) * val_split))])
-    val = np.sort(np.array(val, dtype=np.int64))
-    train = np.setdiff1d(np.arange(n), val)
-    return train, val
 
 
 def digits(spec, val_split: float, seed: int) -> Data:
