@@ -296,3 +296,32 @@ def test_run_and_bench_on_onnxruntime_import_neither_torch_nor_the_front_end(dig
     p = subprocess.run([sys.executable, "-c", probe.replace("'--json'", "'--json', '--backend', 'torch-cpu'")],
                        capture_output=True, text=True, cwd=ROOT)
     assert "'torch'" in p.stdout.strip().splitlines()[-1] and "resgraph.compiler" in p.stdout
+
+
+def png_header_only(path, width: int, height: int) -> None:
+    """A PNG that claims width x height (greyscale) and holds one empty IDAT: Pillow reads the size
+    from the header, so a decompression bomb is refused before any pixel is decoded."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_not_decoded(tmp_path):
+    png_header_only(tmp_path / "bomb.png", 60_000, 60_000)     # 3.6 G pixels
+    with pytest.raises(InputError, match="refused"):
+        Preprocess.resolve({}, (1, 8, 8)).file(str(tmp_path / "bomb.png"))
+
+
+def test_an_fp16_folder_runs_and_passes_parity_at_the_fp16_tolerance(tmp_path):
+    from resgraph.compile import compile_spec
+    from conftest import run_cli
+    c = compile_spec(str(ROOT / "specs" / "digits_resnet.yaml"), weights=str(ROOT / "specs/weights/digits_resnet.safetensors"),
+                     out=str(tmp_path / "fp16"), precision="fp16")
+    p = run_cli("parity", c.out, "--json")
+    r = json.loads(p.stdout)
+    assert p.returncode == 0 and r["precision"] == "fp16" and r["pairs"][0]["tolerance"].startswith("|a-b| <= 0.02")
+    assert 1e-5 < r["pairs"][0]["max_abs"] and r["pairs"][0]["top1_agreement"] == 1.0
