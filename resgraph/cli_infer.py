@@ -78,7 +78,9 @@ def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **op
     def body():
         import time
 
-        from .runtime import expand, open_session, predict, top_k as best
+        import numpy as np
+
+        from .runtime import expand, open_session, predict_batches, top_k_batch
 
         session = open_session(artifact, backend, _options(**opts))
         _say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
@@ -92,24 +94,30 @@ def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **op
                                   "from Python for other outputs")
         k = min(top_k, session.output_shape[0])
         width = min(max(len(i.name) for i in items), 60)
+        out = click.get_text_stream("stdout")
         if not as_json:
-            click.echo(f"{'input':<{width}}  top-{k} (softmax score)")
+            out.write(f"{'input':<{width}}  top-{k} (softmax score)\n")
         failed = 0
         t0 = time.perf_counter()
         long_run = sys.stderr.isatty() and len(items) > 2 * batch_size
         with _progress(len(items), long_run) as advance:
-            for r in predict(session, items, batch_size, workers):
-                advance(1)
-                failed += not r.ok
-                if as_json:
-                    line = ({"input": r.item.name, "ok": True, "top": best(r.output, k, session.labels)} if r.ok
-                            else {"input": r.item.name, "ok": False, "error": r.error})
-                    click.echo(json.dumps(line, ensure_ascii=False))
-                elif r.ok:
-                    cells = "  ".join(f"{t['label']} ({t['score']:.3f})" for t in best(r.output, k, session.labels))
-                    click.echo(f"{r.item.name:<{width}}  {cells}")
-                else:
-                    click.echo(f"{r.item.name:<{width}}  error: {r.error}")
+            for batch in predict_batches(session, items, batch_size, workers):
+                good = [r for r in batch if r.ok]
+                tops = iter(top_k_batch(np.stack([r.output for r in good]), k, session.labels) if good else ())
+                lines = []
+                for r in batch:
+                    failed += not r.ok
+                    if as_json:
+                        lines.append(json.dumps({"input": r.item.name, "ok": True, "top": next(tops)} if r.ok else
+                                                {"input": r.item.name, "ok": False, "error": r.error}, ensure_ascii=False))
+                    elif r.ok:
+                        cells = "  ".join(f"{t['label']} ({t['score']:.3f})" for t in next(tops))
+                        lines.append(f"{r.item.name:<{width}}  {cells}")
+                    else:
+                        lines.append(f"{r.item.name:<{width}}  error: {r.error}")
+                out.write("\n".join(lines) + "\n")   # a batch at a time: one write, not one per line
+                out.flush()
+                advance(len(batch))
         seconds = time.perf_counter() - t0
         n = len(items)
         _say(f"{n} input{'s' * (n != 1)}: {n - failed} ok, {failed} failed; {seconds:.2f} s ({n / seconds:,.0f} inputs/s)")

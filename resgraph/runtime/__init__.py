@@ -8,9 +8,9 @@
 Nothing here imports torch, onnxruntime or the front end until a back end that needs it is opened.
 """
 from .inputs import Item, expand
-from .pipeline import Result, predict, top_k
+from .pipeline import Result, predict, predict_batches, top_k, top_k_batch
 from .preprocess import InputError, Preprocess
 from .session import AUTO_ORDER, BACKENDS, BackendError, Options, Session, choose, open_session
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BackendError", "InputError", "Item", "Options", "Preprocess", "Result", "Session",
-           "choose", "expand", "open_session", "predict", "top_k"]
+           "choose", "expand", "open_session", "predict", "predict_batches", "top_k", "top_k_batch"]

@@ -34,7 +34,10 @@ class Result:
 
 
 def default_workers() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    """Half the usable cores, 1 to 4: inference takes every core for its own threads, and more
+    decoding threads than cores left over only contend with it (and with each other for the GIL)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores // 2))
 
 
 def decode_batch(items: list[Item], pre: Preprocess) -> list:
@@ -50,6 +53,13 @@ def decode_batch(items: list[Item], pre: Preprocess) -> list:
 
 def predict(session, items: list[Item], batch_size: int = 32, workers: int | None = None) -> Iterator[Result]:
     """One Result per item, in order. workers=0 decodes on the calling thread (no overlap)."""
+    for batch in predict_batches(session, items, batch_size, workers):
+        yield from batch
+
+
+def predict_batches(session, items: list[Item], batch_size: int = 32,
+                    workers: int | None = None) -> Iterator[list[Result]]:
+    """predict(), a batch's Results at a time (what a caller that writes per batch wants)."""
     assert batch_size >= 1
     _require_pillow(items, session.preprocess)
     pre = session.preprocess
@@ -57,7 +67,7 @@ def predict(session, items: list[Item], batch_size: int = 32, workers: int | Non
     workers = default_workers() if workers is None else workers
     if workers == 0:
         for chunk in chunks:
-            yield from _infer(session, chunk, decode_batch(chunk, pre))
+            yield _infer(session, chunk, decode_batch(chunk, pre))
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="resgraph-decode") as pool:
         ahead = iter(chunks)
@@ -68,15 +78,14 @@ def predict(session, items: list[Item], batch_size: int = 32, workers: int | Non
             nxt = next(ahead, None)
             if nxt is not None:
                 pending.append((nxt, pool.submit(decode_batch, nxt, pre)))
-            yield from _infer(session, chunk, decoded)
+            yield _infer(session, chunk, decoded)
 
 
-def _infer(session, chunk: list[Item], decoded: list) -> Iterator[Result]:
+def _infer(session, chunk: list[Item], decoded: list) -> list[Result]:
     good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     y = session.run(np.stack([decoded[i] for i in good])) if good else None
     at = {i: k for k, i in enumerate(good)}
-    for i, it in enumerate(chunk):
-        yield Result(it, output=y[at[i]]) if i in at else Result(it, error=decoded[i])
+    return [Result(it, output=y[at[i]]) if i in at else Result(it, error=decoded[i]) for i, it in enumerate(chunk)]
 
 
 def _require_pillow(items: list[Item], pre: Preprocess) -> None:
@@ -90,9 +99,16 @@ def _require_pillow(items: list[Item], pre: Preprocess) -> None:
 
 def top_k(output: np.ndarray, k: int, labels) -> list[dict]:
     """The k best classes of one output vector: index, label, softmax score (float64 softmax, then rounded)."""
-    z = output.astype(np.float64).ravel()
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    idx = np.argsort(-p, kind="stable")[:k]
-    return [{"index": int(i), "label": labels[i] if labels is not None else str(int(i)), "score": round(float(p[i]), 6)}
-            for i in idx]
+    return top_k_batch(output[None], k, labels)[0]
+
+
+def top_k_batch(outputs: np.ndarray, k: int, labels) -> list[list[dict]]:
+    """top_k of each row of [N, classes], in a few numpy calls for the whole batch (not N times as many)."""
+    z = outputs.astype(np.float64).reshape(len(outputs), -1)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    scores = np.round(np.take_along_axis(p, idx, axis=1), 6).tolist()
+    names = labels if labels is not None else [str(i) for i in range(z.shape[1])]
+    return [[{"index": i, "label": names[i], "score": sc} for i, sc in zip(row, srow)]
+            for row, srow in zip(idx.tolist(), scores)]

@@ -98,19 +98,32 @@ class Preprocess:
     def normalise(self, a: np.ndarray) -> np.ndarray:
         """(x - mean) / std per channel, in float32 and in that order (as torchvision's Normalize)."""
         c = a.shape[0]
-        if self.mean is not None:
-            a = a - np.asarray(self.mean, dtype=np.float32).reshape(c, 1, 1)
-        if self.std is not None:
-            a = a / np.asarray(self.std, dtype=np.float32).reshape(c, 1, 1)
+        mean, std = self._stats
+        if mean is not None:
+            a = a - mean
+        if std is not None:
+            a = a / std
         return a
+
+    @property
+    def _stats(self):
+        """mean and std as float32 [C, 1, 1] arrays, made once (a frozen dataclass caches by hand)."""
+        try:
+            return self.__dict__["_stats_cache"]
+        except KeyError:
+            c = self.shape[0]
+            stats = tuple(None if v is None else np.asarray(v, dtype=np.float32).reshape(c, *[1] * (len(self.shape) - 1))
+                          for v in (self.mean, self.std))
+            self.__dict__["_stats_cache"] = stats
+            return stats
 
     def file(self, path: str) -> np.ndarray:
         """Decode an image file and transform it; InputError for anything a user's file can do wrong."""
         from PIL import Image, ImageOps, UnidentifiedImageError
         try:
-            with Image.open(path) as im:
-                im.seek(0)                                       # GIF, TIFF, WebP: the first frame
-                im = ImageOps.exif_transpose(im)                 # phones store rotation in EXIF
+            with Image.open(path) as im:                       # at the first frame (GIF, TIFF, WebP)
+                if "exif" in im.info or im.format in ("TIFF", "MPO"):
+                    im = ImageOps.exif_transpose(im)             # phones store rotation in EXIF (TIFF: in its tags)
                 im.load()
                 return self.image(im)
         except UnidentifiedImageError:
