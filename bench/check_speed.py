@@ -47,7 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import usable_cpus, write_json  # bench/ is on sys.path when a script here runs
+# bench/ is on sys.path when a script here runs
+from _common import dist_version, find_console_script, usable_cpus, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/resnet152.yaml"
@@ -81,7 +82,7 @@ def stats(times: list[float]) -> dict:
 def run_process(cmd: list[str]) -> float:
     """Wall time of one whole process; a failing command ends the benchmark (its time would mean nothing)."""
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         sys.stderr.write(p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace"))
@@ -110,22 +111,6 @@ def time_in_process(path: str, runs: int):
         resgraph.check_file(path)
         times.append(time.perf_counter() - t0)
     return times, checked
-
-
-def console_script() -> Path | None:
-    bindir = Path(sys.executable).parent
-    for name in ("resgraph", "resgraph.exe"):
-        if (bindir / name).is_file():
-            return bindir / name
-    return None
-
-
-def dist_version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(name)
-    except Exception:  # noqa: BLE001  (not installed, or odd metadata)
-        return None
 
 
 # --------------------------------------------------------------------------------------------- spec generator
@@ -177,7 +162,7 @@ def bench_startup(repeat: int) -> dict:
     spec = str(ROOT / SPEC)
     py = sys.executable
     cmds = {"python -m resgraph check": [py, "-m", "resgraph", "check", spec]}
-    script = console_script()
+    script = find_console_script()
     if script is not None:
         cmds["resgraph check (console script)"] = [str(script), "check", spec]
     have_torch = importlib.util.find_spec("torch") is not None

@@ -77,7 +77,6 @@ import contextlib
 import gc
 import io
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -86,7 +85,8 @@ import time
 import warnings
 from pathlib import Path
 
-from _common import cpu_name, usable_cpus, write_json  # bench/ is on sys.path when a script here runs
+# bench/ is on sys.path when a script here runs
+from _common import console_script, header, interleaved, load, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("resnet50", "resnet152")
@@ -102,12 +102,14 @@ REFERENCE = {              # measured earlier on this machine kind, for comparis
     "resnet50": {"dynamo": {"in_process_s": 4.5, "process_s": 8.8}, "legacy": {"in_process_s": 0.8, "process_s": 4.6}},
 }
 EXPORTERS = ("dynamo", "legacy")
+TITLE = "resgraph compile vs torch.onnx.export: compile time, ONNX Runtime latency, files"
+PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy")  # header versions, after resgraph
 
-try:
+try:                     # importable for the imports inside the functions, and for _common.header
     import resgraph
 except ImportError:      # not installed: use the checkout this script lives in
     sys.path.insert(0, str(ROOT))
-    import resgraph
+    import resgraph  # noqa: F401
 
 
 EXPORT_SCRIPT = f'''\
@@ -148,30 +150,6 @@ def p90(xs: list[float]) -> float:
 def stats(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
             "p90_s": p90(times), "runs": len(times), "times_s": [round(t, 6) for t in times]}
-
-
-def load() -> str:
-    try:
-        a, b, c = os.getloadavg()
-    except OSError:
-        return "n/a"
-    return f"{a:.2f} {b:.2f} {c:.2f}"
-
-
-def dist_version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-        return version(name)
-    except Exception:  # noqa: BLE001  (not installed, or odd metadata)
-        return None
-
-
-def console_script() -> Path:
-    bindir = Path(sys.executable).parent
-    for name in ("resgraph", "resgraph.exe"):
-        if (bindir / name).is_file():
-            return bindir / name
-    raise SystemExit(f"onnx_speed: no `resgraph` console script next to {sys.executable}; pip install -e . first")
 
 
 def run_process(cmd: list[str]) -> float:
@@ -243,7 +221,7 @@ def prepare(model: str, work: Path, plain_init: bool = False) -> dict:
     spec = f"specs/{model}.yaml"
     w = work / "w.safetensors"
     t0 = time.perf_counter()
-    run_process([str(console_script()), "init", spec, "-o", str(w)])
+    run_process([str(console_script("onnx_speed")), "init", spec, "-o", str(w)])
     ours = load_file(str(w))
     order = list(state_dict_shapes(check_file(str(ROOT / spec)).graph))
     tv = getattr(torchvision.models, model)()
@@ -282,7 +260,7 @@ def bench_processes(model: str, prep: dict, work: Path, repeat: int) -> tuple[di
     py = sys.executable
     files = {"resgraph": work / "rg" / "model.onnx", "dynamo": work / "dynamo.onnx", "legacy": work / "legacy.onnx"}
     cmds = {
-        "resgraph": [str(console_script()), "compile", prep["spec"], "--weights", str(prep["weights"]),
+        "resgraph": [str(console_script("onnx_speed")), "compile", prep["spec"], "--weights", str(prep["weights"]),
                      "-o", str(work / "rg")],
         "dynamo": [py, str(prep["script"]), model, str(prep["pth"]), str(files["dynamo"]), "dynamo"],
         "legacy": [py, str(prep["script"]), model, str(prep["pth"]), str(files["legacy"]), "legacy"],
@@ -292,7 +270,7 @@ def bench_processes(model: str, prep: dict, work: Path, repeat: int) -> tuple[di
               "legacy": "python export.py: torch.onnx.export dynamo=False"}
     print(f"\n   a/b. whole process, {repeat} round{'s' * (repeat != 1)} interleaved after one untimed warm-up each   (load {load()})")
     warm = {k: run_process(c) for k, c in cmds.items()}
-    times = interleaved({k: (lambda c=c: run_process(c)) for k, c in cmds.items()}, repeat)
+    times = interleaved({k: (lambda c=c: run_process(c)) for k, c in cmds.items()}, repeat, rotate=False)
     print_times("process", labels, times, "warm-up", warm)
     res = {"commands": {k: " ".join(c) for k, c in cmds.items()},
            "times": {k: stats(v) | {"warm_up_s": warm[k]} for k, v in times.items()}}
@@ -350,7 +328,7 @@ def bench_in_process(model: str, prep: dict, work: Path, repeat: int) -> dict:
           f" interleaved   (load {load()})")
     cold = {k: timed(fn) for k, fn in calls.items()}
     cold_stages = stages.pop()
-    times = interleaved({k: (lambda fn=fn: timed(fn)) for k, fn in calls.items()}, repeat)
+    times = interleaved({k: (lambda fn=fn: timed(fn)) for k, fn in calls.items()}, repeat, rotate=False)
     print_times("call", labels, times, "first call", cold)
     med = {k: statistics.median(v) for k, v in times.items()}
     mn = {k: min(v) for k, v in times.items()}
@@ -549,33 +527,6 @@ def print_times(what: str, labels: dict, times: dict[str, list[float]], apart: s
         print(f"   {labels[k]:<{w}}  {sec(statistics.median(v))}  {min(v):7.2f}..{max(v):<7.2f}s  {sec(first[k])}")
 
 
-def interleaved(measure: dict, repeat: int) -> dict[str, list[float]]:
-    """`repeat` rounds, each taking one measurement of every entry in turn, so load drift hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in measure}
-    for _ in range(repeat):
-        for k, m in measure.items():
-            times[k].append(m())
-    return times
-
-
-def header(threads: int) -> dict:
-    cpus = usable_cpus()
-    h = {"python": f"{platform.python_implementation()} {platform.python_version()}",
-         "executable": sys.executable, "platform": platform.platform(), "machine": platform.machine(),
-         "processor": cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": cpus, "threads": threads,
-         "resgraph": resgraph.__version__,
-         **{k: dist_version(k) for k in ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy")},
-         "load_start": load(), "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-    print("resgraph compile vs torch.onnx.export: compile time, ONNX Runtime latency, files")
-    print(f"   python    {h['python']}  ({h['executable']})")
-    print(f"   platform  {h['platform']} ({h['machine']}, {h['processor']})")
-    print(f"   cpus      {h['cpu_count']} ({h['cpus_usable']} usable); intra-op threads for ORT and eager: {threads}")
-    print(f"   versions  resgraph {h['resgraph']}, torch {h['torch']}, torchvision {h['torchvision']}, onnx {h['onnx']},"
-          f" onnxruntime {h['onnxruntime']}, onnxscript {h['onnxscript']}, numpy {h['numpy']}")
-    print(f"   load average at start (1, 5, 15 min): {h['load_start']}")
-    return h
-
-
 def bench_model(model: str, work: Path, args, repeat: int, proc_repeat: int, runs_cfg: dict) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     print(f"\n\n######## {model}   (work folder {work})")
@@ -662,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    results: dict = {"header": header(args.threads), "quick": args.quick, "repeat": repeat,
+    results: dict = {"header": header(TITLE, args.threads, PACKAGES, "intra-op threads for ORT and eager"),
+                     "quick": args.quick, "repeat": repeat,
                      "process_repeat": proc_repeat, "plain_init": args.plain_init, "goals": GOALS,
                      "reference": REFERENCE, "latency_runs": runs_cfg, "models": {}}
     keep = Path(args.keep).resolve() if args.keep else None

@@ -88,7 +88,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cpu_name  # bench/ is on sys.path when a script here runs
+# bench/ is on sys.path when a script here runs
+from _common import cpu_name, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.97              # resgraph img/s / torchvision img/s, medians
@@ -115,13 +116,6 @@ except ImportError:      # the whole comparison needs it
 
 def say(*a, **kw) -> None:
     print(*a, **kw, flush=True)
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def load_average() -> tuple[float, float, float] | None:

@@ -34,10 +34,14 @@ class Result:
 
 
 def default_workers() -> int:
-    """Half the usable cores, 1 to 4: inference takes every core for its own threads, and more
-    decoding threads than cores left over only contend with it (and with each other for the GIL)."""
+    """Half the usable cores, 1 to 4; none (decode in line) on 1 or 2 cores.
+
+    Inference takes every core for its own threads, so decoding threads overlap it only where it
+    leaves a core idle, and contend with it where it does not: on 2 cores (bench/run_speed.py,
+    docs/inference.md) one decoding thread made `run` 2-10% slower than decoding in line, for 8x8
+    PNGs (decoding them is Pillow's Python, under the GIL) and for ResNet-50 on JPEGs alike."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(4, cores // 2))
+    return 0 if cores <= 2 else min(4, cores // 2)
 
 
 def decode_batch(items: list[Item], pre: Preprocess) -> list:
