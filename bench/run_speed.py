@@ -35,7 +35,7 @@ computed per batch with numpy), so that both processes write the same amount to 
         resgraph: s = resgraph.runtime.open_session(folder, "ort-cpu", Options(threads=T));
                   items = resgraph.runtime.expand([images], None, s.input_shape)   (timed once, apart);
                   list(resgraph.runtime.predict(s, items, batch_size=B, workers=W))
-                  for W = 1 and W = pipeline.default_workers() (half the CPUs, at most 4; 0 = in line on 1-2 CPUs);
+                  for W = 1 and W = pipeline.default_workers(T) (the CPUs T leaves, at most 4; 0 = in line);
         hand:     handloop.classify(session, paths, B, transform): the script's own loop, imported, on an
                   InferenceSession created with the same options as the script's;
         decode alone:    pipeline.decode_batch(chunk, s.preprocess) over every chunk of B, on one thread;
@@ -428,7 +428,7 @@ def in_process(model: dict, hl, batch: int, threads: int, rounds: int) -> dict:
     paths = [os.path.join(images, p) for p in sorted(os.listdir(images)) if not p.startswith(".")]
     assert [it.path for it in items] == paths, "expand() and the hand loop list different inputs"
     chunks = [items[i:i + batch] for i in range(0, len(items), batch)]
-    wd = default_workers()
+    wd = default_workers(threads)
     workers = [1] if wd == 1 else [1, wd]
 
     def decode_alone():

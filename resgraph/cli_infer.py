@@ -63,8 +63,8 @@ def _progress(total: int, enabled: bool):
 @click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per input, in input order.")
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
-              help="Threads decoding images beside inference (0: decode in line) [default: half the cores, "
-                   "at most 4; 0 on 1 or 2 cores].")
+              help="Threads decoding images beside inference (0: decode in line) [default: the cores --threads "
+                   "leaves, at most 4; without --threads, half the cores, 0 on 1 or 2 cores].")
 @session_options
 def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **opts):
     """Classify INPUTS with the compiled model ARTIFACT (a compiled folder, or its model.onnx).

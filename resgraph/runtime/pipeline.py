@@ -33,14 +33,18 @@ class Result:
         return self.error is None
 
 
-def default_workers() -> int:
-    """Half the usable cores, 1 to 4; none (decode in line) on 1 or 2 cores.
+def default_workers(threads: int | None = None) -> int:
+    """Decoding threads take the cores that inference leaves, 0 to 4.
 
-    Inference takes every core for its own threads, so decoding threads overlap it only where it
-    leaves a core idle, and contend with it where it does not: on 2 cores (bench/run_speed.py,
-    docs/inference.md) one decoding thread made `run` 2-10% slower than decoding in line, for 8x8
-    PNGs (decoding them is Pillow's Python, under the GIL) and for ResNet-50 on JPEGs alike."""
+    With `threads` (inference's CPU threads) set: the cores beyond them. Unset (inference takes
+    every core): half the cores, and none on 1 or 2 cores. A decoding thread overlaps inference only
+    where inference leaves a core idle and contends with it elsewhere: on 2 cores with inference on
+    both (bench/run_speed.py, docs/inference.md) one decoding thread made `run` 2-10% slower than
+    decoding in line, for 8x8 PNGs (decoding them is Pillow's Python, under the GIL) and for
+    ResNet-50 on JPEGs alike; with inference on one core, it hid decoding behind inference."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads is not None:
+        return max(0, min(4, cores - threads))
     return 0 if cores <= 2 else min(4, cores // 2)
 
 
@@ -68,7 +72,7 @@ def predict_batches(session, items: list[Item], batch_size: int = 32,
     _require_pillow(items, session.preprocess)
     pre = session.preprocess
     chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(session.options.threads) if workers is None else workers
     if workers == 0:
         for chunk in chunks:
             yield _infer(session, chunk, decode_batch(chunk, pre))
