@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 an input failed (run), a pair beyond tolerance (parity), or 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -23,14 +24,16 @@ def session_options(f):
         click.option("--amp", type=click.Choice(["off", "fp16", "bf16"]), default=None,
                      help="torch-cuda autocast [default: the artifact's precision]."),
         click.option("--device-id", type=click.IntRange(0, 1024), default=0, show_default=True, help="Which GPU."),
+        click.option("--tf32", is_flag=True, help="Let fp32 work on CUDA use TF32 (faster; about fp16's precision)."),
     ]):
         f = opt(f)
     return f
 
 
-def _options(threads, cuda_graph, torch_compile, amp, device_id):
+def _options(threads, cuda_graph, torch_compile, amp, device_id, tf32):
     from .runtime import Options
-    return Options(threads=threads, cuda_graph=cuda_graph, torch_compile=torch_compile, amp=amp, device_id=device_id)
+    return Options(threads=threads, cuda_graph=cuda_graph, torch_compile=torch_compile, amp=amp, device_id=device_id,
+                   tf32=tf32)
 
 
 def _say(message: str) -> None:
@@ -77,54 +80,63 @@ def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **op
     from .cli import _run
 
     def body():
-        import time
-
-        import numpy as np
-
-        from .runtime import expand, open_session, predict_batches, top_k_batch
+        from .runtime import open_session
 
         session = open_session(artifact, backend, _options(**opts))
-        _say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
-        items = expand(inputs, sys.stdin, session.input_shape)
-        if not items:
-            raise _no_inputs(inputs)
-        if len(session.output_shape) != 1:
-            from .runtime import BackendError
-            raise BackendError.at(artifact, f"the model's output is {list(session.output_shape)}, not a vector of "
-                                  "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
-                                  "from Python for other outputs")
-        k = min(top_k, session.output_shape[0])
-        width = min(max(len(i.name) for i in items), 60)
-        out = click.get_text_stream("stdout")
-        if not as_json:
-            out.write(f"{'input':<{width}}  top-{k} (softmax score)\n")
-        failed = 0
-        t0 = time.perf_counter()
-        long_run = sys.stderr.isatty() and len(items) > 2 * batch_size
-        with _progress(len(items), long_run) as advance:
-            for batch in predict_batches(session, items, batch_size, workers):
-                good = [r for r in batch if r.ok]
-                tops = iter(top_k_batch(np.stack([r.output for r in good]), k, session.labels) if good else ())
-                lines = []
-                for r in batch:
-                    failed += not r.ok
-                    if as_json:
-                        lines.append(json.dumps({"input": r.item.name, "ok": True, "top": next(tops)} if r.ok else
-                                                {"input": r.item.name, "ok": False, "error": r.error}, ensure_ascii=False))
-                    elif r.ok:
-                        cells = "  ".join(f"{t['label']} ({t['score']:.3f})" for t in next(tops))
-                        lines.append(f"{r.item.name:<{width}}  {cells}")
-                    else:
-                        lines.append(f"{r.item.name:<{width}}  error: {r.error}")
-                out.write("\n".join(lines) + "\n")   # a batch at a time: one write, not one per line
-                out.flush()
-                advance(len(batch))
-        seconds = time.perf_counter() - t0
-        n = len(items)
-        _say(f"{n} input{'s' * (n != 1)}: {n - failed} ok, {failed} failed; {seconds:.2f} s ({n / seconds:,.0f} inputs/s)")
-        return failed
+        try:
+            with session:
+                return _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
+        except BrokenPipeError:   # `resgraph run ... | head`: the reader has what it wanted; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
 
     sys.exit(1 if _run(body) else 0)
+
+
+def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers) -> int:
+    """run's loop: the table or JSON Lines on stdout, a batch at a time; returns how many inputs failed."""
+    import time
+
+    import numpy as np
+
+    from .runtime import BackendError, expand, predict_batches, top_k_batch
+    _say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
+    items = expand(inputs, sys.stdin, session.input_shape)
+    if not items:
+        raise _no_inputs(inputs)
+    if len(session.output_shape) != 1:
+        raise BackendError.at(artifact, f"the model's output is {list(session.output_shape)}, not a vector of "
+                              "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
+                              "from Python for other outputs")
+    k = min(top_k, session.output_shape[0])
+    width = min(max(len(i.name) for i in items), 60)
+    out = click.get_text_stream("stdout")
+    header = [] if as_json else [f"{'input':<{width}}  top-{k} (softmax score)"]   # written with the first batch
+    failed = 0
+    t0 = time.perf_counter()
+    long_run = sys.stderr.isatty() and len(items) > 2 * batch_size
+    with _progress(len(items), long_run) as advance:
+        for batch in predict_batches(session, items, batch_size, workers):
+            good = [r for r in batch if r.ok]
+            tops = iter(top_k_batch(np.stack([r.output for r in good]), k, session.labels) if good else ())
+            lines, header = header, []
+            for r in batch:
+                failed += not r.ok
+                if as_json:
+                    lines.append(json.dumps({"input": r.item.name, "ok": True, "top": next(tops)} if r.ok else
+                                            {"input": r.item.name, "ok": False, "error": r.error}, ensure_ascii=False))
+                elif r.ok:
+                    cells = "  ".join(f"{t['label']} ({t['score']:.3f})" for t in next(tops))
+                    lines.append(f"{r.item.name:<{width}}  {cells}")
+                else:
+                    lines.append(f"{r.item.name:<{width}}  error: {r.error}")
+            out.write("\n".join(lines) + "\n")   # a batch at a time: one write, not one per line
+            out.flush()
+            advance(len(batch))
+    seconds = time.perf_counter() - t0
+    n = len(items)
+    _say(f"{n} input{'s' * (n != 1)}: {n - failed} ok, {failed} failed; {seconds:.2f} s ({n / seconds:,.0f} inputs/s)")
+    return failed
 
 
 def _no_inputs(inputs):
@@ -262,11 +274,9 @@ def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):
     from .cli import _run
 
     def body():
-        import numpy as np
-
-        from .artifacts import folder_of, read_manifest, verify_artifacts
-        from .runtime import BackendError, expand, open_session
-        from .runtime.parity import compare, noise_floor, order, run_all
+        from .artifacts import folder_of, read_manifest
+        from .runtime import BackendError, open_session
+        from .runtime.parity import order
         folder = folder_of(artifact)
         manifest = read_manifest(folder)
         names, skipped = _backends(backends, folder)
@@ -275,42 +285,57 @@ def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):
             raise BackendError.at(backends, f"parity needs two back ends; usable here: {', '.join(names) or 'none'}",
                                   "; ".join(f"{s['backend']}: {s['install']}" for s in skipped if s.get("install"))
                                   or "name two with --backends, e.g. --backends torch-cpu,ort-cpu")
-        sessions = {n: open_session(folder, n, _options(**opts)) for n in names}
-        first = next(iter(sessions.values()))
-        failed_inputs = []
-        if source.isdigit():
-            x = np.random.default_rng(0).standard_normal((int(source), *first.input_shape), dtype=np.float32)
-            what = f"{int(source)} random normalised inputs (seed 0)"
-        else:
-            import os
-            if not os.path.isdir(source):
-                raise BackendError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
-            items = expand([source], None, first.input_shape)
-            from .runtime.pipeline import decode_batch
-            decoded = decode_batch(items, first.preprocess)
-            failed_inputs = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]
-            good = [d for d in decoded if not isinstance(d, str)]
-            if not good:
-                raise _no_inputs([source])
-            x = np.stack(good)
-            what = f"{len(good)} inputs from {source}"
-        outputs = run_all(sessions, x, batch_size)
-        torch_ref = next((s for n, s in sessions.items() if n == "torch-cpu"), None)
-        floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
-        pairs = compare(outputs, {n: s.precision for n, s in sessions.items()}, floor)
-        changed = verify_artifacts(folder, manifest)
-        ok = all(p.ok for p in pairs)
-        report = {"artifact": folder, "model": manifest.name, "precision": manifest.precision, "inputs": what,
-                  "backends": {n: s.describe() for n, s in sessions.items()}, "pairs": [p.to_json() for p in pairs],
-                  "changed_since_compile": changed, "failed_inputs": failed_inputs, "skipped": skipped, "ok": ok}
-        for s in sessions.values():
-            s.close()
-        if as_json:
-            click.echo(json.dumps(report, indent=2))
-        else:
-            _parity_table(report)
-        return ok
+        sessions = {}
+        try:
+            for n in names:
+                sessions[n] = open_session(folder, n, _options(**opts))
+            return _parity(sessions, folder, manifest, source, batch_size, as_json, skipped)
+        finally:
+            for s in sessions.values():
+                s.close()
     sys.exit(0 if _run(body) else 1)
+
+
+def _parity(sessions, folder, manifest, source, batch_size, as_json, skipped) -> bool:
+    """parity's comparison and report; True when every pair is within its tolerance."""
+    import numpy as np
+
+    from .artifacts import verify_artifacts
+    from .runtime import BackendError, expand
+    from .runtime.parity import compare, noise_floor, run_all
+    from .runtime.pipeline import decode_batch
+    first = next(iter(sessions.values()))
+    failed_inputs = []
+    if source.isdigit():
+        if int(source) < 1:
+            raise BackendError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
+        x = np.random.default_rng(0).standard_normal((int(source), *first.input_shape), dtype=np.float32)
+        what = f"{int(source)} random normalised inputs (seed 0)"
+    else:
+        if not os.path.isdir(source):
+            raise BackendError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
+        items = expand([source], None, first.input_shape)
+        decoded = decode_batch(items, first.preprocess)
+        failed_inputs = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]
+        good = [d for d in decoded if not isinstance(d, str)]
+        if not good:
+            raise _no_inputs([source])
+        x = np.stack(good)
+        what = f"{len(good)} inputs from {source}"
+    outputs = run_all(sessions, x, batch_size)
+    torch_ref = sessions.get("torch-cpu")
+    floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
+    pairs = compare(outputs, {n: s.precision for n, s in sessions.items()}, floor)
+    ok = all(p.ok for p in pairs)
+    report = {"artifact": folder, "model": manifest.name, "precision": manifest.precision, "inputs": what,
+              "backends": {n: s.describe() for n, s in sessions.items()}, "pairs": [p.to_json() for p in pairs],
+              "changed_since_compile": verify_artifacts(folder, manifest), "failed_inputs": failed_inputs,
+              "skipped": skipped, "ok": ok}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _parity_table(report)
+    return ok
 
 
 def _parity_table(report: dict) -> None:

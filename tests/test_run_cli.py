@@ -206,3 +206,67 @@ def test_a_vector_model_takes_npy_not_images(tmp_path):
     p = run_cli("run", c.out, str(tmp_path / "x.npy"), str(SAMPLES / "0005_digit-5.png"), "--json")
     a, b = json_lines(p.stdout)
     assert p.returncode == 1 and a["ok"] and not b["ok"] and "not an image: give .npy files" in b["error"]
+
+
+def test_the_decoding_threads_keep_every_input_in_order(digits_folder, tmp_path):
+    """Many small batches through the read-ahead queue (workers + 1 batches in flight), broken files
+    among them: the same lines as decoding in line."""
+    folder = tmp_path / "mixed"
+    shutil.copytree(SAMPLES, folder)
+    bad_files(folder)
+    runs = [run_cli("run", str(digits_folder), str(folder), "--json", "--batch-size", "3", "--workers", w)
+            for w in ("0", "1", "3")]
+    assert [p.returncode for p in runs] == [1, 1, 1]
+    lines = [json_lines(p.stdout) for p in runs]
+    assert len(lines[0]) == 40 + 8 and lines[0] == lines[1] == lines[2]
+
+
+def test_odd_file_names_and_a_closed_pipe(digits_folder, tmp_path):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    shutil.copy(SAMPLES / "0012_digit-2.png", os.fsdecode(bytes(folder) + b"/b\xffd name.png"))
+    shutil.copy(SAMPLES / "0009_digit-9.png", folder / "ünïcode ✓.png")
+    p = run_cli("run", str(digits_folder), str(folder), "--json")
+    lines = json_lines(p.stdout)
+    assert p.returncode == 0 and [r["top"][0]["label"] for r in lines] == ["2", "9"]
+    assert lines[0]["input"].endswith("b\\xffd name.png") and lines[1]["input"].endswith("ünïcode ✓.png")
+    # `resgraph run ... | head -1`: the reader stops early; no error about it
+    sh = subprocess.run(" ".join(resgraph_cmd()) + f" run {digits_folder} {SAMPLES} {SAMPLES} {SAMPLES} --batch-size 2 | head -1",
+                        shell=True, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert sh.stdout.startswith("input") and "internal error" not in sh.stderr and "Traceback" not in sh.stderr
+
+
+def test_an_output_that_is_not_finite_is_that_inputs_error(digits_folder, tmp_path):
+    np.save(tmp_path / "huge.npy", np.full((1, 8, 8), 3e38, np.float32))
+    shutil.copy(SAMPLES / "0012_digit-2.png", tmp_path / "ok.png")
+    p = run_cli("run", str(digits_folder), str(tmp_path), "--json")
+    a, b = json_lines(p.stdout)
+    assert p.returncode == 1 and "NaN or inf" in a["error"] and b["ok"]
+    assert "NaN" not in p.stdout.replace("NaN or inf", "")   # strict JSON: no NaN scores
+
+
+def test_auto_passes_over_a_back_end_that_cannot_open(digits_folder, tmp_path):
+    folder = tmp_path / "broken_onnx"
+    shutil.copytree(digits_folder, folder)
+    (folder / "model.onnx").write_bytes(b"not a model")
+    p = run_cli("run", str(folder), str(SAMPLES / "0012_digit-2.png"), "--json")
+    assert p.returncode == 0 and json_lines(p.stdout)[0]["top"][0]["label"] == "2"
+    assert "torch-cpu" in p.stderr and "failed to open ort-cpu (ONNX Runtime cannot load the model" in p.stderr
+    p = run_cli("run", str(folder), str(SAMPLES / "0012_digit-2.png"), "--backend", "ort")
+    assert p.returncode == 1 and "no back end could open the model: ort-cpu" in p.stderr and p.stdout == ""
+
+
+def test_parity_needs_inputs_and_a_sound_manifest(digits_folder, tmp_path):
+    p = run_cli("parity", str(digits_folder), "--inputs", "0")
+    assert p.returncode == 1 and "nothing to compare" in p.stderr and "internal error" not in p.stderr
+    for change, message in ((lambda m: {**m, "labels": m["labels"][:9]}, "9 labels for an output of shape [10]"),
+                            (lambda m: {**m, "preprocess": {**m["preprocess"], "mean": 0.3}}, "preprocess.mean is 0.3"),
+                            (lambda m: {**m, "preprocess": {**m["preprocess"], "interpolation": "cubic"}},
+                             "unknown preprocess.interpolation 'cubic'")):
+        folder = tmp_path / "edited"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(digits_folder, folder)
+        m = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps(change(m)))
+        p = run_cli("run", str(folder), str(SAMPLES))
+        assert p.returncode == 1 and message in p.stderr and "internal error" not in p.stderr, p.stderr

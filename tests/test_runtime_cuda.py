@@ -31,10 +31,12 @@ needs_torch_cuda = pytest.mark.skipif(_torch_cuda() is not None, reason=str(_tor
 needs_ort_cuda = pytest.mark.skipif(_ort_cuda() is not None, reason=str(_ort_cuda()))
 
 
-def batches(folder, sizes=(1, 7, 32)):
+def batches(folder, sizes=(1, 7, 32), rounds: int = 1):
+    """Fresh random batches every time: a CUDA graph replayed on stale input would still match a
+    repeated one."""
     rng = np.random.default_rng(0)
     shape = open_session(str(folder), "ort-cpu").input_shape
-    return [rng.standard_normal((n, *shape)).astype(np.float32) for n in sizes]
+    return [rng.standard_normal((n, *shape)).astype(np.float32) for _ in range(rounds) for n in sizes]
 
 
 @needs_ort_cuda
@@ -43,7 +45,7 @@ def test_ort_cuda_equals_the_cpu_provider(digits_folder, cuda_graph):
     cpu = open_session(str(digits_folder), "ort-cpu")
     with open_session(str(digits_folder), "ort-cuda", Options(cuda_graph=cuda_graph)) as gpu:
         assert gpu.device == "cuda:0"
-        for x in batches(digits_folder) * 2:          # each batch size twice: a replayed graph too
+        for x in batches(digits_folder, rounds=2):    # each batch size twice: a replayed graph too
             assert np.abs(gpu.run(x) - cpu.run(x)).max() <= 1e-4
             h2d, d2h = gpu.last_io
             assert h2d >= 0 and d2h >= 0
@@ -52,12 +54,10 @@ def test_ort_cuda_equals_the_cpu_provider(digits_folder, cuda_graph):
 @needs_torch_cuda
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_torch_cuda_equals_onnxruntime(digits_folder, cuda_graph):
-    import torch
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    cpu = open_session(str(digits_folder), "ort-cpu")
+    cpu = open_session(str(digits_folder), "ort-cpu")      # TF32 is off unless asked for: fp32 is fp32
     with open_session(str(digits_folder), "torch-cuda", Options(cuda_graph=cuda_graph, amp="off")) as gpu:
         assert gpu.channels_last and gpu.precision == "fp32"
-        for x in batches(digits_folder) * 2:
+        for x in batches(digits_folder, rounds=2):
             assert np.abs(gpu.run(x) - cpu.run(x)).max() <= 1e-4
 
 
@@ -71,6 +71,19 @@ def test_torch_cuda_autocast_within_the_half_precision_tolerance(digits_folder, 
             ref = cpu.run(x)
             tol = 2e-2 if amp == "fp16" else 8e-2        # bf16 keeps 8 mantissa bits to fp16's 11
             assert np.all(np.abs(gpu.run(x) - ref) <= tol * (1 + np.abs(ref)))
+
+
+@needs_torch_cuda
+def test_tf32_when_asked_is_reported_and_judged_as_such(digits_folder):
+    cpu = open_session(str(digits_folder), "ort-cpu")
+    with open_session(str(digits_folder), "torch-cuda", Options(tf32=True)) as gpu:
+        assert gpu.precision == "tf32"
+        for x in batches(digits_folder):
+            ref = cpu.run(x)
+            assert np.all(np.abs(gpu.run(x) - ref) <= 2e-2 * (1 + np.abs(ref)))
+    with open_session(str(digits_folder), "torch-cuda") as gpu:   # and back off for the next session
+        import torch
+        assert gpu.precision == "fp32" and not torch.backends.cudnn.allow_tf32
 
 
 @needs_torch_cuda

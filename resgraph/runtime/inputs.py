@@ -23,7 +23,9 @@ class Item:
 
     @property
     def name(self) -> str:
-        return self.path if self.index is None else f"{self.path}[{self.index}]"
+        """For display: a file name that is not UTF-8 shows its odd bytes as \\xNN (it cannot be printed as is)."""
+        path = os.fsencode(self.path).decode("utf-8", "backslashreplace")
+        return path if self.index is None else f"{path}[{self.index}]"
 
 
 def expand(args, stdin=None, sample_shape: tuple | None = None) -> list[Item]:
@@ -33,7 +35,9 @@ def expand(args, stdin=None, sample_shape: tuple | None = None) -> list[Item]:
     for arg in args:
         if arg == "-":
             assert stdin is not None
-            paths = [line.strip() for line in stdin.read().splitlines() if line.strip()]
+            raw = stdin.buffer.read() if hasattr(stdin, "buffer") else stdin.read()
+            text = os.fsdecode(raw) if isinstance(raw, bytes) else raw   # any file name, UTF-8 or not
+            paths = [line.strip() for line in text.splitlines() if line.strip()]
             items.extend(i for p in paths for i in _file(p, sample_shape))
         elif os.path.isdir(arg):
             for root, dirs, files in os.walk(arg):

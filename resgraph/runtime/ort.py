@@ -24,12 +24,16 @@ class OrtSession(Session):
         self.ort, self.cuda = ort, cuda
         self.backend = "ort-cuda" if cuda else "ort-cpu"
         self.device = f"cuda:{options.device_id}" if cuda else "cpu"
-        self.precision = manifest.precision
+        # TF32 (on by default in ONNX Runtime's CUDA provider) computes fp32 convolutions with fp16's
+        # mantissa: off unless asked for, so that an fp32 folder computes in fp32 on every back end
+        self.precision = "tf32" if cuda and options.tf32 and manifest.precision == "fp32" else manifest.precision
         self.path = os.path.join(folder, "model.onnx")
         if not os.path.isfile(self.path):
             raise BackendError.at(self.path, "no model.onnx in the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
         self._graphs: dict[int, tuple] = {}       # batch size -> (session, binding, x on device, y on device)
         self.sess = self._session(cuda_graph=False)
+        if cuda and options.cuda_graph:            # fail at open, not at the first batch, if graphs cannot be had
+            self._graphs[1] = self._capture(np.zeros((1, *self.input_shape), np.float32))
 
     def _session(self, cuda_graph: bool):
         ort, o = self.ort, self.options
@@ -39,7 +43,7 @@ class OrtSession(Session):
         if o.threads:
             so.intra_op_num_threads = o.threads
         if self.cuda:
-            cuda = {"device_id": str(o.device_id)}
+            cuda = {"device_id": str(o.device_id), "use_tf32": "1" if o.tf32 else "0"}
             if cuda_graph:
                 cuda["enable_cuda_graph"] = "1"
             providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
@@ -47,8 +51,13 @@ class OrtSession(Session):
             providers = ["CPUExecutionProvider"]
         try:
             sess = ort.InferenceSession(self.path, so, providers=providers)
-        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types: a damaged file)
-            raise BackendError.at(self.path, f"ONNX Runtime cannot load the model: {str(e).strip()[:300]}",
+        except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
+            text = str(e).strip()
+            if self.cuda and any(w in text for w in ("CUDA", "cuda", "cuDNN", "cudnn", "graph")):
+                raise BackendError.at(self.path, f"ONNX Runtime's CUDA provider cannot run the model: {text[:300]}",
+                                      "see resgraph doctor; --backend ort-cpu runs it on the CPU"
+                                      + ("; or leave out --cuda-graph" if cuda_graph else "")) from None
+            raise BackendError.at(self.path, f"ONNX Runtime cannot load the model: {text[:300]}",
                                   "recompile it: resgraph compile SPEC --weights W -o FOLDER") from None
         if self.cuda and "CUDAExecutionProvider" not in sess.get_providers():
             raise BackendError.at(self.path, "ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
@@ -76,19 +85,27 @@ class OrtSession(Session):
         self.last_io = (t1 - t0, time.perf_counter() - t2)
         return y
 
+    def _capture(self, x: np.ndarray) -> tuple:
+        """A session whose CUDA graph is bound to device buffers of x's batch size."""
+        ort, dev, n = self.ort, self.options.device_id, x.shape[0]
+        sess = self._session(cuda_graph=True)
+        xd = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", dev)
+        yd = ort.OrtValue.ortvalue_from_shape_and_type((n, *self.output_shape), np.float32, "cuda", dev)
+        io = sess.io_binding()
+        io.bind_ortvalue_input(self.input_name, xd)
+        io.bind_ortvalue_output(self.output_name, yd)
+        xd.update_inplace(x)
+        try:
+            sess.run_with_iobinding(io)           # warm-up and capture happen in the first runs
+        except Exception as e:  # noqa: BLE001
+            raise BackendError.at(self.path, f"ONNX Runtime could not capture a CUDA graph: {str(e).strip()[:300]}",
+                                  "leave out --cuda-graph") from None
+        return sess, io, xd, yd
+
     def _run_graph(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         if n not in self._graphs:
-            ort, dev = self.ort, self.options.device_id
-            sess = self._session(cuda_graph=True)
-            xd = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", dev)
-            yd = ort.OrtValue.ortvalue_from_shape_and_type((n, *self.output_shape), np.float32, "cuda", dev)
-            io = sess.io_binding()
-            io.bind_ortvalue_input(self.input_name, xd)
-            io.bind_ortvalue_output(self.output_name, yd)
-            xd.update_inplace(x)
-            sess.run_with_iobinding(io)           # the first run on the provider; the second captures
-            self._graphs[n] = (sess, io, xd, yd)
+            self._graphs[n] = self._capture(x)
         sess, io, xd, yd = self._graphs[n]
         t0 = time.perf_counter()
         xd.update_inplace(x)                       # into the captured input buffer

@@ -93,7 +93,16 @@ def _infer(session, chunk: list[Item], decoded: list) -> list[Result]:
     good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     y = session.run(np.stack([decoded[i] for i in good])) if good else None
     at = {i: k for k, i in enumerate(good)}
-    return [Result(it, output=y[at[i]]) if i in at else Result(it, error=decoded[i]) for i, it in enumerate(chunk)]
+    finite = np.isfinite(y.reshape(len(y), -1)).all(axis=1) if good else None
+    out = []
+    for i, it in enumerate(chunk):
+        if i not in at:
+            out.append(Result(it, error=decoded[i]))
+        elif not finite[at[i]]:   # inputs of extreme magnitude, or an fp16 model overflowing on this one
+            out.append(Result(it, error="the model's output holds NaN or inf for this input"))
+        else:
+            out.append(Result(it, output=y[at[i]]))
+    return out
 
 
 def _require_pillow(items: list[Item], pre: Preprocess) -> None:

@@ -97,7 +97,6 @@ class Preprocess:
 
     def normalise(self, a: np.ndarray) -> np.ndarray:
         """(x - mean) / std per channel, in float32 and in that order (as torchvision's Normalize)."""
-        c = a.shape[0]
         mean, std = self._stats
         if mean is not None:
             a = a - mean

@@ -50,6 +50,7 @@ class Options:
     torch_compile: bool = False       # torch.compile the module (torch back ends)
     amp: str | None = None            # torch-cuda autocast: fp16 | bf16 | off [default: the artifact's precision]
     channels_last: bool | None = None  # torch-cuda [default: on for image inputs]
+    tf32: bool = False                # let fp32 convolutions and matmuls on CUDA use TF32 (faster; ~fp16's precision)
 
 
 class Session:
@@ -63,7 +64,7 @@ class Session:
         self.input_name, self.output_name = manifest.input.name, manifest.output.name
         self.input_shape, self.output_shape = manifest.input.sample_shape, manifest.output.sample_shape
         self.labels = manifest.labels
-        self.preprocess = Preprocess.from_json(manifest.preprocess, self.input_shape)
+        self.preprocess = _checked_preprocess(manifest, folder)
         self.last_io: tuple[float, float] | None = None   # the last run's host->device, device->host seconds
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -88,6 +89,38 @@ class Session:
             raise BackendError.at(self.input_name, f"a batch of shape {list(x.shape)}, but the model takes "
                                   f"[N, {', '.join(map(str, self.input_shape))}]", "stack samples along a first axis")
         return x
+
+
+def _checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
+    """The manifest's preprocess and labels, checked against its shapes: a hand-edited or foreign
+    manifest fails here, naming the field, not on every input later."""
+    from ..artifacts import ArtifactError
+    from .preprocess import PIL_FILTERS
+    where = os.path.join(folder, "manifest.json")
+    shape_in, shape_out = manifest.input.sample_shape, manifest.output.sample_shape
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in (*shape_in, *shape_out)):
+        raise ArtifactError.at(where, f"input/output shapes {list(shape_in)} / {list(shape_out)} are not positive "
+                               "integers", "recompile: resgraph compile SPEC -o FOLDER")
+    pre = manifest.preprocess
+    for k in ("mean", "std"):
+        v = pre.get(k)
+        if v is not None and not (isinstance(v, list) and len(v) == shape_in[0] and
+                                  all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
+            raise ArtifactError.at(where, f"preprocess.{k} is {v!r}, not {shape_in[0]} numbers (one per input channel)",
+                                   "recompile: resgraph compile SPEC -o FOLDER")
+    if pre.get("std") is not None and any(x <= 0 for x in pre["std"]):
+        raise ArtifactError.at(where, "preprocess.std holds a value <= 0", "recompile: resgraph compile SPEC -o FOLDER")
+    if pre.get("interpolation", "bilinear") not in PIL_FILTERS:
+        raise ArtifactError.at(where, f"unknown preprocess.interpolation {pre.get('interpolation')!r}",
+                               f"one of {', '.join(PIL_FILTERS)}")
+    for k in ("resize", "crop"):
+        if pre.get(k) is not None and not (isinstance(pre[k], int) and pre[k] > 0):
+            raise ArtifactError.at(where, f"preprocess.{k} is {pre[k]!r}, not a positive integer",
+                                   "recompile: resgraph compile SPEC -o FOLDER")
+    if manifest.labels is not None and (len(shape_out) != 1 or len(manifest.labels) != shape_out[0]):
+        raise ArtifactError.at(where, f"{len(manifest.labels)} labels for an output of shape {list(shape_out)}",
+                               "recompile: resgraph compile SPEC -o FOLDER")
+    return Preprocess.from_json(pre, shape_in)
 
 
 @dataclass(frozen=True)
@@ -182,7 +215,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 assert tuple(BACKENDS) == AUTO_ORDER
 
 
-def choose(name: str, folder: str | None) -> tuple[str, str]:
+def choose(name: str, folder: str | None, exclude: tuple[str, ...] = ()) -> tuple[str, str]:
     """(the back end to open, why): `auto` and the aliases pick the first usable candidate; an
     unusable explicit choice is a BackendError naming what to install."""
     if name in BACKENDS:
@@ -196,7 +229,7 @@ def choose(name: str, folder: str | None) -> tuple[str, str]:
         raise BackendError.at(name, f"unknown back end '{name}'",
                               did_you_mean(name, [*AUTO_ORDER, *ALIASES, "auto"], "back ends"))
     passed = []
-    candidates = AUTO_ORDER if name == "auto" else ALIASES[name]
+    candidates = [c for c in (AUTO_ORDER if name == "auto" else ALIASES[name]) if c not in exclude]
     for cand in candidates:
         a = BACKENDS[cand].probe(folder)
         if a.ok:
@@ -209,11 +242,32 @@ def choose(name: str, folder: str | None) -> tuple[str, str]:
 
 
 def open_session(artifact: str, backend: str = "auto", options: Options | None = None) -> Session:
-    """Open a compiled folder (or the model.onnx inside one) on a back end; `session.why` says why that one."""
+    """Open a compiled folder (or the model.onnx inside one) on a back end; `session.why` says why that one.
+
+    Where `auto` or an alias chose, a back end that probes usable but fails to open (onnxruntime-gpu
+    lists its CUDA provider even when the CUDA or cuDNN libraries it needs are missing) is passed
+    over for the next candidate, and the reason joins `why`."""
     from ..artifacts import folder_of
     folder = folder_of(artifact)
     manifest = read_manifest(folder)
-    name, why = choose(backend, folder)
-    s = BACKENDS[name].open(folder, manifest, options or Options())
-    s.why = why
-    return s
+    options = options or Options()
+    failed: list[str] = []
+    while True:
+        try:
+            name, why = choose(backend, folder, exclude=tuple(n for n, _ in failed))
+        except BackendError:
+            if not failed:
+                raise
+            raise BackendError.at(backend, "no back end could open the model: " + "; ".join(f"{n} ({m})" for n, m in failed),
+                                  "see resgraph doctor") from None
+        try:
+            s = BACKENDS[name].open(folder, manifest, options)
+        except BackendError as e:
+            if backend in BACKENDS:
+                raise
+            failed.append((name, e.message))
+            continue
+        if failed:
+            why += "; failed to open " + "; ".join(f"{n} ({m})" for n, m in failed)
+        s.why = why
+        return s

@@ -48,7 +48,14 @@ class TorchSession(Session):
         if amp not in ("off", "fp16", "bf16"):
             raise BackendError.at("--amp", f"unknown autocast precision '{amp}'", "off, fp16 or bf16")
         self.amp_dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp] if cuda else None
-        self.precision = amp if self.amp_dtype is not None else "fp32"
+        if self.amp_dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise BackendError.at("--amp", f"{torch.cuda.get_device_name(self.dev)} does not compute in bf16",
+                                  "use --amp fp16 (or off)")
+        if cuda:
+            # PyTorch lets cuDNN convolutions use TF32 by default (fp16's mantissa): off unless asked
+            # for, so that fp32 means fp32 on every back end. (A process-wide setting, as torch has it.)
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = options.tf32
+        self.precision = amp if self.amp_dtype is not None else ("tf32" if cuda and options.tf32 else "fp32")
         image = len(self.input_shape) == 3
         self.channels_last = cuda and image and options.channels_last is not False
         module = module.to(self.dev, memory_format=torch.channels_last) if self.channels_last else module.to(self.dev)
@@ -73,8 +80,11 @@ class TorchSession(Session):
         xt = torch.from_numpy(x)
         if self.dev.type == "cpu":
             return self._forward(xt).float().numpy()
-        if self.options.cuda_graph:
-            return self._run_graph(xt)
+        with torch.cuda.device(self.dev):           # streams, graphs and kernels on this GPU, not cuda:0
+            return self._run_graph(xt) if self.options.cuda_graph else self._run_cuda(xt)
+
+    def _run_cuda(self, xt) -> np.ndarray:
+        torch = self.torch
         t0 = time.perf_counter()
         xd = self._to_device(xt)
         torch.cuda.synchronize(self.dev)
@@ -98,7 +108,7 @@ class TorchSession(Session):
                     self._forward(static_x)
             torch.cuda.current_stream(self.dev).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.dev)):   # captured on this GPU
                 static_y = self._forward(static_x)
             self._graphs[n] = (graph, static_x, static_y)
         graph, static_x, static_y = self._graphs[n]
