@@ -24,7 +24,7 @@ class Item:
     @property
     def name(self) -> str:
         """For display: a file name that is not UTF-8 shows its odd bytes as \\xNN (it cannot be printed as is)."""
-        path = os.fsencode(self.path).decode("utf-8", "backslashreplace")
+        path = self.path if self.path.isascii() else os.fsencode(self.path).decode("utf-8", "backslashreplace")
         return path if self.index is None else f"{path}[{self.index}]"
 
 
