@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .artifacts import Artifact, Manifest, Stage, TensorInfo, wait_for_cleanup, write_manifest
-from .errors import Diagnostic, Loc, SpecError
+from .errors import SpecError
 
 __all__ = ["Compiled", "compile_spec", "load_weights", "wait_for_cleanup"]
 
@@ -44,8 +44,7 @@ class Compiled:
     seconds: dict[str, float]
 
 
-def _error(where: str, message: str, hint: str) -> SpecError:
-    return SpecError([Diagnostic(Loc(where, 0, 0), message, hint)])
+_error = SpecError.at   # an error about a file or option: no line to point at
 
 
 def load_weights(path: str, graph):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import Diagnostic, Loc, SpecError
+from ..errors import SpecError
 from .split import split as _split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -30,8 +30,7 @@ class Data:
     source: str
 
 
-def _error(where: str, message: str, hint: str) -> SpecError:
-    return SpecError([Diagnostic(Loc(where, 0, 0), message, hint)])
+_error = SpecError.at   # an error about a file or option: no line to point at
 
 
 def load_data(source: str, spec, val_split: float = 0.2, seed: int = 0) -> Data:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from ..errors import Diagnostic, Loc, SpecError
+from ..errors import SpecError
 from ..fileio import atomic_write
 from .data import load_data
 from .state import load_trainer_state, save_trainer_state
@@ -59,8 +59,7 @@ class TrainConfig:
     on_epoch: object = None              # Python API: called with each epoch's metrics row (rank 0)
 
 
-def _error(where, message, hint):
-    return SpecError([Diagnostic(Loc(where, 0, 0), message, hint)])
+_error = SpecError.at   # an error about a file or option: no line to point at
 
 
 class _Dist:

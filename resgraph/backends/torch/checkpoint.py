@@ -10,7 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ...errors import Diagnostic, Loc, SpecError
+from ...errors import SpecError
 from ...fileio import atomic_write
 
 
@@ -61,5 +61,4 @@ def check_fits(module: torch.nn.Module, tensors: dict, path: str, limit: int = 5
                  "Rebuild it with resgraph init / train / import-weights for this spec")
 
 
-def _error(path: str, message: str, hint: str) -> SpecError:
-    return SpecError([Diagnostic(Loc(path, 0, 0), message, hint)])
+_error = SpecError.at   # an error about a file or option: no line to point at
