@@ -158,22 +158,26 @@ def write_manifest(path: str, manifest: Manifest) -> None:
         f.write("\n")
 
 
+def sha256_file(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def verify_artifacts(folder: str, manifest: Manifest) -> dict[str, str]:
     """The artifacts that are not the files compile wrote: name -> their sha256 now ('missing' if gone)."""
-    import hashlib
     changed = {}
     for name, a in manifest.artifacts.items():
-        path = os.path.join(folder, name)
         try:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            digest = sha256_file(os.path.join(folder, name))
         except OSError:
             changed[name] = "missing"
             continue
-        if h.hexdigest() != a.sha256:
-            changed[name] = h.hexdigest()
+        if digest != a.sha256:
+            changed[name] = digest
     return changed
 
 

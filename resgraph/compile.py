@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .artifacts import Artifact, Manifest, Stage, TensorInfo, wait_for_cleanup, write_manifest
+from .artifacts import Artifact, Manifest, Stage, TensorInfo, sha256_file, wait_for_cleanup, write_manifest
 from .errors import SpecError
 
 __all__ = ["Compiled", "compile_spec", "load_weights", "wait_for_cleanup"]
@@ -101,14 +101,6 @@ def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
         raise _error(where, f"{len(bad)} tensor(s) overflow fp16 (|x| > 65504): {worst}" + (" ..." if len(bad) > 5 else ""),
                      "compile with --precision fp32, or with --no-fold (folding bn multiplies a layer's weights "
                      "by gamma / sqrt(running_var + eps))")
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
@@ -207,7 +199,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             from safetensors.numpy import save_file
             save_file({k: np.require(v, requirements="C") for k, v in w.items()}, files["weights.safetensors"],
                       metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
-            weights_sha = _sha256(files["weights.safetensors"])
+            weights_sha = sha256_file(files["weights.safetensors"])
         with open(files["spec.yaml"], "wb") as f:   # the folder's own copy: the torch back end rebuilds from it
             f.write(spec.source.encode())
         shas = {"model.onnx": model_sha, **({"model.onnx.data": data_sha} if external else {}),

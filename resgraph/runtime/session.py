@@ -228,7 +228,7 @@ def choose(name: str, folder: str | None, exclude: tuple[str, ...] = ()) -> tupl
         from ..errors import did_you_mean
         raise BackendError.at(name, f"unknown back end '{name}'",
                               did_you_mean(name, [*AUTO_ORDER, *ALIASES, "auto"], "back ends"))
-    passed = []
+    passed, installs = [], set()
     candidates = [c for c in (AUTO_ORDER if name == "auto" else ALIASES[name]) if c not in exclude]
     for cand in candidates:
         a = BACKENDS[cand].probe(folder)
@@ -236,7 +236,8 @@ def choose(name: str, folder: str | None, exclude: tuple[str, ...] = ()) -> tupl
             why = f"{name}: {a.reason}" + (f"; passed over {'; '.join(passed)}" if passed else "")
             return cand, why
         passed.append(f"{cand} ({a.reason})")
-    installs = sorted({BACKENDS[c].probe(folder).install for c in candidates} - {None})
+        installs |= {a.install} - {None}
+    installs = sorted(installs)
     raise BackendError.at(name, f"no usable back end: {'; '.join(passed)}",
                           " or ".join(installs) if installs else "see resgraph doctor")
 
