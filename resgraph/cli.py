@@ -11,6 +11,7 @@ import sys
 import click
 
 from . import __version__
+from .cli_engine import build_options, engine_group, engine_options, parity_gate, print_engine
 from .errors import SpecError
 
 
@@ -138,7 +139,7 @@ def schema(output):
 # --- the PyTorch side: init, import-weights, train, eval ------------------------------------------
 
 EXTRAS = {"torch": "torch", "safetensors": "onnx", "onnx": "onnx", "onnxruntime": "onnx", "PIL": "onnx", "numpy": "onnx",
-          "sklearn": "train", "torchvision": "torchvision"}   # a missing module -> the extra that installs it
+          "sklearn": "train", "torchvision": "torchvision", "tensorrt": "tensorrt", "cuda": "tensorrt"}   # a missing module -> the extra that installs it
 
 
 def _run(fn):
@@ -278,38 +279,58 @@ def eval_cmd(spec, weights, data, split, val_split, seed):
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False), help="A .safetensors checkpoint (default: a fresh seeded init, flagged untrained).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder [default: compiled/<name>].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="fp16: fp16 weights and compute, fp32 input and output.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "tf32", "bf16"]), default="fp32", show_default=True,
+              help="fp16: fp16 weights and compute, fp32 input and output. tf32, bf16: engine precisions (with "
+                   "--engine; model.onnx stays fp32).")
 @click.option("--opset", type=int, default=None, help="ONNX opset, 17 to 21 [default: 17].")
 @click.option("--no-fold", is_flag=True, help="Keep batch norms instead of folding them into the layer before.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh init when no --weights.")
 @click.option("--external-data", is_flag=True,
               help="Weights in model.onnx.data beside model.onnx: ONNX Runtime maps them (faster start-up). "
                    "Automatic from 2 GiB, which one .onnx file cannot hold.")
-def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_data):
+@click.option("--engine", is_flag=True, help="Also build a TensorRT engine (model.engine + engine.json) and check it "
+                                             "against ONNX Runtime and PyTorch; see docs/tensorrt.md.")
+@engine_options
+def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_data, engine, engine_device,
+                no_parity_gate, verbose, **engine_opts):
     """Compile SPEC to ONNX: model.onnx, weights.safetensors and manifest.json (and model.onnx.data with
-    --external-data), written atomically."""
+    --external-data; model.engine and engine.json with --engine), written atomically."""
     def body():
         from .compile import compile_spec
         from .render import console
+        if precision in ("tf32", "bf16") and not engine:
+            raise SpecError.at("--precision", f"{precision} is an engine precision: it needs --engine",
+                               "model.onnx is fp32 or fp16; add --engine to build a TensorRT engine in " + precision)
+        given = [k for k, v in engine_opts.items() if v not in (None, False)] + (["no_parity_gate"] if no_parity_gate else [])
+        if given and not engine:
+            raise SpecError.at("--" + given[0].replace("_", "-"), "an engine option without --engine",
+                               "add --engine, or build later: resgraph engine build FOLDER ...")
+        build = build_options(precision, **engine_opts) if engine else None
+        gate = parity_gate(build, engine_device) if engine and not no_parity_gate else None
         con = console(stderr=True)
         with con.status("compiling") as status:
-            c = compile_spec(spec, weights=weights, out=out, precision=precision, opset=opset, fold=not no_fold,
-                             seed=seed, external_data=external_data, progress=lambda s: status.update(s))
+            c = compile_spec(spec, weights=weights, out=out, precision="fp16" if precision == "fp16" else "fp32",
+                             opset=opset, fold=not no_fold, seed=seed, external_data=external_data,
+                             progress=lambda s: status.update(s), engine=build, engine_device=engine_device, gate=gate,
+                             verbose=verbose)
         m = c.manifest
         untrained = "" if m.trained else (f"  (untrained: fresh init, seed {seed})" if not weights
                                              else "  (untrained: the checkpoint is marked so by resgraph init)")
-        click.echo(f"compiled {m.name} -> {c.out}/  {precision}, opset {m.opset}, "
+        click.echo(f"compiled {m.name} -> {c.out}/  {m.precision}, opset {m.opset}, "
                    f"{'folded' if m.folded else 'unfolded'} bn, {c.seconds['total']:.2f} s{untrained}")
         for name, info in m.artifacts.items():
-            click.echo(f"  {name:<20} {info.bytes:>12,} bytes  sha256 {info.sha256[:16]}")
+            if name not in ("model.engine", "engine.json"):
+                click.echo(f"  {name:<20} {info.bytes:>12,} bytes  sha256 {info.sha256[:16]}")
+        if engine:
+            from .backends.tensorrt.engine_json import read_engine_info
+            print_engine(read_engine_info(c.out), c.out)
         click.echo("  manifest.json")
     _run(body)
 
 
 from .cli_infer import bench_cmd, doctor_cmd, parity_cmd, run_cmd  # noqa: E402  (they use _run above)
 
-for _command in (run_cmd, bench_cmd, parity_cmd, doctor_cmd):
+for _command in (run_cmd, bench_cmd, parity_cmd, doctor_cmd, engine_group):
     cli.add_command(_command)
 
 

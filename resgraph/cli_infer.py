@@ -11,7 +11,8 @@ import sys
 
 import click
 
-BACKEND_HELP = "auto, tensorrt, ort-cuda, torch-cuda, ort-cpu, torch-cpu; ort / torch: that package's best device"
+BACKEND_HELP = ("auto, tensorrt, ort-cuda, torch-cuda, ort-cpu, torch-cpu, ort-trt (only when named); ort / torch: that "
+                "package's best device")
 
 
 def session_options(f):
@@ -19,21 +20,23 @@ def session_options(f):
     for opt in reversed([
         click.option("--threads", type=click.IntRange(1, 1024), default=None,
                      help="CPU threads for one inference (ONNX Runtime intra-op, torch) [default: all cores]."),
-        click.option("--cuda-graph", is_flag=True, help="Capture a CUDA graph per batch size (ort-cuda, torch-cuda)."),
+        click.option("--cuda-graph", is_flag=True, help="Capture a CUDA graph per batch size (tensorrt, ort-cuda, torch-cuda)."),
         click.option("--torch-compile", is_flag=True, help="torch.compile the module (torch back ends)."),
         click.option("--amp", type=click.Choice(["off", "fp16", "bf16"]), default=None,
                      help="torch-cuda autocast [default: the artifact's precision]."),
         click.option("--device-id", type=click.IntRange(0, 1024), default=0, show_default=True, help="Which GPU."),
         click.option("--tf32", is_flag=True, help="Let fp32 work on CUDA use TF32 (faster; about fp16's precision)."),
+        click.option("--rebuild", is_flag=True, help="tensorrt: rebuild a model.engine built for another GPU, TensorRT "
+                                                     "or model.onnx, instead of refusing it."),
     ]):
         f = opt(f)
     return f
 
 
-def _options(threads, cuda_graph, torch_compile, amp, device_id, tf32):
+def _options(threads, cuda_graph, torch_compile, amp, device_id, tf32, rebuild):
     from .runtime import Options
     return Options(threads=threads, cuda_graph=cuda_graph, torch_compile=torch_compile, amp=amp, device_id=device_id,
-                   tf32=tf32)
+                   tf32=tf32, rebuild=rebuild)
 
 
 def _say(message: str) -> None:
@@ -209,10 +212,10 @@ def _int_list(text: str, option: str) -> list[int]:
 
 def _backends(spec: str, folder: str) -> tuple[list[str], list[dict]]:
     """The back ends named by --backend(s): 'all' -> every usable one (the others listed as skipped)."""
-    from .runtime import AUTO_ORDER, BACKENDS, choose
+    from .runtime import BACKENDS, choose
     if spec == "all":
         names, skipped = [], []
-        for name in AUTO_ORDER:
+        for name in BACKENDS:   # ort-trt too, which auto leaves out
             a = BACKENDS[name].probe(folder)
             if a.ok:
                 names.append(name)

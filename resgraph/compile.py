@@ -105,7 +105,10 @@ def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
 
 def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
                  opset: int | None = None, fold: bool = True, seed: int = 0, external_data: bool = False,
-                 progress=None) -> Compiled:
+                 progress=None, engine=None, engine_device: int = 0, gate=None, verbose: bool = False) -> Compiled:
+    """`engine`: BuildOptions of a TensorRT engine to build from the staged model.onnx and publish with
+    the rest (its precision: fp16 -> the fp16 model.onnx; fp32, tf32, bf16 -> the fp32 one); `gate(staged
+    folder)` may then refuse the set before anything is published (compile --engine's parity gate)."""
     from . import __version__
     from .compiler import check_file
     step = progress or (lambda name: None)
@@ -121,7 +124,11 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     if opset not in OPSETS:
         raise _error("--opset", f"opset {opset} is not supported", f"choose {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     if precision not in ("fp32", "fp16"):
-        raise _error("--precision", f"unknown precision '{precision}'", "fp32 or fp16")
+        raise _error("--precision", f"unknown precision '{precision}'", "fp32 or fp16 (tf32 and bf16: with --engine)")
+    if engine is not None:   # before any work: TensorRT present, and the precision buildable on its version
+        from .backends.tensorrt.build import import_tensorrt
+        from .backends.tensorrt.options import typing_plan, version_tuple
+        typing_plan(engine.precision, precision, version_tuple(import_tensorrt().__version__), "--precision")
     out = out or os.path.join("compiled", spec.name)
     target = os.path.realpath(out) if os.path.islink(out) else out   # Stage works beside the real folder
     parent = os.path.dirname(os.path.abspath(target))
@@ -214,7 +221,14 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             labels=tuple(spec.labels) if spec.labels is not None else None,
             params=checked.params, macs=checked.macs, projections=tuple(p.to_json() for p in graph.projections),
             artifacts={name: Artifact(shas[name], os.path.getsize(files[name])) for name in shas})
+        if engine is not None:
+            step("building the TensorRT engine")
+            from .backends.tensorrt.build import add_engine
+            manifest, _ = add_engine(stage, manifest, engine, engine_device, verbose)
         write_manifest(files["manifest.json"], manifest)
+        if gate is not None:
+            step("checking the engine's parity")
+            gate(stage.path)
         final = stage.publish()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)   # a running copy ends before its folder goes

@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 PACKAGES = ("numpy", "pillow", "onnx", "onnxruntime", "onnxruntime-gpu", "safetensors", "torch", "torchvision",
-            "tensorrt", "tensorrt-cu12", "tensorrt-cu13")
+            "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "cuda-python", "cuda-bindings")
 
 
 def _version(dist: str) -> str | None:
@@ -40,7 +40,7 @@ def _gpus() -> tuple[str | None, list[dict]]:
 
 def report() -> dict:
     from .. import __version__
-    from .session import AUTO_ORDER, BACKENDS
+    from .session import BACKENDS
     r: dict = {
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "platform": platform.platform(),
@@ -74,7 +74,7 @@ def report() -> dict:
                              "one installed wins; keep one: pip uninstall -y onnxruntime onnxruntime-gpu && "
                              "pip install 'resgraph[gpu]' (or '[onnx]' on a CPU machine)")
     r["backends"] = []
-    for name in AUTO_ORDER:
+    for name in BACKENDS:
         a = BACKENDS[name].probe(None)
         r["backends"].append({"name": name, "usable": a.ok, "reason": a.reason, "install": a.install})
     return r

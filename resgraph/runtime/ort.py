@@ -3,6 +3,11 @@
 CPU: `InferenceSession.run` on the numpy batch, nothing in between (bench's latency is that call's).
 CUDA: the batch is copied to a device OrtValue (host->device, timed), the session runs with I/O
 binding so ONNX Runtime copies nothing itself, and the output is copied back (device->host, timed).
+TensorRT (ort-trt): ONNX Runtime's TensorRT execution provider, CUDA's behind it for what TensorRT
+does not take, I/O bound as for CUDA. It builds its engines on the first session (minutes for a big
+model) into the compiled folder's ort-trt-cache/ (engines and timing cache), which later sessions
+load; its batch profile is the folder's engine.json's where there is one, else 1:32:32. TensorRT
+enables TF32 by default and the provider has no option to turn it off: an fp32 model reports tf32.
 With cuda_graph, ONNX Runtime captures the whole run as one CUDA graph on its second run and
 replays it after (enable_cuda_graph); a graph is bound to its buffers' addresses and shapes, so
 each batch size gets its own session and preallocated device buffers.
@@ -18,15 +23,16 @@ from .session import BackendError, Options, Session
 
 
 class OrtSession(Session):
-    def __init__(self, folder: str, manifest, options: Options, cuda: bool):
+    def __init__(self, folder: str, manifest, options: Options, cuda: bool, tensorrt: bool = False):
         super().__init__(folder, manifest, options)
         import onnxruntime as ort
-        self.ort, self.cuda = ort, cuda
-        self.backend = "ort-cuda" if cuda else "ort-cpu"
-        self.device = f"cuda:{options.device_id}" if cuda else "cpu"
+        self.ort, self.cuda, self.tensorrt = ort, cuda or tensorrt, tensorrt
+        self.backend = "ort-trt" if tensorrt else "ort-cuda" if cuda else "ort-cpu"
+        self.device = f"cuda:{options.device_id}" if self.cuda else "cpu"
         # TF32 (on by default in ONNX Runtime's CUDA provider) computes fp32 convolutions with fp16's
         # mantissa: off unless asked for, so that an fp32 folder computes in fp32 on every back end
-        self.precision = "tf32" if cuda and options.tf32 and manifest.precision == "fp32" else manifest.precision
+        tf32 = tensorrt or (cuda and options.tf32)
+        self.precision = "tf32" if tf32 and manifest.precision == "fp32" else manifest.precision
         self.path = os.path.join(folder, "model.onnx")
         if not os.path.isfile(self.path):
             raise BackendError.at(self.path, "no model.onnx in the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
@@ -47,6 +53,8 @@ class OrtSession(Session):
             if cuda_graph:
                 cuda["enable_cuda_graph"] = "1"
             providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+            if self.tensorrt:
+                providers.insert(0, ("TensorrtExecutionProvider", self._trt_options()))
         else:
             providers = ["CPUExecutionProvider"]
         try:
@@ -59,10 +67,30 @@ class OrtSession(Session):
                                       + ("; or leave out --cuda-graph" if cuda_graph else "")) from None
             raise BackendError.at(self.path, f"ONNX Runtime cannot load the model: {text[:300]}",
                                   "recompile it: resgraph compile SPEC --weights W -o FOLDER") from None
+        if self.tensorrt and "TensorrtExecutionProvider" not in sess.get_providers():
+            raise BackendError.at(self.path, "ONNX Runtime could not start its TensorRT provider (TensorRT's libraries "
+                                  "libnvinfer* missing, or of another version than this onnxruntime-gpu was built for?)",
+                                  "see resgraph doctor; --backend tensorrt runs resgraph's own engine")
         if self.cuda and "CUDAExecutionProvider" not in sess.get_providers():
             raise BackendError.at(self.path, "ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
                                   "libraries missing or of another version?)", "see resgraph doctor")
         return sess
+
+    def _trt_options(self) -> dict:
+        """The TensorRT provider's options: engine and timing cache in the compiled folder, one batch profile."""
+        from ..backends.tensorrt.engine_json import read_engine_info
+        from ..backends.tensorrt.options import BatchProfile
+        try:
+            batch = read_engine_info(self.folder).options.batch
+        except Exception:  # noqa: BLE001  (no engine.json, or a damaged one: the default profile)
+            batch = BatchProfile(1, 32, 32)
+        cache = os.path.join(self.folder, "ort-trt-cache")
+        dims = "x".join(map(str, self.input_shape))
+        shape = lambda n: f"{self.input_name}:{n}x{dims}"  # noqa: E731
+        return {"device_id": str(self.options.device_id), "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
+                "trt_profile_min_shapes": shape(batch.min), "trt_profile_opt_shapes": shape(batch.opt),
+                "trt_profile_max_shapes": shape(batch.max)}
 
     def run(self, x: np.ndarray) -> np.ndarray:
         if not self.cuda:

@@ -83,3 +83,45 @@ def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=No
                 ok, tol = False, f"max |a-b| <= {FP32_ABS:g}"
             pairs.append(Pair(a, b, max_abs, max_scaled, top1, tol, ok))
     return pairs
+
+
+def gate(folder: str, options, batches: tuple[int, ...]) -> list[Pair]:
+    """compile --engine's parity gate: the engine against ONNX Runtime and, where torch is installed,
+    the checkpoint's PyTorch module, on random normalised inputs in batches of each size given (the
+    profile's MIN, OPT and MAX); the tolerance is the engine precision's. Raises on any pair beyond
+    it, and on any NaN or infinity in the engine's output (fp16 overflow) before comparing."""
+    from ..errors import SpecError
+    from .session import BACKENDS, open_session
+    refs = [n for n in ("torch-cpu", "ort-cuda" if BACKENDS["ort-cuda"].probe(folder).ok else "ort-cpu")
+            if BACKENDS[n].probe(folder).ok]
+    sessions = {}
+    try:
+        for n in ["tensorrt", *refs]:
+            sessions[n] = open_session(folder, n, options)
+        shape = sessions["tensorrt"].input_shape
+        x = np.random.default_rng(0).standard_normal((sum(batches), *shape), dtype=np.float32)
+        outputs, start = {n: [] for n in sessions}, 0
+        for b in batches:
+            for n, s in sessions.items():
+                outputs[n].append(s.run(x[start:start + b]))
+            start += b
+        outputs = {n: np.concatenate(v) for n, v in outputs.items()}
+        where = f"{folder}/model.engine"
+        if not np.isfinite(outputs["tensorrt"]).all():
+            raise SpecError.at(where, f"the {sessions['tensorrt'].precision} engine's outputs hold NaN or infinity on "
+                               "random normalised inputs (fp16 overflow?)",
+                               "build with --precision fp32 or tf32 (or compile with --no-fold); --no-parity-gate "
+                               "skips this check")
+        torch_ref = sessions.get("torch-cpu")
+        floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
+        pairs = compare({n: outputs[n] for n in order(list(outputs))}, {n: s.precision for n, s in sessions.items()},
+                        floor)
+    finally:
+        for s in sessions.values():
+            s.close()
+    bad = [p for p in pairs if not p.ok and "tensorrt" in (p.reference, p.other)]
+    if bad:
+        raise SpecError.at(where, "the engine fails the parity gate: " + "; ".join(
+            f"{p.other} vs {p.reference}: max |a-b| {p.max_abs:.3g}, scaled {p.max_scaled:.3g} (needs {p.tolerance})"
+            for p in bad), "compare precisions with resgraph parity FOLDER; --no-parity-gate keeps the engine anyway")
+    return pairs

@@ -4,12 +4,14 @@
     y = s.run(x)          # x: [N, *input shape] float32 -> [N, *output shape] float32
 
 Back ends (name: what it runs)
-    tensorrt     model.engine with TensorRT (the engine builder's; see runtime/tensorrt.py)
+    tensorrt     model.engine with TensorRT (`compile --engine` or `engine build` makes it; runtime/tensorrt.py)
+    ort-trt      model.onnx on ONNX Runtime's TensorRT execution provider (engines cached in the folder);
+                 only when named: its first session builds engines for minutes
     ort-cuda     model.onnx on ONNX Runtime's CUDA execution provider (onnxruntime-gpu), I/O bound on the device
     torch-cuda   the PyTorch module rebuilt from spec.yaml + weights.safetensors, on the GPU
     ort-cpu      model.onnx on ONNX Runtime's CPU execution provider
     torch-cpu    the PyTorch module on the CPU
-`auto` takes the first usable one in that order (fastest first) and says why the others were passed
+`auto` takes the first usable one in AUTO_ORDER (fastest first) and says why the others were passed
 over; `ort` / `onnxruntime` and `torch` take that package's GPU form where usable, else its CPU one.
 Probing imports nothing heavy: a back end's package is imported when that back end is opened
 (torch only where an NVIDIA GPU is visible), so the ONNX Runtime path runs without torch.
@@ -51,6 +53,7 @@ class Options:
     amp: str | None = None            # torch-cuda autocast: fp16 | bf16 | off [default: the artifact's precision]
     channels_last: bool | None = None  # torch-cuda [default: on for image inputs]
     tf32: bool = False                # let fp32 convolutions and matmuls on CUDA use TF32 (faster; ~fp16's precision)
+    rebuild: bool = False             # tensorrt: rebuild a model.engine that cannot run here instead of refusing it
 
 
 class Session:
@@ -147,11 +150,18 @@ def nvidia_gpu_visible() -> bool:
         or os.path.exists("/dev/nvidia0")
 
 
-def _ort_probe(cuda: bool):
+def _ort_probe(cuda: bool, tensorrt: bool = False):
     def probe(folder):
         if not _has("onnxruntime"):
             return Availability(False, "onnxruntime is not installed", INSTALL["gpu" if cuda else "onnx"])
         import onnxruntime as ort
+        if tensorrt:
+            if "TensorrtExecutionProvider" not in ort.get_available_providers():
+                return Availability(False, f"onnxruntime {ort.__version__} has no TensorrtExecutionProvider",
+                                    INSTALL["gpu"] + " and TensorRT's libraries (docs/tensorrt.md)")
+            if not nvidia_gpu_visible():
+                return Availability(False, "no NVIDIA GPU visible")
+            return Availability(True, f"onnxruntime {ort.__version__}, TensorrtExecutionProvider")
         if not cuda:
             return Availability(True, f"onnxruntime {ort.__version__}, CPUExecutionProvider")
         if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -181,10 +191,10 @@ def _torch_probe(cuda: bool):
     return probe
 
 
-def _open_ort(cuda: bool):
+def _open_ort(cuda: bool, tensorrt: bool = False):
     def open_(folder, manifest, options):
         from .ort import OrtSession
-        return OrtSession(folder, manifest, options, cuda=cuda)
+        return OrtSession(folder, manifest, options, cuda=cuda, tensorrt=tensorrt)
     return open_
 
 
@@ -207,12 +217,13 @@ def _trt_open(folder, manifest, options):
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("tensorrt", _trt_probe, _trt_open),
+    Backend("ort-trt", _ort_probe(True, tensorrt=True), _open_ort(True, tensorrt=True)),
     Backend("ort-cuda", _ort_probe(True), _open_ort(True)),
     Backend("torch-cuda", _torch_probe(True), _open_torch(True)),
     Backend("ort-cpu", _ort_probe(False), _open_ort(False)),
     Backend("torch-cpu", _torch_probe(False), _open_torch(False)),
 )}
-assert tuple(BACKENDS) == AUTO_ORDER
+assert [b for b in BACKENDS if b in AUTO_ORDER] == list(AUTO_ORDER)
 
 
 def choose(name: str, folder: str | None, exclude: tuple[str, ...] = ()) -> tuple[str, str]:

@@ -1,28 +1,200 @@
-"""The TensorRT engine back end's place in the runtime.
+"""model.engine on TensorRT.
 
-The engine builder (model.onnx + Manifest -> model.engine + engine.json, resgraph/backends/tensorrt)
-is not part of this version, so no compiled folder holds an engine yet and this back end reports
-itself unusable, with the reason; `auto` then passes over it. When the builder lands, open_engine
-returns a Session like the others (deserialise the engine, check engine.json's TensorRT version and
-GPU against this machine, bind device buffers, execute_async_v3), and `auto` prefers it.
+Opening: engine.json is checked against this machine first (TensorRT version, GPU compute
+capability, the folder's model.onnx: backends/tensorrt/engine_json.py), then model.engine against
+engine.json's sha256 (a corrupt or replaced file), and only then deserialised with trt.Runtime;
+`--rebuild` rebuilds a mismatched engine from model.onnx instead of refusing it.
+
+Running one batch of N (the engine's profile MIN <= N <= MAX; a larger batch runs in chunks of MAX,
+a smaller one is padded to MIN):
+
+    x (numpy) -> pinned host buffer -> cudaMemcpyAsync H2D -> context.set_input_shape([N, ...])
+    -> execute_async_v3(stream) on device buffers bound by tensor name (set_tensor_address)
+    -> cudaMemcpyAsync D2H -> pinned host buffer -> stream synchronize -> a copy of the N outputs
+
+everything on one non-blocking stream of the session's own; host<->device copies are timed with
+CUDA events (last_io). With --cuda-graph, execute_async_v3 is captured once per batch size (after
+one plain run, which TensorRT needs to finish its shape-dependent set-up) into a CUDA graph on an
+execution context of its own, and replayed.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 
-from .session import Availability, BackendError, Options
+import numpy as np
+
+from .session import Availability, BackendError, Options, Session, nvidia_gpu_visible
 
 
 def probe(folder: str | None) -> Availability:
     if importlib.util.find_spec("tensorrt") is None:
         return Availability(False, "tensorrt is not installed", "pip install 'resgraph[tensorrt]' (and an NVIDIA GPU)")
+    if importlib.util.find_spec("cuda") is None:
+        return Availability(False, "cuda-python is not installed", "pip install 'resgraph[tensorrt]'")
+    if not nvidia_gpu_visible():
+        return Availability(False, "no NVIDIA GPU visible")
     if folder is not None and not os.path.isfile(os.path.join(folder, "model.engine")):
-        return Availability(False, f"no model.engine in {folder}")
-    return Availability(False, "this resgraph cannot run TensorRT engines yet (no engine builder)")
+        return Availability(False, f"no model.engine in {folder}",
+                            f"build one: resgraph engine build {folder} (or compile with --engine)")
+    return Availability(True, "TensorRT, model.engine")
 
 
 def open_engine(folder: str, manifest, options: Options):
-    a = probe(folder)
-    raise BackendError.at("tensorrt", f"the tensorrt back end is not usable here: {a.reason}",
-                          a.install or "use --backend ort-cuda or ort-cpu")
+    from ..backends.tensorrt.engine_json import EngineMismatch
+    try:
+        return TensorRTSession(folder, manifest, options)
+    except EngineMismatch as e:
+        if not options.rebuild:
+            err = BackendError(e.diagnostics)
+            err.differs = e.differs
+            raise err from None
+    from ..artifacts import read_manifest
+    from ..backends.tensorrt.build import build_engine
+    from ..backends.tensorrt.engine_json import read_engine_info
+    import sys
+    info = read_engine_info(folder)
+    print(f"resgraph: rebuilding {folder}/model.engine ({info.options.command_flags()})", file=sys.stderr)
+    build_engine(folder, _rebuild_options(info.options), options.device_id)
+    return TensorRTSession(folder, read_manifest(folder), options)
+
+
+def _rebuild_options(o):
+    """The recorded build options, with this machine's default timing cache (the recorded path
+    belongs to the machine that built it)."""
+    from dataclasses import replace
+    return replace(o, timing_cache=None if o.timing_cache else "")
+
+
+class TensorRTSession(Session):
+    backend = "tensorrt"
+
+    def __init__(self, folder: str, manifest, options: Options):
+        super().__init__(folder, manifest, options)
+        from ..artifacts import ArtifactError
+        from ..backends.tensorrt.build import import_tensorrt
+        from ..backends.tensorrt.engine_json import check_compatible, read_engine_info
+        from ..backends.tensorrt.gpu import gpu
+        from . import cuda
+        trt = import_tensorrt()
+        self.trt, self.cuda = trt, cuda
+        self.device = f"cuda:{options.device_id}"
+        info = read_engine_info(folder)
+        self.info, self.profile = info, info.options.batch
+        self.precision = info.options.precision
+        card = gpu(options.device_id)
+        onnx = manifest.artifacts.get("model.onnx")
+        check_compatible(folder, info, trt.__version__, card.compute_capability, onnx.sha256 if onnx else "")
+        path = os.path.join(folder, "model.engine")
+        with open(path, "rb") as f:
+            plan = f.read()
+        if hashlib.sha256(plan).hexdigest() != info.engine_sha256:
+            raise ArtifactError.at(path, f"model.engine does not match engine.json's sha256 ({len(plan):,} bytes, "
+                                   f"{info.engine_bytes:,} recorded): corrupt, truncated or replaced",
+                                   f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}")
+        ins = [t.name for t in info.inputs]
+        outs = [t.name for t in info.outputs]
+        if ins != [self.input_name] or outs != [self.output_name] or \
+                any(t.dtype != "float32" for t in (*info.inputs, *info.outputs)):
+            raise ArtifactError.at(os.path.join(folder, "engine.json"), f"the engine's I/O {ins} -> {outs} "
+                                   f"({', '.join(t.dtype for t in (*info.inputs, *info.outputs))}) is not the "
+                                   f"manifest's {self.input_name} -> {self.output_name} (float32)",
+                                   f"rebuild it: resgraph engine build {folder}")
+        cuda.set_device(options.device_id)
+        from ..backends.tensorrt.build import logger
+        self._log = logger(trt, verbose=False)
+        self.runtime = trt.Runtime(self._log)
+        if info.options.version_compatible:
+            self.runtime.engine_host_code_allowed = True    # the lean runtime embedded in the plan
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise ArtifactError.at(path, "TensorRT could not deserialise model.engine: " +
+                                   ("; ".join(self._log.errors[-3:]) or "no reason given"),
+                                   f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}")
+        self.stream = cuda.Stream()
+        self._events = [cuda.Event() for _ in range(4)]
+        n = self.profile.max
+        self.host_in = cuda.PinnedBuffer((n, *self.input_shape))
+        self.host_out = cuda.PinnedBuffer((n, *self.output_shape))
+        self.dev_in = cuda.DeviceBuffer(self.host_in.nbytes)
+        self.dev_out = cuda.DeviceBuffer(self.host_out.nbytes)
+        self.context = self._context()
+        self._shape: int | None = None             # the batch the plain context's input shape is set to
+        self._graphs: dict[int, tuple] = {}       # batch -> (its context, its CUDA graph)
+
+    def _context(self):
+        ctx = self.engine.create_execution_context()
+        if ctx is None:
+            raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not create an execution "
+                                  "context (out of GPU memory?)", f"a smaller --batch profile than {self.profile}")
+        ctx.set_tensor_address(self.input_name, self.dev_in.ptr)
+        ctx.set_tensor_address(self.output_name, self.dev_out.ptr)
+        return ctx
+
+    def describe(self) -> str:
+        return f"tensorrt {self.info.tensorrt_version} on {self.device}, {self.precision}, batch {self.profile}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = self.check_batch(x)
+        n = x.shape[0]
+        if n > self.profile.max:                   # in chunks the profile admits
+            return np.concatenate([self.run(x[i:i + self.profile.max]) for i in range(0, n, self.profile.max)])
+        if n < self.profile.min:                   # padded: samples are independent at inference
+            pad = np.zeros((self.profile.min - n, *self.input_shape), np.float32)
+            return self.run(np.concatenate([x, pad]))[:n]
+        return self._run(x)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        s, (e0, e1, e2, e3) = self.stream, self._events
+        n = x.shape[0]
+        np.copyto(self.host_in.array[:n], x)
+        e0.record(s)
+        s.h2d(self.dev_in.ptr, self.host_in.ptr, x.nbytes)
+        e1.record(s)
+        if self.options.cuda_graph:
+            if n not in self._graphs:
+                self._graphs[n] = self._capture(n)
+            self._graphs[n][1].launch(s)
+        else:
+            if self._shape != n:
+                self.context.set_input_shape(self.input_name, (n, *self.input_shape))
+                self._shape = n
+            if not self.context.execute_async_v3(int(s)):
+                raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not enqueue the "
+                                      f"batch of {n}: " + ("; ".join(self._log.errors[-3:]) or "no reason given"),
+                                      "see resgraph doctor")
+        out_bytes = n * int(np.prod(self.output_shape)) * 4
+        e2.record(s)
+        s.d2h(self.host_out.ptr, self.dev_out.ptr, out_bytes)
+        e3.record(s)
+        s.synchronize()
+        self.last_io = (e1.ms_since(e0) / 1e3, e3.ms_since(e2) / 1e3)
+        return self.host_out.array[:n].copy()
+
+    def _capture(self, n: int) -> tuple:
+        """An execution context of its own for batch n, run once, then captured into a CUDA graph."""
+        ctx = self._context()
+        ctx.set_input_shape(self.input_name, (n, *self.input_shape))
+        if not ctx.execute_async_v3(int(self.stream)):   # TensorRT finishes its set-up for this shape here
+            raise BackendError.at(os.path.join(self.folder, "model.engine"), f"TensorRT could not run batch {n}",
+                                  "leave out --cuda-graph")
+        self.stream.synchronize()
+        graph = self.cuda.Graph(self.stream, lambda: ctx.execute_async_v3(int(self.stream)))
+        return ctx, graph
+
+    def close(self) -> None:
+        if getattr(self, "stream", None) is None:
+            return
+        self.stream.synchronize()
+        for _, g in self._graphs.values():
+            g.destroy()
+        self._graphs.clear()
+        self.context = None
+        for b in (self.host_in, self.host_out, self.dev_in, self.dev_out):
+            b.free()
+        for e in self._events:
+            e.destroy()
+        self.stream.destroy()
+        self.stream = None
+        self.engine = None

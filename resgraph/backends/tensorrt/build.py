@@ -1,0 +1,270 @@
+"""model.onnx + Manifest -> model.engine + engine.json, with TensorRT's Python API.
+
+    log     = logger(): a trt.ILogger that keeps errors for the message (warnings shown with --verbose)
+    builder = trt.Builder(log)
+    network = builder.create_network(1 << STRONGLY_TYPED  if the precision plan is strongly typed else 0)
+    parser  = trt.OnnxParser(network, log); parser.parse_from_file(model.onnx)   (resolves model.onnx.data)
+    config  = builder.create_builder_config(): precision flags (options.typing_plan), workspace pool
+              limit, builder_optimization_level, hardware compatibility level, VERSION_COMPATIBLE,
+              one optimisation profile (batch MIN:OPT:MAX, every other dimension as the spec fixes it),
+              the timing cache
+    plan    = builder.build_serialized_network(network, config)   -> written as is (no header)
+
+The timing cache (kernel timings, keyed by TensorRT version and GPU) is read before the build and
+merged back after it under an exclusive lock, then written to a temporary file renamed over the old
+one: concurrent builds add to it, and a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import os
+import tempfile
+import time
+from dataclasses import replace
+
+from ...artifacts import Artifact, ArtifactError, Manifest, Stage, read_manifest, write_manifest
+from ...errors import SpecError
+from .engine_json import EngineInfo, TensorSpec, write_engine_info
+from .gpu import gpu as this_gpu
+from .gpu import select
+from .options import BuildOptions, default_timing_cache, typing_plan, version_tuple
+
+INSTALL = "pip install 'resgraph[tensorrt]' on a machine with an NVIDIA GPU (see docs/tensorrt.md)"
+# numpy's names for the TensorRT data types an engine's I/O may have
+DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+          "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise SpecError.at("tensorrt", f"TensorRT is not installed ({e})", INSTALL) from None
+    return trt
+
+
+def logger(trt, verbose: bool):
+    class Logger(trt.ILogger):
+        """Keeps TensorRT's errors for the message; prints its warnings only when asked."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
+                self.errors.append(msg)
+            if verbose and severity != trt.ILogger.Severity.VERBOSE:
+                import sys
+                print(f"[TensorRT] {severity.name}: {msg}", file=sys.stderr)
+    return Logger()
+
+
+def parser_failures(parser, onnx_path: str) -> str:
+    """Each ONNX parser error as `node NAME (OpType): message`; where the parser does not name the
+    node it reports its index, and the name and op type are read from model.onnx."""
+    nodes = None
+    lines = []
+    for i in range(parser.num_errors):
+        err = parser.get_error(i)
+        name, op, index = err.node_name(), err.node_operator(), err.node()
+        if (not name or not op) and index >= 0:
+            if nodes is None:
+                import onnx
+                nodes = onnx.load(onnx_path, load_external_data=False).graph.node
+            if index < len(nodes):
+                name, op = name or nodes[index].name, op or nodes[index].op_type
+        where = f"node {name} ({op})" if name or op else "the model"
+        lines.append(f"{where}: {err.desc()} [{err.code().name}]")
+    return "; ".join(lines) or "the parser gave no reason"
+
+
+def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device_id: int = 0,
+               verbose: bool = False) -> tuple[bytes, EngineInfo]:
+    """Build the serialised engine (a plain TensorRT plan) and its engine.json record."""
+    trt = import_tensorrt()
+    trt_version = version_tuple(trt.__version__)
+    where = os.path.join(os.path.dirname(onnx_path), "model.onnx")
+    plan = typing_plan(options.precision, manifest.precision, trt_version, where)
+    card = this_gpu(device_id)
+    if device_id:
+        select(device_id)
+    started = time.perf_counter()
+    log = logger(trt, verbose)
+    builder = trt.Builder(log)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, log)
+    if not parser.parse_from_file(onnx_path):
+        raise ArtifactError.at(where, f"TensorRT's ONNX parser refused the model: {parser_failures(parser, onnx_path)}",
+                               "check `resgraph doctor` for the TensorRT version; an op TensorRT lacks needs another "
+                               "opset (--opset) or another back end")
+
+    config = builder.create_builder_config()
+    if options.workspace_mib is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
+    config.builder_optimization_level = options.optimization_level
+    if "TF32" in plan.set_flags:
+        config.set_flag(trt.BuilderFlag.TF32)
+    if "TF32" in plan.clear_flags:
+        config.clear_flag(trt.BuilderFlag.TF32)    # on by default in TensorRT
+    if trt_version < (11,):    # FP16 and BF16 flags exist up to 10.x (deprecated from 10.12, removed in 11)
+        if "FP16" in plan.set_flags:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if "BF16" in plan.set_flags:
+            config.set_flag(trt.BuilderFlag.BF16)
+    if options.hardware_compatibility == "ampere-plus":
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    elif options.hardware_compatibility == "same-compute-capability":
+        if not hasattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY"):   # from TensorRT 10.9
+            raise SpecError.at("--hardware-compatibility", f"TensorRT {trt.__version__} has no "
+                               "same-compute-capability level", "use ampere-plus, or TensorRT 10.9 or later")
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+    if options.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        rest = tuple(t.shape)[1:]
+        b = options.batch
+        profile.set_shape(t.name, (b.min, *rest), (b.opt, *rest), (b.max, *rest))
+    config.add_optimization_profile(profile)
+
+    cache_path = _cache_path(options, trt.__version__, card.compute_capability)
+    if cache_path:
+        cache = config.create_timing_cache(_read(cache_path))
+        config.set_timing_cache(cache, False)      # ignore_mismatch=False: a foreign cache is not used
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ArtifactError.at(where, "TensorRT could not build the engine: " + ("; ".join(log.errors[-5:]) or
+                               "no reason given"), _build_hint(options))
+    data = bytes(serialized)
+    seconds = time.perf_counter() - started
+    if cache_path:
+        _save_timing_cache(config, cache_path)
+
+    def tensors(count, get):
+        out = []
+        for i in range(count):
+            t = get(i)
+            out.append(TensorSpec(t.name, tuple(int(d) for d in t.shape), DTYPES.get(t.dtype.name, t.dtype.name.lower())))
+        return tuple(out)
+    from ... import __version__
+    info = EngineInfo(
+        tensorrt_version=trt.__version__, gpu_name=card.name, compute_capability=card.compute_capability,
+        options=replace(options, timing_cache=cache_path or ""), strongly_typed=plan.strongly_typed,
+        inputs=tensors(network.num_inputs, network.get_input), outputs=tensors(network.num_outputs, network.get_output),
+        onnx_sha256=manifest.artifacts["model.onnx"].sha256, engine_sha256=hashlib.sha256(data).hexdigest(),
+        engine_bytes=len(data), build_seconds=round(seconds, 3),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), resgraph_version=__version__)
+    return data, info
+
+
+def _build_hint(options: BuildOptions) -> str:
+    hint = "rerun with --verbose for TensorRT's log"
+    if options.workspace_mib is not None:
+        hint += f"; a larger --workspace than {options.workspace_mib} MiB may let more tactics run"
+    return hint + f"; a smaller --batch than {options.batch} needs less memory"
+
+
+def _cache_path(options: BuildOptions, trt_version: str, cc: str) -> str | None:
+    if options.timing_cache == "":
+        return None
+    return options.timing_cache or default_timing_cache(trt_version, cc)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
+    except OSError as e:
+        raise SpecError.at(path, f"cannot read the timing cache: {e.strerror}", "pass --timing-cache PATH, or "
+                           "--no-timing-cache") from None
+
+
+@contextlib.contextmanager
+def _locked(path: str):
+    import fcntl
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _save_timing_cache(config, path: str) -> None:
+    """Merge this build's timings into the cache on disk (another build may have added to it since
+    it was read) and replace the file atomically."""
+    ours = config.get_timing_cache()
+    try:
+        with _locked(path):
+            merged = config.create_timing_cache(_read(path))
+            merged.combine(ours, False)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".timing-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(bytes(merged.serialize()))
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+    except OSError as e:   # the engine is built: a cache that cannot be written costs time next build, not this one
+        import sys
+        print(f"resgraph: warning: timing cache {path} not saved: {e}", file=sys.stderr)
+
+
+# --- into a compiled folder ----------------------------------------------------------------------
+
+def add_engine(stage: Stage, manifest: Manifest, options: BuildOptions, device_id: int = 0,
+               verbose: bool = False) -> tuple[Manifest, EngineInfo]:
+    """Build from the staged model.onnx; stage model.engine and engine.json; the manifest listing them."""
+    data, info = build_plan(os.path.join(stage.path, "model.onnx"), manifest, options, device_id, verbose)
+    with open(stage.file("model.engine"), "wb") as f:
+        f.write(data)
+    write_engine_info(stage.file("engine.json"), info)
+    from ...artifacts import sha256_file
+    arts = dict(manifest.artifacts)
+    arts["model.engine"] = Artifact(info.engine_sha256, info.engine_bytes)
+    arts["engine.json"] = Artifact(sha256_file(stage.file("engine.json")), os.path.getsize(stage.file("engine.json")))
+    return replace(manifest, artifacts=arts), info
+
+
+def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=None, verbose: bool = False) -> EngineInfo:
+    """`resgraph engine build`: add (or replace) model.engine + engine.json in a compiled folder.
+
+    The folder is republished whole, as compile does: its other artifacts are hard-linked into a
+    staging folder (no copy), the engine and the updated manifest are written there, `gate(staged
+    folder)` may refuse it (parity), and the set then takes the folder's place atomically."""
+    manifest = read_manifest(folder)
+    if "model.onnx" not in manifest.artifacts:
+        raise ArtifactError.at(folder, "the manifest lists no model.onnx", "recompile: resgraph compile SPEC -o FOLDER")
+    stage = Stage(folder)
+    try:
+        for name in (*manifest.artifacts, "spec.yaml"):
+            if name in ("model.engine", "engine.json") or name in stage.names:
+                continue
+            src = os.path.join(folder, name)
+            if not os.path.isfile(src):
+                raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
+            try:
+                os.link(src, stage.file(name))
+            except OSError:
+                import shutil
+                shutil.copyfile(src, stage.file(name))
+        new, info = add_engine(stage, manifest, options, device_id, verbose)
+        write_manifest(stage.file("manifest.json"), new)
+        if gate is not None:
+            gate(stage.path)
+        stage.publish()
+    finally:
+        stage.close()
+    return info

@@ -1,0 +1,145 @@
+"""engine.json: what model.engine is, and whether it can run here. Pure: no TensorRT import.
+
+A TensorRT plan runs only on the TensorRT version that built it (a version-compatible one: on that
+version or a later one of the same major) and on GPUs of the compute capability it was built for
+(an ampere-plus one: on any of 8.0 or above). Deserialising a mismatched plan fails deep inside
+TensorRT with a serialization error, or worse; so the runtime checks engine.json first and says
+which of the three differs (TensorRT, GPU, model.onnx) and the command that rebuilds the engine.
+model.engine itself is a plain plan, as `trtexec --saveEngine` writes: trtexec, Polygraphy and
+Triton load it as is.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from ...artifacts import ArtifactError
+from .options import BuildOptions, version_tuple
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]          # -1 for the batch dimension
+    dtype: str                      # numpy's name: float32, float16, ...
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str         # "9.0"
+    options: BuildOptions
+    strongly_typed: bool
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    onnx_sha256: str                # of the model.onnx it was built from
+    engine_sha256: str
+    engine_bytes: int
+    build_seconds: float
+    built_at: str                   # ISO 8601, UTC
+    resgraph_version: str
+    format: int = FORMAT
+
+    def to_json(self) -> dict:
+        tensors = lambda ts: [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ts]  # noqa: E731
+        return {"format": self.format, "resgraph_version": self.resgraph_version,
+                "tensorrt_version": self.tensorrt_version,
+                "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability},
+                "precision": self.options.precision, "strongly_typed": self.strongly_typed,
+                "profile": {"batch": [self.options.batch.min, self.options.batch.opt, self.options.batch.max]},
+                "build": self.options.to_json(),
+                "inputs": tensors(self.inputs), "outputs": tensors(self.outputs),
+                "onnx_sha256": self.onnx_sha256, "engine_sha256": self.engine_sha256, "engine_bytes": self.engine_bytes,
+                "build_seconds": self.build_seconds, "built_at": self.built_at}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> "EngineInfo":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            fmt = d.get("format") if isinstance(d, dict) else None
+            raise ArtifactError.at(where, f"engine.json format {fmt!r}, this resgraph reads format {FORMAT}",
+                                   "rebuild the engine: resgraph engine build FOLDER")
+        try:
+            tensors = lambda ts: tuple(TensorSpec(str(t["name"]), tuple(int(x) for x in t["shape"]), str(t["dtype"]))  # noqa: E731
+                                       for t in ts)
+            return cls(tensorrt_version=str(d["tensorrt_version"]), gpu_name=str(d["gpu"]["name"]),
+                       compute_capability=str(d["gpu"]["compute_capability"]),
+                       options=BuildOptions.from_json(d["build"]), strongly_typed=bool(d["strongly_typed"]),
+                       inputs=tensors(d["inputs"]), outputs=tensors(d["outputs"]), onnx_sha256=str(d["onnx_sha256"]),
+                       engine_sha256=str(d["engine_sha256"]), engine_bytes=int(d["engine_bytes"]),
+                       build_seconds=float(d["build_seconds"]), built_at=str(d["built_at"]),
+                       resgraph_version=str(d["resgraph_version"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtifactError.at(where, f"a damaged engine.json: {type(e).__name__}: {e}",
+                                   "rebuild the engine: resgraph engine build FOLDER") from None
+
+
+def read_engine_info(folder: str) -> EngineInfo:
+    path = os.path.join(folder, "engine.json")
+    if not os.path.isfile(os.path.join(folder, "model.engine")):
+        raise ArtifactError.at(folder, "no model.engine in the compiled folder",
+                               f"build one: resgraph engine build {folder} (or compile with --engine)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ArtifactError.at(path, "model.engine has no engine.json beside it (not built by resgraph?)",
+                               f"rebuild it: resgraph engine build {folder}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError.at(path, f"unreadable engine.json: {e}", f"rebuild it: resgraph engine build {folder}") from None
+    return EngineInfo.from_json(d, path)
+
+
+def write_engine_info(path: str, info: EngineInfo) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(info.to_json(), f, indent=2)
+        f.write("\n")
+
+
+class EngineMismatch(ArtifactError):
+    """model.engine cannot run here; `differs` names what: tensorrt | gpu | onnx."""
+
+    differs: tuple[str, ...] = ()
+
+
+def rebuild_command(folder: str, info: EngineInfo) -> str:
+    return f"resgraph engine build {folder} {info.options.command_flags()}"
+
+
+def mismatches(info: EngineInfo, tensorrt_version: str, compute_capability: str, onnx_sha256: str) -> list[tuple[str, str]]:
+    """(what, why) for each of TensorRT version, GPU and model.onnx that keeps the engine from running here."""
+    out = []
+    built, here = version_tuple(info.tensorrt_version), version_tuple(tensorrt_version)
+    if info.options.version_compatible:
+        if not (here[:1] == built[:1] and here >= built):
+            out.append(("tensorrt", f"built by TensorRT {info.tensorrt_version} (version compatible: runs on "
+                                    f"{built[0]}.x from {info.tensorrt_version}), this is TensorRT {tensorrt_version}"))
+    elif here != built:
+        out.append(("tensorrt", f"built by TensorRT {info.tensorrt_version}, this is TensorRT {tensorrt_version}"))
+    cc_built, cc_here = version_tuple(info.compute_capability), version_tuple(compute_capability)
+    if info.options.hardware_compatibility == "ampere-plus":
+        if cc_here < (8, 0):
+            out.append(("gpu", f"built for GPUs of compute capability 8.0 and above (ampere-plus), this GPU is "
+                               f"{compute_capability}"))
+    elif cc_here != cc_built:
+        out.append(("gpu", f"built for compute capability {info.compute_capability} ({info.gpu_name}), this GPU is "
+                           f"{compute_capability}"))
+    if onnx_sha256 != info.onnx_sha256:
+        out.append(("onnx", f"built from another model.onnx (sha256 {info.onnx_sha256[:12]}, the folder's is "
+                            f"{onnx_sha256[:12]}): the folder was recompiled after the engine was built"))
+    return out
+
+
+def check_compatible(folder: str, info: EngineInfo, tensorrt_version: str, compute_capability: str,
+                     onnx_sha256: str) -> None:
+    """Raise EngineMismatch, before anything deserialises the plan, if it cannot run here."""
+    found = mismatches(info, tensorrt_version, compute_capability, onnx_sha256)
+    if found:
+        e = EngineMismatch.at(os.path.join(folder, "model.engine"),
+                              "model.engine cannot run here: " + "; ".join(why for _, why in found),
+                              f"rebuild it from model.onnx: {rebuild_command(folder, info)}  (or pass --rebuild)")
+        e.differs = tuple(what for what, _ in found)
+        raise e

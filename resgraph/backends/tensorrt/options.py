@@ -1,0 +1,157 @@
+"""What an engine is built with: precision, batch profile, builder options; and how a precision
+becomes TensorRT network flags and builder flags on each TensorRT version. Pure: no TensorRT import.
+
+Precision (the engine's compute; input and output stay fp32, as in model.onnx):
+    fp32   fp32 model.onnx; TF32 cleared (TensorRT enables it by default: fp32 means fp32 here,
+           as on every resgraph back end)
+    tf32   fp32 model.onnx; TF32 allowed for convolutions and matmuls (10-bit mantissa)
+    fp16   TensorRT >= 10.12: a strongly typed network from the fp16 model.onnx that
+           `compile --precision fp16` emits (the ONNX types decide every layer's precision; TensorRT
+           11 has no FP16 builder flag). Older 10.x: the FP16 builder flag (from either model.onnx).
+    bf16   TensorRT 10.x: the BF16 builder flag on the fp32 model.onnx (deprecated from 10.12, still
+           there). TensorRT 11 builds only strongly typed networks and resgraph emits no bf16
+           model.onnx yet (ONNX's Conv takes bf16 from opset 22): refused there, with the reason.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from ...errors import SpecError
+
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+HARDWARE_COMPATIBILITY = ("none", "ampere-plus", "same-compute-capability")
+STRONGLY_TYPED_FROM = (10, 12)     # the first TensorRT whose strongly typed networks resgraph builds
+_error = SpecError.at
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.16.1.11' -> (10, 16, 1, 11); a suffix such as '.post1' is ignored."""
+    out = []
+    for part in version.split("."):
+        digits = "".join(c for c in part if c.isdigit()) if part[:1].isdigit() else ""
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The optimisation profile of the batch dimension (the spec fixes every other one)."""
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def parse(cls, text: str, where: str = "--batch") -> "BatchProfile":
+        """'8' -> 8:8:8, '1:256' -> 1:256:256 (opt = max), '1:32:256' as written."""
+        parts = str(text).split(":")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            nums = []
+        if not 1 <= len(parts) <= 3 or len(nums) != len(parts) or any(n < 1 for n in nums):
+            raise _error(where, f"'{text}' is not a batch profile", "MIN:OPT:MAX of positive integers, e.g. 1:32:256 "
+                         "(or N for a fixed batch, MIN:MAX for opt = max)")
+        lo, opt, hi = (nums * 3)[:3] if len(nums) == 1 else (nums[0], nums[-1], nums[-1]) if len(nums) == 2 else nums
+        if not lo <= opt <= hi:
+            raise _error(where, f"'{text}': needs MIN <= OPT <= MAX", "e.g. 1:32:256")
+        return cls(lo, opt, hi)
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+    def contains(self, n: int) -> bool:
+        return self.min <= n <= self.max
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    precision: str = "fp32"
+    batch: BatchProfile = BatchProfile(1, 32, 32)
+    workspace_mib: int | None = None            # None: TensorRT's default (the device's memory)
+    optimization_level: int = 3                 # builder_optimization_level, 0..5 (TensorRT's default 3)
+    timing_cache: str | None = None             # None: default_timing_cache(); "" : no timing cache
+    hardware_compatibility: str = "none"        # none | ampere-plus | same-compute-capability
+    version_compatible: bool = False            # runs on later TensorRT of the same major (lean runtime)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise _error("--precision", f"unknown engine precision '{self.precision}'", " | ".join(PRECISIONS))
+        if not 0 <= self.optimization_level <= 5:
+            raise _error("--opt-level", f"builder optimisation level {self.optimization_level} is not in 0..5",
+                         "0 builds fastest, 5 searches longest (TensorRT's default: 3)")
+        if self.workspace_mib is not None and self.workspace_mib < 1:
+            raise _error("--workspace", f"workspace {self.workspace_mib} MiB", "a positive number of MiB")
+        if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
+            raise _error("--hardware-compatibility", f"unknown level '{self.hardware_compatibility}'",
+                         " | ".join(HARDWARE_COMPATIBILITY))
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["batch"] = [self.batch.min, self.batch.opt, self.batch.max]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "BuildOptions":
+        return cls(precision=d["precision"], batch=BatchProfile(*d["batch"]), workspace_mib=d["workspace_mib"],
+                   optimization_level=d["optimization_level"], timing_cache=d["timing_cache"],
+                   hardware_compatibility=d["hardware_compatibility"], version_compatible=d["version_compatible"])
+
+    def command_flags(self) -> str:
+        """The `resgraph engine build` flags that reproduce these options."""
+        flags = [f"--precision {self.precision}", f"--batch {self.batch}"]
+        if self.workspace_mib is not None:
+            flags.append(f"--workspace {self.workspace_mib}")
+        if self.optimization_level != 3:
+            flags.append(f"--opt-level {self.optimization_level}")
+        if self.hardware_compatibility != "none":
+            flags.append(f"--hardware-compatibility {self.hardware_compatibility}")
+        if self.version_compatible:
+            flags.append("--version-compatible")
+        return " ".join(flags)
+
+
+@dataclass(frozen=True)
+class TypingPlan:
+    """How a precision is asked of one TensorRT version."""
+    strongly_typed: bool
+    set_flags: tuple[str, ...]       # BuilderFlag members to set
+    clear_flags: tuple[str, ...]     # ... and to clear
+
+
+def typing_plan(precision: str, onnx_precision: str, trt_version: tuple[int, ...], where: str) -> TypingPlan:
+    """The network flags and builder flags that give `precision` from a model.onnx of
+    `onnx_precision` (fp32 | fp16) on TensorRT `trt_version`; a combination that cannot be built is
+    a user error that says what would work."""
+    strong = trt_version >= STRONGLY_TYPED_FROM
+    if onnx_precision == "fp16" and precision != "fp16":
+        raise _error(where, f"model.onnx is fp16 (compiled with --precision fp16): it cannot give a {precision} engine",
+                     "build --precision fp16 from it, or recompile with --precision fp32 for an fp32/tf32/bf16 engine")
+    if precision == "fp32":
+        return TypingPlan(strong, (), ("TF32",))
+    if precision == "tf32":
+        return TypingPlan(strong, ("TF32",), ())
+    if precision == "fp16":
+        if not strong:
+            return TypingPlan(False, ("FP16",), ("TF32",))
+        if onnx_precision != "fp16":
+            raise _error(where, "an fp16 engine on TensorRT >= 10.12 is a strongly typed network built from an fp16 "
+                         "model.onnx, and this model.onnx is fp32",
+                         "recompile with --precision fp16 (resgraph compile SPEC --precision fp16 --engine ...)")
+        return TypingPlan(True, (), ())
+    assert precision == "bf16", precision
+    if trt_version >= (11,):
+        raise _error(where, "TensorRT 11 builds only strongly typed networks, and a bf16 one needs a bf16 model.onnx, "
+                     "which resgraph does not emit (ONNX's Conv takes bf16 from opset 22)",
+                     "build --precision fp16 (same speed on recent GPUs), or use TensorRT 10.x for bf16")
+    return TypingPlan(False, ("BF16",), ("TF32",))
+
+
+def default_timing_cache(trt_version: str, compute_capability: str) -> str:
+    """One timing cache per TensorRT version and GPU generation, shared by every build on this machine:
+    $RESGRAPH_CACHE_DIR, else $XDG_CACHE_HOME/resgraph, else ~/.cache/resgraph."""
+    root = os.environ.get("RESGRAPH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "resgraph")
+    return os.path.join(root, "tensorrt", f"timing-trt{trt_version}-sm{compute_capability.replace('.', '')}.cache")

@@ -1,0 +1,140 @@
+"""The few CUDA runtime calls the TensorRT back end needs, through cuda-python (`cuda.bindings.runtime`,
+what TensorRT's own Python samples use; the `tensorrt` extra installs it, torch is not needed).
+
+Every cuda-python call returns a tuple whose first item is a cudaError_t; `call` turns a failure
+into a BackendError naming the call and the error, and returns the rest.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from .session import BackendError
+
+
+def cudart():
+    try:
+        from cuda.bindings import runtime
+    except ImportError as e:
+        raise BackendError.at("cuda-python", f"cuda-python is not installed ({e})",
+                              "pip install 'resgraph[tensorrt]' (it brings cuda-python; take cuda-python 12.x for a "
+                              "CUDA 12 driver: pip install 'cuda-python<13')") from None
+    return runtime
+
+
+def call(result, what: str):
+    """(err, *values) -> values (one value alone, or None); a failed call is a BackendError."""
+    rt = cudart()
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != rt.cudaError_t.cudaSuccess:
+        _, text = rt.cudaGetErrorString(err)
+        raise BackendError.at(what, f"CUDA error {err.name}: {text.decode() if isinstance(text, bytes) else text}",
+                              "see resgraph doctor and nvidia-smi (driver, GPU visible, memory free)")
+    return None if not rest else rest[0] if len(rest) == 1 else tuple(rest)
+
+
+class DeviceBuffer:
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+        self.ptr = call(cudart().cudaMalloc(max(nbytes, 1)), "cudaMalloc")
+
+    def free(self) -> None:
+        if self.ptr:
+            cudart().cudaFree(self.ptr)
+            self.ptr = 0
+
+
+class PinnedBuffer:
+    """Page-locked host memory (cudaMallocHost) and a numpy view of it: copies from it to the device
+    run at the bus's speed and asynchronously, which pageable memory does not."""
+
+    def __init__(self, shape: tuple[int, ...], dtype=np.float32):
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        self.nbytes = count * dtype.itemsize
+        self.ptr = call(cudart().cudaMallocHost(max(self.nbytes, 1)), "cudaMallocHost")
+        raw = ctypes.cast(ctypes.c_void_p(self.ptr), ctypes.POINTER(ctypes.c_ubyte))   # bytes: any dtype views them
+        self.array = np.ctypeslib.as_array(raw, (max(self.nbytes, 1),))[:self.nbytes].view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.array = None
+            cudart().cudaFreeHost(self.ptr)
+            self.ptr = 0
+
+
+class Stream:
+    def __init__(self):
+        rt = cudart()
+        self.handle = call(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+
+    def __int__(self) -> int:
+        """The cudaStream_t as the integer TensorRT's execute_async_v3 takes (int(obj) is deprecated
+        in cuda-python 13: get_cuda_native_handle where it exists)."""
+        try:
+            from cuda.bindings.utils import get_cuda_native_handle
+        except ImportError:
+            return int(self.handle)
+        return int(get_cuda_native_handle(self.handle))
+
+    def h2d(self, dst: int, src: int, nbytes: int) -> None:
+        rt = cudart()
+        call(rt.cudaMemcpyAsync(dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.handle), "cudaMemcpyAsync")
+
+    def d2h(self, dst: int, src: int, nbytes: int) -> None:
+        rt = cudart()
+        call(rt.cudaMemcpyAsync(dst, src, nbytes, rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.handle), "cudaMemcpyAsync")
+
+    def synchronize(self) -> None:
+        call(cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            cudart().cudaStreamDestroy(self.handle)
+            self.handle = None
+
+
+class Event:
+    def __init__(self):
+        self.handle = call(cudart().cudaEventCreate(), "cudaEventCreate")
+
+    def record(self, stream: Stream) -> None:
+        call(cudart().cudaEventRecord(self.handle, stream.handle), "cudaEventRecord")
+
+    def ms_since(self, start: "Event") -> float:
+        return float(call(cudart().cudaEventElapsedTime(start.handle, self.handle), "cudaEventElapsedTime"))
+
+    def destroy(self) -> None:
+        if self.handle is not None:
+            cudart().cudaEventDestroy(self.handle)
+            self.handle = None
+
+
+class Graph:
+    """A CUDA graph captured from the work `enqueue()` puts on `stream`, replayed with launch()."""
+
+    def __init__(self, stream: Stream, enqueue):
+        rt = cudart()
+        call(rt.cudaStreamBeginCapture(stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+             "cudaStreamBeginCapture")
+        try:
+            enqueue()
+        finally:
+            graph = call(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
+        self.graph = graph
+        self.exec = call(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+
+    def launch(self, stream: Stream) -> None:
+        call(cudart().cudaGraphLaunch(self.exec, stream.handle), "cudaGraphLaunch")
+
+    def destroy(self) -> None:
+        rt = cudart()
+        if self.exec is not None:
+            rt.cudaGraphExecDestroy(self.exec)
+            rt.cudaGraphDestroy(self.graph)
+            self.exec = self.graph = None
+
+
+def set_device(device_id: int) -> None:
+    call(cudart().cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
