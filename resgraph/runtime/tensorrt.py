@@ -123,7 +123,7 @@ class TensorRTSession(Session):
         self._shape: int | None = None             # the batch the plain context's input shape is set to
         self._graphs: dict[int, tuple] = {}       # batch -> (its context, its CUDA graph)
 
-    def _context(self):
+    def _context(self) -> "trt.IExecutionContext":
         ctx = self.engine.create_execution_context()
         if ctx is None:
             raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not create an execution "

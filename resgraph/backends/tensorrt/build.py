@@ -53,7 +53,7 @@ def logger(trt, verbose: bool):
             trt.ILogger.__init__(self)
             self.errors: list[str] = []
 
-        def log(self, severity, msg):
+        def log(self, severity: "trt.ILogger.Severity", msg: str) -> None:
             if severity in (trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR):
                 self.errors.append(msg)
             if verbose and severity != trt.ILogger.Severity.VERBOSE:
@@ -62,7 +62,7 @@ def logger(trt, verbose: bool):
     return Logger()
 
 
-def parser_failures(parser, onnx_path: str) -> str:
+def parser_failures(parser: "trt.OnnxParser", onnx_path: str) -> str:
     """Each ONNX parser error as `node NAME (OpType): message`; where the parser does not name the
     node it reports its index, and the name and op type are read from model.onnx."""
     nodes = None
@@ -118,10 +118,11 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
     if options.hardware_compatibility == "ampere-plus":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif options.hardware_compatibility == "same-compute-capability":
-        if not hasattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY"):   # from TensorRT 10.9
+        level = getattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY", None)   # from TensorRT 10.9
+        if level is None:
             raise SpecError.at("--hardware-compatibility", f"TensorRT {trt.__version__} has no "
                                "same-compute-capability level", "use ampere-plus, or TensorRT 10.9 or later")
-        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+        config.hardware_compatibility_level = level
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
@@ -147,21 +148,21 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
     if cache_path:
         _save_timing_cache(config, cache_path)
 
-    def tensors(count, get):
-        out = []
-        for i in range(count):
-            t = get(i)
-            out.append(TensorSpec(t.name, tuple(int(d) for d in t.shape), DTYPES.get(t.dtype.name, t.dtype.name.lower())))
-        return tuple(out)
     from ... import __version__
     info = EngineInfo(
         tensorrt_version=trt.__version__, gpu_name=card.name, compute_capability=card.compute_capability,
         options=replace(options, timing_cache=cache_path or ""), strongly_typed=plan.strongly_typed,
-        inputs=tensors(network.num_inputs, network.get_input), outputs=tensors(network.num_outputs, network.get_output),
+        inputs=_specs([network.get_input(i) for i in range(network.num_inputs)]),
+        outputs=_specs([network.get_output(i) for i in range(network.num_outputs)]),
         onnx_sha256=manifest.artifacts["model.onnx"].sha256, engine_sha256=hashlib.sha256(data).hexdigest(),
         engine_bytes=len(data), build_seconds=round(seconds, 3),
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), resgraph_version=__version__)
     return data, info
+
+
+def _specs(tensors: "list[trt.ITensor]") -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(t.name, tuple(int(d) for d in t.shape), DTYPES.get(t.dtype.name, t.dtype.name.lower()))
+                 for t in tensors)
 
 
 def _build_hint(options: BuildOptions) -> str:
@@ -200,7 +201,7 @@ def _locked(path: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _save_timing_cache(config, path: str) -> None:
+def _save_timing_cache(config: "trt.IBuilderConfig", path: str) -> None:
     """Merge this build's timings into the cache on disk (another build may have added to it since
     it was read) and replace the file atomically."""
     ours = config.get_timing_cache()
