@@ -108,6 +108,10 @@ def build_cmd(artifact, precision, engine_device, no_parity_gate, verbose, **opt
             except Exception:  # noqa: BLE001  (a damaged engine.json: build from the defaults)
                 base = None
         options = build_options(precision or (None if base else manifest.precision), base=base, **opts)
+        from .backends.tensorrt.build import import_tensorrt
+        from .backends.tensorrt.options import typing_plan, version_tuple
+        # before any work: TensorRT present, and the precision buildable from this model.onnx on its version
+        typing_plan(options.precision, manifest.precision, version_tuple(import_tensorrt().__version__), "--precision")
         gate = None if no_parity_gate else parity_gate(options, engine_device)
         with console(stderr=True).status(f"building model.engine ({options.command_flags()})"):
             info = build_engine(folder, options, engine_device, gate=gate, verbose=verbose)

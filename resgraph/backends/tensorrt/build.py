@@ -226,9 +226,10 @@ def _save_timing_cache(config: "trt.IBuilderConfig", path: str) -> None:
 # --- into a compiled folder ----------------------------------------------------------------------
 
 def add_engine(stage: Stage, manifest: Manifest, options: BuildOptions, device_id: int = 0,
-               verbose: bool = False) -> tuple[Manifest, EngineInfo]:
-    """Build from the staged model.onnx; stage model.engine and engine.json; the manifest listing them."""
-    data, info = build_plan(os.path.join(stage.path, "model.onnx"), manifest, options, device_id, verbose)
+               verbose: bool = False, build=build_plan) -> tuple[Manifest, EngineInfo]:
+    """Build from the staged model.onnx; stage model.engine and engine.json; the manifest listing them.
+    `build` makes the plan (build_plan: TensorRT; the publishing tests pass their own)."""
+    data, info = build(os.path.join(stage.path, "model.onnx"), manifest, options, device_id, verbose)
     with open(stage.file("model.engine"), "wb") as f:
         f.write(data)
     write_engine_info(stage.file("engine.json"), info)
@@ -239,7 +240,8 @@ def add_engine(stage: Stage, manifest: Manifest, options: BuildOptions, device_i
     return replace(manifest, artifacts=arts), info
 
 
-def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=None, verbose: bool = False) -> EngineInfo:
+def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=None, verbose: bool = False,
+                 build=build_plan) -> EngineInfo:
     """`resgraph engine build`: add (or replace) model.engine + engine.json in a compiled folder.
 
     The folder is republished whole, as compile does: its other artifacts are hard-linked into a
@@ -261,7 +263,7 @@ def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=No
             except OSError:
                 import shutil
                 shutil.copyfile(src, stage.file(name))
-        new, info = add_engine(stage, manifest, options, device_id, verbose)
+        new, info = add_engine(stage, manifest, options, device_id, verbose, build)
         write_manifest(stage.file("manifest.json"), new)
         if gate is not None:
             gate(stage.path)
