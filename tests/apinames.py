@@ -38,17 +38,25 @@ class _Finder:
         self.self_attrs: set[str] = set()        # self.X holding a library value, module-wide
         self.returns: set[str] = set()           # functions / methods annotated to return one
         self.parents: dict[ast.AST, ast.AST] = {}
+        self.uses_from_returns: list[Use] = []
         for node in ast.walk(self.tree):
             for child in ast.iter_child_nodes(node):
                 self.parents[child] = node
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and self._annotated(node.returns):
                 self.returns.add(node.name)
+        self.uses_from_returns, self.uses = self.uses, []
 
     def _annotated(self, ann) -> bool:
+        """An annotation naming the library's type ("trt.OnnxParser"); its names count as uses."""
         if ann is None:
             return False
         text = ann.value if isinstance(ann, ast.Constant) and isinstance(ann.value, str) else ast.unparse(ann)
-        return text.startswith(self.prefixes)
+        found = False
+        for prefix in self.prefixes:
+            for m in re.finditer(re.escape(prefix) + r"([\w.]+)", text):
+                found = True
+                self.uses.extend(Use(n, self.file, ann.lineno, False) for n in m.group(1).split("."))
+        return found
 
     # --- is an expression a library value? -----------------------------------------------------
     def typed(self, e, scope: set[str]) -> bool:
@@ -184,4 +192,4 @@ def used_names(source: str, file: str, roots: set[str], annotation_prefixes: tup
     for _ in range(2):
         f.uses.clear()
         f.walk_body(f.tree.body, set())
-    return f.uses
+    return f.uses_from_returns + f.uses

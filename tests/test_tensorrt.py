@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from conftest import run_cli
-from resgraph.artifacts import read_manifest, verify_artifacts
+from resgraph.artifacts import read_manifest, verify_artifacts, wait_for_cleanup
 from resgraph.backends.tensorrt.engine_json import (EngineInfo, TensorSpec, check_compatible, mismatches,
                                                     read_engine_info, rebuild_command)
 from resgraph.backends.tensorrt.options import (BatchProfile, BuildOptions, default_timing_cache, typing_plan,
@@ -197,6 +197,7 @@ def test_engine_build_republishes_the_folder_with_the_engine_listed(digits_folde
     assert verify_artifacts(str(folder), after) == {}          # every sha256 the manifest lists holds
     assert read_engine_info(str(folder)) == info
     assert os.stat(folder / "model.onnx").st_ino == onnx_inode  # hard-linked into the new set, not copied
+    wait_for_cleanup()                                          # the replaced set is deleted in the background
     assert sorted(os.listdir(tmp_path)) == ["digits"]           # no staging folder left beside it
     # rebuilding replaces the engine; a gate that refuses leaves the folder exactly as it was
     listing = {p: (folder / p).read_bytes() for p in os.listdir(folder)}
@@ -207,6 +208,7 @@ def test_engine_build_republishes_the_folder_with_the_engine_listed(digits_folde
     with pytest.raises(SpecError, match="refused"):
         build_engine(str(folder), BuildOptions(precision="tf32"), gate=refuse, build=_plan)
     assert {p: (folder / p).read_bytes() for p in os.listdir(folder)} == listing
+    wait_for_cleanup()
     assert sorted(os.listdir(tmp_path)) == ["digits"]
 
 

@@ -73,6 +73,12 @@ class Session:
     def run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def input_buffer(self, n: int) -> np.ndarray:
+        """A [n, *input shape] float32 array to write a batch into before run(): on a back end with a
+        device it is the session's page-locked staging memory, which run() then sends to the GPU as is
+        (no copy into it first); elsewhere a plain array. Valid until the next call."""
+        return np.empty((n, *self.input_shape), np.float32)
+
     def close(self) -> None:
         pass
 

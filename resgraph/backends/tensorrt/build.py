@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from ...artifacts import Artifact, ArtifactError, Manifest, Stage, read_manifest, write_manifest
 from ...errors import SpecError
@@ -30,6 +31,9 @@ from .engine_json import EngineInfo, TensorSpec, write_engine_info
 from .gpu import gpu as this_gpu
 from .gpu import select
 from .options import BuildOptions, default_timing_cache, typing_plan, version_tuple
+
+if TYPE_CHECKING:   # the annotations' names; imported for real, lazily, by import_tensorrt()
+    import tensorrt as trt
 
 INSTALL = "pip install 'resgraph[tensorrt]' on a machine with an NVIDIA GPU (see docs/tensorrt.md)"
 # numpy's names for the TensorRT data types an engine's I/O may have

@@ -1,0 +1,177 @@
+"""TensorRT engines, built and run: where TensorRT, cuda-python and an NVIDIA GPU exist (bench/gpu_check.sh
+runs this file there); skipped, with the reason, elsewhere.
+
+    every shipped spec at fp32 and fp16, against ONNX Runtime on the same inputs
+    the batch profile at MIN, OPT and MAX (and outside it: chunked, padded)
+    CUDA graphs, one per batch size, against plain execution
+    the timing cache reused (the second build of the same network is faster)
+    another TensorRT version, another GPU, another model.onnx: refused before deserialising, naming which;
+    --rebuild rebuilds; a corrupt engine is refused
+    compile --engine end to end (parity gate included), and the plan loading in TensorRT as is
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, SPECS, run_cli
+from resgraph.errors import SpecError
+
+
+def _missing() -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "tensorrt is not installed (pip install 'resgraph[tensorrt]'; see docs/tensorrt.md)"
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python is not installed"
+    from resgraph.runtime.session import nvidia_gpu_visible
+    if not nvidia_gpu_visible():
+        return "no NVIDIA GPU visible"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+TOL = {"fp32": dict(abs_=1e-4), "fp16": dict(rel=2e-2)}
+
+
+def _compile(spec, out, precision="fp32", batch="1:4:8", *extra):
+    weights = ["--weights", str(ROOT / "specs" / "weights" / "digits_resnet.safetensors")] \
+        if os.path.basename(spec) == "digits_resnet.yaml" else []
+    r = run_cli("compile", str(spec), "-o", str(out), "--precision", precision, "--engine", "--batch", batch,
+                *weights, *extra, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _close(a, b, precision):
+    if precision == "fp32":
+        return float(np.abs(a - b).max()) <= 1e-4 or np.allclose(a, b, rtol=0, atol=5e-4)
+    return float((np.abs(a - b) / (1 + np.abs(b))).max()) <= 2e-2
+
+
+@pytest.fixture(scope="module")
+def digits_engine(tmp_path_factory):
+    return _compile(ROOT / "specs" / "digits_resnet.yaml", tmp_path_factory.mktemp("trt") / "digits", "fp32",
+                    "2:8:32")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
+def test_every_shipped_spec_builds_and_matches_onnx_runtime(spec, precision, tmp_path):
+    from resgraph.runtime import open_session
+    # the compile's own parity gate runs too (against ONNX Runtime and torch where installed)
+    folder = _compile(spec, tmp_path / spec.stem, precision, "1:2:4")
+    trt, ort = open_session(str(folder), "tensorrt"), open_session(str(folder), "ort-cpu")
+    x = np.random.default_rng(1).standard_normal((4, *trt.input_shape), dtype=np.float32)
+    a, b = trt.run(x), ort.run(x)
+    assert np.isfinite(a).all()
+    # fp16 model.onnx on both sides: the engine's fp16 against ONNX Runtime's
+    assert _close(a, b, precision), float(np.abs(a - b).max())
+    assert trt.precision == precision
+
+
+def test_profile_min_opt_max_and_outside_it(digits_engine):
+    from resgraph.runtime import open_session
+    trt, ort = open_session(str(digits_engine), "tensorrt"), open_session(str(digits_engine), "ort-cpu")
+    assert (trt.profile.min, trt.profile.opt, trt.profile.max) == (2, 8, 32)
+    rng = np.random.default_rng(2)
+    for n in (2, 8, 32, 1, 33, 100):      # 1: padded to MIN; 33 and 100: chunks of MAX
+        x = rng.standard_normal((n, *trt.input_shape), dtype=np.float32)
+        y = trt.run(x)
+        assert y.shape == (n, *trt.output_shape)
+        assert _close(y, ort.run(x), "fp32"), n
+    assert trt.last_io is not None and all(t >= 0 for t in trt.last_io)
+
+
+def test_cuda_graphs_match_plain_execution_on_fresh_inputs(digits_engine):
+    from resgraph.runtime import Options, open_session
+    plain = open_session(str(digits_engine), "tensorrt")
+    graphs = open_session(str(digits_engine), "tensorrt", Options(cuda_graph=True))
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        for n in (2, 8, 32, 8):
+            x = rng.standard_normal((n, *plain.input_shape), dtype=np.float32)
+            np.testing.assert_array_equal(graphs.run(x), plain.run(x))
+    assert sorted(graphs._graphs) == [2, 8, 32]
+
+
+def test_timing_cache_is_reused_and_shared(tmp_path):
+    from resgraph.artifacts import read_manifest
+    from resgraph.backends.tensorrt.build import build_plan
+    from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions
+    folder = tmp_path / "r"
+    r = run_cli("compile", str(ROOT / "specs" / "resnet18.yaml"), "-o", str(folder), timeout=600)
+    assert r.returncode == 0, r.stderr
+    m = read_manifest(str(folder))
+    cache = tmp_path / "timing.cache"
+    o = BuildOptions(batch=BatchProfile(1, 8, 8), timing_cache=str(cache), optimization_level=3)
+    t0 = time.perf_counter()
+    build_plan(str(folder / "model.onnx"), m, o)
+    first = time.perf_counter() - t0
+    size = cache.stat().st_size
+    assert size > 0 and not list(tmp_path.glob(".timing-*"))       # written whole, no temporary left
+    t0 = time.perf_counter()
+    build_plan(str(folder / "model.onnx"), m, o)
+    second = time.perf_counter() - t0
+    assert second < first, (first, second)
+    assert cache.stat().st_size >= size
+
+
+def test_the_three_mismatches_are_refused_before_deserialising_and_rebuild_fixes_them(digits_engine, tmp_path):
+    from resgraph.runtime import BackendError, Options, open_session
+    for what, change in (("tensorrt", {"tensorrt_version": "9.0.0.1"}), ("gpu", {"gpu": {"name": "X",
+                                                                                  "compute_capability": "1.0"}}),
+                         ("onnx", {"onnx_sha256": "0" * 64})):
+        folder = tmp_path / what
+        shutil.copytree(digits_engine, folder)
+        d = json.loads((folder / "engine.json").read_text())
+        d.update(change)
+        (folder / "engine.json").write_text(json.dumps(d))
+        with pytest.raises(BackendError) as e:
+            open_session(str(folder), "tensorrt")
+        assert e.value.differs == (what,) and "resgraph engine build" in e.value.hint
+        s = open_session(str(folder), "tensorrt", Options(rebuild=True))    # rebuilt from model.onnx
+        assert s.run(np.zeros((2, *s.input_shape), np.float32)).shape[0] == 2
+        assert json.loads((folder / "engine.json").read_text())[
+            "tensorrt_version" if what == "tensorrt" else "onnx_sha256" if what == "onnx" else "gpu"] != \
+            change["tensorrt_version" if what == "tensorrt" else "onnx_sha256" if what == "onnx" else "gpu"]
+
+
+def test_a_corrupt_engine_is_refused(digits_engine, tmp_path):
+    from resgraph.runtime import open_session
+    folder = tmp_path / "c"
+    shutil.copytree(digits_engine, folder)
+    data = bytearray((folder / "model.engine").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "model.engine").write_bytes(bytes(data))
+    with pytest.raises(SpecError, match="does not match engine.json's sha256"):
+        open_session(str(folder), "tensorrt")
+    # a plan that matches its record but is not a plan: TensorRT's refusal, as a user error
+    import hashlib
+    (folder / "model.engine").write_bytes(b"\0" * 1000)
+    d = json.loads((folder / "engine.json").read_text())
+    d["engine_sha256"] = hashlib.sha256(b"\0" * 1000).hexdigest()
+    (folder / "engine.json").write_text(json.dumps(d))
+    with pytest.raises(SpecError, match="could not deserialise"):
+        open_session(str(folder), "tensorrt")
+
+
+def test_the_plan_is_plain_tensorrt_and_auto_prefers_it(digits_engine):
+    import tensorrt as trt
+
+    from resgraph.runtime import choose
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine((digits_engine / "model.engine").read_bytes())
+    assert engine is not None            # no header: what trtexec --loadEngine and Triton read
+    assert choose("auto", str(digits_engine))[0] == "tensorrt"
+    r = run_cli("run", str(digits_engine), "examples/digits/samples", "--json")
+    assert r.returncode == 0 and "tensorrt" in r.stderr
+    r = run_cli("parity", str(digits_engine), "--backends", "all", "--json", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = run_cli("engine", "info", str(digits_engine), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["here"]["runs"] is True
