@@ -138,7 +138,8 @@ def info_cmd(artifact, as_json, device_id):
         found = None
         if here.get("tensorrt_version") and here.get("compute_capability"):
             found = mismatches(info, here["tensorrt_version"], here["compute_capability"],
-                               manifest.artifacts["model.onnx"].sha256 if "model.onnx" in manifest.artifacts else "")
+                               manifest.artifacts["model.onnx"].sha256 if "model.onnx" in manifest.artifacts else "",
+                               here.get("gpu"))
         report = {**info.to_json(), "here": {**here, "runs": None if found is None else not found,
                                               "mismatches": [{"what": w, "why": y} for w, y in found or []],
                                               "rebuild": rebuild_command(folder, info)}}

@@ -74,8 +74,8 @@ def test_version_tuple():
     ("tf32", "fp32", (10, 16), True, ("TF32",), ()),
     ("fp16", "fp32", (10, 8), False, ("FP16",), ("TF32",)),     # older 10.x: the builder flag
     ("fp16", "fp16", (10, 8), False, ("FP16",), ("TF32",)),
-    ("fp16", "fp16", (10, 12), True, (), ()),                    # strongly typed: the ONNX types decide
-    ("fp16", "fp16", (11, 4), True, (), ()),
+    ("fp16", "fp16", (10, 12), True, (), ("TF32",)),             # strongly typed: the ONNX types decide
+    ("fp16", "fp16", (11, 4), True, (), ("TF32",)),
     ("bf16", "fp32", (10, 16), False, ("BF16",), ("TF32",)),
 ])
 def test_typing_plan(precision, onnx, version, strong, set_, clear):
@@ -98,10 +98,10 @@ def test_typing_plan_refuses_what_cannot_be_built_and_says_what_would_work(preci
 def test_default_timing_cache_is_per_version_and_gpu_under_the_cache_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("RESGRAPH_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert default_timing_cache("10.16.1.11", "9.0") == str(tmp_path / "resgraph" / "tensorrt" /
-                                                             "timing-trt10.16.1.11-sm90.cache")
+    assert default_timing_cache("10.16.1.11", "9.0", "NVIDIA H200") == str(tmp_path / "resgraph" / "tensorrt" /
+                                                                            "timing-trt10.16.1.11-sm90-nvidia-h200.cache")
     monkeypatch.setenv("RESGRAPH_CACHE_DIR", str(tmp_path / "c"))
-    assert default_timing_cache("11.4.0.106", "8.6").startswith(str(tmp_path / "c" / "tensorrt"))
+    assert default_timing_cache("11.4.0.106", "8.6", "NVIDIA A10").startswith(str(tmp_path / "c" / "tensorrt"))
 
 
 # --- engine.json and compatibility -------------------------------------------------------------
@@ -139,8 +139,19 @@ def test_version_and_hardware_compatible_engines_run_where_tensorrt_says_they_do
     assert mismatches(vc, "10.16.1.11", "8.0", "a" * 64) == []     # any GPU from Ampere on
     assert mismatches(vc, "10.17.0.1", "12.0", "a" * 64) == []     # a later 10.x
     assert [w for w, _ in mismatches(vc, "10.13.0.35", "9.0", "a" * 64)] == ["tensorrt"]   # not an earlier one
-    assert [w for w, _ in mismatches(vc, "11.0.0.114", "9.0", "a" * 64)] == ["tensorrt"]   # nor another major
+    assert mismatches(vc, "11.0.0.114", "9.0", "a" * 64) == []     # 10 -> 11: TensorRT's support matrix says so
+    assert [w for w, _ in mismatches(vc, "12.0.0.1", "9.0", "a" * 64)] == ["tensorrt"]     # no other major
     assert [w for w, _ in mismatches(vc, "10.16.1.11", "7.5", "a" * 64)] == ["gpu"]        # Turing is not Ampere+
+
+
+def test_a_plan_without_hardware_compatibility_runs_only_on_the_gpu_model_it_was_built_on():
+    plain = _info()                                                 # built on an H200, 9.0
+    assert mismatches(plain, "10.16.1.11", "9.0", "a" * 64, "NVIDIA H200") == []
+    found = mismatches(plain, "10.16.1.11", "9.0", "a" * 64, "NVIDIA H100 80GB HBM3")
+    assert [w for w, _ in found] == ["gpu"] and "same-compute-capability" in found[0][1]
+    same_cc = _info(options=BuildOptions(hardware_compatibility="same-compute-capability"))
+    assert mismatches(same_cc, "10.16.1.11", "9.0", "a" * 64, "NVIDIA H100 80GB HBM3") == []
+    assert [w for w, _ in mismatches(same_cc, "10.16.1.11", "8.9", "a" * 64, "NVIDIA L4")] == ["gpu"]
 
 
 def test_a_mismatch_says_what_differs_and_the_command_that_rebuilds(tmp_path):
@@ -301,3 +312,18 @@ def test_cuda_calls_fail_as_user_errors_without_a_gpu():
         with pytest.raises(SpecError) as e:
             gpu(0)
         assert "CUDA cannot query the GPU" in e.value.message and "nvidia-smi" in e.value.hint
+
+
+def test_the_gate_without_torch_holds_fp32_to_a_relative_bound():
+    """No fp64 reference without torch: an fp32 engine against ONNX Runtime is judged relative to the
+    output's size (large logits differ by more than 1e-4 between correct kernels)."""
+    import numpy as np
+
+    from resgraph.runtime.parity import compare
+    ref = np.array([[120.0, -80.0, 3.0]], np.float32)
+    near = ref + np.array([[5e-3, -4e-3, 1e-4]], np.float32)     # 4e-5 of 1 + |ref|
+    far = ref + np.array([[5e-2, 0, 0]], np.float32)            # 4e-4 of it
+    fp32 = {"ort-cpu": "fp32", "tensorrt": "fp32"}
+    assert not compare({"ort-cpu": ref, "tensorrt": near}, fp32)[0].ok          # parity's rule without a floor
+    assert compare({"ort-cpu": ref, "tensorrt": near}, fp32, fp32_rel=1e-4)[0].ok
+    assert not compare({"ort-cpu": ref, "tensorrt": far}, fp32, fp32_rel=1e-4)[0].ok

@@ -6,8 +6,6 @@ into a BackendError naming the call and the error, and returns the rest.
 """
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 
 from .session import BackendError
@@ -45,23 +43,41 @@ class DeviceBuffer:
             self.ptr = 0
 
 
+class _PinnedMemory:
+    """cudaMallocHost memory that numpy arrays can view: each view keeps this object alive (it is their
+    base, through __array_interface__), and the memory is freed when the last of them is gone, so an
+    array handed out by input_buffer() never outlives it."""
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+        self.ptr = call(cudart().cudaMallocHost(max(nbytes, 1)), "cudaMallocHost")
+
+    @property
+    def __array_interface__(self):
+        return {"shape": (self.nbytes,), "typestr": "|u1", "data": (self.ptr, False), "version": 3}
+
+    def __del__(self):
+        try:
+            from cuda.bindings import runtime
+            runtime.cudaFreeHost(self.ptr)
+        except Exception:  # noqa: BLE001  (interpreter shutdown: the process frees it)
+            pass
+
+
 class PinnedBuffer:
     """Page-locked host memory (cudaMallocHost) and a numpy view of it: copies from it to the device
     run at the bus's speed and asynchronously, which pageable memory does not."""
 
     def __init__(self, shape: tuple[int, ...], dtype=np.float32):
         dtype = np.dtype(dtype)
-        count = int(np.prod(shape))
-        self.nbytes = count * dtype.itemsize
-        self.ptr = call(cudart().cudaMallocHost(max(self.nbytes, 1)), "cudaMallocHost")
-        raw = ctypes.cast(ctypes.c_void_p(self.ptr), ctypes.POINTER(ctypes.c_ubyte))   # bytes: any dtype views them
-        self.array = np.ctypeslib.as_array(raw, (max(self.nbytes, 1),))[:self.nbytes].view(dtype).reshape(shape)
+        self.nbytes = int(np.prod(shape)) * dtype.itemsize
+        memory = _PinnedMemory(self.nbytes)
+        self.ptr = memory.ptr
+        self.array = np.asarray(memory)[:self.nbytes].view(dtype).reshape(shape)
 
     def free(self) -> None:
-        if self.ptr:
-            self.array = None
-            cudart().cudaFreeHost(self.ptr)
-            self.ptr = 0
+        """Drop this buffer's view; the memory goes with the last view (see _PinnedMemory)."""
+        self.array = None
 
 
 class Stream:
@@ -112,28 +128,38 @@ class Event:
 
 
 class Graph:
-    """A CUDA graph captured from the work `enqueue()` puts on `stream`, replayed with launch()."""
+    """A CUDA graph captured from the work `enqueue()` puts on `stream`, replayed with launch().
+    `enqueue` returns False where its work cannot be captured (TensorRT's enqueue does when the
+    capture fails): the capture is then ended, its graph discarded and the error raised."""
 
-    def __init__(self, stream: Stream, enqueue):
+    def __init__(self, stream: Stream, enqueue, what: str):
         rt = cudart()
         call(rt.cudaStreamBeginCapture(stream.handle, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
              "cudaStreamBeginCapture")
+        ok = False
         try:
-            enqueue()
+            ok = enqueue()
         finally:
-            graph = call(rt.cudaStreamEndCapture(stream.handle), "cudaStreamEndCapture")
-        self.graph = graph
-        self.exec = call(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            err, graph = rt.cudaStreamEndCapture(stream.handle)
+        if not ok or err != rt.cudaError_t.cudaSuccess:
+            if graph is not None and err == rt.cudaError_t.cudaSuccess:
+                rt.cudaGraphDestroy(graph)
+            rt.cudaGetLastError()       # clear the capture's error so that later calls do not inherit it
+            raise BackendError.at(what, "this engine cannot be captured into a CUDA graph"
+                                  + (f" ({err.name})" if err != rt.cudaError_t.cudaSuccess else ""),
+                                  "leave out --cuda-graph")
+        try:
+            self.exec = call(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            rt.cudaGraphDestroy(graph)  # the executable graph is all that is replayed
 
     def launch(self, stream: Stream) -> None:
         call(cudart().cudaGraphLaunch(self.exec, stream.handle), "cudaGraphLaunch")
 
     def destroy(self) -> None:
-        rt = cudart()
         if self.exec is not None:
-            rt.cudaGraphExecDestroy(self.exec)
-            rt.cudaGraphDestroy(self.graph)
-            self.exec = self.graph = None
+            cudart().cudaGraphExecDestroy(self.exec)
+            self.exec = None
 
 
 def set_device(device_id: int) -> None:

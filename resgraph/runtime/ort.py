@@ -50,17 +50,23 @@ class OrtSession(Session):
             so.intra_op_num_threads = o.threads
         if self.cuda:
             cuda = {"device_id": str(o.device_id), "use_tf32": "1" if o.tf32 else "0"}
-            if cuda_graph:
+            if cuda_graph and not self.tensorrt:
                 cuda["enable_cuda_graph"] = "1"
             providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-            if self.tensorrt:
-                providers.insert(0, ("TensorrtExecutionProvider", self._trt_options()))
+            if self.tensorrt:   # its own graph option: the nodes are on TensorRT's provider, not CUDA's
+                providers.insert(0, ("TensorrtExecutionProvider",
+                                     {**self._trt_options(), **({"trt_cuda_graph_enable": True} if cuda_graph else {})}))
         else:
             providers = ["CPUExecutionProvider"]
         try:
             sess = ort.InferenceSession(self.path, so, providers=providers)
         except Exception as e:  # noqa: BLE001  (onnxruntime raises its own exception types)
             text = str(e).strip()
+            if self.tensorrt and any(w in text for w in ("TensorRT", "Tensorrt", "TRT", "nvinfer")):
+                raise BackendError.at(self.path, f"ONNX Runtime's TensorRT provider cannot run the model: {text[:300]}",
+                                      "see resgraph doctor; --backend tensorrt runs resgraph's own engine"
+                                      + ("; or leave out --cuda-graph (it needs every node on TensorRT)"
+                                         if cuda_graph else "")) from None
             if self.cuda and any(w in text for w in ("CUDA", "cuda", "cuDNN", "cudnn", "graph")):
                 raise BackendError.at(self.path, f"ONNX Runtime's CUDA provider cannot run the model: {text[:300]}",
                                       "see resgraph doctor; --backend ort-cpu runs it on the CPU"

@@ -15,13 +15,16 @@ a smaller one is padded to MIN):
 everything on one non-blocking stream of the session's own; host<->device copies are timed with
 CUDA events (last_io). With --cuda-graph, execute_async_v3 is captured once per batch size (after
 one plain run, which TensorRT needs to finish its shape-dependent set-up) into a CUDA graph on an
-execution context of its own, and replayed.
+execution context of its own, and replayed. All contexts share one block of activation memory
+(TensorRT >= 10.1: user-managed, engine.device_memory_size_v2), as they run one at a time on one
+stream; a lock keeps one run() at a time.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,13 +57,18 @@ def open_engine(folder: str, manifest, options: Options):
             err = BackendError(e.diagnostics)
             err.differs = e.differs
             raise err from None
+        why = e.message
+    import sys
+
     from ..artifacts import read_manifest
     from ..backends.tensorrt.build import build_engine
     from ..backends.tensorrt.engine_json import read_engine_info
-    import sys
-    info = read_engine_info(folder)
-    print(f"resgraph: rebuilding {folder}/model.engine ({info.options.command_flags()})", file=sys.stderr)
-    build_engine(folder, _rebuild_options(info.options), options.device_id)
+    from .parity import gate
+    o = _rebuild_options(read_engine_info(folder).options)
+    print(f"resgraph: rebuilding {folder}/model.engine ({o.command_flags()}): {why}", file=sys.stderr)
+    build_engine(folder, o, options.device_id,
+                 gate=lambda staged: gate(staged, Options(device_id=options.device_id),
+                                          tuple(dict.fromkeys((o.batch.min, o.batch.opt, o.batch.max)))))
     return TensorRTSession(folder, read_manifest(folder), options)
 
 
@@ -76,9 +84,8 @@ class TensorRTSession(Session):
 
     def __init__(self, folder: str, manifest, options: Options):
         super().__init__(folder, manifest, options)
-        from ..artifacts import ArtifactError
-        from ..backends.tensorrt.build import import_tensorrt
-        from ..backends.tensorrt.engine_json import check_compatible, read_engine_info
+        from ..backends.tensorrt.build import import_tensorrt, logger
+        from ..backends.tensorrt.engine_json import EngineMismatch, check_compatible, read_engine_info
         from ..backends.tensorrt.gpu import gpu
         from . import cuda
         trt = import_tensorrt()
@@ -89,52 +96,77 @@ class TensorRTSession(Session):
         self.precision = info.options.precision
         card = gpu(options.device_id)
         onnx = manifest.artifacts.get("model.onnx")
-        check_compatible(folder, info, trt.__version__, card.compute_capability, onnx.sha256 if onnx else "")
+        check_compatible(folder, info, trt.__version__, card.compute_capability, onnx.sha256 if onnx else "", card.name)
         path = os.path.join(folder, "model.engine")
+        rebuild = f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}  (or pass --rebuild)"
         with open(path, "rb") as f:
             plan = f.read()
         if hashlib.sha256(plan).hexdigest() != info.engine_sha256:
-            raise ArtifactError.at(path, f"model.engine does not match engine.json's sha256 ({len(plan):,} bytes, "
-                                   f"{info.engine_bytes:,} recorded): corrupt, truncated or replaced",
-                                   f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}")
-        ins = [t.name for t in info.inputs]
-        outs = [t.name for t in info.outputs]
+            raise EngineMismatch.at(path, f"model.engine does not match engine.json's sha256 ({len(plan):,} bytes, "
+                                    f"{info.engine_bytes:,} recorded): corrupt, truncated or replaced", rebuild)
+        ins, outs = [t.name for t in info.inputs], [t.name for t in info.outputs]
         if ins != [self.input_name] or outs != [self.output_name] or \
                 any(t.dtype != "float32" for t in (*info.inputs, *info.outputs)):
-            raise ArtifactError.at(os.path.join(folder, "engine.json"), f"the engine's I/O {ins} -> {outs} "
-                                   f"({', '.join(t.dtype for t in (*info.inputs, *info.outputs))}) is not the "
-                                   f"manifest's {self.input_name} -> {self.output_name} (float32)",
-                                   f"rebuild it: resgraph engine build {folder}")
+            raise EngineMismatch.at(os.path.join(folder, "engine.json"), f"the engine's I/O {ins} -> {outs} "
+                                    f"({', '.join(t.dtype for t in (*info.inputs, *info.outputs))}) is not the "
+                                    f"manifest's {self.input_name} -> {self.output_name} (float32)", rebuild)
         cuda.set_device(options.device_id)
-        from ..backends.tensorrt.build import logger
         self._log = logger(trt, verbose=False)
         self.runtime = trt.Runtime(self._log)
         if info.options.version_compatible:
             self.runtime.engine_host_code_allowed = True    # the lean runtime embedded in the plan
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
-            raise ArtifactError.at(path, "TensorRT could not deserialise model.engine: " +
-                                   ("; ".join(self._log.errors[-3:]) or "no reason given"),
-                                   f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}")
-        self.stream = cuda.Stream()
-        self._events = [cuda.Event() for _ in range(4)]
-        n = self.profile.max
-        self.host_in = cuda.PinnedBuffer((n, *self.input_shape))
-        self.host_out = cuda.PinnedBuffer((n, *self.output_shape))
-        self.dev_in = cuda.DeviceBuffer(self.host_in.nbytes)
-        self.dev_out = cuda.DeviceBuffer(self.host_out.nbytes)
-        self.context = self._context()
-        self._shape: int | None = None             # the batch the plain context's input shape is set to
+            raise EngineMismatch.at(path, "TensorRT could not deserialise model.engine: " +
+                                    ("; ".join(self._log.errors[-3:]) or "no reason given"), rebuild)
+        self._lock = threading.Lock()             # one stream, one set of buffers: one run at a time
         self._graphs: dict[int, tuple] = {}       # batch -> (its context, its CUDA graph)
+        self._shape: int | None = None             # the batch the plain context's input shape is set to
+        self.stream = self.context = self._memory = None
+        self.host_in = self.host_out = self.dev_in = self.dev_out = None
+        self._events = []
+        try:
+            self.stream = cuda.Stream()
+            self._events = [cuda.Event() for _ in range(4)]
+            n = self.profile.max
+            self.host_in = cuda.PinnedBuffer((n, *self.input_shape))
+            self.host_out = cuda.PinnedBuffer((n, *self.output_shape))
+            self.dev_in = cuda.DeviceBuffer(self.host_in.nbytes)
+            self.dev_out = cuda.DeviceBuffer(self.host_out.nbytes)
+            if hasattr(self.engine, "device_memory_size_v2"):   # TensorRT >= 10.1
+                # every context (the plain one, one per captured batch size) runs on this stream, one
+                # at a time: they share one block of activation memory instead of one block each
+                self._memory = cuda.DeviceBuffer(self.engine.device_memory_size_v2)
+            self.context = self._context()
+        except BaseException:
+            self.close()
+            raise
 
     def _context(self) -> "trt.IExecutionContext":
-        ctx = self.engine.create_execution_context()
+        trt = self.trt
+        if self._memory is not None and hasattr(self.engine, "device_memory_size_v2"):
+            ctx = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            if ctx is not None:
+                ctx.set_device_memory(self._memory.ptr, self._memory.nbytes)
+        else:
+            ctx = self.engine.create_execution_context()
         if ctx is None:
             raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not create an execution "
-                                  "context (out of GPU memory?)", f"a smaller --batch profile than {self.profile}")
-        ctx.set_tensor_address(self.input_name, self.dev_in.ptr)
-        ctx.set_tensor_address(self.output_name, self.dev_out.ptr)
+                                  "context (out of GPU memory?): " + ("; ".join(self._log.errors[-3:]) or "no reason "
+                                  "given"), f"free GPU memory (nvidia-smi), or rebuild with a smaller --batch than "
+                                  f"{self.profile}")
+        for name, ptr in ((self.input_name, self.dev_in.ptr), (self.output_name, self.dev_out.ptr)):
+            if not ctx.set_tensor_address(name, ptr):
+                raise BackendError.at(name, "TensorRT refused the tensor's device address: " +
+                                      ("; ".join(self._log.errors[-3:]) or "no reason given"),
+                                      f"rebuild the engine: resgraph engine build {self.folder}")
         return ctx
+
+    def _set_shape(self, ctx: "trt.IExecutionContext", n: int) -> None:
+        if not ctx.set_input_shape(self.input_name, (n, *self.input_shape)):
+            raise BackendError.at(self.input_name, f"TensorRT refused the input shape {[n, *self.input_shape]} "
+                                  f"(profile {self.profile}): " + ("; ".join(self._log.errors[-3:]) or "no reason given"),
+                                  f"rebuild the engine with a --batch profile covering {n}")
 
     def describe(self) -> str:
         return f"tensorrt {self.info.tensorrt_version} on {self.device}, {self.precision}, batch {self.profile}"
@@ -147,7 +179,8 @@ class TensorRTSession(Session):
         if n < self.profile.min:                   # padded: samples are independent at inference
             pad = np.zeros((self.profile.min - n, *self.input_shape), np.float32)
             return self.run(np.concatenate([x, pad]))[:n]
-        return self._run(x)
+        with self._lock:
+            return self._run(x)
 
     def input_buffer(self, n: int) -> np.ndarray:
         if self.profile.min <= n <= self.profile.max:
@@ -168,7 +201,7 @@ class TensorRTSession(Session):
             self._graphs[n][1].launch(s)
         else:
             if self._shape != n:
-                self.context.set_input_shape(self.input_name, (n, *self.input_shape))
+                self._set_shape(self.context, n)
                 self._shape = n
             if not self.context.execute_async_v3(int(s)):
                 raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not enqueue the "
@@ -183,28 +216,39 @@ class TensorRTSession(Session):
         return self.host_out.array[:n].copy()
 
     def _capture(self, n: int) -> tuple:
-        """An execution context of its own for batch n, run once, then captured into a CUDA graph."""
+        """An execution context of its own for batch n (sharing the session's activation memory), run
+        once (TensorRT finishes its shape-dependent set-up there), then captured into a CUDA graph."""
         ctx = self._context()
-        ctx.set_input_shape(self.input_name, (n, *self.input_shape))
-        if not ctx.execute_async_v3(int(self.stream)):   # TensorRT finishes its set-up for this shape here
-            raise BackendError.at(os.path.join(self.folder, "model.engine"), f"TensorRT could not run batch {n}",
-                                  "leave out --cuda-graph")
+        self._set_shape(ctx, n)
+        where = os.path.join(self.folder, "model.engine")
+        if not ctx.execute_async_v3(int(self.stream)):
+            raise BackendError.at(where, f"TensorRT could not run batch {n}", "leave out --cuda-graph")
         self.stream.synchronize()
-        graph = self.cuda.Graph(self.stream, lambda: ctx.execute_async_v3(int(self.stream)))
+        graph = self.cuda.Graph(self.stream, lambda: ctx.execute_async_v3(int(self.stream)), where)
         return ctx, graph
 
     def close(self) -> None:
-        if getattr(self, "stream", None) is None:
-            return
-        self.stream.synchronize()
+        """Free everything this session holds, each resource on its own (one failure does not keep the
+        others); pinned memory goes with the last array viewing it (input_buffer's included)."""
+        import contextlib
+        if self.stream is not None:
+            with contextlib.suppress(BackendError):
+                self.stream.synchronize()
         for _, g in self._graphs.values():
-            g.destroy()
+            with contextlib.suppress(Exception):
+                g.destroy()
         self._graphs.clear()
         self.context = None
-        for b in (self.host_in, self.host_out, self.dev_in, self.dev_out):
-            b.free()
+        for b in (self.host_in, self.host_out, self.dev_in, self.dev_out, self._memory):
+            if b is not None:
+                with contextlib.suppress(Exception):
+                    b.free()
         for e in self._events:
-            e.destroy()
-        self.stream.destroy()
+            with contextlib.suppress(Exception):
+                e.destroy()
+        self._events = []
+        if self.stream is not None:
+            with contextlib.suppress(Exception):
+                self.stream.destroy()
         self.stream = None
         self.engine = None

@@ -119,6 +119,12 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
             config.set_flag(trt.BuilderFlag.FP16)
         if "BF16" in plan.set_flags:
             config.set_flag(trt.BuilderFlag.BF16)
+    need = {"ampere-plus": ((8, 0), "Ampere"), "same-compute-capability": ((7, 5), "Turing")}.get(
+        options.hardware_compatibility)
+    if need and version_tuple(card.compute_capability) < need[0]:
+        raise SpecError.at("--hardware-compatibility", f"{options.hardware_compatibility} engines are built on "
+                           f"{need[1]} or later GPUs; this one is {card.name} ({card.compute_capability})",
+                           "build on a newer GPU, or without --hardware-compatibility")
     if options.hardware_compatibility == "ampere-plus":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif options.hardware_compatibility == "same-compute-capability":
@@ -138,10 +144,15 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
         profile.set_shape(t.name, (b.min, *rest), (b.opt, *rest), (b.max, *rest))
     config.add_optimization_profile(profile)
 
-    cache_path = _cache_path(options, trt.__version__, card.compute_capability)
+    cache_path = _cache_path(options, trt.__version__, card)
     if cache_path:
         cache = config.create_timing_cache(_read(cache_path))
-        config.set_timing_cache(cache, False)      # ignore_mismatch=False: a foreign cache is not used
+        if not config.set_timing_cache(cache, False):   # ignore_mismatch=False: timed on another device
+            _warn(f"timing cache {cache_path} was made on another GPU or TensorRT: building without it, and "
+                  "replacing it after")
+            log.errors.clear()
+            config.set_timing_cache(config.create_timing_cache(b""), False)
+            _unlink(cache_path)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -176,10 +187,20 @@ def _build_hint(options: BuildOptions) -> str:
     return hint + f"; a smaller --batch than {options.batch} needs less memory"
 
 
-def _cache_path(options: BuildOptions, trt_version: str, cc: str) -> str | None:
+def _cache_path(options: BuildOptions, trt_version: str, card) -> str | None:
     if options.timing_cache == "":
         return None
-    return options.timing_cache or default_timing_cache(trt_version, cc)
+    return options.timing_cache or default_timing_cache(trt_version, card.compute_capability, card.name)
+
+
+def _warn(message: str) -> None:
+    import sys
+    print(f"resgraph: warning: {message}", file=sys.stderr)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _read(path: str) -> bytes:
@@ -212,7 +233,8 @@ def _save_timing_cache(config: "trt.IBuilderConfig", path: str) -> None:
     try:
         with _locked(path):
             merged = config.create_timing_cache(_read(path))
-            merged.combine(ours, False)
+            if not merged.combine(ours, False):    # the file changed to another device's meanwhile: ours alone
+                merged = ours
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".timing-")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -223,8 +245,7 @@ def _save_timing_cache(config: "trt.IBuilderConfig", path: str) -> None:
                     os.unlink(tmp)
                 raise
     except OSError as e:   # the engine is built: a cache that cannot be written costs time next build, not this one
-        import sys
-        print(f"resgraph: warning: timing cache {path} not saved: {e}", file=sys.stderr)
+        _warn(f"timing cache {path} not saved: {e}")
 
 
 # --- into a compiled folder ----------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """engine.json: what model.engine is, and whether it can run here. Pure: no TensorRT import.
 
 A TensorRT plan runs only on the TensorRT version that built it (a version-compatible one: on that
-version or a later one of the same major) and on GPUs of the compute capability it was built for
-(an ampere-plus one: on any of 8.0 or above). Deserialising a mismatched plan fails deep inside
+version or a later one of the same major, and 10 -> 11) and on the GPU model it was built on (a
+same-compute-capability one: any GPU of that capability; an ampere-plus one: any of 8.0 or above). Deserialising a mismatched plan fails deep inside
 TensorRT with a serialization error, or worse; so the runtime checks engine.json first and says
 which of the three differs (TensorRT, GPU, model.onnx) and the command that rebuilds the engine.
 model.engine itself is a plain plan, as `trtexec --saveEngine` writes: trtexec, Polygraphy and
@@ -109,24 +109,42 @@ def rebuild_command(folder: str, info: EngineInfo) -> str:
     return f"resgraph engine build {folder} {info.options.command_flags()}"
 
 
-def mismatches(info: EngineInfo, tensorrt_version: str, compute_capability: str, onnx_sha256: str) -> list[tuple[str, str]]:
-    """(what, why) for each of TensorRT version, GPU and model.onnx that keeps the engine from running here."""
+# a version-compatible plan runs on later TensorRT of its major, and across these majors (TensorRT's
+# support matrix: "TensorRT 10 version-compatible engines can run with a TensorRT 11 runtime, and
+# TensorRT 8 ... with a TensorRT 10 runtime. No other combination across major versions")
+CROSS_MAJOR = {(8, 9), (8, 10), (10, 11)}
+
+
+def mismatches(info: EngineInfo, tensorrt_version: str, compute_capability: str, onnx_sha256: str,
+               gpu_name: str | None = None) -> list[tuple[str, str]]:
+    """(what, why) for each of TensorRT version, GPU and model.onnx that keeps the engine from running here.
+
+    TensorRT: the same version; a version-compatible plan, that version or later of the same major
+    (or 8 -> 9/10, 10 -> 11). GPU: hardware compatibility `none` supports the plan only on the GPU
+    model it was built on (same compute capability and name: TensorRT warns that another model of
+    the same capability may be slower or fail); `same-compute-capability` on any GPU of that
+    capability; `ampere-plus` on any of 8.0 or above."""
     out = []
     built, here = version_tuple(info.tensorrt_version), version_tuple(tensorrt_version)
     if info.options.version_compatible:
-        if not (here[:1] == built[:1] and here >= built):
-            out.append(("tensorrt", f"built by TensorRT {info.tensorrt_version} (version compatible: runs on "
-                                    f"{built[0]}.x from {info.tensorrt_version}), this is TensorRT {tensorrt_version}"))
+        if not (here >= built and (here[:1] == built[:1] or (built[0], here[0]) in CROSS_MAJOR)):
+            out.append(("tensorrt", f"built by TensorRT {info.tensorrt_version} (version compatible: runs on later "
+                                    f"{built[0]}.x), this is TensorRT {tensorrt_version}"))
     elif here != built:
         out.append(("tensorrt", f"built by TensorRT {info.tensorrt_version}, this is TensorRT {tensorrt_version}"))
     cc_built, cc_here = version_tuple(info.compute_capability), version_tuple(compute_capability)
-    if info.options.hardware_compatibility == "ampere-plus":
+    level = info.options.hardware_compatibility
+    if level == "ampere-plus":
         if cc_here < (8, 0):
             out.append(("gpu", f"built for GPUs of compute capability 8.0 and above (ampere-plus), this GPU is "
                                f"{compute_capability}"))
     elif cc_here != cc_built:
         out.append(("gpu", f"built for compute capability {info.compute_capability} ({info.gpu_name}), this GPU is "
-                           f"{compute_capability}"))
+                           f"{compute_capability}" + (f" ({gpu_name})" if gpu_name else "")))
+    elif level == "none" and gpu_name is not None and gpu_name.strip() != info.gpu_name.strip():
+        out.append(("gpu", f"built on {info.gpu_name}, this GPU is {gpu_name} (the same compute capability "
+                           f"{compute_capability}, another model: build with --hardware-compatibility "
+                           "same-compute-capability to run on both)"))
     if onnx_sha256 != info.onnx_sha256:
         out.append(("onnx", f"built from another model.onnx (sha256 {info.onnx_sha256[:12]}, the folder's is "
                             f"{onnx_sha256[:12]}): the folder was recompiled after the engine was built"))
@@ -134,9 +152,9 @@ def mismatches(info: EngineInfo, tensorrt_version: str, compute_capability: str,
 
 
 def check_compatible(folder: str, info: EngineInfo, tensorrt_version: str, compute_capability: str,
-                     onnx_sha256: str) -> None:
+                     onnx_sha256: str, gpu_name: str | None = None) -> None:
     """Raise EngineMismatch, before anything deserialises the plan, if it cannot run here."""
-    found = mismatches(info, tensorrt_version, compute_capability, onnx_sha256)
+    found = mismatches(info, tensorrt_version, compute_capability, onnx_sha256, gpu_name)
     if found:
         e = EngineMismatch.at(os.path.join(folder, "model.engine"),
                               "model.engine cannot run here: " + "; ".join(why for _, why in found),

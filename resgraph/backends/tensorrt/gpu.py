@@ -1,10 +1,13 @@
 """The GPU an engine is built for or opened on: its name and compute capability.
 
-From `nvidia-smi --query-gpu=name,compute_cap` (the driver's tool, present wherever the driver is;
-no CUDA library is loaded into this process), else from cuda-python's cudaGetDeviceProperties.
+From CUDA (cuda-python's cudaGetDeviceProperties), which numbers GPUs as TensorRT and
+cudaSetDevice do: CUDA_VISIBLE_DEVICES applied, fastest first by default. nvidia-smi numbers them
+in PCI order and ignores CUDA_VISIBLE_DEVICES, so it is only the fallback where cuda-python is
+missing, and then only where the two orders cannot differ (one GPU, no CUDA_VISIBLE_DEVICES).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -20,33 +23,35 @@ class Gpu:
 
 
 def gpu(index: int = 0) -> Gpu:
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, f"--id={index}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            out = None
-        if out is not None and out.returncode == 0 and out.stdout.count(",") == 1:
-            name, cc = (s.strip() for s in out.stdout.strip().split(","))
-            if cc.replace(".", "").isdigit():
-                return Gpu(index, name, cc)
-    return _from_cuda_python(index)
-
-
-def _from_cuda_python(index: int) -> Gpu:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
-        raise SpecError.at(f"GPU {index}", "cannot tell this GPU's compute capability: no nvidia-smi, no cuda-python",
-                           "pip install 'resgraph[tensorrt]' (it brings cuda-python), on a machine with the NVIDIA "
-                           "driver") from None
+        return _from_nvidia_smi(index)
     err, props = cudart.cudaGetDeviceProperties(index)
     if err != cudart.cudaError_t.cudaSuccess:
         raise SpecError.at(f"GPU {index}", f"CUDA cannot query the GPU: {err.name}",
-                           "is the NVIDIA driver installed and the GPU visible? (nvidia-smi)")
-    name = props.name.decode(errors="replace").rstrip("\0") if isinstance(props.name, bytes) else str(props.name)
-    return Gpu(index, name, f"{props.major}.{props.minor}")
+                           "is the NVIDIA driver installed and the GPU visible? (nvidia-smi; CUDA_VISIBLE_DEVICES)")
+    name = props.name.decode(errors="replace").split("\0")[0] if isinstance(props.name, bytes) else str(props.name)
+    return Gpu(index, name.strip(), f"{props.major}.{props.minor}")
+
+
+def _from_nvidia_smi(index: int) -> Gpu:
+    smi = shutil.which("nvidia-smi")
+    out = None
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            out = None
+    rows = [r.split(",") for r in out.stdout.strip().splitlines()] if out is not None and out.returncode == 0 else []
+    if len(rows) == 1 and index == 0 and not os.environ.get("CUDA_VISIBLE_DEVICES") and len(rows[0]) == 2:
+        name, cc = (x.strip() for x in rows[0])
+        if cc.replace(".", "").isdigit():
+            return Gpu(0, name, cc)
+    raise SpecError.at(f"GPU {index}", "cannot tell this GPU's compute capability without cuda-python" +
+                       ("" if rows else " (and nvidia-smi shows no GPU)"),
+                       "pip install 'resgraph[tensorrt]' (it brings cuda-python), on a machine with the NVIDIA driver")
 
 
 def select(index: int) -> None:

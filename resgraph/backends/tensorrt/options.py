@@ -8,6 +8,7 @@ Precision (the engine's compute; input and output stay fp32, as in model.onnx):
     fp16   TensorRT >= 10.12: a strongly typed network from the fp16 model.onnx that
            `compile --precision fp16` emits (the ONNX types decide every layer's precision; TensorRT
            11 has no FP16 builder flag). Older 10.x: the FP16 builder flag (from either model.onnx).
+           TF32 cleared on both, so what stays fp32 computes in fp32.
     bf16   TensorRT 10.x: the BF16 builder flag on the fp32 model.onnx (deprecated from 10.12, still
            there). TensorRT 11 builds only strongly typed networks and resgraph emits no bf16
            model.onnx yet (ONNX's Conv takes bf16 from opset 22): refused there, with the reason.
@@ -140,7 +141,7 @@ def typing_plan(precision: str, onnx_precision: str, trt_version: tuple[int, ...
             raise _error(where, "an fp16 engine on TensorRT >= 10.12 is a strongly typed network built from an fp16 "
                          "model.onnx, and this model.onnx is fp32",
                          "recompile with --precision fp16 (resgraph compile SPEC --precision fp16 --engine ...)")
-        return TypingPlan(True, (), ())
+        return TypingPlan(True, (), ("TF32",))   # layers the fp16 ONNX keeps in fp32 stay fp32, as on older 10.x
     assert precision == "bf16", precision
     if trt_version >= (11,):
         raise _error(where, "TensorRT 11 builds only strongly typed networks, and a bf16 one needs a bf16 model.onnx, "
@@ -149,9 +150,13 @@ def typing_plan(precision: str, onnx_precision: str, trt_version: tuple[int, ...
     return TypingPlan(False, ("BF16",), ("TF32",))
 
 
-def default_timing_cache(trt_version: str, compute_capability: str) -> str:
-    """One timing cache per TensorRT version and GPU generation, shared by every build on this machine:
-    $RESGRAPH_CACHE_DIR, else $XDG_CACHE_HOME/resgraph, else ~/.cache/resgraph."""
+def default_timing_cache(trt_version: str, compute_capability: str, gpu_name: str) -> str:
+    """One timing cache per TensorRT version and GPU model (TensorRT refuses a cache timed on another
+    device), shared by every build on this machine: under $RESGRAPH_CACHE_DIR, else
+    $XDG_CACHE_HOME/resgraph, else ~/.cache/resgraph."""
+    import re
     root = os.environ.get("RESGRAPH_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "resgraph")
-    return os.path.join(root, "tensorrt", f"timing-trt{trt_version}-sm{compute_capability.replace('.', '')}.cache")
+    model = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-") or "gpu"
+    return os.path.join(root, "tensorrt",
+                        f"timing-trt{trt_version}-sm{compute_capability.replace('.', '')}-{model}.cache")
