@@ -395,6 +395,8 @@ def doctor_cmd(as_json):
         if "onnxruntime" in r:
             o = r["onnxruntime"]
             out.print(f"ORT EPs     {', '.join(o.get('providers', [])) or o.get('error')}")
+        if "tensorrt" in r:
+            out.print(f"TensorRT    {r['tensorrt'].get('version') or 'broken: ' + r['tensorrt']['error']}")
         gpus = r["nvidia"]["gpus"]
         out.print(f"NVIDIA      driver {r['nvidia']['driver'] or '-'}; " +
                   ("; ".join(f"GPU {g['index']}: {g['name']}, {g['memory_mib']:,} MiB, compute {g['compute_capability']}"

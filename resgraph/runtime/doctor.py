@@ -1,12 +1,14 @@
 """`resgraph doctor`: what this machine can run, and what to install for what it cannot.
 
 Versions come from the installed distributions' metadata (nothing imported to read them); torch and
-onnxruntime are imported only where installed, to ask for their CUDA and execution providers; the
+onnxruntime are imported only where installed, to ask for their CUDA and execution providers (and
+tensorrt, to see that its libraries load); the
 GPUs come from nvidia-smi (the driver's own tool), or from torch where nvidia-smi is absent.
 """
 from __future__ import annotations
 
 import importlib.metadata as md
+import importlib.util
 import platform
 import shutil
 import subprocess
@@ -68,6 +70,12 @@ def report() -> dict:
             r["onnxruntime"] = {"version": ort.__version__, "providers": ort.get_available_providers()}
         except Exception as e:  # noqa: BLE001
             r["onnxruntime"] = {"error": f"{type(e).__name__}: {e}"}
+    if importlib.util.find_spec("tensorrt") is not None:   # installed: does it load (its libraries)?
+        try:
+            import tensorrt as trt
+            r["tensorrt"] = {"version": trt.__version__}
+        except Exception as e:  # noqa: BLE001
+            r["tensorrt"] = {"error": f"{type(e).__name__}: {e}"}
     r["warnings"] = []
     if r["packages"]["onnxruntime"] and r["packages"]["onnxruntime-gpu"]:
         r["warnings"].append("onnxruntime and onnxruntime-gpu are both installed: they share one module and the last "

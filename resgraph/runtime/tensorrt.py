@@ -49,7 +49,10 @@ def probe(folder: str | None) -> Availability:
 
 
 def open_engine(folder: str, manifest, options: Options):
+    """A TensorRTSession; every refusal is a BackendError, so that `auto` passes over a back end it
+    cannot open (no loadable TensorRT, an engine for another GPU) to the next, saying why."""
     from ..backends.tensorrt.engine_json import EngineMismatch
+    from ..errors import SpecError
     try:
         return TensorRTSession(folder, manifest, options)
     except EngineMismatch as e:
@@ -58,6 +61,10 @@ def open_engine(folder: str, manifest, options: Options):
             err.differs = e.differs
             raise err from None
         why = e.message
+    except BackendError:
+        raise
+    except SpecError as e:
+        raise BackendError(e.diagnostics) from None
     import sys
 
     from ..artifacts import read_manifest

@@ -44,8 +44,12 @@ DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "in
 def import_tensorrt():
     try:
         import tensorrt as trt
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         raise SpecError.at("tensorrt", f"TensorRT is not installed ({e})", INSTALL) from None
+    except Exception as e:  # noqa: BLE001  (installed, but its libraries do not load: libnvinfer, CUDA)
+        raise SpecError.at("tensorrt", f"TensorRT is installed but does not load: {type(e).__name__}: {e}",
+                           "check that the tensorrt wheels match the CUDA driver (tensorrt-cu12 or -cu13) and see "
+                           "resgraph doctor") from None
     return trt
 
 
