@@ -97,6 +97,12 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
     where = os.path.join(os.path.dirname(onnx_path), "model.onnx")
     plan = typing_plan(options.precision, manifest.precision, trt_version, where)
     card = this_gpu(device_id)
+    need = {"ampere-plus": ((8, 0), "Ampere"), "same-compute-capability": ((7, 5), "Turing")}.get(
+        options.hardware_compatibility)
+    if need and version_tuple(card.compute_capability) < need[0]:
+        raise SpecError.at("--hardware-compatibility", f"{options.hardware_compatibility} engines are built on "
+                           f"{need[1]} or later GPUs; this one is {card.name} ({card.compute_capability})",
+                           "build on a newer GPU, or without --hardware-compatibility")
     if device_id:
         select(device_id)
     started = time.perf_counter()
@@ -123,12 +129,6 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
             config.set_flag(trt.BuilderFlag.FP16)
         if "BF16" in plan.set_flags:
             config.set_flag(trt.BuilderFlag.BF16)
-    need = {"ampere-plus": ((8, 0), "Ampere"), "same-compute-capability": ((7, 5), "Turing")}.get(
-        options.hardware_compatibility)
-    if need and version_tuple(card.compute_capability) < need[0]:
-        raise SpecError.at("--hardware-compatibility", f"{options.hardware_compatibility} engines are built on "
-                           f"{need[1]} or later GPUs; this one is {card.name} ({card.compute_capability})",
-                           "build on a newer GPU, or without --hardware-compatibility")
     if options.hardware_compatibility == "ampere-plus":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif options.hardware_compatibility == "same-compute-capability":
