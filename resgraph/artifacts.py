@@ -10,13 +10,14 @@ One home for the manifest, shared by `compile` (writes it), the runtime (reads o
 never the user's spec or the IR) and the engine builder. Standard library only: a deployment
 that runs model.onnx imports neither torch nor the front end.
 
-Publishing (Stage.publish): every artifact is written in full into a hidden staging folder beside
-the output folder, which then takes the output folder's place whole (a rename, or an exchange of
-the two folders), or, where it cannot, file by file with the manifest last.
+Publishing (Stage.publish): every artifact is written in full into a hidden staging folder on the
+output's filesystem, which then takes the output folder's place whole (a rename, or an exchange of
+the two folders), or, where it cannot (a mount point, `-o .`), file by file with the manifest last.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -183,16 +184,36 @@ def verify_artifacts(folder: str, manifest: Manifest) -> dict[str, str]:
 
 # --- publishing ----------------------------------------------------------------------------------
 
+STAGING, OLD = ".resgraph-staging-", ".resgraph-old-"   # short: the output's own name may be 255 bytes
+# errors that mean "these two folders cannot be exchanged here" (a mount point, another filesystem,
+# a filesystem without renameat2's exchange): publish file by file instead
+CANNOT_EXCHANGE = {errno.EBUSY, errno.EXDEV, errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
 class Stage:
-    """A hidden folder beside `out`, on the same filesystem, into which a set of artifacts is
-    written; publish() puts it in out's place atomically, close() removes what is left."""
+    """A hidden folder on the output's filesystem into which a set of artifacts is written;
+    publish() puts it in out's place atomically, close() removes what is left.
+
+    Where: beside `out`, so that publishing is one rename or exchange of two folders; or inside
+    `out` where the folder itself cannot be swapped (a mount point: the Docker pattern `-v
+    host:/out ... -o /out`; the working directory or a folder holding it: `-o .`; a parent on
+    another filesystem), and then publish() goes file by file, the manifest last.
+
+    Concurrent compiles into one folder each stage under a unique name and hold an exclusive lock
+    on a file beside their staging folder; the next compile anywhere in that folder removes only
+    staging folders whose lock is free (their process is gone: killed, crashed), and whichever
+    publishes last wins, with a consistent set."""
 
     def __init__(self, out: str):
         self.out = out
-        self.target = os.path.realpath(out) if os.path.islink(out) else out   # stage beside the real folder
-        parent = os.path.dirname(os.path.abspath(self.target))
-        _clean_stale(parent, os.path.basename(self.target))
-        self.path = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(self.target)}.staging-")
+        self.target = os.path.realpath(out) if os.path.islink(out) else os.path.abspath(out)
+        self.inside = _cannot_swap(self.target)
+        where = self.target if self.inside else os.path.dirname(self.target)
+        clean_stale(where)
+        if os.path.isdir(self.target):
+            clean_stale(self.target)
+        self.path = tempfile.mkdtemp(dir=where, prefix=STAGING)
+        self._lock = _lock(self.path + ".lock")
         self.names: list[str] = []
 
     def file(self, name: str) -> str:
@@ -203,14 +224,72 @@ class Stage:
         return os.path.join(self.path, name)
 
     def publish(self) -> dict[str, str]:
-        _publish(self.path, self.target, self.names)
+        _publish(self.path, self.target, self.names, self.inside)
         return {name: os.path.join(self.out, name) for name in self.names}
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path + ".lock")
+            self._lock.close()        # releases the lock
+            self._lock = None
 
 
-def _publish(stage: str, out: str, names: list[str]) -> None:
+def _cannot_swap(target: str) -> bool:
+    """True where `target` exists but cannot be renamed or exchanged with a folder beside it."""
+    if not os.path.isdir(target):
+        return False
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    if os.path.ismount(target) or (cwd and os.path.commonpath([cwd, target]) == target):
+        return True
+    try:
+        return os.stat(target).st_dev != os.stat(os.path.dirname(target)).st_dev
+    except OSError:
+        return True
+
+
+def _lock(path: str):
+    import fcntl
+    f = open(path, "w")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def clean_stale(folder: str) -> None:
+    """Remove what killed or crashed compiles left in `folder`: staging folders whose lock no live
+    process holds, and replaced sets (.resgraph-old-*) that were not deleted."""
+    import fcntl
+    wait_for_cleanup()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        if e.name.startswith(STAGING) and not e.name.endswith(".lock") and e.is_dir(follow_symlinks=False):
+            try:
+                f = open(e.path + ".lock", "a")
+            except OSError:
+                continue
+            with f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue              # a live compile's: leave it
+                shutil.rmtree(e.path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.unlink(e.path + ".lock")
+        elif e.name.startswith(STAGING) and e.name.endswith(".lock") and not os.path.lexists(e.path[:-5]):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)         # a lock whose folder is gone
+        elif e.name.startswith(OLD) and e.is_dir(follow_symlinks=False):
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
+def _publish(stage: str, out: str, names: list[str], inside: bool = False) -> None:
     """Put the staged artifacts in place of the previous ones, atomically.
 
     The whole folder at once where possible: `out` absent -> one rename of the staging folder;
@@ -218,10 +297,10 @@ def _publish(stage: str, out: str, names: list[str]) -> None:
     is deleted. Readers then never see a mixed set, and no file is renamed over another, which on
     ext4 (auto_da_alloc) forces the new file's blocks to be allocated and the old one's freed on the
     spot: ~0.1 s per 100 MB file. Otherwise (other files beside the artifacts, a symlinked folder, a
-    system without exchange) file by file, the manifest last: each file is replaced atomically, and
-    an artifact of the previous compile that this one does not make (model.onnx.data) is removed
-    after. A crash between two of those renames leaves a mixed set that the manifest, replaced last,
-    does not describe (its sha256s tell).
+    mount point, a staging folder inside `out`, a system without exchange) file by file, the
+    manifest last: each file is replaced atomically, and an artifact of the previous compile that
+    this one does not make (model.onnx.data) is removed after. A crash between two of those renames
+    leaves a mixed set that the manifest, replaced last, does not describe (its sha256s tell).
     """
     from .fileio import exchange
     assert set(names) <= set(ARTIFACTS) and "manifest.json" in names, names
@@ -229,20 +308,28 @@ def _publish(stage: str, out: str, names: list[str]) -> None:
     os.umask(umask)
     for name in names:
         os.chmod(os.path.join(stage, name), 0o666 & ~umask)
-    if not os.path.lexists(out):
-        os.chmod(stage, 0o777 & ~umask)   # mkdtemp's folder is owner-only
-        try:
-            os.rename(stage, out)
-            return
-        except OSError:   # created meanwhile by someone else: file by file below
-            pass
-    elif not os.path.islink(out) and all(e.name in ARTIFACTS and e.is_file(follow_symlinks=False) for e in os.scandir(out)):
-        os.chmod(stage, os.stat(out).st_mode & 0o7777)
-        if exchange(stage, out):
-            old = tempfile.mkdtemp(dir=os.path.dirname(stage), prefix=f".{os.path.basename(out)}.old-")
-            os.rename(stage, old)   # over its own empty folder: the name says "not being written"
-            _delete_later(old)
-            return
+    if not inside:
+        if not os.path.lexists(out):
+            os.chmod(stage, 0o777 & ~umask)   # mkdtemp's folder is owner-only
+            try:
+                os.rename(stage, out)
+                return
+            except OSError:   # created meanwhile by another publisher: exchange with it below
+                pass
+        if os.path.isdir(out) and not os.path.islink(out) and \
+                all(e.name in ARTIFACTS and e.is_file(follow_symlinks=False) for e in os.scandir(out)):
+            os.chmod(stage, os.stat(out).st_mode & 0o7777)
+            try:
+                swapped = exchange(stage, out)
+            except OSError as e:
+                if e.errno not in CANNOT_EXCHANGE:
+                    raise
+                swapped = False
+            if swapped:
+                old = tempfile.mkdtemp(dir=os.path.dirname(stage), prefix=OLD)
+                os.rename(stage, old)   # over its own empty folder: the name says "not being written"
+                _delete_later(old)
+                return
     os.makedirs(out, exist_ok=True)
     for name in (n for n in ARTIFACTS if n in names):   # the manifest last
         os.replace(os.path.join(stage, name), os.path.join(out, name))
@@ -269,10 +356,3 @@ def wait_for_cleanup() -> None:
     """Until every replaced artifact set has been deleted."""
     while _deleting:
         _deleting.pop().join()
-
-
-def _clean_stale(parent: str, base: str) -> None:
-    wait_for_cleanup()
-    for e in os.scandir(parent):
-        if e.name.startswith((f".{base}.staging-", f".{base}.old-")) and e.is_dir(follow_symlinks=False):
-            shutil.rmtree(e.path, ignore_errors=True)

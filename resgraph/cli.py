@@ -131,7 +131,7 @@ def schema(output):
     text = json.dumps(json_schema(OPS), indent=2) + "\n"
     if output:
         from .fileio import atomic_write_text
-        atomic_write_text(output, text)
+        _run(lambda: atomic_write_text(output, text))
     else:
         click.echo(text, nl=False)
 
@@ -148,6 +148,11 @@ def _run(fn):
         return fn()
     except SpecError as e:
         _print_diagnostics(e.diagnostics, e.diagnostics[0].loc.file)
+        sys.exit(1)
+    except OSError as e:   # the environment's (full disk, read-only, permissions), not a bug: name the path
+        from .fileio import os_error
+        err = os_error(e)
+        _print_diagnostics(err.diagnostics, err.file)
         sys.exit(1)
     except ImportError as e:
         top = (e.name or "").split(".")[0]

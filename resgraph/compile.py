@@ -12,9 +12,9 @@ background threads from the moment it is checked, beside the passes and the lowe
 model.onnx is hashed in another while it is written (resnet50: ~0.2 s for 200 MB written and
 hashed, on 2 cores).
 
-Atomic: every artifact is written in full into a hidden staging folder beside the output folder,
+Atomic: every artifact is written in full into a hidden staging folder on the output's filesystem,
 which then takes the output folder's place whole (artifacts.Stage: a rename, or an exchange of the
-two folders), or, where it cannot, file by file with the manifest last. A crash, Ctrl-C or kill -9
+two folders), or, where it cannot (a mount point, `-o .`), file by file with the manifest last. A crash, Ctrl-C or kill -9
 while writing leaves the previous artifacts as they were and no partial file in the output
 folder; a stale staging folder is removed by the next compile. (Files are not fsync'ed: this
 protects against the process dying, not against the machine losing power mid-write; fsync of
@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ def load_weights(path: str, graph):
     from .mapped import open_mapped
     from .ops.count import state_dict_shapes
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):   # a FIFO or a device would block or never end
+            raise _error(path, "the weights path is not a regular file (a pipe, a device?)",
+                         "give a .safetensors file") from None
         mapped = open_mapped(path)
     except FileNotFoundError:
         raise _error(path, "no such weights file", "check the path (resgraph init / train / import-weights make one)") from None
@@ -68,6 +72,10 @@ def load_weights(path: str, graph):
     wrong = [f"{k}: file {list(tensors[k].shape)}, spec {list(want[k])}" for k in want
              if k in tensors and tuple(tensors[k].shape) != want[k]]
     unexpected = [k for k in tensors if k not in want]
+    # an integer or boolean tensor where the spec wants floats would be cast silently: refuse it
+    # (bn's num_batches_tracked is the one integer tensor a checkpoint holds)
+    wrong += [f"{k}: dtype {tensors[k].dtype}, the spec wants floats" for k in want
+              if k in tensors and tensors[k].dtype.kind != "f" and not k.endswith("num_batches_tracked")]
     if missing or wrong or unexpected:
         parts = [f"{label} ({len(x)}): " + "; ".join(x[:5]) + (" ..." if len(x) > 5 else "")
                  for label, x in (("missing", missing), ("shape mismatch", wrong), ("unexpected", unexpected)) if x]
@@ -83,10 +91,35 @@ def fresh_weights(graph, seed: int) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
 
 
+def _write_error(e: OSError, out: str):
+    """A failure to write the artifacts, named after the output folder (not the hidden staging
+    folder the system names), with what to do."""
+    from .fileio import os_error
+    inside = e.filename is None or ".resgraph-" in str(e.filename)
+    return os_error(e, out if inside else None)
+
+
 def _nonfinite(tensors: dict) -> list[str]:
     """The floating-point tensors holding a NaN or an infinity (16 ms for resnet50, in the background)."""
     import numpy as np
     return [k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+
+
+def _check_statistics(w: dict, nonfinite: list[str], where: str) -> None:
+    """The checkpoint's values, before anything is computed from them: all finite, and every batch
+    norm variance >= 0 (a negative one folds into NaN weights: a model that answers NaN)."""
+    import numpy as np
+    if nonfinite:
+        raise _error(where, f"the weights are not all finite: NaN or inf in {len(nonfinite)} tensor(s): "
+                     + ", ".join(nonfinite[:5]) + (" ..." if len(nonfinite) > 5 else ""),
+                     "a diverged training run? Compile an earlier checkpoint (resgraph train keeps "
+                     "best.safetensors and epoch-NNN.safetensors)")
+    negative = [f"{k} (min {float(np.min(v)):.3g})" for k, v in w.items()
+                if k.endswith("running_var") and v.size and float(np.min(v)) < 0]
+    if negative:
+        raise _error(where, f"negative batch-norm variance in {len(negative)} tensor(s): " + ", ".join(negative[:5])
+                     + (" ..." if len(negative) > 5 else ""),
+                     "a variance is never negative: a damaged or hand-edited checkpoint? Re-export it from training")
 
 
 def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
@@ -130,7 +163,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         from .backends.tensorrt.options import typing_plan, version_tuple
         typing_plan(engine.precision, precision, version_tuple(import_tensorrt().__version__), "--precision")
     out = out or os.path.join("compiled", spec.name)
-    target = os.path.realpath(out) if os.path.islink(out) else out   # Stage works beside the real folder
+    target = os.path.realpath(out) if os.path.islink(out) else out   # Stage works on the real folder
     parent = os.path.dirname(os.path.abspath(target))
     if os.path.exists(out) and not os.path.isdir(out):
         raise _error(out, "the output path is a file", "give a folder: -o compiled/NAME")
@@ -138,12 +171,13 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         raise _error(parent, f"cannot create the output folder: {e.strerror}", "choose a writable place with -o") from None
-    if not os.access(parent, os.W_OK):
-        raise _error(parent, "the output folder is not writable", "choose a writable place with -o")
     t["check"] = time.perf_counter()
 
     import numpy as np
-    stage = Stage(out)
+    try:
+        stage = Stage(out)
+    except OSError as e:   # read-only, no permission, /proc/...: nothing was written
+        raise _write_error(e, out) from None
     files = {name: stage.file(name) for name in ("model.onnx", "weights.safetensors", "spec.yaml", "manifest.json")}
     # Copying and hashing the checkpoint depend on nothing else: they run in the background from
     # here, beside the passes and the lowering (both release the GIL).
@@ -162,11 +196,19 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             w = {k: np.asarray(v) for k, v in fresh_weights(graph, seed).items()}
         t["weights"] = time.perf_counter()
 
+        if weights:   # before folding, which would turn these into NaN weights (and fp16 call them overflow)
+            _check_statistics(w, nonfinite.result(), weights)
         step("inference passes")
         from .passes.inference import for_inference
         from .passes.verify import verify
         igraph, iw = for_inference(graph, w, fold=fold)
         verify(igraph)
+        folded_bad = _nonfinite(iw) if fold else []
+        if folded_bad:
+            raise _error(weights or spec_path, f"folding batch norm gives NaN or inf in {len(folded_bad)} tensor(s): "
+                         + ", ".join(folded_bad[:5]) + (" ..." if len(folded_bad) > 5 else ""),
+                         "gamma / sqrt(running_var + eps) overflows for these layers: check the checkpoint's batch "
+                         "norm statistics, or compile with --no-fold")
         t["passes"] = time.perf_counter()
 
         step("lowering to ONNX")
@@ -194,12 +236,6 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             model_sha, _ = write_model(files["model.onnx"], model, big)   # streamed, hashed as written
         del model, big, iw
         if weights:
-            bad = nonfinite.result()
-            if bad:
-                raise _error(weights, f"the weights are not all finite: NaN or inf in {len(bad)} tensor(s): "
-                             + ", ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""),
-                             "a diverged training run? Compile an earlier checkpoint (resgraph train keeps "
-                             "best.safetensors and epoch-NNN.safetensors)")
             copied.result()
             weights_sha = weights_sha.result()
         else:
@@ -230,6 +266,8 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
             step("checking the engine's parity")
             gate(stage.path)
         final = stage.publish()
+    except OSError as e:   # a full disk, a name too long...: the previous artifacts stay as they were
+        raise _write_error(e, out) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)   # a running copy ends before its folder goes
         stage.close()

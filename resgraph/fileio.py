@@ -5,6 +5,7 @@ file gets the permissions a plain open() would give it (mkstemp's are owner-only
 """
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from typing import Callable
@@ -13,8 +14,11 @@ from typing import Callable
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
     """Call write(tmp_path), then rename tmp_path over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resgraph-", suffix=suffix)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".resgraph-", suffix=suffix)
+    except OSError as e:   # named after the file the caller asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, path) from None
     os.close(fd)
     try:
         write(tmp)
@@ -22,9 +26,11 @@ def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> N
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (tmp, None):
+            raise OSError(e.errno, e.strerror, path) from None
         raise
 
 
@@ -54,3 +60,29 @@ def exchange(a: str, b: str) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
         return False
     raise OSError(err, os.strerror(err), b)
+
+
+# what the system's error means for the user, and what to do about it
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere",
+    errno.EROFS: "a read-only filesystem: write elsewhere",
+    errno.EACCES: "no permission here: write elsewhere, or check the folder's owner and mode",
+    errno.EPERM: "not permitted here: write elsewhere, or check the folder's owner and mode",
+    errno.ENAMETOOLONG: "a file name is longer than the filesystem allows (255 bytes a name): a shorter name, or -o",
+    errno.ENOENT: "a folder on the way does not exist (or is not a real folder, as under /proc)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "the path is a folder: give a file",
+    errno.EIO: "an I/O error: the disk or the network filesystem failed",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+}
+
+
+def os_error(e: OSError, where: str | None = None):
+    """An OSError the environment caused (full disk, read-only filesystem, permissions, a name too
+    long) as a user error naming the path, with what to do: these are not resgraph's bugs."""
+    from .errors import SpecError
+    path = where or e.filename or "resgraph"
+    name = errno.errorcode.get(e.errno or 0, "")
+    return SpecError.at(str(path), f"{e.strerror or e}" + (f" ({name})" if name else ""),
+                        _HINTS.get(e.errno, "check the path and the filesystem"))

@@ -41,6 +41,48 @@ def test_compile_writes_four_artifacts_and_an_honest_manifest(tmp_path):
     assert p.returncode == 0 and "untrained" in p.stdout
     m = json.loads((tmp_path / "mlp" / "manifest.json").read_text())
     assert (m["trained"], m["precision"], m["opset"], m["folded"]) == (False, "fp16", 21, False)
+    assert_fp16_model(tmp_path / "mlp" / "model.onnx", 21)   # and the model itself says so
+
+
+def assert_fp16_model(path, opset):
+    """What --precision fp16 --opset N promise, read from the ONNX file: every floating initializer FLOAT16,
+    the graph's input and output FLOAT (a Cast at each edge), the default domain at version N."""
+    import onnx
+    from onnx import TensorProto
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", opset)]
+    floating = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+    types = {t.name: t.data_type for t in model.graph.initializer if t.data_type in floating}
+    assert types and set(types.values()) == {TensorProto.FLOAT16}, {k: v for k, v in types.items() if v != TensorProto.FLOAT16}
+    ends = list(model.graph.input) + list(model.graph.output)
+    assert len(ends) == 2 and all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in ends), ends
+    first = next(n for n in model.graph.node if model.graph.input[0].name in n.input)
+    assert first.op_type == "Cast" and cast_to(first) == TensorProto.FLOAT16
+    last = next(n for n in model.graph.node if model.graph.output[0].name in n.output)
+    assert last.op_type == "Cast" and cast_to(last) == TensorProto.FLOAT
+    return model
+
+
+def cast_to(node):
+    import onnx
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["to"]
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_fp16_opset_and_folding_are_in_the_onnx_file(tmp_path, opset):
+    """digits_resnet has 9 bn: bn1, two in each of the 3 blocks, one in each of the 2 inserted Ws (conv1x1 + bn)."""
+    for fold in (False, True):
+        out = tmp_path / f"fold_{fold}"
+        p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(out), "--precision", "fp16",
+                    "--opset", str(opset), *([] if fold else ["--no-fold"]))
+        assert p.returncode == 0, p.stderr
+        model = assert_fp16_model(out / "model.onnx", opset)
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("BatchNormalization") == (0 if fold else 9), ops
+        assert ops.count("Conv") == 9 and ops.count("Gemm") == 1, ops   # 7 written + 2 Ws convs; fc
+        m = json.loads((out / "manifest.json").read_text())
+        assert (m["precision"], m["opset"], m["folded"]) == ("fp16", opset, fold)
 
 
 def test_compiled_model_classifies_digits_with_onnxruntime(tmp_path):
@@ -107,7 +149,7 @@ def wait_for_staging(parent, proc, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         for e in os.scandir(parent):
-            if e.name.startswith(".") and "staging" in e.name and os.listdir(e.path):
+            if e.name.startswith(".") and "staging" in e.name and e.is_dir() and os.listdir(e.path):
                 return True
         time.sleep(0.002)
     return False
