@@ -270,3 +270,18 @@ def test_parity_needs_inputs_and_a_sound_manifest(digits_folder, tmp_path):
         (folder / "manifest.json").write_text(json.dumps(change(m)))
         p = run_cli("run", str(folder), str(SAMPLES))
         assert p.returncode == 1 and message in p.stderr and "internal error" not in p.stderr, p.stderr
+
+
+def test_pipes_and_devices_as_inputs_fail_on_their_line_without_blocking(digits_folder, tmp_path):
+    """Reading a named pipe blocks until someone writes to it and /dev/zero never ends: each is an
+    input error on its own line, and the good input beside them is classified."""
+    for name in ("img.png", "x.npy"):
+        os.mkfifo(tmp_path / name)
+    good = str(ROOT / "examples" / "digits" / "samples" / "0012_digit-2.png")
+    r = run_cli("run", str(digits_folder), str(tmp_path / "img.png"), str(tmp_path / "x.npy"), "/dev/zero", good,
+                "--json", timeout=30)
+    assert r.returncode == 1, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [d["ok"] for d in lines] == [False, False, False, True]
+    assert all("not a regular file" in d["error"] for d in lines[:3])
+    assert lines[3]["top"][0]["label"] == "2"

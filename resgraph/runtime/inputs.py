@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .preprocess import InputError, Preprocess
+from .preprocess import InputError, Preprocess, regular_file
 
 
 @dataclass(frozen=True)
@@ -53,12 +53,13 @@ def _file(path: str, sample_shape) -> list[Item]:
     if not path.lower().endswith(".npy") or sample_shape is None:
         return [Item(path)]
     try:   # the header alone: how many samples the file holds
+        regular_file(path)
         with open(path, "rb") as f:
             fmt = np.lib.format
             version = fmt.read_magic(f)
             shape = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)[0]
-    except FileNotFoundError:
-        return [Item(path, error="no such file")]
+    except InputError as e:
+        return [Item(path, error=str(e))]
     except (OSError, ValueError, SyntaxError) as e:
         return [Item(path, error=f"not a readable .npy file: {e}")]
     if len(shape) == len(sample_shape) + 1 and tuple(shape[1:]) == tuple(sample_shape) and shape[0] > 0:
@@ -78,6 +79,7 @@ def load(item: Item, pre: Preprocess) -> np.ndarray:
 
 
 def _npy(item: Item, shape: tuple) -> np.ndarray:
+    regular_file(item.path)
     try:
         a = np.load(item.path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:

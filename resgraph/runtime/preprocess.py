@@ -119,6 +119,7 @@ class Preprocess:
     def file(self, path: str) -> np.ndarray:
         """Decode an image file and transform it; InputError for anything a user's file can do wrong."""
         from PIL import Image, ImageOps, UnidentifiedImageError
+        regular_file(path)
         try:
             with Image.open(path) as im:                       # at the first frame (GIF, TIFF, WebP)
                 if "exif" in im.info or im.format in ("TIFF", "MPO"):
@@ -166,3 +167,20 @@ def _centre_crop(im, h: int, w: int):
     left = -((w - iw) // 2) if w > iw else int(round((iw - w) / 2.0))
     top = -((h - ih) // 2) if h > ih else int(round((ih - h) / 2.0))
     return im.crop((left, top, left + w, top + h))
+
+
+def regular_file(path: str) -> None:
+    """InputError unless `path` is a regular file: reading a pipe blocks until someone writes to it,
+    and a device (/dev/zero, /dev/urandom) never ends."""
+    import os
+    import stat
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError("no such file") from None
+    except OSError as e:
+        raise InputError(f"cannot read it: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError("a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("not a regular file (a pipe or a device): give a file")
