@@ -5,3 +5,15 @@ MAX_SPATIAL = 1 << 16       # 65,536 pixels per side
 MAX_SCALE = 64
 MAX_REPEAT = 10_000
 MAX_NODES = 100_000         # nodes after expanding blocks and repeats (ResNet-152: 570)
+
+# The YAML document itself (resgraph/spec/yamlsrc.py). Its size is counted on the parser's events
+# before any tree is built, so a file of a million tiny values is refused in a fraction of a second.
+MAX_SPEC_BYTES = 1 << 20    # 1 MiB of spec text is already absurd
+MAX_SPEC_VALUES = MAX_NODES  # values as written: scalars, lists and mappings, keys included (ResNet-152's
+#                             spec: ~300; 6,600 explicit convs: ~46,000). A layer written out takes 1 (relu)
+#                             to ~10 values, so this admits about as many bare layers as MAX_NODES admits
+#                             nodes, and 10,000+ convs with arguments; networks beyond use blocks and repeat
+MAX_ALIAS_VALUES = 20_000   # values added by expanding aliases (alias bombs, "billion laughs")
+MAX_SPEC_DEPTH = 64         # nesting of lists and mappings
+MAX_LABELS = MAX_CHANNELS   # class names: one per output feature, at most
+MAX_LABELS_BYTES = 1 << 20  # a labels file (ImageNet's 1,000 names: 10 KiB)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from rich.console import Console
 from rich.table import Table
@@ -26,8 +27,12 @@ def remember_source(file: str, text: str) -> None:
 
 
 def _line(file: str, n: int) -> str | None:
+    if n <= 0:          # an error about a whole file (weights, data): nothing to show, nothing to read
+        return None
     if file not in _SOURCES:
         try:
+            if not stat.S_ISREG(os.stat(file).st_mode):   # a FIFO or a device would block
+                raise OSError(file)
             with open(file, encoding="utf-8", errors="replace") as f:
                 _SOURCES[file] = f.read(4 << 20).splitlines()
         except OSError:
@@ -36,28 +41,43 @@ def _line(file: str, n: int) -> str | None:
     return lines[n - 1] if 0 < n <= len(lines) else None
 
 
+def escape(s: str) -> str:
+    """`s` with every character that is not printable written as Python writes it in a string
+    literal (\\t, \\x1b, \\u202e): a spec's ids and text reach the terminal, and a bidi override
+    (U+202A-U+202E, U+2066-U+2069) or an escape sequence must not rearrange or restyle what the
+    reader sees. Printable text, accented or not, is unchanged."""
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
 def diagnostic(d: Diagnostic) -> Text:
-    """FILE:LINE:COL: error: message, the source line with a caret under the place, and the hint."""
+    """FILE:LINE:COL: error: message, the source line with a caret under the place, and the hint.
+    What comes from the spec is escaped (see `escape`); `--json` leaves that to JSON."""
     colour = "red" if d.severity == "error" else "yellow"
     t = Text()
     where = str(d.loc) if d.loc.line > 0 else d.loc.file   # artifacts (weights, data) have no lines
-    t.append(f"{where}: ", style="bold")
+    t.append(f"{escape(where)}: ", style="bold")
     t.append(f"{d.severity}: ", style=f"bold {colour}")
-    t.append(d.message + "\n", style="bold")
+    t.append(escape(d.message) + "\n", style="bold")
     src = _line(d.loc.file, d.loc.line)
     if src is not None:
         src = src.expandtabs(1)
+        col, span = max(d.loc.col - 1, 0), d.span
+        if not src.isprintable():   # escapes widen the line: the caret moves with them
+            span = max(len(escape(src[col:col + span])), 1) if col < len(src) else span
+            col = len(escape(src[:col])) + max(col - len(src), 0)
+            src = escape(src)
         if len(src) > 160:
             src = src[:157] + "..."
         num = str(d.loc.line)
         t.append(f" {num} | ", style="blue")
         t.append(src + "\n")
         t.append(" " * len(num) + "  | ", style="blue")
-        col = max(d.loc.col - 1, 0)
-        t.append(" " * min(col, 160) + "^" + "~" * max(d.span - 1, 0) + "\n", style=f"bold {colour}")
+        t.append(" " * min(col, 160) + "^" + "~" * max(span - 1, 0) + "\n", style=f"bold {colour}")
     if d.hint:
         t.append("  hint: ", style="bold cyan")
-        t.append(d.hint)
+        t.append(escape(d.hint))
     t.rstrip()
     return t
 

@@ -358,6 +358,7 @@ class _Parser:
         return out
 
     def labels(self, y):
+        from ..limits import MAX_LABELS
         if y is None:
             return None, None
         if y.is_list:
@@ -365,21 +366,75 @@ class _Parser:
             if not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in vals):
                 self.d.error(y.loc, "labels must be a list of names", "one class name per entry")
                 return None, None
+            if len(vals) > MAX_LABELS:
+                self.d.error(y.loc, f"{len(vals):,} labels, the limit is {MAX_LABELS:,}",
+                             "one label per output feature; is this the right list?")
+                return None, None
             return tuple(str(x) for x in vals), y.loc
         if isinstance(y.value, str) and not self.read_files:
             return None, None
         if isinstance(y.value, str):
-            path = os.path.join(os.path.dirname(self.file), y.value)
-            try:
-                with open(path, encoding="utf-8") as f:
-                    return tuple(line.strip() for line in f.read(8 << 20).splitlines() if line.strip()), y.loc
-            except (OSError, UnicodeDecodeError) as e:
-                self.d.error(y.loc, f"cannot read labels file '{y.value}': {getattr(e, 'strerror', None) or e}",
-                             "the path is relative to the spec file; one class name per line")
-                return None, None
+            names = self.labels_file(y)
+            return (names, y.loc) if names is not None else (None, None)
         self.d.error(y.loc, f"labels must be a list or a file name, got {_kind(y)}",
                      "labels: [cat, dog] or labels: classes.txt (one name a line, relative to the spec)")
         return None, None
+
+    def labels_file(self, y) -> tuple[str, ...] | None:
+        """A labels file, confined to the spec's folder (its contents end up in compiled artifacts, so
+        `labels: /etc/passwd` or `../../secret` must not read them), a regular file (a FIFO or
+        /dev/stdin would block), at most MAX_LABELS_BYTES and MAX_LABELS names."""
+        import stat
+
+        from ..limits import MAX_LABELS, MAX_LABELS_BYTES
+        name = y.value
+        beside = ("put the file in the spec's folder and name it relative to the spec (labels: classes.txt), "
+                  "or list the labels inline: labels: [cat, dog]")
+
+        def refuse(message: str, hint: str = beside) -> None:
+            self.d.error(y.loc, f"labels file '{name}' {message}", hint)
+
+        if not name.strip() or "\0" in name:
+            refuse("is not a file name", "labels: classes.txt, one class name a line, relative to the spec")
+            return None
+        if os.path.isabs(name):
+            refuse("is an absolute path")
+            return None
+        base = os.path.realpath(os.path.dirname(os.path.abspath(self.file)))   # <stdin>: the current folder
+        path = os.path.realpath(os.path.join(base, name))    # symlinks resolved: a link cannot lead out
+        if os.path.commonpath([base, path]) != base:
+            refuse("is outside the spec's folder")
+            return None
+        hint = "the path is relative to the spec file; one class name per line"
+        try:
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode):
+                refuse("is not a regular file", "name a text file, one class name a line (not a folder, pipe or device)")
+                return None
+            # O_NONBLOCK: should the path become a FIFO after the stat, opening it still returns at once
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    refuse("is not a regular file", "name a text file, one class name a line (not a folder, pipe or device)")
+                    return None
+                if st.st_size > MAX_LABELS_BYTES:
+                    refuse(f"is too large: {st.st_size:,} bytes, the limit is {MAX_LABELS_BYTES >> 20} MiB",
+                           "a labels file holds one class name a line; is this the right file?")
+                    return None
+                data = f.read(MAX_LABELS_BYTES + 1)
+            if len(data) > MAX_LABELS_BYTES:   # it grew after the fstat
+                refuse(f"is larger than {MAX_LABELS_BYTES >> 20} MiB", "a labels file holds one class name a line; is this the right file?")
+                return None
+            names = tuple(line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
+        except (OSError, UnicodeDecodeError) as e:
+            self.d.error(y.loc, f"cannot read labels file '{name}': {getattr(e, 'strerror', None) or e}", hint)
+            return None
+        if len(names) > MAX_LABELS:
+            refuse(f"has {len(names):,} labels, the limit is {MAX_LABELS:,}", "one label per output feature; is this the right file?")
+            return None
+        return names
 
     def blocks(self, y) -> dict:
         out = {}

@@ -6,7 +6,11 @@ the node graph with PyYAML's safe composer (no constructor runs, so no tag can
 execute anything) and walk it ourselves, with budgets:
 
 - every explicit tag outside YAML's core schema is an error (`!!python/...`),
-- an alias counts as many values as it expands to; past MAX_VALUES the walk stops,
+- the document's size is counted on the parser's event stream before any tree is built: past
+  MAX_VALUES values as written it is refused as too large (a big file is not an attack, but a
+  million tiny values would cost seconds and hundreds of MB to compose),
+- an alias counts as many values as it expands to; past MAX_ALIAS_VALUES values added by aliases
+  the walk stops (an alias bomb, "billion laughs"),
 - recursive aliases and nesting deeper than MAX_DEPTH are errors,
 - duplicate keys are errors that point at both occurrences.
 """
@@ -15,15 +19,17 @@ from __future__ import annotations
 import yaml
 
 from ..errors import Diagnostics, Loc
+from ..limits import MAX_ALIAS_VALUES, MAX_SPEC_BYTES, MAX_SPEC_DEPTH, MAX_SPEC_VALUES
 
-MAX_BYTES = 1 << 20        # 1 MiB of spec text is already absurd
-MAX_VALUES = 20_000        # scalars + containers after alias expansion (ResNet-152's spec: ~300)
-MAX_DEPTH = 64
+MAX_BYTES = MAX_SPEC_BYTES
+MAX_VALUES = MAX_SPEC_VALUES        # values as written: scalars, lists and mappings, keys included
+MAX_DEPTH = MAX_SPEC_DEPTH
 
 _CORE = "tag:yaml.org,2002:"
 # libyaml's composer is 10x faster and refuses absurd nesting itself; the pure-Python one is the fallback
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _SCALAR_TAGS = {_CORE + t for t in ("str", "int", "float", "bool", "null")}
+_VALUE_EVENTS = (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)
 
 
 class Y:
@@ -68,6 +74,8 @@ def load_yaml(text: str, file: str, diags: Diagnostics) -> Y | None:
                     "a network spec is a few hundred lines; is this the right file?")
         return None
     try:
+        if _too_large(text, file, diags):
+            return None
         node = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -97,10 +105,33 @@ def load_yaml(text: str, file: str, diags: Diagnostics) -> Y | None:
         return None
 
 
+def _too_large(text: str, file: str, diags: Diagnostics) -> bool:
+    """Count the values as written on the parser's events (no tree: libyaml streams a MiB of them in
+    about 0.1 s); past MAX_VALUES, report the size and where the limit was crossed. The pure-Python
+    parser is ten times slower, so without libyaml the count stops at the limit."""
+    n, where = 0, None
+    exact = _LOADER is not yaml.SafeLoader
+    for event in yaml.parse(text, Loader=_LOADER):
+        if isinstance(event, _VALUE_EVENTS):
+            n += 1
+            if n > MAX_VALUES and where is None:
+                where = event.start_mark
+                if not exact:
+                    break
+    if where is None:
+        return False
+    size = f"{n:,} values" if exact else f"more than {MAX_VALUES:,} values"
+    diags.error(_loc(file, where), f"the spec is too large: {size}, the limit is {MAX_VALUES:,}",
+                "a network spec is a few hundred values; write a layer sequence that recurs once, as a block "
+                "under 'blocks:', and use it with 'repeat:' instead of listing every layer")
+    return True
+
+
 class _Walker:
     def __init__(self, file: str, diags: Diagnostics):
         self.file, self.diags = file, diags
-        self.count = 0
+        self.seen: set[int] = set()     # ids of nodes walked once: another visit is an alias expanding
+        self.expanded = 0               # values added by aliases
         self.active: set[int] = set()   # ids of nodes on the current path: a repeat is a recursive alias
         self.key_node = None            # the innermost mapping key being walked (where a bomb is reported)
         self.constructor = yaml.constructor.SafeConstructor()
@@ -110,10 +141,13 @@ class _Walker:
         raise _Budget
 
     def walk(self, node, depth: int) -> Y:
-        self.count += 1
-        if self.count > MAX_VALUES:
-            self.fail(node, f"the document expands to more than {MAX_VALUES:,} values",
-                      "this looks like an alias bomb (anchors that refer to anchors); write the spec out plainly")
+        if id(node) in self.seen:
+            self.expanded += 1
+            if self.expanded > MAX_ALIAS_VALUES:
+                self.fail(node, f"aliases expand the document by more than {MAX_ALIAS_VALUES:,} values",
+                          "this looks like an alias bomb (anchors that refer to anchors); write the spec out plainly")
+        else:
+            self.seen.add(id(node))
         if depth > MAX_DEPTH:
             self.key_node = None
             self.fail(node, f"nesting deeper than {MAX_DEPTH} levels", "flatten the spec")
@@ -129,6 +163,8 @@ class _Walker:
                 self.diags.error(loc, f"a number of {len(node.value)} characters",
                                  "sizes in a network are a few digits long; check for a typo")
                 return Y(None, loc)
+            if tag == _CORE + "str":   # what the constructor would return, without its bookkeeping
+                return Y(node.value, loc)
             try:
                 value = self.constructor.construct_object(node, deep=True)
             except Exception:   # noqa: BLE001 - malformed timestamps and the like
