@@ -184,7 +184,8 @@ def verify_artifacts(folder: str, manifest: Manifest) -> dict[str, str]:
 
 # --- publishing ----------------------------------------------------------------------------------
 
-STAGING, OLD = ".resgraph-staging-", ".resgraph-old-"   # short: the output's own name may be 255 bytes
+# short names: the output's own name may take 255 bytes
+STAGING, OLD, NEW = ".resgraph-staging-", ".resgraph-old-", ".resgraph-new-"
 # errors that mean "these two folders cannot be exchanged here" (a mount point, another filesystem,
 # a filesystem without renameat2's exchange): publish file by file instead
 CANNOT_EXCHANGE = {errno.EBUSY, errno.EXDEV, errno.EINVAL, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
@@ -200,9 +201,9 @@ class Stage:
     another filesystem), and then publish() goes file by file, the manifest last.
 
     Concurrent compiles into one folder each stage under a unique name and hold an exclusive lock
-    on a file beside their staging folder; the next compile anywhere in that folder removes only
-    staging folders whose lock is free (their process is gone: killed, crashed), and whichever
-    publishes last wins, with a consistent set."""
+    (flock) on their staging folder itself, taken before the folder gets its staging name; the next
+    compile anywhere in that folder removes only staging folders whose lock is free (their process
+    is gone: killed, crashed), and whichever publishes last wins, with a consistent set."""
 
     def __init__(self, out: str):
         self.out = out
@@ -212,8 +213,7 @@ class Stage:
         clean_stale(where)
         if os.path.isdir(self.target):
             clean_stale(self.target)
-        self.path = tempfile.mkdtemp(dir=where, prefix=STAGING)
-        self._lock = _lock(self.path + ".lock")
+        self.path, self._lock = _locked_folder(where)
         self.names: list[str] = []
 
     def file(self, name: str) -> str:
@@ -230,9 +230,7 @@ class Stage:
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
         if self._lock is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path + ".lock")
-            self._lock.close()        # releases the lock
+            os.close(self._lock)      # releases the lock (on whatever the folder has become)
             self._lock = None
 
 
@@ -252,41 +250,54 @@ def _cannot_swap(target: str) -> bool:
         return True
 
 
-def _lock(path: str):
+def _locked_folder(where: str) -> tuple[str, int]:
+    """A new staging folder in `where`, locked by this process before any cleaner can see it: made
+    under a name cleaners ignore (.resgraph-new-*), locked, then renamed to its staging name (the
+    lock stays with the folder)."""
     import fcntl
-    f = open(path, "w")
-    fcntl.flock(f, fcntl.LOCK_EX)
-    return f
+    new = tempfile.mkdtemp(dir=where, prefix=NEW)
+    fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        path = os.path.join(where, STAGING + os.path.basename(new)[len(NEW):])
+        os.rename(new, path)
+    except BaseException:
+        os.close(fd)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    return path, fd
 
 
 def clean_stale(folder: str) -> None:
     """Remove what killed or crashed compiles left in `folder`: staging folders whose lock no live
-    process holds, and replaced sets (.resgraph-old-*) that were not deleted."""
+    process holds, replaced sets (.resgraph-old-*) that were not deleted, and folders a process died
+    in the middle of creating (.resgraph-new-*, after a minute)."""
     import fcntl
+    import time
     wait_for_cleanup()
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return
     for e in entries:
-        if e.name.startswith(STAGING) and not e.name.endswith(".lock") and e.is_dir(follow_symlinks=False):
+        if not e.name.startswith((STAGING, OLD, NEW)) or not e.is_dir(follow_symlinks=False):
+            continue
+        if e.name.startswith(STAGING):
             try:
-                f = open(e.path + ".lock", "a")
+                fd = os.open(e.path, os.O_RDONLY | os.O_DIRECTORY)
             except OSError:
-                continue
-            with f:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    continue              # a live compile's: leave it
-                shutil.rmtree(e.path, ignore_errors=True)
-                with contextlib.suppress(OSError):
-                    os.unlink(e.path + ".lock")
-        elif e.name.startswith(STAGING) and e.name.endswith(".lock") and not os.path.lexists(e.path[:-5]):
+                continue                  # gone meanwhile: published or cleaned
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue                  # a live compile's: leave it
+            finally:
+                os.close(fd)
+        elif e.name.startswith(NEW):
             with contextlib.suppress(OSError):
-                os.unlink(e.path)         # a lock whose folder is gone
-        elif e.name.startswith(OLD) and e.is_dir(follow_symlinks=False):
-            shutil.rmtree(e.path, ignore_errors=True)
+                if time.time() - e.stat(follow_symlinks=False).st_mtime < 60:
+                    continue
+        shutil.rmtree(e.path, ignore_errors=True)
 
 
 def _publish(stage: str, out: str, names: list[str], inside: bool = False) -> None:

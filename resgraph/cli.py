@@ -71,24 +71,26 @@ def check(specs, as_json, strict):
 
 
 def _print_diagnostics(diags, path):
-    from .render import console, diagnostic
+    from rich.text import Text
+
+    from .render import console, diagnostic, escape
     err = console(stderr=True)
     for d in diags:
         err.print(diagnostic(d))
     n = sum(d.severity == "error" for d in diags)
-    err.print(f"{path}: {n} error{'s' * (n != 1)}", style="bold red")
+    err.print(Text(f"{escape(str(path))}: {n} error{'s' * (n != 1)}", style="bold red"))   # a path is not markup
 
 
 def _print_ok(path, c):
     from rich.text import Text
 
     from .ops import fmt
-    from .render import console, diagnostic, human_int
+    from .render import console, diagnostic, escape, human_int
     out = console()
     g = c.graph
     t = Text()
     t.append("ok ", style="bold green")
-    t.append(f"{path}: {g.name}  {g.input_name} {fmt(g.nodes[0].shape)} -> {g.output_name} {fmt(g[g.output].shape)}\n")
+    t.append(f"{escape(str(path))}: {g.name}  {g.input_name} {fmt(g.nodes[0].shape)} -> {g.output_name} {fmt(g[g.output].shape)}\n")
     t.append(f"   params {c.params:,}   MACs {c.macs:,} ({human_int(c.macs)})   "
              f"{len(g.nodes) - 1} nodes   {len(g.projections)} projection{'s' * (len(g.projections) != 1)} inserted\n")
     for p in g.projections:
