@@ -36,6 +36,8 @@ def test_compile_writes_four_artifacts_and_an_honest_manifest(tmp_path):
         assert info["sha256"] == sha(out / name) and info["bytes"] == os.path.getsize(out / name)
     assert sha(out / "weights.safetensors") == sha(DIGITS_W)   # the checked checkpoint, byte for byte
     assert oct(os.stat(out / "model.onnx").st_mode & 0o777) == "0o644"
+    with pytest.raises(AssertionError, match="FLOAT16"):   # the fp16 check below refuses this fp32 model
+        assert_fp16_model(out / "model.onnx", 17)
     # an untrained compile says so
     p = run_cli("compile", "specs/residual_mlp.yaml", "-o", str(tmp_path / "mlp"), "--precision", "fp16", "--opset", "21", "--no-fold")
     assert p.returncode == 0 and "untrained" in p.stdout
@@ -54,7 +56,8 @@ def assert_fp16_model(path, opset):
     assert [(o.domain, o.version) for o in model.opset_import] == [("", opset)]
     floating = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
     types = {t.name: t.data_type for t in model.graph.initializer if t.data_type in floating}
-    assert types and set(types.values()) == {TensorProto.FLOAT16}, {k: v for k, v in types.items() if v != TensorProto.FLOAT16}
+    assert types and set(types.values()) == {TensorProto.FLOAT16}, \
+        f"not FLOAT16: { {k: TensorProto.DataType.Name(v) for k, v in types.items() if v != TensorProto.FLOAT16} }"
     ends = list(model.graph.input) + list(model.graph.output)
     assert len(ends) == 2 and all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in ends), ends
     first = next(n for n in model.graph.node if model.graph.input[0].name in n.input)

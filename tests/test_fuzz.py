@@ -39,7 +39,14 @@ def outcome(text):
     try:
         return check_text(text, "fuzz.yaml")
     except resgraph.SpecError as e:
-        assert e.diagnostics and all(d.loc.line >= 0 and d.message for d in e.diagnostics)
+        assert e.diagnostics
+        lines = text.splitlines()   # as YAML counts lines (\r, \r\n, \n, \x85, \u2028, \u2029) and render.py shows them
+        for d in e.diagnostics:   # every diagnostic points into the spec: 1-based line and column, a message
+            assert d.loc.file == "fuzz.yaml" and d.loc.line >= 1 and d.loc.col >= 1 and d.message, d
+            # at most one past the end (a YAML error at the end of input), never beyond
+            assert d.loc.line <= len(lines) + 1, (d, len(lines))
+            if d.loc.line <= len(lines):
+                assert d.loc.col <= len(lines[d.loc.line - 1]) + 1, (d, lines[d.loc.line - 1])
         return e
 
 

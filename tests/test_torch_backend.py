@@ -139,6 +139,184 @@ def test_init_is_torchvision_style_and_seeded():
     assert torch.equal(bn.weight, torch.ones(64)) and torch.equal(bn.bias, torch.zeros(64))
 
 
+# --- init policies against their formulas -------------------------------------------------------
+# Every layer here has fan_in != fan_out, so a policy that used the wrong fan would be off by 2x or more.
+# conv1: weight [16, 64, 3, 3]: fan_in 576, fan_out 144 (9,216 draws); linear1: [64, 1152] (73,728 draws).
+FANS = """resgraph: 1
+name: fans
+input: {shape: [64, 6, 6]}
+%s
+blocks:
+  basic:
+    args: {out: null}
+    residual:
+      layers:
+        - conv: {out: $out, kernel: 3, bias: false}
+        - bn
+        - relu
+        - conv: {out: $out, kernel: 3, bias: false}
+        - bn
+      post: relu
+layers:
+  - conv: {out: 16, kernel: 3, bias: true}
+  - bn
+  - relu
+  - residual:
+      id: r
+      layers:
+        - conv: {out: 32, kernel: 3, bias: false}
+        - bn
+        - relu
+        - conv: {out: 32, kernel: 3, bias: false}
+        - bn
+      post: relu
+  - basic: {id: stage, out: 32, repeat: 2}
+  - residual:
+      id: nobn
+      layers:
+        - conv: {out: 32, kernel: 1}
+      post: relu
+  - bn: {id: after}
+  - flatten
+  - linear: {out: 64}
+  - residual:
+      id: v
+      layers:
+        - linear: {out: 128}
+        - bn
+      post: relu
+  - linear: {out: 10}
+"""
+# (module path, fan_in, fan_out) of the layers with enough draws for their statistics to be sharp
+BIG_CONVS = [("conv1", 64 * 9, 16 * 9), ("r.conv1", 16 * 9, 32 * 9)]
+BIG_LINEARS = [("linear1", 1152, 64), ("v.linear1", 64, 128), ("v.shortcut", 64, 128)]   # v.shortcut: the inserted Ws
+
+
+def fans(init: str = "", seed: int = 0):
+    return resgraph.to_torch(check_text(FANS % init), seed=seed)
+
+
+def assert_normal(w, std, what, rel=0.04):
+    """N(0, std^2): sample std within rel (4 sigma of the estimate for these sizes), mean near 0, and the
+    share within one std that of a normal (68.3%; a uniform gives 57.7%)."""
+    x = w.detach().double().flatten()
+    n = x.numel()
+    assert abs(x.std().item() / std - 1) < rel, f"{what}: std {x.std().item():.5g}, the formula says {std:.5g}"
+    assert abs(x.mean().item()) < 5 * std / n ** 0.5, what
+    assert abs((x.abs() < std).double().mean().item() - 0.6827) < 5 * (0.22 / n) ** 0.5, f"{what}: not a normal"
+
+
+def assert_uniform(w, bound, what, rel=0.04):
+    """U(-bound, bound): every draw within the bound, the largest nearly at it, std = bound / sqrt(3)."""
+    x = w.detach().double().flatten()
+    n = x.numel()
+    assert x.abs().max().item() <= bound * (1 + 1e-6), f"{what}: max |w| {x.abs().max().item():.5g} > bound {bound:.5g}"
+    assert x.abs().max().item() >= bound * (1 - 20 / n), f"{what}: max |w| {x.abs().max().item():.5g} << bound {bound:.5g}"
+    assert abs(x.std().item() / (bound / 3 ** 0.5) - 1) < rel, f"{what}: std {x.std().item():.5g}, bound {bound:.5g}"
+    assert abs(x.mean().item()) < 5 * bound / (3 * n) ** 0.5, what
+
+
+CONV_POLICIES = {
+    # He et al.: N(0, gain^2 / fan), gain sqrt(2) for ReLU, mode fan_out (torchvision's ResNets; docs 3.10)
+    "kaiming_normal": lambda fi, fo: ("normal", 2 ** 0.5 / fo ** 0.5),
+    # PyTorch's layer default: kaiming_uniform with a = sqrt(5), mode fan_in: gain = sqrt(2 / (1 + 5)),
+    # bound = gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in)
+    "kaiming_uniform": lambda fi, fo: ("uniform", (2 / (1 + 5)) ** 0.5 * (3 / fi) ** 0.5),
+    # Glorot: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
+    "xavier_uniform": lambda fi, fo: ("uniform", (6 / (fi + fo)) ** 0.5),
+}
+LINEAR_POLICIES = {
+    "default": lambda fi, fo: ("uniform", (2 / (1 + 5)) ** 0.5 * (3 / fi) ** 0.5),   # nn.Linear's own: 1 / sqrt(fan_in)
+    "xavier_uniform": lambda fi, fo: ("uniform", (6 / (fi + fo)) ** 0.5),
+}
+
+
+def test_every_init_policy_of_the_language_is_tested_here():
+    from resgraph.spec.model import INIT_KEYS
+    assert set(INIT_KEYS) == {"conv", "linear", "zero_residual"}
+    assert set(INIT_KEYS["conv"]) == set(CONV_POLICIES) and INIT_KEYS["conv"][0] == "kaiming_normal"
+    assert set(INIT_KEYS["linear"]) == set(LINEAR_POLICIES) and INIT_KEYS["linear"][0] == "default"
+
+
+def assert_policy(m, convs, linears, conv_policy, linear_policy):
+    for path, fi, fo in convs:
+        kind, scale = CONV_POLICIES[conv_policy](fi, fo)
+        w = m.get_submodule(path).weight
+        (assert_normal if kind == "normal" else assert_uniform)(w, scale, f"{conv_policy} {path}")
+    for path, fi, fo in linears:
+        kind, scale = LINEAR_POLICIES[linear_policy](fi, fo)
+        assert_uniform(m.get_submodule(path).weight, scale, f"{linear_policy} {path}")
+
+
+@pytest.mark.parametrize("conv", list(CONV_POLICIES) + [None])
+@pytest.mark.parametrize("linear", list(LINEAR_POLICIES) + [None])
+def test_init_policies_follow_their_formulas(conv, linear):
+    """None: the policy left out of the spec, which must be the documented default."""
+    given = {k: v for k, v in (("conv", conv), ("linear", linear)) if v}
+    m = fans("init: {" + ", ".join(f"{k}: {v}" for k, v in given.items()) + "}" if given else "")
+    conv, linear = conv or "kaiming_normal", linear or "default"
+    assert_policy(m, BIG_CONVS, BIG_LINEARS, conv, linear)
+    # the inserted 1x1 Ws conv [32, 16, 1, 1] (fan_in 16, fan_out 32) follows the conv policy too: 512 draws
+    kind, scale = CONV_POLICIES[conv](16, 32)
+    ws = m.get_submodule("r.shortcut.conv").weight.detach().double()
+    if kind == "normal":
+        assert abs(ws.std().item() / scale - 1) < 0.15, (conv, ws.std().item(), scale)
+    else:
+        assert ws.abs().max().item() <= scale * (1 + 1e-6) and ws.abs().max().item() > 0.9 * scale, (conv, scale)
+    # biases: a conv's as nn.Conv2d's default, U(+-1/sqrt(fan_in)) whatever the conv policy; a linear's as
+    # nn.Linear's by default, zero with xavier_uniform
+    for path, fan_in in (("conv1", 576), ("nobn.conv1", 32)):
+        b = m.get_submodule(path).bias
+        assert b.abs().max().item() <= fan_in ** -0.5 * (1 + 1e-6) and b.abs().max().item() > 0.5 * fan_in ** -0.5, path
+    for path, fan_in in (("linear1", 1152), ("v.linear1", 64), ("linear2", 128)):
+        b = m.get_submodule(path).bias
+        if linear == "xavier_uniform":
+            assert torch.equal(b, torch.zeros_like(b)), path
+        else:
+            assert b.abs().max().item() <= fan_in ** -0.5 * (1 + 1e-6) and b.abs().max().item() > 0.5 * fan_in ** -0.5, path
+    # every bn starts at gamma 1, beta 0, fresh running statistics
+    for name, bn in m.named_modules():
+        if isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            assert torch.equal(bn.weight, torch.ones_like(bn.weight)) and torch.equal(bn.bias, torch.zeros_like(bn.bias)), name
+            assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean)), name
+            assert torch.equal(bn.running_var, torch.ones_like(bn.running_var)) and bn.num_batches_tracked.item() == 0, name
+
+
+def test_init_weights_reinitialises_a_used_module_completely():
+    """init_weights on a trained-looking module gives what a fresh one gets: running statistics reset too."""
+    from resgraph.backends.torch.init import init_weights
+    checked = check_text(FANS % "init: {zero_residual: true}")
+    fresh = resgraph.to_torch(checked, seed=3)
+    used = resgraph.to_torch(checked, seed=4).train()
+    with torch.no_grad():
+        used(torch.randn(4, 64, 6, 6))
+        for p in used.parameters():
+            p.add_(1.0)
+    init_weights(used, checked.graph, seed=3)
+    for (k, a), b in zip(fresh.state_dict().items(), used.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("zero", [True, False, None])
+def test_zero_residual_zeroes_exactly_the_last_bn_of_each_residual_body(zero):
+    m = fans("" if zero is None else f"init: {{zero_residual: {str(zero).lower()}}}")
+    # written out by hand from FANS: r and both copies of `basic` end their body with bn2; `nobn` has no bn
+    # (left as it is); v's body ends with a bn on vectors. Not zeroed: the stem's bn1, the bodies' first bns,
+    # the inserted Ws's bn (r.shortcut.bn) and `after`, a bn outside any residual.
+    zeroed = {"r.bn2", "stage.0.bn2", "stage.1.bn2", "v.bn1"} if zero else set()
+    bns = {name: bn for name, bn in m.named_modules() if isinstance(bn, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))}
+    assert set(bns) == {"bn1", "r.bn1", "r.bn2", "r.shortcut.bn", "stage.0.bn1", "stage.0.bn2", "stage.1.bn1",
+                        "stage.1.bn2", "after", "v.bn1"}
+    for name, bn in bns.items():
+        assert torch.equal(bn.weight, torch.full_like(bn.weight, 0.0 if name in zeroed else 1.0)), name
+        assert torch.equal(bn.bias, torch.zeros_like(bn.bias)), name
+    # the rest of the initialisation does not move: the same seed gives the same other tensors
+    plain = fans().state_dict()
+    for k, v in m.state_dict().items():
+        if k.removesuffix(".weight") not in zeroed:
+            assert torch.equal(v, plain[k]), k
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_zero_residual_makes_identity_blocks_exact_identities(mode):
     text = (ROOT / "specs" / "cifar_resnet20_b.yaml").read_text().replace("vars: {n: 3}", "init: {zero_residual: true}\nvars: {n: 3}")
