@@ -249,11 +249,11 @@ def train_cmd(spec, data, out, **options):
     """Train SPEC on DATA; a checkpoint per epoch, metrics.csv, resumable. Works under torchrun."""
     def body():
         from .render import console
-        from .training.loop import TrainConfig, train
+        from .training.loop import TrainConfig, done_line, train
         cfg = TrainConfig(spec=spec, data=data, out=out, **options)
         rows = train(cfg, console())
         if rows and int(os.environ.get("RANK", "0")) == 0:
-            click.echo(f"done: {cfg.out}  val_acc {rows[-1]['val_acc']:.4f}")
+            click.echo(done_line(cfg, rows))
     _run(body)
 
 

@@ -278,10 +278,11 @@ def test_pipes_and_devices_as_inputs_fail_on_their_line_without_blocking(digits_
     for name in ("img.png", "x.npy"):
         os.mkfifo(tmp_path / name)
     good = str(ROOT / "examples" / "digits" / "samples" / "0012_digit-2.png")
+    (tmp_path / "empty.png").write_bytes(b"")
     r = run_cli("run", str(digits_folder), str(tmp_path / "img.png"), str(tmp_path / "x.npy"), "/dev/zero", good,
-                "--json", timeout=30)
+                str(tmp_path / "empty.png"), "--json", timeout=30)
     assert r.returncode == 1, r.stderr
     lines = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [d["ok"] for d in lines] == [False, False, False, True]
+    assert [d["ok"] for d in lines] == [False, False, False, True, False]
     assert all("not a regular file" in d["error"] for d in lines[:3])
-    assert lines[3]["top"][0]["label"] == "2"
+    assert lines[3]["top"][0]["label"] == "2" and lines[4]["error"] == "an empty file"

@@ -122,10 +122,16 @@ class Preprocess:
         regular_file(path)
         try:
             with Image.open(path) as im:                       # at the first frame (GIF, TIFF, WebP)
+                limit = Image.MAX_IMAGE_PIXELS
+                if limit and im.width * im.height > limit:    # Pillow only warns up to twice its limit
+                    raise InputError(f"refused: {im.width} x {im.height} = {im.width * im.height:,} pixels, over "
+                                     f"Pillow's decompression-bomb limit of {limit:,}")
                 if "exif" in im.info or im.format in ("TIFF", "MPO"):
                     im = ImageOps.exif_transpose(im)             # phones store rotation in EXIF (TIFF: in its tags)
                 im.load()
-                return self.image(im)
+                x = self.image(im)
+        except InputError:
+            raise
         except UnidentifiedImageError:
             raise InputError("not an image Pillow can read (JPEG, PNG, BMP, GIF, TIFF, WebP)") from None
         except Image.DecompressionBombError as e:
@@ -140,6 +146,9 @@ class Preprocess:
             raise InputError(f"cannot decode the image: {e}") from None
         except Exception as e:  # noqa: BLE001  (Pillow's decoders raise what their formats do: struct, zlib...)
             raise InputError(f"cannot decode the image: {type(e).__name__}: {e}") from None
+        if not np.isfinite(x).all():                           # a float TIFF can hold them
+            raise InputError("holds NaN or inf")
+        return x
 
 
 def _to_mode(im, mode: str):
@@ -184,3 +193,5 @@ def regular_file(path: str) -> None:
         raise InputError("a folder, not a file")
     if not stat.S_ISREG(st.st_mode):
         raise InputError("not a regular file (a pipe or a device): give a file")
+    if st.st_size == 0:
+        raise InputError("an empty file")

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from ..errors import SpecError
+from ..runtime.preprocess import InputError
 from .split import split as _split
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -65,25 +66,70 @@ def digits(spec, val_split: float, seed: int) -> Data:
     y = torch.tensor(d.target, dtype=torch.long)
     tr, va = _split(len(y), d.target, val_split, seed)
     classes = [str(i) for i in range(10)]
-    return Data(TensorDataset(x[tr], y[tr]), TensorDataset(x[va], y[va]), classes, "digits")
+    sets = []
+    for name, idx in (("train", tr), ("val", va)):
+        ds = TensorDataset(x[idx], y[idx])
+        ds.where, ds.split, ds.classes = "digits", name, classes   # what evaluate() and report_bad name
+        sets.append(ds)
+    return Data(*sets, classes, "digits")
 
 
 class Images(Dataset):
-    """Image files, loaded lazily with Pillow and preprocessed as the spec says."""
+    """Image files, loaded lazily and preprocessed as the spec says, by the runtime's own decoder
+    (runtime/preprocess.py: what `resgraph run` does to a file). A file that cannot be used (corrupt,
+    empty, truncated, a decompression bomb, not a regular file) does not stop training: the item is
+    (None, (path, why)), `collate` drops it from its batch, and the loop reports it."""
 
-    def __init__(self, items: list[tuple[str, int]], spec):
+    def __init__(self, items: list[tuple[str, int]], spec, where: str = "", split: str = "",
+                 classes: list[str] | None = None):
+        from ..runtime.preprocess import Preprocess
         self.items, self.spec = items, spec
         self.c, self.h, self.w = spec.input_shape
+        self.pre = Preprocess.resolve(spec.preprocess, spec.input_shape)
+        self.where, self.split, self.classes = where, split, classes
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i):
-        from PIL import Image
         path, label = self.items[i]
-        with Image.open(path) as im:
-            x = preprocess_image(im, self.spec)
-        return x, label
+        try:
+            # the runtime's decoder: the same pixels as `resgraph run`, the same refusals (InputError)
+            return torch.from_numpy(np.ascontiguousarray(self.pre.file(path))), label
+        except InputError as e:
+            return None, (path, str(e))
+
+
+def collate(batch):
+    """DataLoader's collate for Images (and any (x, y) data set): (x, y, bad) with the unusable
+    items left out, bad a list of (path, why); x and y are None when the whole batch is bad."""
+    from torch.utils.data import default_collate
+    good = [b for b in batch if b[0] is not None]
+    bad = [b[1] for b in batch if b[0] is None]
+    if not good:
+        return None, None, bad
+    x, y = default_collate(good)
+    return x, y, bad
+
+
+def report_bad(bad: dict, dataset, file=None, limit: int = 5) -> None:
+    """The unusable files of `dataset` on stderr: a count and the first few, with why (as `resgraph
+    run` reports inputs it skips)."""
+    import sys
+    if not bad:
+        return
+    file = file or sys.stderr
+    where = getattr(dataset, "where", "") or "the data"
+    split = getattr(dataset, "split", "")
+    items = sorted(bad.items())
+    names = "; ".join(f"{_display(p)} ({why})" for p, why in items[:limit])
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    print(f"resgraph: {where}: skipped {len(items)} of {len(dataset)} {split + ' ' if split else ''}images that "
+          f"cannot be used: {names}{more}", file=file, flush=True)
+
+
+def _display(path: str) -> str:
+    return path if path.isascii() else os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def preprocess_image(im, spec) -> torch.Tensor:
@@ -94,12 +140,18 @@ def preprocess_image(im, spec) -> torch.Tensor:
 
 
 def _scan(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
-    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    """Class folders and their image files (by extension; dot-files and dot-folders left out, as
+    `resgraph run` leaves them: macOS's ._name.png are not images)."""
+    try:
+        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise _error(folder, f"cannot read the data folder: {e.strerror}", "check the path and its permissions") from None
     items = []
     for c in classes:
-        for root, _, files in os.walk(os.path.join(folder, c)):
+        for root, dirs, files in os.walk(os.path.join(folder, c)):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
                     items.append((os.path.join(root, f), c))
     return classes, items
 
@@ -108,8 +160,19 @@ def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
     if len(spec.input_shape) != 3 or spec.input_shape[0] not in (1, 3):
         raise _error(spec.file, f"image folders need an input of [1 or 3, H, W]; the spec's is {list(spec.input_shape)}",
                      "train vector models from Python with your own DataLoader")
-    split = os.path.isdir(os.path.join(folder, "train"))
-    classes, items = _scan(os.path.join(folder, "train") if split else folder)
+    train_dir, val_dir = os.path.join(folder, "train"), os.path.join(folder, "val")
+    split = os.path.isdir(train_dir)
+    if split and not os.path.isdir(val_dir):
+        others = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in ("train",)
+                        and not e.name.startswith("."))
+        raise _error(folder, "the folder has train/ but no val/" + (f" (it has: {', '.join(others[:5])})" if others else ""),
+                     f"put the held-out images in {val_dir}/<class>/ (torchvision's layout: train/ and val/), "
+                     f"or move the class folders up into {folder}/ to split them by --val-split")
+    if not split and os.path.isdir(val_dir):
+        raise _error(folder, "the folder has val/ but no train/",
+                     f"put the training images in {train_dir}/<class>/ beside val/, or the class folders "
+                     f"directly in {folder}/ to split them by --val-split")
+    classes, items = _scan(train_dir if split else folder)
     if not items:
         raise _error(folder, "no images found", f"expected {folder}/<class>/*.png (or {folder}/train/<class>/...)")
     if spec.labels is not None:
@@ -121,9 +184,16 @@ def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
     index = {c: i for i, c in enumerate(classes)}
     pairs = [(p, index[c]) for p, c in items]
     if split:
-        _, val_items = _scan(os.path.join(folder, "val"))
-        val_pairs = [(p, index[c]) for p, c in val_items if c in index]
-        return Data(Images(pairs, spec), Images(val_pairs, spec), classes, folder)
+        val_classes, val_items = _scan(val_dir)
+        strays = [c for c in val_classes if c not in index]
+        if strays:
+            raise _error(val_dir, f"class folders that train/ does not have: {', '.join(strays[:5])}"
+                         + (f" (+{len(strays) - 5} more)" if len(strays) > 5 else ""),
+                         "name val/'s class folders as train/'s (or the spec's labels), or remove those")
+        val_pairs = [(p, index[c]) for p, c in val_items]
+        return Data(Images(pairs, spec, folder, "train", classes), Images(val_pairs, spec, folder, "val", classes),
+                    classes, folder)
     labels = np.array([y for _, y in pairs])
     tr, va = _split(len(pairs), labels, val_split, seed)
-    return Data(Images([pairs[i] for i in tr], spec), Images([pairs[i] for i in va], spec), classes, folder)
+    return Data(Images([pairs[i] for i in tr], spec, folder, "train", classes),
+                Images([pairs[i] for i in va], spec, folder, "val", classes), classes, folder)

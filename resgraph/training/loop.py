@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from ..backends.torch.checkpoint import writing
 from ..errors import SpecError
 from ..fileio import atomic_write
-from .data import load_data
+from .data import collate, load_data, report_bad
 from .state import load_trainer_state, save_trainer_state
 
 
@@ -130,29 +131,67 @@ def _optimizer(module, cfg: TrainConfig):
 
 
 @torch.no_grad()
-def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool = False) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `module` in eval mode."""
+def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool = False,
+             bad: dict | None = None) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `module` in eval mode, over the samples that can be read.
+
+    Files that cannot be used are skipped: collected into `bad` (path -> why) when given, else
+    reported on stderr. A SpecError for an empty data set, one none of whose files can be read,
+    and one with more (or fewer) classes than the module has outputs."""
+    where = getattr(dataset, "where", "") or "the data"
+    split = getattr(dataset, "split", "")
+    if len(dataset) == 0:
+        raise _error(where, f"the {split + ' ' if split else ''}split has no samples",
+                     "with --val-split 0 (or too few images per class to hold one out) there is no validation "
+                     "split: use --split train, a larger --val-split, or a DIR/train + DIR/val layout")
+    report = bad is None
+    bad = {} if bad is None else bad
     was = module.training
     module.eval()
     loss = correct = n = 0.0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
+    classes = getattr(dataset, "classes", None)
+    for x, y, skipped in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
+        bad.update(skipped)
+        if x is None:
+            continue
         x, y = x.to(device), y.to(device)
         if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         out = module(x).float()
+        _check_classes(out, y, classes, where)
         loss += F.cross_entropy(out, y, reduction="sum").item()
         correct += (out.argmax(1) == y).sum().item()
         n += len(y)
     module.train(was)
-    return loss / max(n, 1), correct / max(n, 1)
+    if report:
+        report_bad(bad, dataset)
+    if n == 0:
+        raise _error(where, f"none of the {len(dataset)} {split + ' ' if split else ''}images can be used",
+                     "see the files listed above: replace or remove them")
+    return loss / n, correct / n
 
 
-METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+def _check_classes(out, y, classes, where: str) -> None:
+    k = out.shape[1] if out.dim() == 2 else None
+    if k is None:
+        raise _error(where, f"the network's output is {list(out.shape[1:])}, not a vector of class scores",
+                     "train and evaluate classifiers: end the spec with linear: {out: CLASSES}")
+    if classes is not None and len(classes) != k:
+        raise _error(where, f"the data has {len(classes)} classes ({', '.join(classes[:5])}"
+                     f"{', ...' if len(classes) > 5 else ''}) but the network has {k} outputs",
+                     f"evaluate on data with the {k} classes the model was trained on (or give the spec "
+                     "labels: naming the classes, so that folders are matched by name)")
+    if len(y) and int(y.max()) >= k:
+        raise _error(where, f"a label is {int(y.max())} but the network has {k} outputs",
+                     "the data has more classes than the model")
+
+
+METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]   # val_*: nan without a validation set
 
 
 def train(cfg: TrainConfig, console=None) -> list[dict]:
     """Train; returns the metrics rows (one per epoch, this run's and any resumed ones)."""
-    from ..backends.torch import load_checkpoint, save_checkpoint, to_torch
+    from ..backends.torch import save_checkpoint, to_torch
     from ..compiler import check_file
 
     kind = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
@@ -178,11 +217,19 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
                          "use a multiple of the process count")
         per_rank = cfg.batch_size // d.world
         sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
-        loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True,
+        loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True, collate_fn=collate,
                             num_workers=cfg.workers, pin_memory=device.type == "cuda")
         if len(loader) == 0:
             raise _error(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
                          "lower --batch-size")
+        # no validation set (--val-split 0, a class too small to hold one out, an empty val/): val_loss
+        # and val_acc are nan (not 0) and best.safetensors is the lowest training loss, said so
+        has_val = len(data.val) > 0
+        best_by = "val_acc" if has_val else "train_loss"
+        if not has_val and d.main and console is not None:
+            console.print(f"note: {data.source} has no validation set (--val-split {cfg.val_split:g}): val_loss and "
+                          "val_acc are not measured (nan in metrics.csv); best.safetensors is the epoch with the "
+                          "lowest training loss")
         module.to(device)
         if cfg.channels_last:
             module.to(memory_format=torch.channels_last)
@@ -196,30 +243,32 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
         amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
 
-        os.makedirs(out, exist_ok=True) if d.main else None
+        if d.main:
+            with writing(out):
+                os.makedirs(out, exist_ok=True)
         metrics_path = os.path.join(out, "metrics.csv")
         rows: list[dict] = []
         start = 0
         state_path = os.path.join(out, "trainer.safetensors")
         if cfg.resume:
-            if not os.path.exists(state_path):
-                raise _error(out, "nothing to resume: no trainer.safetensors here", "train without --resume first")
-            load_checkpoint(module, os.path.join(out, "last.safetensors"))
-            meta = load_trainer_state(state_path, optimizer, scheduler, device)
-            start = meta["epoch"]
-            if os.path.exists(metrics_path):
-                with open(metrics_path, newline="") as f:
-                    rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)][:start]
+            start, rows = _resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_path)
         meta_common = {"spec": spec.name, "spec_sha256": spec.sha256, "data": data.source, "untrained": "false",
-                       "classes": ",".join(data.classes)}
-        best = max((r["val_acc"] for r in rows), default=-1.0)
+                       "classes": ",".join(data.classes), "best_by": best_by}
+        best = max((_score(r, best_by) for r in rows), default=-math.inf)
+        bad_train: dict = {}
+        bad_val: dict = {}
         for epoch in range(start, cfg.epochs):
             sampler.set_epoch(epoch)
             model.train()
             t0 = time.perf_counter()
             loss_sum = correct = seen = 0.0
+            new_bad: dict = {}
             progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(loader))
-            for x, y in loader:
+            for x, y, skipped in loader:
+                if skipped:
+                    new_bad.update((p, why) for p, why in skipped if p not in bad_train)
+                if x is None:   # every image of the batch unusable
+                    continue
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if cfg.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -236,33 +285,128 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
                 seen += len(y)
                 progress.advance(loss_sum / seen, correct / seen)
             progress.close()
+            if new_bad:   # each process its own shard's, once a run
+                bad_train.update(new_bad)
+                report_bad(new_bad, data.train)
             loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
+            if seen == 0:
+                raise _error(cfg.data, f"none of the {len(data.train)} training images can be used",
+                             "see the files listed above: replace or remove them")
+            if not all(bool(torch.isfinite(v).all()) for v in module.state_dict().values() if v.is_floating_point()):
+                raise _error(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
+                             f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
+                             f"lower --lr (or add --warmup-epochs) and start again; {out}'s checkpoints and "
+                             f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
                    "train_acc": correct / seen}
             if d.main:
-                row["val_loss"], row["val_acc"] = evaluate(module, data.val, device, channels_last=cfg.channels_last)
+                if has_val:
+                    before = len(bad_val)
+                    row["val_loss"], row["val_acc"] = evaluate(module, data.val, device, channels_last=cfg.channels_last,
+                                                               bad=bad_val)
+                    if len(bad_val) > before:
+                        report_bad(dict(list(bad_val.items())[before:]), data.val)
+                else:
+                    row["val_loss"] = row["val_acc"] = math.nan
                 row["seconds"] = time.perf_counter() - t0
                 rows.append(row)
-                meta = {**meta_common, "epoch": epoch + 1, "val_acc": f"{row['val_acc']:.6f}"}
+                meta = {**meta_common, "epoch": epoch + 1}
+                if has_val:
+                    meta["val_acc"] = f"{row['val_acc']:.6f}"
+                else:
+                    meta["train_loss"] = f"{row['train_loss']:.6f}"
+                # trainer.safetensors last: it commits the epoch (weights, optimizer, rows), so a run
+                # stopped between two of these writes resumes from one consistent epoch
                 if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
                     save_checkpoint(module, os.path.join(out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
-                save_checkpoint(module, os.path.join(out, "last.safetensors"), meta)
-                if row["val_acc"] > best:
-                    best = row["val_acc"]
+                if _score(row, best_by) > best:
+                    best = _score(row, best_by)
                     save_checkpoint(module, os.path.join(out, "best.safetensors"), meta)
-                save_trainer_state(state_path, optimizer, scheduler, epoch + 1,
-                                   {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"}})
+                save_checkpoint(module, os.path.join(out, "last.safetensors"), meta)
                 _write_metrics(metrics_path, rows)
+                save_trainer_state(state_path, optimizer, scheduler, epoch + 1,
+                                   {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"},
+                                    "rows": rows, "best_by": best_by},
+                                   model=module.state_dict())
                 if cfg.on_epoch is not None:
                     cfg.on_epoch(row)
                 if console is not None:
+                    val = (f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if has_val
+                           else "no validation set (best by train loss)")
                     console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                                  f"acc {row['train_acc']:.4f}  val_loss {row['val_loss']:.4f}  "
-                                  f"val_acc {row['val_acc']:.4f}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
+                                  f"acc {row['train_acc']:.4f}  {val}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
             d.barrier()
         return rows
     finally:
         d.close()
+
+
+def done_line(cfg: TrainConfig, rows: list[dict]) -> str:
+    """The CLI's last line: the run folder and the last epoch's held-out accuracy, or, without a
+    validation set, its training loss (val_acc would print as nan)."""
+    last = rows[-1]
+    if math.isfinite(last.get("val_acc", math.nan)):
+        return f"done: {cfg.out}  val_acc {last['val_acc']:.4f}"
+    return f"done: {cfg.out}  train_loss {last['train_loss']:.4f} (no validation set: best.safetensors by training loss)"
+
+
+def _score(row: dict, best_by: str) -> float:
+    """Higher is better; nan (not measured) never wins."""
+    v = row.get("val_acc", math.nan) if best_by == "val_acc" else -row.get("train_loss", math.nan)
+    return v if isinstance(v, float) and math.isfinite(v) else -math.inf
+
+
+def _resume(cfg: TrainConfig, module, optimizer, scheduler, device, out, state_path, metrics_path):
+    """(the last finished epoch, the metrics rows so far) of the run in `out`, its weights, optimizer and
+    schedule loaded; a SpecError saying what to do for anything missing, damaged or inconsistent."""
+    from ..backends.torch.checkpoint import check_finite, check_fits, load_checkpoint
+    if not os.path.exists(state_path):
+        raise _error(out, "nothing to resume: no trainer.safetensors here", "train without --resume first")
+    meta = load_trainer_state(state_path, optimizer, scheduler, device)
+    start = meta["epoch"]
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    saved = extra.get("config") if isinstance(extra.get("config"), dict) else {}
+    if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:
+        raise _error(state_path, f"the run was trained with --optimizer {saved['optimizer']}, not {cfg.optimizer}",
+                     f"resume with --optimizer {saved['optimizer']}, or start a new run from its weights: "
+                     f"--weights {out}/last.safetensors -o NEW")
+    if meta.get("model") is not None:   # the weights committed with this state
+        check_fits(module, meta["model"], state_path)
+        check_finite(meta["model"], state_path)
+        module.load_state_dict(meta["model"])
+    else:                               # a state from before the weights were saved in it
+        load_checkpoint(module, os.path.join(out, "last.safetensors"))
+    if isinstance(extra.get("rows"), list):
+        rows = extra["rows"]
+        if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in METRICS) for r in rows):
+            raise _error(state_path, "the trainer state's metrics rows are damaged",
+                         "start the run again without --resume, or from its weights: "
+                         f"--weights {out}/last.safetensors -o NEW")
+        return start, [{k: float(r[k]) for k in METRICS} for r in rows][:start]
+    return start, _read_metrics(metrics_path, out)[:start]
+
+
+def _read_metrics(path: str, out: str) -> list[dict]:
+    """metrics.csv of an earlier run (for a trainer state without its rows), strictly."""
+    if not os.path.exists(path):
+        return []
+    hint = (f"fix or delete {path} (its rows only feed the history and the choice of best.safetensors), "
+            f"or start again from the weights: --weights {out}/last.safetensors -o NEW")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or any(k not in reader.fieldnames for k in METRICS):
+                raise _error(path, f"not a metrics file of resgraph train: the columns are {reader.fieldnames}, "
+                             f"not {', '.join(METRICS)}", hint)
+            rows = []
+            for line, r in enumerate(reader, 2):
+                try:
+                    rows.append({k: float(r[k]) for k in METRICS})
+                except (TypeError, ValueError):
+                    raise _error(path, f"line {line} is damaged: { {k: r.get(k) for k in METRICS} }", hint) from None
+            return rows
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise _error(path, f"cannot read the metrics: {e}", hint) from None
 
 
 def _write_metrics(path: str, rows: list[dict]) -> None:
@@ -272,7 +416,8 @@ def _write_metrics(path: str, rows: list[dict]) -> None:
             w.writeheader()
             for r in rows:
                 w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRICS})
-    atomic_write(path, write)
+    with writing(path):
+        atomic_write(path, write)
 
 
 class _NoProgress:

@@ -3,18 +3,28 @@
 Optimizer state dicts are nested ({'state': {i: {name: tensor|number}}, 'param_groups': [...]});
 safetensors holds flat tensors and string metadata, so tensors go under "state.<i>.<name>" and
 everything else (param groups, scheduler, epoch, numbers in the state) into one JSON string.
+
+The module's weights at that epoch go in too ("model.<name>"), and so do the metrics rows so far
+(in `extra`): the file is the run's one commit point, written after last.safetensors and
+metrics.csv, so a run stopped between two writes (Ctrl-C, a full disk) resumes from one consistent
+epoch. Files written before the weights went in (no "model." tensors) still load.
 """
 from __future__ import annotations
 
 import json
+import math
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..backends.torch.checkpoint import check_regular, writing
+from ..errors import SpecError
 from ..fileio import atomic_write
 
 
-def save_trainer_state(path: str, optimizer, scheduler, epoch: int, extra: dict | None = None) -> None:
+def save_trainer_state(path: str, optimizer, scheduler, epoch: int, extra: dict | None = None,
+                       model: dict | None = None) -> None:
     opt = optimizer.state_dict()
     tensors, numbers = {}, {}
     for i, st in opt["state"].items():
@@ -23,28 +33,86 @@ def save_trainer_state(path: str, optimizer, scheduler, epoch: int, extra: dict 
                 tensors[f"state.{i}.{name}"] = v.detach().cpu().contiguous()
             else:
                 numbers[f"{i}.{name}"] = v
+    for name, v in (model or {}).items():
+        tensors[f"model.{name}"] = v.detach().cpu().contiguous()
     meta = {"epoch": epoch, "param_groups": opt["param_groups"], "numbers": numbers,
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "extra": extra or {}}
-    atomic_write(path, lambda tmp: save_file(tensors or {"_empty": torch.zeros(0)}, tmp,
-                                             metadata={"trainer": json.dumps(meta)}), suffix=".safetensors")
+    with writing(path):
+        atomic_write(path, lambda tmp: save_file(tensors or {"_empty": torch.zeros(0)}, tmp,
+                                                 metadata={"trainer": json.dumps(meta)}), suffix=".safetensors")
 
 
-def load_trainer_state(path: str, optimizer, scheduler, device) -> dict:
-    """Restore optimizer and scheduler; returns the metadata (epoch = the last finished epoch)."""
-    from safetensors import safe_open
-    with safe_open(path, framework="pt") as f:
-        meta = json.loads((f.metadata() or {})["trainer"])
-    tensors = load_file(path, device=str(device))
+DAMAGED_HINT = ("start the run again without --resume (or in a new -o folder), or continue from its weights "
+                "with a fresh optimizer and schedule: resgraph train SPEC --weights {out}/last.safetensors -o NEW")
+
+
+def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None = None) -> dict:
+    """Restore optimizer and scheduler; returns the metadata (epoch = the last finished epoch; "model":
+    the module's weights at that epoch, or None for a file from before they were saved)."""
+    import os
+    hint = hint or DAMAGED_HINT.format(out=os.path.dirname(path) or ".")
+
+    def damaged(why: str) -> SpecError:
+        return SpecError.at(path, f"the trainer state is damaged: {why}", hint)
+
+    check_regular(path, "trainer state")
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["trainer"])
+        tensors = load_file(path, device=str(device))
+    except KeyError:
+        raise damaged("no 'trainer' metadata (is it a trainer.safetensors written by resgraph train?)") from None
+    except (SafetensorError, OSError, ValueError, TypeError) as e:   # json.JSONDecodeError is a ValueError
+        raise damaged(f"not a readable safetensors file: {e}") from None
+    if not isinstance(meta, dict):
+        raise damaged("its metadata is not a JSON object")
+    epoch = meta.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise damaged(f"its epoch is {epoch!r}, not a count of finished epochs (0 or more)")
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise SpecError.at(path, f"the trainer state holds NaN or inf ({', '.join(bad[:5])}"
+                           f"{' ...' if len(bad) > 5 else ''}): the run diverged before epoch {epoch}",
+                           "resuming would go on training a broken model. Start again from an earlier checkpoint "
+                           "(best.safetensors or epoch-NNN.safetensors) with --weights, perhaps with a lower --lr")
     state: dict = {}
-    for key, v in tensors.items():
-        if key == "_empty":
-            continue
-        _, i, name = key.split(".", 2)
-        state.setdefault(int(i), {})[name] = v
-    for key, v in meta["numbers"].items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    if scheduler is not None and meta.get("scheduler") is not None:
-        scheduler.load_state_dict(meta["scheduler"])
+    model: dict = {}
+    try:
+        for key, v in tensors.items():
+            if key == "_empty":
+                continue
+            if key.startswith("model."):
+                model[key[len("model."):]] = v
+                continue
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = v
+        for key, v in meta["numbers"].items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        params = [q for g in optimizer.param_groups for q in g["params"]]
+        for i, st in state.items():
+            if not 0 <= i < len(params):
+                raise ValueError(f"state for parameter {i}; the optimizer has {len(params)}")
+            for name, v in st.items():
+                if torch.is_tensor(v) and v.dim() and v.shape != params[i].shape:
+                    raise ValueError(f"{name} of parameter {i} is {list(v.shape)}, the parameter {list(params[i].shape)}")
+        if not _finite_numbers([meta["numbers"], meta["param_groups"], meta.get("scheduler")]):
+            raise ValueError("a NaN or inf among its numbers (learning rate, momentum, step count...)")
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        if scheduler is not None and meta.get("scheduler") is not None:
+            scheduler.load_state_dict(meta["scheduler"])
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise damaged(f"its optimizer or schedule does not load ({type(e).__name__}: {e})") from None
+    meta["model"] = model or None
     return meta
+
+
+def _finite_numbers(x) -> bool:
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, dict):
+        return all(_finite_numbers(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return all(_finite_numbers(v) for v in x)
+    return True

@@ -1,10 +1,16 @@
 """Checkpoints as safetensors (no pickle): the module's state dict, keyed by the spec's paths.
 
 Metadata (strings) records the spec's name and sha256, the resgraph version and whether the
-weights are trained. Loading checks the checkpoint against the spec — names and shapes — and
-lists the first mismatches otherwise.
+weights are trained. Loading checks the checkpoint against the spec — names, shapes, dtypes (an
+integer or bool tensor where the module holds floats is refused, never cast) and finiteness — and
+lists the first mismatches otherwise. Only regular files are opened (a FIFO would block forever).
+Writes are atomic (a temporary file, then a rename): a full disk leaves the previous file whole.
 """
 from __future__ import annotations
+
+import errno
+import os
+import stat
 
 import torch
 from safetensors import SafetensorError
@@ -19,10 +25,67 @@ def save_checkpoint(module: torch.nn.Module, path: str, metadata: dict | None = 
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     meta.setdefault("format", "resgraph-checkpoint-1")
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), suffix=".safetensors")
+    with writing(path):
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), suffix=".safetensors")
+
+
+class writing:
+    """`with writing(path): ...` turns a failed write (disk full, read-only, quota, name too long,
+    permissions; as OSError or as safetensors' SafetensorError "I/O error ... (os error N)") into a
+    user error naming `path`."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if e is None:
+            return False
+        code = e.errno if isinstance(e, OSError) else _os_error_code(e) if isinstance(e, SafetensorError) else None
+        if code is None:
+            return False
+        raise write_error(self.path, code, e) from None
+
+
+def _os_error_code(e: Exception) -> int | None:
+    import re
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m else None
+
+
+def write_error(path: str, code: int, e: Exception | None = None) -> SpecError:
+    """A failed write as a user error naming `path`, with fileio's hint for the errno (the CLI's
+    own OSError handler gives the same), and that the previous file is whole (writes are atomic)."""
+    from ...fileio import _HINTS
+    what = os.strerror(code) if code else str(e)
+    hint = _HINTS.get(code) or ("the file is larger than this process may write (ulimit -f) or the filesystem allows"
+                                if code == errno.EFBIG else "check the path and the disk")
+    return SpecError.at(path, f"cannot write: {what} ({errno.errorcode.get(code, code)})",
+                        hint + "; the previous file there, if any, is left as it was")
+
+
+def check_regular(path: str, what: str = "checkpoint") -> None:
+    """Refuse what is not a regular file before opening it: a FIFO would block forever, a device
+    or socket read as garbage."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _error(path, f"no such {what} file", "check the path") from None
+    except OSError as e:
+        raise _error(path, f"cannot read the {what}: {e.strerror}", "check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _error(path, f"the {what} path is a folder", "give a .safetensors file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else \
+            "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        raise _error(path, f"the {what} is {kind}, not a regular file",
+                     "give a .safetensors file (copy a streamed checkpoint to disk first)")
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    check_regular(path)
     try:
         from safetensors import safe_open
         with safe_open(path, framework="pt") as f:
@@ -30,35 +93,66 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]
         return load_file(path), meta
     except FileNotFoundError:
         raise _error(path, "no such checkpoint file", "check the path") from None
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
         raise _error(path, f"not a readable safetensors file: {e}",
                      "resgraph checkpoints are .safetensors files (resgraph init, train or import-weights)") from None
 
 
 def load_checkpoint(module: torch.nn.Module, path: str, strict: bool = True) -> dict[str, str]:
-    """Load `path` into `module` after checking names and shapes; returns the checkpoint's metadata."""
+    """Load `path` into `module` after checking names, shapes, dtypes and values; returns the metadata."""
     tensors, meta = read_checkpoint(path)
     check_fits(module, tensors, path)
+    check_finite(tensors, path)
     module.load_state_dict(tensors, strict=strict)
     return meta
 
 
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "integer"
+
+
 def check_fits(module: torch.nn.Module, tensors: dict, path: str, limit: int = 5) -> None:
-    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    """Names, shapes and dtypes. A dtype may differ in width (fp16 or fp64 weights load into fp32)
+    but not in kind: int8, bool or int64 data where the module holds floats would be cast silently
+    (and a float where it holds an integer buffer such as bn's num_batches_tracked)."""
+    state = module.state_dict()
+    want = {k: tuple(v.shape) for k, v in state.items()}
     have = {k: tuple(v.shape) for k, v in tensors.items()}
     missing = [k for k in want if k not in have]
     unexpected = [k for k in have if k not in want]
     wrong = [f"{k}: checkpoint {list(have[k])}, spec {list(want[k])}" for k in want if k in have and have[k] != want[k]]
-    if not (missing or unexpected or wrong):
+    dtypes = [f"{k}: checkpoint {str(tensors[k].dtype).removeprefix('torch.')}, spec "
+              f"{str(state[k].dtype).removeprefix('torch.')}"
+              for k in want if k in have and _kind(tensors[k].dtype) != _kind(state[k].dtype)]
+    if not (missing or unexpected or wrong or dtypes):
         return
     parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong),
+                         ("dtype mismatch", dtypes)):
         if items:
             more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
             parts.append(f"{label} ({len(items)}): " + "; ".join(items[:limit]) + more)
-    raise _error(path, "the checkpoint does not fit the spec: " + " | ".join(parts),
-                 "was it made for another spec (or another version of this one)? "
-                 "Rebuild it with resgraph init / train / import-weights for this spec")
+    hint = ("was it made for another spec (or another version of this one)? "
+            "Rebuild it with resgraph init / train / import-weights for this spec")
+    if dtypes and not (missing or unexpected or wrong):
+        hint = ("weights must be floating point (float32, float16, bfloat16 or float64); integer or bool "
+                "tensors are not cast. Save the float weights, or rebuild with resgraph init / train / import-weights")
+    raise _error(path, "the checkpoint does not fit the spec: " + " | ".join(parts), hint)
+
+
+def check_finite(tensors: dict, path: str, limit: int = 5) -> None:
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - limit} more)" if len(bad) > limit else ""
+        raise _error(path, f"the weights are not all finite: NaN or inf in {len(bad)} tensor(s): "
+                     + ", ".join(bad[:limit]) + more,
+                     "a diverged training run? Start from an earlier checkpoint (resgraph train keeps "
+                     "best.safetensors and epoch-NNN.safetensors): resgraph train --weights FILE, "
+                     "perhaps with a lower --lr")
 
 
 _error = SpecError.at   # an error about a file or option: no line to point at
