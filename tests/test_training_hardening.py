@@ -19,30 +19,12 @@ pytest.importorskip("sklearn", reason="scikit-learn (digits) is not installed")
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
 
 from conftest import ROOT, resgraph_cmd, run_cli
+from test_training import SMALL  # the same small network
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from resgraph.training.loop import TrainConfig, train
 
-SMALL = """resgraph: 1
-name: digits_small
-input: {shape: [1, 8, 8]}
-preprocess: {mean: [0.3], std: [0.38]}
-defaults:
-  conv: {bias: false}
-layers:
-  - conv: {out: 8, kernel: 3}
-  - bn
-  - relu
-  - residual:
-      layers:
-        - conv: {out: 16, kernel: 3, stride: 2}
-        - bn
-      post: relu
-  - global_avgpool
-  - flatten
-  - linear: {out: 10}
-"""
 FOLDERS = ("resgraph: 1\nname: folders\ninput: {shape: [1, 8, 8]}\npreprocess: {resize: 9, crop: 8, mean: [0.5], std: [0.25]}\n"
            "layers:\n  - conv: {out: 4, kernel: 3}\n  - relu\n  - global_avgpool\n  - flatten\n  - linear: {out: 2}\n")
 
