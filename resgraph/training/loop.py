@@ -190,155 +190,167 @@ METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "sec
 
 
 def train(cfg: TrainConfig, console=None) -> list[dict]:
-    """Train; returns the metrics rows (one per epoch, this run's and any resumed ones)."""
-    from ..backends.torch import save_checkpoint, to_torch
-    from ..compiler import check_file
+    """Train; returns the metrics rows (one per epoch, this run's and any resumed ones).
 
+    Under torchrun the process group is torn down only after _train has returned: its frame holds
+    the DistributedDataParallel wrapper, whose reducer keeps the group alive; destroyed later, at
+    interpreter exit, gloo's threads abort the process ("terminate called without an active
+    exception", 1 run in 8 here). And after one last barrier, so that no rank tears down while a
+    peer is still completing a collective. Not on the error path: a rank that raised must not wait
+    for peers stuck elsewhere (torchrun stops them)."""
     kind = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
     d = _Dist(kind)
     try:
-        device = _device(cfg, d)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        checked = check_file(cfg.spec)
-        spec = checked.spec
-        out = cfg.out = cfg.out or os.path.join("runs", spec.name)
-        torch.manual_seed(cfg.seed)
-        module = to_torch(checked, seed=cfg.seed, weights=cfg.weights)
-        data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
-        n_out = checked.graph[checked.graph.output].shape
-        if n_out != (len(data.classes),):
-            raise _error(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is {list(n_out)}",
-                         f"set the last layer to linear: {{out: {len(data.classes)}}}")
-        if cfg.batch_size % d.world:
-            raise _error("--batch-size", f"batch {cfg.batch_size} does not split evenly over {d.world} processes",
-                         "use a multiple of the process count")
-        per_rank = cfg.batch_size // d.world
-        sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
-        loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True, collate_fn=collate,
-                            num_workers=cfg.workers, pin_memory=device.type == "cuda")
-        if len(loader) == 0:
-            raise _error(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
-                         "lower --batch-size")
-        # no validation set (--val-split 0, a class too small to hold one out, an empty val/): val_loss
-        # and val_acc are nan (not 0) and best.safetensors is the lowest training loss, said so
-        has_val = len(data.val) > 0
-        best_by = "val_acc" if has_val else "train_loss"
-        if not has_val and d.main and console is not None:
-            console.print(f"note: {data.source} has no validation set (--val-split {cfg.val_split:g}): val_loss and "
-                          "val_acc are not measured (nan in metrics.csv); best.safetensors is the epoch with the "
-                          "lowest training loss")
-        module.to(device)
-        if cfg.channels_last:
-            module.to(memory_format=torch.channels_last)
-        if cfg.sync_bn and d.on:
-            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        model = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None) \
-            if d.on else module
-        optimizer = _optimizer(module, cfg)
-        scheduler = _schedule(optimizer, cfg, len(loader))
-        amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-        amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-        scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
-
-        if d.main:
-            with writing(out):
-                os.makedirs(out, exist_ok=True)
-        metrics_path = os.path.join(out, "metrics.csv")
-        rows: list[dict] = []
-        start = 0
-        state_path = os.path.join(out, "trainer.safetensors")
-        if cfg.resume:
-            start, rows = _resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_path)
-        meta_common = {"spec": spec.name, "spec_sha256": spec.sha256, "data": data.source, "untrained": "false",
-                       "classes": ",".join(data.classes), "best_by": best_by}
-        best = max((_score(r, best_by) for r in rows), default=-math.inf)
-        bad_train: dict = {}
-        bad_val: dict = {}
-        for epoch in range(start, cfg.epochs):
-            sampler.set_epoch(epoch)
-            model.train()
-            t0 = time.perf_counter()
-            loss_sum = correct = seen = 0.0
-            new_bad: dict = {}
-            progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(loader))
-            for x, y, skipped in loader:
-                if skipped:
-                    new_bad.update((p, why) for p, why in skipped if p not in bad_train)
-                if x is None:   # every image of the batch unusable
-                    continue
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if cfg.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(y)
-                progress.advance(loss_sum / seen, correct / seen)
-            progress.close()
-            if new_bad:   # each process its own shard's, once a run
-                bad_train.update(new_bad)
-                report_bad(new_bad, data.train)
-            loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
-            if seen == 0:
-                raise _error(cfg.data, f"none of the {len(data.train)} training images can be used",
-                             "see the files listed above: replace or remove them")
-            if not all(bool(torch.isfinite(v).all()) for v in module.state_dict().values() if v.is_floating_point()):
-                raise _error(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
-                             f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
-                             f"lower --lr (or add --warmup-epochs) and start again; {out}'s checkpoints and "
-                             f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
-            row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
-                   "train_acc": correct / seen}
-            if d.main:
-                if has_val:
-                    before = len(bad_val)
-                    row["val_loss"], row["val_acc"] = evaluate(module, data.val, device, channels_last=cfg.channels_last,
-                                                               bad=bad_val)
-                    if len(bad_val) > before:
-                        report_bad(dict(list(bad_val.items())[before:]), data.val)
-                else:
-                    row["val_loss"] = row["val_acc"] = math.nan
-                row["seconds"] = time.perf_counter() - t0
-                rows.append(row)
-                meta = {**meta_common, "epoch": epoch + 1}
-                if has_val:
-                    meta["val_acc"] = f"{row['val_acc']:.6f}"
-                else:
-                    meta["train_loss"] = f"{row['train_loss']:.6f}"
-                # trainer.safetensors last: it commits the epoch (weights, optimizer, rows), so a run
-                # stopped between two of these writes resumes from one consistent epoch
-                if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                    save_checkpoint(module, os.path.join(out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
-                if _score(row, best_by) > best:
-                    best = _score(row, best_by)
-                    save_checkpoint(module, os.path.join(out, "best.safetensors"), meta)
-                save_checkpoint(module, os.path.join(out, "last.safetensors"), meta)
-                _write_metrics(metrics_path, rows)
-                save_trainer_state(state_path, optimizer, scheduler, epoch + 1,
-                                   {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"},
-                                    "rows": rows, "best_by": best_by},
-                                   model=module.state_dict())
-                if cfg.on_epoch is not None:
-                    cfg.on_epoch(row)
-                if console is not None:
-                    val = (f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if has_val
-                           else "no validation set (best by train loss)")
-                    console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                                  f"acc {row['train_acc']:.4f}  {val}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
-            d.barrier()
+        rows = _train(cfg, console, d)
+        d.barrier()
         return rows
     finally:
         d.close()
+
+
+def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
+    from ..backends.torch import save_checkpoint, to_torch
+    from ..compiler import check_file
+    device = _device(cfg, d)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    checked = check_file(cfg.spec)
+    spec = checked.spec
+    out = cfg.out = cfg.out or os.path.join("runs", spec.name)
+    torch.manual_seed(cfg.seed)
+    module = to_torch(checked, seed=cfg.seed, weights=cfg.weights)
+    data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
+    n_out = checked.graph[checked.graph.output].shape
+    if n_out != (len(data.classes),):
+        raise _error(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is {list(n_out)}",
+                     f"set the last layer to linear: {{out: {len(data.classes)}}}")
+    if cfg.batch_size % d.world:
+        raise _error("--batch-size", f"batch {cfg.batch_size} does not split evenly over {d.world} processes",
+                     "use a multiple of the process count")
+    per_rank = cfg.batch_size // d.world
+    sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True, collate_fn=collate,
+                        num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    if len(loader) == 0:
+        raise _error(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
+                     "lower --batch-size")
+    # no validation set (--val-split 0, a class too small to hold one out, an empty val/): val_loss
+    # and val_acc are nan (not 0) and best.safetensors is the lowest training loss, said so
+    has_val = len(data.val) > 0
+    best_by = "val_acc" if has_val else "train_loss"
+    if not has_val and d.main and console is not None:
+        console.print(f"note: {data.source} has no validation set (--val-split {cfg.val_split:g}): val_loss and "
+                      "val_acc are not measured (nan in metrics.csv); best.safetensors is the epoch with the "
+                      "lowest training loss")
+    module.to(device)
+    if cfg.channels_last:
+        module.to(memory_format=torch.channels_last)
+    if cfg.sync_bn and d.on:
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    model = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None) \
+        if d.on else module
+    optimizer = _optimizer(module, cfg)
+    scheduler = _schedule(optimizer, cfg, len(loader))
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
+
+    if d.main:
+        with writing(out):
+            os.makedirs(out, exist_ok=True)
+    metrics_path = os.path.join(out, "metrics.csv")
+    rows: list[dict] = []
+    start = 0
+    state_path = os.path.join(out, "trainer.safetensors")
+    if cfg.resume:
+        start, rows = _resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_path)
+    meta_common = {"spec": spec.name, "spec_sha256": spec.sha256, "data": data.source, "untrained": "false",
+                   "classes": ",".join(data.classes), "best_by": best_by}
+    best = max((_score(r, best_by) for r in rows), default=-math.inf)
+    bad_train: dict = {}
+    bad_val: dict = {}
+    for epoch in range(start, cfg.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = correct = seen = 0.0
+        new_bad: dict = {}
+        progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(loader))
+        for x, y, skipped in loader:
+            if skipped:
+                new_bad.update((p, why) for p, why in skipped if p not in bad_train)
+            if x is None:   # every image of the batch unusable
+                continue
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            progress.advance(loss_sum / seen, correct / seen)
+        progress.close()
+        if new_bad:   # each process its own shard's, once a run
+            bad_train.update(new_bad)
+            report_bad(new_bad, data.train)
+        loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
+        if seen == 0:
+            raise _error(cfg.data, f"none of the {len(data.train)} training images can be used",
+                         "see the files listed above: replace or remove them")
+        if not all(bool(torch.isfinite(v).all()) for v in module.state_dict().values() if v.is_floating_point()):
+            raise _error(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
+                         f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
+                         f"lower --lr (or add --warmup-epochs) and start again; {out}'s checkpoints and "
+                         f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
+               "train_acc": correct / seen}
+        if d.main:
+            if has_val:
+                before = len(bad_val)
+                row["val_loss"], row["val_acc"] = evaluate(module, data.val, device, channels_last=cfg.channels_last,
+                                                           bad=bad_val)
+                if len(bad_val) > before:
+                    report_bad(dict(list(bad_val.items())[before:]), data.val)
+            else:
+                row["val_loss"] = row["val_acc"] = math.nan
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            meta = {**meta_common, "epoch": epoch + 1}
+            if has_val:
+                meta["val_acc"] = f"{row['val_acc']:.6f}"
+            else:
+                meta["train_loss"] = f"{row['train_loss']:.6f}"
+            # trainer.safetensors last: it commits the epoch (weights, optimizer, rows), so a run
+            # stopped between two of these writes resumes from one consistent epoch
+            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+                save_checkpoint(module, os.path.join(out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
+            if _score(row, best_by) > best:
+                best = _score(row, best_by)
+                save_checkpoint(module, os.path.join(out, "best.safetensors"), meta)
+            save_checkpoint(module, os.path.join(out, "last.safetensors"), meta)
+            _write_metrics(metrics_path, rows)
+            save_trainer_state(state_path, optimizer, scheduler, epoch + 1,
+                               {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"},
+                                "rows": rows, "best_by": best_by},
+                               model=module.state_dict())
+            if cfg.on_epoch is not None:
+                cfg.on_epoch(row)
+            if console is not None:
+                val = (f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if has_val
+                       else "no validation set (best by train loss)")
+                console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                              f"acc {row['train_acc']:.4f}  {val}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
+        d.barrier()
+    return rows
 
 
 def done_line(cfg: TrainConfig, rows: list[dict]) -> str:
