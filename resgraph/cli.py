@@ -141,7 +141,8 @@ def schema(output):
 # --- the PyTorch side: init, import-weights, train, eval ------------------------------------------
 
 EXTRAS = {"torch": "torch", "safetensors": "onnx", "onnx": "onnx", "onnxruntime": "onnx", "PIL": "onnx", "numpy": "onnx",
-          "sklearn": "train", "torchvision": "torchvision", "tensorrt": "tensorrt", "cuda": "tensorrt"}   # a missing module -> the extra that installs it
+          "sklearn": "train", "torchvision": "torchvision", "tensorrt": "tensorrt", "cuda": "tensorrt",
+          "pytriton": "serve", "tritonclient": "serve"}   # a missing module -> the extra that installs it
 
 
 def _run(fn):
@@ -337,7 +338,9 @@ def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_da
 
 from .cli_infer import bench_cmd, doctor_cmd, parity_cmd, run_cmd  # noqa: E402  (they use _run above)
 
-for _command in (run_cmd, bench_cmd, parity_cmd, doctor_cmd, engine_group):
+from .cli_serve import export_group, serve_cmd  # noqa: E402
+
+for _command in (run_cmd, bench_cmd, parity_cmd, doctor_cmd, engine_group, export_group, serve_cmd):
     cli.add_command(_command)
 
 

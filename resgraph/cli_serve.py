@@ -1,0 +1,135 @@
+"""Serving commands: `resgraph export triton` (a Triton model repository) and `resgraph serve` (a real
+Triton server on one). Parsing and rendering only: the work is in resgraph.triton."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+import click
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...]:
+    from .errors import SpecError
+    if not text:
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SpecError.at(option, f"'{text}' is not a list of batch sizes", "e.g. 4,8") from None
+
+
+def serving_options(f):
+    for opt in reversed([
+        click.option("--max-batch", type=click.IntRange(1, 1 << 16), default=None,
+                     help="Triton's max_batch_size [default: 32; tensorrt: the engine profile's MAX]."),
+        click.option("--instances", type=click.IntRange(1, 256), default=1, show_default=True,
+                     help="Model instances (instance_group count)."),
+        click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
+                     help="Let Triton queue requests and run them as one batch."),
+        click.option("--max-queue-delay-us", type=click.IntRange(0, 10_000_000), default=100, show_default=True,
+                     help="How long the dynamic batcher may hold a request to fill a batch."),
+        click.option("--preferred-batch", default=None, help="Batch sizes the batcher aims for, e.g. 8,16."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def _options(platform, name, max_batch, instances, kind, dynamic_batching, max_queue_delay_us, preferred_batch,
+             backend):
+    from .triton.export import Batching, TritonOptions
+    batching = Batching(max_queue_delay_us, _ints(preferred_batch, "--preferred-batch")) if dynamic_batching else None
+    return TritonOptions(platform=platform, name=name, max_batch=max_batch, instances=instances, kind=kind,
+                         batching=batching, backend=backend)
+
+
+@click.group("export")
+def export_group():
+    """Export a compiled folder for a serving system."""
+
+
+@export_group.command("triton")
+@click.argument("artifact", type=click.Path())
+@click.option("-o", "--out", "repo", required=True, type=click.Path(file_okay=False), help="The model repository.")
+@click.option("--platform", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default="onnxruntime",
+              show_default=True, help="onnxruntime_onnx (model.onnx), tensorrt_plan (model.engine), or Triton's "
+                                      "Python backend running resgraph's runtime.")
+@click.option("--name", default=None, help="The model's name in the repository [default: the spec's name].")
+@click.option("--kind", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
+              help="instance_group kind.")
+@click.option("--backend", default="auto", show_default=True, help="python platform: the resgraph back end it opens.")
+@serving_options
+def export_triton_cmd(artifact, repo, platform, name, kind, backend, max_batch, instances, dynamic_batching,
+                      max_queue_delay_us, preferred_batch):
+    """Write REPO/<name>/ (config.pbtxt, labels.txt, 1/...) for the compiled folder ARTIFACT."""
+    from .cli import _run
+
+    def body():
+        from .triton.export import export_triton
+        o = _options(platform, name, max_batch, instances, kind, dynamic_batching, max_queue_delay_us,
+                     preferred_batch, backend)
+        path = export_triton(artifact, repo, o)
+        click.echo(f"exported {os.path.basename(path)} -> {path}/  ({platform})")
+        for root, _, files in sorted(os.walk(path)):
+            for f in sorted(files):
+                rel = os.path.relpath(os.path.join(root, f), path)
+                if not rel.startswith("1/artifact/"):
+                    click.echo(f"  {rel}")
+    _run(body)
+
+
+@click.command("serve")
+@click.argument("artifact", type=click.Path())
+@click.option("--port", "http_port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="HTTP port (0: any free one).")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True)
+@click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen (0.0.0.0: every interface).")
+@click.option("--backend", default="auto", show_default=True, help="The resgraph back end the model runs on.")
+@serving_options
+def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, max_batch, instances, dynamic_batching,
+              max_queue_delay_us, preferred_batch):
+    """Serve the compiled folder ARTIFACT with a real Triton Inference Server (HTTP, gRPC, metrics),
+    until Ctrl-C or SIGTERM. Its model repository is temporary: nothing is left behind."""
+    from .cli import _run
+
+    def body():
+        from .triton.export import export_triton
+        from .triton.server import TritonServer
+        o = _options("python", None, max_batch, instances, "cpu", dynamic_batching, max_queue_delay_us,
+                     preferred_batch, backend)
+        repo = tempfile.mkdtemp(prefix="resgraph-repo-")
+        stop = {"signal": None}
+
+        def on_signal(signum, frame):
+            stop["signal"] = signum
+            raise KeyboardInterrupt
+        old = signal.signal(signal.SIGTERM, on_signal)
+        server = None
+        try:
+            name = os.path.basename(export_triton(artifact, repo, o))
+            server = TritonServer(repo, http_port, grpc_port, metrics_port, address=address)
+            server.start()
+            p = server.ports
+            click.echo(f"serving {name} at http://{address}:{p['http']}  (gRPC {address}:{p['grpc']}, metrics "
+                       f"http://{address}:{p['metrics']}/metrics); Ctrl-C to stop", err=True)
+            click.echo(f"ready {p['http']} {p['grpc']} {p['metrics']}")   # one line for scripts
+            sys.stdout.flush()
+            code = server.proc.wait()
+            raise_server_died(server, code)
+        except KeyboardInterrupt:
+            click.echo("stopping", err=True)
+        finally:
+            if server is not None:
+                server.stop()
+            shutil.rmtree(repo, ignore_errors=True)
+            signal.signal(signal.SIGTERM, old)
+    _run(body)
+
+
+def raise_server_died(server, code):
+    from .errors import SpecError
+    raise SpecError.at("tritonserver", f"Triton exited on its own ({code}):\n{server.log_tail()}",
+                       "see the log above")

@@ -1,0 +1,157 @@
+"""A compiled folder -> a Triton Inference Server model repository.
+
+    REPO/<name>/config.pbtxt     Triton's ModelConfig, text format
+    REPO/<name>/labels.txt       the class names, one a line (output label_filename), where the folder has labels
+    REPO/<name>/1/               the version: by platform
+        onnxruntime   model.onnx (+ model.onnx.data)                        platform "onnxruntime_onnx"
+        tensorrt      model.plan (the folder's model.engine, as is)         platform "tensorrt_plan", cc_model_filenames
+        python        model.py + artifact/ (the compiled folder, whole)     backend "python": resgraph.runtime in Triton
+
+Dims leave the batch dimension out (max_batch_size > 0 makes it implicit), as Triton wants. A
+TensorRT plan runs only on the GPUs and TensorRT it was built for: cc_model_filenames names it
+under its compute capability, and max_batch_size is its profile's MAX. The repository entry is
+written in full beside the target and then renamed into place: a half-written model is never
+loaded by a server polling the repository.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from ..artifacts import ARTIFACTS, ArtifactError, folder_of, read_manifest
+from ..errors import SpecError
+
+PLATFORMS = ("onnxruntime", "tensorrt", "python")
+KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+_error = SpecError.at
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Triton's dynamic batcher: requests are queued up to max_queue_delay_us and run together."""
+    max_queue_delay_us: int = 100
+    preferred: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    platform: str = "onnxruntime"
+    name: str | None = None                 # default: the model's name
+    max_batch: int | None = None            # default: 32 (tensorrt: the engine profile's MAX)
+    instances: int = 1
+    kind: str = "auto"                      # auto | cpu | gpu (tensorrt: gpu)
+    batching: Batching | None = Batching()  # None: no dynamic batching
+    backend: str = "auto"                   # python platform: the resgraph back end model.py opens
+
+
+def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
+    """Write REPO/<name>/ for the compiled folder `artifact`; returns that path."""
+    folder = folder_of(artifact)
+    m = read_manifest(folder)
+    if o.platform not in PLATFORMS:
+        raise _error("--platform", f"unknown platform '{o.platform}'", " | ".join(PLATFORMS))
+    if o.instances < 1:
+        raise _error("--instances", f"{o.instances} instances", "one or more")
+    if o.kind not in KINDS:
+        raise _error("--kind", f"unknown instance kind '{o.kind}'", " | ".join(KINDS))
+    name = o.name or m.name
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise _error("--name", f"'{name}' cannot name a folder of the repository", "letters, digits, - and _")
+    kind, extra, files = o.kind, [], {}
+    max_batch = o.max_batch
+    if o.platform == "tensorrt":
+        from ..backends.tensorrt.engine_json import read_engine_info
+        info = read_engine_info(folder)           # ArtifactError naming the fix when there is no engine
+        profile = info.options.batch
+        if max_batch is None:
+            max_batch = profile.max
+        if max_batch > profile.max:
+            raise _error("--max-batch", f"{max_batch} is beyond the engine's batch profile {profile}",
+                         f"--max-batch {profile.max} or less, or rebuild: resgraph engine build {folder} "
+                         f"--batch {profile.min}:{profile.opt}:{max_batch}")
+        if profile.min > 1:
+            raise _error(os.path.join(folder, "engine.json"), f"the engine's profile {profile} does not take batches "
+                         f"of 1 to {max_batch}, which Triton sends", f"rebuild with --batch 1:{profile.opt}:{profile.max}")
+        if kind == "cpu":
+            raise _error("--kind", "a TensorRT plan runs on GPUs", "--kind gpu (or auto)")
+        kind = "gpu"
+        extra.append(f'platform: "tensorrt_plan"\ncc_model_filenames [{{ key: "{info.compute_capability}" '
+                     f'value: "model.plan" }}]')
+        files["model.plan"] = os.path.join(folder, "model.engine")
+    elif o.platform == "onnxruntime":
+        extra.append('platform: "onnxruntime_onnx"')
+        files["model.onnx"] = os.path.join(folder, "model.onnx")
+        if m.external_data:
+            files[m.external_data] = os.path.join(folder, m.external_data)
+    else:
+        extra.append('backend: "python"')
+        extra.append(f'parameters [{{ key: "resgraph_backend" value: {{ string_value: "{o.backend}" }} }}]')
+    if max_batch is None:
+        max_batch = 32
+    if max_batch < 1:
+        raise _error("--max-batch", f"{max_batch}", "one or more: Triton batches along the first dimension")
+    for src in files.values():
+        if not os.path.isfile(src):
+            raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
+
+    label = ' label_filename: "labels.txt"' if m.labels else ""
+    lines = [f'name: "{name}"', *extra, f"max_batch_size: {max_batch}",
+             f'input [{{ name: "{m.input.name}" data_type: TYPE_FP32 dims: [{", ".join(map(str, m.input.sample_shape))}] }}]',
+             f'output [{{ name: "{m.output.name}" data_type: TYPE_FP32 dims: [{", ".join(map(str, m.output.sample_shape))}]'
+             f'{label} }}]',
+             f"instance_group [{{ kind: {KINDS[kind]} count: {o.instances} }}]"]
+    if o.batching is not None:
+        b = o.batching
+        preferred = f"preferred_batch_size: [{', '.join(map(str, b.preferred))}] " if b.preferred else ""
+        if any(p < 1 or p > max_batch for p in b.preferred):
+            raise _error("--preferred-batch", f"{list(b.preferred)} must lie in 1..{max_batch}", "sizes Triton may form")
+        lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {b.max_queue_delay_us} }}")
+    config = "\n".join(lines) + "\n"
+
+    os.makedirs(repo, exist_ok=True)
+    target = os.path.join(repo, name)
+    staging = tempfile.mkdtemp(dir=repo, prefix=f".{name}.")
+    try:
+        os.makedirs(os.path.join(staging, "1"))
+        for dst, src in files.items():
+            _link_or_copy(src, os.path.join(staging, "1", dst))
+        if o.platform == "python":
+            _python_model(folder, m, os.path.join(staging, "1"))
+        if m.labels:
+            with open(os.path.join(staging, "labels.txt"), "w", encoding="utf-8") as f:
+                f.write("".join(f"{x}\n" for x in m.labels))
+        with open(os.path.join(staging, "config.pbtxt"), "w", encoding="utf-8") as f:
+            f.write(config)
+        os.chmod(staging, 0o755)
+        if os.path.isdir(target):                 # an earlier export: replaced whole
+            old = tempfile.mkdtemp(dir=repo, prefix=f".{name}.old-")
+            os.rename(target, os.path.join(old, "x"))
+            os.rename(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def _python_model(folder: str, m, version: str) -> None:
+    """model.py (Triton's Python backend) and the compiled folder beside it, so the repository
+    carries everything it serves."""
+    art = os.path.join(version, "artifact")
+    os.makedirs(art)
+    for name in (*m.artifacts, "manifest.json", "spec.yaml"):
+        src = os.path.join(folder, name)
+        if name in ARTIFACTS and os.path.isfile(src) and not os.path.exists(os.path.join(art, name)):
+            _link_or_copy(src, os.path.join(art, name))
+    shutil.copyfile(os.path.join(os.path.dirname(__file__), "model.py"), os.path.join(version, "model.py"))

@@ -1,0 +1,154 @@
+"""A real Triton Inference Server on a model repository: the `tritonserver` binary and Python backend
+that the nvidia-pytriton package bundles (they run on the CPU), started as a child process on
+127.0.0.1, ready-checked, and stopped (SIGTERM, then SIGKILL after a bound) with nothing left behind.
+
+Running the bundled binary from a virtualenv takes three things (what pytriton itself does):
+    the Python backend stub for this Python version copied into backends/python/,
+    LD_LIBRARY_PATH with nvidia_pytriton.libs (Triton's own libraries) and this Python's LIBDIR (the
+    stub embeds libpython: it must be the same build as the interpreter whose packages it imports),
+    PATH starting with this interpreter's bin/ (the stub finds its prefix, hence the virtualenv's
+    site-packages and resgraph, from the `python` there).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+
+from ..errors import SpecError
+
+INSTALL = "pip install 'resgraph[serve]' (nvidia-pytriton: Triton's core and Python backend, for Linux x86-64)"
+
+
+def _dist() -> tuple[str, str]:
+    try:
+        import pytriton
+    except ImportError:
+        raise SpecError.at("tritonserver", "Triton Inference Server is not installed", INSTALL) from None
+    root = os.path.dirname(pytriton.__file__)
+    dist, libs = os.path.join(root, "tritonserver"), os.path.join(os.path.dirname(root), "nvidia_pytriton.libs")
+    if not os.path.isfile(os.path.join(dist, "bin", "tritonserver")):
+        raise SpecError.at(dist, "this nvidia-pytriton has no tritonserver binary", INSTALL)
+    return dist, libs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TritonServer:
+    """with TritonServer(repo) as server: server.http_url, server.grpc_url ..."""
+
+    def __init__(self, repo: str, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
+                 address: str = "127.0.0.1", ready_timeout: float = 120.0, log_verbose: int = 0):
+        self.repo = os.path.abspath(repo)
+        self.address = address
+        self.ports = {"http": http_port or free_port(), "grpc": grpc_port or free_port(),
+                      "metrics": metrics_port or free_port()}
+        self.ready_timeout, self.log_verbose = ready_timeout, log_verbose
+        self.proc: subprocess.Popen | None = None
+        self.work: str | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.address}:{self.ports['http']}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.address}:{self.ports['grpc']}"
+
+    def start(self) -> "TritonServer":
+        dist, libs = _dist()
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        stub = os.path.join(dist, "python_backend_stubs", version, "triton_python_backend_stub")
+        if not os.path.isfile(stub):
+            raise SpecError.at("tritonserver", f"nvidia-pytriton has no Python backend stub for Python {version}",
+                               "use a Python it ships a stub for (see site-packages/pytriton/tritonserver/python_backend_stubs)")
+        self.work = tempfile.mkdtemp(prefix="resgraph-triton-")
+        server = os.path.join(self.work, "tritonserver")
+        shutil.copytree(dist, server, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        shutil.copy(stub, os.path.join(server, "backends", "python", "triton_python_backend_stub"))
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in (libs, sysconfig.get_config_var("LIBDIR"),
+                                                      env.get("LD_LIBRARY_PATH")) if p)
+        env["PATH"] = f"{os.path.dirname(sys.executable)}:{env.get('PATH', '')}"
+        a, p = self.address, self.ports
+        cmd = [os.path.join(server, "bin", "tritonserver"), f"--model-repository={self.repo}",
+               f"--backend-directory={os.path.join(server, 'backends')}",
+               f"--cache-directory={os.path.join(server, 'caches')}",
+               f"--http-address={a}", f"--http-port={p['http']}", f"--grpc-address={a}", f"--grpc-port={p['grpc']}",
+               f"--metrics-address={a}", f"--metrics-port={p['metrics']}", "--exit-timeout-secs=10",
+               "--strict-readiness=true", f"--log-verbose={self.log_verbose}"]
+        self.log = os.path.join(self.work, "tritonserver.log")
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)   # our Ctrl-C is for us: we stop it ourselves
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        import urllib.request
+        deadline = time.monotonic() + self.ready_timeout
+        url = f"http://{self.http_url}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SpecError.at(self.repo, f"Triton exited ({self.proc.returncode}) while loading the repository:\n"
+                                   + self.log_tail(), "see the log above: a model that failed to load says why")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SpecError.at(self.repo, f"Triton was not ready after {self.ready_timeout:g} s:\n" + self.log_tail(),
+                           "a large model may need longer to load")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - n))
+                return f.read().decode(errors="replace")
+        except (OSError, AttributeError):
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM to the server we started (its own process group: its stub processes too), SIGKILL
+        after `timeout`; then remove the workspace."""
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
+            code = self.proc.returncode
+            self.proc = None
+        if self.work is not None:
+            shutil.rmtree(self.work, ignore_errors=True)
+            self.work = None
+        return code
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,241 @@
+"""Triton Inference Server: exported repositories parsed by Triton's own ModelConfig protobuf, and a real
+Triton core (nvidia-pytriton's) serving the trained digits model over HTTP and gRPC, under load."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import resgraph_cmd, run_cli
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                       reason="tritonclient[grpc] is not installed (pip install 'resgraph[serve]')")
+from google.protobuf import text_format  # noqa: E402
+
+from resgraph.errors import SpecError  # noqa: E402
+from resgraph.triton.export import Batching, TritonOptions, export_triton  # noqa: E402
+
+
+def parse(path) -> "model_config_pb2.ModelConfig":
+    """Triton's own parser: unknown fields and bad enum values are errors."""
+    with open(path) as f:
+        return text_format.Parse(f.read(), model_config_pb2.ModelConfig())
+
+
+def test_onnxruntime_repository(digits_folder, tmp_path):
+    path = export_triton(str(digits_folder), str(tmp_path / "repo"),
+                         TritonOptions(max_batch=64, instances=2, kind="cpu", batching=Batching(250, (8, 16))))
+    c = parse(os.path.join(path, "config.pbtxt"))
+    assert (c.name, c.platform, c.max_batch_size) == ("digits_resnet", "onnxruntime_onnx", 64)
+    assert [(t.name, list(t.dims), model_config_pb2.DataType.Name(t.data_type)) for t in c.input] == \
+        [("image", [1, 8, 8], "TYPE_FP32")]
+    assert [(t.name, list(t.dims), t.label_filename) for t in c.output] == [("logits", [10], "labels.txt")]
+    assert [(model_config_pb2.ModelInstanceGroup.Kind.Name(g.kind), g.count) for g in c.instance_group] == \
+        [("KIND_CPU", 2)]
+    assert list(c.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert c.dynamic_batching.max_queue_delay_microseconds == 250
+    assert open(os.path.join(path, "labels.txt")).read().split() == [str(i) for i in range(10)]
+    assert open(os.path.join(path, "1", "model.onnx"), "rb").read() == (digits_folder / "model.onnx").read_bytes()
+    # exported again without batching: replaced whole, nothing else left in the repository
+    path = export_triton(str(digits_folder), str(tmp_path / "repo"), TritonOptions(batching=None))
+    assert not parse(os.path.join(path, "config.pbtxt")).HasField("dynamic_batching")
+    assert os.listdir(tmp_path / "repo") == ["digits_resnet"]
+
+
+def test_python_repository_carries_the_compiled_folder(digits_folder, tmp_path):
+    path = export_triton(str(digits_folder), str(tmp_path / "repo"), TritonOptions(platform="python", backend="ort-cpu"))
+    c = parse(os.path.join(path, "config.pbtxt"))
+    assert c.backend == "python" and c.parameters["resgraph_backend"].string_value == "ort-cpu"
+    art = os.path.join(path, "1", "artifact")
+    assert sorted(os.listdir(art)) == sorted(os.listdir(digits_folder))
+    from resgraph.artifacts import read_manifest, verify_artifacts
+    assert verify_artifacts(art, read_manifest(art)) == {}
+    assert os.path.isfile(os.path.join(path, "1", "model.py"))
+
+
+def test_tensorrt_repository_names_the_plan_by_compute_capability(digits_folder, tmp_path):
+    import shutil
+
+    from test_tensorrt import _info
+
+    from resgraph.backends.tensorrt.engine_json import write_engine_info
+    from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions
+    folder = tmp_path / "d"
+    shutil.copytree(digits_folder, folder)
+    (folder / "model.engine").write_bytes(b"a plan")
+    write_engine_info(str(folder / "engine.json"), _info(options=BuildOptions(batch=BatchProfile(1, 16, 64))))
+    path = export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt"))
+    c = parse(os.path.join(path, "config.pbtxt"))
+    assert (c.platform, c.max_batch_size, dict(c.cc_model_filenames)) == ("tensorrt_plan", 64, {"9.0": "model.plan"})
+    assert model_config_pb2.ModelInstanceGroup.Kind.Name(c.instance_group[0].kind) == "KIND_GPU"
+    assert open(os.path.join(path, "1", "model.plan"), "rb").read() == b"a plan"
+    with pytest.raises(SpecError, match="beyond the engine's batch profile 1:16:64"):
+        export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt", max_batch=128))
+    with pytest.raises(SpecError, match="runs on GPUs"):
+        export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt", kind="cpu"))
+    write_engine_info(str(folder / "engine.json"), _info(options=BuildOptions(batch=BatchProfile(4, 16, 64))))
+    with pytest.raises(SpecError, match="does not take batches of 1"):
+        export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt"))
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--platform", "tensorrt"], "no model.engine"),
+    (["--preferred-batch", "8,64"], "must lie in 1..32"),
+    (["--preferred-batch", "x"], "not a list of batch sizes"),
+    (["--name", ".."], "cannot name a folder"),
+])
+def test_export_errors(digits_folder, tmp_path, args, says):
+    r = run_cli("export", "triton", str(digits_folder), "-o", str(tmp_path / "repo"), *args)
+    assert r.returncode == 1 and says in r.stderr and "hint:" in r.stderr, r.stderr
+    assert not (tmp_path / "repo").exists() or os.listdir(tmp_path / "repo") == []
+
+
+# --- a real Triton core -------------------------------------------------------------------------
+
+def _no_triton() -> str | None:
+    try:
+        from resgraph.triton.server import _dist
+        _dist()
+    except (ImportError, SpecError) as e:
+        return f"Triton's core is not installed (pip install 'resgraph[serve]'): {e}"
+    return None
+
+
+needs_triton = pytest.mark.skipif(_no_triton() is not None, reason=str(_no_triton()))
+
+
+@pytest.fixture(scope="module")
+def served(digits_folder, tmp_path_factory):
+    from resgraph.triton.server import TritonServer
+    repo = tmp_path_factory.mktemp("repo")
+    export_triton(str(digits_folder), str(repo), TritonOptions(platform="python", backend="ort-cpu", max_batch=32,
+                                                               batching=Batching(200)))
+    with TritonServer(str(repo), ready_timeout=120) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def direct(digits_folder):
+    from resgraph.runtime import open_session
+    with open_session(str(digits_folder), "ort-cpu") as s:
+        yield s
+
+
+@needs_triton
+def test_http_and_grpc_answer_what_onnx_runtime_does(served, direct):
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8), dtype=np.float32)
+    want = direct.run(x)
+    for mod, url in ((th, served.http_url), (tg, served.grpc_url)):
+        c = mod.InferenceServerClient(url)
+        i = mod.InferInput("image", list(x.shape), "FP32")
+        i.set_data_from_numpy(x)
+        got = c.infer("digits_resnet", [i]).as_numpy("logits")
+        assert got.shape == (5, 10) and float(np.abs(got - want).max()) <= 1e-5
+        assert c.is_model_ready("digits_resnet")
+        c.close()
+
+
+@needs_triton
+def test_under_load_every_response_is_its_requests(served, direct):
+    """16 clients x 100 requests of batch 1 to 8, each with its own inputs: every answer checked against
+    a direct session on the same inputs (nothing lost, nothing swapped between requests that Triton's
+    dynamic batcher ran together)."""
+    import tritonclient.http as th
+    failures, done = [], [0]
+    lock = threading.Lock()
+
+    def client(k):
+        rng = np.random.default_rng(k)
+        c = th.InferenceServerClient(served.http_url, connection_timeout=60, network_timeout=60)
+        try:
+            for _ in range(100):
+                n = int(rng.integers(1, 9))
+                x = rng.standard_normal((n, 1, 8, 8), dtype=np.float32)
+                i = th.InferInput("image", list(x.shape), "FP32")
+                i.set_data_from_numpy(x)
+                got = c.infer("digits_resnet", [i]).as_numpy("logits")
+                with lock:
+                    want = direct.run(x)
+                    if got.shape != want.shape or float(np.abs(got - want).max()) > 1e-5:
+                        failures.append((k, n))
+                    done[0] += 1
+        except Exception as e:  # noqa: BLE001
+            failures.append((k, repr(e)))
+        finally:
+            c.close()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert failures == [] and done[0] == 1600, failures[:5]
+    assert time.monotonic() - t0 < 300
+    # the dynamic batcher did run requests together (the case where rows could be swapped)
+    c = th.InferenceServerClient(served.http_url)
+    stats = c.get_inference_statistics("digits_resnet")["model_stats"][0]
+    c.close()
+    requests = stats["inference_stats"]["success"]["count"]     # this test's 1600 (and earlier tests')
+    assert requests >= 1600 and stats["execution_count"] < requests * 0.9, stats
+
+
+@needs_triton
+def test_a_client_that_disconnects_mid_request_leaves_the_server_healthy(served, direct):
+    import tritonclient.http as th
+    host, port = served.http_url.split(":")
+    body = json.dumps({"inputs": [{"name": "image", "shape": [4, 1, 8, 8], "datatype": "FP32",
+                                   "data": [0.5] * 256}]}).encode()
+    for cut in (len(body) // 2, len(body)):     # half a body; a whole request, then gone before the answer
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"POST /v2/models/digits_resnet/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:cut])
+        s.close()
+    time.sleep(0.5)
+    c = th.InferenceServerClient(served.http_url)
+    assert c.is_server_live() and c.is_server_ready()
+    x = np.ones((2, 1, 8, 8), np.float32)
+    i = th.InferInput("image", [2, 1, 8, 8], "FP32")
+    i.set_data_from_numpy(x)
+    assert float(np.abs(c.infer("digits_resnet", [i]).as_numpy("logits") - direct.run(x)).max()) <= 1e-5
+    c.close()
+
+
+@needs_triton
+def test_serve_command_starts_answers_and_stops_cleanly_leaving_nothing(digits_folder):
+    import tritonclient.http as th
+    tmp = tempfile.gettempdir()
+    before = {e for e in os.listdir(tmp) if e.startswith(("resgraph-repo-", "resgraph-triton-"))}
+    p = subprocess.Popen(resgraph_cmd() + ["serve", str(digits_folder), "--port", "0", "--grpc-port", "0",
+                                           "--metrics-port", "0", "--backend", "ort-cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line, deadline = "", time.monotonic() + 120
+        while time.monotonic() < deadline and not line.startswith("ready"):
+            line = p.stdout.readline()
+            if not line and p.poll() is not None:
+                break
+        assert line.startswith("ready"), p.stderr.read()
+        http = int(line.split()[1])
+        c = th.InferenceServerClient(f"127.0.0.1:{http}")
+        assert c.is_server_ready() and c.is_model_ready("digits_resnet")
+        c.close()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(60) == 0
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", http), timeout=2)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    after = {e for e in os.listdir(tmp) if e.startswith(("resgraph-repo-", "resgraph-triton-"))}
+    assert after == before
