@@ -118,9 +118,22 @@ def summary(spec, depth):
 
 @cli.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-def graph(spec):
-    """Print the compiled IR of SPEC as readable Python (shapes and source lines as comments)."""
-    click.echo(str(_run(lambda: _check(spec)).graph))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Draw it instead: .svg, .png, .pdf (Graphviz's dot renders them) or .dot.")
+@click.option("--collapse", is_flag=True, help="One node per residual block (large networks).")
+def graph(spec, output, collapse):
+    """Print the compiled IR of SPEC as readable Python (shapes and source lines as comments), or draw
+    it with -o: blocks as clusters, skip edges dashed, inserted Ws highlighted, shapes on the edges."""
+    g = _run(lambda: _check(spec)).graph
+    if output is None:
+        click.echo(str(g))
+        return
+
+    def draw():
+        from .draw import write_drawing
+        write_drawing(g, output, collapse)
+        click.echo(f"drew {g.name} -> {output}  ({len(g.projections)} Ws highlighted)")
+    _run(draw)
 
 
 @cli.command()
