@@ -159,8 +159,11 @@ def _no_inputs(inputs):
 @click.option("--cv-threshold", type=click.FloatRange(0, 10), default=None,
               help="Flag a run as noisy above this coefficient of variation of the latencies [default: 0.10].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (see docs/inference.md).")
+@click.option("--triton", "triton_url", default=None,
+              help="Also measure this Triton endpoint serving the model (http://HOST:PORT or grpc://HOST:PORT).")
+@click.option("--triton-model", default=None, help="The model's name on the Triton server [default: the spec's name].")
 @session_options
-def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json, **opts):
+def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json, triton_url, triton_model, **opts):
     """Latency and throughput of ARTIFACT per back end and batch size, trtexec-style."""
     from .cli import _run
 
@@ -185,6 +188,14 @@ def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json,
             if not as_json:
                 _say(f"resgraph: {name}: {session.describe()} ({session.why})")
             with session:
+                for n in sizes:
+                    results.append(bench(session, n, duration, warmup,
+                                         cv_threshold=NOISY_CV if cv_threshold is None else cv_threshold))
+        if triton_url:
+            from .triton.client import TritonSession
+            with TritonSession(folder, manifest, triton_url, triton_model) as session:
+                if not as_json:
+                    _say(f"resgraph: triton: {session.describe()}")
                 for n in sizes:
                     results.append(bench(session, n, duration, warmup,
                                          cv_threshold=NOISY_CV if cv_threshold is None else cv_threshold))

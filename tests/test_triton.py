@@ -239,3 +239,21 @@ def test_serve_command_starts_answers_and_stops_cleanly_leaving_nothing(digits_f
             p.kill()
     after = {e for e in os.listdir(tmp) if e.startswith(("resgraph-repo-", "resgraph-triton-"))}
     assert after == before
+
+
+@needs_triton
+def test_bench_measures_a_triton_endpoint_beside_the_in_process_session(served, digits_folder):
+    for url in (f"http://{served.http_url}", f"grpc://{served.grpc_url}"):
+        r = run_cli("bench", str(digits_folder), "--backend", "ort-cpu", "--batch", "1,8", "--duration", "0.3",
+                    "--warmup", "0.1", "--triton", url, "--json", timeout=120)
+        assert r.returncode == 0, r.stderr
+        rows = json.loads(r.stdout)["results"]
+        assert [(x["backend"], x["batch"]) for x in rows] == [("ort-cpu", 1), ("ort-cpu", 8), ("triton", 1), ("triton", 8)]
+        assert all(x["iterations"] >= 10 and x["throughput"]["images_per_s"] > 0 for x in rows)
+    r = run_cli("bench", str(digits_folder), "--backend", "ort-cpu", "--triton", f"http://{served.http_url}",
+                "--triton-model", "nope", "--duration", "0.1")
+    assert r.returncode == 1 and "no ready model 'nope'" in r.stderr
+    from resgraph.triton.server import free_port
+    r = run_cli("bench", str(digits_folder), "--backend", "ort-cpu", "--triton", f"http://127.0.0.1:{free_port()}",
+                "--duration", "0.1")
+    assert r.returncode == 1 and "no Triton server answers there" in r.stderr and "resgraph serve" in r.stderr

@@ -1,0 +1,130 @@
+"""What does serving through Triton cost, and what does its dynamic batching buy?  Side by side, one run.
+
+For one compiled folder (default: the shipped digits model, compiled into a temporary folder), at each
+--concurrency C (clients sending batch-1 requests back to back, each its own connection):
+
+    direct         C threads calling one in-process Session.run (--backend, default ort-cpu)
+    triton         a real Triton server (nvidia-pytriton's core), the model on the Python backend
+                   running the same Session, dynamic batching OFF: one request, one execution
+    triton+batch   the same with dynamic batching ON (max queue delay --delay-us): Triton runs the
+                   requests that arrive together as one batch
+Reported: requests/s, p50 and p99 latency (ms) per row; ratios triton/direct and batch/no-batch; and
+the mean batch Triton formed (inference count / execution count from its statistics).
+
+    python bench/triton_load.py [FOLDER] [--concurrency 1,4,16] [--seconds 5] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import cpu_name, load, usable_cpus, write_json  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def drive(call_factory, concurrency: int, seconds: float, shape) -> dict:
+    """C threads, each with its own call (a client), batch-1 requests for `seconds`; latencies pooled."""
+    lat: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def worker(k):
+        call = call_factory()
+        x = np.random.default_rng(k).standard_normal((1, *shape), dtype=np.float32)
+        mine = []
+        while True:
+            t0 = time.perf_counter()
+            call(x)
+            t1 = time.perf_counter()
+            mine.append(t1 - t0)
+            if t1 >= stop:
+                break
+        with lock:
+            lat.extend(mine)
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ms = np.asarray(lat) * 1e3
+    return {"requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "requests": len(lat)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("folder", nargs="?")
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--delay-us", type=int, default=500)
+    ap.add_argument("--backend", default="ort-cpu")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    import tritonclient.http as th
+
+    from resgraph.artifacts import read_manifest
+    from resgraph.runtime import Options, open_session
+    from resgraph.triton.export import Batching, TritonOptions, export_triton
+    from resgraph.triton.server import TritonServer
+    work = tempfile.mkdtemp(prefix="triton-load-")
+    folder = a.folder
+    if folder is None:
+        from resgraph.compile import compile_spec
+        folder = os.path.join(work, "digits")
+        compile_spec(os.path.join(ROOT, "specs", "digits_resnet.yaml"),
+                     weights=os.path.join(ROOT, "specs", "weights", "digits_resnet.safetensors"), out=folder)
+    m = read_manifest(folder)
+    repo = os.path.join(work, "repo")
+    export_triton(folder, repo, TritonOptions(platform="python", name="plain", batching=None, backend=a.backend))
+    export_triton(folder, repo, TritonOptions(platform="python", name="batched", backend=a.backend,
+                                              batching=Batching(a.delay_us)))
+    print(f"{m.name}: {a.backend}, batch-1 requests, {a.seconds:g} s per row; {cpu_name()}, {usable_cpus()} CPUs, "
+          f"load {load()}")
+    rows = []
+    session = open_session(folder, a.backend, Options())   # as the served model opens it
+    with TritonServer(repo) as server:
+        for c in (int(x) for x in a.concurrency.split(",")):
+            direct = drive(lambda: session.run, c, a.seconds, m.input.sample_shape)
+            row = {"concurrency": c, "direct": direct}
+            for name in ("plain", "batched"):
+                def client():
+                    cl = th.InferenceServerClient(server.http_url, connection_timeout=60, network_timeout=60)
+
+                    def call(x):
+                        i = th.InferInput(m.input.name, list(x.shape), "FP32")
+                        i.set_data_from_numpy(x)
+                        return cl.infer(name, [i]).as_numpy(m.output.name)
+                    return call
+                stats0 = th.InferenceServerClient(server.http_url).get_inference_statistics(name)["model_stats"][0]
+                row[name] = drive(client, c, a.seconds, m.input.sample_shape)
+                stats = th.InferenceServerClient(server.http_url).get_inference_statistics(name)["model_stats"][0]
+                inf, ex = (stats["inference_count"] - stats0["inference_count"],
+                           stats["execution_count"] - stats0["execution_count"])
+                row[name]["mean_batch"] = inf / ex if ex else None
+            rows.append(row)
+            d, p, b = row["direct"], row["plain"], row["batched"]
+            print(f"  concurrency {c:>3}: direct {d['requests_per_s']:>8,.0f} req/s (p50 {d['p50_ms']:.2f}, p99 "
+                  f"{d['p99_ms']:.2f} ms) | triton {p['requests_per_s']:>7,.0f} ({p['p50_ms']:.2f} / {p['p99_ms']:.2f}) "
+                  f"= {p['requests_per_s'] / d['requests_per_s']:.2f}x direct | +batching {b['requests_per_s']:>7,.0f} "
+                  f"({b['p50_ms']:.2f} / {b['p99_ms']:.2f}), mean batch {b['mean_batch'] or 0:.1f} = "
+                  f"{b['requests_per_s'] / p['requests_per_s']:.2f}x without")
+    session.close()
+    import shutil
+    shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        write_json(a.json, {"model": m.name, "backend": a.backend, "seconds": a.seconds, "delay_us": a.delay_us,
+                            "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""A Triton endpoint as a runtime Session: `bench --triton URL` measures a served model with the same
+loop, report and checks as an in-process back end (and `parity` could compare it the same way).
+
+    http://HOST:PORT or HOST:PORT    Triton's HTTP/REST protocol (tritonclient.http)
+    grpc://HOST:PORT                 its gRPC protocol (tritonclient.grpc)
+One request per run(x); last_io is not split out (the network and Triton's queue are in the latency).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..runtime.session import BackendError, Options, Session
+
+
+class TritonSession(Session):
+    backend = "triton"
+
+    def __init__(self, folder: str, manifest, url: str, model: str | None = None):
+        super().__init__(folder, manifest, Options())
+        try:
+            if url.startswith("grpc://"):
+                import tritonclient.grpc as client
+                address = url[len("grpc://"):]
+            else:
+                import tritonclient.http as client
+                address = url.split("://", 1)[-1]
+        except ImportError:
+            raise BackendError.at(url, "tritonclient is not installed", "pip install 'resgraph[serve]'") from None
+        self.client_module, self.model = client, model or manifest.name
+        self.device, self.precision = url, manifest.precision
+        self.client = client.InferenceServerClient(address)
+        try:
+            ready = self.client.is_model_ready(self.model)
+        except Exception as e:  # noqa: BLE001  (connection refused, DNS, TLS: tritonclient's own types)
+            raise BackendError.at(url, f"no Triton server answers there: {e}", "start one: resgraph serve FOLDER") from None
+        if not ready:
+            raise BackendError.at(url, f"Triton serves no ready model '{self.model}'",
+                                  "name it with --triton-model, or export it: resgraph export triton FOLDER -o REPO")
+
+    def describe(self) -> str:
+        return f"triton model {self.model} at {self.device}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        x = self.check_batch(x)
+        i = self.client_module.InferInput(self.input_name, list(x.shape), "FP32")
+        i.set_data_from_numpy(x)
+        return self.client.infer(self.model, [i]).as_numpy(self.output_name)
+
+    def close(self) -> None:
+        self.client.close()
