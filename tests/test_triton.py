@@ -47,7 +47,7 @@ def test_onnxruntime_repository(digits_folder, tmp_path):
     # exported again without batching: replaced whole, nothing else left in the repository
     path = export_triton(str(digits_folder), str(tmp_path / "repo"), TritonOptions(batching=None))
     assert not parse(os.path.join(path, "config.pbtxt")).HasField("dynamic_batching")
-    assert os.listdir(tmp_path / "repo") == ["digits_resnet"]
+    assert os.listdir(tmp_path / "repo") == ["digits_resnet"] and sorted(os.listdir(tmp_path)) == ["repo"]
 
 
 def test_python_repository_carries_the_compiled_folder(digits_folder, tmp_path):

@@ -11,7 +11,7 @@ Dims leave the batch dimension out (max_batch_size > 0 makes it implicit), as Tr
 TensorRT plan runs only on the GPUs and TensorRT it was built for: cc_model_filenames names it
 under its compute capability, and max_batch_size is its profile's MAX. The repository entry is
 written in full beside the target and then renamed into place: a half-written model is never
-loaded by a server polling the repository.
+loaded by a server polling the repository, and nothing but models is ever in it.
 """
 from __future__ import annotations
 
@@ -112,7 +112,11 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
 
     os.makedirs(repo, exist_ok=True)
     target = os.path.join(repo, name)
-    staging = tempfile.mkdtemp(dir=repo, prefix=f".{name}.")
+    # staged beside the repository, not in it (a server polling the repository would try to load it),
+    # unless the repository is a filesystem of its own (a mount point), where only a rename inside works
+    parent = os.path.dirname(os.path.abspath(repo))
+    side = parent if os.stat(parent).st_dev == os.stat(repo).st_dev else repo
+    staging = tempfile.mkdtemp(dir=side, prefix=f".resgraph-export-{name}.")
     try:
         os.makedirs(os.path.join(staging, "1"))
         for dst, src in files.items():
@@ -126,7 +130,7 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
             f.write(config)
         os.chmod(staging, 0o755)
         if os.path.isdir(target):                 # an earlier export: replaced whole
-            old = tempfile.mkdtemp(dir=repo, prefix=f".{name}.old-")
+            old = tempfile.mkdtemp(dir=side, prefix=f".resgraph-export-{name}.old-")
             os.rename(target, os.path.join(old, "x"))
             os.rename(staging, target)
             shutil.rmtree(old, ignore_errors=True)
