@@ -36,17 +36,24 @@ def drive(call_factory, concurrency: int, seconds: float, shape) -> dict:
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
+    errors: list[BaseException] = []
+
     def worker(k):
         call = call_factory()
         x = np.random.default_rng(k).standard_normal((1, *shape), dtype=np.float32)
         mine = []
-        while True:
-            t0 = time.perf_counter()
-            call(x)
-            t1 = time.perf_counter()
-            mine.append(t1 - t0)
-            if t1 >= stop:
-                break
+        try:
+            while True:
+                t0 = time.perf_counter()
+                call(x)
+                t1 = time.perf_counter()
+                mine.append(t1 - t0)
+                if t1 >= stop:
+                    break
+        except BaseException as e:  # noqa: BLE001  (a failed request fails the row, not silently lowers it)
+            errors.append(e)
+        finally:
+            getattr(call, "close", lambda: None)()
         with lock:
             lat.extend(mine)
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
@@ -56,6 +63,8 @@ def drive(call_factory, concurrency: int, seconds: float, shape) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {concurrency} clients failed: {errors[0]!r}")
     ms = np.asarray(lat) * 1e3
     return {"requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "requests": len(lat)}
@@ -92,6 +101,18 @@ def main() -> None:
           f"load {load()}")
     rows = []
     session = open_session(folder, a.backend, Options())   # as the served model opens it
+    try:
+        measure(a, m, session, repo, rows, th, TritonServer)
+    finally:
+        session.close()
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        write_json(a.json, {"model": m.name, "backend": a.backend, "seconds": a.seconds, "delay_us": a.delay_us,
+                            "rows": rows})
+
+
+def measure(a, m, session, repo, rows, th, TritonServer) -> None:
     with TritonServer(repo) as server:
         for c in (int(x) for x in a.concurrency.split(",")):
             direct = drive(lambda: session.run, c, a.seconds, m.input.sample_shape)
@@ -104,6 +125,7 @@ def main() -> None:
                         i = th.InferInput(m.input.name, list(x.shape), "FP32")
                         i.set_data_from_numpy(x)
                         return cl.infer(name, [i]).as_numpy(m.output.name)
+                    call.close = cl.close
                     return call
                 stats0 = th.InferenceServerClient(server.http_url).get_inference_statistics(name)["model_stats"][0]
                 row[name] = drive(client, c, a.seconds, m.input.sample_shape)
@@ -118,12 +140,6 @@ def main() -> None:
                   f"= {p['requests_per_s'] / d['requests_per_s']:.2f}x direct | +batching {b['requests_per_s']:>7,.0f} "
                   f"({b['p50_ms']:.2f} / {b['p99_ms']:.2f}), mean batch {b['mean_batch'] or 0:.1f} = "
                   f"{b['requests_per_s'] / p['requests_per_s']:.2f}x without")
-    session.close()
-    import shutil
-    shutil.rmtree(work, ignore_errors=True)
-    if a.json:
-        write_json(a.json, {"model": m.name, "backend": a.backend, "seconds": a.seconds, "delay_us": a.delay_us,
-                            "rows": rows})
 
 
 if __name__ == "__main__":

@@ -100,13 +100,19 @@ def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, ma
         from .triton.server import TritonServer
         o = _options("python", None, max_batch, instances, "cpu", dynamic_batching, max_queue_delay_us,
                      preferred_batch, backend)
-        repo = tempfile.mkdtemp(prefix="resgraph-repo-")
+        # the repository in a workspace that names its owner: one a killed serve left is removed by the next
+        from .triton.server import clean_stale_workspaces
+        clean_stale_workspaces()
+        work = tempfile.mkdtemp(prefix="resgraph-triton-")
+        with open(os.path.join(work, "owner.pid"), "w") as f:
+            f.write(str(os.getpid()))
+        repo = os.path.join(work, "repo")
         stop = {"signal": None}
 
         def on_signal(signum, frame):
             stop["signal"] = signum
             raise KeyboardInterrupt
-        old = signal.signal(signal.SIGTERM, on_signal)
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
         server = None
         try:
             name = os.path.basename(export_triton(artifact, repo, o))
@@ -122,10 +128,15 @@ def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, ma
         except KeyboardInterrupt:
             click.echo("stopping", err=True)
         finally:
-            if server is not None:
-                server.stop()
-            shutil.rmtree(repo, ignore_errors=True)
-            signal.signal(signal.SIGTERM, old)
+            # a second Ctrl-C or SIGTERM must not cut the clean-up short
+            held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+            try:
+                if server is not None:
+                    server.stop()
+                shutil.rmtree(work, ignore_errors=True)
+            finally:
+                for sig, h in {**held, **old}.items():
+                    signal.signal(sig, h)
     _run(body)
 
 

@@ -50,6 +50,16 @@ def test_onnxruntime_repository(digits_folder, tmp_path):
     assert os.listdir(tmp_path / "repo") == ["digits_resnet"] and sorted(os.listdir(tmp_path)) == ["repo"]
 
 
+def test_external_data_is_a_model_folder_and_names_are_escaped(tmp_path):
+    from conftest import ROOT
+    from resgraph.compile import compile_spec
+    folder = tmp_path / "ext"
+    compile_spec(str(ROOT / "specs" / "digits_resnet.yaml"), out=str(folder), external_data=True)
+    path = export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(name='a"b\\c'))
+    assert sorted(os.listdir(os.path.join(path, "1", "model.onnx"))) == ["model.onnx", "model.onnx.data"]
+    assert parse(os.path.join(path, "config.pbtxt")).name == 'a"b\\c'
+
+
 def test_python_repository_carries_the_compiled_folder(digits_folder, tmp_path):
     path = export_triton(str(digits_folder), str(tmp_path / "repo"), TritonOptions(platform="python", backend="ort-cpu"))
     c = parse(os.path.join(path, "config.pbtxt"))
@@ -74,9 +84,11 @@ def test_tensorrt_repository_names_the_plan_by_compute_capability(digits_folder,
     write_engine_info(str(folder / "engine.json"), _info(options=BuildOptions(batch=BatchProfile(1, 16, 64))))
     path = export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt"))
     c = parse(os.path.join(path, "config.pbtxt"))
-    assert (c.platform, c.max_batch_size, dict(c.cc_model_filenames)) == ("tensorrt_plan", 64, {"9.0": "model.plan"})
+    assert (c.platform, c.max_batch_size, dict(c.cc_model_filenames)) == ("tensorrt_plan", 64, {"9.0": "model.sm90.plan"})
+    # the default file name is absent: a GPU of another capability finds nothing to load
+    assert c.default_model_filename == "model.plan" and os.listdir(os.path.join(path, "1")) == ["model.sm90.plan"]
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(c.instance_group[0].kind) == "KIND_GPU"
-    assert open(os.path.join(path, "1", "model.plan"), "rb").read() == b"a plan"
+    assert open(os.path.join(path, "1", "model.sm90.plan"), "rb").read() == b"a plan"
     with pytest.raises(SpecError, match="beyond the engine's batch profile 1:16:64"):
         export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt", max_batch=128))
     with pytest.raises(SpecError, match="runs on GPUs"):
@@ -215,29 +227,25 @@ def test_a_client_that_disconnects_mid_request_leaves_the_server_healthy(served,
 def test_serve_command_starts_answers_and_stops_cleanly_leaving_nothing(digits_folder):
     import tritonclient.http as th
     tmp = tempfile.gettempdir()
-    before = {e for e in os.listdir(tmp) if e.startswith(("resgraph-repo-", "resgraph-triton-"))}
+    before = {e for e in os.listdir(tmp) if e.startswith("resgraph-triton-")}
     p = subprocess.Popen(resgraph_cmd() + ["serve", str(digits_folder), "--port", "0", "--grpc-port", "0",
                                            "--metrics-port", "0", "--backend", "ort-cpu"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line, deadline = "", time.monotonic() + 120
-        while time.monotonic() < deadline and not line.startswith("ready"):
-            line = p.stdout.readline()
-            if not line and p.poll() is not None:
-                break
-        assert line.startswith("ready"), p.stderr.read()
-        http = int(line.split()[1])
+        http = int(_read_ready(p).split()[1])
         c = th.InferenceServerClient(f"127.0.0.1:{http}")
         assert c.is_server_ready() and c.is_model_ready("digits_resnet")
         c.close()
         p.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGTERM)            # impatient: a second one must not cut the clean-up short
         assert p.wait(60) == 0
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", http), timeout=2)
     finally:
         if p.poll() is None:
             p.kill()
-    after = {e for e in os.listdir(tmp) if e.startswith(("resgraph-repo-", "resgraph-triton-"))}
+    after = {e for e in os.listdir(tmp) if e.startswith("resgraph-triton-")}
     assert after == before
 
 
@@ -257,3 +265,69 @@ def test_bench_measures_a_triton_endpoint_beside_the_in_process_session(served, 
     r = run_cli("bench", str(digits_folder), "--backend", "ort-cpu", "--triton", f"http://127.0.0.1:{free_port()}",
                 "--duration", "0.1")
     assert r.returncode == 1 and "no Triton server answers there" in r.stderr and "resgraph serve" in r.stderr
+
+
+@needs_triton
+def test_serve_refuses_a_port_in_use_and_dies_with_its_parent(digits_folder):
+    import tritonclient.http as th
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run_cli("serve", str(digits_folder), "--port", str(port), "--grpc-port", "0", "--metrics-port", "0",
+                    timeout=60)
+        assert r.returncode == 1 and "port is in use" in r.stderr, r.stderr
+    # kill -9 of serve: its Triton gets SIGTERM from the kernel (PR_SET_PDEATHSIG) and goes too
+    p = subprocess.Popen(resgraph_cmd() + ["serve", str(digits_folder), "--port", "0", "--grpc-port", "0",
+                                           "--metrics-port", "0", "--backend", "ort-cpu"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        ready = _read_ready(p)
+        http = int(ready.split()[1])
+        assert th.InferenceServerClient(f"127.0.0.1:{http}").is_server_ready()
+        p.kill()
+        p.wait(10)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", http), timeout=1).close()
+            except OSError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("Triton outlived its serve process")
+        # what the killed serve left (its repository, Triton's workspace) goes with the next server
+        tmp = tempfile.gettempdir()
+
+        def owned_by_serve():
+            out = []
+            for e in os.listdir(tmp):
+                pid = os.path.join(tmp, e, "owner.pid")
+                if e.startswith("resgraph-triton-") and os.path.isfile(pid) and open(pid).read().strip() == str(p.pid):
+                    out.append(e)
+            return out
+        assert len(owned_by_serve()) == 2                     # its repository, and Triton's workspace
+        from resgraph.triton.server import clean_stale_workspaces
+        clean_stale_workspaces()
+        assert owned_by_serve() == []
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def _read_ready(p, timeout: float = 120.0) -> str:
+    """serve's `ready ...` line, within a bound (readline alone could block forever)."""
+    import selectors
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sel.select(timeout=1):
+            line = p.stdout.readline()
+            if line.startswith("ready"):
+                return line
+            if not line:
+                break
+        if p.poll() is not None:
+            break
+    pytest.fail("serve never said it was ready")

@@ -18,17 +18,22 @@ class TritonSession(Session):
     def __init__(self, folder: str, manifest, url: str, model: str | None = None):
         super().__init__(folder, manifest, Options())
         try:
-            if url.startswith("grpc://"):
+            scheme = url.split("://", 1)[0] if "://" in url else "http"
+            if scheme not in ("http", "https", "grpc", "grpcs"):
+                raise BackendError.at(url, f"unknown scheme '{scheme}'", "http://, https://, grpc:// or grpcs://")
+            if scheme.startswith("grpc"):
                 import tritonclient.grpc as client
-                address = url[len("grpc://"):]
             else:
                 import tritonclient.http as client
-                address = url.split("://", 1)[-1]
+            address = url.split("://", 1)[-1]
         except ImportError:
             raise BackendError.at(url, "tritonclient is not installed", "pip install 'resgraph[serve]'") from None
         self.client_module, self.model = client, model or manifest.name
         self.device, self.precision = url, manifest.precision
-        self.client = client.InferenceServerClient(address)
+        self.timeout = 120.0      # seconds a request may take: a stalled server fails the bench, not hangs it
+        ssl = scheme in ("https", "grpcs")
+        self.client = client.InferenceServerClient(address, ssl=ssl) if scheme.startswith("grpc") else \
+            client.InferenceServerClient(address, ssl=ssl, connection_timeout=60.0, network_timeout=self.timeout)
         try:
             ready = self.client.is_model_ready(self.model)
         except Exception as e:  # noqa: BLE001  (connection refused, DNS, TLS: tritonclient's own types)
@@ -44,7 +49,11 @@ class TritonSession(Session):
         x = self.check_batch(x)
         i = self.client_module.InferInput(self.input_name, list(x.shape), "FP32")
         i.set_data_from_numpy(x)
-        return self.client.infer(self.model, [i]).as_numpy(self.output_name)
+        if self.client_module.__name__.endswith("grpc"):
+            r = self.client.infer(self.model, [i], client_timeout=self.timeout)
+        else:                     # bounded by the client's network_timeout
+            r = self.client.infer(self.model, [i])
+        return r.as_numpy(self.output_name)
 
     def close(self) -> None:
         self.client.close()

@@ -3,13 +3,15 @@
     REPO/<name>/config.pbtxt     Triton's ModelConfig, text format
     REPO/<name>/labels.txt       the class names, one a line (output label_filename), where the folder has labels
     REPO/<name>/1/               the version: by platform
-        onnxruntime   model.onnx (+ model.onnx.data)                        platform "onnxruntime_onnx"
-        tensorrt      model.plan (the folder's model.engine, as is)         platform "tensorrt_plan", cc_model_filenames
+        onnxruntime   model.onnx (with external data: model.onnx/{model.onnx, model.onnx.data})  "onnxruntime_onnx"
+        tensorrt      model.smXY.plan (model.engine, as is)                 platform "tensorrt_plan", cc_model_filenames
         python        model.py + artifact/ (the compiled folder, whole)     backend "python": resgraph.runtime in Triton
 
 Dims leave the batch dimension out (max_batch_size > 0 makes it implicit), as Triton wants. A
 TensorRT plan runs only on the GPUs and TensorRT it was built for: cc_model_filenames names it
-under its compute capability, and max_batch_size is its profile's MAX. The repository entry is
+under its compute capability (the default file name left absent, so another GPU finds nothing to
+load), and max_batch_size is its profile's MAX. Triton's onnxruntime and tensorrt backends add
+dynamic batching themselves unless the server runs with --disable-auto-complete-config. The repository entry is
 written in full beside the target and then renamed into place: a half-written model is never
 loaded by a server polling the repository, and nothing but models is ever in it.
 """
@@ -77,17 +79,23 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
         if kind == "cpu":
             raise _error("--kind", "a TensorRT plan runs on GPUs", "--kind gpu (or auto)")
         kind = "gpu"
-        extra.append(f'platform: "tensorrt_plan"\ncc_model_filenames [{{ key: "{info.compute_capability}" '
-                     f'value: "model.plan" }}]')
-        files["model.plan"] = os.path.join(folder, "model.engine")
+        # named after its compute capability, and the default file name left absent: on a GPU of
+        # another capability Triton finds no file to load ("unable to find"), rather than falling
+        # back to a plan TensorRT then refuses inside the server
+        plan = f"model.sm{info.compute_capability.replace('.', '')}.plan"
+        extra.append(f'platform: "tensorrt_plan"\ndefault_model_filename: "model.plan"\n'
+                     f'cc_model_filenames [{{ key: {_q(info.compute_capability)} value: {_q(plan)} }}]')
+        files[plan] = os.path.join(folder, "model.engine")
     elif o.platform == "onnxruntime":
         extra.append('platform: "onnxruntime_onnx"')
-        files["model.onnx"] = os.path.join(folder, "model.onnx")
-        if m.external_data:
-            files[m.external_data] = os.path.join(folder, m.external_data)
+        if m.external_data:   # a model of several files is a folder named model.onnx (Triton's layout)
+            files["model.onnx/model.onnx"] = os.path.join(folder, "model.onnx")
+            files[f"model.onnx/{m.external_data}"] = os.path.join(folder, m.external_data)
+        else:
+            files["model.onnx"] = os.path.join(folder, "model.onnx")
     else:
         extra.append('backend: "python"')
-        extra.append(f'parameters [{{ key: "resgraph_backend" value: {{ string_value: "{o.backend}" }} }}]')
+        extra.append(f'parameters [{{ key: "resgraph_backend" value: {{ string_value: {_q(o.backend)} }} }}]')
     if max_batch is None:
         max_batch = 32
     if max_batch < 1:
@@ -97,9 +105,9 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
             raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
 
     label = ' label_filename: "labels.txt"' if m.labels else ""
-    lines = [f'name: "{name}"', *extra, f"max_batch_size: {max_batch}",
-             f'input [{{ name: "{m.input.name}" data_type: TYPE_FP32 dims: [{", ".join(map(str, m.input.sample_shape))}] }}]',
-             f'output [{{ name: "{m.output.name}" data_type: TYPE_FP32 dims: [{", ".join(map(str, m.output.sample_shape))}]'
+    lines = [f"name: {_q(name)}", *extra, f"max_batch_size: {max_batch}",
+             f'input [{{ name: {_q(m.input.name)} data_type: TYPE_FP32 dims: [{", ".join(map(str, m.input.sample_shape))}] }}]',
+             f'output [{{ name: {_q(m.output.name)} data_type: TYPE_FP32 dims: [{", ".join(map(str, m.output.sample_shape))}]'
              f'{label} }}]',
              f"instance_group [{{ kind: {KINDS[kind]} count: {o.instances} }}]"]
     if o.batching is not None:
@@ -116,10 +124,14 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
     # unless the repository is a filesystem of its own (a mount point), where only a rename inside works
     parent = os.path.dirname(os.path.abspath(repo))
     side = parent if os.stat(parent).st_dev == os.stat(repo).st_dev else repo
+    for e in os.scandir(side):   # what an export killed mid-way left (a polling server would try to load it)
+        if e.name.startswith(f".resgraph-export-{name}.") and e.is_dir(follow_symlinks=False):
+            shutil.rmtree(e.path, ignore_errors=True)
     staging = tempfile.mkdtemp(dir=side, prefix=f".resgraph-export-{name}.")
     try:
         os.makedirs(os.path.join(staging, "1"))
         for dst, src in files.items():
+            os.makedirs(os.path.dirname(os.path.join(staging, "1", dst)), exist_ok=True)
             _link_or_copy(src, os.path.join(staging, "1", dst))
         if o.platform == "python":
             _python_model(folder, m, os.path.join(staging, "1"))
@@ -130,16 +142,29 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
             f.write(config)
         os.chmod(staging, 0o755)
         if os.path.isdir(target):                 # an earlier export: replaced whole
-            old = tempfile.mkdtemp(dir=side, prefix=f".resgraph-export-{name}.old-")
-            os.rename(target, os.path.join(old, "x"))
-            os.rename(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
+            from ..fileio import exchange
+            if not exchange(staging, target):      # one step where the system can; else two renames
+                old = tempfile.mkdtemp(dir=side, prefix=f".resgraph-export-{name}.old-")
+                os.rename(target, os.path.join(old, "x"))
+                try:
+                    os.rename(staging, target)
+                except OSError:
+                    os.rename(os.path.join(old, "x"), target)   # the earlier export back in place
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                shutil.rmtree(staging, ignore_errors=True)   # now the earlier export
         else:
             os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _q(s: str) -> str:
+    """A protobuf text-format string literal."""
+    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _link_or_copy(src: str, dst: str) -> None:

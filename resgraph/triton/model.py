@@ -19,8 +19,9 @@ class TritonPythonModel:
         self.input, self.output = config["input"][0]["name"], config["output"][0]["name"]
         backend = config.get("parameters", {}).get("resgraph_backend", {}).get("string_value", "auto")
         folder = os.path.join(args["model_repository"], args["model_version"], "artifact")
-        from resgraph.runtime import open_session
-        self.session = open_session(folder, backend)
+        from resgraph.runtime import Options, open_session
+        device = int(args.get("model_instance_device_id") or 0)   # each GPU instance on its own GPU
+        self.session = open_session(folder, backend, Options(device_id=device))
 
     def execute(self, requests):
         xs = [pb_utils.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]

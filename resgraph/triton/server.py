@@ -38,6 +38,40 @@ def _dist() -> tuple[str, str]:
     return dist, libs
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies (even by kill -9),
+    so a Triton never outlives its `resgraph serve` (what pytriton does too)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+
+def _port_free(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def clean_stale_workspaces() -> None:
+    """Workspaces of servers whose resgraph process is gone (killed): each holds its owner's pid."""
+    root = tempfile.gettempdir()
+    for e in os.scandir(root):
+        if not (e.name.startswith("resgraph-triton-") and e.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            with open(os.path.join(e.path, "owner.pid")) as f:
+                pid = int(f.read().strip())
+            os.kill(pid, 0)
+            continue                      # alive
+        except ProcessLookupError:
+            pass
+        except (OSError, ValueError):
+            continue                      # not ours to judge (no pid yet, another user's)
+        shutil.rmtree(e.path, ignore_errors=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,13 +100,21 @@ class TritonServer:
         return f"{self.address}:{self.ports['grpc']}"
 
     def start(self) -> "TritonServer":
+        assert self.proc is None, "this server is running"
         dist, libs = _dist()
+        for what, port in self.ports.items():
+            if not _port_free(self.address, port):
+                raise SpecError.at(f"{self.address}:{port}", f"the {what} port is in use (another server?)",
+                                   f"choose another with --{'port' if what == 'http' else what + '-port'} (0: any free one)")
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         stub = os.path.join(dist, "python_backend_stubs", version, "triton_python_backend_stub")
         if not os.path.isfile(stub):
             raise SpecError.at("tritonserver", f"nvidia-pytriton has no Python backend stub for Python {version}",
                                "use a Python it ships a stub for (see site-packages/pytriton/tritonserver/python_backend_stubs)")
+        clean_stale_workspaces()
         self.work = tempfile.mkdtemp(prefix="resgraph-triton-")
+        with open(os.path.join(self.work, "owner.pid"), "w") as f:
+            f.write(str(os.getpid()))
         server = os.path.join(self.work, "tritonserver")
         shutil.copytree(dist, server, ignore=shutil.ignore_patterns("python_backend_stubs"))
         shutil.copy(stub, os.path.join(server, "backends", "python", "triton_python_backend_stub"))
@@ -90,7 +132,8 @@ class TritonServer:
         self.log = os.path.join(self.work, "tritonserver.log")
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)   # our Ctrl-C is for us: we stop it ourselves
+                                         start_new_session=True,   # our Ctrl-C is for us: we stop it ourselves
+                                         preexec_fn=_die_with_parent)
         try:
             self._wait_ready()
         except BaseException:
@@ -108,7 +151,9 @@ class TritonServer:
                                    + self.log_tail(), "see the log above: a model that failed to load says why")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
+                    # ours, not another server's on that port: ours has logged that it listens there
+                    if r.status == 200 and self.proc.poll() is None and \
+                            f"Started HTTPService at {self.http_url}" in self.log_tail(1 << 20):
                         return
             except OSError:
                 pass
@@ -129,22 +174,25 @@ class TritonServer:
         """SIGTERM to the server we started (its own process group: its stub processes too), SIGKILL
         after `timeout`; then remove the workspace."""
         code = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(10)
-            code = self.proc.returncode
-            self.proc = None
-        if self.work is not None:
-            shutil.rmtree(self.work, ignore_errors=True)
-            self.work = None
+        try:
+            if self.proc is not None:
+                if self.proc.poll() is None:
+                    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+                        try:
+                            os.killpg(self.proc.pid, sig)   # its group: the server and its stub processes
+                        except ProcessLookupError:
+                            break
+                        try:
+                            self.proc.wait(wait)
+                            break
+                        except subprocess.TimeoutExpired:
+                            continue
+                code = self.proc.returncode
+                self.proc = None
+        finally:
+            if self.work is not None:
+                shutil.rmtree(self.work, ignore_errors=True)
+                self.work = None
         return code
 
     def __enter__(self) -> "TritonServer":
