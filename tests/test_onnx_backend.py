@@ -311,3 +311,36 @@ def test_streamed_file_equals_the_model(allops, tmp_path, precision):
     x = np.random.default_rng(0).standard_normal((2, 4, 10, 10)).astype(np.float32)
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert np.abs(s.run(None, {"x": x})[0] - ort_run(to_onnx(g, w, precision=precision), x)).max() == 0
+
+
+def test_an_op_without_a_lowering_fails_at_import_naming_it():
+    """A new op in the table without its lowering: each back end refuses to import, naming the op and
+    where to add it (not a KeyError the first time a spec uses the op)."""
+    import subprocess
+    import sys
+    code = ("from resgraph.ops import OPS\nfrom resgraph.ops.table import OpDef\n"
+            "OPS['wavelet'] = next(iter(OPS.values()))\n"
+            "import importlib\n"
+            "for m in ('resgraph.backends.onnx.lower', 'resgraph.backends.torch.lower'):\n"
+            "    try:\n        importlib.import_module(m)\n    except ImportError as e:\n        print('refused:', e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("refused:")]
+    assert len(lines) == 2, r.stdout + r.stderr
+    assert "ONNX back end has no lowering for op(s) wavelet: add them to LOWER in resgraph.backends.onnx.lower" in lines[0]
+    assert "PyTorch back end has no lowering for op(s) wavelet" in lines[1]
+
+
+def test_one_padding_rule_for_every_back_end():
+    """'same' = d*(k-1) in total, the odd one at the end; both back ends read it from the op table, and
+    with it ceil(n / s) comes out for every stride (the shape rule's promise)."""
+    from resgraph.ops import pads, spatial
+    assert pads("same", 3) == (1, 1) and pads("same", 4) == (1, 2) and pads("same", 3, 2) == (2, 2)
+    assert pads("valid", 7) == (0, 0) and pads(2, 5) == (2, 2)
+    import importlib   # (the torch package's `lower` is also a function: import the modules by name)
+    assert all(importlib.import_module(f"resgraph.backends.{m}.lower").pads is pads for m in ("onnx", "torch"))
+    for n in range(1, 20):
+        for k in range(1, 8):
+            for s in (1, 2, 3):
+                for d in (1, 2):
+                    b, e = pads("same", k, d)
+                    assert (n + b + e - d * (k - 1) - 1) // s + 1 == spatial(n, k, s, d, "same")[0], (n, k, s, d)

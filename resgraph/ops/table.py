@@ -75,8 +75,15 @@ def _map(op: str, x: Shape) -> Shape:
     return x
 
 
-def _same_total(k: int, d: int) -> int:
-    return d * (k - 1)
+def pads(padding, k: int, d: int = 1) -> tuple[int, int]:
+    """(begin, end) padding of one spatial axis, for every back end: 'same' pads d*(k-1) in total,
+    begin = total // 2 and the rest at the end (an even kernel's extra one goes last, as TensorFlow's
+    and ONNX's SAME_UPPER), which with any stride gives out = ceil(n / s); 'valid' 0; an int p both sides."""
+    if padding == "same":
+        total = d * (k - 1)
+        return total // 2, total - total // 2
+    p = 0 if padding == "valid" else int(padding)
+    return p, p
 
 
 def spatial(n: int, k: int, s: int, d: int, padding, ceil_mode: bool = False) -> tuple[int, str]:
@@ -290,3 +297,13 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
 ]}
 
 USER_OPS = sorted(n for n, op in OPS.items() if op.user)
+
+
+def check_lowerings(lower: dict, backend: str, module: str) -> None:
+    """At a back end's import: one lowering for every op in the table, so a new op without its
+    lowering fails there, naming what to add, not with a KeyError when a spec first uses it."""
+    missing, unknown = sorted(set(OPS) - set(lower)), sorted(set(lower) - set(OPS))
+    if missing or unknown:
+        raise ImportError(f"resgraph's {backend} back end " + "; ".join(
+            x for x in (f"has no lowering for op(s) {', '.join(missing)}: add them to LOWER in {module}" if missing else "",
+                        f"lowers op(s) the table does not have: {', '.join(unknown)}" if unknown else "") if x))

@@ -5,7 +5,8 @@ after the parameter paths (layer2.0.conv1.weight), the graph's input and output 
 The batch dimension is symbolic ("batch"). Shapes come from the IR; ONNX shape inference is run
 afterwards by the checks (check.py) and must agree with them.
 
-LOWER is the ONNX column of the op table (a test requires one entry per op in resgraph.ops.OPS).
+LOWER is the ONNX column of the op table: importing this module fails, naming the op, if an op of
+resgraph.ops.OPS has no entry (ops.table.check_lowerings).
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...ir import Graph
+from ...ops import pads
+from ...ops.table import check_lowerings
 
 DEFAULT_OPSET = 17
 OPSETS = range(17, 22)
@@ -48,17 +51,9 @@ class _Builder:
         return name in self.w
 
 
-def _same(k: int, d: int = 1) -> tuple[int, int]:
-    total = d * (k - 1)
-    return total // 2, total - total // 2
-
-
 def _pads(padding, k: int, d: int = 1) -> list[int]:
-    """ONNX order: [H_begin, W_begin, H_end, W_end]."""
-    if padding == "same":
-        b, e = _same(k, d)
-    else:
-        b = e = 0 if padding == "valid" else int(padding)
+    """The op table's (begin, end) in ONNX's order: [H_begin, W_begin, H_end, W_end]."""
+    b, e = pads(padding, k, d)
     return [b, b, e, e]
 
 
@@ -203,6 +198,7 @@ LOWER = {
     "softmax": simple("Softmax", axis=1), "add": add, "concat": simple("Concat", axis=1), "upsample": upsample,
     "identity": simple("Identity"), "project": project, "zeropad": zeropad,
 }
+check_lowerings(LOWER, "ONNX", __name__)   # every op of the table, at import
 
 
 SMALL = 64   # initializers up to this many elements travel inside the model even when weights stream

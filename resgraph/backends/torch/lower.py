@@ -5,8 +5,8 @@ parameters become submodules at the node's path, so state-dict keys are the spec
 names (layer2.0.conv1.weight, layer2.0.shortcut.conv.weight). Shapes come from the IR: a lowering
 reads node.shape and its inputs' shapes, never re-derives them.
 
-LOWER is the PyTorch column of the op table; tests/test_torch_backend.py checks that every op in
-resgraph.ops.OPS has an entry, so an op cannot be added without its lowering.
+LOWER is the PyTorch column of the op table: importing this module fails, naming the op, if an op of
+resgraph.ops.OPS has no entry (ops.table.check_lowerings), so an op cannot be added without its lowering.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ir import Graph, Node
+from ...ops import pads
+from ...ops.table import check_lowerings
 from . import functional as RF
 
 
@@ -71,25 +73,12 @@ def _set_submodule(root: nn.Module, path: str, mod: nn.Module) -> None:
     m.add_module(leaf, mod)
 
 
-def _same_pads(k: int, d: int) -> tuple[int, int]:
-    """'same': total padding d*(k-1), begin = total // 2, end = the rest."""
-    total = d * (k - 1)
-    return total // 2, total - total // 2
-
-
-def _pads(padding, k: int, d: int = 1) -> tuple[int, int]:
-    if padding == "same":
-        return _same_pads(k, d)
-    p = 0 if padding == "valid" else int(padding)
-    return p, p
-
-
 # --- lowerings: (ctx, node, fx inputs) -> fx node ------------------------------------------------
 
 def conv(ctx, n, xs):
     a = n.args
     cin = ctx.shape(n.inputs[0])[0]
-    b, e = _pads(a["padding"], a["kernel"], a["dilation"])
+    b, e = pads(a["padding"], a["kernel"], a["dilation"])
     x = xs[0]
     if b != e:   # asymmetric 'same' (even kernels): pad explicitly, as TensorFlow and ONNX do
         x = ctx.call(F.pad, (x, (b, e, b, e)), None)
@@ -130,7 +119,7 @@ def _ceil_mode(a) -> bool:
 
 def maxpool(ctx, n, xs):
     a = n.args
-    b, e = _pads(a["padding"], a["kernel"])
+    b, e = pads(a["padding"], a["kernel"])
     x = xs[0]
     if b != e:
         x = ctx.call(F.pad, (x, (b, e, b, e)), None, value=float("-inf"))
@@ -140,7 +129,7 @@ def maxpool(ctx, n, xs):
 
 def avgpool(ctx, n, xs):
     a = n.args
-    b, e = _pads(a["padding"], a["kernel"])
+    b, e = pads(a["padding"], a["kernel"])
     if b != e:
         return ctx.call(RF.avg_pool_padded, (xs[0], a["kernel"], a["stride"], (b, e, b, e), _ceil_mode(a)), n)
     return ctx.call(F.avg_pool2d, (xs[0], a["kernel"], a["stride"], b), n, ceil_mode=_ceil_mode(a),
@@ -211,6 +200,7 @@ LOWER = {
     "dropout": dropout, "softmax": softmax, "add": add, "concat": concat, "upsample": upsample,
     "identity": identity, "project": project, "zeropad": zeropad,
 }
+check_lowerings(LOWER, "PyTorch", __name__)   # every op of the table, at import
 
 
 def lower(graph: Graph) -> fx.GraphModule:
