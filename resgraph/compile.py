@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,15 +54,10 @@ def load_weights(path: str, graph):
 
     from .mapped import open_mapped
     from .ops.count import state_dict_shapes
+    from .fileio import check_regular
+    check_regular(path, "weights", "check the path (resgraph init / train / import-weights make one)")
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):   # a FIFO or a device would block or never end
-            raise _error(path, "the weights path is not a regular file (a pipe, a device?)",
-                         "give a .safetensors file") from None
         mapped = open_mapped(path)
-    except FileNotFoundError:
-        raise _error(path, "no such weights file", "check the path (resgraph init / train / import-weights make one)") from None
-    except IsADirectoryError:
-        raise _error(path, "the weights path is a folder", "give a .safetensors file") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise _error(path, f"not a readable safetensors file: {e}", "weights are .safetensors files") from None
     tensors = mapped.tensors

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from typing import Callable
 
@@ -86,3 +87,23 @@ def os_error(e: OSError, where: str | None = None):
     name = errno.errorcode.get(e.errno or 0, "")
     return SpecError.at(str(path), f"{e.strerror or e}" + (f" ({name})" if name else ""),
                         _HINTS.get(e.errno, "check the path and the filesystem"))
+
+
+def check_regular(path: str, what: str = "checkpoint",
+                  missing_hint: str = "check the path") -> None:
+    """Refuse what is not a regular file before anything opens it: a FIFO would block forever, a
+    device or socket read as garbage. `what` names the file in the messages (weights, checkpoint...)."""
+    from .errors import SpecError
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SpecError.at(path, f"no such {what} file", missing_hint) from None
+    except OSError as e:
+        raise SpecError.at(path, f"cannot read the {what}: {e.strerror}", "check the path and its permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise SpecError.at(path, f"the {what} path is a folder", "give a .safetensors file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else \
+            "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
+        raise SpecError.at(path, f"the {what} is {kind}, not a regular file",
+                           "give a .safetensors file (copy a streamed checkpoint to disk first)")

@@ -18,9 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..backends.torch.checkpoint import check_regular, writing
+from ..backends.torch.checkpoint import writing
 from ..errors import SpecError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_regular
 
 
 def save_trainer_state(path: str, optimizer, scheduler, epoch: int, extra: dict | None = None,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ...errors import SpecError
-from ...fileio import atomic_write
+from ...fileio import atomic_write, check_regular
 
 
 def save_checkpoint(module: torch.nn.Module, path: str, metadata: dict | None = None) -> None:
@@ -64,24 +63,6 @@ def write_error(path: str, code: int, e: Exception | None = None) -> SpecError:
                                 if code == errno.EFBIG else "check the path and the disk")
     return SpecError.at(path, f"cannot write: {what} ({errno.errorcode.get(code, code)})",
                         hint + "; the previous file there, if any, is left as it was")
-
-
-def check_regular(path: str, what: str = "checkpoint") -> None:
-    """Refuse what is not a regular file before opening it: a FIFO would block forever, a device
-    or socket read as garbage."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise _error(path, f"no such {what} file", "check the path") from None
-    except OSError as e:
-        raise _error(path, f"cannot read the {what}: {e.strerror}", "check the path and its permissions") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise _error(path, f"the {what} path is a folder", "give a .safetensors file")
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else \
-            "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
-        raise _error(path, f"the {what} is {kind}, not a regular file",
-                     "give a .safetensors file (copy a streamed checkpoint to disk first)")
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
