@@ -64,7 +64,7 @@ def parity_gate(options, device_id: int):
         from .runtime import Options
         from .runtime.parity import gate as run_gate
         o = options.batch
-        pairs = run_gate(folder, Options(device_id=device_id), tuple(dict.fromkeys((o.min, o.opt, o.max))))
+        pairs = run_gate(folder, Options(device_id=device_id), o.sizes())
         for p in pairs:
             if "tensorrt" in (p.reference, p.other):
                 click.echo(f"  parity {p.other} vs {p.reference}: max |a-b| {p.max_abs:.2e}  ok ({p.tolerance})", err=True)

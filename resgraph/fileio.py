@@ -107,3 +107,12 @@ def check_regular(path: str, what: str = "checkpoint",
             "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
         raise SpecError.at(path, f"the {what} is {kind}, not a regular file",
                            "give a .safetensors file (copy a streamed checkpoint to disk first)")
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the filesystem allows one (no bytes copied), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+        shutil.copyfile(src, dst)

@@ -160,7 +160,3 @@ class Graph:
         if self.exec is not None:
             cudart().cudaGraphExecDestroy(self.exec)
             self.exec = None
-
-
-def set_device(device_id: int) -> None:
-    call(cudart().cudaSetDevice(device_id), f"cudaSetDevice({device_id})")

@@ -75,7 +75,7 @@ def open_engine(folder: str, manifest, options: Options):
     print(f"resgraph: rebuilding {folder}/model.engine ({o.command_flags()}): {why}", file=sys.stderr)
     build_engine(folder, o, options.device_id,
                  gate=lambda staged: gate(staged, Options(device_id=options.device_id),
-                                          tuple(dict.fromkeys((o.batch.min, o.batch.opt, o.batch.max)))))
+                                          o.batch.sizes()))
     return TensorRTSession(folder, read_manifest(folder), options)
 
 
@@ -93,7 +93,7 @@ class TensorRTSession(Session):
         super().__init__(folder, manifest, options)
         from ..backends.tensorrt.build import import_tensorrt, logger
         from ..backends.tensorrt.engine_json import EngineMismatch, check_compatible, read_engine_info
-        from ..backends.tensorrt.gpu import gpu
+        from ..backends.tensorrt.gpu import gpu, select
         from . import cuda
         trt = import_tensorrt()
         self.trt, self.cuda = trt, cuda
@@ -117,7 +117,7 @@ class TensorRTSession(Session):
             raise EngineMismatch.at(os.path.join(folder, "engine.json"), f"the engine's I/O {ins} -> {outs} "
                                     f"({', '.join(t.dtype for t in (*info.inputs, *info.outputs))}) is not the "
                                     f"manifest's {self.input_name} -> {self.output_name} (float32)", rebuild)
-        cuda.set_device(options.device_id)
+        select(options.device_id)
         self._log = logger(trt, verbose=False)
         self.runtime = trt.Runtime(self._log)
         if info.options.version_compatible:

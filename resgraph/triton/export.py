@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ..artifacts import ARTIFACTS, ArtifactError, folder_of, read_manifest
 from ..errors import SpecError
+from ..fileio import link_or_copy
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -132,7 +133,7 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
         os.makedirs(os.path.join(staging, "1"))
         for dst, src in files.items():
             os.makedirs(os.path.dirname(os.path.join(staging, "1", dst)), exist_ok=True)
-            _link_or_copy(src, os.path.join(staging, "1", dst))
+            link_or_copy(src, os.path.join(staging, "1", dst))
         if o.platform == "python":
             _python_model(folder, m, os.path.join(staging, "1"))
         if m.labels:
@@ -167,13 +168,6 @@ def _q(s: str) -> str:
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def _python_model(folder: str, m, version: str) -> None:
     """model.py (Triton's Python backend) and the compiled folder beside it, so the repository
     carries everything it serves."""
@@ -182,5 +176,5 @@ def _python_model(folder: str, m, version: str) -> None:
     for name in (*m.artifacts, "manifest.json", "spec.yaml"):
         src = os.path.join(folder, name)
         if name in ARTIFACTS and os.path.isfile(src) and not os.path.exists(os.path.join(art, name)):
-            _link_or_copy(src, os.path.join(art, name))
+            link_or_copy(src, os.path.join(art, name))
     shutil.copyfile(os.path.join(os.path.dirname(__file__), "model.py"), os.path.join(version, "model.py"))

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from ...artifacts import Artifact, ArtifactError, Manifest, Stage, read_manifest, write_manifest
 from ...errors import SpecError
+from ...fileio import link_or_copy
 from .engine_json import EngineInfo, TensorSpec, write_engine_info
 from .gpu import gpu as this_gpu
 from .gpu import select
@@ -287,11 +288,7 @@ def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=No
             src = os.path.join(folder, name)
             if not os.path.isfile(src):
                 raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
-            try:
-                os.link(src, stage.file(name))
-            except OSError:
-                import shutil
-                shutil.copyfile(src, stage.file(name))
+            link_or_copy(src, stage.file(name))
         new, info = add_engine(stage, manifest, options, device_id, verbose, build)
         write_manifest(stage.file("manifest.json"), new)
         if gate is not None:

@@ -66,6 +66,10 @@ class BatchProfile:
     def contains(self, n: int) -> bool:
         return self.min <= n <= self.max
 
+    def sizes(self) -> tuple[int, ...]:
+        """MIN, OPT and MAX without repeats: the batch sizes the parity gate runs."""
+        return tuple(dict.fromkeys((self.min, self.opt, self.max)))
+
 
 @dataclass(frozen=True)
 class BuildOptions:
