@@ -18,6 +18,7 @@ import shutil
 import subprocess
 
 from .errors import SpecError
+from .ops import fmt
 
 FORMATS = ("dot", "svg", "png", "pdf")
 WS = {"fillcolor": "#ffb347", "color": "#c05a00"}
@@ -27,13 +28,9 @@ def _q(s: str) -> str:
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _shape(shape) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]" if shape is not None else ""
-
-
 def _label(n, projections) -> str:
     if n.op == "input":
-        return f"{n.path}\n{_shape(n.shape)}"
+        return f"{n.path}\n{fmt(n.shape)}"
     what = n.op
     if n.op == "conv":
         a = n.args
@@ -69,11 +66,11 @@ def to_dot(graph, collapse: bool = False) -> str:
                 group[n.path] = ids[n.path]
                 attrs = f"label={_q(_label(n, projections))}"
                 lines.append(f"  {ids[n.path]} [{attrs}];")
-        for b, members in blocks.items():
-            bid = f"b{len(group)}_{abs(hash(b)) % 10**8}"
+        for k, (b, members) in enumerate(blocks.items()):
+            bid = f"b{k}"
             ws = [p for p in projections if any(m.path in p.nodes for m in members)]
             last = members[-1]
-            label = f"{b}\n{len(members)} nodes\n{_shape(last.shape)}" + "".join(f"\n+ Ws {p.kind} /{p.stride}" for p in ws)
+            label = f"{b}\n{len(members)} nodes\n{fmt(last.shape)}" + "".join(f"\n+ Ws {p.kind} /{p.stride}" for p in ws)
             extra = f', fillcolor="{WS["fillcolor"]}", color="{WS["color"]}", penwidth=2' if ws else ""
             lines.append(f"  {bid} [label={_q(label)}{extra}];")
             for m in members:
@@ -86,7 +83,7 @@ def to_dot(graph, collapse: bool = False) -> str:
                     continue
                 seen.add((a, b))
                 style = ', style=dashed, color="#1f5fbf"' if _skip(i, n) else ""
-                lines.append(f"  {a} -> {b} [label={_q(_shape(nodes[i].shape))}{style}];")
+                lines.append(f"  {a} -> {b} [label={_q(fmt(nodes[i].shape))}{style}];")
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -111,7 +108,7 @@ def to_dot(graph, collapse: bool = False) -> str:
     for n in graph.nodes:
         for i in n.inputs:
             style = ', style=dashed, color="#1f5fbf", penwidth=1.5' if _skip(i, n) else ""
-            lines.append(f"  {ids[i]} -> {ids[n.path]} [label={_q(_shape(nodes[i].shape))}{style}];")
+            lines.append(f"  {ids[i]} -> {ids[n.path]} [label={_q(fmt(nodes[i].shape))}{style}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
