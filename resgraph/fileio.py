@@ -64,7 +64,7 @@ def exchange(a: str, b: str) -> bool:
 
 
 # what the system's error means for the user, and what to do about it
-_HINTS = {
+ERRNO_HINTS = {
     errno.ENOSPC: "the disk is full: free some space, or write elsewhere",
     errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere",
     errno.EROFS: "a read-only filesystem: write elsewhere",
@@ -76,6 +76,7 @@ _HINTS = {
     errno.EISDIR: "the path is a folder: give a file",
     errno.EIO: "an I/O error: the disk or the network filesystem failed",
     errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the filesystem allows",
 }
 
 
@@ -86,7 +87,7 @@ def os_error(e: OSError, where: str | None = None):
     path = where or e.filename or "resgraph"
     name = errno.errorcode.get(e.errno or 0, "")
     return SpecError.at(str(path), f"{e.strerror or e}" + (f" ({name})" if name else ""),
-                        _HINTS.get(e.errno, "check the path and the filesystem"))
+                        ERRNO_HINTS.get(e.errno, "check the path and the filesystem"))
 
 
 def check_regular(path: str, what: str = "checkpoint",

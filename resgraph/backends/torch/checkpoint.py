@@ -57,10 +57,9 @@ def _os_error_code(e: Exception) -> int | None:
 def write_error(path: str, code: int, e: Exception | None = None) -> SpecError:
     """A failed write as a user error naming `path`, with fileio's hint for the errno (the CLI's
     own OSError handler gives the same), and that the previous file is whole (writes are atomic)."""
-    from ...fileio import _HINTS
+    from ...fileio import ERRNO_HINTS
     what = os.strerror(code) if code else str(e)
-    hint = _HINTS.get(code) or ("the file is larger than this process may write (ulimit -f) or the filesystem allows"
-                                if code == errno.EFBIG else "check the path and the disk")
+    hint = ERRNO_HINTS.get(code, "check the path and the disk")
     return SpecError.at(path, f"cannot write: {what} ({errno.errorcode.get(code, code)})",
                         hint + "; the previous file there, if any, is left as it was")
 
