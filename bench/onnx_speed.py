@@ -215,7 +215,7 @@ def prepare(model: str, work: Path, plain_init: bool = False) -> dict:
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from resgraph.compiler import check_file
+    from resgraph.frontend import check_file
     from resgraph.ops.count import state_dict_shapes
 
     spec = f"specs/{model}.yaml"

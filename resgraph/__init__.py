@@ -13,8 +13,10 @@ from __future__ import annotations
 
 __version__ = "0.2.0"
 
-_LAZY = {"Checked": "compiler", "check_file": "compiler", "check_spec": "compiler", "check_text": "compiler",
-         "check": "compiler", "Diagnostic": "errors", "Loc": "errors", "SpecError": "errors",
+_LAZY = {"Checked": "frontend", "check_file": "frontend", "check_spec": "frontend", "check_text": "frontend",
+         "check": "frontend", "Diagnostic": "errors", "Loc": "errors", "SpecError": "errors",
+         "ResgraphError": "errors", "WeightsError": "errors", "DataError": "errors", "DownloadError": "errors",
+         "PathError": "errors", "ArtifactError": "errors",
          "load_spec": "spec", "parse_spec": "spec"}
 
 
@@ -35,5 +37,6 @@ def to_torch(source, seed: int | None = None, weights: str | None = None, init: 
     return _to_torch(source, seed=seed, weights=weights, init=init)
 
 
-__all__ = ["to_torch", "Checked", "Diagnostic", "Loc", "SpecError", "check", "check_file", "check_spec", "check_text",
+__all__ = ["to_torch", "Checked", "Diagnostic", "Loc", "ResgraphError", "SpecError", "WeightsError", "DataError",
+           "DownloadError", "PathError", "ArtifactError", "check", "check_file", "check_spec", "check_text",
            "load_spec", "parse_spec", "__version__"]

@@ -25,17 +25,13 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 
-from .errors import SpecError
+from .errors import ArtifactError, SpecError  # noqa: F401  (ArtifactError: re-exported, it lived here)
 
 FORMAT = 1   # manifest.json's format; bump on any change a reader must know about
 # every file a compiled folder may hold, in publishing order: the manifest, which describes the
 # others, goes last
 ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx", "model.engine", "engine.json",
              "manifest.json")
-
-
-class ArtifactError(SpecError):
-    """A compiled folder, or a file in it, that cannot be used; names the file."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .cli_engine import build_options, engine_group, engine_options, parity_gate, print_engine
-from .errors import SpecError
+from .errors import ResgraphError, SpecError
 
 
 def _fail_internal(e: BaseException) -> None:
@@ -32,7 +32,7 @@ def cli():
 
 def _check(path):
     """Check a file, or standard input for '-' (editors and pipes)."""
-    from .compiler import check_file, check_text
+    from .frontend import check_file, check_text
     if path == "-":
         from .render import remember_source
         text = sys.stdin.read(4 << 20)
@@ -162,7 +162,7 @@ def _run(fn):
     """Run a command body: user errors print like a compiler's and exit 1; bugs exit 70."""
     try:
         return fn()
-    except SpecError as e:
+    except ResgraphError as e:
         _print_diagnostics(e.diagnostics, e.diagnostics[0].loc.file)
         sys.exit(1)
     except OSError as e:   # the environment's (full disk, read-only, permissions), not a bug: name the path
@@ -188,7 +188,7 @@ def init_cmd(spec, output, seed):
     """Write freshly initialised weights for SPEC (the spec's init: policies), marked untrained."""
     def body():
         from .backends.torch import save_checkpoint, to_torch
-        from .compiler import check_file
+        from .frontend import check_file
         c = check_file(spec)
         m = to_torch(c, seed=seed)
         save_checkpoint(m, output, {"spec": c.spec.name, "spec_sha256": c.spec.sha256, "untrained": "true",
@@ -215,7 +215,7 @@ def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
     def body():
         from .backends.torch import save_checkpoint
         from .backends.torch.torchvision import import_torchvision
-        from .compiler import check_file
+        from .frontend import check_file
         from .errors import Diagnostic, Loc
         kind, _, name = source.partition(":")
         if kind != "torchvision" or not name:
@@ -284,7 +284,7 @@ def eval_cmd(spec, weights, data, split, val_split, seed):
         import torch
 
         from .backends.torch import to_torch
-        from .compiler import check_file
+        from .frontend import check_file
         from .training.data import load_data
         from .training.loop import evaluate
         c = check_file(spec)

@@ -137,7 +137,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     the rest (its precision: fp16 -> the fp16 model.onnx; fp32, tf32, bf16 -> the fp32 one); `gate(staged
     folder)` may then refuse the set before anything is published (compile --engine's parity gate)."""
     from . import __version__
-    from .compiler import check_file
+    from .frontend import check_file
     step = progress or (lambda name: None)
     t = {"start": time.perf_counter()}
 

@@ -1,8 +1,19 @@
-"""One error type for everything a user can cause.
+"""The errors a user can cause, and the diagnostics they carry.
 
-A `Diagnostic` is one problem at one place in one file; a `SpecError` carries
-every diagnostic found in a run (a compiler reports them all, not the first).
-Internal invariants are plain asserts, never a SpecError.
+A `Diagnostic` is one problem at one place: file:line:col in a spec, or a named file, tensor,
+input or option (line 0). A `ResgraphError` carries every diagnostic found in a run (a compiler
+reports them all, not the first); the CLI catches it, prints each with its hint and exits 1.
+Its subclasses say what kind of thing was wrong, so a caller can catch one kind:
+
+    ResgraphError
+    ├── SpecError       a spec: every diagnostic has a source location
+    ├── WeightsError    a weights file, a checkpoint, a model imported from torchvision or timm
+    ├── DataError       a data folder, a dataset, an input file for inference
+    ├── DownloadError   something fetched over the network (pretrained weights, a dataset)
+    ├── PathError       a path the operating system refuses (missing, a folder, permissions, full disk)
+    └── ArtifactError   a compiled folder or a file in it (artifacts.py); BackendError, EngineMismatch
+
+Internal invariants are plain asserts, never one of these.
 """
 from __future__ import annotations
 
@@ -37,8 +48,8 @@ class Diagnostic:
                 "message": self.message, "hint": self.hint}
 
 
-class SpecError(Exception):
-    """Everything wrong with a spec, in source order. file/line/column/message/hint are the first's."""
+class ResgraphError(Exception):
+    """Every problem found, in source order. file/line/column/message/hint are the first's."""
 
     def __init__(self, diagnostics: list[Diagnostic]):
         assert diagnostics, "a SpecError needs at least one diagnostic"
@@ -52,6 +63,31 @@ class SpecError(Exception):
     def at(cls, where: str, message: str, hint: str):
         """One error about a file, tensor, input or option (no line): `where` names it."""
         return cls([Diagnostic(Loc(where, 0, 0), message, hint)])
+
+
+class SpecError(ResgraphError):
+    """Everything wrong with a spec, each at file:line:col."""
+
+
+class WeightsError(ResgraphError):
+    """A weights file or checkpoint that cannot be read or does not fit, or a model imported from
+    torchvision/timm whose structure differs from the spec's; names the file or model and the tensor."""
+
+
+class DataError(ResgraphError):
+    """A data folder, dataset or inference input that cannot be used; names the file or folder."""
+
+
+class DownloadError(ResgraphError):
+    """Something fetched over the network (pretrained weights, a dataset) that did not arrive intact."""
+
+
+class PathError(ResgraphError):
+    """A path the operating system refuses: missing, a folder, no permission, a full disk."""
+
+
+class ArtifactError(ResgraphError):
+    """A compiled folder, or a file in it, that cannot be used; names the file."""
 
 
 @dataclass

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import resgraph  # noqa: E402
-from resgraph.compiler import check_text  # noqa: E402
+from resgraph.frontend import check_text  # noqa: E402
 from resgraph.errors import SpecError  # noqa: E402
 from resgraph.ops.count import node_macs, node_params  # noqa: E402
 from conftest import ROOT, SPECS  # noqa: E402

@@ -14,7 +14,7 @@ pytest.importorskip("torch", reason="the torch extra is not installed")
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
 from resgraph.backends.onnx import to_onnx, validate  # noqa: E402
-from resgraph.compiler import check_text  # noqa: E402
+from resgraph.frontend import check_text  # noqa: E402
 from resgraph.errors import SpecError  # noqa: E402
 from resgraph.passes.inference import for_inference  # noqa: E402
 from test_onnx_backend import ort_run, random_weights, torch_eval  # noqa: E402

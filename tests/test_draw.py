@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from conftest import ROOT, SPECS, run_cli
-from resgraph.compiler import check_file
+from resgraph.frontend import check_file
 from resgraph.draw import to_dot
 
 # CI installs Graphviz (.ci/run): there, a missing dot fails the rendering tests instead of skipping them

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import resgraph
-from resgraph.compiler import check_text
+from resgraph.frontend import check_text
 from resgraph.ops import OPS
 from conftest import SPECS
 

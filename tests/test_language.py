@@ -2,7 +2,7 @@
 import pytest
 
 import resgraph
-from resgraph.compiler import check_text
+from resgraph.frontend import check_text
 from resgraph.passes import find_stride
 
 HEAD = "resgraph: 1\nname: t\n"

@@ -92,10 +92,10 @@ def test_probe_detects_a_heavy_import(heavy):
 
 
 def test_probe_detects_a_heavy_import_on_the_check_path():
-    """A heavy import made by check itself (resgraph.compiler.check_file patched to import torch) shows up."""
+    """A heavy import made by check itself (resgraph.frontend.check_file patched to import torch) shows up."""
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch is not installed")
-    inject = ("import resgraph.compiler as _c\n_orig = _c.check_file\n"
+    inject = ("import resgraph.frontend as _c\n_orig = _c.check_file\n"
               "def _heavy(*a, **k):\n    import torch\n    return _orig(*a, **k)\n_c.check_file = _heavy")
     r = probe(inject=inject)
     assert "torch" in r["loaded"]

@@ -10,7 +10,7 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed
 
 import resgraph  # noqa: E402
 from resgraph.backends.onnx import LOWER, OPSETS, to_onnx, validate  # noqa: E402
-from resgraph.compiler import check_text  # noqa: E402
+from resgraph.frontend import check_text  # noqa: E402
 from resgraph.ops import OPS  # noqa: E402
 from resgraph.passes.inference import drop_noops, expand_projections, fold_batchnorm, for_inference  # noqa: E402
 from resgraph.passes.verify import verify  # noqa: E402

@@ -279,7 +279,7 @@ for args in ({run!r}, {bench!r}):
     except SystemExit as e:
         assert not e.code, e.code
 print("LOADED", sorted(m for m in sys.modules if m.split(".")[0] == "torch" or m in
-      ("resgraph.compiler", "resgraph.spec", "resgraph.ir", "resgraph.passes", "resgraph.ops")))
+      ("resgraph.frontend", "resgraph.spec", "resgraph.ir", "resgraph.passes", "resgraph.ops")))
 """
 
 
@@ -295,7 +295,7 @@ def test_run_and_bench_on_onnxruntime_import_neither_torch_nor_the_front_end(dig
     # and the probe can fail: the torch back end does import both
     p = subprocess.run([sys.executable, "-c", probe.replace("'--json'", "'--json', '--backend', 'torch-cpu'")],
                        capture_output=True, text=True, cwd=ROOT)
-    assert "'torch'" in p.stdout.strip().splitlines()[-1] and "resgraph.compiler" in p.stdout
+    assert "'torch'" in p.stdout.strip().splitlines()[-1] and "resgraph.frontend" in p.stdout
 
 
 def png_header_only(path, width: int, height: int) -> None:

@@ -8,7 +8,7 @@ from torch import fx  # noqa: E402
 
 import resgraph  # noqa: E402
 from resgraph.backends.torch import LOWER, last_bn_of_each_residual_body  # noqa: E402
-from resgraph.compiler import check_text  # noqa: E402
+from resgraph.frontend import check_text  # noqa: E402
 from resgraph.ops import OPS  # noqa: E402
 from conftest import ROOT, SPECS  # noqa: E402
 

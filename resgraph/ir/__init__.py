@@ -1,5 +1,5 @@
 """The IR: plain frozen nodes in a graph that prints itself, and the expansion of a Spec into one."""
 from .expand import expand
-from .graph import INPUT, Graph, Node, Projection, freeze, topological
+from .graph import INPUT, Graph, Node, Projection, freeze
 
-__all__ = ["INPUT", "Graph", "Node", "Projection", "expand", "freeze", "topological"]
+__all__ = ["INPUT", "Graph", "Node", "Projection", "expand", "freeze"]

@@ -9,7 +9,6 @@ A Graph prints itself as readable Python, one line per node, with its shape and 
 """
 from __future__ import annotations
 
-import graphlib
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
@@ -128,9 +127,3 @@ class Graph:
 def _shape(s) -> str:
     return "[" + ", ".join(map(str, s)) + "]" if s is not None else "[?]"
 
-
-def topological(nodes: list[Node]) -> list[Node]:
-    """Stable topological order (graphlib); raises graphlib.CycleError on a cycle."""
-    ts = graphlib.TopologicalSorter({n.path: n.inputs for n in nodes})
-    order = {p: i for i, p in enumerate(ts.static_order())}
-    return sorted(nodes, key=lambda n: order[n.path])

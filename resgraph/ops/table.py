@@ -35,7 +35,6 @@ class OpDef:
     variadic: bool = False       # takes `from:` extra inputs (add, concat)
     user: bool = True            # False: only passes insert it
     doc: str = ""
-    extra: dict = field(default_factory=dict)
 
     def with_defaults(self, **args) -> dict:
         """Every argument, the given ones over the defaults: the args of a node a pass creates."""

@@ -1,5 +1,5 @@
 """Pure functions Graph -> Graph (and the verifier, which only checks)."""
-from .infer import infer_shapes
+from .shapes import infer_shapes
 from .lint import lint
 from .resolve import resolve_ops
 from .shortcuts import find_stride, insert_shortcuts

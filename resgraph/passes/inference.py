@@ -10,11 +10,7 @@ import dataclasses
 
 from ..ir import Graph, Node, freeze
 
-Weights = dict
-
-
-def _users(g: Graph) -> dict[str, list[str]]:
-    return g.users()
+Weights = dict[str, "np.ndarray"]   # keyed like a PyTorch state dict
 
 
 def _rewire(g: Graph, removed: dict[str, str], nodes: list[Node]) -> Graph:
@@ -53,7 +49,7 @@ def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
           the bn's tensors are gone; everything that read the bn reads the layer.
     """
     import numpy as np
-    users = _users(g)
+    users = g.users()
     w = dict(weights)
     nodes = list(g.nodes)
     index = {n.path: i for i, n in enumerate(nodes)}

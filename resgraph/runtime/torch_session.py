@@ -25,7 +25,7 @@ class TorchSession(Session):
         super().__init__(folder, manifest, options)
         import torch
         from ..backends.torch import to_torch
-        from ..compiler import check_text
+        from ..frontend import check_text
         self.torch = torch
         self.backend = "torch-cuda" if cuda else "torch-cpu"
         self.dev = torch.device(f"cuda:{options.device_id}" if cuda else "cpu")

@@ -210,7 +210,7 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
 
 def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
     from ..backends.torch import save_checkpoint, to_torch
-    from ..compiler import check_file
+    from ..frontend import check_file
     device = _device(cfg, d)
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -24,7 +24,7 @@ def to_torch(source, seed: int | None = None, weights: str | None = None, init: 
 
 
 def _graph(source) -> Graph:
-    from ...compiler import Checked, check_file, check_spec
+    from ...frontend import Checked, check_file, check_spec
     from ...spec import Spec
     if isinstance(source, Graph):
         return source
