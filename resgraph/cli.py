@@ -52,7 +52,7 @@ def check(specs, as_json, strict):
     for path in specs:
         try:
             c = _check(path)
-        except SpecError as e:
+        except ResgraphError as e:
             failed = True
             if as_json:
                 click.echo(json.dumps({"errors": [d.to_json() for d in e.diagnostics]}))
