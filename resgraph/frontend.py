@@ -46,13 +46,13 @@ def check_text(text: str, file: str = "<spec>", read_files: bool = True) -> Chec
     spec = parse_spec(text, file, d, read_files)
     if spec is None:
         d.raise_if_any()
-    g = resolve_ops(expand(spec, d), d)
+    g = resolve_ops(expand(spec, d), spec, d)
     d.raise_if_any()
     return _back_half(spec, g)
 
 
 def check_spec(spec: Spec) -> Checked:
-    return _back_half(spec, resolve_ops(expand(spec)))
+    return _back_half(spec, resolve_ops(expand(spec), spec))
 
 
 def _back_half(spec: Spec, g: Graph) -> Checked:

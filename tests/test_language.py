@@ -241,7 +241,7 @@ def test_passes_do_not_mutate_their_input():
     from resgraph.spec import parse_spec
     spec = parse_spec(HEAD + "input: {shape: [3, 8, 8]}\n" + BLOCK + "layers:\n  - basic: {out: 8, stride: 2}\n")
     g0 = expand(spec)
-    g1 = resolve_ops(g0)
+    g1 = resolve_ops(g0, spec)
     g2 = infer_shapes(g1)
     g3 = insert_shortcuts(g2)
     assert g1 is not g0 and all(n.shape is None for n in g1.nodes[1:])

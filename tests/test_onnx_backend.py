@@ -160,6 +160,22 @@ def test_explicit_projections_are_spelled_out_then_folded():
         assert np.abs(ort_run(model, x) - ref).max() <= 1e-4
 
 
+def test_the_bn_arguments_of_a_projection_sit_on_its_node():
+    """A `project` carries its bn's eps and momentum: from defaults: {bn: ...}, or its own; an inserted
+    Ws bn gets the defaults as arguments; the graph holds them in a typed record, not the spec."""
+    text = ALL_OPS.replace("layers:\n", "defaults: {bn: {eps: 0.01, momentum: 0.3}}\nlayers:\n", 1)
+    g = check_text(text).graph
+    assert dict(g.settings.bn) == {"eps": 0.01, "momentum": 0.3} and g.settings.shortcut == "avgpool_projection"
+    assert not hasattr(g, "meta")
+    projects = [n for n in g.nodes if n.op == "project"]
+    assert [(n.args["eps"], n.args["momentum"]) for n in projects] == [(0.01, 0.3)] * 2
+    assert g["r.shortcut.bn"].args["eps"] == 0.01 and g["r.shortcut.bn"].args["momentum"] == 0.3
+    own = check_text(text.replace("project: {out: 6, stride: 2}", "project: {out: 6, stride: 2, eps: 0.001}")).graph
+    p = next(n for n in own.nodes if n.op == "project")
+    assert (p.args["eps"], p.args["momentum"]) == (0.001, 0.3)
+    assert check_text(ALL_OPS).graph[p.path].args["eps"] == 1e-5   # no defaults: PyTorch's
+
+
 @pytest.mark.parametrize("op", ["maxpool", "avgpool"])
 @pytest.mark.parametrize("h,w,k,s,padding", [(6, 7, 1, 2, "same"), (6, 6, 2, 2, "same"), (6, 9, 3, 2, "same"),
                                              (2, 2, 1, 2, "valid"), (6, 5, 1, 2, "valid"), (5, 8, 2, 2, 1),

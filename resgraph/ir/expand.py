@@ -20,7 +20,7 @@ from ..limits import MAX_NODES, MAX_REPEAT
 from ..spec.expr import FAILED
 from ..spec.model import Entry, Residual, Spec, evaluate_located
 from ..spec.yamlsrc import Y
-from .graph import INPUT, Graph, Node, freeze
+from .graph import INPUT, Graph, Node, Settings, freeze
 
 
 class _Abort(Exception):
@@ -82,7 +82,7 @@ class _Expander:
         except _Abort:
             raise SpecError(self.d.errors) from None
         self.check_forward()
-        return Graph(s.name, tuple(self.nodes), out, s.input_name, s.output_name, meta=freeze({"spec": s}))
+        return Graph(s.name, tuple(self.nodes), out, s.input_name, s.output_name, settings=Settings(s.shortcut, init=freeze(dict(s.init))))
 
     # -- scopes ---------------------------------------------------------------------------------
     def entries(self, entries: tuple[Entry, ...], scope: _Scope) -> str:

@@ -79,6 +79,16 @@ class Projection:
 
 
 @dataclass(frozen=True)
+class Settings:
+    """What passes and back ends read from the spec beyond its nodes. A small typed record, not the
+    spec itself: what a pass depends on is visible here, and the IR stays independent of the parser."""
+    shortcut: str = "projection"                     # the default Ws policy; an add's `shortcut:` overrides it
+    bn: Mapping[str, object] = field(default_factory=lambda: _EMPTY)    # resolved `defaults: {bn: ...}`:
+    #                                                  the eps and momentum of every bn a pass inserts
+    init: Mapping[str, object] = field(default_factory=lambda: _EMPTY)  # `init:` (conv, linear, zero_residual)
+
+
+@dataclass(frozen=True)
 class Graph:
     name: str
     nodes: tuple[Node, ...]           # topological order; nodes[0] is the input
@@ -86,7 +96,7 @@ class Graph:
     input_name: str = "input"
     output_name: str = "output"
     projections: tuple[Projection, ...] = ()
-    meta: Mapping[str, object] = field(default_factory=lambda: _EMPTY)
+    settings: Settings = Settings()
 
     def __post_init__(self):
         object.__setattr__(self, "_index", {n.path: n for n in self.nodes})

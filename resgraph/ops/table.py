@@ -289,8 +289,10 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("upsample", {"scale": Int(hi=MAX_SCALE), "mode": Choice("nearest", "bilinear", default="nearest")},
           upsample_shape, doc="H, W times scale"),
     OpDef("identity", {}, unchanged, doc="does nothing; useful as a named tap"),
-    OpDef("project", {"out": Int(), "stride": Int(1, hi=MAX_KERNEL)}, project_shape, project_params, project_macs,
-          doc="an explicit Ws: 1x1 conv (stride) + bn on maps, bias-free linear on vectors"),
+    OpDef("project", {"out": Int(), "stride": Int(1, hi=MAX_KERNEL), "eps": Float(1e-5, lo=0),
+                      "momentum": Float(0.1, lo=0, hi=1)}, project_shape, project_params, project_macs,
+          doc="an explicit Ws: 1x1 conv (stride) + bn on maps, bias-free linear on vectors; "
+              "eps and momentum are its bn's (default: defaults: {bn: ...})"),
     # inserted by passes only
     OpDef("zeropad", {"out": Int(), "stride": Int(1, hi=MAX_KERNEL)}, zeropad_shape, user=False,
           doc="He et al. option A: every stride-th pixel, channels zero-padded to out"),

@@ -79,8 +79,8 @@ def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
 
         project(x; out, stride) = bn(conv1x1(x; stride, C_in -> out, no bias))
 
-    at `<path>.conv` and `<path>.bn` (where its tensors already live), the bn with the spec's
-    `defaults: {bn: ...}` as the PyTorch back end builds it. Then fold_batchnorm folds that bn like
+    at `<path>.conv` and `<path>.bn` (where its tensors already live), the bn with the node's eps
+    and momentum, as the PyTorch back end builds it. Then fold_batchnorm folds that bn like
     any other, and the ONNX lowering needs no second description of the op. A `project` on vectors
     (a bias-free linear) stays as it is.
 
@@ -89,7 +89,6 @@ def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
           the weights are unchanged.
     """
     from ..ops import OPS
-    bn_args = dict(g.meta.get("defaults", {}).get("bn", {}))
 
     def node(n: Node, path: str, op: str, inputs: tuple, **args) -> Node:
         return Node(path, op, freeze(OPS[op].with_defaults(**args)), inputs, n.loc, shape=n.shape,
@@ -102,7 +101,7 @@ def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
             continue
         conv = node(n, f"{n.path}.conv", "conv", n.inputs[:1], out=n.args["out"], kernel=1, stride=n.args["stride"],
                     padding="valid", bias=False)
-        nodes += [n, conv, node(n, f"{n.path}.bn", "bn", (conv.path,), **bn_args)]
+        nodes += [n, conv, node(n, f"{n.path}.bn", "bn", (conv.path,), eps=n.args["eps"], momentum=n.args["momentum"])]
         removed[n.path] = f"{n.path}.bn"
     return _rewire(g, removed, nodes), dict(weights)
 

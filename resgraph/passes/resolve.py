@@ -2,15 +2,20 @@
 
 Pre:  a Graph from `expand` (op names and argument values exactly as written, expressions evaluated).
 Post: every node's op is in OPS; its args are exactly OPS[op].args with defaults filled and values
-      type-checked; `from` appears only on variadic ops; pool stride 0 means stride = kernel.
+      type-checked; `from` appears only on variadic ops; pool stride 0 means stride = kernel;
+      a `project` carries its bn's eps and momentum (from `defaults: {bn: ...}` unless given);
+      graph.settings.bn holds the resolved bn defaults, for the bn nodes later passes insert.
 """
 from __future__ import annotations
 
 from ..errors import Diagnostics, did_you_mean
+import dataclasses
+
 from ..ir import Graph, freeze
 from ..spec.model import evaluate_located
 from ..ops import OPS, USER_OPS, ArgError
 from ..spec.expr import FAILED
+from ..spec.model import Spec
 
 ENTRY_KEYS = ("id", "in", "repeat", "first")
 # names users bring from PyTorch, Keras and Ultralytics YAML
@@ -24,10 +29,10 @@ ALIASES = {"batchnorm": "bn", "batchnorm2d": "bn", "batchnorm1d": "bn", "batch_n
 
 
 
-def resolve_ops(g: Graph, diags: Diagnostics | None = None) -> Graph:
-    """With `diags`, problems are recorded there instead of raised (so one run reports them all)."""
+def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = None) -> Graph:
+    """`spec` is the one `g` was expanded from (its blocks and `defaults:` are checked here); with
+    `diags`, problems are recorded there instead of raised (so one run reports them all)."""
     d = diags if diags is not None else Diagnostics()
-    spec = g.meta.get("spec")
     blocks = list(spec.blocks) if spec else []
     for name in blocks:
         if name in OPS:
@@ -92,10 +97,15 @@ def resolve_ops(g: Graph, diags: Diagnostics | None = None) -> Graph:
                     args[k] = a.default
             elif k not in args and not a.required:
                 args[k] = a.default
+        if n.op == "project":   # its bn follows defaults: {bn: ...} like every bn, unless the entry says otherwise
+            for k in ("eps", "momentum"):
+                if k not in n.args and k in defaults.get("bn", {}):
+                    args[k] = defaults["bn"][k]
         if n.op in ("maxpool", "avgpool") and args.get("stride") == 0:
             args["stride"] = args.get("kernel")
         ordered = {k: args[k] for k in op.args if k in args}   # table order: stable printing and hashing
         nodes.append(n.with_(args=freeze(ordered)))
     if diags is None:
         d.raise_if_any()
-    return g.replace(nodes=tuple(nodes), meta=freeze({**g.meta, "defaults": defaults}))
+    settings = dataclasses.replace(g.settings, bn=freeze(defaults.get("bn", {})))
+    return g.replace(nodes=tuple(nodes), settings=settings)

@@ -10,7 +10,7 @@ fixes the target shape; for every other input of shape [C1, H1, W1] -> [C2, H2, 
     avgpool_projection  Ws = bn(conv1x1(avgpool(a, s, ceil_mode), C1 -> C2))      kind avgpool_conv1x1
     vectors [F1]->[F2]  Ws = linear(F1 -> F2, bias false), or zero padding         kind linear | zeropad
 
-Pre:  shapes inferred; args resolved.
+Pre:  shapes inferred; args resolved (graph.settings: the default policy and the bn defaults).
 Post: every add's inputs all have the add's shape; each inserted node sits right before its add,
       is marked `inserted`, and is named `<add-path>.shortcut[...]`; graph.projections lists them.
 """
@@ -36,10 +36,9 @@ def _node(path, op, loc, inputs, block, **args) -> Node:
 
 def insert_shortcuts(g: Graph) -> Graph:
     d = Diagnostics()
-    spec = g.meta.get("spec")
-    default_policy = spec.shortcut if spec else "projection"
+    default_policy = g.settings.shortcut
     # a Ws bn follows the spec's `defaults: {bn: ...}` like every bn; a Ws conv stays 1x1 and bias-free
-    bn_args = dict(g.meta.get("defaults", {}).get("bn", {}))
+    bn_args = dict(g.settings.bn)
     shapes = {n.path: n.shape for n in g.nodes}
     out: list[Node] = []
     projections: list[Projection] = []

@@ -69,9 +69,9 @@ def conv(b, n, xs):
 
 
 def bn(b, n, xs, prefix=None):
-    """A bn node, or (prefix) the bn inside a `project`, which follows the spec's defaults: {bn: ...}."""
+    """A bn node, or (prefix) the bn inside a `project`, whose eps the project node carries."""
     p = prefix or n.path
-    eps = n.args["eps"] if prefix is None else b.ir.meta.get("defaults", {}).get("bn", {}).get("eps", 1e-5)
+    eps = n.args["eps"]
     return b.op("BatchNormalization", [xs[0], b.weight(f"{p}.weight"), b.weight(f"{p}.bias"),
                                        b.weight(f"{p}.running_mean"), b.weight(f"{p}.running_var")],
                 n.path, epsilon=float(eps))

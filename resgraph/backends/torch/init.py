@@ -32,8 +32,7 @@ def last_bn_of_each_residual_body(graph: Graph) -> list[str]:
 @torch.no_grad()
 def init_weights(module: nn.Module, graph: Graph, seed: int | None = None, policy: dict | None = None) -> nn.Module:
     """Initialise `module` (from to_torch) in place, deterministically when `seed` is given."""
-    spec = graph.meta.get("spec")
-    policy = {**(spec.init if spec else {}), **(policy or {})}
+    policy = {**graph.settings.init, **(policy or {})}
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

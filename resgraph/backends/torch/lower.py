@@ -184,8 +184,8 @@ def project(ctx, n, xs):
     if len(src) == 1:
         return ctx.module(n.path, nn.Linear(src[0], n.args["out"], bias=False), xs[0], n)
     c = ctx.module(f"{n.path}.conv", nn.Conv2d(src[0], n.args["out"], 1, n.args["stride"], bias=False), xs[0], None)
-    bn_args = ctx.ir.meta.get("defaults", {}).get("bn", {})   # like every bn, it follows defaults: {bn: ...}
-    return ctx.module(f"{n.path}.bn", nn.BatchNorm2d(n.args["out"], **bn_args), c, n)
+    bn = nn.BatchNorm2d(n.args["out"], eps=n.args["eps"], momentum=n.args["momentum"])
+    return ctx.module(f"{n.path}.bn", bn, c, n)
 
 
 def zeropad(ctx, n, xs):
