@@ -24,3 +24,29 @@ def test_main_job_specs_exist():
     main_job, _ = quick_start_commands()
     for spec in re.findall(r"specs/\S+\.yaml", main_job):
         assert (ROOT / spec).exists(), spec
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_stay_inside_the_repository():
+    """Every link in the README and docs/ is a web address or a file of this repository (users never
+    see what lies outside it), and every #anchor names a heading of its file."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    bad = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"https?://", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.is_relative_to(ROOT) or not file.exists():
+                bad.append(f"{page.name}: {target} (outside the repository or missing)")
+            elif anchor and file.suffix == ".md":
+                heads = {_slug(h) for h in re.findall(r"^#+ (.*)$", file.read_text(), re.M)}
+                if anchor not in heads:
+                    bad.append(f"{page.name}: {target} (no such heading)")
+    assert not bad, bad

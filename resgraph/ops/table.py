@@ -37,10 +37,13 @@ class OpDef:
     variadic: bool = False       # takes `from:` extra inputs (add, concat)
     user: bool = True            # False: only passes insert it
     doc: str = ""
+    # defaults that depend on other arguments (a pool's stride is its kernel unless given): resolve_ops
+    # applies it once, so shape rules and lowerings read complete arguments
+    complete: Callable[[dict], dict] = lambda a: a
 
     def with_defaults(self, **args) -> dict:
         """Every argument, the given ones over the defaults: the args of a node a pass creates."""
-        return {**{k: a.default for k, a in self.args.items()}, **args}
+        return self.complete({**{k: a.default for k, a in self.args.items()}, **args})
 
 
 def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
@@ -170,8 +173,7 @@ def conv_macs(a, ins, out):
 def pool_shape(op):
     def rule(a, ins):
         c, _, _ = _map(op, ins[0])
-        k = a["kernel"]
-        s = a["stride"] or k
+        k, s = a["kernel"], a["stride"]
         _pad_ok(op, a, k)
         ho, wo = _spatial_out(op, a, ins[0], k, s, 1, a.get("ceil_mode", False))
         return (c, ho, wo)
@@ -260,6 +262,11 @@ def zeropad_shape(a, ins):
     return (a["out"], -(-x[1] // a["stride"]), -(-x[2] // a["stride"]))
 
 
+def _pool_stride(a: dict) -> dict:
+    """stride 0 (the default) means stride = kernel, as in PyTorch's pools."""
+    return {**a, "stride": a["kernel"]} if a.get("stride") == 0 and a.get("kernel") is not None else a
+
+
 _ACT = "elementwise; shape unchanged"
 
 OPS: dict[str, OpDef] = {op.name: op for op in [
@@ -273,10 +280,11 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("leaky_relu", {"slope": Float(0.01)}, unchanged, doc=_ACT),
     OpDef("maxpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),
                       "padding": Padding("valid"), "ceil_mode": Bool(False)},
-          pool_shape("maxpool"), doc="max pooling; stride defaults to the kernel"),
+          pool_shape("maxpool"), doc="max pooling; stride defaults to the kernel", complete=_pool_stride),
     OpDef("avgpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),
                       "padding": Padding("valid"), "ceil_mode": Bool(False)},
-          pool_shape("avgpool"), doc="average pooling; padding is never counted"),
+          pool_shape("avgpool"), doc="average pooling; stride defaults to the kernel; padding is never counted",
+          complete=_pool_stride),
     OpDef("global_avgpool", {}, global_pool_shape, doc="[C, H, W] -> [C, 1, 1]"),
     OpDef("flatten", {}, flatten_shape, doc="-> [C*H*W]"),
     OpDef("linear", {"out": Int(), "bias": Bool(True)}, linear_shape, linear_params,

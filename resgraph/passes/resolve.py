@@ -2,7 +2,7 @@
 
 Pre:  a Graph from `expand` (op names and argument values exactly as written, expressions evaluated).
 Post: every node's op is in OPS; its args are exactly OPS[op].args with defaults filled and values
-      type-checked; `from` appears only on variadic ops; pool stride 0 means stride = kernel;
+      type-checked; `from` appears only on variadic ops; OPS[op].complete has run (pool stride 0 -> kernel);
       a `project` carries its bn's eps and momentum (from `defaults: {bn: ...}` unless given);
       graph.settings.bn holds the resolved bn defaults, for the bn nodes later passes insert.
 """
@@ -101,8 +101,7 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
             for k in ("eps", "momentum"):
                 if k not in n.args and k in defaults.get("bn", {}):
                     args[k] = defaults["bn"][k]
-        if n.op in ("maxpool", "avgpool") and args.get("stride") == 0:
-            args["stride"] = args.get("kernel")
+        args = op.complete(args)
         ordered = {k: args[k] for k in op.args if k in args}   # table order: stable printing and hashing
         nodes.append(n.with_(args=freeze(ordered)))
     if diags is None:

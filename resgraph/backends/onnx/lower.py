@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from ...ir import Graph
 from ...ops import pads
-from ...ops.table import check_lowerings
+from ...ops.table import check_lowerings, tensors
 
 DEFAULT_OPSET = 17
 OPSETS = range(17, 22)
@@ -47,6 +47,11 @@ class _Builder:
             self.inits[name] = np.asarray(value, dtype=dtype or self.dtype)
         return name
 
+    def param(self, n, suffix: str) -> str:
+        """The initializer of node n's tensor `suffix`, named as the op table's `tensors` names it."""
+        assert suffix in tensors(n.op, dict(n.args), [self.ir[i].shape for i in n.inputs], n.shape), (n.path, suffix)
+        return self.weight(f"{n.path}.{suffix}")
+
     def has(self, name: str) -> bool:
         return name in self.w
 
@@ -61,26 +66,23 @@ def _pads(padding, k: int, d: int = 1) -> list[int]:
 
 def conv(b, n, xs):
     a = n.args
-    ins = [xs[0], b.weight(f"{n.path}.weight")]
+    ins = [xs[0], b.param(n, "weight")]
     if a["bias"]:
-        ins.append(b.weight(f"{n.path}.bias"))
+        ins.append(b.param(n, "bias"))
     return b.op("Conv", ins, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
                 dilations=[a["dilation"]] * 2, group=a["groups"], pads=_pads(a["padding"], a["kernel"], a["dilation"]))
 
 
-def bn(b, n, xs, prefix=None):
-    """A bn node, or (prefix) the bn inside a `project`, whose eps the project node carries."""
-    p = prefix or n.path
-    eps = n.args["eps"]
-    return b.op("BatchNormalization", [xs[0], b.weight(f"{p}.weight"), b.weight(f"{p}.bias"),
-                                       b.weight(f"{p}.running_mean"), b.weight(f"{p}.running_var")],
-                n.path, epsilon=float(eps))
+def bn(b, n, xs, part=""):
+    """A bn node, or (part "bn.") the bn inside a `project`, whose eps the project node carries."""
+    stats = [b.param(n, part + k) for k in ("weight", "bias", "running_mean", "running_var")]
+    return b.op("BatchNormalization", [xs[0], *stats], n.path, epsilon=float(n.args["eps"]))
 
 
 def linear(b, n, xs):
-    ins = [xs[0], b.weight(f"{n.path}.weight")]
+    ins = [xs[0], b.param(n, "weight")]
     if n.args["bias"]:
-        ins.append(b.weight(f"{n.path}.bias"))
+        ins.append(b.param(n, "bias"))
     return b.op("Gemm", ins, n.path, transB=1)
 
 
@@ -168,10 +170,10 @@ def upsample(b, n, xs):
 def project(b, n, xs):
     src = b.ir[n.inputs[0]].shape
     if len(src) == 1:
-        return b.op("Gemm", [xs[0], b.weight(f"{n.path}.weight")], n.path, transB=1)
-    c = b.op("Conv", [xs[0], b.weight(f"{n.path}.conv.weight")], f"{n.path}.conv", kernel_shape=[1, 1],
+        return b.op("Gemm", [xs[0], b.param(n, "weight")], n.path, transB=1)
+    c = b.op("Conv", [xs[0], b.param(n, "conv.weight")], f"{n.path}.conv", kernel_shape=[1, 1],
              strides=[n.args["stride"]] * 2)
-    return bn(b, n, [c], prefix=f"{n.path}.bn")
+    return bn(b, n, [c], part="bn.")
 
 
 def zeropad(b, n, xs):

@@ -19,6 +19,7 @@ from torch import nn
 
 from ...ir import Graph, Node
 from ...ops import pads
+from ...ops.count import state_dict_shapes
 from ...ops.table import check_lowerings
 from . import functional as RF
 
@@ -214,6 +215,8 @@ def lower(graph: Graph) -> fx.GraphModule:
         env[n.path] = LOWER[n.op](ctx, n, [env[i] for i in n.inputs])
     ctx.fx.output(env[graph.output])
     gm = fx.GraphModule(ctx.root, ctx.fx, class_name=_class_name(graph.name))
+    # the op table names every tensor (ops.table.tensors); the modules built above must agree with it
+    assert {k: tuple(v.shape) for k, v in gm.state_dict().items()} == state_dict_shapes(graph), graph.name
     gm.meta["resgraph"] = {"name": graph.name, "paths": dict(ctx.paths), "input": graph.input_name,
                            "output": graph.output_name, "input_shape": graph.nodes[0].shape,
                            "output_shape": graph[graph.output].shape}
