@@ -50,3 +50,17 @@ def test_links_stay_inside_the_repository():
                 if anchor not in heads:
                     bad.append(f"{page.name}: {target} (no such heading)")
     assert not bad, bad
+
+
+def test_the_user_guide_has_a_row_for_every_op():
+    """Adding an op to the table without documenting it fails here (section 3.13 of the user guide)."""
+    from resgraph.ops import OPS, USER_OPS
+    text = (ROOT / "docs" / "spec-language.md").read_text()
+    rows = re.search(r"### 3\.13 Ops\n(.*?)\n### ", text, re.S).group(1)
+    table = [line for line in rows.splitlines() if line.startswith("| `")]
+    documented = {op for line in table for op in re.findall(r"`(\w+)`", line.split("|")[1])}
+    assert set(USER_OPS) <= documented, sorted(set(USER_OPS) - documented)
+    for op in USER_OPS:   # and each of its arguments is named in its row
+        row = next(line for line in table if f"`{op}`" in line.split("|")[1])
+        missing = [a for a in OPS[op].args if f"`{a}`" not in row]
+        assert not missing, (op, missing)
