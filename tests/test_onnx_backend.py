@@ -21,6 +21,11 @@ def test_every_op_has_an_onnx_lowering():
     assert set(LOWER) == set(OPS)
 
 
+def test_all_ops_uses_every_op(allops):
+    """ALL_OPS is the one test a new op needs: it must be in it (zeropad comes from shortcut: zeropad)."""
+    assert {n.op for n in allops.graph.nodes[1:]} == set(OPS)
+
+
 def random_weights(graph, seed=0):
     """A seeded init with non-trivial bn: random affine, and running statistics measured on random
     data then perturbed (fresh 0/1 statistics hide folding mistakes; uncalibrated random ones make
@@ -83,6 +88,7 @@ layers:
   - conv: {out: 4, kernel: 3, dilation: 2, stride: 2, padding: 1, in: up}
   - concat: {from: [a]}
   - tanh
+  - relu
   - identity
   - project: {out: 6, stride: 2}
   - residual:
