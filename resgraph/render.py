@@ -121,9 +121,9 @@ def _rows(g, depth):
         if not n.inserted:   # Ws rows sit beside the body, not in its chain
             prev = n.path
         op = n.op
-        if n.op == "conv":
+        if n.op in ("conv", "conv_transpose"):
             k = n.args["kernel"]
-            op = f"conv {k}x{k}" + (f"/{n.args['stride']}" if n.args["stride"] > 1 else "")
+            op = f"{n.op} {k}x{k}" + (f"{'/' if n.op == 'conv' else 'x'}{n.args['stride']}" if n.args["stride"] > 1 else "")
         if n.inserted:
             op += "  (Ws)"
         path = name(n.path)

@@ -38,7 +38,7 @@ def flow(y: dict) -> str:
 def map_layer(draw, c: int):
     """One entry on feature maps with c channels, and the channels it leaves."""
     kind = draw(st.sampled_from(["conv", "conv", "bn", "act", "leaky_relu", "maxpool", "avgpool", "upsample",
-                                 "dropout", "project"]))
+                                 "dropout", "project", "conv_transpose"]))
     if kind == "conv":
         groups = draw(st.sampled_from([g for g in (1, 2, 3, 4) if c % g == 0]))
         out = groups * draw(st.integers(1, 3))
@@ -47,6 +47,14 @@ def map_layer(draw, c: int):
         args = {"out": out, "kernel": k, "stride": draw(st.integers(1, 2)), "padding": pad,
                 "dilation": draw(st.integers(1, 2)), "groups": groups, "bias": draw(st.booleans())}
         return {"conv": args}, out
+    if kind == "conv_transpose":   # 'same' (= in * stride) or explicit padding and output_padding
+        groups = draw(st.sampled_from([g for g in (1, 2) if c % g == 0]))
+        out, k, s, d = groups * draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        pad = draw(st.sampled_from(["same", "valid", 0, 1, 2]))
+        q = 0 if pad == "same" else draw(st.integers(0, max(s, d) - 1))
+        args = {"out": out, "kernel": k, "stride": s, "padding": pad, "output_padding": q, "dilation": d,
+                "groups": groups, "bias": draw(st.booleans())}
+        return {"conv_transpose": args}, out
     if kind == "bn":
         return ({"bn": {"eps": draw(st.sampled_from([1e-5, 1e-3, 0.1]))}} if draw(st.booleans()) else "bn"), c
     if kind == "act":

@@ -89,6 +89,7 @@ layers:
   - concat: {from: [a]}
   - tanh
   - relu
+  - conv_transpose: {out: 6, kernel: 3, stride: 2, groups: 2}
   - identity
   - project: {out: 6, stride: 2}
   - residual:

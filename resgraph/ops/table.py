@@ -51,6 +51,9 @@ def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
     if op == "conv":
         t = {"weight": (args["out"], ins[0][0] // args["groups"], args["kernel"], args["kernel"])}
         return {**t, "bias": (args["out"],)} if args["bias"] else t
+    if op == "conv_transpose":   # PyTorch's and ONNX's layout: [in, out / groups, k, k]
+        t = {"weight": (ins[0][0], args["out"] // args["groups"], args["kernel"], args["kernel"])}
+        return {**t, "bias": (args["out"],)} if args["bias"] else t
     if op == "linear":
         t = {"weight": (args["out"], ins[0][0])}
         return {**t, "bias": (args["out"],)} if args["bias"] else t
@@ -88,6 +91,34 @@ def pads(padding, k: int, d: int = 1) -> tuple[int, int]:
         return total // 2, total - total // 2
     p = 0 if padding == "valid" else int(padding)
     return p, p
+
+
+def transpose_pads(padding, k: int, s: int, d: int, output_padding: int) -> tuple[int, int]:
+    """(p, q) of a transposed conv as PyTorch and ONNX take them: the full output of one axis,
+    (n-1)*s + d*(k-1) + 1, loses p at each end and gains q at the end.
+
+    same:  out = n * s exactly. The full output is t = d*(k-1) + 1 - s longer than that, so
+           p = ceil(t / 2), q = 2p - t   (t >= 0: crop one more at the begin when t is odd, as the
+           transpose of a 'same' conv that pads one more at the end), or p = 0, q = -t (t < 0);
+    int p: q = output_padding;   valid: p = 0.
+    Both frameworks need q < max(s, d), so 'same' with an even kernel at stride 1 is refused."""
+    if padding == "same":
+        if output_padding:
+            raise ShapeError(f"conv_transpose with padding: same and output_padding {output_padding}",
+                             "'same' fixes the output at in × stride; remove output_padding, or give an integer padding")
+        t = d * (k - 1) + 1 - s
+        p, q = ((t + 1) // 2, 2 * ((t + 1) // 2) - t) if t >= 0 else (0, -t)
+        if q >= max(s, d):
+            raise ShapeError(f"conv_transpose padding: same with kernel {k}, stride {s} would crop {t} unevenly, "
+                             "which PyTorch's and ONNX's ConvTranspose cannot express",
+                             "use an odd kernel, or a stride of 2 or more (kernel 2 or 4 at stride 2 doubles exactly)")
+        return p, q
+    p = 0 if padding == "valid" else int(padding)
+    if output_padding >= max(s, d):
+        raise ShapeError(f"conv_transpose output_padding {output_padding} must be smaller than the stride {s} "
+                         f"or the dilation {d}", "output_padding only resolves which of several sizes a strided "
+                         "transposed conv gives; use 0 .. stride - 1")
+    return p, output_padding
 
 
 def spatial(n: int, k: int, s: int, d: int, padding, ceil_mode: bool = False) -> tuple[int, str]:
@@ -168,6 +199,33 @@ def conv_params(a, ins, out):
 
 def conv_macs(a, ins, out):
     return math.prod(out) * (ins[0][0] // a["groups"]) * a["kernel"] ** 2
+
+
+def conv_transpose_shape(a, ins):
+    c, h, w = _map("conv_transpose", ins[0])
+    g, k, s, d = a["groups"], a["kernel"], a["stride"], a["dilation"]
+    if c % g or a["out"] % g:
+        raise ShapeError(f"conv_transpose groups={g} must divide both in channels {c} and out channels {a['out']}",
+                         "choose groups as a common divisor, e.g. groups: 1")
+    p, q = transpose_pads(a["padding"], k, s, d, a["output_padding"])
+    out = []
+    for axis, n in (("H", h), ("W", w)):
+        o = (n - 1) * s - 2 * p + d * (k - 1) + q + 1
+        if o < 1:
+            raise ShapeError(f"conv_transpose output {axis} collapses to {o}: ({n} - 1)*{s} - 2*{p} + {d}*({k}-1) + {q} + 1"
+                             f" = {o} for input {fmt(ins[0])}", "the padding crops more than the output has; lower it")
+        out.append(o)
+    _layer_params("conv_transpose", conv_transpose_params(a, ins, None))
+    return _elements((a["out"], out[0], out[1]), "conv_transpose")
+
+
+def conv_transpose_params(a, ins, out):
+    return ins[0][0] * (a["out"] // a["groups"]) * a["kernel"] ** 2 + (a["out"] if a["bias"] else 0)
+
+
+def conv_transpose_macs(a, ins, out):
+    # every input pixel scatters a k x k kernel into out / groups channels
+    return math.prod(ins[0]) * (a["out"] // a["groups"]) * a["kernel"] ** 2
 
 
 def pool_shape(op):
@@ -274,6 +332,11 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
                    "padding": Padding("same"), "dilation": Int(1, hi=MAX_KERNEL), "groups": Int(1),
                    "bias": Bool(True)},
           conv_shape, conv_params, conv_macs, doc="2-D convolution; padding 'same' keeps ceil(in / stride)"),
+    OpDef("conv_transpose", {"out": Int(), "kernel": Int(hi=MAX_KERNEL), "stride": Int(1, hi=MAX_KERNEL),
+                             "padding": Padding("same"), "output_padding": Int(0, lo=0, hi=MAX_KERNEL),
+                             "dilation": Int(1, hi=MAX_KERNEL), "groups": Int(1), "bias": Bool(True)},
+          conv_transpose_shape, conv_transpose_params, conv_transpose_macs,
+          doc="2-D transposed convolution (learned upsampling); padding 'same' gives exactly in × stride"),
     OpDef("bn", {"eps": Float(1e-5, lo=0), "momentum": Float(0.1, lo=0, hi=1)}, bn_shape,
           lambda a, i, o: 2 * i[0][0], doc="batch normalisation over channels (or features)"),
     *[OpDef(n, {}, unchanged, doc=_ACT) for n in ("relu", "relu6", "sigmoid", "tanh", "gelu", "silu")],

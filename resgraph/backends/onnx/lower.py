@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...ir import Graph
-from ...ops import pads
+from ...ops import pads, transpose_pads
 from ...ops.table import check_lowerings, tensors
 
 DEFAULT_OPSET = 17
@@ -71,6 +71,16 @@ def conv(b, n, xs):
         ins.append(b.param(n, "bias"))
     return b.op("Conv", ins, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
                 dilations=[a["dilation"]] * 2, group=a["groups"], pads=_pads(a["padding"], a["kernel"], a["dilation"]))
+
+
+def conv_transpose(b, n, xs):
+    a = n.args
+    p, q = transpose_pads(a["padding"], a["kernel"], a["stride"], a["dilation"], a["output_padding"])
+    ins = [xs[0], b.param(n, "weight")]
+    if a["bias"]:
+        ins.append(b.param(n, "bias"))
+    return b.op("ConvTranspose", ins, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
+                dilations=[a["dilation"]] * 2, group=a["groups"], pads=[p] * 4, output_padding=[q] * 2)
 
 
 def bn(b, n, xs, part=""):
@@ -193,7 +203,7 @@ def zeropad(b, n, xs):
 
 
 LOWER = {
-    "conv": conv, "bn": bn, "linear": linear,
+    "conv": conv, "conv_transpose": conv_transpose, "bn": bn, "linear": linear,
     "relu": simple("Relu"), "relu6": relu6, "sigmoid": simple("Sigmoid"), "tanh": simple("Tanh"), "gelu": gelu,
     "silu": silu, "leaky_relu": leaky_relu, "maxpool": maxpool, "avgpool": avgpool,
     "global_avgpool": simple("GlobalAveragePool"), "flatten": flatten, "dropout": simple("Identity"),

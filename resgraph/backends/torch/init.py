@@ -37,7 +37,7 @@ def init_weights(module: nn.Module, graph: Graph, seed: int | None = None, polic
         if seed is not None:
             torch.manual_seed(seed)
         for m in module.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):   # the same policy for both
                 kind = policy.get("conv", "kaiming_normal")
                 if kind == "kaiming_normal":
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ir import Graph, Node
-from ...ops import pads
+from ...ops import pads, transpose_pads
 from ...ops.count import state_dict_shapes
 from ...ops.table import check_lowerings
 from . import functional as RF
@@ -27,7 +27,7 @@ from . import functional as RF
 # Ops whose output autograd does not keep (their backward needs their inputs, or nothing), so the
 # one op that reads it may overwrite it: what torchvision's ReLU(inplace=True) and `out += identity`
 # rely on. Saves an allocation and a memory pass per relu and residual add in eager mode.
-_OVERWRITABLE = {"bn", "conv", "linear", "add"}
+_OVERWRITABLE = {"bn", "conv", "conv_transpose", "linear", "add"}
 
 
 class _Ctx:
@@ -86,6 +86,14 @@ def conv(ctx, n, xs):
         b = 0
     mod = nn.Conv2d(cin, a["out"], a["kernel"], a["stride"], b, a["dilation"], a["groups"], a["bias"])
     return ctx.module(n.path, mod, x, n)
+
+
+def conv_transpose(ctx, n, xs):
+    a = n.args
+    p, q = transpose_pads(a["padding"], a["kernel"], a["stride"], a["dilation"], a["output_padding"])
+    mod = nn.ConvTranspose2d(ctx.shape(n.inputs[0])[0], a["out"], a["kernel"], a["stride"], p, q, a["groups"],
+                             a["bias"], a["dilation"])
+    return ctx.module(n.path, mod, xs[0], n)
 
 
 def bn(ctx, n, xs):
@@ -194,7 +202,7 @@ def zeropad(ctx, n, xs):
 
 
 LOWER = {
-    "conv": conv, "bn": bn, "linear": linear,
+    "conv": conv, "conv_transpose": conv_transpose, "bn": bn, "linear": linear,
     "relu": relu, "relu6": pointwise(F.relu6), "sigmoid": pointwise(torch.sigmoid),
     "tanh": pointwise(torch.tanh), "gelu": pointwise(F.gelu), "silu": pointwise(F.silu), "leaky_relu": leaky_relu,
     "maxpool": maxpool, "avgpool": avgpool, "global_avgpool": global_avgpool, "flatten": flatten,
