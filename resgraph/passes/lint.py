@@ -2,12 +2,14 @@
 
 - dead nodes: a node whose output reaches neither the network's output nor any other node;
 - a conv with a bias right before a bn: the bn's shift makes that bias redundant (torchvision's
-  ResNets use bias: false there; it also changes the parameter count).
+  ResNets use bias: false there; it also changes the parameter count);
+- suspicious shortcuts: an inserted Ws that makes a likely mistake check green (see `shortcuts`).
 """
 from __future__ import annotations
 
 from ..errors import Diagnostic, Diagnostics
-from ..ir import Graph
+from ..ir import Graph, Node, Projection
+from ..ops import fmt
 
 
 def lint(g: Graph) -> list[Diagnostic]:
@@ -30,7 +32,70 @@ def lint(g: Graph) -> list[Diagnostic]:
     for loc, ns in biased.items():
         d.warn(loc, f"{_which(ns)} has a bias right before a bn, which cancels it",
                "set bias: false (for example with defaults: {conv: {bias: false}})")
+    shortcuts(g, d)
     return sorted(d.warnings, key=lambda w: (w.loc.line, w.loc.col))
+
+
+def shortcuts(g: Graph, d: Diagnostics) -> None:
+    """Warn where an inserted Ws probably hides a mistake rather than joins a residual stage.
+
+    For a Ws mapping [C1, H1, W1] -> [C2, H2, W2] with stride s at an add:
+    - s > 2, or the main branch shrank in more than one layer: a residual stage downsamples once,
+      by 2 (a `stride: $stride` copied onto every conv of a block gives s = 4 and a green check);
+    - C2 < C1: a Ws that throws channels away (an add after a concat that grew them, say);
+    - the add was written as `add: {from: ...}` without a `shortcut:` of its own: the Ws rule is
+      the join of a `residual:`; elsewhere a shape mismatch is more often a wrong edge.
+    Each names both shapes and the layers on the main branch that made the difference; a block
+    instantiated n times warns once per source line."""
+    found: dict = {}
+    for p in g.projections:
+        add = g[p.at]
+        shrink = _main_branch(g, add, p.edge, lambda n, x: len(x) == 3 and n.shape[1:] != x[1:])
+        both = f"{p.edge} {fmt(p.from_shape)} -> main branch {add.inputs[0]} {fmt(p.to_shape)}"
+        if len(p.to_shape) == 3 and (p.stride > 2 or len(shrink) > 1):
+            by = f"downsampled in {len(shrink)} layers: {_layers(shrink)}" if len(shrink) > 1 else \
+                 f"downsampled by {_layers(shrink) or 'the main branch'}"
+            found.setdefault((add.loc, "stride"), []).append(
+                (add, f"the Ws at {{}} has stride {p.stride}: {both}, {by}",
+                 "a residual stage downsamples once, by 2: give stride 1 to all but one layer of the block "
+                 "(was a stride copied onto every conv?)" if len(shrink) > 1 else
+                 f"a residual stage downsamples by 2; check the stride of {_layers(shrink) or 'the main branch'}"))
+        if p.to_shape[0] < p.from_shape[0]:
+            cause = _main_branch(g, add, p.edge, lambda n, x: n.shape[0] != x[0])[-1:]
+            found.setdefault((add.loc, "shrink"), []).append(
+                (add, f"the Ws at {{}} shrinks channels {p.from_shape[0]} -> {p.to_shape[0]}: {both}"
+                      + (f", set by {_layers(cause)}" if cause else ""),
+                 "a projection that drops channels is rarely meant; check the main branch's width "
+                 f"({_layers(cause) or 'its last layer'}), or join with concat"))
+        if add.role != "add" and add.args.get("shortcut") is None:
+            found.setdefault((add.loc, "explicit"), []).append(
+                (add, f"a Ws ({p.kind}) was inserted at the explicit add {{}}: {both}",
+                 "a Ws belongs to the join of a residual:; if this projection is meant, say so with "
+                 "add: {from: [...], shortcut: projection}, else check the add's inputs"))
+    for (loc, _), items in found.items():
+        adds = [a for a, _, _ in items]
+        _, msg, hint = items[0]
+        d.warn(loc, msg.format(_which(adds)), hint)
+
+
+def _main_branch(g: Graph, add: Node, edge: str, changed) -> list[Node]:
+    """The layers between `edge` and the add, following main inputs back from the add's main input,
+    where `changed(node, input shape)` holds; in graph order."""
+    order = {n.path: i for i, n in enumerate(g.nodes)}
+    out, path = [], add.inputs[0]
+    while path in order and order[path] > order.get(edge, -1) and g[path].inputs:
+        n = g[path]
+        if changed(n, g[n.inputs[0]].shape):
+            out.append(n)
+        path = n.inputs[0]
+    return out[::-1]
+
+
+def _layers(nodes: list[Node]) -> str:
+    def one(n: Node) -> str:
+        s = n.args.get("stride")
+        return f"'{n.path}' ({n.op}{f' stride {s}' if s and s > 1 else ''}, line {n.loc.line})"
+    return ", ".join(one(n) for n in nodes)
 
 
 def _which(nodes) -> str:

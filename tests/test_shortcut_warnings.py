@@ -1,0 +1,76 @@
+"""A Ws that probably hides a mistake is a located warning naming both shapes and the layer that caused
+it, and `check --strict` fails on it; the paper's own shortcuts (every shipped spec) stay silent."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, SPECS
+from resgraph.frontend import check_text
+
+HEAD = "resgraph: 1\nname: t\ninput: {shape: [3, 32, 32]}\n"
+BASIC = """blocks:
+  basic:
+    args: {out: null, stride: 1}
+    residual:
+      layers:
+        - conv: {out: $out, kernel: 3, stride: $stride, bias: false}
+        - bn
+        - relu
+        - conv: {out: $out, kernel: 3, stride: STRIDE2, bias: false}
+        - bn
+      post: relu
+layers:
+  - conv: {out: 16, kernel: 3, bias: false}
+  - basic: {out: 16}
+  - basic: {out: 32, stride: 2, repeat: 2}
+"""
+
+
+def warnings(text):
+    return [w for w in check_text(text, "t.yaml").warnings if "Ws" in w.message]
+
+
+def test_a_stride_copied_onto_both_convs_of_a_block_is_flagged():
+    (w,) = warnings(HEAD + BASIC.replace("STRIDE2", "$stride"))
+    assert w.loc.line == 7 and "stride 4" in w.message and "[16, 32, 32]" in w.message and "[32, 8, 8]" in w.message
+    assert "'basic2.0.conv1' (conv stride 2, line 9)" in w.message and "'basic2.0.conv2' (conv stride 2, line 12)" in w.message
+    assert "(and 1 more instance)" in w.message and "stride 1 to all but one" in w.hint
+    assert warnings(HEAD + BASIC.replace("STRIDE2", "1")) == []   # the paper's basic block
+
+
+def test_a_stride_3_projection_is_flagged_even_from_one_layer():
+    (w,) = warnings(HEAD + "layers:\n  - residual:\n      layers:\n        - conv: {out: 8, kernel: 3, stride: 3}\n")
+    assert "stride 3" in w.message and "'residual1.conv1' (conv stride 3, line 7)" in w.message
+    assert "check the stride of 'residual1.conv1'" in w.hint
+
+
+def test_an_add_after_a_concat_is_flagged_as_an_explicit_add():
+    text = HEAD + ("layers:\n  - conv: {out: 16, kernel: 3, id: a}\n  - conv: {out: 16, kernel: 3, id: b}\n"
+                   "  - concat: {from: [a]}\n  - add: {from: [b]}\n")
+    (w,) = warnings(text)
+    assert w.loc.line == 8 and "explicit add 'add1'" in w.message and "b [16, 32, 32]" in w.message
+    assert "[32, 32, 32]" in w.message and "shortcut: projection" in w.hint
+    assert warnings(text.replace("{from: [b]}", "{from: [b], shortcut: projection}")) == []   # meant: silent
+
+
+def test_channels_that_shrink_through_a_projection_name_the_layer_that_set_them():
+    text = HEAD + ("layers:\n  - conv: {out: 16, kernel: 3, id: a}\n  - residual:\n      layers:\n"
+                   "        - conv: {out: 16, kernel: 3}\n        - conv: {out: 8, kernel: 1}\n")
+    (w,) = warnings(text)
+    assert w.loc.line == 6 and "shrinks channels 16 -> 8" in w.message and "'residual1.conv2' (conv, line 9)" in w.message
+
+
+def test_strict_fails_with_the_warning_and_plain_check_passes(tmp_path):
+    spec = tmp_path / "t.yaml"
+    spec.write_text(HEAD + BASIC.replace("STRIDE2", "$stride"))
+    cmd = [sys.executable, "-m", "resgraph", "check", str(spec)]
+    plain, strict = subprocess.run(cmd, capture_output=True, text=True), \
+        subprocess.run(cmd + ["--strict"], capture_output=True, text=True)
+    assert plain.returncode == 0 and strict.returncode == 1
+    assert f"{spec}:7:5: warning: the Ws at 'basic2.0'" in strict.stderr
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_shipped_specs_have_no_shortcut_warnings(path):
+    assert warnings(path.read_text()) == []
