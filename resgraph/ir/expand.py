@@ -71,6 +71,7 @@ class _Expander:
         self.pending: list[_Ref] = []        # forward references, resolved after their scope
         self.forward: list[_Ref] = []
         self.stack: list[str] = []           # block names being expanded (a block may not call itself)
+        self.calls: list[tuple[str, Loc]] = []   # (instance path, call line) of those, for located errors
 
     def run(self) -> Graph:
         s = self.spec
@@ -167,18 +168,19 @@ class _Expander:
     def check_forward(self) -> None:
         if not self.forward:
             return
-        cycle: set[str] = set()
+        cycle: list[str] = []
         try:
             graphlib.TopologicalSorter({n.path: n.inputs for n in self.nodes}).prepare()
         except graphlib.CycleError as e:
-            cycle = set(e.args[1])
+            cycle = list(e.args[1][:-1])   # in dataflow order: each feeds the next, the last feeds the first
         for r in self.forward:
             src = self.nodes[r.node].path
             if self.nodes[r.node].inputs[r.slot] == src:
                 self.d.error(r.loc, f"cycle: '{r.name}' takes its own output as an input",
                              "a network is acyclic; refer to an earlier entry", span=len(r.name))
             elif src in cycle:
-                chain = " -> ".join(e for e in sorted(cycle))
+                i = cycle.index(src)
+                chain = " -> ".join(cycle[i:] + cycle[:i] + [src])
                 self.d.error(r.loc, f"cycle: '{src}' depends on '{r.name}', which depends on '{src}'",
                              f"a network is acyclic; the cycle runs through: {chain}", span=len(r.name))
             else:
@@ -273,7 +275,7 @@ class _Expander:
                 values["from"] = tuple(inputs[1:])
                 continue
             values[k] = self.value(y, scope.env)
-        self.nodes.append(Node(path, e.kind, freeze(values), tuple(inputs), e.loc, freeze(locs)))
+        self.nodes.append(Node(path, e.kind, freeze(values), tuple(inputs), e.loc, freeze(locs), calls=tuple(self.calls)))
         return path
 
     def block(self, e: Entry, path: str, scope: _Scope, main: str, given: dict[str, Y]) -> str:
@@ -303,12 +305,14 @@ class _Expander:
                     env[k] = self.value(default, self.spec.vars)
         inner = _Scope(path + ".", env, main)
         self.stack.append(e.kind)
+        self.calls.append((path, e.loc))
         try:
             if b.residual is not None:
                 return self.residual(b.residual, path, inner, main)
             return self.entries(b.layers, inner)
         finally:
             self.stack.pop()
+            self.calls.pop()
 
     def residual(self, r: Residual, path: str, scope: _Scope, main: str) -> str:
         first_body = len(self.nodes)
@@ -318,7 +322,8 @@ class _Expander:
                 self.nodes[i] = self.nodes[i].with_(block=path, role="body")
         self.count(Entry("residual", r.loc, {}))
         args = {"from": (main,), **({"shortcut": r.shortcut} if r.shortcut else {})}
-        self.nodes.append(Node(path, "add", freeze(args), (body, main), r.loc, block=path, role="add"))
+        self.nodes.append(Node(path, "add", freeze(args), (body, main), r.loc, block=path, role="add",
+                               calls=tuple(self.calls)))
         if r.post is None:
             return path
         out = self.entry(r.post, path + ".post", "post", scope, path, False)

@@ -29,9 +29,18 @@ class Node:
     inserted: bool = False            # added by a pass (a shortcut projection), not written by the user
     block: str = ""                   # the residual block path this node belongs to ("" if none)
     role: str = ""                    # body | add | post | shortcut inside a residual block
+    calls: tuple[tuple[str, Loc], ...] = ()   # the block instances it sits in, outermost first:
+    #                                           (instance path, the line that called the block)
 
     def with_(self, **changes) -> "Node":
         return replace(self, **changes)
+
+    def site(self) -> str:
+        """' (in layer2.0 from line 40)' for a node inside a block: its line is the block's, and which
+        call made it wrong is the call site's; '' outside blocks."""
+        if not self.calls:
+            return ""
+        return " (in " + ", in ".join(f"{p} from line {loc.line}" for p, loc in reversed(self.calls)) + ")"
 
 
 class FrozenDict(dict):

@@ -22,9 +22,12 @@ MAX_ELEMENTS = 1 << 31       # elements of one activation per sample
 
 
 class ShapeError(Exception):
-    def __init__(self, message: str, hint: str = ""):
+    """A shape rule's refusal. With `named`, the message has {0}, {1}, ... where the inputs' names go
+    (the rule sees shapes only; the shapes pass knows the ids)."""
+
+    def __init__(self, message: str, hint: str = "", named: bool = False):
         super().__init__(message)
-        self.message, self.hint = message, hint
+        self.message, self.hint, self.named = message, hint, named
 
 
 @dataclass(frozen=True)
@@ -279,9 +282,14 @@ def concat_shape(a, ins):
     first = ins[0]
     for other in ins[1:]:
         if len(other) != len(first) or other[1:] != first[1:]:
-            raise ShapeError(
-                f"concat needs equal shapes except channels: {' ++ '.join(fmt(s) for s in ins)}",
-                "concat does no shortcut handling; resample the inputs to the same H and W first")
+            listed = " ++ ".join(f"{{{i}}} {fmt(s)}" for i, s in enumerate(ins))
+            if len({len(s) for s in ins}) > 1:
+                hint = ("a vector and a feature map cannot be joined; global_avgpool and flatten the map first, "
+                        "or concatenate maps only")
+            else:
+                hint = ("concat does no shortcut handling and joins along channels only; bring the inputs to the "
+                        "same H and W first (upsample, a pool or a strided conv)")
+            raise ShapeError(f"concat needs equal shapes except channels: {listed}", hint, named=True)
     c = sum(s[0] for s in ins)
     if c > MAX_CHANNELS:
         raise ShapeError(f"concat output has {c} channels, over the limit of {MAX_CHANNELS}")

@@ -28,7 +28,8 @@ def infer_shapes(g: Graph) -> Graph:
             try:
                 shape = tuple(OPS[n.op].shape(dict(n.args), ins))
             except ShapeError as e:
-                d.error(n.loc, f"{n.path}: {e.message}", e.hint, span=len(n.op))
+                msg = e.message.format(*(i if i != "input" else g.input_name for i in n.inputs)) if e.named else e.message
+                d.error(n.loc, f"{n.path}: {msg}{n.site()}", e.hint, span=len(n.op))
         shapes[n.path] = shape
         nodes.append(n.with_(shape=shape))
     d.raise_if_any()
