@@ -1,7 +1,9 @@
 """The typed Spec: the YAML tree checked for structure, with every value still located.
 
-This layer knows the language's keys and their types, not the ops: which names are ops,
-and what arguments they take, is the op table's business (see passes/resolve.py).
+Which keys each mapping has, which are required and which values a choice takes is declared in
+spec/grammar.py (the JSON Schema is generated from the same declarations); this module walks those
+declarations and checks the values. It does not know the ops: which names are ops, and what
+arguments they take, is the op table's business (see passes/resolve.py).
 """
 from __future__ import annotations
 
@@ -13,22 +15,16 @@ from dataclasses import dataclass, field
 
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
 from . import expr as ex
+from .grammar import BLOCK, ENTRY, ID_PATTERN, INIT, INPUT, NAME_PATTERN, OUTPUT, PREPROCESS, RESIDUAL, SPEC, VERSION, Key, Mapping
+# re-exported, not copies: the interpolations that runtime/preprocess.py maps to Pillow, and the op
+# table's shortcut policies (resgraph.spec exports them as POLICIES)
+from .grammar import INTERPOLATIONS  # noqa: F401
+from .grammar import SHORTCUT_POLICIES as POLICIES  # noqa: F401
 from .yamlsrc import Y, load_yaml
 
-VERSION = 1
-POLICIES = ("projection", "zeropad", "avgpool_projection", "error")
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
-ID_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-ENTRY_KEYS = ("id", "in", "repeat", "first")          # keys every entry may carry
-RESIDUAL_KEYS = ("layers", "post", "shortcut")
-TOP_KEYS = ("resgraph", "name", "description", "input", "preprocess", "labels", "output", "shortcut",
-            "defaults", "vars", "init", "blocks", "layers")
-INIT_KEYS = {"zero_residual": (False, True), "conv": ("kaiming_normal", "kaiming_uniform", "xavier_uniform"),
-             "linear": ("default", "xavier_uniform")}   # first = default; see backends/torch/init.py
-PREPROCESS_KEYS = ("resize", "crop", "interpolation", "mean", "std")
-# Pillow's resampling filters, by torchvision's names (InterpolationMode); first = default, as
-# torchvision's Resize. The runtime maps them to Pillow (runtime/preprocess.py; a test keeps the two equal).
-INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "box", "hamming", "lanczos")
+NAME_RE = re.compile(NAME_PATTERN + r"\Z")
+ID_RE = re.compile(ID_PATTERN + r"\Z")
+INIT_KEYS = {k.name: k.choices for k in INIT.keys}   # policy -> its choices, first = default (backends/torch/init.py)
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,7 @@ class Entry:
     in_: Y | None = None
     repeat: Y | None = None
     first: dict[str, Y] | None = None
-    residual: "Residual | None" = None   # for kind == "residual"
+    residual: Residual | None = None   # for kind == "residual"
 
 
 @dataclass(frozen=True)
@@ -86,12 +82,14 @@ class Spec:
 
 
 def read_source(path: str) -> str:
-    """The spec's text; unreadable or non-UTF-8 files raise SpecError."""
+    """The spec's text. A file that cannot be read (missing, a folder, no permission) raises PathError,
+    one that is not UTF-8 SpecError; both at line 1, column 1 (what `check --json` reports)."""
     try:
         with open(path, "rb") as f:
             raw = f.read(4 << 20)
     except OSError as e:
-        raise SpecError([_io_diag(path, e)]) from None
+        from ..errors import PathError
+        raise PathError([_io_diag(path, e)]) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -136,10 +134,24 @@ class _Parser:
         self.file, self.d, self.read_files = file, diags, read_files
 
     # -- helpers ------------------------------------------------------------------------------
-    def keys(self, y: Y, allowed, what: str) -> None:
+    def keys(self, y: Y, m: Mapping, what: str = "", at: Loc | None = None) -> None:
+        """Keys not in `m` ("did you mean"), then `m`'s required keys that are absent, reported at `at`."""
         for k, loc in y.keylocs.items():
-            if k not in allowed:
-                self.d.error(loc, f"unknown key '{k}' in {what}", did_you_mean(k, allowed, "keys"), span=len(k))
+            if k not in m:
+                self.d.error(loc, f"unknown key '{k}' in {what or m.what}", did_you_mean(k, m.names, "keys"), span=len(k))
+        for key in m.keys:
+            if key.required and key.name not in y.value:
+                self.d.error(at or y.loc, *key.missing)
+
+    def choice(self, y: Y, key: Key):
+        """y's value if it is one of `key`'s choices (a bool for a bool, a word for a word), else None."""
+        flag = isinstance(key.choices[0], bool)
+        if y.value in key.choices and isinstance(y.value, bool) == flag:
+            return y.value
+        hint = (f"write {key.name}: true or {key.name}: false" if flag else
+                did_you_mean(str(y.value), key.choices, key.noun))
+        self.d.error(y.loc, key.bad.format(value=y.value, choices=", ".join(map(str, key.choices))), hint)
+        return None
 
     def mapping(self, y: Y | None, what: str) -> Y | None:
         if y is None:
@@ -159,12 +171,11 @@ class _Parser:
                          "a spec starts with 'resgraph: 1', then name:, input:, layers:")
             return None
         m = root.value
-        self.keys(root, TOP_KEYS, "the spec")
         top = Loc(self.file, 1, 1)
-        if "resgraph" not in m:
-            self.d.error(top, "missing 'resgraph:' version key", "start the spec with 'resgraph: 1'")
-        elif m["resgraph"].value != VERSION or isinstance(m["resgraph"].value, bool):
-            self.d.error(m["resgraph"].loc, f"unsupported spec version {m['resgraph'].value!r}",
+        self.keys(root, SPEC, at=top)
+        v = m.get("resgraph")
+        if v is not None and (v.value != VERSION or isinstance(v.value, bool)):
+            self.d.error(v.loc, f"unsupported spec version {v.value!r}",
                          f"this resgraph reads version {VERSION}: write 'resgraph: {VERSION}'")
         name = self.name(m)
         desc = m["description"].value if "description" in m else ""
@@ -178,9 +189,7 @@ class _Parser:
             where = m["output"].loc if "output" in m else top
             self.d.error(where, f"the output is named '{out_name}', like the input",
                          "inputs and outputs of a model need distinct names, e.g. input: image, output: logits")
-        policy = "projection"
-        if "shortcut" in m:
-            policy = self.policy(m["shortcut"]) or policy
+        policy = (self.choice(m["shortcut"], SPEC["shortcut"]) if "shortcut" in m else None) or "projection"
         defaults = self.defaults(m.get("defaults"))
         init = self.init(m.get("init"))
         pre = self.preprocess(m.get("preprocess"), env)
@@ -192,10 +201,8 @@ class _Parser:
                          "resize the shorter side to at least the crop size")
         labels, labels_loc = self.labels(m.get("labels"))
         blocks = self.blocks(m.get("blocks"))
-        if "layers" not in m:
-            self.d.error(top, "missing 'layers:'", "list the network's layers, e.g. layers: [conv: {out: 16, kernel: 3}, relu]")
-            layers = ()
-        else:
+        layers = ()
+        if "layers" in m:
             layers = self.entries(m["layers"], "layers")
             if m["layers"].is_list and not m["layers"].value:
                 self.d.error(m["layers"].loc, "'layers' is empty", "a network needs at least one layer")
@@ -204,8 +211,7 @@ class _Parser:
 
     def name(self, m) -> str:
         if "name" not in m:
-            self.d.error(Loc(self.file, 1, 1), "missing 'name:'", "name the network, e.g. name: resnet18")
-            return "network"
+            return "network"   # reported with the spec's keys
         v = m["name"]
         if v.value is None and self.d.has_error_at(v.loc):
             return "network"    # already reported (a bad tag)
@@ -234,13 +240,10 @@ class _Parser:
         return env
 
     def input(self, y, env, top):
-        if y is None:
-            self.d.error(top, "missing 'input:'", "give the input shape without the batch, e.g. input: {shape: [3, 224, 224]}")
-            return "input", (1,), top
         y = self.mapping(y, "input")
         if y is None:
-            return "input", (1,), top
-        self.keys(y, ("name", "shape"), "input")
+            return "input", (1,), top   # absent: reported with the spec's keys
+        self.keys(y, INPUT)
         name = "input"
         if "name" in y.value:
             n = y.value["name"]
@@ -249,7 +252,6 @@ class _Parser:
             else:
                 name = n.value
         if "shape" not in y.value:
-            self.d.error(y.loc, "input needs a shape", "e.g. shape: [3, 224, 224] for images or [128] for vectors")
             return name, (1,), y.loc
         s = y.value["shape"]
         if not s.is_list or len(s.value) not in (1, 3):
@@ -274,7 +276,7 @@ class _Parser:
         y = self.mapping(y, "output")
         if y is None:
             return "output"
-        self.keys(y, ("name",), "output")
+        self.keys(y, OUTPUT)
         n = y.value.get("name")
         if n is None:
             return "output"
@@ -282,12 +284,6 @@ class _Parser:
             self.d.error(n.loc, f"invalid output name {n.value!r}", "use letters, digits and '_'")
             return "output"
         return n.value
-
-    def policy(self, y: Y) -> str | None:
-        if y.value not in POLICIES:
-            self.d.error(y.loc, f"unknown shortcut policy {y.value!r}", did_you_mean(str(y.value), POLICIES, "policies"))
-            return None
-        return y.value
 
     def defaults(self, y) -> dict:
         out = {}
@@ -298,52 +294,39 @@ class _Parser:
             a = self.mapping(args, f"defaults for '{op}'")
             if a is not None:
                 out[op] = dict(a.value)
-                for k in ENTRY_KEYS + ("from",):
+                for k in SPEC["defaults"].reserved:
                     if k in a.value:
                         self.d.error(a.keylocs[k], f"'{k}' cannot have a default", "set it on each entry")
         return out
 
     def init(self, y) -> dict:
-        out = {k: choices[0] for k, choices in INIT_KEYS.items()}
+        out = {k.name: k.choices[0] for k in INIT.keys}
         y = self.mapping(y, "init")
         if y is None:
             return out
-        self.keys(y, INIT_KEYS, "init")
+        self.keys(y, INIT)
         for k, v in y.value.items():
-            if k not in INIT_KEYS:
-                continue
-            choices = INIT_KEYS[k]
-            if v.value not in choices or isinstance(v.value, bool) != isinstance(choices[0], bool):
-                if isinstance(choices[0], bool):
-                    self.d.error(v.loc, f"init.{k} must be true or false", f"write {k}: true or {k}: false")
-                else:
-                    self.d.error(v.loc, f"init.{k} must be one of {', '.join(choices)}",
-                                 did_you_mean(str(v.value), choices, "policies"))
-            else:
-                out[k] = v.value
+            if k in INIT and (value := self.choice(v, INIT[k])) is not None:
+                out[k] = value
         return out
 
     def preprocess(self, y, env) -> dict:
         y = self.mapping(y, "preprocess")
         if y is None:
             return {}
-        self.keys(y, PREPROCESS_KEYS, "preprocess")
+        self.keys(y, PREPROCESS)
+        from ..limits import MAX_SPATIAL
         out = {}
-        for k in ("resize", "crop"):
+        for k in (key.name for key in PREPROCESS.keys if key.kind == "size"):
             if k in y.value:
                 v = self.const(y.value[k], env)
-                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65536:
+                if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_SPATIAL:
                     self.d.error(y.value[k].loc, f"preprocess.{k} must be a positive integer, got {v!r}", "pixels, e.g. 224")
                 else:
                     out[k] = v
-        if "interpolation" in y.value:
-            v = y.value["interpolation"]
-            if v.value not in INTERPOLATIONS or isinstance(v.value, bool):
-                self.d.error(v.loc, f"unknown preprocess.interpolation {v.value!r}",
-                             did_you_mean(str(v.value), INTERPOLATIONS, "interpolations"))
-            else:
-                out["interpolation"] = v.value
-        for k in ("mean", "std"):
+        if "interpolation" in y.value and (v := self.choice(y.value["interpolation"], PREPROCESS["interpolation"])):
+            out["interpolation"] = v
+        for k in (key.name for key in PREPROCESS.keys if key.kind == "numbers"):
             if k in y.value:
                 v = y.value[k]
                 vals = v.plain() if v.is_list else None
@@ -446,28 +429,27 @@ class _Parser:
             if not ID_RE.match(name):
                 self.d.error(kloc, f"invalid block name '{name}'", "use letters, digits and '_'")
                 continue
-            if name in ("input", "residual"):
+            if name in SPEC["blocks"].reserved:
                 self.d.error(kloc, f"'{name}' is reserved and cannot name a block", "choose another name")
                 continue
             b = self.mapping(b, f"block '{name}'")
             if b is None:
                 continue
-            self.keys(b, ("args", "layers", "residual"), f"block '{name}'")
+            self.keys(b, BLOCK, f"block '{name}'")
             args = {}
             a = self.mapping(b.value.get("args"), f"args of block '{name}'")
             if a is not None:
                 for an, av in a.value.items():
-                    if an in ENTRY_KEYS + ("from",) or not ID_RE.match(an):
+                    if an in BLOCK["args"].reserved or not ID_RE.match(an):
                         self.d.error(a.keylocs[an], f"'{an}' cannot be a block argument",
                                      "id, in, repeat, first and from are keys every entry has")
                         continue
                     args[an] = None if av.value is None else av
-            has_l, has_r = "layers" in b.value, "residual" in b.value
-            if has_l == has_r:
+            if sum(k in b.value for k in BLOCK.one_of) != 1:
                 self.d.error(kloc, f"block '{name}' needs exactly one body: 'layers' or 'residual'",
                              "layers: a plain sub-graph; residual: body + add with the input + post")
                 continue
-            if has_l:
+            if "layers" in b.value:
                 body = self.entries(b.value["layers"], f"block '{name}'")
                 if b.value["layers"].is_list and not b.value["layers"].value:
                     self.d.error(b.value["layers"].loc, f"block '{name}' has no layers", "add at least one layer")
@@ -482,9 +464,8 @@ class _Parser:
         y = self.mapping(y, "residual")
         if y is None:
             return None
-        self.keys(y, RESIDUAL_KEYS, "residual")
+        self.keys(y, RESIDUAL)
         if "layers" not in y.value:
-            self.d.error(y.loc, "residual needs 'layers' (its body)", "e.g. residual: {layers: [conv: {out: 64, kernel: 3}, bn], post: relu}")
             return None
         body = self.entries(y.value["layers"], "residual")
         if y.value["layers"].is_list and not y.value["layers"].value:
@@ -492,7 +473,7 @@ class _Parser:
         post = None
         if "post" in y.value and y.value["post"].value is not None:
             post = self.entry(y.value["post"], allow_keys=False)
-        policy = self.policy(y.value["shortcut"]) if "shortcut" in y.value else None
+        policy = self.choice(y.value["shortcut"], RESIDUAL["shortcut"]) if "shortcut" in y.value else None
         return Residual(body, post, policy, loc)
 
     def entries(self, y: Y, what: str) -> tuple[Entry, ...]:
@@ -516,7 +497,7 @@ class _Parser:
         if len(y.value) != 1:
             keys = list(y.value)
             hint = "an entry is one op with its arguments nested under it: - conv: {out: 64, kernel: 3, id: stem}"
-            if any(k in ENTRY_KEYS for k in keys[1:]):
+            if any(k in ENTRY for k in keys[1:]):
                 hint = f"'{keys[1]}' belongs inside the arguments of '{keys[0]}': indent it under the op, or write - {keys[0]}: {{..., {keys[1]}: ...}}"
             self.d.error(y.loc, f"a layer must have exactly one op, found {len(keys)} keys: {', '.join(keys)}", hint)
             return None
@@ -529,7 +510,7 @@ class _Parser:
                          f"e.g. - {kind}: {{out: 64}}; a bare '- {kind}' takes no arguments")
             return None
         args = dict(body.value)
-        common = {k: args.pop(k) for k in ENTRY_KEYS if k in args}
+        common = {k: args.pop(k) for k in ENTRY.names if k in args}
         if common and not allow_keys:
             self.d.error(kloc, "'post' takes one op without id, in, repeat or first", "e.g. post: relu")
         first = None
