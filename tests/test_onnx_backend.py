@@ -91,6 +91,20 @@ layers:
   - relu
   - conv_transpose: {out: 6, kernel: 3, stride: 2, groups: 2}
   - identity
+  - layernorm: {id: ln, eps: 0.001}
+  - groupnorm: {groups: 3}
+  - hardswish
+  - residual:
+      id: se
+      layers:
+        - global_avgpool
+        - conv: {out: 2, kernel: 1}
+        - relu
+        - conv: {out: 6, kernel: 1}
+        - hardsigmoid
+        - mul: {from: [input]}
+        - scale: {init: 0.5}
+        - drop_path: {p: 0.2}
   - project: {out: 6, stride: 2}
   - residual:
       id: z
@@ -102,6 +116,9 @@ layers:
   - bn
   - linear: {out: 16, bias: false}
   - bn
+  - layernorm
+  - groupnorm: {groups: 4, eps: 0.01}
+  - scale: {init: 2.0}
   - residual:
       id: v
       layers:

@@ -60,6 +60,10 @@ def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
     if op == "linear":
         t = {"weight": (args["out"], ins[0][0])}
         return {**t, "bias": (args["out"],)} if args["bias"] else t
+    if op in ("layernorm", "groupnorm"):
+        return {"weight": (ins[0][0],), "bias": (ins[0][0],)}
+    if op == "scale":
+        return {"weight": (ins[0][0],)}
     if op == "bn":
         c = ins[0][0]
         return {"weight": (c,), "bias": (c,), "running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
@@ -296,6 +300,37 @@ def concat_shape(a, ins):
     return _elements((c,) + first[1:], "concat")
 
 
+def mul_shape(a, ins):
+    """numpy broadcasting over the sample's dimensions, ranks equal: a [C, 1, 1] gate scales a
+    [C, H, W] map channel by channel; each dimension equal, or 1 on one side."""
+    out = list(ins[0])
+    for j, other in enumerate(ins[1:], start=1):
+        if len(other) != len(out):
+            raise ShapeError(f"mul needs inputs of one rank: {{0}} {fmt(ins[0])} * {{{j}}} {fmt(other)}",
+                             "a channel gate on a map has shape [C, 1, 1] (global_avgpool, then 1x1 convs back "
+                             "to C channels); on a vector, [F]", named=True)
+        for axis, (x, y) in enumerate(zip(out, other)):
+            if x != y and 1 not in (x, y):
+                raise ShapeError(f"mul cannot broadcast {{0}} {fmt(ins[0])} with {{{j}}} {fmt(other)}: dimension "
+                                 f"{axis} is {x} against {y}", "each dimension must be equal, or 1 on one side "
+                                 "(a [C, 1, 1] gate over a [C, H, W] map)", named=True)
+            out[axis] = max(x, y)
+    return _elements(tuple(out), "mul")
+
+
+def norm_shape(op):
+    def rule(a, ins):
+        if len(ins[0]) not in (1, 3):
+            raise ShapeError(f"{op} expects [C, H, W] or [F], got {fmt(ins[0])}")
+        g = a.get("groups", 1)
+        if ins[0][0] % g:
+            raise ShapeError(f"groupnorm groups={g} must divide the {ins[0][0]} channels",
+                             "choose groups as a divisor of the channels (32 is the usual, or 1 = layer norm "
+                             "over C, H, W)")
+        return ins[0]
+    return rule
+
+
 def upsample_shape(a, ins):
     c, h, w = _map("upsample", ins[0])
     return _elements((c, h * a["scale"], w * a["scale"]), "upsample")
@@ -347,7 +382,20 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
           doc="2-D transposed convolution (learned upsampling); padding 'same' gives exactly in × stride"),
     OpDef("bn", {"eps": Float(1e-5, lo=0), "momentum": Float(0.1, lo=0, hi=1)}, bn_shape,
           lambda a, i, o: 2 * i[0][0], doc="batch normalisation over channels (or features)"),
-    *[OpDef(n, {}, unchanged, doc=_ACT) for n in ("relu", "relu6", "sigmoid", "tanh", "gelu", "silu")],
+    OpDef("layernorm", {"eps": Float(1e-5, lo=0)}, norm_shape("layernorm"), lambda a, i, o: 2 * i[0][0],
+          doc="layer normalisation over channels, per pixel, on [C, H, W] (ConvNeXt's channels-first form), "
+              "or over features on [F]"),
+    OpDef("groupnorm", {"groups": Int(), "eps": Float(1e-5, lo=0)}, norm_shape("groupnorm"),
+          lambda a, i, o: 2 * i[0][0], doc="group normalisation: channels in `groups` groups"),
+    OpDef("scale", {"init": Float(1.0)}, norm_shape("scale"), lambda a, i, o: i[0][0],
+          doc="a learned per-channel multiplier (layer scale), starting at `init`"),
+    OpDef("drop_path", {"p": Float(lo=0, hi=1)}, unchanged,
+          doc="stochastic depth: drops the whole input per sample with probability p in training (rescaled by "
+              "1 / (1 - p)); the identity at inference"),
+    OpDef("mul", {"from": Ids()}, mul_shape, variadic=True,
+          doc="element-wise product of the main input and `from` inputs; numpy broadcasting (a [C, 1, 1] gate)"),
+    *[OpDef(n, {}, unchanged, doc=_ACT) for n in ("relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "hardswish",
+                                                  "hardsigmoid")],
     OpDef("leaky_relu", {"slope": Float(0.01)}, unchanged, doc=_ACT),
     OpDef("maxpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),
                       "padding": Padding("valid"), "ceil_mode": Bool(False)},

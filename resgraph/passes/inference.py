@@ -107,11 +107,11 @@ def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
 
 
 def drop_noops(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
-    """Remove dropout (the identity at inference) and identity nodes: y = x.
+    """Remove dropout and drop_path (the identity at inference) and identity nodes: y = x.
 
-    Post: no dropout or identity node; their readers (and the output) read their input.
+    Post: no dropout, drop_path or identity node; their readers (and the output) read their input.
     """
-    removed = {n.path: n.inputs[0] for n in g.nodes if n.op in ("dropout", "identity")}
+    removed = {n.path: n.inputs[0] for n in g.nodes if n.op in ("dropout", "drop_path", "identity")}
     return _rewire(g, removed, list(g.nodes)), dict(weights)
 
 

@@ -15,9 +15,10 @@ from ..ir import Graph, freeze
 from ..spec.model import evaluate_located
 from ..ops import OPS, USER_OPS, ArgError
 from ..spec.expr import FAILED
+from ..spec.grammar import ENTRY
 from ..spec.model import Spec
 
-ENTRY_KEYS = ("id", "in", "repeat", "first")
+ENTRY_KEYS = ENTRY.names   # the keys any entry may carry, beside an op's arguments
 # names users bring from PyTorch, Keras and Ultralytics YAML
 ALIASES = {"batchnorm": "bn", "batchnorm2d": "bn", "batchnorm1d": "bn", "batch_norm": "bn", "bn2d": "bn",
            "conv2d": "conv", "convolution": "conv", "dense": "linear", "fc": "linear", "fully_connected": "linear",

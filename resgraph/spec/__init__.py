@@ -1,4 +1,4 @@
 """The front end: YAML with source locations, safe expressions, the typed Spec, its JSON Schema."""
-from .model import POLICIES, Block, Entry, Residual, Spec, load_spec, parse_spec
+from .model import Block, Entry, Residual, Spec, load_spec, parse_spec
 
-__all__ = ["POLICIES", "Block", "Entry", "Residual", "Spec", "load_spec", "parse_spec"]
+__all__ = ["Block", "Entry", "Residual", "Spec", "load_spec", "parse_spec"]

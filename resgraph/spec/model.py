@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
 from . import expr as ex
 from .grammar import BLOCK, ENTRY, ID_PATTERN, INIT, INPUT, NAME_PATTERN, OUTPUT, PREPROCESS, RESIDUAL, SPEC, VERSION, Key, Mapping
-# re-exported, not copies: the interpolations that runtime/preprocess.py maps to Pillow, and the op
-# table's shortcut policies (resgraph.spec exports them as POLICIES)
+# re-exported, not a copy: the interpolations that runtime/preprocess.py maps to Pillow
 from .grammar import INTERPOLATIONS  # noqa: F401
-from .grammar import SHORTCUT_POLICIES as POLICIES  # noqa: F401
 from .yamlsrc import Y, load_yaml
 
 NAME_RE = re.compile(NAME_PATTERN + r"\Z")

@@ -31,7 +31,8 @@ def skeleton(model: onnx.ModelProto, streamed: dict | None = None) -> onnx.Model
     weights = [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big]
     weights += [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
                 for name, a in (streamed or {}).items()]
-    sg = helper.make_graph(list(g.node), g.name, list(g.input) + weights, list(g.output), initializer=small)
+    sg = helper.make_graph(list(g.node), g.name, list(g.input) + weights, list(g.output), initializer=small,
+                           value_info=list(g.value_info))   # shapes lower.py declares where inference stops
     m = helper.make_model(sg, opset_imports=list(model.opset_import), ir_version=model.ir_version,
                           producer_name=model.producer_name, producer_version=model.producer_version)
     return m

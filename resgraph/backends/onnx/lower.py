@@ -29,6 +29,7 @@ class _Builder:
         self.nodes: list = []
         self.inits: dict[str, np.ndarray] = {}   # name -> array; written into the model once, at the end
         self.opset = DEFAULT_OPSET
+        self.declared: dict[str, tuple] = {}   # output -> IR shape, where ONNX's shape inference stops
 
     def op(self, op_type: str, inputs: list[str], output: str, name: str | None = None, **attrs) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name or output, **attrs))
@@ -87,6 +88,54 @@ def bn(b, n, xs, part=""):
     """A bn node, or (part "bn.") the bn inside a `project`, whose eps the project node carries."""
     stats = [b.param(n, part + k) for k in ("weight", "bias", "running_mean", "running_var")]
     return b.op("BatchNormalization", [xs[0], *stats], n.path, epsilon=float(n.args["eps"]))
+
+
+def _per_channel(b, n, name: str) -> str:
+    """The [C] tensor `name` of node n, shaped to broadcast over [N, C, H, W] (or as is on vectors)."""
+    t = b.param(n, name)
+    if len(n.shape) == 1:
+        return t
+    return b.op("Reshape", [t, b.const("const.per_channel", [-1, 1, 1], np.int64)], f"{n.path}/{name}_c11")
+
+
+def layernorm(b, n, xs):
+    """LayerNormalization normalises trailing axes; over the channels of a map that is the last
+    axis of [N, H, W, C], so maps go there and back (as torchvision's LayerNorm2d permutes)."""
+    eps = float(n.args["eps"])
+    if len(n.shape) == 1:
+        return b.op("LayerNormalization", [xs[0], b.param(n, "weight"), b.param(n, "bias")], n.path, axis=-1, epsilon=eps)
+    t = b.op("Transpose", xs, f"{n.path}/nhwc", perm=[0, 2, 3, 1])
+    t = b.op("LayerNormalization", [t, b.param(n, "weight"), b.param(n, "bias")], f"{n.path}/norm", axis=-1, epsilon=eps)
+    return b.op("Transpose", [t], n.path, perm=[0, 3, 1, 2])
+
+
+def groupnorm(b, n, xs):
+    """GroupNormalization from opset 21 (whose scale and bias are per channel, as PyTorch's; opset
+    18's were per group). Below: InstanceNormalization over [N, G, C/G * H * W], then the affine."""
+    g, eps, p = n.args["groups"], float(n.args["eps"]), n.path
+    if b.opset >= 21:
+        # onnx (1.23) infers no shape through this function op: declare the IR's, so inference goes on
+        # past it and check.py still compares every later tensor (parity tests check this one's values)
+        b.declared[p] = n.shape
+        return b.op("GroupNormalization", [xs[0], b.param(n, "weight"), b.param(n, "bias")], p,
+                    num_groups=g, epsilon=eps)
+    t = b.op("Reshape", [xs[0], b.const(f"const.groups{g}", [0, g, -1], np.int64)], f"{p}/grouped")
+    t = b.op("InstanceNormalization", [t, b.const(f"const.ones{g}", np.ones(g)), b.const(f"const.zeros{g}", np.zeros(g))],
+             f"{p}/norm", epsilon=eps)
+    t = b.op("Reshape", [t, b.op("Shape", xs, f"{p}/shape")], f"{p}/ungrouped")
+    t = b.op("Mul", [t, _per_channel(b, n, "weight")], f"{p}/scale")
+    return b.op("Add", [t, _per_channel(b, n, "bias")], p)
+
+
+def scale(b, n, xs):
+    return b.op("Mul", [xs[0], _per_channel(b, n, "weight")], n.path)
+
+
+def mul(b, n, xs):
+    acc = xs[0]
+    for i, x in enumerate(xs[1:], start=1):
+        acc = b.op("Mul", [acc, x], n.path if i == len(xs) - 1 else f"{n.path}/mul{i}")
+    return acc
 
 
 def linear(b, n, xs):
@@ -205,7 +254,9 @@ def zeropad(b, n, xs):
 LOWER = {
     "conv": conv, "conv_transpose": conv_transpose, "bn": bn, "linear": linear,
     "relu": simple("Relu"), "relu6": relu6, "sigmoid": simple("Sigmoid"), "tanh": simple("Tanh"), "gelu": gelu,
-    "silu": silu, "leaky_relu": leaky_relu, "maxpool": maxpool, "avgpool": avgpool,
+    "silu": silu, "leaky_relu": leaky_relu, "hardswish": simple("HardSwish"),
+    "hardsigmoid": simple("HardSigmoid", alpha=1 / 6, beta=0.5),   # PyTorch's: relu6(x + 3) / 6
+    "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": simple("Identity"), "mul": mul, "maxpool": maxpool, "avgpool": avgpool,
     "global_avgpool": simple("GlobalAveragePool"), "flatten": flatten, "dropout": simple("Identity"),
     "softmax": simple("Softmax", axis=1), "add": add, "concat": simple("Concat", axis=1), "upsample": upsample,
     "identity": simple("Identity"), "project": project, "zeropad": zeropad,
@@ -255,6 +306,10 @@ def build(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: st
     g.node.extend(b.nodes)
     g.input.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *in_shape]))
     g.output.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, ["batch", *out_shape]))
+    elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    for name, shape in b.declared.items():
+        if name != out:   # the graph's output is declared above
+            g.value_info.append(helper.make_tensor_value_info(name, elem, ["batch", *shape]))
     big = {}
     for name, arr in b.inits.items():
         arr = np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("<"), copy=False))

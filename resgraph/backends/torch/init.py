@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...ir import Graph
+from .modules import Scale
 
 
 def last_bn_of_each_residual_body(graph: Graph) -> list[str]:
@@ -51,6 +52,11 @@ def init_weights(module: nn.Module, graph: Graph, seed: int | None = None, polic
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
                 m.reset_running_stats()
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):   # LayerNorm2d too
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, Scale):
+                m.reset_parameters()   # its `init` value
             elif isinstance(m, nn.Linear):
                 if policy.get("linear", "default") == "xavier_uniform":
                     nn.init.xavier_uniform_(m.weight)

@@ -22,6 +22,7 @@ from ...ops import pads, transpose_pads
 from ...ops.count import state_dict_shapes
 from ...ops.table import check_lowerings
 from . import functional as RF
+from .modules import DropPath, LayerNorm2d, Scale
 
 
 # Ops whose output autograd does not keep (their backward needs their inputs, or nothing), so the
@@ -100,6 +101,31 @@ def bn(ctx, n, xs):
     c = n.shape[0]
     cls = nn.BatchNorm2d if len(n.shape) == 3 else nn.BatchNorm1d
     return ctx.module(n.path, cls(c, eps=n.args["eps"], momentum=n.args["momentum"]), xs[0], n)
+
+
+def layernorm(ctx, n, xs):
+    c = n.shape[0]
+    cls = LayerNorm2d if len(n.shape) == 3 else nn.LayerNorm
+    return ctx.module(n.path, cls(c, eps=n.args["eps"]), xs[0], n)
+
+
+def groupnorm(ctx, n, xs):
+    return ctx.module(n.path, nn.GroupNorm(n.args["groups"], n.shape[0], eps=n.args["eps"]), xs[0], n)
+
+
+def scale(ctx, n, xs):
+    return ctx.module(n.path, Scale(n.shape[0], n.args["init"]), xs[0], n)
+
+
+def drop_path(ctx, n, xs):
+    return ctx.module(n.path, DropPath(n.args["p"]), xs[0], n)
+
+
+def mul(ctx, n, xs):
+    acc = xs[0]
+    for i, x in enumerate(xs[1:], start=1):
+        acc = ctx.call(operator.mul, (acc, x), n if i == len(xs) - 1 else None)
+    return acc
 
 
 def linear(ctx, n, xs):
@@ -205,6 +231,8 @@ LOWER = {
     "conv": conv, "conv_transpose": conv_transpose, "bn": bn, "linear": linear,
     "relu": relu, "relu6": pointwise(F.relu6), "sigmoid": pointwise(torch.sigmoid),
     "tanh": pointwise(torch.tanh), "gelu": pointwise(F.gelu), "silu": pointwise(F.silu), "leaky_relu": leaky_relu,
+    "hardswish": pointwise(F.hardswish), "hardsigmoid": pointwise(F.hardsigmoid),
+    "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": drop_path, "mul": mul,
     "maxpool": maxpool, "avgpool": avgpool, "global_avgpool": global_avgpool, "flatten": flatten,
     "dropout": dropout, "softmax": softmax, "add": add, "concat": concat, "upsample": upsample,
     "identity": identity, "project": project, "zeropad": zeropad,
