@@ -16,7 +16,7 @@ __version__ = "0.2.0"
 _LAZY = {"Checked": "frontend", "check_file": "frontend", "check_spec": "frontend", "check_text": "frontend",
          "check": "frontend", "Diagnostic": "errors", "Loc": "errors", "SpecError": "errors",
          "ResgraphError": "errors", "WeightsError": "errors", "DataError": "errors", "DownloadError": "errors",
-         "PathError": "errors", "ArtifactError": "errors",
+         "PathError": "errors", "ArtifactError": "errors", "BackendError": "errors", "OptionError": "errors",
          "load_spec": "spec", "parse_spec": "spec"}
 
 
@@ -38,5 +38,5 @@ def to_torch(source, seed: int | None = None, weights: str | None = None, init: 
 
 
 __all__ = ["to_torch", "Checked", "Diagnostic", "Loc", "ResgraphError", "SpecError", "WeightsError", "DataError",
-           "DownloadError", "PathError", "ArtifactError", "check", "check_file", "check_spec", "check_text",
-           "load_spec", "parse_spec", "__version__"]
+           "DownloadError", "PathError", "ArtifactError", "BackendError", "OptionError", "check", "check_file",
+           "check_spec", "check_text", "load_spec", "parse_spec", "__version__"]

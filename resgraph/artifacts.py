@@ -25,7 +25,7 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 
-from .errors import ArtifactError, SpecError  # noqa: F401  (ArtifactError: re-exported, it lived here)
+from .errors import ArtifactError, PathError  # noqa: F401  (ArtifactError: re-exported, it lived here)
 
 FORMAT = 1   # manifest.json's format; bump on any change a reader must know about
 # every file a compiled folder may hold, in publishing order: the manifest, which describes the
@@ -130,8 +130,8 @@ def folder_of(artifact: str) -> str:
     if os.path.isfile(artifact) and os.path.isfile(os.path.join(os.path.dirname(artifact) or ".", "manifest.json")):
         return os.path.dirname(artifact) or "."
     if not os.path.exists(artifact):
-        raise ArtifactError.at(artifact, "no such compiled folder or file",
-                               "compile a spec first: resgraph compile SPEC -o FOLDER, then pass FOLDER")
+        raise PathError.at(artifact, "no such compiled folder or file",
+                           "compile a spec first: resgraph compile SPEC -o FOLDER, then pass FOLDER")
     raise ArtifactError.at(artifact, "not a compiled folder: no manifest.json beside it",
                            "pass the folder resgraph compile wrote (compiled/NAME), or a model.onnx inside it")
 
@@ -144,7 +144,10 @@ def read_manifest(folder: str) -> Manifest:
     except FileNotFoundError:
         raise ArtifactError.at(folder, "not a compiled folder: no manifest.json",
                                "pass the folder resgraph compile wrote (compiled/NAME)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except OSError as e:   # no permission, a failing disk: the path, not the manifest
+        raise PathError.at(path, f"cannot read the manifest: {e.strerror or e}",
+                           "check the path and its permissions") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError.at(path, f"unreadable manifest: {e}", "recompile: resgraph compile SPEC -o FOLDER") from None
     return Manifest.from_json(d, path)
 

@@ -44,9 +44,9 @@ def build_options(precision, batch, workspace, opt_level, timing_cache, no_timin
     """BuildOptions from the command line; what is not given comes from `base` (the engine being
     rebuilt), else the defaults."""
     from .backends.tensorrt.options import BatchProfile, BuildOptions
-    from .errors import SpecError
+    from .errors import OptionError
     if timing_cache and no_timing_cache:
-        raise SpecError.at("--timing-cache", "--timing-cache and --no-timing-cache together", "give one of them")
+        raise OptionError.at("--timing-cache", "--timing-cache and --no-timing-cache together", "give one of them")
     b = base or BuildOptions(precision=precision or "fp32")
     return BuildOptions(
         precision=precision or b.precision,
@@ -173,9 +173,9 @@ def _here(device_id: int) -> dict:
     except Exception as e:  # noqa: BLE001  (a broken install: say so)
         return {"why": f"tensorrt does not import: {e}"}
     from .backends.tensorrt.gpu import gpu
-    from .errors import SpecError
+    from .errors import ResgraphError
     try:
         g = gpu(device_id)
-    except SpecError as e:
+    except ResgraphError as e:   # BackendError: no GPU to query, no cuda-python
         return {**out, "why": e.message}
     return {**out, "gpu": g.name, "compute_capability": g.compute_capability}

@@ -102,15 +102,16 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
 
     import numpy as np
 
-    from .runtime import BackendError, expand, predict_batches, top_k_batch
+    from .errors import ArtifactError
+    from .runtime import expand, predict_batches, top_k_batch
     _say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
     items = expand(inputs, sys.stdin, session.input_shape)
     if not items:
         raise _no_inputs(inputs)
     if len(session.output_shape) != 1:
-        raise BackendError.at(artifact, f"the model's output is {list(session.output_shape)}, not a vector of "
-                              "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
-                              "from Python for other outputs")
+        raise ArtifactError.at(artifact, f"the model's output is {list(session.output_shape)}, not a vector of "
+                               "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
+                               "from Python for other outputs")
     k = min(top_k, session.output_shape[0])
     width = min(max(len(i.name) for i in items), 60)
     out = click.get_text_stream("stdout")
@@ -143,9 +144,9 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
 
 
 def _no_inputs(inputs):
-    from .runtime import BackendError
-    return BackendError.at(" ".join(inputs), "no inputs: the folders are empty (or standard input named no files)",
-                           "give image files, .npy files or folders holding them")
+    from .errors import DataError
+    return DataError.at(" ".join(inputs), "no inputs: the folders are empty (or standard input named no files)",
+                        "give image files, .npy files or folders holding them")
 
 
 @click.command("bench")
@@ -211,13 +212,13 @@ def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json,
 
 
 def _int_list(text: str, option: str) -> list[int]:
-    from .runtime import BackendError
+    from .errors import OptionError
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
     if not values or any(v < 1 or v > 65536 for v in values):
-        raise BackendError.at(option, f"'{text}' is not a list of batch sizes", "positive integers, e.g. --batch 1,8,32")
+        raise OptionError.at(option, f"'{text}' is not a list of batch sizes", "positive integers, e.g. --batch 1,8,32")
     return values
 
 
@@ -315,19 +316,20 @@ def _parity(sessions, folder, manifest, source, batch_size, as_json, skipped) ->
     import numpy as np
 
     from .artifacts import verify_artifacts
-    from .runtime import BackendError, expand
+    from .errors import OptionError
+    from .runtime import expand
     from .runtime.parity import compare, noise_floor, run_all
     from .runtime.pipeline import decode_batch
     first = next(iter(sessions.values()))
     failed_inputs = []
     if source.isdigit():
         if int(source) < 1:
-            raise BackendError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
+            raise OptionError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
         x = np.random.default_rng(0).standard_normal((int(source), *first.input_shape), dtype=np.float32)
         what = f"{int(source)} random normalised inputs (seed 0)"
     else:
         if not os.path.isdir(source):
-            raise BackendError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
+            raise OptionError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
         items = expand([source], None, first.input_shape)
         decoded = decode_batch(items, first.preprocess)
         failed_inputs = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]

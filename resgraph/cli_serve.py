@@ -12,13 +12,13 @@ import click
 
 
 def _ints(text: str | None, option: str) -> tuple[int, ...]:
-    from .errors import SpecError
+    from .errors import OptionError
     if not text:
         return ()
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise SpecError.at(option, f"'{text}' is not a list of batch sizes", "e.g. 4,8") from None
+        raise OptionError.at(option, f"'{text}' is not a list of batch sizes", "e.g. 4,8") from None
 
 
 def serving_options(f):
@@ -141,6 +141,6 @@ def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, ma
 
 
 def raise_server_died(server, code):
-    from .errors import SpecError
-    raise SpecError.at("tritonserver", f"Triton exited on its own ({code}):\n{server.log_tail()}",
-                       "see the log above")
+    from .errors import BackendError
+    raise BackendError.at("tritonserver", f"Triton exited on its own ({code}):\n{server.log_tail()}",
+                          "see the log above")

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .artifacts import Artifact, Manifest, Stage, TensorInfo, sha256_file, wait_for_cleanup, write_manifest
-from .errors import SpecError
+from .errors import OptionError, PathError, WeightsError
 
 __all__ = ["Compiled", "compile_spec", "load_weights", "wait_for_cleanup"]
 
@@ -42,9 +42,6 @@ class Compiled:
     files: dict[str, str]        # artifact -> path
     manifest: "Manifest"
     seconds: dict[str, float]
-
-
-_error = SpecError.at   # an error about a file or option: no line to point at
 
 
 def load_weights(path: str, graph):
@@ -59,7 +56,7 @@ def load_weights(path: str, graph):
     try:
         mapped = open_mapped(path)
     except (SafetensorError, OSError, ValueError) as e:
-        raise _error(path, f"not a readable safetensors file: {e}", "weights are .safetensors files") from None
+        raise WeightsError.at(path, f"not a readable safetensors file: {e}", "weights are .safetensors files") from None
     tensors = mapped.tensors
     want = state_dict_shapes(graph)
     missing = [k for k in want if k not in tensors]
@@ -73,8 +70,8 @@ def load_weights(path: str, graph):
     if missing or wrong or unexpected:
         parts = [f"{label} ({len(x)}): " + "; ".join(x[:5]) + (" ..." if len(x) > 5 else "")
                  for label, x in (("missing", missing), ("shape mismatch", wrong), ("unexpected", unexpected)) if x]
-        raise _error(path, "the weights do not fit the spec: " + " | ".join(parts),
-                     "were they made for another spec? Rebuild them with resgraph init / train / import-weights")
+        raise WeightsError.at(path, "the weights do not fit the spec: " + " | ".join(parts),
+                              "were they made for another spec? Rebuild them with resgraph init / train / import-weights")
     return mapped
 
 
@@ -85,9 +82,9 @@ def fresh_weights(graph, seed: int) -> dict:
     return {k: v.detach().cpu().numpy() for k, v in m.state_dict().items()}
 
 
-def _write_error(e: OSError, out: str):
-    """A failure to write the artifacts, named after the output folder (not the hidden staging
-    folder the system names), with what to do."""
+def _write_error(e: OSError, out: str) -> PathError:
+    """A failure to write the artifacts as a PathError named after the output folder (not the hidden
+    staging folder the system names), with what to do."""
     from .fileio import os_error
     inside = e.filename is None or ".resgraph-" in str(e.filename)
     return os_error(e, out if inside else None)
@@ -104,16 +101,17 @@ def _check_statistics(w: dict, nonfinite: list[str], where: str) -> None:
     norm variance >= 0 (a negative one folds into NaN weights: a model that answers NaN)."""
     import numpy as np
     if nonfinite:
-        raise _error(where, f"the weights are not all finite: NaN or inf in {len(nonfinite)} tensor(s): "
-                     + ", ".join(nonfinite[:5]) + (" ..." if len(nonfinite) > 5 else ""),
-                     "a diverged training run? Compile an earlier checkpoint (resgraph train keeps "
-                     "best.safetensors and epoch-NNN.safetensors)")
+        raise WeightsError.at(where, f"the weights are not all finite: NaN or inf in {len(nonfinite)} tensor(s): "
+                              + ", ".join(nonfinite[:5]) + (" ..." if len(nonfinite) > 5 else ""),
+                              "a diverged training run? Compile an earlier checkpoint (resgraph train keeps "
+                              "best.safetensors and epoch-NNN.safetensors)")
     negative = [f"{k} (min {float(np.min(v)):.3g})" for k, v in w.items()
                 if k.endswith("running_var") and v.size and float(np.min(v)) < 0]
     if negative:
-        raise _error(where, f"negative batch-norm variance in {len(negative)} tensor(s): " + ", ".join(negative[:5])
-                     + (" ..." if len(negative) > 5 else ""),
-                     "a variance is never negative: a damaged or hand-edited checkpoint? Re-export it from training")
+        raise WeightsError.at(where, f"negative batch-norm variance in {len(negative)} tensor(s): "
+                              + ", ".join(negative[:5]) + (" ..." if len(negative) > 5 else ""),
+                              "a variance is never negative: a damaged or hand-edited checkpoint? Re-export it "
+                              "from training")
 
 
 def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
@@ -125,9 +123,10 @@ def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
     if bad:
         import numpy as np
         worst = ", ".join(f"{k} (|w| up to {float(np.abs(fp32[k]).max()):.3g})" if k in fp32 else k for k in bad[:5])
-        raise _error(where, f"{len(bad)} tensor(s) overflow fp16 (|x| > 65504): {worst}" + (" ..." if len(bad) > 5 else ""),
-                     "compile with --precision fp32, or with --no-fold (folding bn multiplies a layer's weights "
-                     "by gamma / sqrt(running_var + eps))")
+        raise WeightsError.at(where, f"{len(bad)} tensor(s) overflow fp16 (|x| > 65504): {worst}"
+                              + (" ..." if len(bad) > 5 else ""),
+                              "compile with --precision fp32, or with --no-fold (folding bn multiplies a layer's "
+                              "weights by gamma / sqrt(running_var + eps))")
 
 
 def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
@@ -149,9 +148,11 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     from .backends.onnx.writer import PROTOBUF_LIMIT, model_bytes, write_external, write_model
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
-        raise _error("--opset", f"opset {opset} is not supported", f"choose {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+        raise OptionError.at("--opset", f"opset {opset} is not supported",
+                             f"choose {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     if precision not in ("fp32", "fp16"):
-        raise _error("--precision", f"unknown precision '{precision}'", "fp32 or fp16 (tf32 and bf16: with --engine)")
+        raise OptionError.at("--precision", f"unknown precision '{precision}'",
+                             "fp32 or fp16 (tf32 and bf16: with --engine)")
     if engine is not None:   # before any work: TensorRT present, and the precision buildable on its version
         from .backends.tensorrt.build import import_tensorrt
         from .backends.tensorrt.options import typing_plan, version_tuple
@@ -160,11 +161,12 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     target = os.path.realpath(out) if os.path.islink(out) else out   # Stage works on the real folder
     parent = os.path.dirname(os.path.abspath(target))
     if os.path.exists(out) and not os.path.isdir(out):
-        raise _error(out, "the output path is a file", "give a folder: -o compiled/NAME")
+        raise PathError.at(out, "the output path is a file", "give a folder: -o compiled/NAME")
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
-        raise _error(parent, f"cannot create the output folder: {e.strerror}", "choose a writable place with -o") from None
+        raise PathError.at(parent, f"cannot create the output folder: {e.strerror}",
+                           "choose a writable place with -o") from None
     t["check"] = time.perf_counter()
 
     import numpy as np
@@ -199,10 +201,10 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         verify(igraph)
         folded_bad = _nonfinite(iw) if fold else []
         if folded_bad:
-            raise _error(weights or spec_path, f"folding batch norm gives NaN or inf in {len(folded_bad)} tensor(s): "
-                         + ", ".join(folded_bad[:5]) + (" ..." if len(folded_bad) > 5 else ""),
-                         "gamma / sqrt(running_var + eps) overflows for these layers: check the checkpoint's batch "
-                         "norm statistics, or compile with --no-fold")
+            raise WeightsError.at(weights or spec_path, f"folding batch norm gives NaN or inf in {len(folded_bad)} "
+                                  "tensor(s): " + ", ".join(folded_bad[:5]) + (" ..." if len(folded_bad) > 5 else ""),
+                                  "gamma / sqrt(running_var + eps) overflows for these layers: check the checkpoint's "
+                                  "batch norm statistics, or compile with --no-fold")
         t["passes"] = time.perf_counter()
 
         step("lowering to ONNX")

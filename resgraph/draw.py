@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 
-from .errors import SpecError
+from .errors import BackendError, OptionError
 from .ops import fmt
 
 FORMATS = ("dot", "svg", "png", "pdf")
@@ -118,19 +118,19 @@ def write_drawing(graph, path: str, collapse: bool = False) -> None:
     from .fileio import atomic_write, atomic_write_text
     fmt = os.path.splitext(path)[1].lstrip(".").lower()
     if fmt not in FORMATS:
-        raise SpecError.at(path, f"cannot draw to a .{fmt or '?'} file", f"one of {', '.join('.' + f for f in FORMATS)}")
+        raise OptionError.at(path, f"cannot draw to a .{fmt or '?'} file", f"one of {', '.join('.' + f for f in FORMATS)}")
     text = to_dot(graph, collapse)
     if fmt == "dot":
         atomic_write_text(path, text)
         return
     dot = shutil.which("dot")
     if dot is None:
-        raise SpecError.at(path, "drawing needs Graphviz's `dot`, which is not installed",
-                           "apt-get install graphviz (brew install graphviz), or write the .dot file: -o net.dot")
+        raise BackendError.at(path, "drawing needs Graphviz's `dot`, which is not installed",
+                              "apt-get install graphviz (brew install graphviz), or write the .dot file: -o net.dot")
 
     def render(tmp):
         r = subprocess.run([dot, f"-T{fmt}", "-o", tmp], input=text.encode(), capture_output=True, timeout=300)
         if r.returncode != 0:
-            raise SpecError.at(path, f"Graphviz failed: {r.stderr.decode(errors='replace').strip()[:300]}",
-                               "write the .dot file (-o net.dot) and render it yourself")
+            raise BackendError.at(path, f"Graphviz failed: {r.stderr.decode(errors='replace').strip()[:300]}",
+                                  "write the .dot file (-o net.dot) and render it yourself")
     atomic_write(path, render, suffix="." + fmt)

@@ -7,11 +7,23 @@ Its subclasses say what kind of thing was wrong, so a caller can catch one kind:
 
     ResgraphError
     ├── SpecError       a spec: every diagnostic has a source location
-    ├── WeightsError    a weights file, a checkpoint, a model imported from torchvision or timm
-    ├── DataError       a data folder, a dataset, an input file for inference
+    ├── WeightsError    the content of a weights file, a checkpoint or a training run's saved state
+    │                   (trainer state, metrics), weights that diverged, a model imported from torchvision
+    ├── DataError       a data folder, a dataset, an input for inference
     ├── DownloadError   something fetched over the network (pretrained weights, a dataset)
-    ├── PathError       a path the operating system refuses (missing, a folder, permissions, full disk)
-    └── ArtifactError   a compiled folder or a file in it (artifacts.py); BackendError, EngineMismatch
+    ├── PathError       a path the operating system refuses (missing, a folder, a pipe, permissions,
+    │                   full disk), whatever the file was for
+    ├── ArtifactError   a compiled folder or a file in it (artifacts.py)
+    │   └── EngineMismatch   a model.engine that cannot run here (backends/tensorrt/engine_json.py)
+    ├── BackendError    a back end or tool resgraph drives (ONNX Runtime, torch, TensorRT, CUDA, Triton,
+    │                   Graphviz) that cannot run here or cannot open this folder; `auto` passes over a
+    │                   back end that raises it
+    └── OptionError     a command-line option or combination that cannot work; names the option
+
+Where two could apply, the cause decides: a weights file that is missing is a PathError (the path),
+one that holds NaN a WeightsError (its content). runtime.InputError (one input of
+`resgraph run` that cannot be used) is not among them: it is a per-input signal, caught and reported
+beside that input while the others go on.
 
 Internal invariants are plain asserts, never one of these.
 """
@@ -52,7 +64,7 @@ class ResgraphError(Exception):
     """Every problem found, in source order. file/line/column/message/hint are the first's."""
 
     def __init__(self, diagnostics: list[Diagnostic]):
-        assert diagnostics, "a SpecError needs at least one diagnostic"
+        assert diagnostics, f"a {type(self).__name__} needs at least one diagnostic"
         self.diagnostics = sorted(diagnostics, key=lambda d: (d.loc.file, d.loc.line, d.loc.col))
         first = self.diagnostics[0]
         self.file, self.line, self.column = first.loc.file, first.loc.line, first.loc.col
@@ -88,6 +100,16 @@ class PathError(ResgraphError):
 
 class ArtifactError(ResgraphError):
     """A compiled folder, or a file in it, that cannot be used; names the file."""
+
+
+class BackendError(ResgraphError):
+    """A back end (or a tool such as Graphviz) that cannot run here, or cannot open this folder; the
+    hint says how to fix it. (Also importable from resgraph.runtime, where it was defined.)"""
+
+
+class OptionError(ResgraphError):
+    """A command-line option or combination that cannot work; names the option (`where` is the
+    option, e.g. --precision, or the file the option's value does not fit)."""
 
 
 @dataclass

@@ -11,6 +11,8 @@ import stat
 import tempfile
 from typing import Callable
 
+from .errors import PathError
+
 
 def atomic_write(path: str, write: Callable[[str], None], suffix: str = "") -> None:
     """Call write(tmp_path), then rename tmp_path over `path`."""
@@ -80,33 +82,34 @@ ERRNO_HINTS = {
 }
 
 
-def os_error(e: OSError, where: str | None = None):
+def os_error(e: OSError, where: str | None = None, doing: str = "", after: str = "") -> PathError:
     """An OSError the environment caused (full disk, read-only filesystem, permissions, a name too
-    long) as a user error naming the path, with what to do: these are not resgraph's bugs."""
-    from .errors import SpecError
+    long) as a PathError naming the path, with what to do: these are not resgraph's bugs. `doing`
+    prefixes the message ("cannot write"), `after` extends the hint."""
     path = where or e.filename or "resgraph"
     name = errno.errorcode.get(e.errno or 0, "")
-    return SpecError.at(str(path), f"{e.strerror or e}" + (f" ({name})" if name else ""),
-                        ERRNO_HINTS.get(e.errno, "check the path and the filesystem"))
+    what = f"{e.strerror or e}" + (f" ({name})" if name else "")
+    return PathError.at(str(path), f"{doing}: {what}" if doing else what,
+                        ERRNO_HINTS.get(e.errno, "check the path and the filesystem") + after)
 
 
 def check_regular(path: str, what: str = "checkpoint",
                   missing_hint: str = "check the path") -> None:
     """Refuse what is not a regular file before anything opens it: a FIFO would block forever, a
-    device or socket read as garbage. `what` names the file in the messages (weights, checkpoint...)."""
-    from .errors import SpecError
+    device or socket read as garbage. `what` names the file in the messages (weights, checkpoint...).
+    A PathError: what is wrong is the path, not the file's content."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise SpecError.at(path, f"no such {what} file", missing_hint) from None
+        raise PathError.at(path, f"no such {what} file", missing_hint) from None
     except OSError as e:
-        raise SpecError.at(path, f"cannot read the {what}: {e.strerror}", "check the path and its permissions") from None
+        raise PathError.at(path, f"cannot read the {what}: {e.strerror}", "check the path and its permissions") from None
     if stat.S_ISDIR(st.st_mode):
-        raise SpecError.at(path, f"the {what} path is a folder", "give a .safetensors file")
+        raise PathError.at(path, f"the {what} path is a folder", "give a .safetensors file")
     if not stat.S_ISREG(st.st_mode):
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else \
             "a socket" if stat.S_ISSOCK(st.st_mode) else "a device"
-        raise SpecError.at(path, f"the {what} is {kind}, not a regular file",
+        raise PathError.at(path, f"the {what} is {kind}, not a regular file",
                            "give a .safetensors file (copy a streamed checkpoint to disk first)")
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from conftest import ROOT
 from resgraph.artifacts import FORMAT, ArtifactError, Manifest, read_manifest
+from resgraph.errors import DataError
 from resgraph.runtime import BackendError, Options, Preprocess, choose, expand, open_session
 from resgraph.runtime.inputs import Item, load
 from resgraph.runtime.preprocess import PIL_FILTERS, InputError
@@ -255,7 +256,7 @@ def test_sessions_agree_and_check_their_batches(digits_folder):
     x = np.random.default_rng(1).standard_normal((7, 1, 8, 8)).astype(np.float32)
     with open_session(str(digits_folder), "ort-cpu", Options(threads=1)) as a, open_session(str(digits_folder), "torch-cpu") as b:
         assert np.abs(a.run(x) - b.run(x)).max() <= 1e-4
-        with pytest.raises(BackendError, match=r"the model takes \[N, 1, 8, 8\]"):
+        with pytest.raises(DataError, match=r"the model takes \[N, 1, 8, 8\]"):
             a.run(np.zeros((2, 3, 8, 8), np.float32))
         assert a.run(x.astype(np.float64)).shape == (7, 10)
 

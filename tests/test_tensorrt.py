@@ -17,7 +17,7 @@ from resgraph.backends.tensorrt.engine_json import (EngineInfo, TensorSpec, chec
                                                     read_engine_info, rebuild_command)
 from resgraph.backends.tensorrt.options import (BatchProfile, BuildOptions, default_timing_cache, typing_plan,
                                                 version_tuple)
-from resgraph.errors import SpecError
+from resgraph.errors import ArtifactError, BackendError, OptionError
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ def test_batch_profile_forms(text, want):
 
 @pytest.mark.parametrize("text", ["0:1:2", "8:4:16", "1:64:32", "a:b", "1:2:3:4", "", "-1", "1.5"])
 def test_batch_profile_errors_name_the_option_and_the_form(text):
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(OptionError) as e:
         BatchProfile.parse(text)
     assert e.value.file == "--batch" and "MIN" in (e.value.message + e.value.hint)
 
@@ -41,7 +41,7 @@ def test_batch_profile_errors_name_the_option_and_the_form(text):
                                         ({"workspace_mib": 0}, "--workspace"),
                                         ({"hardware_compatibility": "hopper"}, "--hardware-compatibility")])
 def test_build_options_refuse_what_tensorrt_would(kw, option):
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(OptionError) as e:
         BuildOptions(**kw)
     assert e.value.file == option
 
@@ -90,7 +90,7 @@ def test_typing_plan(precision, onnx, version, strong, set_, clear):
     ("bf16", "fp32", (11, 0), "TensorRT 10.x"),
 ])
 def test_typing_plan_refuses_what_cannot_be_built_and_says_what_would_work(precision, onnx, version, says):
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(OptionError) as e:
         typing_plan(precision, onnx, version, "compiled/x/model.onnx")
     assert e.value.file == "compiled/x/model.onnx" and says in e.value.hint + e.value.message
 
@@ -156,7 +156,7 @@ def test_a_plan_without_hardware_compatibility_runs_only_on_the_gpu_model_it_was
 
 def test_a_mismatch_says_what_differs_and_the_command_that_rebuilds(tmp_path):
     info = _info()
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(ArtifactError) as e:   # EngineMismatch
         check_compatible(str(tmp_path), info, "10.16.1.11", "8.6", "a" * 64)
     assert e.value.differs == ("gpu",)
     assert "compute capability 9.0 (NVIDIA H200), this GPU is 8.6" in e.value.message
@@ -165,21 +165,21 @@ def test_a_mismatch_says_what_differs_and_the_command_that_rebuilds(tmp_path):
 
 
 def test_engine_json_problems_are_named(tmp_path):
-    with pytest.raises(SpecError, match="no model.engine"):
+    with pytest.raises(ArtifactError, match="no model.engine"):
         read_engine_info(str(tmp_path))
     (tmp_path / "model.engine").write_bytes(b"plan")
-    with pytest.raises(SpecError, match="no engine.json beside it"):
+    with pytest.raises(ArtifactError, match="no engine.json beside it"):
         read_engine_info(str(tmp_path))
     (tmp_path / "engine.json").write_text("{not json")
-    with pytest.raises(SpecError, match="unreadable engine.json"):
+    with pytest.raises(ArtifactError, match="unreadable engine.json"):
         read_engine_info(str(tmp_path))
     (tmp_path / "engine.json").write_text(json.dumps({**_info().to_json(), "format": 2}))
-    with pytest.raises(SpecError, match="format 2"):
+    with pytest.raises(ArtifactError, match="format 2"):
         read_engine_info(str(tmp_path))
     d = _info().to_json()
     del d["gpu"]
     (tmp_path / "engine.json").write_text(json.dumps(d))
-    with pytest.raises(SpecError, match="damaged engine.json"):
+    with pytest.raises(ArtifactError, match="damaged engine.json"):
         read_engine_info(str(tmp_path))
 
 
@@ -215,8 +215,8 @@ def test_engine_build_republishes_the_folder_with_the_engine_listed(digits_folde
 
     def refuse(staged):
         assert os.path.isfile(os.path.join(staged, "model.engine"))
-        raise SpecError.at("gate", "refused", "test")
-    with pytest.raises(SpecError, match="refused"):
+        raise ArtifactError.at("gate", "refused", "test")
+    with pytest.raises(ArtifactError, match="refused"):
         build_engine(str(folder), BuildOptions(precision="tf32"), gate=refuse, build=_plan)
     assert {p: (folder / p).read_bytes() for p in os.listdir(folder)} == listing
     wait_for_cleanup()
@@ -304,12 +304,12 @@ def test_cuda_calls_fail_as_user_errors_without_a_gpu():
     from resgraph.runtime.session import nvidia_gpu_visible
     if nvidia_gpu_visible():
         pytest.skip("a GPU is visible here")
-    with pytest.raises(SpecError) as e:
+    with pytest.raises(BackendError) as e:
         cuda.PinnedBuffer((2, 3))
     assert e.value.file == "cudaMallocHost" and "CUDA error cuda" in e.value.message
     from resgraph.backends.tensorrt.gpu import gpu
     if shutil.which("nvidia-smi") is None:
-        with pytest.raises(SpecError) as e:
+        with pytest.raises(BackendError) as e:
             gpu(0)
         assert "CUDA cannot query the GPU" in e.value.message and "nvidia-smi" in e.value.hint
 

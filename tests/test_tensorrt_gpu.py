@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, SPECS, run_cli
-from resgraph.errors import SpecError
+from resgraph.errors import BackendError
 
 
 def _missing() -> str | None:
@@ -149,7 +149,7 @@ def test_a_corrupt_engine_is_refused(digits_engine, tmp_path):
     data = bytearray((folder / "model.engine").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (folder / "model.engine").write_bytes(bytes(data))
-    with pytest.raises(SpecError, match="does not match engine.json's sha256"):
+    with pytest.raises(BackendError, match="does not match engine.json's sha256"):
         open_session(str(folder), "tensorrt")
     # a plan that matches its record but is not a plan: TensorRT's refusal, as a user error
     import hashlib
@@ -157,7 +157,7 @@ def test_a_corrupt_engine_is_refused(digits_engine, tmp_path):
     d = json.loads((folder / "engine.json").read_text())
     d["engine_sha256"] = hashlib.sha256(b"\0" * 1000).hexdigest()
     (folder / "engine.json").write_text(json.dumps(d))
-    with pytest.raises(SpecError, match="could not deserialise"):
+    with pytest.raises(BackendError, match="could not deserialise"):
         open_session(str(folder), "tensorrt")
 
 

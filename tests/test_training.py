@@ -148,7 +148,7 @@ def test_init_command_and_checkpoint_checks(tmp_path):
     assert all(torch.equal(tensors[k], t2[k]) for k in tensors)
     # the same weights load into the module; weights of another spec are refused with the mismatches listed
     resgraph.to_torch(ROOT / "specs" / "cifar_resnet20_a.yaml", weights=str(w))
-    with pytest.raises(resgraph.SpecError) as info:
+    with pytest.raises(resgraph.WeightsError) as info:
         resgraph.to_torch(ROOT / "specs" / "cifar_resnet32_a.yaml", weights=str(w))
     msg = info.value.message
     assert "does not fit the spec" in msg and "missing (" in msg and "layer1.3.conv1.weight" in msg

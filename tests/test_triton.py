@@ -20,7 +20,7 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] is not installed (pip install 'resgraph[serve]')")
 from google.protobuf import text_format  # noqa: E402
 
-from resgraph.errors import SpecError  # noqa: E402
+from resgraph.errors import ArtifactError, BackendError, OptionError  # noqa: E402
 from resgraph.triton.export import Batching, TritonOptions, export_triton  # noqa: E402
 
 
@@ -89,12 +89,12 @@ def test_tensorrt_repository_names_the_plan_by_compute_capability(digits_folder,
     assert c.default_model_filename == "model.plan" and os.listdir(os.path.join(path, "1")) == ["model.sm90.plan"]
     assert model_config_pb2.ModelInstanceGroup.Kind.Name(c.instance_group[0].kind) == "KIND_GPU"
     assert open(os.path.join(path, "1", "model.sm90.plan"), "rb").read() == b"a plan"
-    with pytest.raises(SpecError, match="beyond the engine's batch profile 1:16:64"):
+    with pytest.raises(OptionError, match="beyond the engine's batch profile 1:16:64"):
         export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt", max_batch=128))
-    with pytest.raises(SpecError, match="runs on GPUs"):
+    with pytest.raises(OptionError, match="runs on GPUs"):
         export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt", kind="cpu"))
     write_engine_info(str(folder / "engine.json"), _info(options=BuildOptions(batch=BatchProfile(4, 16, 64))))
-    with pytest.raises(SpecError, match="does not take batches of 1"):
+    with pytest.raises(ArtifactError, match="does not take batches of 1"):
         export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(platform="tensorrt"))
 
 
@@ -116,7 +116,7 @@ def _no_triton() -> str | None:
     try:
         from resgraph.triton.server import _dist
         _dist()
-    except (ImportError, SpecError) as e:
+    except (ImportError, BackendError) as e:
         return f"Triton's core is not installed (pip install 'resgraph[serve]'): {e}"
     return None
 

@@ -92,9 +92,9 @@ def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=No
 def gate(folder: str, options, batches: tuple[int, ...]) -> list[Pair]:
     """compile --engine's parity gate: the engine against ONNX Runtime and, where torch is installed,
     the checkpoint's PyTorch module, on random normalised inputs in batches of each size given (the
-    profile's MIN, OPT and MAX); the tolerance is the engine precision's. Raises on any pair beyond
-    it, and on any NaN or infinity in the engine's output (fp16 overflow) before comparing."""
-    from ..errors import SpecError
+    profile's MIN, OPT and MAX); the tolerance is the engine precision's. Raises ArtifactError on any
+    pair beyond it, and on any NaN or infinity in the engine's output (fp16 overflow) before comparing."""
+    from ..errors import ArtifactError
     from .session import BACKENDS, open_session
     refs = [n for n in ("torch-cpu", "ort-cuda" if BACKENDS["ort-cuda"].probe(folder).ok else "ort-cpu")
             if BACKENDS[n].probe(folder).ok]
@@ -112,10 +112,10 @@ def gate(folder: str, options, batches: tuple[int, ...]) -> list[Pair]:
         outputs = {n: np.concatenate(v) for n, v in outputs.items()}
         where = f"{folder}/model.engine"
         if not np.isfinite(outputs["tensorrt"]).all():
-            raise SpecError.at(where, f"the {sessions['tensorrt'].precision} engine's outputs hold NaN or infinity on "
-                               "random normalised inputs (fp16 overflow?)",
-                               "build with --precision fp32 or tf32 (or compile with --no-fold); --no-parity-gate "
-                               "skips this check")
+            raise ArtifactError.at(where, f"the {sessions['tensorrt'].precision} engine's outputs hold NaN or "
+                                   "infinity on random normalised inputs (fp16 overflow?)",
+                                   "build with --precision fp32 or tf32 (or compile with --no-fold); --no-parity-gate "
+                                   "skips this check")
         torch_ref = sessions.get("torch-cpu")
         floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
         # without torch there is no fp64 reference to measure fp32's own noise against: an fp32 engine
@@ -127,7 +127,7 @@ def gate(folder: str, options, batches: tuple[int, ...]) -> list[Pair]:
             s.close()
     bad = [p for p in pairs if not p.ok and "tensorrt" in (p.reference, p.other)]
     if bad:
-        raise SpecError.at(where, "the engine fails the parity gate: " + "; ".join(
+        raise ArtifactError.at(where, "the engine fails the parity gate: " + "; ".join(
             f"{p.other} vs {p.reference}: max |a-b| {p.max_abs:.3g}, scaled {p.max_scaled:.3g} (needs {p.tolerance})"
             for p in bad), "compare precisions with resgraph parity FOLDER; --no-parity-gate keeps the engine anyway")
     return pairs

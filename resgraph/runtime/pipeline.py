@@ -109,7 +109,7 @@ def _require_pillow(items: list[Item], pre: Preprocess) -> None:
     if pre.takes_images and any(not it.path.lower().endswith(".npy") for it in items):
         import importlib.util
         if importlib.util.find_spec("PIL") is None:
-            from .session import BackendError
+            from ..errors import BackendError
             raise BackendError.at("Pillow", "decoding images needs Pillow, which is not installed",
                                   "pip install 'resgraph[onnx]' (or pillow)")
 

@@ -26,7 +26,12 @@ DEFAULT_INTERPOLATION = "bilinear"   # torchvision's Resize default
 
 
 class InputError(Exception):
-    """One input that cannot be used (unreadable, not an image, wrong shape); the others go on."""
+    """One input that cannot be used (unreadable, not an image, wrong shape); the others go on.
+
+    Not a ResgraphError (DataError) on purpose: it is a per-input signal, always caught by the caller
+    (run's pipeline, the training data set, parity), which reports its message beside that input and
+    goes on with the rest; it carries no location of its own (the caller names the file), and its
+    str() is the message itself, which `run --json` prints as the input's "error"."""
 
 
 @dataclass(frozen=True)

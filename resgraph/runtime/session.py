@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from ..artifacts import Manifest, read_manifest
-from ..errors import SpecError
+from ..errors import BackendError, DataError
 from .preprocess import Preprocess
 
 AUTO_ORDER = ("tensorrt", "ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")
@@ -38,10 +38,6 @@ INSTALL = {
     "torch": "pip install 'resgraph[torch]'",
     "tensorrt": "pip install 'resgraph[tensorrt]'",
 }
-
-
-class BackendError(SpecError):
-    """A back end that cannot run here, or cannot open this folder; the hint says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +91,15 @@ class Session:
         """The batch every back end accepts: [N, *input shape] float32, C-contiguous."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            raise BackendError.at(self.input_name, f"a batch of shape {list(x.shape)}, but the model takes "
-                                  f"[N, {', '.join(map(str, self.input_shape))}]", "stack samples along a first axis")
+            raise DataError.at(self.input_name, f"a batch of shape {list(x.shape)}, but the model takes "
+                               f"[N, {', '.join(map(str, self.input_shape))}]", "stack samples along a first axis")
         return x
 
 
 def _checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
     """The manifest's preprocess and labels, checked against its shapes: a hand-edited or foreign
     manifest fails here, naming the field, not on every input later."""
-    from ..artifacts import ArtifactError
+    from ..errors import ArtifactError
     from .preprocess import PIL_FILTERS
     where = os.path.join(folder, "manifest.json")
     shape_in, shape_out = manifest.input.sample_shape, manifest.output.sample_shape

@@ -52,7 +52,7 @@ def open_engine(folder: str, manifest, options: Options):
     """A TensorRTSession; every refusal is a BackendError, so that `auto` passes over a back end it
     cannot open (no loadable TensorRT, an engine for another GPU) to the next, saying why."""
     from ..backends.tensorrt.engine_json import EngineMismatch
-    from ..errors import SpecError
+    from ..errors import ResgraphError
     try:
         return TensorRTSession(folder, manifest, options)
     except EngineMismatch as e:
@@ -63,7 +63,7 @@ def open_engine(folder: str, manifest, options: Options):
         why = e.message
     except BackendError:
         raise
-    except SpecError as e:
+    except ResgraphError as e:   # engine.json unreadable, no GPU to query, TensorRT that does not load
         raise BackendError(e.diagnostics) from None
     import sys
 

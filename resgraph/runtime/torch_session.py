@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from ..artifacts import ArtifactError
-from .session import BackendError, Options, Session
+from ..errors import ArtifactError, BackendError, OptionError
+from .session import Options, Session
 
 
 class TorchSession(Session):
@@ -46,7 +46,7 @@ class TorchSession(Session):
         module = to_torch(checked, weights=os.path.join(folder, "weights.safetensors")).eval()
         amp = options.amp or ("fp16" if manifest.precision == "fp16" else "off")
         if amp not in ("off", "fp16", "bf16"):
-            raise BackendError.at("--amp", f"unknown autocast precision '{amp}'", "off, fp16 or bf16")
+            raise OptionError.at("--amp", f"unknown autocast precision '{amp}'", "off, fp16 or bf16")
         self.amp_dtype = {"off": None, "fp16": torch.float16, "bf16": torch.bfloat16}[amp] if cuda else None
         if self.amp_dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
             raise BackendError.at("--amp", f"{torch.cuda.get_device_name(self.dev)} does not compute in bf16",

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import SpecError
+from ..errors import DataError, PathError
 from ..runtime.preprocess import InputError
 from .split import split as _split
 
@@ -31,14 +31,12 @@ class Data:
     source: str
 
 
-_error = SpecError.at   # an error about a file or option: no line to point at
-
-
 def load_data(source: str, spec, val_split: float = 0.2, seed: int = 0) -> Data:
     if source == "digits":
         return digits(spec, val_split, seed)
     if not os.path.isdir(source):
-        raise _error(source, "no such data folder", "give a folder of class subfolders (ImageFolder layout) or 'digits'")
+        raise DataError.at(source, "no such data folder",
+                           "give a folder of class subfolders (ImageFolder layout) or 'digits'")
     return image_folder(source, spec, val_split, seed)
 
 
@@ -54,12 +52,12 @@ def digits(spec, val_split: float, seed: int) -> Data:
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise _error("digits", "the digits data set needs scikit-learn",
-                     "pip install 'resgraph[train]' (or scikit-learn)") from None
+        raise DataError.at("digits", "the digits data set needs scikit-learn",
+                           "pip install 'resgraph[train]' (or scikit-learn)") from None
     want = tuple(spec.input_shape)
     if want != (1, 8, 8):
-        raise _error(spec.file, f"digits are [1, 8, 8] images; the spec's input is {list(want)}",
-                     "use input: {shape: [1, 8, 8]} to train on digits")
+        raise DataError.at(spec.file, f"digits are [1, 8, 8] images; the spec's input is {list(want)}",
+                           "use input: {shape: [1, 8, 8]} to train on digits")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = _normalise(x, spec)
@@ -145,7 +143,8 @@ def _scan(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
     try:
         classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     except OSError as e:
-        raise _error(folder, f"cannot read the data folder: {e.strerror}", "check the path and its permissions") from None
+        raise PathError.at(folder, f"cannot read the data folder: {e.strerror}",
+                           "check the path and its permissions") from None
     items = []
     for c in classes:
         for root, dirs, files in os.walk(os.path.join(folder, c)):
@@ -158,28 +157,30 @@ def _scan(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
 
 def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
     if len(spec.input_shape) != 3 or spec.input_shape[0] not in (1, 3):
-        raise _error(spec.file, f"image folders need an input of [1 or 3, H, W]; the spec's is {list(spec.input_shape)}",
-                     "train vector models from Python with your own DataLoader")
+        raise DataError.at(spec.file, "image folders need an input of [1 or 3, H, W]; the spec's is "
+                           f"{list(spec.input_shape)}",
+                           "train vector models from Python with your own DataLoader")
     train_dir, val_dir = os.path.join(folder, "train"), os.path.join(folder, "val")
     split = os.path.isdir(train_dir)
     if split and not os.path.isdir(val_dir):
         others = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in ("train",)
                         and not e.name.startswith("."))
-        raise _error(folder, "the folder has train/ but no val/" + (f" (it has: {', '.join(others[:5])})" if others else ""),
-                     f"put the held-out images in {val_dir}/<class>/ (torchvision's layout: train/ and val/), "
-                     f"or move the class folders up into {folder}/ to split them by --val-split")
+        raise DataError.at(folder, "the folder has train/ but no val/"
+                           + (f" (it has: {', '.join(others[:5])})" if others else ""),
+                           f"put the held-out images in {val_dir}/<class>/ (torchvision's layout: train/ and val/), "
+                           f"or move the class folders up into {folder}/ to split them by --val-split")
     if not split and os.path.isdir(val_dir):
-        raise _error(folder, "the folder has val/ but no train/",
-                     f"put the training images in {train_dir}/<class>/ beside val/, or the class folders "
-                     f"directly in {folder}/ to split them by --val-split")
+        raise DataError.at(folder, "the folder has val/ but no train/",
+                           f"put the training images in {train_dir}/<class>/ beside val/, or the class folders "
+                           f"directly in {folder}/ to split them by --val-split")
     classes, items = _scan(train_dir if split else folder)
     if not items:
-        raise _error(folder, "no images found", f"expected {folder}/<class>/*.png (or {folder}/train/<class>/...)")
+        raise DataError.at(folder, "no images found", f"expected {folder}/<class>/*.png (or {folder}/train/<class>/...)")
     if spec.labels is not None:
         missing = [c for c in classes if c not in spec.labels]
         if missing:
-            raise _error(folder, f"class folders not in the spec's labels: {', '.join(missing[:5])}",
-                         "name the folders after the spec's labels, or change the labels")
+            raise DataError.at(folder, f"class folders not in the spec's labels: {', '.join(missing[:5])}",
+                               "name the folders after the spec's labels, or change the labels")
         classes = list(spec.labels)
     index = {c: i for i, c in enumerate(classes)}
     pairs = [(p, index[c]) for p, c in items]
@@ -187,9 +188,9 @@ def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
         val_classes, val_items = _scan(val_dir)
         strays = [c for c in val_classes if c not in index]
         if strays:
-            raise _error(val_dir, f"class folders that train/ does not have: {', '.join(strays[:5])}"
-                         + (f" (+{len(strays) - 5} more)" if len(strays) > 5 else ""),
-                         "name val/'s class folders as train/'s (or the spec's labels), or remove those")
+            raise DataError.at(val_dir, f"class folders that train/ does not have: {', '.join(strays[:5])}"
+                               + (f" (+{len(strays) - 5} more)" if len(strays) > 5 else ""),
+                               "name val/'s class folders as train/'s (or the spec's labels), or remove those")
         val_pairs = [(p, index[c]) for p, c in val_items]
         return Data(Images(pairs, spec, folder, "train", classes), Images(val_pairs, spec, folder, "val", classes),
                     classes, folder)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..backends.torch.checkpoint import writing
-from ..errors import SpecError
+from ..errors import DataError, OptionError, PathError, WeightsError
 from ..fileio import atomic_write
 from .data import collate, load_data, report_bad
 from .state import load_trainer_state, save_trainer_state
@@ -58,9 +58,6 @@ class TrainConfig:
     sync_bn: bool = False
     progress: bool = True
     on_epoch: object = None              # Python API: called with each epoch's metrics row (rank 0)
-
-
-_error = SpecError.at   # an error about a file or option: no line to point at
 
 
 class _Dist:
@@ -98,7 +95,7 @@ def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise _error("--device", "CUDA was asked for but is not available", "use --device cpu")
+            raise OptionError.at("--device", "CUDA was asked for but is not available", "use --device cpu")
         return torch.device("cuda", d.local)
     return torch.device("cpu")
 
@@ -127,7 +124,7 @@ def _optimizer(module, cfg: TrainConfig):
         lr = 1e-3 if cfg.lr is None else cfg.lr
         wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
         return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=wd)
-    raise _error("--optimizer", f"unknown optimizer '{cfg.optimizer}'", "use sgd or adamw")
+    raise OptionError.at("--optimizer", f"unknown optimizer '{cfg.optimizer}'", "use sgd or adamw")
 
 
 @torch.no_grad()
@@ -136,14 +133,14 @@ def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool
     """(mean cross-entropy, accuracy) of `module` in eval mode, over the samples that can be read.
 
     Files that cannot be used are skipped: collected into `bad` (path -> why) when given, else
-    reported on stderr. A SpecError for an empty data set, one none of whose files can be read,
+    reported on stderr. A DataError for an empty data set, one none of whose files can be read,
     and one with more (or fewer) classes than the module has outputs."""
     where = getattr(dataset, "where", "") or "the data"
     split = getattr(dataset, "split", "")
     if len(dataset) == 0:
-        raise _error(where, f"the {split + ' ' if split else ''}split has no samples",
-                     "with --val-split 0 (or too few images per class to hold one out) there is no validation "
-                     "split: use --split train, a larger --val-split, or a DIR/train + DIR/val layout")
+        raise DataError.at(where, f"the {split + ' ' if split else ''}split has no samples",
+                           "with --val-split 0 (or too few images per class to hold one out) there is no validation "
+                           "split: use --split train, a larger --val-split, or a DIR/train + DIR/val layout")
     report = bad is None
     bad = {} if bad is None else bad
     was = module.training
@@ -166,24 +163,24 @@ def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool
     if report:
         report_bad(bad, dataset)
     if n == 0:
-        raise _error(where, f"none of the {len(dataset)} {split + ' ' if split else ''}images can be used",
-                     "see the files listed above: replace or remove them")
+        raise DataError.at(where, f"none of the {len(dataset)} {split + ' ' if split else ''}images can be used",
+                           "see the files listed above: replace or remove them")
     return loss / n, correct / n
 
 
 def _check_classes(out, y, classes, where: str) -> None:
     k = out.shape[1] if out.dim() == 2 else None
     if k is None:
-        raise _error(where, f"the network's output is {list(out.shape[1:])}, not a vector of class scores",
-                     "train and evaluate classifiers: end the spec with linear: {out: CLASSES}")
+        raise DataError.at(where, f"the network's output is {list(out.shape[1:])}, not a vector of class scores",
+                           "train and evaluate classifiers: end the spec with linear: {out: CLASSES}")
     if classes is not None and len(classes) != k:
-        raise _error(where, f"the data has {len(classes)} classes ({', '.join(classes[:5])}"
-                     f"{', ...' if len(classes) > 5 else ''}) but the network has {k} outputs",
-                     f"evaluate on data with the {k} classes the model was trained on (or give the spec "
-                     "labels: naming the classes, so that folders are matched by name)")
+        raise DataError.at(where, f"the data has {len(classes)} classes ({', '.join(classes[:5])}"
+                           f"{', ...' if len(classes) > 5 else ''}) but the network has {k} outputs",
+                           f"evaluate on data with the {k} classes the model was trained on (or give the spec "
+                           "labels: naming the classes, so that folders are matched by name)")
     if len(y) and int(y.max()) >= k:
-        raise _error(where, f"a label is {int(y.max())} but the network has {k} outputs",
-                     "the data has more classes than the model")
+        raise DataError.at(where, f"a label is {int(y.max())} but the network has {k} outputs",
+                           "the data has more classes than the model")
 
 
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]   # val_*: nan without a validation set
@@ -224,18 +221,18 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
     data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
     n_out = checked.graph[checked.graph.output].shape
     if n_out != (len(data.classes),):
-        raise _error(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is {list(n_out)}",
-                     f"set the last layer to linear: {{out: {len(data.classes)}}}")
+        raise DataError.at(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is "
+                           f"{list(n_out)}", f"set the last layer to linear: {{out: {len(data.classes)}}}")
     if cfg.batch_size % d.world:
-        raise _error("--batch-size", f"batch {cfg.batch_size} does not split evenly over {d.world} processes",
-                     "use a multiple of the process count")
+        raise OptionError.at("--batch-size", f"batch {cfg.batch_size} does not split evenly over {d.world} processes",
+                             "use a multiple of the process count")
     per_rank = cfg.batch_size // d.world
     sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
     loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True, collate_fn=collate,
                         num_workers=cfg.workers, pin_memory=device.type == "cuda")
     if len(loader) == 0:
-        raise _error(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
-                     "lower --batch-size")
+        raise DataError.at(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
+                           "lower --batch-size")
     # no validation set (--val-split 0, a class too small to hold one out, an empty val/): val_loss
     # and val_acc are nan (not 0) and best.safetensors is the lowest training loss, said so
     has_val = len(data.val) > 0
@@ -304,13 +301,13 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
             report_bad(new_bad, data.train)
         loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
         if seen == 0:
-            raise _error(cfg.data, f"none of the {len(data.train)} training images can be used",
-                         "see the files listed above: replace or remove them")
+            raise DataError.at(cfg.data, f"none of the {len(data.train)} training images can be used",
+                               "see the files listed above: replace or remove them")
         if not all(bool(torch.isfinite(v).all()) for v in module.state_dict().values() if v.is_floating_point()):
-            raise _error(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
-                         f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
-                         f"lower --lr (or add --warmup-epochs) and start again; {out}'s checkpoints and "
-                         f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
+            raise WeightsError.at(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
+                                  f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
+                                  f"lower --lr (or add --warmup-epochs) and start again; {out}'s checkpoints and "
+                                  f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
                "train_acc": correct / seen}
         if d.main:
@@ -370,18 +367,19 @@ def _score(row: dict, best_by: str) -> float:
 
 def _resume(cfg: TrainConfig, module, optimizer, scheduler, device, out, state_path, metrics_path):
     """(the last finished epoch, the metrics rows so far) of the run in `out`, its weights, optimizer and
-    schedule loaded; a SpecError saying what to do for anything missing, damaged or inconsistent."""
+    schedule loaded; a ResgraphError saying what to do for anything missing, damaged or inconsistent."""
     from ..backends.torch.checkpoint import check_finite, check_fits, load_checkpoint
     if not os.path.exists(state_path):
-        raise _error(out, "nothing to resume: no trainer.safetensors here", "train without --resume first")
+        raise OptionError.at("--resume", f"nothing to resume: {out} holds no trainer.safetensors",
+                             "train without --resume first")
     meta = load_trainer_state(state_path, optimizer, scheduler, device)
     start = meta["epoch"]
     extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
     saved = extra.get("config") if isinstance(extra.get("config"), dict) else {}
     if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:
-        raise _error(state_path, f"the run was trained with --optimizer {saved['optimizer']}, not {cfg.optimizer}",
-                     f"resume with --optimizer {saved['optimizer']}, or start a new run from its weights: "
-                     f"--weights {out}/last.safetensors -o NEW")
+        raise OptionError.at("--optimizer", f"the run in {out} was trained with --optimizer {saved['optimizer']}, "
+                             f"not {cfg.optimizer}", f"resume with --optimizer {saved['optimizer']}, or start a new "
+                             f"run from its weights: --weights {out}/last.safetensors -o NEW")
     if meta.get("model") is not None:   # the weights committed with this state
         check_fits(module, meta["model"], state_path)
         check_finite(meta["model"], state_path)
@@ -391,8 +389,8 @@ def _resume(cfg: TrainConfig, module, optimizer, scheduler, device, out, state_p
     if isinstance(extra.get("rows"), list):
         rows = extra["rows"]
         if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in METRICS) for r in rows):
-            raise _error(state_path, "the trainer state's metrics rows are damaged",
-                         "start the run again without --resume, or from its weights: "
+            raise WeightsError.at(state_path, "the trainer state's metrics rows are damaged",
+                                  "start the run again without --resume, or from its weights: "
                          f"--weights {out}/last.safetensors -o NEW")
         return start, [{k: float(r[k]) for k in METRICS} for r in rows][:start]
     return start, _read_metrics(metrics_path, out)[:start]
@@ -408,17 +406,20 @@ def _read_metrics(path: str, out: str) -> list[dict]:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or any(k not in reader.fieldnames for k in METRICS):
-                raise _error(path, f"not a metrics file of resgraph train: the columns are {reader.fieldnames}, "
-                             f"not {', '.join(METRICS)}", hint)
+                raise WeightsError.at(path, f"not a metrics file of resgraph train: the columns are "
+                                      f"{reader.fieldnames}, not {', '.join(METRICS)}", hint)
             rows = []
             for line, r in enumerate(reader, 2):
                 try:
                     rows.append({k: float(r[k]) for k in METRICS})
                 except (TypeError, ValueError):
-                    raise _error(path, f"line {line} is damaged: { {k: r.get(k) for k in METRICS} }", hint) from None
+                    raise WeightsError.at(path, f"line {line} is damaged: { {k: r.get(k) for k in METRICS} }",
+                                          hint) from None
             return rows
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise _error(path, f"cannot read the metrics: {e}", hint) from None
+    except OSError as e:
+        raise PathError.at(path, f"cannot read the metrics: {e.strerror or e}", hint) from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise WeightsError.at(path, f"cannot read the metrics: {e}", hint) from None
 
 
 def _write_metrics(path: str, rows: list[dict]) -> None:

@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..backends.torch.checkpoint import writing
-from ..errors import SpecError
+from ..errors import PathError, WeightsError
 from ..fileio import atomic_write, check_regular
 
 
@@ -52,8 +52,8 @@ def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None
     import os
     hint = hint or DAMAGED_HINT.format(out=os.path.dirname(path) or ".")
 
-    def damaged(why: str) -> SpecError:
-        return SpecError.at(path, f"the trainer state is damaged: {why}", hint)
+    def damaged(why: str) -> WeightsError:
+        return WeightsError.at(path, f"the trainer state is damaged: {why}", hint)
 
     check_regular(path, "trainer state")
     try:
@@ -63,7 +63,10 @@ def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None
         tensors = load_file(path, device=str(device))
     except KeyError:
         raise damaged("no 'trainer' metadata (is it a trainer.safetensors written by resgraph train?)") from None
-    except (SafetensorError, OSError, ValueError, TypeError) as e:   # json.JSONDecodeError is a ValueError
+    except OSError as e:   # no read permission, a failing disk: the path, not the state
+        raise PathError.at(path, f"cannot read the trainer state: {e.strerror or e}",
+                           "check the path and its permissions") from None
+    except (SafetensorError, ValueError, TypeError) as e:   # json.JSONDecodeError is a ValueError
         raise damaged(f"not a readable safetensors file: {e}") from None
     if not isinstance(meta, dict):
         raise damaged("its metadata is not a JSON object")
@@ -72,10 +75,10 @@ def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None
         raise damaged(f"its epoch is {epoch!r}, not a count of finished epochs (0 or more)")
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise SpecError.at(path, f"the trainer state holds NaN or inf ({', '.join(bad[:5])}"
-                           f"{' ...' if len(bad) > 5 else ''}): the run diverged before epoch {epoch}",
-                           "resuming would go on training a broken model. Start again from an earlier checkpoint "
-                           "(best.safetensors or epoch-NNN.safetensors) with --weights, perhaps with a lower --lr")
+        raise WeightsError.at(path, f"the trainer state holds NaN or inf ({', '.join(bad[:5])}"
+                              f"{' ...' if len(bad) > 5 else ''}): the run diverged before epoch {epoch}",
+                              "resuming would go on training a broken model. Start again from an earlier checkpoint "
+                              "(best.safetensors or epoch-NNN.safetensors) with --weights, perhaps with a lower --lr")
     state: dict = {}
     model: dict = {}
     try:

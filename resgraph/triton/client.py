@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.session import BackendError, Options, Session
+from ..errors import BackendError, OptionError
+from ..runtime.session import Options, Session
 
 
 class TritonSession(Session):
@@ -20,7 +21,8 @@ class TritonSession(Session):
         try:
             scheme = url.split("://", 1)[0] if "://" in url else "http"
             if scheme not in ("http", "https", "grpc", "grpcs"):
-                raise BackendError.at(url, f"unknown scheme '{scheme}'", "http://, https://, grpc:// or grpcs://")
+                raise OptionError.at(url, f"unknown scheme '{scheme}' (--triton)",
+                                     "http://, https://, grpc:// or grpcs://")
             if scheme.startswith("grpc"):
                 import tritonclient.grpc as client
             else:

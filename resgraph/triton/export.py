@@ -22,13 +22,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from ..artifacts import ARTIFACTS, ArtifactError, folder_of, read_manifest
-from ..errors import SpecError
+from ..artifacts import ARTIFACTS, folder_of, read_manifest
+from ..errors import ArtifactError, OptionError
 from ..fileio import link_or_copy
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
-_error = SpecError.at
 
 
 @dataclass(frozen=True)
@@ -54,14 +53,14 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
     folder = folder_of(artifact)
     m = read_manifest(folder)
     if o.platform not in PLATFORMS:
-        raise _error("--platform", f"unknown platform '{o.platform}'", " | ".join(PLATFORMS))
+        raise OptionError.at("--platform", f"unknown platform '{o.platform}'", " | ".join(PLATFORMS))
     if o.instances < 1:
-        raise _error("--instances", f"{o.instances} instances", "one or more")
+        raise OptionError.at("--instances", f"{o.instances} instances", "one or more")
     if o.kind not in KINDS:
-        raise _error("--kind", f"unknown instance kind '{o.kind}'", " | ".join(KINDS))
+        raise OptionError.at("--kind", f"unknown instance kind '{o.kind}'", " | ".join(KINDS))
     name = o.name or m.name
     if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise _error("--name", f"'{name}' cannot name a folder of the repository", "letters, digits, - and _")
+        raise OptionError.at("--name", f"'{name}' cannot name a folder of the repository", "letters, digits, - and _")
     kind, extra, files = o.kind, [], {}
     max_batch = o.max_batch
     if o.platform == "tensorrt":
@@ -71,14 +70,15 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
         if max_batch is None:
             max_batch = profile.max
         if max_batch > profile.max:
-            raise _error("--max-batch", f"{max_batch} is beyond the engine's batch profile {profile}",
-                         f"--max-batch {profile.max} or less, or rebuild: resgraph engine build {folder} "
-                         f"--batch {profile.min}:{profile.opt}:{max_batch}")
+            raise OptionError.at("--max-batch", f"{max_batch} is beyond the engine's batch profile {profile}",
+                                 f"--max-batch {profile.max} or less, or rebuild: resgraph engine build {folder} "
+                                 f"--batch {profile.min}:{profile.opt}:{max_batch}")
         if profile.min > 1:
-            raise _error(os.path.join(folder, "engine.json"), f"the engine's profile {profile} does not take batches "
-                         f"of 1 to {max_batch}, which Triton sends", f"rebuild with --batch 1:{profile.opt}:{profile.max}")
+            raise ArtifactError.at(os.path.join(folder, "engine.json"), f"the engine's profile {profile} does not "
+                                   f"take batches of 1 to {max_batch}, which Triton sends",
+                                   f"rebuild with --batch 1:{profile.opt}:{profile.max}")
         if kind == "cpu":
-            raise _error("--kind", "a TensorRT plan runs on GPUs", "--kind gpu (or auto)")
+            raise OptionError.at("--kind", "a TensorRT plan runs on GPUs", "--kind gpu (or auto)")
         kind = "gpu"
         # named after its compute capability, and the default file name left absent: on a GPU of
         # another capability Triton finds no file to load ("unable to find"), rather than falling
@@ -100,7 +100,7 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
     if max_batch is None:
         max_batch = 32
     if max_batch < 1:
-        raise _error("--max-batch", f"{max_batch}", "one or more: Triton batches along the first dimension")
+        raise OptionError.at("--max-batch", f"{max_batch}", "one or more: Triton batches along the first dimension")
     for src in files.values():
         if not os.path.isfile(src):
             raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
@@ -115,7 +115,8 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
         b = o.batching
         preferred = f"preferred_batch_size: [{', '.join(map(str, b.preferred))}] " if b.preferred else ""
         if any(p < 1 or p > max_batch for p in b.preferred):
-            raise _error("--preferred-batch", f"{list(b.preferred)} must lie in 1..{max_batch}", "sizes Triton may form")
+            raise OptionError.at("--preferred-batch", f"{list(b.preferred)} must lie in 1..{max_batch}",
+                                 "sizes Triton may form")
         lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {b.max_queue_delay_us} }}")
     config = "\n".join(lines) + "\n"
 

@@ -21,7 +21,7 @@ import sysconfig
 import tempfile
 import time
 
-from ..errors import SpecError
+from ..errors import BackendError, OptionError
 
 INSTALL = "pip install 'resgraph[serve]' (nvidia-pytriton: Triton's core and Python backend, for Linux x86-64)"
 
@@ -30,11 +30,11 @@ def _dist() -> tuple[str, str]:
     try:
         import pytriton
     except ImportError:
-        raise SpecError.at("tritonserver", "Triton Inference Server is not installed", INSTALL) from None
+        raise BackendError.at("tritonserver", "Triton Inference Server is not installed", INSTALL) from None
     root = os.path.dirname(pytriton.__file__)
     dist, libs = os.path.join(root, "tritonserver"), os.path.join(os.path.dirname(root), "nvidia_pytriton.libs")
     if not os.path.isfile(os.path.join(dist, "bin", "tritonserver")):
-        raise SpecError.at(dist, "this nvidia-pytriton has no tritonserver binary", INSTALL)
+        raise BackendError.at(dist, "this nvidia-pytriton has no tritonserver binary", INSTALL)
     return dist, libs
 
 
@@ -104,13 +104,14 @@ class TritonServer:
         dist, libs = _dist()
         for what, port in self.ports.items():
             if not _port_free(self.address, port):
-                raise SpecError.at(f"{self.address}:{port}", f"the {what} port is in use (another server?)",
-                                   f"choose another with --{'port' if what == 'http' else what + '-port'} (0: any free one)")
+                option = "--port" if what == "http" else f"--{what}-port"
+                raise OptionError.at(f"{self.address}:{port}", f"the {what} port is in use (another server?)",
+                                     f"choose another with {option} (0: any free one)")
         version = f"{sys.version_info[0]}.{sys.version_info[1]}"
         stub = os.path.join(dist, "python_backend_stubs", version, "triton_python_backend_stub")
         if not os.path.isfile(stub):
-            raise SpecError.at("tritonserver", f"nvidia-pytriton has no Python backend stub for Python {version}",
-                               "use a Python it ships a stub for (see site-packages/pytriton/tritonserver/python_backend_stubs)")
+            raise BackendError.at("tritonserver", f"nvidia-pytriton has no Python backend stub for Python {version}",
+                                  "use a Python it ships a stub for (see site-packages/pytriton/tritonserver/python_backend_stubs)")
         clean_stale_workspaces()
         self.work = tempfile.mkdtemp(prefix="resgraph-triton-")
         with open(os.path.join(self.work, "owner.pid"), "w") as f:
@@ -147,8 +148,9 @@ class TritonServer:
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SpecError.at(self.repo, f"Triton exited ({self.proc.returncode}) while loading the repository:\n"
-                                   + self.log_tail(), "see the log above: a model that failed to load says why")
+                raise BackendError.at(self.repo, f"Triton exited ({self.proc.returncode}) while loading the "
+                                      "repository:\n" + self.log_tail(),
+                                      "see the log above: a model that failed to load says why")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     # ours, not another server's on that port: ours has logged that it listens there
@@ -158,8 +160,8 @@ class TritonServer:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise SpecError.at(self.repo, f"Triton was not ready after {self.ready_timeout:g} s:\n" + self.log_tail(),
-                           "a large model may need longer to load")
+        raise BackendError.at(self.repo, f"Triton was not ready after {self.ready_timeout:g} s:\n" + self.log_tail(),
+                              "a large model may need longer to load")
 
     def log_tail(self, n: int = 4000) -> str:
         try:

@@ -25,8 +25,8 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ...artifacts import Artifact, ArtifactError, Manifest, Stage, read_manifest, write_manifest
-from ...errors import SpecError
+from ...artifacts import Artifact, Manifest, Stage, read_manifest, write_manifest
+from ...errors import ArtifactError, BackendError, OptionError, PathError
 from ...fileio import link_or_copy
 from .engine_json import EngineInfo, TensorSpec, write_engine_info
 from .gpu import gpu as this_gpu
@@ -46,10 +46,10 @@ def import_tensorrt():
     try:
         import tensorrt as trt
     except ModuleNotFoundError as e:
-        raise SpecError.at("tensorrt", f"TensorRT is not installed ({e})", INSTALL) from None
+        raise BackendError.at("tensorrt", f"TensorRT is not installed ({e})", INSTALL) from None
     except Exception as e:  # noqa: BLE001  (installed, but its libraries do not load: libnvinfer, CUDA)
-        raise SpecError.at("tensorrt", f"TensorRT is installed but does not load: {type(e).__name__}: {e}",
-                           "check that the tensorrt wheels match the CUDA driver (tensorrt-cu12 or -cu13) and see "
+        raise BackendError.at("tensorrt", f"TensorRT is installed but does not load: {type(e).__name__}: {e}",
+                              "check that the tensorrt wheels match the CUDA driver (tensorrt-cu12 or -cu13) and see "
                            "resgraph doctor") from None
     return trt
 
@@ -101,9 +101,9 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
     need = {"ampere-plus": ((8, 0), "Ampere"), "same-compute-capability": ((7, 5), "Turing")}.get(
         options.hardware_compatibility)
     if need and version_tuple(card.compute_capability) < need[0]:
-        raise SpecError.at("--hardware-compatibility", f"{options.hardware_compatibility} engines are built on "
-                           f"{need[1]} or later GPUs; this one is {card.name} ({card.compute_capability})",
-                           "build on a newer GPU, or without --hardware-compatibility")
+        raise OptionError.at("--hardware-compatibility", f"{options.hardware_compatibility} engines are built on "
+                             f"{need[1]} or later GPUs; this one is {card.name} ({card.compute_capability})",
+                             "build on a newer GPU, or without --hardware-compatibility")
     if device_id:
         select(device_id)
     started = time.perf_counter()
@@ -135,8 +135,8 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
     elif options.hardware_compatibility == "same-compute-capability":
         level = getattr(trt.HardwareCompatibilityLevel, "SAME_COMPUTE_CAPABILITY", None)   # from TensorRT 10.9
         if level is None:
-            raise SpecError.at("--hardware-compatibility", f"TensorRT {trt.__version__} has no "
-                               "same-compute-capability level", "use ampere-plus, or TensorRT 10.9 or later")
+            raise OptionError.at("--hardware-compatibility", f"TensorRT {trt.__version__} has no "
+                                 "same-compute-capability level", "use ampere-plus, or TensorRT 10.9 or later")
         config.hardware_compatibility_level = level
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
@@ -215,7 +215,7 @@ def _read(path: str) -> bytes:
     except FileNotFoundError:
         return b""
     except OSError as e:
-        raise SpecError.at(path, f"cannot read the timing cache: {e.strerror}", "pass --timing-cache PATH, or "
+        raise PathError.at(path, f"cannot read the timing cache: {e.strerror}", "pass --timing-cache PATH, or "
                            "--no-timing-cache") from None
 
 

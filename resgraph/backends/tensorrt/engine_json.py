@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from ...artifacts import ArtifactError
+from ...errors import ArtifactError, OptionError
 from .options import BuildOptions, version_tuple
 
 FORMAT = 1
@@ -74,6 +74,9 @@ class EngineInfo:
                        resgraph_version=str(d["resgraph_version"]))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError.at(where, f"a damaged engine.json: {type(e).__name__}: {e}",
+                                   "rebuild the engine: resgraph engine build FOLDER") from None
+        except OptionError as e:   # build options no build would have recorded (an unknown precision...)
+            raise ArtifactError.at(where, f"a damaged engine.json: its build options: {e.message}",
                                    "rebuild the engine: resgraph engine build FOLDER") from None
 
 

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from ...errors import SpecError
+from ...errors import BackendError
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ def gpu(index: int = 0) -> Gpu:
         return _from_nvidia_smi(index)
     err, props = cudart.cudaGetDeviceProperties(index)
     if err != cudart.cudaError_t.cudaSuccess:
-        raise SpecError.at(f"GPU {index}", f"CUDA cannot query the GPU: {err.name}",
-                           "is the NVIDIA driver installed and the GPU visible? (nvidia-smi; CUDA_VISIBLE_DEVICES)")
+        raise BackendError.at(f"GPU {index}", f"CUDA cannot query the GPU: {err.name}",
+                              "is the NVIDIA driver installed and the GPU visible? (nvidia-smi; CUDA_VISIBLE_DEVICES)")
     name = props.name.decode(errors="replace").split("\0")[0] if isinstance(props.name, bytes) else str(props.name)
     return Gpu(index, name.strip(), f"{props.major}.{props.minor}")
 
@@ -49,9 +49,9 @@ def _from_nvidia_smi(index: int) -> Gpu:
         name, cc = (x.strip() for x in rows[0])
         if cc.replace(".", "").isdigit():
             return Gpu(0, name, cc)
-    raise SpecError.at(f"GPU {index}", "cannot tell this GPU's compute capability without cuda-python" +
-                       ("" if rows else " (and nvidia-smi shows no GPU)"),
-                       "pip install 'resgraph[tensorrt]' (it brings cuda-python), on a machine with the NVIDIA driver")
+    raise BackendError.at(f"GPU {index}", "cannot tell this GPU's compute capability without cuda-python" +
+                          ("" if rows else " (and nvidia-smi shows no GPU)"),
+                          "pip install 'resgraph[tensorrt]' (it brings cuda-python), on a machine with the NVIDIA driver")
 
 
 def select(index: int) -> None:
@@ -59,7 +59,8 @@ def select(index: int) -> None:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
-        raise SpecError.at(f"GPU {index}", "selecting a GPU needs cuda-python", "pip install 'resgraph[tensorrt]'") from None
+        raise BackendError.at(f"GPU {index}", "selecting a GPU needs cuda-python",
+                              "pip install 'resgraph[tensorrt]'") from None
     (err,) = cudart.cudaSetDevice(index)
     if err != cudart.cudaError_t.cudaSuccess:
-        raise SpecError.at(f"GPU {index}", f"cannot select this GPU: {err.name}", "see nvidia-smi for the GPUs here")
+        raise BackendError.at(f"GPU {index}", f"cannot select this GPU: {err.name}", "see nvidia-smi for the GPUs here")

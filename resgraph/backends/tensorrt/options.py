@@ -18,12 +18,11 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 
-from ...errors import SpecError
+from ...errors import OptionError
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 HARDWARE_COMPATIBILITY = ("none", "ampere-plus", "same-compute-capability")
 STRONGLY_TYPED_FROM = (10, 12)     # the first TensorRT whose strongly typed networks resgraph builds
-_error = SpecError.at
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -53,11 +52,11 @@ class BatchProfile:
         except ValueError:
             nums = []
         if not 1 <= len(parts) <= 3 or len(nums) != len(parts) or any(n < 1 for n in nums):
-            raise _error(where, f"'{text}' is not a batch profile", "MIN:OPT:MAX of positive integers, e.g. 1:32:256 "
-                         "(or N for a fixed batch, MIN:MAX for opt = max)")
+            raise OptionError.at(where, f"'{text}' is not a batch profile", "MIN:OPT:MAX of positive integers, e.g. "
+                                 "1:32:256 (or N for a fixed batch, MIN:MAX for opt = max)")
         lo, opt, hi = (nums * 3)[:3] if len(nums) == 1 else (nums[0], nums[-1], nums[-1]) if len(nums) == 2 else nums
         if not lo <= opt <= hi:
-            raise _error(where, f"'{text}': needs MIN <= OPT <= MAX", "e.g. 1:32:256")
+            raise OptionError.at(where, f"'{text}': needs MIN <= OPT <= MAX", "e.g. 1:32:256")
         return cls(lo, opt, hi)
 
     def __str__(self) -> str:
@@ -83,15 +82,15 @@ class BuildOptions:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise _error("--precision", f"unknown engine precision '{self.precision}'", " | ".join(PRECISIONS))
+            raise OptionError.at("--precision", f"unknown engine precision '{self.precision}'", " | ".join(PRECISIONS))
         if not 0 <= self.optimization_level <= 5:
-            raise _error("--opt-level", f"builder optimisation level {self.optimization_level} is not in 0..5",
-                         "0 builds fastest, 5 searches longest (TensorRT's default: 3)")
+            raise OptionError.at("--opt-level", f"builder optimisation level {self.optimization_level} is not in 0..5",
+                                 "0 builds fastest, 5 searches longest (TensorRT's default: 3)")
         if self.workspace_mib is not None and self.workspace_mib < 1:
-            raise _error("--workspace", f"workspace {self.workspace_mib} MiB", "a positive number of MiB")
+            raise OptionError.at("--workspace", f"workspace {self.workspace_mib} MiB", "a positive number of MiB")
         if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
-            raise _error("--hardware-compatibility", f"unknown level '{self.hardware_compatibility}'",
-                         " | ".join(HARDWARE_COMPATIBILITY))
+            raise OptionError.at("--hardware-compatibility", f"unknown level '{self.hardware_compatibility}'",
+                                 " | ".join(HARDWARE_COMPATIBILITY))
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -129,11 +128,12 @@ class TypingPlan:
 def typing_plan(precision: str, onnx_precision: str, trt_version: tuple[int, ...], where: str) -> TypingPlan:
     """The network flags and builder flags that give `precision` from a model.onnx of
     `onnx_precision` (fp32 | fp16) on TensorRT `trt_version`; a combination that cannot be built is
-    a user error that says what would work."""
+    an OptionError (at `where`: the option, or the model.onnx it does not fit) that says what would work."""
     strong = trt_version >= STRONGLY_TYPED_FROM
     if onnx_precision == "fp16" and precision != "fp16":
-        raise _error(where, f"model.onnx is fp16 (compiled with --precision fp16): it cannot give a {precision} engine",
-                     "build --precision fp16 from it, or recompile with --precision fp32 for an fp32/tf32/bf16 engine")
+        raise OptionError.at(where, f"model.onnx is fp16 (compiled with --precision fp16): it cannot give a "
+                             f"{precision} engine", "build --precision fp16 from it, or recompile with --precision "
+                             "fp32 for an fp32/tf32/bf16 engine")
     if precision == "fp32":
         return TypingPlan(strong, (), ("TF32",))
     if precision == "tf32":
@@ -142,15 +142,15 @@ def typing_plan(precision: str, onnx_precision: str, trt_version: tuple[int, ...
         if not strong:
             return TypingPlan(False, ("FP16",), ("TF32",))
         if onnx_precision != "fp16":
-            raise _error(where, "an fp16 engine on TensorRT >= 10.12 is a strongly typed network built from an fp16 "
-                         "model.onnx, and this model.onnx is fp32",
-                         "recompile with --precision fp16 (resgraph compile SPEC --precision fp16 --engine ...)")
+            raise OptionError.at(where, "an fp16 engine on TensorRT >= 10.12 is a strongly typed network built "
+                                 "from an fp16 model.onnx, and this model.onnx is fp32",
+                                 "recompile with --precision fp16 (resgraph compile SPEC --precision fp16 --engine ...)")
         return TypingPlan(True, (), ("TF32",))   # layers the fp16 ONNX keeps in fp32 stay fp32, as on older 10.x
     assert precision == "bf16", precision
     if trt_version >= (11,):
-        raise _error(where, "TensorRT 11 builds only strongly typed networks, and a bf16 one needs a bf16 model.onnx, "
-                     "which resgraph does not emit (ONNX's Conv takes bf16 from opset 22)",
-                     "build --precision fp16 (same speed on recent GPUs), or use TensorRT 10.x for bf16")
+        raise OptionError.at(where, "TensorRT 11 builds only strongly typed networks, and a bf16 one needs a bf16 "
+                             "model.onnx, which resgraph does not emit (ONNX's Conv takes bf16 from opset 22)",
+                             "build --precision fp16 (same speed on recent GPUs), or use TensorRT 10.x for bf16")
     return TypingPlan(False, ("BF16",), ("TF32",))
 
 

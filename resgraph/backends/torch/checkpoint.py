@@ -5,18 +5,18 @@ weights are trained. Loading checks the checkpoint against the spec — names, s
 integer or bool tensor where the module holds floats is refused, never cast) and finiteness — and
 lists the first mismatches otherwise. Only regular files are opened (a FIFO would block forever).
 Writes are atomic (a temporary file, then a rename): a full disk leaves the previous file whole.
+A path that cannot be read or written is a PathError; content that does not load or fit, a WeightsError.
 """
 from __future__ import annotations
 
-import errno
 import os
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ...errors import SpecError
-from ...fileio import atomic_write, check_regular
+from ...errors import PathError, WeightsError
+from ...fileio import atomic_write, check_regular, os_error
 
 
 def save_checkpoint(module: torch.nn.Module, path: str, metadata: dict | None = None) -> None:
@@ -31,7 +31,8 @@ def save_checkpoint(module: torch.nn.Module, path: str, metadata: dict | None = 
 class writing:
     """`with writing(path): ...` turns a failed write (disk full, read-only, quota, name too long,
     permissions; as OSError or as safetensors' SafetensorError "I/O error ... (os error N)") into a
-    user error naming `path`."""
+    PathError naming `path`, with fileio's hint for the errno and that the previous file is whole
+    (writes are atomic)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -45,23 +46,14 @@ class writing:
         code = e.errno if isinstance(e, OSError) else _os_error_code(e) if isinstance(e, SafetensorError) else None
         if code is None:
             return False
-        raise write_error(self.path, code, e) from None
+        raise os_error(OSError(code, os.strerror(code), self.path), doing="cannot write",
+                       after="; the previous file there, if any, is left as it was") from None
 
 
 def _os_error_code(e: Exception) -> int | None:
     import re
     m = re.search(r"\(os error (\d+)\)", str(e))
     return int(m.group(1)) if m else None
-
-
-def write_error(path: str, code: int, e: Exception | None = None) -> SpecError:
-    """A failed write as a user error naming `path`, with fileio's hint for the errno (the CLI's
-    own OSError handler gives the same), and that the previous file is whole (writes are atomic)."""
-    from ...fileio import ERRNO_HINTS
-    what = os.strerror(code) if code else str(e)
-    hint = ERRNO_HINTS.get(code, "check the path and the disk")
-    return SpecError.at(path, f"cannot write: {what} ({errno.errorcode.get(code, code)})",
-                        hint + "; the previous file there, if any, is left as it was")
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -71,11 +63,12 @@ def read_checkpoint(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
         return load_file(path), meta
-    except FileNotFoundError:
-        raise _error(path, "no such checkpoint file", "check the path") from None
-    except (SafetensorError, OSError, ValueError, TypeError) as e:
-        raise _error(path, f"not a readable safetensors file: {e}",
-                     "resgraph checkpoints are .safetensors files (resgraph init, train or import-weights)") from None
+    except OSError as e:   # no read permission, a race with check_regular (the file went), a failing disk
+        raise PathError.at(path, f"cannot read the checkpoint: {e.strerror or e}",
+                           "check the path and its permissions") from None
+    except (SafetensorError, ValueError, TypeError) as e:
+        raise WeightsError.at(path, f"not a readable safetensors file: {e}", "resgraph checkpoints are .safetensors "
+                              "files (resgraph init, train or import-weights)") from None
 
 
 def load_checkpoint(module: torch.nn.Module, path: str, strict: bool = True) -> dict[str, str]:
@@ -121,18 +114,16 @@ def check_fits(module: torch.nn.Module, tensors: dict, path: str, limit: int = 5
     if dtypes and not (missing or unexpected or wrong):
         hint = ("weights must be floating point (float32, float16, bfloat16 or float64); integer or bool "
                 "tensors are not cast. Save the float weights, or rebuild with resgraph init / train / import-weights")
-    raise _error(path, "the checkpoint does not fit the spec: " + " | ".join(parts), hint)
+    raise WeightsError.at(path, "the checkpoint does not fit the spec: " + " | ".join(parts), hint)
 
 
 def check_finite(tensors: dict, path: str, limit: int = 5) -> None:
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         more = f" (+{len(bad) - limit} more)" if len(bad) > limit else ""
-        raise _error(path, f"the weights are not all finite: NaN or inf in {len(bad)} tensor(s): "
-                     + ", ".join(bad[:limit]) + more,
-                     "a diverged training run? Start from an earlier checkpoint (resgraph train keeps "
-                     "best.safetensors and epoch-NNN.safetensors): resgraph train --weights FILE, "
-                     "perhaps with a lower --lr")
+        raise WeightsError.at(path, f"the weights are not all finite: NaN or inf in {len(bad)} tensor(s): "
+                              + ", ".join(bad[:limit]) + more,
+                              "a diverged training run? Start from an earlier checkpoint (resgraph train keeps "
+                              "best.safetensors and epoch-NNN.safetensors): resgraph train --weights FILE, "
+                              "perhaps with a lower --lr")
 
-
-_error = SpecError.at   # an error about a file or option: no line to point at
