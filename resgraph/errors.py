@@ -63,9 +63,12 @@ class Diagnostic:
 class ResgraphError(Exception):
     """Every problem found, in source order. file/line/column/message/hint are the first's."""
 
-    def __init__(self, diagnostics: list[Diagnostic]):
+    def __init__(self, diagnostics: list[Diagnostic], ordered: bool = False):
+        """Diagnostics print in source order, unless `ordered`: then as given (the shapes pass gives
+        graph order, so the root cause comes first even when it sits in a block defined below)."""
         assert diagnostics, f"a {type(self).__name__} needs at least one diagnostic"
-        self.diagnostics = sorted(diagnostics, key=lambda d: (d.loc.file, d.loc.line, d.loc.col))
+        self.diagnostics = list(diagnostics) if ordered else \
+            sorted(diagnostics, key=lambda d: (d.loc.file, d.loc.line, d.loc.col))
         first = self.diagnostics[0]
         self.file, self.line, self.column = first.loc.file, first.loc.line, first.loc.col
         self.message, self.hint = first.message, first.hint
@@ -133,9 +136,9 @@ class Diagnostics:
         if d not in self.warnings[-64:]:
             self.warnings.append(d)
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, ordered: bool = False) -> None:
         if self.errors:
-            raise SpecError(self.errors)
+            raise SpecError(self.errors, ordered)
 
 
 def did_you_mean(word: str, choices, what: str = "") -> str:

@@ -45,3 +45,15 @@ def test_concat_names_each_input_and_fits_its_hint_to_the_case():
     assert "v [16] ++ a [16, 32, 32]" in vec.message and "a vector and a feature map" in vec.hint
     assert "half [16, 16, 16] ++ a [16, 32, 32] ++ input [3, 32, 32]" in maps.message
     assert "same H and W" in maps.hint and "vector" not in maps.hint
+
+
+def test_shape_errors_come_in_graph_order_not_line_order():
+    """The block is defined above the layers: its error (in the second layer) sorts first by line, but
+    the first layer's error comes first in the graph, and is reported first."""
+    e = error("blocks:\n  pool:\n    args: {k: 2}\n    layers:\n      - maxpool: {kernel: $k}\n"
+              "layers:\n  - conv: {out: 8, kernel: 3, groups: 3}\n  - conv: {out: 8, kernel: 3, in: input, id: c}\n"
+              "  - pool: {k: 64}\n")
+    first, second = e.diagnostics
+    assert first.loc.line == 10 and "groups=3" in first.message
+    assert second.loc.line == 8 and "(in pool1 from line 12)" in second.message
+    assert (e.line, e.message) == (first.loc.line, first.message)

@@ -1,8 +1,11 @@
 """infer_shapes: the shape of every edge, from the op table's rules.
 
 Pre:  resolve_ops has run (args complete and typed); nodes are in topological order.
-Post: every node has `shape`. A node whose rule fails is reported with its source line; nodes that
-      depend on it are skipped, so one mistake gives one error, not a cascade.
+Post: every node has `shape`. A node whose rule fails is reported with its source line (and, inside
+      a block, the calls that made it); nodes that depend on it are skipped, so one mistake gives one
+      error, not a cascade. Errors come in graph order, not line order: a block is defined above
+      the layers that call it, and an error in its third call must not print before one in an
+      earlier layer.
 For `add`, the rule returns the main input's shape; whether the others match (and what Ws makes
 them match) is insert_shortcuts' business.
 """
@@ -32,5 +35,5 @@ def infer_shapes(g: Graph) -> Graph:
                 d.error(n.loc, f"{n.path}: {msg}{n.site()}", e.hint, span=len(n.op))
         shapes[n.path] = shape
         nodes.append(n.with_(shape=shape))
-    d.raise_if_any()
+    d.raise_if_any(ordered=True)   # graph order: an error reported first is never caused by a later one
     return g.replace(nodes=tuple(nodes))
