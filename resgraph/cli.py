@@ -1,6 +1,8 @@
 """The command line: argument parsing, rendering and exit codes. No compiler logic lives here.
 
-Exit codes: 0 ok, 1 the spec has errors (or warnings with --strict), 2 usage, 70 internal error.
+Exit codes: 0 ok, 1 the spec has errors (or warnings with --strict) or another user error (a
+ResgraphError: weights, data, a path, a compiled folder, a back end, an option), 2 usage, 70 internal
+error.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import click
 
 from . import __version__
 from .cli_engine import build_options, engine_group, engine_options, parity_gate, print_engine
-from .errors import ResgraphError, SpecError
+from .errors import OptionError, ResgraphError, SpecError
 
 
 def _fail_internal(e: BaseException) -> None:
@@ -201,34 +203,39 @@ def init_cmd(spec, output, seed):
 @click.argument("source")
 @click.option("--spec", "spec", required=True, type=click.Path(dir_okay=False), help="The spec whose architecture matches.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
-@click.option("--pretrained", is_flag=True, help="Download torchvision's published weights (needs internet).")
+@click.option("--pretrained", is_flag=True,
+              help="Download the library's published weights (torchvision: download.pytorch.org; timm: the "
+                   "Hugging Face hub; needs internet unless cached).")
 @click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
-              help="A torchvision state_dict (.pth) downloaded elsewhere, for machines without internet.")
+              help="The model's state_dict (.pth or .safetensors) downloaded elsewhere, for machines without internet.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for a randomly initialised torchvision model (without --pretrained or --weights-file).")
+              help="Seed for a randomly initialised model (without --pretrained or --weights-file).")
 def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
-    """Import weights from SOURCE (torchvision:NAME, e.g. torchvision:resnet50) into SPEC's layout.
+    """Import weights from SOURCE (torchvision:NAME or timm:NAME, e.g. torchvision:resnet50,
+    timm:resnet50d) into SPEC's layout.
 
-    Tensors are matched by structure (order, shape and kind), not by name, so any spec with the
-    same architecture works whatever its ids; a different architecture fails at the first mismatch.
+    Tensors are paired in the order the two models use them, by kind, shape and layer, not by name,
+    so any spec with the same architecture works whatever its ids; a different architecture fails at
+    the first mismatch. Both models then run on one random input and must agree.
     """
     def body():
         from .backends.torch import save_checkpoint
-        from .backends.torch.torchvision import import_torchvision
+        from .backends.torch.importer import import_model
+        from .backends.torch.sources import parse_source
         from .frontend import check_file
-        from .errors import Diagnostic, Loc
-        kind, _, name = source.partition(":")
-        if kind != "torchvision" or not name:
-            raise SpecError([Diagnostic(Loc(source, 0, 0), f"unknown weights source '{source}'",
-                                        "write torchvision:NAME, e.g. torchvision:resnet50")])
+        src = parse_source(source)
         c = check_file(spec)
-        module, report = import_torchvision(name, c, pretrained=pretrained, weights_file=weights_file, seed=seed)
+        module, report = import_model(src, c, pretrained=pretrained, weights_file=weights_file, seed=seed)
         origin = "pretrained" if pretrained else (weights_file or f"random init, seed {seed}")
         save_checkpoint(module, output, {"spec": c.spec.name, "spec_sha256": c.spec.sha256,
                                          "untrained": str(not (pretrained or weights_file)).lower(),
-                                         "source": f"torchvision:{name} ({origin})", "resgraph_version": __version__})
+                                         "source": f"{src} ({origin})", "resgraph_version": __version__})
         click.echo(f"wrote {output}: {report['tensors']} tensors, {report['params']:,} parameters from "
-                   f"torchvision:{name} ({origin})")
+                   f"{src} ({origin}); verified: largest output difference {report['max_abs_diff']:.2g}")
+        if report["unused"]:   # e.g. an auxiliary classifier that only runs in training
+            n, first = len(report["unused"]), ", ".join(report["unused"][:3])
+            click.echo(f"left out {n} tensors of {src} that its eval-mode forward does not use: {first}"
+                       + (", ..." if n > 3 else ""))
     _run(body)
 
 
@@ -320,12 +327,12 @@ def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_da
         from .compile import compile_spec
         from .render import console
         if precision in ("tf32", "bf16") and not engine:
-            raise SpecError.at("--precision", f"{precision} is an engine precision: it needs --engine",
-                               "model.onnx is fp32 or fp16; add --engine to build a TensorRT engine in " + precision)
+            raise OptionError.at("--precision", f"{precision} is an engine precision: it needs --engine",
+                                 "model.onnx is fp32 or fp16; add --engine to build a TensorRT engine in " + precision)
         given = [k for k, v in engine_opts.items() if v not in (None, False)] + (["no_parity_gate"] if no_parity_gate else [])
         if given and not engine:
-            raise SpecError.at("--" + given[0].replace("_", "-"), "an engine option without --engine",
-                               "add --engine, or build later: resgraph engine build FOLDER ...")
+            raise OptionError.at("--" + given[0].replace("_", "-"), "an engine option without --engine",
+                                 "add --engine, or build later: resgraph engine build FOLDER ...")
         build = build_options(precision, **engine_opts) if engine else None
         gate = parity_gate(build, engine_device) if engine and not no_parity_gate else None
         con = console(stderr=True)
