@@ -272,9 +272,9 @@ def test_bad_weights_files(tmp_path):
     with pytest.raises(resgraph.WeightsError) as e:
         torchvision_model("resnet18", weights_file=str(other))
     assert "does not fit torchvision's resnet18" in e.value.message
-    with pytest.raises(resgraph.WeightsError) as e:
+    with pytest.raises(resgraph.OptionError) as e:
         torchvision_model("resnet18", pretrained=True, weights_file=str(other))
-    assert "not both" in e.value.message
+    assert "not both" in e.value.message and e.value.file == "--pretrained"
 
 
 def test_without_torchvision(monkeypatch):

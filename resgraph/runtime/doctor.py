@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 
-PACKAGES = ("numpy", "pillow", "onnx", "onnxruntime", "onnxruntime-gpu", "safetensors", "torch", "torchvision",
+PACKAGES = ("numpy", "pillow", "onnx", "onnxruntime", "onnxruntime-gpu", "safetensors", "torch", "torchvision", "timm",
             "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "cuda-python", "cuda-bindings")
 
 

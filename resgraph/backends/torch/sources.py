@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...errors import WeightsError, did_you_mean
+from ...errors import OptionError, WeightsError, did_you_mean
 
 LIBRARIES = ("torchvision", "timm")
 _TAG = "_resgraph_source"   # set on the models built here: messages name them without being told
@@ -78,7 +78,7 @@ def tag(model: nn.Module, source: Source) -> nn.Module:
 
 def refuse_both(source: Source, pretrained: bool, weights_file: str | None) -> None:
     if pretrained and weights_file is not None:
-        raise WeightsError.at(str(source), "give either pretrained weights or a weights file, not both",
+        raise OptionError.at("--pretrained", "give either pretrained weights or a weights file, not both",
                               f"pretrained downloads {source.library}'s published weights; "
                               "a weights file is one you have")
 
