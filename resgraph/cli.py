@@ -96,7 +96,8 @@ def _print_ok(path, c):
     t.append(f"   params {c.params:,}   MACs {c.macs:,} ({human_int(c.macs)})   "
              f"{len(g.nodes) - 1} nodes   {len(g.projections)} projection{'s' * (len(g.projections) != 1)} inserted\n")
     for p in g.projections:
-        t.append(f"   Ws at {p.at}: {p.kind} {fmt(p.from_shape)} -> {fmt(p.to_shape)}, stride {p.stride}, "
+        kind = p.kind + ("" if p.bn or p.kind != "conv1x1" else " (no bn)")
+        t.append(f"   Ws at {p.at}: {kind} {fmt(p.from_shape)} -> {fmt(p.to_shape)}, stride {p.stride}, "
                  f"{p.params:,} params\n", style="yellow")
     t.rstrip()
     out.print(t)

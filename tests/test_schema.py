@@ -220,9 +220,9 @@ def test_a_key_declared_for_the_checker_only_is_reported():
     found = differences(declared(spec=_with_key(SPEC, ("input",), dpi)), in_schema(SCHEMA))
     assert found == ["input: keys only the checker has: ['dpi']; only the schema: []"]
     # deeper: a residual key reaches every block's residual (and the generated schema would have it)
-    wider = _with_key(SPEC, ("blocks", "residual"), Key("project_from", "ref", "the body node Ws reads"))
+    wider = _with_key(SPEC, ("blocks", "residual"), Key("scale_from", "ref", "a hypothetical key"))
     found = differences(declared(spec=wider), in_schema(SCHEMA))
-    assert found == ["blocks.*.residual: keys only the checker has: ['project_from']; only the schema: []"]
+    assert found == ["blocks.*.residual: keys only the checker has: ['scale_from']; only the schema: []"]
 
 
 def test_a_key_in_the_schema_only_is_reported():

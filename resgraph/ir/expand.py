@@ -157,6 +157,20 @@ class _Expander:
         self.dangling(name, loc, scope)
         return scope.input
 
+    def backward_ref(self, y: Y, scope: _Scope, default: str) -> str:
+        """The path of an id already defined in `scope` (project_from: an entry before the add)."""
+        name = y.plain()
+        if isinstance(name, str) and name in scope.ids:
+            return scope.ids[name]
+        if isinstance(name, str) and name != "input" and name in scope.declared:
+            self.d.error(y.loc, f"project_from '{name}' comes after the add it feeds",
+                         "name an entry of the body (or before the add)", span=len(name))
+        elif name == "input":
+            return scope.input
+        else:
+            self.dangling(str(name), y.loc, scope)
+        return default
+
     def dangling(self, name: str, loc: Loc, scope: _Scope) -> None:
         if name in scope.auto:
             hint = f"'{name}' is an automatic name; give that entry 'id: {name}' to refer to it"
@@ -262,6 +276,9 @@ class _Expander:
         values, locs, inputs = {}, {}, [main]
         for k, y in args.items():
             locs[k] = y.loc
+            if k == "project_from" and e.kind == "add":
+                values[k] = self.backward_ref(y, scope, main)
+                continue
             if k == "from":
                 refs = y.value if y.is_list else [y]
                 if not refs:
@@ -322,6 +339,8 @@ class _Expander:
                 self.nodes[i] = self.nodes[i].with_(block=path, role="body")
         self.count(Entry("residual", r.loc, {}))
         args = {"from": (main,), **({"shortcut": r.shortcut} if r.shortcut else {})}
+        if r.project_from is not None:
+            args["project_from"] = self.backward_ref(r.project_from, scope, main)
         self.nodes.append(Node(path, "add", freeze(args), (body, main), r.loc, block=path, role="add",
                                calls=tuple(self.calls)))
         if r.post is None:

@@ -79,8 +79,9 @@ class Projection:
     to_shape: tuple[int, ...]
     stride: int
     params: int
-    edge: str               # the path of the input that was projected
+    edge: str               # the path of the input that was projected (project_from's, where given)
     nodes: tuple[str, ...]  # inserted node paths
+    bn: bool = True         # False for the `conv` policy: a 1x1 conv alone, as in pre-activation ResNets
 
     def to_json(self) -> dict:
         return {"at": self.at, "kind": self.kind, "from": list(self.from_shape), "to": list(self.to_shape),
@@ -95,6 +96,7 @@ class Settings:
     bn: Mapping[str, object] = field(default_factory=lambda: _EMPTY)    # resolved `defaults: {bn: ...}`:
     #                                                  the eps and momentum of every bn a pass inserts
     init: Mapping[str, object] = field(default_factory=lambda: _EMPTY)  # `init:` (conv, linear, zero_residual)
+    conv_bias: bool = True                           # `defaults: {conv: {bias: ...}}`: the `conv` policy's Ws follows it
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ class ArgError(Exception):
 
 @dataclass(frozen=True)
 class Arg:
-    kind: str                       # int | float | bool | choice | padding | ids
+    kind: str                       # int | float | bool | choice | padding | ids | ref
     default: object = REQUIRED
     lo: float | None = None
     hi: float | None = None
@@ -57,6 +57,10 @@ class Arg:
                 raise ArgError(f"'{name}' must be 'same', 'valid' or a non-negative integer, got {_show(value)}",
                                "'same' keeps the size (divided by the stride); 'valid' pads nothing")
             return _bounded(self, name, value)
+        if k == "ref":   # one id, resolved to a path by expansion
+            if not isinstance(value, str):
+                raise ArgError(f"'{name}' must be an id, got {_show(value)}", f"for example: {name}: pre")
+            return value
         if k == "ids":
             if isinstance(value, str):
                 value = [value]
@@ -125,3 +129,7 @@ def Padding(default="same", doc=""):
 
 def Ids(doc=""):
     return Arg("ids", REQUIRED, doc=doc)
+
+
+def Ref(doc=""):
+    return Arg("ref", None, doc=doc)

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..limits import MAX_CHANNELS, MAX_KERNEL, MAX_SCALE, MAX_SPATIAL
-from .args import Arg, Bool, Choice, Float, Ids, Int, Padding
+from .args import Arg, Bool, Choice, Float, Ids, Int, Padding, Ref
 
 Shape = tuple[int, ...]
 # What an `add` does when an input's shape differs from the main input's (passes/shortcuts.py has the maths)
-SHORTCUT_POLICIES = ("projection", "zeropad", "avgpool_projection", "error")
+SHORTCUT_POLICIES = ("projection", "conv", "zeropad", "avgpool_projection", "error")
 MAX_LAYER_PARAMS = 1 << 32   # 4.3e9 parameters in one layer is a typo, not a network
 MAX_ELEMENTS = 1 << 31       # elements of one activation per sample
 
@@ -410,7 +410,9 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
           lambda a, i, o: i[0][0] * a["out"], doc="fully connected layer on vectors [F]"),
     OpDef("dropout", {"p": Float(0.5, lo=0, hi=1)}, unchanged, doc="identity at inference"),
     OpDef("softmax", {}, unchanged, doc="over channels / features"),
-    OpDef("add", {"from": Ids(), "shortcut": Choice(*SHORTCUT_POLICIES, default=None)},
+    OpDef("add", {"from": Ids(), "shortcut": Choice(*SHORTCUT_POLICIES, default=None),
+                  "project_from": Ref("where a Ws is inserted it reads this earlier entry (a pre-activation) "
+                                      "instead of the input it stands for")},
           add_shape, variadic=True, doc="sum of the main input and `from` inputs; the Ws rule applies"),
     OpDef("concat", {"from": Ids()}, concat_shape, variadic=True, doc="channels add up"),
     OpDef("upsample", {"scale": Int(hi=MAX_SCALE), "mode": Choice("nearest", "bilinear", default="nearest")},

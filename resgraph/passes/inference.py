@@ -25,10 +25,13 @@ def _rewire(g: Graph, removed: dict[str, str], nodes: list[Node]) -> Graph:
         if n.path in removed:
             continue
         ins = tuple(sub(i) for i in n.inputs)
-        if ins != n.inputs:
+        pf = n.args.get("project_from")
+        if ins != n.inputs or (pf is not None and sub(pf) != pf):
             args = dict(n.args)
             if "from" in args:
                 args["from"] = ins[1:]
+            if pf is not None:
+                args["project_from"] = sub(pf)
             n = n.with_(inputs=ins, args=freeze(args))
         kept.append(n)
     projections = tuple(dataclasses.replace(p, nodes=tuple(x for x in p.nodes if x not in removed))

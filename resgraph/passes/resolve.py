@@ -4,7 +4,8 @@ Pre:  a Graph from `expand` (op names and argument values exactly as written, ex
 Post: every node's op is in OPS; its args are exactly OPS[op].args with defaults filled and values
       type-checked; `from` appears only on variadic ops; OPS[op].complete has run (pool stride 0 -> kernel);
       a `project` carries its bn's eps and momentum (from `defaults: {bn: ...}` unless given);
-      graph.settings.bn holds the resolved bn defaults, for the bn nodes later passes insert.
+      graph.settings.bn holds the resolved bn defaults, for the bn nodes later passes insert, and
+      settings.conv_bias the conv default's bias, for the `conv` policy's Ws.
 """
 from __future__ import annotations
 
@@ -107,5 +108,6 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
         nodes.append(n.with_(args=freeze(ordered)))
     if diags is None:
         d.raise_if_any()
-    settings = dataclasses.replace(g.settings, bn=freeze(defaults.get("bn", {})))
+    settings = dataclasses.replace(g.settings, bn=freeze(defaults.get("bn", {})),
+                                   conv_bias=defaults.get("conv", {}).get("bias", OPS["conv"].args["bias"].default))
     return g.replace(nodes=tuple(nodes), settings=settings)

@@ -6,13 +6,19 @@ fixes the target shape; for every other input of shape [C1, H1, W1] -> [C2, H2, 
 
     s = the smallest integer with ceil(H1 / s) = H2 and ceil(W1 / s) = W2
     projection          Ws = bn(conv1x1(a, stride s, C1 -> C2, bias false))      kind conv1x1
+    conv                Ws = conv1x1(a, stride s, C1 -> C2, bias per defaults)   kind conv1x1 (no bn)
     zeropad             Ws = pad_channels(a[:, :, ::s, ::s], C2 - C1)  (C2 >= C1)  kind zeropad
     avgpool_projection  Ws = bn(conv1x1(avgpool(a, s, ceil_mode), C1 -> C2))      kind avgpool_conv1x1
     vectors [F1]->[F2]  Ws = linear(F1 -> F2, bias false), or zero padding         kind linear | zeropad
 
+With `project_from: p` on the add (a residual's `project_from:`), a Ws reads p instead of a[l]:
+pre-activation blocks (He et al. 2016) project the bn-relu'd input, while an identity shortcut
+still carries a[l] itself.
+
 Pre:  shapes inferred; args resolved (graph.settings: the default policy and the bn defaults).
-Post: every add's inputs all have the add's shape; each inserted node sits right before its add,
-      is marked `inserted`, and is named `<add-path>.shortcut[...]`; graph.projections lists them.
+Post: every add's inputs all have the add's shape; each inserted node sits right before its add
+      (right after the node it reads, with project_from: where pre-activation code computes it, so
+      that weights import in execution order), is marked `inserted`, and is named `<add-path>.shortcut[...]`; graph.projections lists them.
 """
 from __future__ import annotations
 
@@ -39,6 +45,7 @@ def insert_shortcuts(g: Graph) -> Graph:
     default_policy = g.settings.shortcut
     # a Ws bn follows the spec's `defaults: {bn: ...}` like every bn; a Ws conv stays 1x1 and bias-free
     bn_args = dict(g.settings.bn)
+    conv_bias = g.settings.conv_bias
     shapes = {n.path: n.shape for n in g.nodes}
     out: list[Node] = []
     projections: list[Projection] = []
@@ -51,12 +58,13 @@ def insert_shortcuts(g: Graph) -> Graph:
         ins = list(n.inputs)
         many = len(ins) > 2
         for j, edge in enumerate(n.inputs[1:], start=1):
-            src = shapes[edge]
-            if src == target:
+            if shapes[edge] == target:
                 continue
+            edge = n.args.get("project_from") or edge   # what the Ws reads
+            src = shapes[edge]
             base = f"{n.path}.shortcut{j if many else ''}"
             eq = f"add {n.path}: {n.inputs[0]} {fmt(target)} + {edge} {fmt(src)}"
-            made = _ws(d, n, base, edge, src, target, policy, bn_args)
+            made = _ws(d, n, base, edge, src, target, policy, bn_args, conv_bias)
             if made is None:
                 continue
             nodes, kind, stride = made
@@ -68,16 +76,20 @@ def insert_shortcuts(g: Graph) -> Graph:
                 shapes[m.path] = m.shape
                 shaped.append(m)
             assert shaped[-1].shape == target, (eq, shaped[-1].shape)
-            out.extend(shaped)
+            if n.args.get("project_from"):   # where pre-activation code computes it: right after its input
+                at = next(i for i, m in enumerate(out) if m.path == edge) + 1
+                out[at:at] = shaped
+            else:
+                out.extend(shaped)
             ins[j] = shaped[-1].path
             projections.append(Projection(n.path, kind, src, target, stride, params, edge,
-                                          tuple(m.path for m in shaped)))
+                                          tuple(m.path for m in shaped), bn=any(m.op == "bn" for m in shaped)))
         out.append(n.with_(inputs=tuple(ins)))
     d.raise_if_any()
     return g.replace(nodes=tuple(out), projections=tuple(projections))
 
 
-def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, bn_args: dict):
+def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, bn_args: dict, conv_bias: bool):
     loc, blk = n.loc, n.block
     where = f"the add at '{n.path}' joins the main input {n.inputs[0]} {fmt(dst)} and {edge} {fmt(src)}"
     if policy == "error":
@@ -125,6 +137,9 @@ def _ws(d: Diagnostics, n: Node, base: str, edge: str, src, dst, policy: str, bn
         conv_stride = 1
     else:
         conv_stride = s
+    if policy == "conv":   # pre-activation ResNets' shortcut: the conv alone, at <add>.shortcut
+        return [_node(base, "conv", loc, (x,), blk, out=c2, kernel=1, stride=s, padding="valid",
+                      bias=conv_bias)], kind, s
     nodes.append(_node(f"{base}.conv", "conv", loc, (x,), blk, out=c2, kernel=1, stride=conv_stride,
                        padding="valid", bias=False))
     nodes.append(_node(f"{base}.bn", "bn", loc, (nodes[-1].path,), blk, **bn_args))

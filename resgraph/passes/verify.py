@@ -26,6 +26,7 @@ def verify(g: Graph) -> Graph:
         assert tuple(op.shape(dict(n.args), ins)) == n.shape, f"{n.path}: stored shape disagrees with the rule"
         if n.op == "add":
             assert all(s == n.shape for s in ins), f"{n.path}: add inputs differ {ins} after insert_shortcuts"
+            assert n.args["project_from"] is None or n.args["project_from"] in seen, f"{n.path}: project_from"
         if not op.variadic:
             assert len(n.inputs) == 1, f"{n.path}: {len(n.inputs)} inputs to a single-input op"
     assert g.output in seen, "the output node exists"

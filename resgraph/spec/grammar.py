@@ -95,6 +95,9 @@ RESIDUAL = Mapping("residual", (
                  "e.g. residual: {layers: [conv: {out: 64, kernel: 3}, bn], post: relu}")),
     Key("post", "post", "one op or block applied after the add (omit or null: none)"),
     _policy("the policy for this residual's add (default: the spec's)"),
+    Key("project_from", "ref", "an id in the body: where a Ws is inserted, it reads that entry's output (the "
+                               "pre-activated input of He et al. 2016) instead of the block's input; an identity "
+                               "shortcut still reads the input"),
 ), doc="a[l+2] = post(body(a[l]) + shortcut(a[l]))")
 
 # `- residual: {...}` as an entry: the residual's keys and the entry keys but `first`, since an

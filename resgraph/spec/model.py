@@ -45,6 +45,7 @@ class Residual:
     post: Entry | None
     shortcut: str | None
     loc: Loc
+    project_from: Y | None = None      # an id of the body (pre-activation blocks); expansion resolves it
 
 
 @dataclass(frozen=True)
@@ -472,7 +473,13 @@ class _Parser:
         if "post" in y.value and y.value["post"].value is not None:
             post = self.entry(y.value["post"], allow_keys=False)
         policy = self.choice(y.value["shortcut"], RESIDUAL["shortcut"]) if "shortcut" in y.value else None
-        return Residual(body, post, policy, loc)
+        pf = y.value.get("project_from")
+        if pf is not None and (not isinstance(pf.value, str) or pf.value == "input"):
+            self.d.error(pf.loc, f"project_from names an entry of the body by its id, got {str(pf.plain())[:40]!r}",
+                         "e.g. layers: [bn: {id: pre}, relu, ...] with project_from: pre (the input itself is "
+                         "the default)")
+            pf = None
+        return Residual(body, post, policy, loc, pf)
 
     def entries(self, y: Y, what: str) -> tuple[Entry, ...]:
         if not y.is_list:

@@ -48,6 +48,8 @@ def _arg(a) -> dict:
         forms = [{"enum": ["same", "valid"]}, _int(0), EXPR]
     elif k == "ids":
         forms = [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string"}]
+    elif k == "ref":
+        forms = [{"type": "string", "pattern": f"^{ID_PATTERN}$"}]
     else:
         raise AssertionError(f"no schema for op argument kind {k!r}")
     return {"anyOf": forms + ([] if a.required else [NULL]), **({"description": a.doc} if a.doc else {})}

@@ -1,0 +1,157 @@
+"""Pre-activation residual blocks (He et al. 2016, "Identity Mappings"): `project_from:` makes a Ws read
+the bn-relu'd input while an identity shortcut keeps the input itself, and the `conv` policy is the
+bn-free 1x1 conv of the common PreAct code. PreAct-ResNet-18 for CIFAR has that code's 11,172,170
+parameters, its state-dict paths, and its outputs once its weights are imported by structure."""
+import numpy as np
+import pytest
+
+from resgraph.errors import SpecError
+from resgraph.frontend import check_text
+
+PREACT18 = """resgraph: 1
+name: preact_resnet18
+input: {shape: [3, 32, 32]}
+shortcut: conv
+defaults:
+  conv: {bias: false}
+blocks:
+  preact:
+    args: {out: null, stride: 1}
+    residual:
+      project_from: pre
+      layers:
+        - bn: {id: bn1}
+        - relu: {id: pre}
+        - conv: {out: $out, kernel: 3, stride: $stride, id: conv1}
+        - bn: {id: bn2}
+        - relu
+        - conv: {out: $out, kernel: 3, id: conv2}
+layers:
+  - conv: {id: conv1, out: 64, kernel: 3}
+  - preact: {id: layer1, out: 64, repeat: 2}
+  - preact: {id: layer2, out: 128, repeat: 2, first: {stride: 2}}
+  - preact: {id: layer3, out: 256, repeat: 2, first: {stride: 2}}
+  - preact: {id: layer4, out: 512, repeat: 2, first: {stride: 2}}
+  - bn
+  - relu
+  - global_avgpool
+  - flatten
+  - linear: {id: linear, out: 10}
+"""
+
+
+def test_project_from_feeds_the_ws_and_the_identity_keeps_the_input():
+    c = check_text(PREACT18)
+    g = c.graph
+    assert c.params == 11_172_170 and c.warnings == ()
+    # a projected block: the Ws (a bn-free 1x1 conv) reads the pre-activation
+    ws = g["layer2.0.shortcut"]
+    assert ws.op == "conv" and ws.inputs == ("layer2.0.pre",) and ws.args["bias"] is False and ws.args["stride"] == 2
+    assert g["layer2.0"].inputs == ("layer2.0.conv2", "layer2.0.shortcut")
+    (p,) = [p for p in g.projections if p.at == "layer2.0"]
+    assert (p.kind, p.bn, p.edge, p.stride) == ("conv1x1", False, "layer2.0.pre", 2)
+    # an identity block: the add reads the block's input, not the pre-activation
+    assert g["layer1.1"].inputs == ("layer1.1.conv2", "layer1.0")
+    assert [q.to_json()["kind"] for q in g.projections] == ["conv1x1"] * 3   # the contract's kinds
+
+
+def test_the_conv_policy_follows_the_conv_defaults_bias():
+    c = check_text(PREACT18.replace("defaults:\n  conv: {bias: false}\n", ""))
+    assert c.graph["layer2.0.shortcut"].args["bias"] is True
+    assert c.params - 11_172_170 == sum(n.args["out"] for n in c.graph.nodes if n.op == "conv")
+
+
+@pytest.mark.parametrize("value,words", [("nope", "unknown id 'nope'"), ("input", "project_from names an entry"),
+                                         ("conv2x", "unknown id")])
+def test_project_from_errors_are_located(value, words):
+    with pytest.raises(SpecError) as e:
+        check_text(PREACT18.replace("project_from: pre", f"project_from: {value}"), "p.yaml")
+    assert e.value.line == 11 and words in e.value.message
+
+
+def test_an_explicit_add_takes_project_from_too():
+    c = check_text("resgraph: 1\nname: t\ninput: {shape: [4, 8, 8]}\nlayers:\n  - bn\n  - relu: {id: pre}\n"
+                   "  - conv: {out: 8, kernel: 3, stride: 2}\n  - add: {from: [input], project_from: pre, shortcut: conv}\n")
+    assert c.graph["add1.shortcut"].inputs == ("pre",)
+    assert c.warnings == ()
+
+
+torch = pytest.importorskip("torch")
+
+
+class PreActBlock(torch.nn.Module):
+    """The common PyTorch PreAct block (as in the widely used CIFAR code), written by hand."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        nn = torch.nn
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(torch.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        cin, stages = 64, []
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(PreActBlock(cin, cout, stride), PreActBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.bn, self.linear = nn.BatchNorm2d(512), nn.Linear(512, 10)
+
+    def forward(self, x):
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        out = torch.relu(self.bn(out)).mean((2, 3))
+        return self.linear(out)
+
+
+def test_preact_resnet18_equals_the_hand_written_pytorch_model():
+    import resgraph
+    from resgraph.backends.torch.importer import import_weights
+    ref = PreActResNet18().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():   # non-trivial statistics: a misplaced bn or shortcut would show
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2, generator=g)
+                m.running_var.uniform_(0.5, 2, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.normal_(0, 0.2, generator=g)
+    assert sum(p.numel() for p in ref.parameters()) == 11_172_170
+    c = check_text(PREACT18)
+    module = resgraph.to_torch(c, init=False).eval()
+    keys = set(module.state_dict())
+    assert {"layer2.0.conv1.weight", "layer2.0.bn2.running_var", "layer2.0.shortcut.weight", "linear.bias"} <= keys
+    import_weights(module, ref)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        a, b = module(x), ref(x)
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_preact_parity_with_onnx_runtime_folded_and_unfolded():
+    ort = pytest.importorskip("onnxruntime")
+    import resgraph
+    from resgraph.backends.onnx import to_onnx
+    from resgraph.passes.inference import for_inference
+    c = check_text(PREACT18.replace("[3, 32, 32]", "[3, 16, 16]"))
+    m = resgraph.to_torch(c, seed=0).eval()
+    w = {k: v.numpy() for k, v in m.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    for fold in (False, True):
+        s = ort.InferenceSession(to_onnx(*for_inference(c.graph, w, fold=fold)).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+        assert np.abs(s.run(None, {s.get_inputs()[0].name: x})[0] - ref).max() <= 1e-4
