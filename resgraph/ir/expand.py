@@ -12,6 +12,7 @@ a later entry is an error: a cycle if that entry depends on this one, else a for
 """
 from __future__ import annotations
 
+import dataclasses
 import graphlib
 from dataclasses import dataclass, field
 
@@ -25,6 +26,11 @@ from .graph import INPUT, Graph, Node, Settings, freeze
 
 class _Abort(Exception):
     pass
+
+
+def _is_tensor(default) -> bool:
+    """A block argument declared `name: tensor` takes an id (an edge), not a value."""
+    return default is not None and getattr(default, "value", None) == "tensor"
 
 
 def _short(value) -> str:
@@ -157,14 +163,15 @@ class _Expander:
         self.dangling(name, loc, scope)
         return scope.input
 
-    def backward_ref(self, y: Y, scope: _Scope, default: str) -> str:
-        """The path of an id already defined in `scope` (project_from: an entry before the add)."""
+    def backward_ref(self, y: Y, scope: _Scope, default: str, what: str = "project_from") -> str:
+        """The path of an id already defined in `scope` (project_from: an entry before the add; a
+        block's tensor argument: an entry before the call)."""
         name = y.plain()
         if isinstance(name, str) and name in scope.ids:
             return scope.ids[name]
         if isinstance(name, str) and name != "input" and name in scope.declared:
-            self.d.error(y.loc, f"project_from '{name}' comes after the add it feeds",
-                         "name an entry of the body (or before the add)", span=len(name))
+            self.d.error(y.loc, f"{what} '{name}' is defined later",
+                         "name an earlier entry: the graph is built in order", span=len(name))
         elif name == "input":
             return scope.input
         else:
@@ -262,6 +269,14 @@ class _Expander:
         args = dict(e.args)
         if first and e.first:
             args.update(e.first)
+            if "block" in args:   # `first: {block: NAME, ...}`: copy 0 is another block, with the same arguments
+                swap = args.pop("block")
+                if not isinstance(swap.value, str) or swap.value not in self.spec.blocks:
+                    self.d.error(swap.loc, f"first.block must name a block, got {_short(swap.plain())}",
+                                 did_you_mean(str(swap.plain()), self.spec.blocks, "blocks") or
+                                 "define it under blocks:", span=len(str(swap.plain())))
+                else:
+                    e = dataclasses.replace(e, kind=swap.value, loc=swap.loc)
         if e.kind in self.spec.blocks:
             return self.block(e, path, scope, main, args)
         if e.kind == "residual":
@@ -303,15 +318,23 @@ class _Expander:
             return main
         env = dict(self.spec.vars)
         misspelt = set()
+        tensors: dict[str, str] = {}   # tensor arguments: name -> the path of the caller's entry
         for k, y in given.items():
             if k not in b.args:
                 hint = did_you_mean(k, b.args, "arguments") or f"block '{b.name}' takes no arguments"
                 misspelt.update(a for a in b.args if f"'{a}'" in hint)
                 self.d.error(y.loc, f"unknown argument '{k}' for block '{b.name}'", hint, span=len(k))
                 continue
+            if _is_tensor(b.args[k]):
+                tensors[k] = self.backward_ref(y, scope, main, what=f"tensor argument '{k}'")
+                continue
             env[k] = self.value(y, scope.env)
         for k, default in b.args.items():
-            if k not in given:
+            if k not in given and _is_tensor(default):
+                self.d.error(e.loc, f"block '{b.name}' needs tensor argument '{k}'",
+                             f"pass the id of an earlier entry: - {b.name}: {{{k}: ...}}", span=len(e.kind))
+                tensors[k] = main
+            elif k not in given:
                 if default is None and k in misspelt:
                     env[k] = FAILED
                 elif default is None:
@@ -320,7 +343,7 @@ class _Expander:
                     env[k] = FAILED
                 else:
                     env[k] = self.value(default, self.spec.vars)
-        inner = _Scope(path + ".", env, main)
+        inner = _Scope(path + ".", env, main, ids=dict(tensors))
         self.stack.append(e.kind)
         self.calls.append((path, e.loc))
         try:

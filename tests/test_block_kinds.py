@@ -1,0 +1,99 @@
+"""Blocks that vary: `first: {block: NAME}` swaps in another block for a stage's first copy, and
+blocks take tensor arguments (`args: {skip: tensor}`), so a U-Net decoder stage is a block."""
+import pytest
+
+from resgraph.errors import SpecError
+from resgraph.frontend import check_text
+
+HEAD = "resgraph: 1\nname: t\ninput: {shape: [3, 32, 32]}\ndefaults:\n  conv: {bias: false}\n"
+STAGES = HEAD + """blocks:
+  basic:
+    args: {out: null}
+    residual:
+      layers: [conv: {out: $out, kernel: 3}, bn, relu, conv: {out: $out, kernel: 3}, bn]
+      post: relu
+  down:
+    args: {out: null, stride: 2}
+    residual:
+      shortcut: zeropad
+      layers: [conv: {out: $out, kernel: 3, stride: $stride}, bn, relu, conv: {out: $out, kernel: 3}, bn]
+      post: relu
+layers:
+  - conv: {out: 16, kernel: 3}
+  - basic: {id: layer2, out: 32, repeat: 3, first: {block: down}}
+"""
+
+
+def test_first_swaps_in_another_block_with_the_same_arguments():
+    g = check_text(STAGES).graph
+    assert g["layer2.0.conv1"].args["stride"] == 2 and g["layer2.1.conv1"].args["stride"] == 1
+    assert [p.at for p in g.projections] == ["layer2.0"] and g.projections[0].kind == "zeropad"
+    assert g["layer2.2"].shape == (32, 16, 16)
+    # its arguments may differ too, and an unknown block is an error with a suggestion
+    g = check_text(STAGES.replace("first: {block: down}", "first: {block: down, stride: 1}")).graph
+    assert g["layer2.0"].shape == (32, 32, 32)
+    with pytest.raises(SpecError) as e:
+        check_text(STAGES.replace("first: {block: down}", "first: {block: dwon}"), "t.yaml")
+    assert e.value.line == 20 and "first.block must name a block" in e.value.message and "'down'" in e.value.hint
+
+
+UNET = HEAD.replace("[3, 32, 32]", "[3, 64, 64]") + """blocks:
+  double:
+    args: {out: null}
+    layers: [conv: {out: $out, kernel: 3}, bn, relu, conv: {out: $out, kernel: 3}, bn, relu]
+  down:
+    args: {out: null}
+    layers: [maxpool: {kernel: 2}, double: {out: $out}]
+  up:
+    args: {out: null, skip: tensor}
+    layers:
+      - conv_transpose: {out: $out, kernel: 2, stride: 2}
+      - concat: {from: [skip]}
+      - double: {out: $out}
+layers:
+  - double: {id: enc1, out: 16}
+  - down: {id: enc2, out: 32}
+  - down: {id: mid, out: 64}
+  - up: {out: 32, skip: enc2}
+  - up: {out: 16, skip: enc1}
+  - conv: {out: 2, kernel: 1, bias: true}
+"""
+
+
+def test_a_unet_decoder_stage_is_a_block_with_a_skip_argument():
+    c = check_text(UNET)
+    g = c.graph
+    # a block's value is its last node's: enc2 is the relu that ends it
+    assert g["up1.concat1"].inputs == ("up1.conv_transpose1", "enc2.double1.relu2") and g["up1.concat1"].shape == (64, 32, 32)
+    assert g["up2.concat1"].inputs == ("up2.conv_transpose1", "enc1.relu2") and g[g.output].shape == (2, 64, 64)
+    assert c.params == 117_378 and c.warnings == ()
+
+
+@pytest.mark.parametrize("call,line,words", [
+    ("up: {out: 32}", 23, "needs tensor argument 'skip'"),
+    ("up: {out: 32, skip: enc9}", 23, "unknown id 'enc9'"),
+    ("up: {out: 32, skip: later}", 23, "tensor argument 'skip' 'later' is defined later"),
+])
+def test_tensor_argument_errors_are_located(call, line, words):
+    text = UNET.replace("up: {out: 32, skip: enc2}", call).replace("- up: {out: 16, skip: enc1}",
+                                                                      "- up: {id: later, out: 16, skip: enc1}")
+    with pytest.raises(SpecError) as e:
+        check_text(text, "u.yaml")
+    assert any(d.loc.line == line and words in d.message for d in e.value.diagnostics), e.value.diagnostics
+
+
+def test_parity_of_the_unet_with_onnx_runtime():
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    import resgraph
+    from resgraph.backends.onnx import to_onnx
+    from resgraph.passes.inference import for_inference
+    c = check_text(UNET.replace("[3, 64, 64]", "[3, 16, 16]"))
+    m = resgraph.to_torch(c, seed=0).eval()
+    w = {k: v.numpy() for k, v in m.state_dict().items()}
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(torch.from_numpy(x)).numpy()
+    s = ort.InferenceSession(to_onnx(*for_inference(c.graph, w)).SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.abs(s.run(None, {s.get_inputs()[0].name: x})[0] - ref).max() <= 1e-4
