@@ -33,18 +33,55 @@ def cli():
 
 
 def _check(path):
-    """Check a file, or standard input for '-' (editors and pipes)."""
+    """Check a file, or standard input for '-' (editors and pipes), or the spec compiled into a folder."""
     from .frontend import check_file, check_text
     if path == "-":
         from .render import remember_source
         text = sys.stdin.read(4 << 20)
         remember_source("<stdin>", text)
         return check_text(text, "<stdin>")
+    spec = _compiled_spec(path)
+    if spec is not None:
+        from .render import remember_source
+        text = spec.decode("utf-8")
+        where = os.path.join(os.path.dirname(path) if os.path.isfile(path) else path, "spec.yaml")
+        remember_source(where, text)
+        return check_text(text, where, read_files=False)   # the labels are in the manifest already
     return check_file(path)
 
 
+def _compiled_spec(path: str) -> bytes | None:
+    """These commands take a spec. A compiled folder (or its model.onnx) holds its spec byte for byte
+    (spec.yaml, its sha256 in the manifest): that one, checked, with a note saying so. An ONNX file
+    outside a compiled folder, or another folder, is a one-line error saying what they take."""
+    import hashlib
+    from .artifacts import read_manifest
+    from .errors import ArtifactError, PathError
+    onnx_file = path.endswith(".onnx") and os.path.isfile(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "." if onnx_file else None
+    if folder is None:
+        return None
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        if onnx_file:
+            raise OptionError.at(path, "this command takes a spec (YAML), not an ONNX model",
+                                 "give the spec it was compiled from, or its compiled folder (compiled/NAME)")
+        raise PathError.at(path, "a folder, not a spec", "give a spec file, or a compiled folder (it holds manifest.json)")
+    manifest = read_manifest(folder)
+    spec_path = os.path.join(folder, manifest.spec)
+    try:
+        with open(spec_path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise PathError.at(spec_path, f"cannot read the compiled spec: {e.strerror}", "recompile the folder") from None
+    if hashlib.sha256(raw).hexdigest() != manifest.spec_sha256:
+        raise ArtifactError.at(spec_path, "spec.yaml was changed after compiling (its sha256 is not the manifest's)",
+                               "check the spec you mean instead, or recompile the folder")
+    click.echo(f"note: {path} is compiled from {manifest.name}'s spec; checking {spec_path}", err=True)
+    return raw
+
+
 @cli.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("specs", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the contract's format).")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 def check(specs, as_json, strict):
@@ -107,7 +144,7 @@ def _print_ok(path, c):
 
 
 @cli.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.option("--depth", type=click.IntRange(1, 16), default=None,
               help="Collapse paths deeper than this into one row (like torchinfo's depth).")
 def summary(spec, depth):
@@ -120,7 +157,7 @@ def summary(spec, depth):
 
 
 @cli.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("spec", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Draw it instead: .svg, .png, .pdf (Graphviz's dot renders them) or .dot.")
 @click.option("--collapse", is_flag=True, help="One node per residual block (large networks).")

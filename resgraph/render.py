@@ -129,7 +129,7 @@ def _rows(g, depth):
         path = name(n.path)
         rows.append({"path": path, "key": ".".join(path.split(".")[:depth]) if depth else path, "op": op,
                      "shape": fmt(n.shape), "params": node_params(n, g), "macs": node_macs(n, g), "conn": conn,
-                     "inserted": n.inserted, "add": n.op == "add"})
+                     "inserted": n.inserted, "add": n.op == "add", "inputs": n.inputs})
     if not depth:
         for r in rows:
             r["path"] = ("+ " if r["inserted"] else "") + r["path"]
@@ -137,17 +137,28 @@ def _rows(g, depth):
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["key"], []).append(r)
-    out = []
+    key_of = {r["path"]: r["key"] for r in rows} | {"input": g.input_name}
+    out, prev_key = [], None
     for key, members in groups.items():
+        # "connected to", in the names of this table's rows (what a spec refers to: layer1.0, enc2),
+        # not the nodes inside them (layer1.0.post): edges from outside the row but the main chain
+        external = []
+        for m in members:
+            for j, i in enumerate(m["inputs"]):
+                k = key_of[i]
+                shown = f"{k} (via Ws)" if m["inserted"] else k
+                chain = k == prev_key and j == 0 and not m["inserted"]   # the row above, as main input
+                if k != key and not chain and shown not in external:
+                    external.append(shown)
+        prev_key = key
         if len(members) == 1:
-            out.append(members[0])
+            out.append({**members[0], "conn": ", ".join(external)})
             continue
         kind = "residual" if any(m["add"] and m["path"] == key for m in members) else "block"
         ws = " + Ws" if any(m["inserted"] for m in members) else ""
-        skips = [m["conn"] for m in members if m["add"] and m["path"] == key and m["conn"]]
         out.append({"path": key, "op": f"{kind}{ws} ({len(members)} nodes)", "shape": members[-1]["shape"],
                     "params": sum(m["params"] for m in members), "macs": sum(m["macs"] for m in members),
-                    "conn": skips[0] if skips else "", "inserted": False})
+                    "conn": ", ".join(external), "inserted": False})
     return out
 
 
