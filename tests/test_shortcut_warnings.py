@@ -74,3 +74,26 @@ def test_strict_fails_with_the_warning_and_plain_check_passes(tmp_path):
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_shipped_specs_have_no_shortcut_warnings(path):
     assert warnings(path.read_text()) == []
+
+
+def test_a_squeeze_excitation_gate_is_not_mistaken_for_downsampling():
+    """The walk back from the add follows the map through `mul`, not the [C, 1, 1] gate, whose
+    global_avgpool would otherwise look like a second downsampling layer."""
+    text = HEAD + """blocks:
+  se_basic:
+    args: {out: null, stride: 1}
+    residual:
+      layers:
+        - conv: {out: $out, kernel: 3, stride: $stride}
+        - bn: {id: b}
+        - global_avgpool
+        - conv: {out: $out, kernel: 1}
+        - sigmoid
+        - mul: {from: [b]}
+      post: relu
+layers:
+  - se_basic: {out: 16, stride: 2}
+"""
+    assert warnings(text) == []
+    (w,) = warnings(text.replace("- mul: {from: [b]}", "- mul: {from: [b]}\n        - maxpool: {kernel: 2}"))
+    assert "'se_basic1.conv1' (conv stride 2, line 9), 'se_basic1.maxpool1' (maxpool stride 2, line 15)" in w.message

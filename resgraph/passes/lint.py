@@ -50,7 +50,7 @@ def shortcuts(g: Graph, d: Diagnostics) -> None:
     found: dict = {}
     for p in g.projections:
         add = g[p.at]
-        shrink = _main_branch(g, add, p.edge, lambda n, x: len(x) == 3 and n.shape[1:] != x[1:])
+        shrink = _main_branch(g, add, p.edge, lambda n, x: len(x) == 3 and n.shape[1] * n.shape[2] < x[1] * x[2])
         both = f"{p.edge} {fmt(p.from_shape)} -> main branch {add.inputs[0]} {fmt(p.to_shape)}"
         if len(p.to_shape) == 3 and (p.stride > 2 or len(shrink) > 1):
             by = f"downsampled in {len(shrink)} layers: {_layers(shrink)}" if len(shrink) > 1 else \
@@ -79,16 +79,25 @@ def shortcuts(g: Graph, d: Diagnostics) -> None:
 
 
 def _main_branch(g: Graph, add: Node, edge: str, changed) -> list[Node]:
-    """The layers between `edge` and the add, following main inputs back from the add's main input,
-    where `changed(node, input shape)` holds; in graph order."""
+    """The layers between `edge` and the add where `changed(node, input shape)` holds, in graph order,
+    walking back from the add's main input through the input that carries the map (the largest:
+    through a squeeze-and-excitation `mul`, the map, not its [C, 1, 1] gate)."""
     order = {n.path: i for i, n in enumerate(g.nodes)}
     out, path = [], add.inputs[0]
     while path in order and order[path] > order.get(edge, -1) and g[path].inputs:
         n = g[path]
-        if changed(n, g[n.inputs[0]].shape):
+        x = max(n.inputs, key=lambda i: _size(g[i].shape))   # max() keeps the first of equals
+        if changed(n, g[x].shape):
             out.append(n)
-        path = n.inputs[0]
+        path = x
     return out[::-1]
+
+
+def _size(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
 
 
 def _layers(nodes: list[Node]) -> str:
