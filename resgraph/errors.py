@@ -121,11 +121,17 @@ class Diagnostics:
     errors: list[Diagnostic] = field(default_factory=list)
     warnings: list[Diagnostic] = field(default_factory=list)
     limit: int = 200   # past this many, a spec is noise: stop collecting
+    _sited: set = field(default_factory=set)   # (loc, message) already reported with a call site
 
-    def error(self, loc: Loc, message: str, hint: str = "", span: int = 1) -> None:
+    def error(self, loc: Loc, message: str, hint: str = "", span: int = 1, site: str = "") -> None:
+        """`site`: where a block was called from (Node.site()), added to the message of the first
+        instance only: a block expanded n times reports each of its mistakes once, at the call that
+        first made it."""
         d = Diagnostic(loc, message, hint, "error", span)
-        # a block expanded n times reports its mistakes once
-        if len(self.errors) < self.limit and d not in self.errors[-64:]:
+        if len(self.errors) < self.limit and d not in self.errors[-64:] and (loc, message) not in self._sited:
+            if site:
+                self._sited.add((loc, message))
+                d = Diagnostic(loc, message + site, hint, "error", span)
             self.errors.append(d)
 
     def has_error_at(self, loc: Loc) -> bool:

@@ -57,3 +57,11 @@ def test_shape_errors_come_in_graph_order_not_line_order():
     assert first.loc.line == 10 and "groups=3" in first.message
     assert second.loc.line == 8 and "(in pool1 from line 12)" in second.message
     assert (e.line, e.message) == (first.loc.line, first.message)
+
+
+def test_an_argument_error_inside_a_block_names_the_call_that_gave_the_value_once_per_value():
+    e = error("blocks:\n  pool:\n    args: {k: 2}\n    layers:\n      - maxpool: {kernel: $k}\n"
+              "layers:\n  - pool: {k: 2}\n  - pool: {k: -1}\n  - pool: {k: -1}\n  - pool: {k: 0}\n")
+    a, b = e.diagnostics
+    assert a.loc.line == b.loc.line == 8
+    assert a.message.endswith("got -1 (in pool2 from line 11)") and b.message.endswith("got 0 (in pool4 from line 13)")

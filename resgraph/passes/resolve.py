@@ -89,7 +89,7 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
             try:
                 args[k] = op.args[k].check(k, v)
             except ArgError as e:
-                d.error(loc, f"{n.op}: {e.message}", e.hint)
+                d.error(loc, f"{n.op}: {e.message}", e.hint, site=n.site())
         for k, a in op.args.items():
             if k not in args and k not in n.args:
                 if a.required and k not in misspelt:
