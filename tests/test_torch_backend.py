@@ -336,6 +336,249 @@ def test_zero_residual_makes_identity_blocks_exact_identities(mode):
     assert torch.equal(v["layer2.0.bn2"], torch.zeros_like(v["layer2.0.bn2"]))
 
 
+# --- zero_residual in the modern residual families ------------------------------------------------
+# One small spec per family, each with identity blocks and a block with a Ws. What is zeroed is the last
+# norm or layer scale on the body's path to the add (see zero_residual_layers), chosen as the references do.
+FAMILY_HEAD = "resgraph: 1\nname: %s\ninput: {shape: [3, 8, 8]}\ninit: {zero_residual: true}\ndefaults:\n  conv: {bias: false}\n"
+FAMILIES = {
+    # SE-ResNet (Hu et al. 2018) as timm's seresnet: conv3x3-bn-relu-conv3x3-bn, SE gate, drop_path, add,
+    # relu. The SE carries its own bn (timm's SEModule(norm_layer=...)) and a hardsigmoid gate, and is the
+    # main input of the mul: the last bn written and the mul's main input both lead to the gate. timm's
+    # zero_init_last zeroes bn2, the bn before the SE; so do we (`feat`).
+    "se_resnet": ("""blocks:
+  se_basic:
+    args: {out: null, stride: 1}
+    residual:
+      layers:
+        - conv: {out: $out, kernel: 3, stride: $stride}
+        - bn
+        - relu
+        - conv: {out: $out, kernel: 3}
+        - bn: {id: feat}
+        - global_avgpool
+        - conv: {out: 4, kernel: 1, bias: true}
+        - bn: {id: se_bn}
+        - relu
+        - conv: {out: $out, kernel: 1, bias: true}
+        - hardsigmoid: {id: gate}
+        - mul: {from: [feat]}
+        - drop_path: {p: 0.5}
+      post: relu
+layers:
+  - conv: {out: 16, kernel: 3}
+  - bn
+  - relu
+  - se_basic: {id: layer1, out: 16, repeat: 2}
+  - se_basic: {id: layer2, out: 32, repeat: 2, first: {stride: 2}}
+  - global_avgpool
+  - flatten
+  - linear: {out: 10}
+""", "{}.feat", 4),
+    # ConvNeXt (Liu et al. 2022): dwconv7x7-layernorm-pwconv-gelu-pwconv, layer scale (1e-6), drop_path,
+    # no post activation. The scale comes after the last norm: it is zeroed, not the layernorm (a zero
+    # layernorm would leave pwconv's biases through the MLP).
+    "convnext": ("""blocks:
+  cnblock:
+    args: {dim: null}
+    residual:
+      layers:
+        - conv: {out: $dim, kernel: 7, groups: $dim, bias: true}
+        - layernorm: {eps: 1.0e-6}
+        - conv: {out: "$dim * 4", kernel: 1, bias: true}
+        - gelu
+        - conv: {out: $dim, kernel: 1, bias: true}
+        - scale: {init: 1.0e-6}
+        - drop_path: {p: 0.5}
+layers:
+  - conv: {out: 16, kernel: 2, stride: 2, bias: true}
+  - layernorm: {eps: 1.0e-6}
+  - cnblock: {id: stage1, dim: 16, repeat: 2}
+  - residual:
+      id: down
+      layers:
+        - layernorm: {eps: 1.0e-6}
+        - conv: {out: 32, kernel: 2, stride: 2, bias: true}
+        - scale
+  - cnblock: {id: stage2, dim: 32, repeat: 2}
+  - global_avgpool
+  - flatten
+  - layernorm
+  - linear: {out: 10}
+""", "{}.scale1", 5),
+    # MBConv (MobileNetV3 / EfficientNet): expand-bn-hardswish, depthwise-bn-hardswish, SE (hardsigmoid
+    # gate on the `from` side of the mul), project-bn, drop_path. The SE sits before the projection, so
+    # the last bn is bn3, as in timm's EfficientNet blocks and RegNet's (zero_init_last: conv3.bn).
+    "mbconv": ("""blocks:
+  mbconv:
+    args: {out: null, stride: 1}
+    residual:
+      layers:
+        - conv: {out: "$out * 4", kernel: 1}
+        - bn
+        - hardswish
+        - conv: {out: "$out * 4", kernel: 3, stride: $stride, groups: "$out * 4"}
+        - bn
+        - hardswish: {id: x}
+        - global_avgpool
+        - conv: {out: 8, kernel: 1, bias: true}
+        - relu
+        - conv: {out: "$out * 4", kernel: 1, bias: true}
+        - hardsigmoid
+        - mul: {from: [x]}
+        - conv: {out: $out, kernel: 1}
+        - bn
+        - drop_path: {p: 0.5}
+layers:
+  - conv: {out: 16, kernel: 3}
+  - bn
+  - hardswish
+  - mbconv: {id: b1, out: 16, repeat: 2}
+  - mbconv: {id: b2, out: 24, repeat: 2, first: {stride: 2}}
+  - global_avgpool
+  - flatten
+  - linear: {out: 10}
+""", "{}.bn3", 4),
+    # a ResNet with group norm (Wu & He 2018, who zero the last GN's gamma of each block)
+    "groupnorm": ("""blocks:
+  gn_basic:
+    args: {out: null, stride: 1}
+    residual:
+      layers:
+        - conv: {out: $out, kernel: 3, stride: $stride}
+        - groupnorm: {groups: 4}
+        - silu
+        - conv: {out: $out, kernel: 3}
+        - groupnorm: {groups: 4}
+      post: relu
+layers:
+  - conv: {out: 16, kernel: 3}
+  - groupnorm: {groups: 4}
+  - relu
+  - gn_basic: {id: layer1, out: 16, repeat: 2}
+  - gn_basic: {id: layer2, out: 32, repeat: 2, first: {stride: 2}}
+  - global_avgpool
+  - flatten
+  - linear: {out: 10}
+""", "{}.groupnorm2", 4),
+}
+
+
+def family(name: str, zero: bool = True):
+    text, _, _ = FAMILIES[name]
+    head = FAMILY_HEAD % name
+    return check_text((head if zero else head.replace("init: {zero_residual: true}\n", "")) + text)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_zero_residual_makes_every_block_of_each_family_exactly_its_shortcut(name, mode):
+    """torch.equal, not allclose: each body starts at exactly 0, through an SE gate and through drop_path
+    in training, so each identity block computes exactly post(input) and each block with a Ws post(Ws a)."""
+    from resgraph.backends.torch.init import zero_residual_layers
+    checked = family(name)
+    g = checked.graph
+    adds = [n for n in g.nodes if n.op == "add" and n.role == "add"]
+    _, which, count = FAMILIES[name]
+    want = ["down.scale1" if a.path == "down" else which.format(a.path) for a in adds]   # down: ConvNeXt's
+    assert zero_residual_layers(g) == [(p, True) for p in want]                          # downsampling block
+    assert len(adds) == count
+    m = resgraph.to_torch(checked, seed=0).train(mode == "train")
+    for p in want:
+        assert torch.equal(m.get_submodule(p).weight, torch.zeros_like(m.get_submodule(p).weight)), p
+    torch.manual_seed(0)
+    _, v = capture(m, torch.randn(16, 3, 8, 8))
+    projected = {p.at for p in g.projections}
+    assert projected and len(projected) < len(adds)   # both kinds of block are tested
+    for add in adds:
+        body, shortcut = v[add.inputs[0]], v[add.inputs[1]]
+        assert torch.equal(body, torch.zeros_like(body)), add.path
+        out = v[add.path + ".post"] if add.path + ".post" in v else v[add.path]
+        post = torch.relu if add.path + ".post" in v else (lambda t: t)
+        assert torch.equal(out, post(shortcut)), add.path       # post(0 + Ws a), exactly
+        if add.path not in projected:
+            assert add.inputs[1] == g[add.path].args["from"][0]  # the block's own input: the identity
+    drops = [n.path for n in g.nodes if n.op == "drop_path"]
+    assert all(m.get_submodule(p).training == (mode == "train") for p in drops)   # drawing masks in training
+    # without zero_residual no block is its shortcut: the test above is not vacuous
+    m0 = resgraph.to_torch(family(name, zero=False), seed=0).train(mode == "train")
+    _, v0 = capture(m0, torch.randn(16, 3, 8, 8))
+    assert not any(torch.equal(v0[a.inputs[0]], torch.zeros_like(v0[a.inputs[0]])) for a in adds)
+
+
+def test_zero_residual_drop_path_in_training_is_still_the_identity_and_drops_otherwise():
+    """drop_path (p = 0.5) zeroes some samples of a non-zero body in training; with zero_residual the
+    body is 0 for every sample, dropped or kept, so each identity block is exactly post(input)."""
+    checked = family("se_resnet")
+    m = resgraph.to_torch(checked, seed=0).train()
+    with torch.no_grad():
+        m.get_submodule("layer1.0.feat").weight.fill_(1.0)      # this block's body is no longer 0
+    torch.manual_seed(1)
+    _, v = capture(m, torch.randn(64, 3, 8, 8))
+    before, after = v["layer1.0.mul1"], v["layer1.0.drop_path1"]
+    kept = after.flatten(1).abs().sum(1) != 0
+    assert 0 < kept.sum() < 64                                   # some samples dropped, some kept
+    assert torch.equal(after[kept], before[kept] / 0.5)         # kept ones rescaled by 1 / (1 - p)
+    add = checked.graph["layer1.1"]
+    assert torch.equal(v["layer1.1.post"], torch.relu(v[add.inputs[1]]))   # the next block: still exact
+
+
+ZR_RULE = """resgraph: 1
+name: rule
+input: {shape: [4, 6, 6]}
+init: {zero_residual: true}
+layers:
+  - residual:
+      id: preact                  # pre-activation (He et al. 2016b): a bias-free conv keeps 0
+      layers:
+        - bn
+        - relu
+        - conv: {out: 4, kernel: 3, bias: false}
+        - bn
+        - relu
+        - conv: {out: 4, kernel: 3, bias: false}
+  - residual:
+      id: biased                  # a conv with a bias after the last bn: zeroed, but not exactly 0
+      layers:
+        - conv: {out: 4, kernel: 3}
+        - bn
+        - relu
+        - conv: {out: 4, kernel: 1}
+  - residual:
+      id: glu                     # two zeroable inputs of a mul: the later one
+      layers:
+        - bn: {id: a}
+        - bn: {id: b, in: input}
+        - mul: {in: b, from: [a]}
+  - residual:
+      id: outer                   # a nested block's layers are its own; the outer zeroes its bn
+      layers:
+        - conv: {out: 4, kernel: 3, bias: false}
+        - bn: {id: mine}
+        - residual:
+            id: inner
+            layers:
+              - conv: {out: 4, kernel: 3, bias: false}
+              - bn
+  - residual:
+      id: none                    # no norm or scale: left as it is
+      layers:
+        - conv: {out: 4, kernel: 1}
+"""
+
+
+def test_zero_residual_rule_on_the_edges():
+    from resgraph.backends.torch.init import zero_residual_layers
+    g = check_text(ZR_RULE).graph
+    assert zero_residual_layers(g) == [("preact.bn2", True), ("biased.bn1", False), ("glu.b", True),
+                                       ("outer.inner.bn1", True), ("outer.mine", False)]
+    assert last_bn_of_each_residual_body(g) == ["preact.bn2", "biased.bn1", "glu.b", "outer.inner.bn1", "outer.mine"]
+    m = resgraph.to_torch(g, seed=0).eval()
+    _, v = capture(m, torch.randn(2, 4, 6, 6))
+    assert torch.equal(v["preact"], v["input"])                               # exactly the identity
+    assert not torch.equal(v["biased"], v["preact"]) and torch.equal(v["biased.bn1"], torch.zeros(2, 4, 6, 6))
+    assert torch.equal(v["outer.inner"], v["outer.mine"])                     # inner: exactly its shortcut
+
+
 def test_channels_last_and_autocast():
     m = resgraph.to_torch(ROOT / "specs" / "cifar_resnet20_b.yaml", seed=0).eval()
     x = torch.randn(4, 3, 32, 32)

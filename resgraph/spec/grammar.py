@@ -130,7 +130,7 @@ PREPROCESS = Mapping("preprocess", (
 
 # Policies of the PyTorch back end (backends/torch/init.py); first = default
 INIT = Mapping("init", (
-    Key("zero_residual", "bool", "the last bn of every residual body starts at scale 0", choices=(False, True),
+    Key("zero_residual", "bool", "the last norm or layer scale of every residual body starts at 0", choices=(False, True),
         bad="init.zero_residual must be true or false"),
     Key("conv", "choice", "how conv weights start", choices=("kaiming_normal", "kaiming_uniform", "xavier_uniform"),
         bad="init.conv must be one of {choices}", noun="policies"),

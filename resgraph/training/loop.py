@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -98,6 +99,14 @@ def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
             raise OptionError.at("--device", "CUDA was asked for but is not available", "use --device cpu")
         return torch.device("cuda", d.local)
     return torch.device("cpu")
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of the global generator at the start of an epoch, which the model's random ops
+    (dropout, drop_path) draw from. A function of (--seed, epoch, rank) alone: a run resumed after
+    epoch k draws what an uninterrupted one draws from epoch k + 1 on (the generator's state is not
+    in the trainer state), and each process of a torchrun draws its own masks."""
+    return int(np.random.SeedSequence([seed % (1 << 64), epoch, rank]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def _schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -270,6 +279,7 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
     bad_val: dict = {}
     for epoch in range(start, cfg.epochs):
         sampler.set_epoch(epoch)
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, d.rank))
         model.train()
         t0 = time.perf_counter()
         loss_sum = correct = seen = 0.0

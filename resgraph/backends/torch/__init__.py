@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ...ir import Graph
 from .checkpoint import check_fits, load_checkpoint, read_checkpoint, save_checkpoint
-from .init import init_weights, last_bn_of_each_residual_body
+from .init import init_weights, last_bn_of_each_residual_body, zero_residual_layers
 from .lower import LOWER, lower
 
 
@@ -35,5 +35,5 @@ def _graph(source) -> Graph:
     return check_file(str(source)).graph
 
 
-__all__ = ["LOWER", "lower", "to_torch", "init_weights", "last_bn_of_each_residual_body", "save_checkpoint",
+__all__ = ["LOWER", "lower", "to_torch", "init_weights", "last_bn_of_each_residual_body", "zero_residual_layers", "save_checkpoint",
            "load_checkpoint", "read_checkpoint", "check_fits"]
