@@ -83,17 +83,7 @@ def test_tensor_argument_errors_are_located(call, line, words):
 
 
 def test_parity_of_the_unet_with_onnx_runtime():
-    torch = pytest.importorskip("torch")
-    ort = pytest.importorskip("onnxruntime")
-    import numpy as np
-    import resgraph
-    from resgraph.backends.onnx import to_onnx
-    from resgraph.passes.inference import for_inference
-    c = check_text(UNET.replace("[3, 64, 64]", "[3, 16, 16]"))
-    m = resgraph.to_torch(c, seed=0).eval()
-    w = {k: v.numpy() for k, v in m.state_dict().items()}
-    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
-    with torch.no_grad():
-        ref = m(torch.from_numpy(x)).numpy()
-    s = ort.InferenceSession(to_onnx(*for_inference(c.graph, w)).SerializeToString(), providers=["CPUExecutionProvider"])
-    assert np.abs(s.run(None, {s.get_inputs()[0].name: x})[0] - ref).max() <= 1e-4
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from conftest import assert_onnx_parity
+    assert_onnx_parity(check_text(UNET.replace("[3, 64, 64]", "[3, 16, 16]")))
