@@ -14,7 +14,7 @@ import click
 
 from . import __version__
 from .cli_engine import build_options, engine_group, engine_options, parity_gate, print_engine
-from .errors import OptionError, ResgraphError, SpecError
+from .errors import OptionError, ResgraphError
 
 
 def _fail_internal(e: BaseException) -> None:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, SPECS
+from conftest import SPECS
 from resgraph.frontend import check_text
 
 HEAD = "resgraph: 1\nname: t\ninput: {shape: [3, 32, 32]}\n"

@@ -8,7 +8,7 @@ Back ends read `OPS[op]` and never re-derive a shape.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..limits import MAX_CHANNELS, MAX_KERNEL, MAX_SCALE, MAX_SPATIAL

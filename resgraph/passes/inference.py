@@ -10,7 +10,7 @@ import dataclasses
 
 from ..ir import Graph, Node, freeze
 
-Weights = dict[str, "np.ndarray"]   # keyed like a PyTorch state dict
+Weights = dict   # name -> numpy array, keyed like a PyTorch state dict (`<node path>.weight`)
 
 
 def _rewire(g: Graph, removed: dict[str, str], nodes: list[Node]) -> Graph:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from ..errors import Diagnostic, Diagnostics
-from ..ir import Graph, Node, Projection
+from ..ir import Graph, Node
 from ..ops import fmt
 
 
