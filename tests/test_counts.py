@@ -6,10 +6,11 @@ it counts neither bias additions, nor pooling, bn, activations or adds. resgraph
 (ops/count.py) is exactly the conv, linear and inserted-projection (1x1 conv, or bias-free linear on
 vectors) multiply-accumulates, also without biases, so FLOPs = 2 x MACs with nothing to subtract. It is
 checked per node and in total, on the emitted module (batch 1) for every shipped spec and for the random
-specs of test_differential, and on torchvision's own models where they exist.
+specs of test_differential, and on torchvision's and timm's own models where they exist.
 
-Parameters: torchvision's models, `sum(p.numel() for p in model.parameters())`, built on the meta
-device (no weights are downloaded or even allocated).
+Parameters: torchvision's and timm's models, `sum(p.numel() for p in model.parameters())`, built on the
+meta device (no weights are downloaded or even allocated; RegNet's constructor computes its widths with
+tensors, so it is built on the CPU and moved there).
 
 Modules run on the meta device: the counter reads shapes only, and one CPU run shows it counts the same.
 """
@@ -27,7 +28,8 @@ from resgraph.ops.count import node_macs, node_params  # noqa: E402
 from conftest import ROOT, SPECS  # noqa: E402
 
 TORCHVISION = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
-               "densenet121"]
+               "densenet121", "regnet_y_400mf", "efficientnet_b0", "mobilenet_v3_small", "convnext_tiny"]
+TIMM = {"se_resnet50": "seresnet50"}   # shipped spec -> timm's model
 
 
 def count_flops(module, shape, device="meta"):
@@ -130,20 +132,30 @@ def test_counts_of_corner_cases_match_the_module_and_the_counter(text):
 
 
 def torchvision_model(name):
-    torchvision = pytest.importorskip("torchvision")
-    with torch.device("meta"):
-        return getattr(torchvision.models, name)(weights=None)
+    pytest.importorskip("torchvision")
+    from resgraph.backends.torch.torchvision import torchvision_model as build
+    return build(name, device="meta")
+
+
+def assert_params_and_macs_match(name, model):
+    assert (ROOT / "specs" / f"{name}.yaml").exists()
+    checked = resgraph.check(str(ROOT / "specs" / f"{name}.yaml"))
+    assert checked.params == sum(p.numel() for p in model.parameters())
+    assert checked.graph.nodes[0].shape == (3, 224, 224)
+    total, _ = count_flops(model, (3, 224, 224))
+    assert 2 * checked.macs == total, f"the reference {total / 2:.0f} MACs, resgraph {checked.macs}"
 
 
 @pytest.mark.parametrize("name", TORCHVISION)
 def test_params_and_macs_match_torchvisions_models(name):
-    assert (ROOT / "specs" / f"{name}.yaml").exists()
-    checked = resgraph.check(str(ROOT / "specs" / f"{name}.yaml"))
-    tv = torchvision_model(name)
-    assert checked.params == sum(p.numel() for p in tv.parameters())
-    assert checked.graph.nodes[0].shape == (3, 224, 224)
-    total, _ = count_flops(tv, (3, 224, 224))
-    assert 2 * checked.macs == total, f"torchvision {total / 2:.0f} MACs, resgraph {checked.macs}"
+    assert_params_and_macs_match(name, torchvision_model(name))
+
+
+@pytest.mark.parametrize("name", TIMM)
+def test_params_and_macs_match_timms_models(name):
+    pytest.importorskip("timm")
+    from resgraph.backends.torch.timm import timm_model
+    assert_params_and_macs_match(name, timm_model(TIMM[name], device="meta"))
 
 
 def test_every_torchvision_counterpart_is_compared():

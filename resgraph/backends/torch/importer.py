@@ -38,10 +38,11 @@ def import_model(source, spec, pretrained: bool = False, weights_file: str | Non
 def import_weights(module: nn.Module, model: nn.Module, name: str | None = None, verify: bool = False) -> dict:
     """Copy `model`'s tensors into `module` (from resgraph.to_torch), paired in execution order.
 
-    Returns {"model", "source", "tensors", "params", "mapping", "unused", "max_abs_diff"}: mapping is
-    our layer path -> theirs (e.g. "layer2.0.shortcut.conv" -> "layer2.0.downsample.0"), in order;
-    unused, their tensors that the eval-mode forward never touches (an auxiliary head); max_abs_diff is
-    None unless verify.
+    Returns {"model", "source", "tensors", "params", "mapping", "keys", "unused", "max_abs_diff"}: mapping
+    is our layer path -> theirs (e.g. "layer2.0.shortcut.conv" -> "layer2.0.downsample.0"), in order;
+    keys, our state-dict key -> theirs (a layer scale that a block holds itself is not <layer>.weight
+    there: "features1_0.layer_scale.weight" -> "features.1.0.layer_scale"); unused, their tensors that
+    the eval-mode forward never touches (an auxiliary head); max_abs_diff is None unless verify.
     """
     source = source_of(model, name)
     shape = tuple(module.meta["resgraph"]["input_shape"])
@@ -53,10 +54,13 @@ def import_weights(module: nn.Module, model: nn.Module, name: str | None = None,
         raise _mismatch_error(module, model, source, mismatch, len(keys), len(theirs.keys))
     a_state, b_state = module.state_dict(), model.state_dict()
     pairs = list(zip(keys, theirs.keys, strict=True))
-    module.load_state_dict({a: b_state[b].detach().to(a_state[a].device) for a, b in pairs}, strict=True)
+    # the same numbers in our layout: a linear's [out, in] as a 1x1 conv's [out, in, 1, 1], torchvision's
+    # (C, 1, 1) layer scale as [C] (matching.fits has checked that only such layouts differ)
+    module.load_state_dict({a: b_state[b].detach().reshape(a_state[a].shape).to(a_state[a].device)
+                            for a, b in pairs}, strict=True)
     report = {"model": source.name, "source": str(source), "tensors": len(pairs),
               "params": sum(p.numel() for p in module.parameters()), "mapping": layer_mapping(pairs),
-              "unused": list(theirs.unused), "max_abs_diff": None}
+              "keys": dict(pairs), "unused": list(theirs.unused), "max_abs_diff": None}
     if verify:
         report["max_abs_diff"] = verify_import(module, model, name=str(source))
     return report

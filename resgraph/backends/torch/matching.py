@@ -2,9 +2,19 @@
 
 Tensor i of ours takes tensor i of theirs when both are the same kind of entry (weight, bias,
 running_mean, running_var, num_batches_tracked), of the same shape, owned by the same kind of layer
-(conv, bn, linear) that computes the same way where the shape does not say it (a conv's stride,
-dilation and groups; a bn's eps). Names never matter, so any spec of the source's architecture
-imports, whatever its ids. Pure functions of the two models and their ordered keys.
+(conv, bn, linear, layernorm, groupnorm, scale) that computes the same way where the shape does not
+say it (a conv's stride, dilation and groups; a norm's eps; a group norm's groups). Names never
+matter, so any spec of the source's architecture imports, whatever its ids.
+
+Three spellings of one computation pair across kinds, their tensors reshaped on copy (`fits`):
+- a pointwise conv (1x1, stride 1, dilation 1, groups 1) and a linear layer: weight [out, in, 1, 1]
+  and [out, in] (ConvNeXt's nn.Linear on channels-last maps, written as a 1x1 conv on [C, H, W]);
+- layer scale: our `scale` op's weight [C], a `layer_scale` or `gamma` parameter that a block holds
+  itself (torchvision's CNBlock.layer_scale, (C, 1, 1); timm's ConvNeXtBlock.gamma), or timm's
+  LayerScale / LayerScale2d;
+- layer norms over the channels, whatever the layout: nn.LayerNorm on [N, H, W, C] and the
+  channels-first LayerNorm2d of torchvision, timm and resgraph.
+Pure functions of the two models and their ordered keys.
 """
 from __future__ import annotations
 
@@ -14,6 +24,9 @@ import torch
 from torch import nn
 
 KINDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+# a layer scale that a block holds as its own parameter (no module of its own): torchvision's
+# CNBlock.layer_scale, timm's ConvNeXtBlock.gamma; the entry is the scale's weight
+SCALE_ENTRIES = ("layer_scale", "gamma")
 
 
 @dataclass(frozen=True)
@@ -42,22 +55,61 @@ def pair_problem(ours: nn.Module, a: str | None, ta, theirs: nn.Module, b: str |
         return "ours has fewer tensors"
     if b is None:
         return "ours has more tensors"
-    ka, kb = a.rpartition(".")[2], b.rpartition(".")[2]
+    (ka, ma, la), (kb, mb, lb) = entry(ours, a), entry(theirs, b)
     if ka != kb:
         return f"{ka} vs {kb}"
     if ka not in KINDS:
         return f"unknown kind of entry '{ka}'"
-    ma, mb = owner(ours, a), owner(theirs, b)
-    la, lb = layer_kind(ma), layer_kind(mb)
-    if la != lb:
+    if la != lb and {la, lb} != {"conv", "linear"}:
         return f"a {la} vs a {lb}"
-    if tuple(ta.shape) != tuple(tb.shape):
+    if la != lb:   # a conv and a linear: the same maps only where the conv is pointwise
+        conv = ma if la == "conv" else mb
+        if not _pointwise(conv):
+            attrs = {k: _fmt(v) for k, v in layer_attrs(conv).items()}
+            return (f"a {la} vs a {lb} (a conv pairs with a linear only as an unpadded 1x1 conv of stride 1, "
+                    f"dilation 1, groups 1; this one has kernel {_fmt(tuple(conv.kernel_size))}, "
+                    f"stride {attrs['stride']}, dilation {attrs['dilation']}, groups {attrs['groups']})")
+    if not fits(ta.shape, tb.shape, la if la == lb else "pointwise"):
         return "shapes differ"
     xa, xb = layer_attrs(ma), layer_attrs(mb)
-    if xa != xb:
+    if la == lb and xa != xb:
         diff = [k for k in xa if xa[k] != xb.get(k)]
         return f"{la} with " + ", ".join(f"{k} {_fmt(xa[k])} vs {k} {_fmt(xb.get(k))}" for k in diff)
     return ""
+
+
+def entry(root: nn.Module, key: str) -> tuple[str, nn.Module | None, str]:
+    """(kind of entry, owning module, kind of layer) of a state-dict key: a layer scale held by a
+    block as its own parameter reads as the weight of a scale layer."""
+    kind, module = key.rpartition(".")[2], owner(root, key)
+    layer = layer_kind(module)
+    if kind in SCALE_ENTRIES and (layer == "scale" or layer not in _LAYERS):
+        return "weight", module, "scale"
+    return kind, module, layer
+
+
+def fits(a, b, layer: str) -> bool:
+    """Whether tensors of shapes `a` (ours) and `b` (theirs) hold the same numbers in one layout: equal
+    shapes; a layer scale's [C] and (C, 1, 1); a pointwise conv's [out, in, 1, 1] and a linear's [out, in]."""
+    a, b = tuple(a), tuple(b)
+    if a == b:
+        return True
+    if layer == "scale":
+        return _squeezed(a) == _squeezed(b) and len(_squeezed(a)) == 1
+    if layer == "pointwise":
+        return a[:2] == b[:2] and all(d == 1 for d in a[2:] + b[2:])
+    return False
+
+
+def _squeezed(shape) -> tuple:
+    return tuple(d for d in shape if d != 1) or (1,)
+
+
+def _pointwise(conv: nn.Module) -> bool:
+    """A 1x1 conv that maps each pixel's channels alone, as a linear layer maps a vector."""
+    unpadded = conv.padding in ("same", "valid") or tuple(conv.padding) == (0, 0)
+    return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (1, 1)
+            and tuple(conv.dilation) == (1, 1) and conv.groups == 1 and unpadded)
 
 
 def owner(root: nn.Module, key: str) -> nn.Module | None:
@@ -66,6 +118,10 @@ def owner(root: nn.Module, key: str) -> nn.Module | None:
         return root.get_submodule(prefix) if prefix else root
     except AttributeError:
         return None
+
+
+# the layer kinds that hold their tensors under the standard entry names
+_LAYERS = ("conv", "bn", "linear", "layernorm", "groupnorm", "scale")
 
 
 def layer_kind(module: nn.Module | None) -> str:
@@ -77,7 +133,19 @@ def layer_kind(module: nn.Module | None) -> str:
         return "bn"
     if isinstance(module, nn.Linear):
         return "linear"
+    if isinstance(module, nn.LayerNorm):       # torchvision's, timm's and resgraph's LayerNorm2d too
+        return "layernorm"
+    if isinstance(module, nn.GroupNorm):       # timm's GroupNorm, GroupNorm1 too
+        return "groupnorm"
+    if _is_scale(module):
+        return "scale"
     return type(module).__name__
+
+
+def _is_scale(module: nn.Module) -> bool:
+    """resgraph's Scale; timm's LayerScale, LayerScale2d (a per-channel factor, `gamma`)."""
+    from .modules import Scale
+    return isinstance(module, Scale) or type(module).__name__ in ("LayerScale", "LayerScale2d")
 
 
 def layer_attrs(module: nn.Module | None) -> dict:
@@ -87,6 +155,10 @@ def layer_attrs(module: nn.Module | None) -> dict:
         return {"stride": tuple(module.stride), "dilation": tuple(module.dilation), "groups": module.groups}
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return {"eps": module.eps}
+    if isinstance(module, nn.LayerNorm):
+        return {"eps": module.eps}
+    if isinstance(module, nn.GroupNorm):
+        return {"groups": module.num_groups, "eps": module.eps}
     return {}
 
 
@@ -94,11 +166,12 @@ def describe(root: nn.Module, key: str | None, t: torch.Tensor | None) -> str:
     """'layer2.0.conv1.weight [128, 64, 3, 3] of a conv', for messages."""
     if key is None or t is None:
         return "nothing (it has no more tensors)"
-    return f"{key} {list(t.shape)} of a {layer_kind(owner(root, key))}"
+    return f"{key} {list(t.shape)} of a {entry(root, key)[2]}"
 
 
 def layer_mapping(pairs) -> dict[str, str]:
-    """Our layer path -> theirs, in order (e.g. layer2.0.shortcut.conv -> layer2.0.downsample.0)."""
+    """Our layer path -> theirs, in order (e.g. layer2.0.shortcut.conv -> layer2.0.downsample.0; a layer
+    scale that a block holds itself maps to the block: features1_0.layer_scale -> features.1.0)."""
     mapping: dict[str, str] = {}
     for a, b in pairs:
         mapping.setdefault(a.rpartition(".")[0], b.rpartition(".")[0])
