@@ -76,6 +76,17 @@ def tag(model: nn.Module, source: Source) -> nn.Module:
     return model.eval()
 
 
+def require(source: Source, module: str, extra: str):
+    """The source library's module (imported on first use: both are optional), or a WeightsError that
+    names the extra installing it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise WeightsError.at(str(source), f"{source.library} is not installed ({e})",
+                              f"install it with: pip install 'resgraph[{extra}]'") from None
+
+
 def refuse_both(source: Source, pretrained: bool, weights_file: str | None) -> None:
     if pretrained and weights_file is not None:
         raise OptionError.at("--pretrained", "give either pretrained weights or a weights file, not both",

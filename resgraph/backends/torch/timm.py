@@ -8,17 +8,8 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import DownloadError, WeightsError, did_you_mean
-from .sources import Source, construct, refuse_both, tag
+from .sources import Source, construct, refuse_both, require, tag
 from .weights_file import load_weights_file
-
-
-def _timm(source: Source):
-    try:
-        import timm
-    except ImportError as e:
-        raise WeightsError.at(str(source), f"timm is not installed ({e})",
-                              "install it with: pip install 'resgraph[timm]' (or pip install timm)") from None
-    return timm
 
 
 def timm_model(name: str, pretrained: bool = False, weights_file: str | None = None,
@@ -27,7 +18,7 @@ def timm_model(name: str, pretrained: bool = False, weights_file: str | None = N
     timm's published weights (pretrained=True: downloads from the Hugging Face hub unless cached), or
     with the state dict in `weights_file`. `name` may carry a pretrained tag (resnet50d.ra2_in1k)."""
     source = Source("timm", name)
-    timm = _timm(source)
+    timm = require(source, "timm", "timm")
     if not timm.is_model(name):
         raise WeightsError.at(str(source), f"unknown timm model '{name}'",
                               did_you_mean(str(name), timm.list_models(), "timm models"))

@@ -18,7 +18,7 @@ from torch import nn
 
 from ...errors import DownloadError, WeightsError, did_you_mean
 from .importer import import_weights, import_model, verify_import
-from .sources import Source, construct, refuse_both, tag
+from .sources import Source, construct, refuse_both, require, tag
 from .weights_file import load_weights_file
 
 # torchvision's published DenseNet checkpoints use the pre-1.0 names norm.1, conv.2, ...; its loader
@@ -27,18 +27,9 @@ _DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
                               r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
-def _models(source: Source):
-    try:
-        from torchvision import models
-    except ImportError as e:
-        raise WeightsError.at(str(source), f"torchvision is not installed ({e})",
-                              "install it with: pip install 'resgraph[torchvision]'") from None
-    return models
-
-
 def model_names() -> list[str]:
     """torchvision's classification models (detection, segmentation and video ones are elsewhere)."""
-    models = _models(Source("torchvision", "?"))
+    models = require(Source("torchvision", "?"), "torchvision.models", "torchvision")
     return models.list_models(module=models)
 
 
@@ -49,7 +40,7 @@ def torchvision_model(name: str, pretrained: bool = False, weights_file: str | N
     torch.hub's cache), or with the state dict in `weights_file` (a .pth as torchvision publishes it,
     or a .safetensors). `device="meta"` builds the structure alone (for matching without memory)."""
     source = Source("torchvision", name)
-    models = _models(source)
+    models = require(source, "torchvision.models", "torchvision")
     names = models.list_models(module=models)
     if name not in names:
         raise WeightsError.at(str(source), f"unknown torchvision model '{name}'",
