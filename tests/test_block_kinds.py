@@ -87,3 +87,27 @@ def test_parity_of_the_unet_with_onnx_runtime():
     pytest.importorskip("onnxruntime")
     from conftest import assert_onnx_parity
     assert_onnx_parity(check_text(UNET.replace("[3, 64, 64]", "[3, 16, 16]")))
+
+
+def test_copy_is_the_index_of_the_copy_in_a_repeated_entrys_arguments():
+    text = HEAD + """vars: {sd: 0.1}
+blocks:
+  b:
+    args: {p: null}
+    residual:
+      layers: [conv: {out: 3, kernel: 3}, drop_path: {p: $p}]
+layers:
+  - b: {id: s1, p: "$sd * $copy", repeat: 3}
+  - b: {id: s2, p: "$sd * (3 + $copy)", repeat: 2, first: {p: 0.5}}
+  - conv: {out: "4 + $copy", kernel: 1, repeat: 2}
+"""
+    g = check_text(text).graph
+    rates = [n.args["p"] for n in g.nodes if n.op == "drop_path"]
+    assert rates == pytest.approx([0.0, 0.1, 0.2, 0.5, 0.4])
+    assert [n.shape[0] for n in g.nodes if n.path.startswith("conv1.")] == [4, 5]
+    # outside a repeat it is an unknown name; a var of that name stands
+    with pytest.raises(SpecError) as e:
+        check_text(HEAD + 'layers:\n  - conv: {out: "$copy + 1", kernel: 1}\n')
+    assert "copy" in e.value.message
+    g = check_text(HEAD + "vars: {copy: 7}\nlayers:\n  - conv: {out: $copy, kernel: 1, repeat: 2}\n").graph
+    assert [n.shape[0] for n in g.nodes[1:]] == [7, 7]

@@ -28,6 +28,9 @@ class _Abort(Exception):
     pass
 
 
+COPY = "copy"   # $copy: the index of the copy being built, in a repeated entry's arguments
+
+
 def _is_tensor(default) -> bool:
     """A block argument declared `name: tensor` takes an id (an edge), not a value."""
     return default is not None and getattr(default, "value", None) == "tensor"
@@ -258,9 +261,18 @@ class _Expander:
                 n = 1
             self.count(e, n)
         out = main
+        # `$copy` is the copy's index in a repeated entry's arguments (a drop_path rate that grows
+        # block by block), unless the spec already defines that name: then its own value stands
+        index = e.repeat is not None and COPY not in scope.env
         for k in range(n):
             copy = f"{path}.{k}" if e.repeat is not None else path
-            out = self.one(e, copy, scope, out if k else main, first=(k == 0))
+            if index:
+                scope.env[COPY] = k
+            try:
+                out = self.one(e, copy, scope, out if k else main, first=(k == 0))
+            finally:
+                if index:
+                    del scope.env[COPY]
             if e.repeat is not None and named:
                 scope.ids[f"{name}.{k}"] = out
         return out
