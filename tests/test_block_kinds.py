@@ -111,3 +111,14 @@ layers:
     assert "copy" in e.value.message
     g = check_text(HEAD + "vars: {copy: 7}\nlayers:\n  - conv: {out: $copy, kernel: 1, repeat: 2}\n").graph
     assert [n.shape[0] for n in g.nodes[1:]] == [7, 7]
+
+
+def test_first_block_takes_only_the_arguments_it_declares_from_the_call():
+    text = STAGES.replace("  down:\n    args: {out: null, stride: 2}", "  down:\n    args: {out: null, stride: 2}") \
+                 .replace("  basic:\n    args: {out: null}", "  basic:\n    args: {out: null, p: 0.0}") \
+                 .replace("first: {block: down}", "p: 0.1, first: {block: down}")
+    g = check_text(text).graph   # p is basic's: down does not declare it, and is not given it
+    assert g["layer2.0.conv1"].args["stride"] == 2
+    with pytest.raises(SpecError) as e:   # but what `first` itself says must fit the swapped block
+        check_text(text.replace("first: {block: down}", "first: {block: down, width: 3}"), "t.yaml")
+    assert "unknown argument 'width' for block 'down'" in e.value.message

@@ -83,20 +83,20 @@ MAPPED = {   # a few of our layers -> the reference's (report["mapping"])
                        "block2.0.f.conv2": "trunk_output.block2.block2-0.f.b.0",
                        "block2.1.f.se.fc1": "trunk_output.block2.block2-1.f.se.fc1",
                        "block4.5.f.bn3": "trunk_output.block4.block4-5.f.c.1", "fc": "fc"},
-    "efficientnet_b0": {"features0.conv": "features.0.0", "features1_0.block.se.fc1": "features.1.0.block.1.fc1",
-                        "features2_1.block.conv2": "features.2.1.block.1.0",
-                        "features2_1.block.se.fc2": "features.2.1.block.2.fc2", "features8.bn": "features.8.1",
+    "efficientnet_b0": {"features0.conv": "features.0.0", "features1.0.block.se.fc1": "features.1.0.block.1.fc1",
+                        "features2.1.block.conv2": "features.2.1.block.1.0",
+                        "features2.1.block.se.fc2": "features.2.1.block.2.fc2", "features8.bn": "features.8.1",
                         "classifier": "classifier.1"},
     "mobilenet_v3_small": {"features1.block.se.fc1": "features.1.block.1.fc1",
                            "features4.block.se.fc2": "features.4.block.2.fc2",
                            "features11.block.bn3": "features.11.block.3.1", "features12.conv": "features.12.0",
                            "classifier0": "classifier.0", "classifier3": "classifier.3"},
     "convnext_tiny": {"features0.conv": "features.0.0", "features0.norm": "features.0.1",
-                      "features1_0.block.dwconv": "features.1.0.block.0",
-                      "features1_0.block.norm": "features.1.0.block.2",
-                      "features1_0.block.pwconv1": "features.1.0.block.3",
-                      "features1_0.block.pwconv2": "features.1.0.block.5",
-                      "features1_0.layer_scale": "features.1.0", "features2.conv": "features.2.1",
+                      "features1.0.block.dwconv": "features.1.0.block.0",
+                      "features1.0.block.norm": "features.1.0.block.2",
+                      "features1.0.block.pwconv1": "features.1.0.block.3",
+                      "features1.0.block.pwconv2": "features.1.0.block.5",
+                      "features1.0.layer_scale": "features.1.0", "features2.conv": "features.2.1",
                       "classifier.norm": "classifier.0", "classifier.fc": "classifier.2"},
 }
 
@@ -108,7 +108,12 @@ def test_mapping_reads_like_the_reference(name):
     report = import_weights(module, reference(FAMILIES[name], device="meta"))
     assert {k: report["mapping"][k] for k in MAPPED[name]} == MAPPED[name]
     if name == "convnext_tiny":
-        assert report["keys"]["features1_0.layer_scale.weight"] == "features.1.0.layer_scale"
+        assert report["keys"]["features1.0.layer_scale.weight"] == "features.1.0.layer_scale"
+    if name in ("efficientnet_b0", "convnext_tiny"):   # a stage is a repeat: copy K of featuresS is features.S.K
+        blocks = {k: v for k, v in report["mapping"].items() if re.match(r"features\d+\.\d+\.", k)}
+        assert len(blocks) > 50
+        assert not {k: v for k, v in blocks.items()
+                    if not (v + ".").startswith(re.sub(r"^features(\d+)\.(\d+)\..*", r"features.\1.\2.", k))}
 
 
 def test_stochastic_depth_rates_are_the_references():
@@ -192,7 +197,7 @@ def test_a_linear_pairs_only_with_a_pointwise_conv(write_spec):
     assert ("tensor 8 in execution order differs (a conv vs a linear (a conv pairs with a linear only as an "
             "unpadded 1x1 conv") in msg
     assert "this one has kernel 3, stride 1, dilation 1, groups 1)" in msg
-    assert "ours is features1_0.block.pwconv1.weight [384, 96, 3, 3] of a conv" in msg
+    assert "ours is features1.0.block.pwconv1.weight [384, 96, 3, 3] of a conv" in msg
     assert "torchvision's is features.1.0.block.3.weight [384, 96] of a linear" in msg
 
 

@@ -281,13 +281,17 @@ class _Expander:
         args = dict(e.args)
         if first and e.first:
             args.update(e.first)
-            if "block" in args:   # `first: {block: NAME, ...}`: copy 0 is another block, with the same arguments
+            if "block" in args:
+                # `first: {block: NAME, ...}`: copy 0 is another block. It takes those of the entry's
+                # arguments it declares (the others are the repeated block's), and all of `first`'s
                 swap = args.pop("block")
                 if not isinstance(swap.value, str) or swap.value not in self.spec.blocks:
                     self.d.error(swap.loc, f"first.block must name a block, got {_short(swap.plain())}",
                                  did_you_mean(str(swap.plain()), self.spec.blocks, "blocks") or
                                  "define it under blocks:", span=len(str(swap.plain())))
                 else:
+                    declared = self.spec.blocks[swap.value].args
+                    args = {k: v for k, v in args.items() if k in declared or k in e.first}
                     e = dataclasses.replace(e, kind=swap.value, loc=swap.loc)
         if e.kind in self.spec.blocks:
             return self.block(e, path, scope, main, args)

@@ -41,7 +41,7 @@ def import_weights(module: nn.Module, model: nn.Module, name: str | None = None,
     Returns {"model", "source", "tensors", "params", "mapping", "keys", "unused", "max_abs_diff"}: mapping
     is our layer path -> theirs (e.g. "layer2.0.shortcut.conv" -> "layer2.0.downsample.0"), in order;
     keys, our state-dict key -> theirs (a layer scale that a block holds itself is not <layer>.weight
-    there: "features1_0.layer_scale.weight" -> "features.1.0.layer_scale"); unused, their tensors that
+    there: "features1.0.layer_scale.weight" -> "features.1.0.layer_scale"); unused, their tensors that
     the eval-mode forward never touches (an auxiliary head); max_abs_diff is None unless verify.
     """
     source = source_of(model, name)

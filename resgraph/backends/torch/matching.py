@@ -171,7 +171,7 @@ def describe(root: nn.Module, key: str | None, t: torch.Tensor | None) -> str:
 
 def layer_mapping(pairs) -> dict[str, str]:
     """Our layer path -> theirs, in order (e.g. layer2.0.shortcut.conv -> layer2.0.downsample.0; a layer
-    scale that a block holds itself maps to the block: features1_0.layer_scale -> features.1.0)."""
+    scale that a block holds itself maps to the block: features1.0.layer_scale -> features.1.0)."""
     mapping: dict[str, str] = {}
     for a, b in pairs:
         mapping.setdefault(a.rpartition(".")[0], b.rpartition(".")[0])
