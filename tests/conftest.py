@@ -60,3 +60,18 @@ def assert_onnx_parity(checked, batch: int = 2, seed: int = 0, folds=(False, Tru
         got = s.run(None, {s.get_inputs()[0].name: x})[0]
         assert np.abs(got - ref).max() <= atol, (fold, float(np.abs(got - ref).max()))
     return ref
+
+
+def import_refusal(spec, model):
+    """The one diagnostic of importing `model`'s weights into `spec`'s module, which must be refused
+    (a WeightsError): both on the meta device, since matching fails before anything is copied or run."""
+    import torch
+
+    import resgraph
+    from resgraph.backends.torch.importer import import_weights
+    with torch.device("meta"):
+        module = resgraph.to_torch(spec, init=False)
+    with pytest.raises(resgraph.WeightsError) as e:
+        import_weights(module, model)
+    (d,) = e.value.diagnostics
+    return d

@@ -21,7 +21,7 @@ import resgraph  # noqa: E402
 from resgraph.backends.torch.importer import import_weights  # noqa: E402
 from resgraph.backends.torch.sources import build, parse_source  # noqa: E402
 from resgraph.passes.inference import for_inference  # noqa: E402
-from conftest import ROOT, run_cli  # noqa: E402
+from conftest import ROOT, import_refusal, run_cli  # noqa: E402
 from test_torchvision_import import assert_same_outputs, randomise_bn  # noqa: E402
 
 FAMILIES = {   # shipped spec -> the model it reproduces
@@ -182,12 +182,7 @@ def test_the_docs_excerpts_are_the_specs_lines():
 # --- what does not correspond is refused, naming both sides --------------------------------------
 
 def refused(text, source, write_spec):
-    with torch.device("meta"):
-        module = resgraph.to_torch(write_spec(text), init=False)
-    with pytest.raises(resgraph.WeightsError) as e:
-        import_weights(module, reference(source, device="meta"))
-    (d,) = e.value.diagnostics
-    return d.message
+    return import_refusal(write_spec(text), reference(source, device="meta")).message
 
 
 def test_a_linear_pairs_only_with_a_pointwise_conv(write_spec):
