@@ -152,6 +152,23 @@ def read_manifest(folder: str) -> Manifest:
     return Manifest.from_json(d, path)
 
 
+def read_spec(folder: str, manifest: Manifest) -> tuple[str, bytes]:
+    """(path, bytes) of the spec compiled into `folder`, which must be the one the manifest hashed:
+    a spec.yaml edited after compiling would describe another network than model.onnx."""
+    import hashlib
+    path = os.path.join(folder, manifest.spec)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ArtifactError.at(path, f"cannot read the folder's spec: {e.strerror}",
+                               "recompile: resgraph compile SPEC --weights W -o FOLDER") from None
+    if hashlib.sha256(raw).hexdigest() != manifest.spec_sha256:
+        raise ArtifactError.at(path, "spec.yaml was changed after compiling (its sha256 is not the manifest's)",
+                               "recompile the spec you mean: resgraph compile SPEC --weights W -o FOLDER")
+    return path, raw
+
+
 def write_manifest(path: str, manifest: Manifest) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(manifest.to_json(), f, indent=2)

@@ -54,9 +54,8 @@ def _compiled_spec(path: str) -> bytes | None:
     """These commands take a spec. A compiled folder (or its model.onnx) holds its spec byte for byte
     (spec.yaml, its sha256 in the manifest): that one, checked, with a note saying so. An ONNX file
     outside a compiled folder, or another folder, is a one-line error saying what they take."""
-    import hashlib
-    from .artifacts import read_manifest
-    from .errors import ArtifactError, PathError
+    from .artifacts import read_manifest, read_spec
+    from .errors import PathError
     onnx_file = path.endswith(".onnx") and os.path.isfile(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "." if onnx_file else None
     if folder is None:
@@ -67,15 +66,7 @@ def _compiled_spec(path: str) -> bytes | None:
                                  "give the spec it was compiled from, or its compiled folder (compiled/NAME)")
         raise PathError.at(path, "a folder, not a spec", "give a spec file, or a compiled folder (it holds manifest.json)")
     manifest = read_manifest(folder)
-    spec_path = os.path.join(folder, manifest.spec)
-    try:
-        with open(spec_path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise PathError.at(spec_path, f"cannot read the compiled spec: {e.strerror}", "recompile the folder") from None
-    if hashlib.sha256(raw).hexdigest() != manifest.spec_sha256:
-        raise ArtifactError.at(spec_path, "spec.yaml was changed after compiling (its sha256 is not the manifest's)",
-                               "check the spec you mean instead, or recompile the folder")
+    spec_path, raw = read_spec(folder, manifest)
     click.echo(f"note: {path} is compiled from {manifest.name}'s spec; checking {spec_path}", err=True)
     return raw
 

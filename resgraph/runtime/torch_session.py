@@ -10,13 +10,13 @@ size: a static input buffer, warmed up on a side stream, captured, then replayed
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 
 import numpy as np
 
-from ..errors import ArtifactError, BackendError, OptionError
+from ..errors import BackendError, OptionError
+from ..artifacts import read_spec
 from .session import Options, Session
 
 
@@ -30,16 +30,7 @@ class TorchSession(Session):
         self.backend = "torch-cuda" if cuda else "torch-cpu"
         self.dev = torch.device(f"cuda:{options.device_id}" if cuda else "cpu")
         self.device = str(self.dev)
-        spec_path = os.path.join(folder, manifest.spec)
-        try:
-            with open(spec_path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise ArtifactError.at(spec_path, f"cannot read the folder's spec: {e.strerror}",
-                                   "recompile: resgraph compile SPEC --weights W -o FOLDER") from None
-        if hashlib.sha256(raw).hexdigest() != manifest.spec_sha256:
-            raise ArtifactError.at(spec_path, "spec.yaml was changed after compiling (its sha256 is not the manifest's)",
-                                   "recompile the spec you mean: resgraph compile SPEC --weights W -o FOLDER")
+        spec_path, raw = read_spec(folder, manifest)
         checked = check_text(raw.decode("utf-8"), spec_path, read_files=False)
         if options.threads and not cuda:
             torch.set_num_threads(options.threads)
