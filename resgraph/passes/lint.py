@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import math
+
 from ..errors import Diagnostic, Diagnostics
 from ..ir import Graph, Node
 from ..ops import fmt
@@ -86,18 +88,12 @@ def _main_branch(g: Graph, add: Node, edge: str, changed) -> list[Node]:
     out, path = [], add.inputs[0]
     while path in order and order[path] > order.get(edge, -1) and g[path].inputs:
         n = g[path]
-        x = max(n.inputs, key=lambda i: _size(g[i].shape))   # max() keeps the first of equals
+        x = max(n.inputs, key=lambda i: math.prod(g[i].shape))   # max() keeps the first of equals
         if changed(n, g[x].shape):
             out.append(n)
         path = x
     return out[::-1]
 
-
-def _size(shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 def _layers(nodes: list[Node]) -> str:
