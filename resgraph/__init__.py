@@ -30,13 +30,28 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'resgraph' has no attribute {name!r}")
 
 
+def graph_of(source):
+    """The checked Graph of a spec path, Spec, Checked or Graph: the one place the public API's
+    `source` arguments are resolved (to_torch, import_model)."""
+    from .frontend import Checked, check_file, check_spec
+    from .ir import Graph
+    from .spec import Spec
+    if isinstance(source, Graph):
+        return source
+    if isinstance(source, Checked):
+        return source.graph
+    if isinstance(source, Spec):
+        return check_spec(source).graph
+    return check_file(str(source)).graph
+
+
 def to_torch(source, seed: int | None = None, weights: str | None = None, init: bool = True):
     """A trainable torch.nn.Module (a torch.fx.GraphModule) for a spec path, Spec, Checked or Graph.
     Imports torch on first use; see resgraph.backends.torch.to_torch."""
     from .backends.torch import to_torch as _to_torch
-    return _to_torch(source, seed=seed, weights=weights, init=init)
+    return _to_torch(graph_of(source), seed=seed, weights=weights, init=init)
 
 
-__all__ = ["to_torch", "Checked", "Diagnostic", "Loc", "ResgraphError", "SpecError", "WeightsError", "DataError",
+__all__ = ["to_torch", "graph_of", "Checked", "Diagnostic", "Loc", "ResgraphError", "SpecError", "WeightsError", "DataError",
            "DownloadError", "PathError", "ArtifactError", "BackendError", "OptionError", "check", "check_file",
            "check_spec", "check_text", "load_spec", "parse_spec", "__version__"]

@@ -78,3 +78,44 @@ def _check_io(spec: Spec, g: Graph) -> None:
             d.error(spec.preprocess[k + "_loc"], f"preprocess.{k} has {n} value{'s' * (n != 1)} for {c} input channels",
                     "one value per channel")
     d.raise_if_any()
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """Where a command's spec argument leads: a file to read (text None), or text already read (standard
+    input, or the spec compiled into a folder, with a note saying so)."""
+    where: str
+    text: str | None = None
+    note: str | None = None
+    read_files: bool = True      # False for a compiled spec: its labels are in the manifest already
+
+
+def spec_source(path: str, stdin=None) -> SpecSource:
+    """The spec behind a command's argument: a file; '-' for standard input (editors and pipes); a
+    compiled folder, or the model.onnx in one, for the spec compiled into it byte for byte (spec.yaml,
+    checked against the manifest's sha256). An ONNX file outside a compiled folder, or another folder,
+    is a one-line error saying what these commands take."""
+    import os
+
+    from .artifacts import read_manifest, read_spec
+    from .errors import OptionError, PathError
+    if path == "-":
+        return SpecSource("<stdin>", stdin.read(4 << 20))
+    onnx_file = path.endswith(".onnx") and os.path.isfile(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "." if onnx_file else None
+    if folder is None:
+        return SpecSource(path)
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        if onnx_file:
+            raise OptionError.at(path, "this command takes a spec (YAML), not an ONNX model",
+                                 "give the spec it was compiled from, or its compiled folder (compiled/NAME)")
+        raise PathError.at(path, "a folder, not a spec", "give a spec file, or a compiled folder (it holds manifest.json)")
+    manifest = read_manifest(folder)
+    spec_path, raw = read_spec(folder, manifest)
+    where = os.path.join(os.path.dirname(path) if os.path.isfile(path) else path, "spec.yaml")
+    return SpecSource(where, raw.decode("utf-8"), f"note: {path} is compiled from {manifest.name}'s spec; checking "
+                      f"{spec_path}", read_files=False)
+
+
+def check_source(src: SpecSource) -> Checked:
+    return check_file(src.where) if src.text is None else check_text(src.text, src.where, read_files=src.read_files)

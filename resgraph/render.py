@@ -179,3 +179,20 @@ def _prod(shape):
     for s in shape:
         out *= s
     return out
+
+
+def ok_text(path, checked) -> Text:
+    """`check`'s report of a sound spec: its I/O, totals, and each inserted Ws."""
+    from .ops import fmt
+    g = checked.graph
+    t = Text()
+    t.append("ok ", style="bold green")
+    t.append(f"{escape(str(path))}: {g.name}  {g.input_name} {fmt(g.nodes[0].shape)} -> {g.output_name} {fmt(g[g.output].shape)}\n")
+    t.append(f"   params {checked.params:,}   MACs {checked.macs:,} ({human_int(checked.macs)})   "
+             f"{len(g.nodes) - 1} nodes   {len(g.projections)} projection{'s' * (len(g.projections) != 1)} inserted\n")
+    for p in g.projections:
+        kind = p.kind + ("" if p.bn or p.kind != "conv1x1" else " (no bn)")
+        t.append(f"   Ws at {p.at}: {kind} {fmt(p.from_shape)} -> {fmt(p.to_shape)}, stride {p.stride}, "
+                 f"{p.params:,} params\n", style="yellow")
+    t.rstrip()
+    return t

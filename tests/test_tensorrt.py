@@ -54,10 +54,10 @@ def test_build_options_round_trip_and_reproduce_their_command():
     assert flags == ("--precision fp16 --batch 2:16:64 --workspace 2048 --opt-level 5 --hardware-compatibility "
                      "ampere-plus --version-compatible")
     # the flags, parsed as `engine build` parses them, give the same options (the timing cache is the machine's)
-    from resgraph.cli_engine import build_options
+    from resgraph.backends.tensorrt.options import from_flags
     words = flags.split()
     kw = dict(zip([w[2:].replace("-", "_") for w in words[::2]], words[1::2]))
-    got = build_options(kw.get("precision"), kw.get("batch"), 2048, 5, "/tmp/t.cache", False, "ampere-plus", True)
+    got = from_flags(kw.get("precision"), kw.get("batch"), 2048, 5, "/tmp/t.cache", False, "ampere-plus", True)
     assert got == o
 
 

@@ -135,7 +135,9 @@ def test_the_three_mismatches_are_refused_before_deserialising_and_rebuild_fixes
         with pytest.raises(BackendError) as e:
             open_session(str(folder), "tensorrt")
         assert e.value.differs == (what,) and "resgraph engine build" in e.value.hint
-        s = open_session(str(folder), "tensorrt", Options(rebuild=True))    # rebuilt from model.onnx
+        from resgraph.runtime.gate import rebuild_stale
+        assert rebuild_stale(str(folder), "tensorrt", 0)                       # rebuilt from model.onnx, then opened
+        s = open_session(str(folder), "tensorrt", Options())
         assert s.run(np.zeros((2, *s.input_shape), np.float32)).shape[0] == 2
         assert json.loads((folder / "engine.json").read_text())[
             "tensorrt_version" if what == "tensorrt" else "onnx_sha256" if what == "onnx" else "gpu"] != \

@@ -80,3 +80,44 @@ def bench(session, batch: int, duration: float = 3.0, warmup: float = 1.0, min_i
         h2d_ms=float(np.mean([a for a, _ in io]) * 1e3) if io else None,
         d2h_ms=float(np.mean([b for _, b in io]) * 1e3) if io else None,
         cv=cv, noisy=cv > cv_threshold)
+
+
+def bench_all(folder: str, names: list[str], sizes: list[int], duration: float, warmup: float, options,
+              cv_threshold: float | None = None, triton: tuple[str, str | None] | None = None,
+              keep_going: bool = False, say=lambda message: None) -> tuple[list[BenchResult], list[dict]]:
+    """Every back end of `names` (then the Triton endpoint `triton` = (url, model name)) at every batch
+    size: (results, the back ends passed over). With `keep_going` (bench --backend all), a back end
+    that fails to open is listed as skipped instead of raising. `say` gets one line per session."""
+    from ..artifacts import read_manifest
+    from .session import BackendError, open_session
+    cv = NOISY_CV if cv_threshold is None else cv_threshold
+    results, skipped = [], []
+
+    def measure(label: str, session):
+        with session:
+            say(f"resgraph: {label}: {session.describe()}" + (f" ({session.why})" if label != "triton" else ""))
+            results.extend(bench(session, n, duration, warmup, cv_threshold=cv) for n in sizes)
+
+    for name in names:
+        try:
+            session = open_session(folder, name, options)
+        except BackendError as e:
+            if not keep_going:
+                raise
+            skipped.append({"backend": name, "reason": e.message, "install": None})
+            continue
+        measure(name, session)
+    if triton:
+        from .triton_client import TritonSession
+        measure("triton", TritonSession(folder, read_manifest(folder), *triton))
+    return results, skipped
+
+
+def report(folder: str, results: list[BenchResult], skipped: list[dict], duration: float, warmup: float) -> dict:
+    """bench's JSON report (docs/inference.md)."""
+    from .. import __version__
+    from ..artifacts import read_manifest
+    m = read_manifest(folder)
+    return {"resgraph_version": __version__, "artifact": folder, "model": m.name, "precision": m.precision,
+            "macs_per_image": m.macs, "params": m.params, "duration_s": duration, "warmup_s": warmup,
+            "results": [r.to_json() for r in results], "skipped": skipped}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .session import BackendError
+from ..errors import BackendError
 
 
 def cudart():

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from .session import BackendError, Options, Session
+from ..errors import BackendError
+from .base import Options, Session
 
 
 class OrtSession(Session):

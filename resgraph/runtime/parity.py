@@ -89,45 +89,59 @@ def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=No
     return pairs
 
 
-def gate(folder: str, options, batches: tuple[int, ...]) -> list[Pair]:
-    """compile --engine's parity gate: the engine against ONNX Runtime and, where torch is installed,
-    the checkpoint's PyTorch module, on random normalised inputs in batches of each size given (the
-    profile's MIN, OPT and MAX); the tolerance is the engine precision's. Raises ArtifactError on any
-    pair beyond it, and on any NaN or infinity in the engine's output (fp16 overflow) before comparing."""
-    from ..errors import ArtifactError
-    from .session import BACKENDS, open_session
-    refs = [n for n in ("torch-cpu", "ort-cuda" if BACKENDS["ort-cuda"].probe(folder).ok else "ort-cpu")
-            if BACKENDS[n].probe(folder).ok]
+def parity_inputs(source: str, input_shape: tuple, preprocess) -> tuple[np.ndarray, str, list[dict]]:
+    """(the inputs, what they are, the inputs that failed to decode) for `parity --inputs SOURCE`:
+    a count of seeded random normalised inputs, or a folder of images / .npy files."""
+    import os
+
+    from ..errors import DataError, OptionError
+    from .inputs import expand
+    from .pipeline import decode_batch
+    if source.isdigit():
+        if int(source) < 1:
+            raise OptionError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
+        x = np.random.default_rng(0).standard_normal((int(source), *input_shape), dtype=np.float32)
+        return x, f"{int(source)} random normalised inputs (seed 0)", []
+    if not os.path.isdir(source):
+        raise OptionError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
+    items = expand([source], None, input_shape)
+    decoded = decode_batch(items, preprocess)
+    failed = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]
+    good = [d for d in decoded if not isinstance(d, str)]
+    if not good:
+        raise DataError.at(source, "no inputs: the folders are empty (or standard input named no files)",
+                           "give image files, .npy files or folders holding them")
+    return np.stack(good), f"{len(good)} inputs from {source}", failed
+
+
+def parity(folder: str, backends: str, source: str, batch_size: int, options) -> dict:
+    """`resgraph parity`: the same inputs through every back end that `backends` names (--backends:
+    'all' or a list; ordered: the checkpoint's torch module first), every pair compared at its tolerance. The report's `ok` is False when a pair
+    is beyond it; `changed_since_compile` names the files that differ from the manifest's record."""
+    from ..artifacts import read_manifest, verify_artifacts
+    from .session import BackendError, named_backends, open_session
+    names, skipped = named_backends(backends, folder)
+    names = order(names)
+    if len(names) < 2:
+        raise BackendError.at(backends, f"parity needs two back ends; usable here: {', '.join(names) or 'none'}",
+                              "; ".join(f"{s['backend']}: {s['install']}" for s in skipped if s.get("install"))
+                              or "name two with --backends, e.g. --backends torch-cpu,ort-cpu")
+    manifest = read_manifest(folder)
     sessions = {}
     try:
-        for n in ["tensorrt", *refs]:
+        for n in names:
             sessions[n] = open_session(folder, n, options)
-        shape = sessions["tensorrt"].input_shape
-        x = np.random.default_rng(0).standard_normal((sum(batches), *shape), dtype=np.float32)
-        outputs, start = {n: [] for n in sessions}, 0
-        for b in batches:
-            for n, s in sessions.items():
-                outputs[n].append(s.run(x[start:start + b]))
-            start += b
-        outputs = {n: np.concatenate(v) for n, v in outputs.items()}
-        where = f"{folder}/model.engine"
-        if not np.isfinite(outputs["tensorrt"]).all():
-            raise ArtifactError.at(where, f"the {sessions['tensorrt'].precision} engine's outputs hold NaN or "
-                                   "infinity on random normalised inputs (fp16 overflow?)",
-                                   "build with --precision fp32 or tf32 (or compile with --no-fold); --no-parity-gate "
-                                   "skips this check")
+        first = next(iter(sessions.values()))
+        x, what, failed_inputs = parity_inputs(source, first.input_shape, first.preprocess)
+        outputs = run_all(sessions, x, batch_size)
         torch_ref = sessions.get("torch-cpu")
         floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
-        # without torch there is no fp64 reference to measure fp32's own noise against: an fp32 engine
-        # (other kernels, other summation orders) is then held to 1e-4 relative to the output's size
-        pairs = compare({n: outputs[n] for n in order(list(outputs))}, {n: s.precision for n, s in sessions.items()},
-                        floor, fp32_rel=None if floor is not None else FP32_ABS)
+        pairs = compare(outputs, {n: s.precision for n, s in sessions.items()}, floor)
+        backends = {n: s.describe() for n, s in sessions.items()}
     finally:
         for s in sessions.values():
             s.close()
-    bad = [p for p in pairs if not p.ok and "tensorrt" in (p.reference, p.other)]
-    if bad:
-        raise ArtifactError.at(where, "the engine fails the parity gate: " + "; ".join(
-            f"{p.other} vs {p.reference}: max |a-b| {p.max_abs:.3g}, scaled {p.max_scaled:.3g} (needs {p.tolerance})"
-            for p in bad), "compare precisions with resgraph parity FOLDER; --no-parity-gate keeps the engine anyway")
-    return pairs
+    return {"artifact": folder, "model": manifest.name, "precision": manifest.precision, "inputs": what,
+            "backends": backends, "pairs": [p.to_json() for p in pairs],
+            "changed_since_compile": verify_artifacts(folder, manifest), "failed_inputs": failed_inputs,
+            "skipped": skipped, "ok": all(p.ok for p in pairs)}

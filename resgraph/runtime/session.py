@@ -23,116 +23,13 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from ..artifacts import Manifest, read_manifest
-from ..errors import BackendError, DataError
-from .preprocess import Preprocess
+from ..errors import BackendError
+from .base import INSTALL, Availability, Options, Session, nvidia_gpu_visible
 
 AUTO_ORDER = ("tensorrt", "ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")
 ALIASES = {"ort": ("ort-cuda", "ort-cpu"), "onnxruntime": ("ort-cuda", "ort-cpu"), "torch": ("torch-cuda", "torch-cpu"),
            "trt": ("tensorrt",)}
-INSTALL = {
-    "onnx": "pip install 'resgraph[onnx]'",
-    "gpu": "pip uninstall -y onnxruntime && pip install 'resgraph[gpu]'   (onnxruntime-gpu replaces onnxruntime)",
-    "torch": "pip install 'resgraph[torch]'",
-    "tensorrt": "pip install 'resgraph[tensorrt]'",
-}
-
-
-@dataclass(frozen=True)
-class Options:
-    threads: int | None = None        # CPU threads for one inference (ONNX Runtime intra-op; torch.set_num_threads)
-    device_id: int = 0
-    cuda_graph: bool = False          # capture one CUDA graph per batch size (ort-cuda, torch-cuda)
-    torch_compile: bool = False       # torch.compile the module (torch back ends)
-    amp: str | None = None            # torch-cuda autocast: fp16 | bf16 | off [default: the artifact's precision]
-    channels_last: bool | None = None  # torch-cuda [default: on for image inputs]
-    tf32: bool = False                # let fp32 convolutions and matmuls on CUDA use TF32 (faster; ~fp16's precision)
-    rebuild: bool = False             # tensorrt: rebuild a model.engine that cannot run here instead of refusing it
-
-
-class Session:
-    """A compiled folder opened on one back end. Subclasses set backend/device/precision and run()."""
-    backend: str = ""
-    device: str = "cpu"
-    precision: str = "fp32"           # what the back end computes in
-
-    def __init__(self, folder: str, manifest: Manifest, options: Options):
-        self.folder, self.manifest, self.options = folder, manifest, options
-        self.input_name, self.output_name = manifest.input.name, manifest.output.name
-        self.input_shape, self.output_shape = manifest.input.sample_shape, manifest.output.sample_shape
-        self.labels = manifest.labels
-        self.preprocess = _checked_preprocess(manifest, folder)
-        self.last_io: tuple[float, float] | None = None   # the last run's host->device, device->host seconds
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def input_buffer(self, n: int) -> np.ndarray:
-        """A [n, *input shape] float32 array to write a batch into before run(): on a back end with a
-        device it is the session's page-locked staging memory, which run() then sends to the GPU as is
-        (no copy into it first); elsewhere a plain array. Valid until the next call."""
-        return np.empty((n, *self.input_shape), np.float32)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def describe(self) -> str:
-        return f"{self.backend} on {self.device}, {self.precision}"
-
-    def check_batch(self, x: np.ndarray) -> np.ndarray:
-        """The batch every back end accepts: [N, *input shape] float32, C-contiguous."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
-            raise DataError.at(self.input_name, f"a batch of shape {list(x.shape)}, but the model takes "
-                               f"[N, {', '.join(map(str, self.input_shape))}]", "stack samples along a first axis")
-        return x
-
-
-def _checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
-    """The manifest's preprocess and labels, checked against its shapes: a hand-edited or foreign
-    manifest fails here, naming the field, not on every input later."""
-    from ..errors import ArtifactError
-    from .preprocess import PIL_FILTERS
-    where = os.path.join(folder, "manifest.json")
-    shape_in, shape_out = manifest.input.sample_shape, manifest.output.sample_shape
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in (*shape_in, *shape_out)):
-        raise ArtifactError.at(where, f"input/output shapes {list(shape_in)} / {list(shape_out)} are not positive "
-                               "integers", "recompile: resgraph compile SPEC -o FOLDER")
-    pre = manifest.preprocess
-    for k in ("mean", "std"):
-        v = pre.get(k)
-        if v is not None and not (isinstance(v, list) and len(v) == shape_in[0] and
-                                  all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)):
-            raise ArtifactError.at(where, f"preprocess.{k} is {v!r}, not {shape_in[0]} numbers (one per input channel)",
-                                   "recompile: resgraph compile SPEC -o FOLDER")
-    if pre.get("std") is not None and any(x <= 0 for x in pre["std"]):
-        raise ArtifactError.at(where, "preprocess.std holds a value <= 0", "recompile: resgraph compile SPEC -o FOLDER")
-    if pre.get("interpolation", "bilinear") not in PIL_FILTERS:
-        raise ArtifactError.at(where, f"unknown preprocess.interpolation {pre.get('interpolation')!r}",
-                               f"one of {', '.join(PIL_FILTERS)}")
-    for k in ("resize", "crop"):
-        if pre.get(k) is not None and not (isinstance(pre[k], int) and pre[k] > 0):
-            raise ArtifactError.at(where, f"preprocess.{k} is {pre[k]!r}, not a positive integer",
-                                   "recompile: resgraph compile SPEC -o FOLDER")
-    if manifest.labels is not None and (len(shape_out) != 1 or len(manifest.labels) != shape_out[0]):
-        raise ArtifactError.at(where, f"{len(manifest.labels)} labels for an output of shape {list(shape_out)}",
-                               "recompile: resgraph compile SPEC -o FOLDER")
-    return Preprocess.from_json(pre, shape_in)
-
-
-@dataclass(frozen=True)
-class Availability:
-    ok: bool
-    reason: str                       # why it is usable, or why not
-    install: str | None = None        # what makes it usable, where a package is missing
 
 
 @dataclass(frozen=True)
@@ -144,12 +41,6 @@ class Backend:
 
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def nvidia_gpu_visible() -> bool:
-    """Cheap (no CUDA library loaded): the NVIDIA driver's /proc entry or /dev node."""
-    return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) \
-        or os.path.exists("/dev/nvidia0")
 
 
 def _ort_probe(cuda: bool, tensorrt: bool = False):
@@ -285,3 +176,26 @@ def open_session(artifact: str, backend: str = "auto", options: Options | None =
             why += "; failed to open " + "; ".join(f"{n} ({m})" for n, m in failed)
         s.why = why
         return s
+
+
+def named_backends(spec: str, folder: str) -> tuple[list[str], list[dict]]:
+    """The back ends a --backend(s) value names, and those passed over: 'all' is every usable one
+    (ort-trt too, which auto leaves out; the others listed with why and what to install); otherwise a
+    comma-separated list of names or aliases, each resolved by choose(), without repeats."""
+    if spec == "all":
+        names, skipped = [], []
+        for name in BACKENDS:
+            a = BACKENDS[name].probe(folder)
+            if a.ok:
+                names.append(name)
+            else:
+                skipped.append({"backend": name, "reason": a.reason, "install": a.install})
+        if not names:
+            choose("auto", folder)   # raises, naming what to install
+        return names, skipped
+    names = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        name, _ = choose(part, folder)
+        if name not in names:
+            names.append(name)
+    return names, []

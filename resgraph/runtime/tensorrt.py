@@ -3,7 +3,7 @@
 Opening: engine.json is checked against this machine first (TensorRT version, GPU compute
 capability, the folder's model.onnx: backends/tensorrt/engine_json.py), then model.engine against
 engine.json's sha256 (a corrupt or replaced file), and only then deserialised with trt.Runtime;
-`--rebuild` rebuilds a mismatched engine from model.onnx instead of refusing it.
+`--rebuild` (runtime/rebuild.py, a step before opening) rebuilds a mismatched engine from model.onnx.
 
 Running one batch of N (the engine's profile MIN <= N <= MAX; a larger batch runs in chunks of MAX,
 a smaller one is padded to MIN):
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .session import Availability, BackendError, Options, Session, nvidia_gpu_visible
+from ..errors import BackendError
+from .base import Availability, Options, Session, nvidia_gpu_visible
 
 if TYPE_CHECKING:   # the annotations' names; imported for real when a session opens
     import tensorrt as trt
@@ -50,40 +51,48 @@ def probe(folder: str | None) -> Availability:
 
 def open_engine(folder: str, manifest, options: Options):
     """A TensorRTSession; every refusal is a BackendError, so that `auto` passes over a back end it
-    cannot open (no loadable TensorRT, an engine for another GPU) to the next, saying why."""
+    cannot open (no loadable TensorRT, an engine for another GPU) to the next, saying why. Opening
+    never rebuilds: `--rebuild` is a step of its own before it (runtime/rebuild.py)."""
     from ..backends.tensorrt.engine_json import EngineMismatch
     from ..errors import ResgraphError
     try:
         return TensorRTSession(folder, manifest, options)
     except EngineMismatch as e:
-        if not options.rebuild:
-            err = BackendError(e.diagnostics)
-            err.differs = e.differs
-            raise err from None
-        why = e.message
+        err = BackendError(e.diagnostics)
+        err.differs = e.differs
+        raise err from None
     except BackendError:
         raise
     except ResgraphError as e:   # engine.json unreadable, no GPU to query, TensorRT that does not load
         raise BackendError(e.diagnostics) from None
-    import sys
-
-    from ..artifacts import read_manifest
-    from ..backends.tensorrt.build import build_engine
-    from ..backends.tensorrt.engine_json import read_engine_info
-    from .parity import gate
-    o = _rebuild_options(read_engine_info(folder).options)
-    print(f"resgraph: rebuilding {folder}/model.engine ({o.command_flags()}): {why}", file=sys.stderr)
-    build_engine(folder, o, options.device_id,
-                 gate=lambda staged: gate(staged, Options(device_id=options.device_id),
-                                          o.batch.sizes()))
-    return TensorRTSession(folder, read_manifest(folder), options)
 
 
-def _rebuild_options(o):
-    """The recorded build options, with this machine's default timing cache (the recorded path
-    belongs to the machine that built it)."""
-    from dataclasses import replace
-    return replace(o, timing_cache=None if o.timing_cache else "")
+def check_engine(folder: str, manifest, device_id: int):
+    """(engine.json's record, the plan's bytes) of a model.engine that can run on this GPU; an
+    EngineMismatch naming what differs otherwise (TensorRT version, compute capability, model.onnx,
+    a corrupt plan, the I/O), all before anything deserialises the plan."""
+    from ..backends.tensorrt.build import import_tensorrt
+    from ..backends.tensorrt.engine_json import EngineMismatch, check_compatible, read_engine_info
+    from ..backends.tensorrt.gpu import gpu
+    trt = import_tensorrt()
+    info = read_engine_info(folder)
+    card = gpu(device_id)
+    onnx = manifest.artifacts.get("model.onnx")
+    check_compatible(folder, info, trt.__version__, card.compute_capability, onnx.sha256 if onnx else "", card.name)
+    path = os.path.join(folder, "model.engine")
+    rebuild = f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}  (or pass --rebuild)"
+    with open(path, "rb") as f:
+        plan = f.read()
+    if hashlib.sha256(plan).hexdigest() != info.engine_sha256:
+        raise EngineMismatch.at(path, f"model.engine does not match engine.json's sha256 ({len(plan):,} bytes, "
+                                f"{info.engine_bytes:,} recorded): corrupt, truncated or replaced", rebuild)
+    ins, outs = [t.name for t in info.inputs], [t.name for t in info.outputs]
+    if ins != [manifest.input.name] or outs != [manifest.output.name] or \
+            any(t.dtype != "float32" for t in (*info.inputs, *info.outputs)):
+        raise EngineMismatch.at(os.path.join(folder, "engine.json"), f"the engine's I/O {ins} -> {outs} "
+                                f"({', '.join(t.dtype for t in (*info.inputs, *info.outputs))}) is not the "
+                                f"manifest's {manifest.input.name} -> {manifest.output.name} (float32)", rebuild)
+    return info, plan
 
 
 class TensorRTSession(Session):
@@ -92,31 +101,17 @@ class TensorRTSession(Session):
     def __init__(self, folder: str, manifest, options: Options):
         super().__init__(folder, manifest, options)
         from ..backends.tensorrt.build import import_tensorrt, logger
-        from ..backends.tensorrt.engine_json import EngineMismatch, check_compatible, read_engine_info
-        from ..backends.tensorrt.gpu import gpu, select
+        from ..backends.tensorrt.engine_json import EngineMismatch
+        from ..backends.tensorrt.gpu import select
         from . import cuda
         trt = import_tensorrt()
         self.trt, self.cuda = trt, cuda
         self.device = f"cuda:{options.device_id}"
-        info = read_engine_info(folder)
+        info, plan = check_engine(folder, manifest, options.device_id)
         self.info, self.profile = info, info.options.batch
         self.precision = info.options.precision
-        card = gpu(options.device_id)
-        onnx = manifest.artifacts.get("model.onnx")
-        check_compatible(folder, info, trt.__version__, card.compute_capability, onnx.sha256 if onnx else "", card.name)
         path = os.path.join(folder, "model.engine")
         rebuild = f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}  (or pass --rebuild)"
-        with open(path, "rb") as f:
-            plan = f.read()
-        if hashlib.sha256(plan).hexdigest() != info.engine_sha256:
-            raise EngineMismatch.at(path, f"model.engine does not match engine.json's sha256 ({len(plan):,} bytes, "
-                                    f"{info.engine_bytes:,} recorded): corrupt, truncated or replaced", rebuild)
-        ins, outs = [t.name for t in info.inputs], [t.name for t in info.outputs]
-        if ins != [self.input_name] or outs != [self.output_name] or \
-                any(t.dtype != "float32" for t in (*info.inputs, *info.outputs)):
-            raise EngineMismatch.at(os.path.join(folder, "engine.json"), f"the engine's I/O {ins} -> {outs} "
-                                    f"({', '.join(t.dtype for t in (*info.inputs, *info.outputs))}) is not the "
-                                    f"manifest's {self.input_name} -> {self.output_name} (float32)", rebuild)
         select(options.device_id)
         self._log = logger(trt, verbose=False)
         self.runtime = trt.Runtime(self._log)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import BackendError, OptionError
 from ..artifacts import read_spec
-from .session import Options, Session
+from .base import Options, Session
 
 
 class TorchSession(Session):
@@ -34,7 +34,7 @@ class TorchSession(Session):
         checked = check_text(raw.decode("utf-8"), spec_path, read_files=False)
         if options.threads and not cuda:
             torch.set_num_threads(options.threads)
-        module = to_torch(checked, weights=os.path.join(folder, "weights.safetensors")).eval()
+        module = to_torch(checked.graph, weights=os.path.join(folder, "weights.safetensors")).eval()
         amp = options.amp or ("fp16" if manifest.precision == "fp16" else "off")
         if amp not in ("off", "fp16", "bf16"):
             raise OptionError.at("--amp", f"unknown autocast precision '{amp}'", "off, fp16 or bf16")

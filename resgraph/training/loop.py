@@ -27,6 +27,7 @@ from ..backends.torch.checkpoint import writing
 from ..errors import DataError, OptionError, PathError, WeightsError
 from ..fileio import atomic_write
 from .data import collate, load_data, report_bad
+from .evaluate import evaluate
 from .state import load_trainer_state, save_trainer_state
 
 
@@ -136,62 +137,6 @@ def _optimizer(module, cfg: TrainConfig):
     raise OptionError.at("--optimizer", f"unknown optimizer '{cfg.optimizer}'", "use sgd or adamw")
 
 
-@torch.no_grad()
-def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool = False,
-             bad: dict | None = None) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `module` in eval mode, over the samples that can be read.
-
-    Files that cannot be used are skipped: collected into `bad` (path -> why) when given, else
-    reported on stderr. A DataError for an empty data set, one none of whose files can be read,
-    and one with more (or fewer) classes than the module has outputs."""
-    where = getattr(dataset, "where", "") or "the data"
-    split = getattr(dataset, "split", "")
-    if len(dataset) == 0:
-        raise DataError.at(where, f"the {split + ' ' if split else ''}split has no samples",
-                           "with --val-split 0 (or too few images per class to hold one out) there is no validation "
-                           "split: use --split train, a larger --val-split, or a DIR/train + DIR/val layout")
-    report = bad is None
-    bad = {} if bad is None else bad
-    was = module.training
-    module.eval()
-    loss = correct = n = 0.0
-    classes = getattr(dataset, "classes", None)
-    for x, y, skipped in DataLoader(dataset, batch_size=batch_size, collate_fn=collate):
-        bad.update(skipped)
-        if x is None:
-            continue
-        x, y = x.to(device), y.to(device)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = module(x).float()
-        _check_classes(out, y, classes, where)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        n += len(y)
-    module.train(was)
-    if report:
-        report_bad(bad, dataset)
-    if n == 0:
-        raise DataError.at(where, f"none of the {len(dataset)} {split + ' ' if split else ''}images can be used",
-                           "see the files listed above: replace or remove them")
-    return loss / n, correct / n
-
-
-def _check_classes(out, y, classes, where: str) -> None:
-    k = out.shape[1] if out.dim() == 2 else None
-    if k is None:
-        raise DataError.at(where, f"the network's output is {list(out.shape[1:])}, not a vector of class scores",
-                           "train and evaluate classifiers: end the spec with linear: {out: CLASSES}")
-    if classes is not None and len(classes) != k:
-        raise DataError.at(where, f"the data has {len(classes)} classes ({', '.join(classes[:5])}"
-                           f"{', ...' if len(classes) > 5 else ''}) but the network has {k} outputs",
-                           f"evaluate on data with the {k} classes the model was trained on (or give the spec "
-                           "labels: naming the classes, so that folders are matched by name)")
-    if len(y) and int(y.max()) >= k:
-        raise DataError.at(where, f"a label is {int(y.max())} but the network has {k} outputs",
-                           "the data has more classes than the model")
-
-
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]   # val_*: nan without a validation set
 
 
@@ -226,7 +171,7 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
     spec = checked.spec
     out = cfg.out = cfg.out or os.path.join("runs", spec.name)
     torch.manual_seed(cfg.seed)
-    module = to_torch(checked, seed=cfg.seed, weights=cfg.weights)
+    module = to_torch(checked.graph, seed=cfg.seed, weights=cfg.weights)
     data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
     n_out = checked.graph[checked.graph.output].shape
     if n_out != (len(data.classes),):

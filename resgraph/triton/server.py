@@ -11,6 +11,7 @@ Running the bundled binary from a virtualenv takes three things (what pytriton i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -202,3 +203,44 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serve(artifact: str, options, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
+          address: str = "127.0.0.1"):
+    """`resgraph serve`'s whole lifecycle, as a context manager yielding (the model's name, the running
+    TritonServer): a workspace that names its owner (one a killed serve left is removed first), the
+    model repository exported into it, the server started; SIGTERM and SIGHUP stop it as Ctrl-C does
+    (KeyboardInterrupt), and on the way out, with those signals held off so a second one cannot cut
+    it short, the server is stopped and the workspace removed."""
+    from .export import export_triton
+    clean_stale_workspaces()
+    work = tempfile.mkdtemp(prefix="resgraph-triton-")
+    with open(os.path.join(work, "owner.pid"), "w") as f:
+        f.write(str(os.getpid()))
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt
+    old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    server = None
+    try:
+        name = os.path.basename(export_triton(artifact, os.path.join(work, "repo"), options))
+        server = TritonServer(os.path.join(work, "repo"), http_port, grpc_port, metrics_port, address=address)
+        server.start()
+        yield name, server
+    finally:
+        held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            if server is not None:
+                server.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        finally:
+            for sig, h in {**held, **old}.items():
+                signal.signal(sig, h)
+
+
+def wait(server: TritonServer) -> None:
+    """Block until the server exits; it exiting on its own is a BackendError with its log's tail."""
+    code = server.proc.wait()
+    raise BackendError.at("tritonserver", f"Triton exited on its own ({code}):\n{server.log_tail()}",
+                          "see the log above")

@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ...artifacts import Artifact, Manifest, Stage, read_manifest, write_manifest
+from ...artifacts import Artifact, Manifest, Stage, folder_of, read_manifest, write_manifest
 from ...errors import ArtifactError, BackendError, OptionError, PathError
 from ...fileio import link_or_copy
 from .engine_json import EngineInfo, TensorSpec, write_engine_info
@@ -297,3 +297,23 @@ def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=No
     finally:
         stage.close()
     return info
+
+
+def plan_build(artifact: str, precision: str | None, flags: dict) -> tuple[str, Manifest, BuildOptions]:
+    """`resgraph engine build`'s options, before any work: (the folder, its manifest, the options).
+    Flags not given come from the engine being replaced (a damaged engine.json: the defaults), the
+    precision from it or else model.onnx's; TensorRT must be present and the precision buildable
+    from this model.onnx on its version."""
+    from .engine_json import read_engine_info
+    from .options import from_flags
+    folder = folder_of(artifact)
+    manifest = read_manifest(folder)
+    base = None
+    if "model.engine" in manifest.artifacts:
+        try:
+            base = read_engine_info(folder).options
+        except Exception:  # noqa: BLE001  (a damaged engine.json: build from the defaults)
+            base = None
+    options = from_flags(precision or (None if base else manifest.precision), base=base, **flags)
+    typing_plan(options.precision, manifest.precision, version_tuple(import_tensorrt().__version__), "--precision")
+    return folder, manifest, options

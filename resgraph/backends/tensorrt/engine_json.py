@@ -164,3 +164,24 @@ def check_compatible(folder: str, info: EngineInfo, tensorrt_version: str, compu
                               f"rebuild it from model.onnx: {rebuild_command(folder, info)}  (or pass --rebuild)")
         e.differs = tuple(what for what, _ in found)
         raise e
+
+
+def engine_report(artifact: str, device_id: int = 0) -> tuple[dict, EngineInfo, str]:
+    """`resgraph engine info`: (engine.json with a `here` section saying whether it runs on this
+    machine, what differs and the command that rebuilds it; the record; the folder). `here.runs` is
+    None where this machine's TensorRT or GPU cannot be read."""
+    from ...artifacts import folder_of, read_manifest
+    from .gpu import here as this_machine
+    folder = folder_of(artifact)
+    manifest = read_manifest(folder)
+    info = read_engine_info(folder)
+    here = this_machine(device_id)
+    found = None
+    if here.get("tensorrt_version") and here.get("compute_capability"):
+        found = mismatches(info, here["tensorrt_version"], here["compute_capability"],
+                           manifest.artifacts["model.onnx"].sha256 if "model.onnx" in manifest.artifacts else "",
+                           here.get("gpu"))
+    report = {**info.to_json(), "here": {**here, "runs": None if found is None else not found,
+                                          "mismatches": [{"what": w, "why": y} for w, y in found or []],
+                                          "rebuild": rebuild_command(folder, info)}}
+    return report, info, folder

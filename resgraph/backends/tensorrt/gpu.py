@@ -64,3 +64,22 @@ def select(index: int) -> None:
     (err,) = cudart.cudaSetDevice(index)
     if err != cudart.cudaError_t.cudaSuccess:
         raise BackendError.at(f"GPU {index}", f"cannot select this GPU: {err.name}", "see nvidia-smi for the GPUs here")
+
+
+def here(device_id: int = 0) -> dict:
+    """This machine's TensorRT version and GPU, as far as they can be read (`engine info`'s `here`):
+    {"tensorrt_version", "gpu", "compute_capability"}, with "why" where something cannot be read."""
+    import importlib.util
+    out: dict = {}
+    if importlib.util.find_spec("tensorrt") is None:
+        return {"why": "tensorrt is not installed"}
+    try:
+        import tensorrt as trt
+        out["tensorrt_version"] = trt.__version__
+    except Exception as e:  # noqa: BLE001  (a broken install: say so)
+        return {"why": f"tensorrt does not import: {e}"}
+    try:
+        g = gpu(device_id)
+    except BackendError as e:   # no GPU to query, no cuda-python
+        return {**out, "why": e.message}
+    return {**out, "gpu": g.name, "compute_capability": g.compute_capability}

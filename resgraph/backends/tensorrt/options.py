@@ -117,6 +117,23 @@ class BuildOptions:
         return " ".join(flags)
 
 
+def from_flags(precision, batch, workspace, opt_level, timing_cache, no_timing_cache, hardware_compatibility,
+               version_compatible, base: BuildOptions | None = None) -> BuildOptions:
+    """BuildOptions from the engine flags of the command line (trtexec's in brackets in their help);
+    what is not given comes from `base` (the engine being rebuilt), else the defaults."""
+    if timing_cache and no_timing_cache:
+        raise OptionError.at("--timing-cache", "--timing-cache and --no-timing-cache together", "give one of them")
+    b = base or BuildOptions(precision=precision or "fp32")
+    return BuildOptions(
+        precision=precision or b.precision,
+        batch=BatchProfile.parse(batch) if batch is not None else b.batch,
+        workspace_mib=workspace if workspace is not None else b.workspace_mib,
+        optimization_level=opt_level if opt_level is not None else b.optimization_level,
+        timing_cache="" if no_timing_cache else timing_cache,
+        hardware_compatibility=hardware_compatibility or b.hardware_compatibility,
+        version_compatible=bool(version_compatible) if version_compatible is not None else b.version_compatible)
+
+
 @dataclass(frozen=True)
 class TypingPlan:
     """How a precision is asked of one TensorRT version."""

@@ -7,13 +7,14 @@ from .init import init_weights, last_bn_of_each_residual_body, zero_residual_lay
 from .lower import LOWER, lower
 
 
-def to_torch(source, seed: int | None = None, weights: str | None = None, init: bool = True):
-    """A trainable nn.Module for `source` (a spec path, Spec, Checked or Graph).
+def to_torch(graph: Graph, seed: int | None = None, weights: str | None = None, init: bool = True):
+    """A trainable nn.Module for a checked `graph` (resgraph.to_torch takes a spec path, Spec or
+    Checked and resolves it once, there).
 
     Parameters are initialised by the spec's `init:` policies (seeded if `seed` is given), or loaded
     from a safetensors checkpoint `weights` after checking that it fits.
     """
-    graph = _graph(source)
+    assert isinstance(graph, Graph), f"backends.torch.to_torch takes a Graph, not {type(graph).__name__}: use resgraph.to_torch"
     module = lower(graph)
     if weights is not None:
         load_checkpoint(module, weights)
@@ -21,18 +22,6 @@ def to_torch(source, seed: int | None = None, weights: str | None = None, init: 
         init_weights(module, graph, seed)
     module.meta["resgraph"]["graph"] = graph
     return module
-
-
-def _graph(source) -> Graph:
-    from ...frontend import Checked, check_file, check_spec
-    from ...spec import Spec
-    if isinstance(source, Graph):
-        return source
-    if isinstance(source, Checked):
-        return source.graph
-    if isinstance(source, Spec):
-        return check_spec(source).graph
-    return check_file(str(source)).graph
 
 
 __all__ = ["LOWER", "lower", "to_torch", "init_weights", "last_bn_of_each_residual_body", "zero_residual_layers", "save_checkpoint",

@@ -27,9 +27,10 @@ def import_model(source, spec, pretrained: bool = False, weights_file: str | Non
     weights of `source` ("torchvision:resnet50", "timm:resnet50d" or a Source): random with `seed`,
     pretrained, or from `weights_file`. With verify (the default) both models also run on one random
     input and must agree."""
+    from ... import graph_of
     from . import to_torch
     source = source if isinstance(source, Source) else parse_source(source)
-    module = to_torch(spec, init=False)        # checks the spec first: its errors come before any download
+    module = to_torch(graph_of(spec), init=False)   # checks the spec first: its errors come before any download
     model = build(source, pretrained=pretrained, weights_file=weights_file, seed=seed)
     return module, import_weights(module, model, name=str(source), verify=verify)
 

@@ -3,16 +3,15 @@ Triton server on one). Parsing and rendering only: the work is in resgraph.trito
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import sys
-import tempfile
 
 import click
 
+from .common import run, say
+
 
 def _ints(text: str | None, option: str) -> tuple[int, ...]:
-    from .errors import OptionError
+    from ..errors import OptionError
     if not text:
         return ()
     try:
@@ -39,7 +38,7 @@ def serving_options(f):
 
 def _options(platform, name, max_batch, instances, kind, dynamic_batching, max_queue_delay_us, preferred_batch,
              backend):
-    from .triton.export import Batching, TritonOptions
+    from ..triton.export import Batching, TritonOptions
     batching = Batching(max_queue_delay_us, _ints(preferred_batch, "--preferred-batch")) if dynamic_batching else None
     return TritonOptions(platform=platform, name=name, max_batch=max_batch, instances=instances, kind=kind,
                          batching=batching, backend=backend)
@@ -64,10 +63,8 @@ def export_group():
 def export_triton_cmd(artifact, repo, platform, name, kind, backend, max_batch, instances, dynamic_batching,
                       max_queue_delay_us, preferred_batch):
     """Write REPO/<name>/ (config.pbtxt, labels.txt, 1/...) for the compiled folder ARTIFACT."""
-    from .cli import _run
-
     def body():
-        from .triton.export import export_triton
+        from ..triton.export import export_triton
         o = _options(platform, name, max_batch, instances, kind, dynamic_batching, max_queue_delay_us,
                      preferred_batch, backend)
         path = export_triton(artifact, repo, o)
@@ -77,7 +74,7 @@ def export_triton_cmd(artifact, repo, platform, name, kind, backend, max_batch, 
                 rel = os.path.relpath(os.path.join(root, f), path)
                 if not rel.startswith("1/artifact/"):
                     click.echo(f"  {rel}")
-    _run(body)
+    run(body)
 
 
 @click.command("serve")
@@ -93,54 +90,21 @@ def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, ma
               max_queue_delay_us, preferred_batch):
     """Serve the compiled folder ARTIFACT with a real Triton Inference Server (HTTP, gRPC, metrics),
     until Ctrl-C or SIGTERM. Its model repository is temporary: nothing is left behind."""
-    from .cli import _run
-
     def body():
-        from .triton.export import export_triton
-        from .triton.server import TritonServer
+        from ..triton.server import serve, wait
         o = _options("python", None, max_batch, instances, "cpu", dynamic_batching, max_queue_delay_us,
                      preferred_batch, backend)
-        # the repository in a workspace that names its owner: one a killed serve left is removed by the next
-        from .triton.server import clean_stale_workspaces
-        clean_stale_workspaces()
-        work = tempfile.mkdtemp(prefix="resgraph-triton-")
-        with open(os.path.join(work, "owner.pid"), "w") as f:
-            f.write(str(os.getpid()))
-        repo = os.path.join(work, "repo")
-        stop = {"signal": None}
-
-        def on_signal(signum, frame):
-            stop["signal"] = signum
-            raise KeyboardInterrupt
-        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        server = None
         try:
-            name = os.path.basename(export_triton(artifact, repo, o))
-            server = TritonServer(repo, http_port, grpc_port, metrics_port, address=address)
-            server.start()
-            p = server.ports
-            click.echo(f"serving {name} at http://{address}:{p['http']}  (gRPC {address}:{p['grpc']}, metrics "
-                       f"http://{address}:{p['metrics']}/metrics); Ctrl-C to stop", err=True)
-            click.echo(f"ready {p['http']} {p['grpc']} {p['metrics']}")   # one line for scripts
-            sys.stdout.flush()
-            code = server.proc.wait()
-            raise_server_died(server, code)
+            with serve(artifact, o, http_port, grpc_port, metrics_port, address) as (name, server):
+                p = server.ports
+                say(f"serving {name} at http://{address}:{p['http']}  (gRPC {address}:{p['grpc']}, metrics "
+                    f"http://{address}:{p['metrics']}/metrics); Ctrl-C to stop")
+                click.echo(f"ready {p['http']} {p['grpc']} {p['metrics']}")   # one line for scripts
+                sys.stdout.flush()
+                wait(server)
         except KeyboardInterrupt:
-            click.echo("stopping", err=True)
-        finally:
-            # a second Ctrl-C or SIGTERM must not cut the clean-up short
-            held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-            try:
-                if server is not None:
-                    server.stop()
-                shutil.rmtree(work, ignore_errors=True)
-            finally:
-                for sig, h in {**held, **old}.items():
-                    signal.signal(sig, h)
-    _run(body)
+            say("stopping")
+    run(body)
 
 
-def raise_server_died(server, code):
-    from .errors import BackendError
-    raise BackendError.at("tritonserver", f"Triton exited on its own ({code}):\n{server.log_tail()}",
-                          "see the log above")
+COMMANDS = (export_group, serve_cmd)

@@ -1,5 +1,5 @@
 """The inference commands: run, bench, parity, doctor. Parsing and rendering only: the work is in
-resgraph.runtime. None of them imports torch or the front end unless a torch back end is opened.
+resgraph.runtime (open_session, predict_batches, bench.bench_all, parity.parity, doctor.report). None of them imports torch or the front end unless a torch back end is opened.
 
 Exit codes: 0 ok; 1 an input failed (run), a pair beyond tolerance (parity), or a user error.
 """
@@ -10,6 +10,8 @@ import os
 import sys
 
 import click
+
+from .common import FiniteFloat, run, say
 
 BACKEND_HELP = ("auto, tensorrt, ort-cuda, torch-cuda, ort-cpu, torch-cpu, ort-trt (only when named); ort / torch: that "
                 "package's best device")
@@ -26,21 +28,23 @@ def session_options(f):
                      help="torch-cuda autocast [default: the artifact's precision]."),
         click.option("--device-id", type=click.IntRange(0, 1024), default=0, show_default=True, help="Which GPU."),
         click.option("--tf32", is_flag=True, help="Let fp32 work on CUDA use TF32 (faster; about fp16's precision)."),
-        click.option("--rebuild", is_flag=True, help="tensorrt: rebuild a model.engine built for another GPU, TensorRT "
-                                                     "or model.onnx, instead of refusing it."),
+        click.option("--rebuild", is_flag=True, help="tensorrt: first rebuild a model.engine built for another GPU, "
+                                                     "TensorRT or model.onnx, instead of refusing it."),
     ]):
         f = opt(f)
     return f
 
 
-def _options(threads, cuda_graph, torch_compile, amp, device_id, tf32, rebuild):
-    from .runtime import Options
+def _options(artifact, backend, threads, cuda_graph, torch_compile, amp, device_id, tf32, rebuild):
+    """The session Options; with --rebuild, first the rebuild step (runtime.gate.rebuild_stale), since
+    opening a session never rebuilds."""
+    from ..runtime import Options
+    if rebuild:
+        from ..artifacts import folder_of
+        from ..runtime.gate import rebuild_stale
+        rebuild_stale(folder_of(artifact), backend, device_id)
     return Options(threads=threads, cuda_graph=cuda_graph, torch_compile=torch_compile, amp=amp, device_id=device_id,
-                   tf32=tf32, rebuild=rebuild)
-
-
-def _say(message: str) -> None:
-    click.echo(message, err=True)
+                   tf32=tf32)
 
 
 def _progress(total: int, enabled: bool):
@@ -50,7 +54,7 @@ def _progress(total: int, enabled: bool):
         return contextlib.nullcontext(lambda n: None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .render import console
+    from ..render import console
 
     @contextlib.contextmanager
     def bar():
@@ -80,12 +84,10 @@ def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **op
     input. An input that cannot be used is reported on its own line and skipped; the exit status is
     1 if any input failed.
     """
-    from .cli import _run
-
     def body():
-        from .runtime import open_session
+        from ..runtime import open_session
 
-        session = open_session(artifact, backend, _options(**opts))
+        session = open_session(artifact, backend, _options(artifact, backend, **opts))
         try:
             with session:
                 return _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
@@ -93,7 +95,7 @@ def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **op
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
 
-    sys.exit(1 if _run(body) else 0)
+    sys.exit(1 if run(body) else 0)
 
 
 def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers) -> int:
@@ -102,9 +104,9 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
 
     import numpy as np
 
-    from .errors import ArtifactError
-    from .runtime import expand, predict_batches, top_k_batch
-    _say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
+    from ..errors import ArtifactError
+    from ..runtime import expand, predict_batches, top_k_batch
+    say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
     items = expand(inputs, sys.stdin, session.input_shape)
     if not items:
         raise _no_inputs(inputs)
@@ -139,12 +141,12 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
             advance(len(batch))
     seconds = time.perf_counter() - t0
     n = len(items)
-    _say(f"{n} input{'s' * (n != 1)}: {n - failed} ok, {failed} failed; {seconds:.2f} s ({n / seconds:,.0f} inputs/s)")
+    say(f"{n} input{'s' * (n != 1)}: {n - failed} ok, {failed} failed; {seconds:.2f} s ({n / seconds:,.0f} inputs/s)")
     return failed
 
 
 def _no_inputs(inputs):
-    from .errors import DataError
+    from ..errors import DataError
     return DataError.at(" ".join(inputs), "no inputs: the folders are empty (or standard input named no files)",
                         "give image files, .npy files or folders holding them")
 
@@ -154,10 +156,10 @@ def _no_inputs(inputs):
 @click.option("--backend", default="auto", show_default=True,
               help="One back end, a comma-separated list, or 'all' (every usable one, side by side). " + BACKEND_HELP)
 @click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--duration", type=click.FloatRange(0.01, 3600), default=3.0, show_default=True,
+@click.option("--duration", type=FiniteFloat(0.01, 3600), default=3.0, show_default=True,
               help="Seconds measured per back end and batch size.")
-@click.option("--warmup", type=click.FloatRange(0, 3600), default=1.0, show_default=True, help="Seconds run first, unmeasured.")
-@click.option("--cv-threshold", type=click.FloatRange(0, 10), default=None,
+@click.option("--warmup", type=FiniteFloat(0, 3600), default=1.0, show_default=True, help="Seconds run first, unmeasured.")
+@click.option("--cv-threshold", type=FiniteFloat(0, 10), default=None,
               help="Flag a run as noisy above this coefficient of variation of the latencies [default: 0.10].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object (see docs/inference.md).")
 @click.option("--triton", "triton_url", default=None,
@@ -166,53 +168,26 @@ def _no_inputs(inputs):
 @session_options
 def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json, triton_url, triton_model, **opts):
     """Latency and throughput of ARTIFACT per back end and batch size, trtexec-style."""
-    from .cli import _run
-
     def body():
-        from . import __version__
-        from .artifacts import folder_of, read_manifest
-        from .runtime import BackendError, open_session
-        from .runtime.bench import NOISY_CV, bench
+        from ..artifacts import folder_of
+        from ..runtime.bench import bench_all, report
+        from ..runtime.session import named_backends
         sizes = _int_list(batch, "--batch")
         folder = folder_of(artifact)
-        manifest = read_manifest(folder)
-        names, skipped = _backends(backend, folder)
-        results = []
-        for name in names:
-            try:
-                session = open_session(folder, name, _options(**opts))
-            except BackendError as e:
-                if backend != "all":
-                    raise
-                skipped.append({"backend": name, "reason": e.message, "install": None})
-                continue
-            if not as_json:
-                _say(f"resgraph: {name}: {session.describe()} ({session.why})")
-            with session:
-                for n in sizes:
-                    results.append(bench(session, n, duration, warmup,
-                                         cv_threshold=NOISY_CV if cv_threshold is None else cv_threshold))
-        if triton_url:
-            from .triton.client import TritonSession
-            with TritonSession(folder, manifest, triton_url, triton_model) as session:
-                if not as_json:
-                    _say(f"resgraph: triton: {session.describe()}")
-                for n in sizes:
-                    results.append(bench(session, n, duration, warmup,
-                                         cv_threshold=NOISY_CV if cv_threshold is None else cv_threshold))
-        report = {"resgraph_version": __version__, "artifact": folder, "model": manifest.name,
-                  "precision": manifest.precision, "macs_per_image": manifest.macs, "params": manifest.params,
-                  "duration_s": duration, "warmup_s": warmup, "results": [r.to_json() for r in results],
-                  "skipped": skipped}
+        names, skipped = named_backends(backend, folder)
+        results, failed = bench_all(folder, names, sizes, duration, warmup, _options(artifact, backend, **opts),
+                                    cv_threshold, (triton_url, triton_model) if triton_url else None,
+                                    keep_going=backend == "all", say=(lambda m: None) if as_json else say)
+        r = report(folder, results, skipped + failed, duration, warmup)
         if as_json:
-            click.echo(json.dumps(report, indent=2))
+            click.echo(json.dumps(r, indent=2))
         else:
-            _bench_table(report)
-    _run(body)
+            _bench_table(r)
+    run(body)
 
 
 def _int_list(text: str, option: str) -> list[int]:
-    from .errors import OptionError
+    from ..errors import OptionError
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -222,33 +197,11 @@ def _int_list(text: str, option: str) -> list[int]:
     return values
 
 
-def _backends(spec: str, folder: str) -> tuple[list[str], list[dict]]:
-    """The back ends named by --backend(s): 'all' -> every usable one (the others listed as skipped)."""
-    from .runtime import BACKENDS, choose
-    if spec == "all":
-        names, skipped = [], []
-        for name in BACKENDS:   # ort-trt too, which auto leaves out
-            a = BACKENDS[name].probe(folder)
-            if a.ok:
-                names.append(name)
-            else:
-                skipped.append({"backend": name, "reason": a.reason, "install": a.install})
-        if not names:
-            choose("auto", folder)   # raises, naming what to install
-        return names, skipped
-    names = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
-        name, _ = choose(part, folder)
-        if name not in names:
-            names.append(name)
-    return names, []
-
-
 def _bench_table(report: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from .render import console
+    from ..render import console
     t = Table(title=f"{report['model']} ({report['precision']}): {report['duration_s']:g} s per row, "
                     f"{report['macs_per_image']:,} MACs per image", title_justify="left")
     for col in ("backend", "batch", "queries/s", "images/s", "min", "mean", "median", "p90", "p95", "p99", "max",
@@ -270,7 +223,7 @@ def _bench_table(report: dict) -> None:
     for s in report["skipped"]:
         out.print(escape(f"skipped {s['backend']}: {s['reason']}" + (f"  ({s['install']})" if s.get("install") else "")))
     if noisy:
-        _say(f"warning: noisy measurement (CV above the threshold) for {', '.join(noisy)}: other load on the machine? "
+        say(f"warning: noisy measurement (CV above the threshold) for {', '.join(noisy)}: other load on the machine? "
              "Rerun with a longer --duration")
 
 
@@ -286,79 +239,23 @@ def _bench_table(report: dict) -> None:
 def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):
     """The same inputs through every back end: max abs and relative error and top-1 agreement for
     each pair; exit 1 if any pair is beyond the tolerance for the artifact's precision."""
-    from .cli import _run
-
     def body():
-        from .artifacts import folder_of, read_manifest
-        from .runtime import BackendError, open_session
-        from .runtime.parity import order
-        folder = folder_of(artifact)
-        manifest = read_manifest(folder)
-        names, skipped = _backends(backends, folder)
-        names = order(names)
-        if len(names) < 2:
-            raise BackendError.at(backends, f"parity needs two back ends; usable here: {', '.join(names) or 'none'}",
-                                  "; ".join(f"{s['backend']}: {s['install']}" for s in skipped if s.get("install"))
-                                  or "name two with --backends, e.g. --backends torch-cpu,ort-cpu")
-        sessions = {}
-        try:
-            for n in names:
-                sessions[n] = open_session(folder, n, _options(**opts))
-            return _parity(sessions, folder, manifest, source, batch_size, as_json, skipped)
-        finally:
-            for s in sessions.values():
-                s.close()
-    sys.exit(0 if _run(body) else 1)
-
-
-def _parity(sessions, folder, manifest, source, batch_size, as_json, skipped) -> bool:
-    """parity's comparison and report; True when every pair is within its tolerance."""
-    import numpy as np
-
-    from .artifacts import verify_artifacts
-    from .errors import OptionError
-    from .runtime import expand
-    from .runtime.parity import compare, noise_floor, run_all
-    from .runtime.pipeline import decode_batch
-    first = next(iter(sessions.values()))
-    failed_inputs = []
-    if source.isdigit():
-        if int(source) < 1:
-            raise OptionError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
-        x = np.random.default_rng(0).standard_normal((int(source), *first.input_shape), dtype=np.float32)
-        what = f"{int(source)} random normalised inputs (seed 0)"
-    else:
-        if not os.path.isdir(source):
-            raise OptionError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
-        items = expand([source], None, first.input_shape)
-        decoded = decode_batch(items, first.preprocess)
-        failed_inputs = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]
-        good = [d for d in decoded if not isinstance(d, str)]
-        if not good:
-            raise _no_inputs([source])
-        x = np.stack(good)
-        what = f"{len(good)} inputs from {source}"
-    outputs = run_all(sessions, x, batch_size)
-    torch_ref = sessions.get("torch-cpu")
-    floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
-    pairs = compare(outputs, {n: s.precision for n, s in sessions.items()}, floor)
-    ok = all(p.ok for p in pairs)
-    report = {"artifact": folder, "model": manifest.name, "precision": manifest.precision, "inputs": what,
-              "backends": {n: s.describe() for n, s in sessions.items()}, "pairs": [p.to_json() for p in pairs],
-              "changed_since_compile": verify_artifacts(folder, manifest), "failed_inputs": failed_inputs,
-              "skipped": skipped, "ok": ok}
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        _parity_table(report)
-    return ok
+        from ..artifacts import folder_of
+        from ..runtime.parity import parity
+        r = parity(folder_of(artifact), backends, source, batch_size, _options(artifact, backends, **opts))
+        if as_json:
+            click.echo(json.dumps(r, indent=2))
+        else:
+            _parity_table(r)
+        return r["ok"]
+    sys.exit(0 if run(body) else 1)
 
 
 def _parity_table(report: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from .render import console
+    from ..render import console
     out = console()
     t = Table(title=f"{report['model']} ({report['precision']}): {report['inputs']}", title_justify="left")
     for col in ("reference", "other", "max |a-b|", "max |a-b|/(1+|ref|)", "top-1 agree", "tolerance", ""):
@@ -382,10 +279,8 @@ def _parity_table(report: dict) -> None:
 def doctor_cmd(as_json):
     """What this machine can run: Python, packages, CUDA, GPUs, and each back end with the command
     that makes it usable."""
-    from .cli import _run
-
     def body():
-        from .runtime.doctor import report
+        from ..runtime.doctor import report
         r = report()
         if as_json:
             click.echo(json.dumps(r, indent=2))
@@ -393,7 +288,7 @@ def doctor_cmd(as_json):
         from rich.markup import escape
         from rich.table import Table
 
-        from .render import console
+        from ..render import console
         out = console()
         out.print(f"python      {r['python']['version']} ({r['python']['executable']})")
         out.print(f"platform    {r['platform']}")
@@ -422,4 +317,7 @@ def doctor_cmd(as_json):
         out.print(t)
         for w in r["warnings"]:
             out.print(f"[yellow]warning:[/] {escape(w)}")
-    _run(body)
+    run(body)
+
+
+COMMANDS = (run_cmd, bench_cmd, parity_cmd, doctor_cmd)

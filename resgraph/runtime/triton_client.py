@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, OptionError
-from ..runtime.session import Options, Session
+from .base import Options, Session
 
 
 class TritonSession(Session):

@@ -1,0 +1,100 @@
+"""What every command shares: running a command body (user errors print like a compiler's and exit
+1, bugs exit 70), the extras a missing package comes from, option types, and stderr messages.
+
+Exit codes: 0 ok, 1 the spec has errors (or warnings with --strict) or another user error (a
+ResgraphError: weights, data, a path, a compiled folder, a back end, an option), 2 usage, 70 internal
+error.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import click
+
+from ..errors import ResgraphError
+
+EXTRAS = {"torch": "torch", "safetensors": "onnx", "onnx": "onnx", "onnxruntime": "onnx", "PIL": "onnx", "numpy": "onnx",
+          "sklearn": "train", "torchvision": "torchvision", "tensorrt": "tensorrt", "cuda": "tensorrt",
+          "pytriton": "serve", "tritonclient": "serve"}   # a missing module -> the extra that installs it
+
+
+def fail_internal(e: BaseException) -> None:
+    if os.environ.get("RESGRAPH_DEBUG"):
+        raise e
+    click.echo(f"resgraph: internal error: {type(e).__name__}: {e}\n"
+               "  this is a bug in resgraph, not in your spec; rerun with RESGRAPH_DEBUG=1 for a traceback "
+               "and report it", err=True)
+    sys.exit(70)
+
+
+def print_diagnostics(diags, path) -> None:
+    from rich.text import Text
+
+    from ..render import console, diagnostic, escape
+    err = console(stderr=True)
+    for d in diags:
+        err.print(diagnostic(d))
+    n = sum(d.severity == "error" for d in diags)
+    err.print(Text(f"{escape(str(path))}: {n} error{'s' * (n != 1)}", style="bold red"))   # a path is not markup
+
+
+def run(fn):
+    """Run a command body: user errors print like a compiler's and exit 1; bugs exit 70."""
+    try:
+        return fn()
+    except ResgraphError as e:
+        print_diagnostics(e.diagnostics, e.diagnostics[0].loc.file)
+        sys.exit(1)
+    except OSError as e:   # the environment's (full disk, read-only, permissions), not a bug: name the path
+        from ..fileio import os_error
+        err = os_error(e)
+        print_diagnostics(err.diagnostics, err.file)
+        sys.exit(1)
+    except ImportError as e:
+        top = (e.name or "").split(".")[0]
+        extra = EXTRAS.get(top, "torch")
+        click.echo(f"resgraph: error: {e}\n  hint: this command needs {top or 'a package'}: pip install 'resgraph[{extra}]'",
+                   err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001
+        fail_internal(e)
+
+
+def say(message: str) -> None:
+    """A line for the person at the terminal (stderr): stdout stays the command's result."""
+    click.echo(message, err=True)
+
+
+class FiniteFloat(click.FloatRange):
+    """A float in [lo, hi] that is a number: click's FloatRange lets nan through every bound."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
+
+
+@dataclass(frozen=True)
+class Requires:
+    """One row of a command's option-compatibility table (as Ultralytics' export_formats() is a table):
+    `option`, when `when(value)` holds, needs the flag `needs`; else an OptionError with `message` and
+    `hint` (both may name {value})."""
+    option: str
+    needs: str
+    message: str
+    hint: str
+    when: Callable[[object], bool] = lambda v: v not in (None, False)
+
+
+def check_requires(rules: tuple[Requires, ...], params: dict) -> None:
+    """The first row of `rules` that the command line breaks, as an OptionError naming the option."""
+    from ..errors import OptionError
+    for r in rules:
+        v = params[r.option]
+        if r.when(v) and not params[r.needs]:
+            raise OptionError.at("--" + r.option.replace("_", "-"), r.message.format(value=v), r.hint.format(value=v))

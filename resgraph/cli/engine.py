@@ -1,0 +1,124 @@
+"""TensorRT engine commands: `resgraph engine build | info`, and the engine options `compile --engine`
+shares with them. Parsing and rendering only: the work is in resgraph.backends.tensorrt and, for the
+parity gate, resgraph.runtime.gate.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .common import run
+
+ENGINE_FLAGS = ("batch", "workspace", "opt_level", "timing_cache", "no_timing_cache", "hardware_compatibility",
+                "version_compatible")   # the BuildOptions flags (backends.tensorrt.options.from_flags)
+
+
+def engine_options(f):
+    """The options of an engine build (trtexec's names in brackets in the help)."""
+    for opt in reversed([
+        click.option("--batch", "batch", default=None,
+                     help="Batch profile MIN:OPT:MAX (N: fixed; MIN:MAX: opt = max) [trtexec --minShapes/--optShapes/"
+                          "--maxShapes] [default: 1:32:32, or the engine's own when rebuilding]."),
+        click.option("--workspace", type=click.IntRange(1, 1 << 24), default=None,
+                     help="Workspace pool limit in MiB [--memPoolSize=workspace:N] [default: TensorRT's, the GPU's memory]."),
+        click.option("--opt-level", type=click.IntRange(0, 5), default=None,
+                     help="Builder optimisation level 0-5: higher searches longer for faster kernels "
+                          "[--builderOptimizationLevel] [default: 3]."),
+        click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+                     help="Timing cache file [--timingCacheFile] [default: one per TensorRT version and GPU under "
+                          "~/.cache/resgraph/tensorrt]."),
+        click.option("--no-timing-cache", is_flag=True, help="Build without reading or writing a timing cache."),
+        click.option("--hardware-compatibility", type=click.Choice(["none", "ampere-plus", "same-compute-capability"]),
+                     default=None, help="Run on other GPUs than the one that builds [--hardwareCompatibilityLevel] "
+                                        "[default: none]."),
+        click.option("--version-compatible", is_flag=True, default=None,
+                     help="Run on later TensorRT versions of the same major [--versionCompatible]."),
+        click.option("--no-parity-gate", is_flag=True, help="Keep the engine without checking it against ONNX Runtime "
+                                                            "and PyTorch."),
+        click.option("--device-id", "engine_device", type=click.IntRange(0, 1024), default=0, show_default=True,
+                     help="The GPU that builds (and that the engine is for)."),
+        click.option("--verbose", is_flag=True, help="Print TensorRT's warnings and messages while building."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def parity_gate(options, device_id: int):
+    """The gate compile --engine and engine build run on the staged folder, printing its pairs."""
+    def gate(folder):
+        from ..runtime import Options
+        from ..runtime.gate import gate as run_gate
+        for p in run_gate(folder, Options(device_id=device_id), options.batch.sizes()):
+            if "tensorrt" in (p.reference, p.other):
+                click.echo(f"  parity {p.other} vs {p.reference}: max |a-b| {p.max_abs:.2e}  ok ({p.tolerance})", err=True)
+    return gate
+
+
+def print_engine(info, folder: str) -> None:
+    o = info.options
+    click.echo(f"  model.engine  {info.engine_bytes:>12,} bytes  TensorRT {info.tensorrt_version}, {o.precision}"
+               f"{' (strongly typed)' if info.strongly_typed else ''}, batch {o.batch}, {info.gpu_name} "
+               f"(sm {info.compute_capability}), built in {info.build_seconds:.1f} s")
+    click.echo("  engine.json")
+
+
+@click.group("engine")
+def engine_group():
+    """TensorRT engines of compiled folders: build one, or show one and whether it runs here."""
+
+
+@engine_group.command("build")
+@click.argument("artifact", type=click.Path())
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]), default=None,
+              help="Engine precision [default: the engine's own when rebuilding, else model.onnx's].")
+@engine_options
+def build_cmd(artifact, precision, engine_device, no_parity_gate, verbose, **flags):
+    """Build model.engine (+ engine.json) in the compiled folder ARTIFACT from its model.onnx, replacing
+    any engine there; the folder is republished atomically, like compile's."""
+    def body():
+        from ..backends.tensorrt.build import build_engine, plan_build
+        from ..render import console
+        folder, manifest, options = plan_build(artifact, precision, flags)
+        gate = None if no_parity_gate else parity_gate(options, engine_device)
+        with console(stderr=True).status(f"building model.engine ({options.command_flags()})"):
+            info = build_engine(folder, options, engine_device, gate=gate, verbose=verbose)
+        click.echo(f"built {manifest.name} -> {folder}/")
+        print_engine(info, folder)
+    run(body)
+
+
+@engine_group.command("info")
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="engine.json, with a `here` section.")
+@click.option("--device-id", type=click.IntRange(0, 1024), default=0, show_default=True)
+def info_cmd(artifact, as_json, device_id):
+    """Show ARTIFACT's engine.json and whether its model.engine can run on this machine (exit 1 if not)."""
+    def body():
+        from ..backends.tensorrt.engine_json import engine_report
+        report, info, folder = engine_report(artifact, device_id)
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        else:
+            _print_info(report, info, folder)
+        return report["here"]["runs"] is False
+    sys.exit(1 if run(body) else 0)
+
+
+def _print_info(report: dict, info, folder: str) -> None:
+    here = report["here"]
+    print_engine(info, folder)
+    click.echo(f"  inputs  {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.inputs)}")
+    click.echo(f"  outputs {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.outputs)}")
+    click.echo(f"  from model.onnx sha256 {info.onnx_sha256[:16]}")
+    if here["runs"] is None:
+        click.echo(f"  here: cannot tell ({here.get('why')})")
+    elif not here["runs"]:
+        click.echo("  here: does not run: " + "; ".join(m["why"] for m in here["mismatches"]))
+        click.echo(f"  rebuild: {here['rebuild']}")
+    else:
+        click.echo(f"  here: runs (TensorRT {here['tensorrt_version']}, {here['gpu']}, sm {here['compute_capability']})")
+
+
+COMMANDS = (engine_group,)

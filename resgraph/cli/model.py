@@ -1,0 +1,113 @@
+"""The PyTorch-side commands: init, import-weights, train, eval. The work is in resgraph.weights and
+resgraph.training."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from .common import run
+
+
+@click.command("init")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same weights.")
+def init_cmd(spec, output, seed):
+    """Write freshly initialised weights for SPEC (the spec's init: policies), marked untrained."""
+    def body():
+        from ..weights import init_file
+        c = init_file(spec, output, seed)
+        click.echo(f"wrote {output}: {c.params:,} parameters, seed {seed} (untrained)")
+    run(body)
+
+
+@click.command("import-weights")
+@click.argument("source")
+@click.option("--spec", "spec", required=True, type=click.Path(dir_okay=False), help="The spec whose architecture matches.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
+@click.option("--pretrained", is_flag=True,
+              help="Download the library's published weights (torchvision: download.pytorch.org; timm: the "
+                   "Hugging Face hub; needs internet unless cached).")
+@click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
+              help="The model's state_dict (.pth or .safetensors) downloaded elsewhere, for machines without internet.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for a randomly initialised model (without --pretrained or --weights-file).")
+def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
+    """Import weights from SOURCE (torchvision:NAME or timm:NAME, e.g. torchvision:resnet50,
+    timm:resnet50d) into SPEC's layout.
+
+    Tensors are paired in the order the two models use them, by kind, shape and layer, not by name,
+    so any spec with the same architecture works whatever its ids; a different architecture fails at
+    the first mismatch. Both models then run on one random input and must agree.
+    """
+    def body():
+        from ..weights import import_file
+        report = import_file(source, spec, output, pretrained, weights_file, seed)
+        click.echo(f"wrote {output}: {report['tensors']} tensors, {report['params']:,} parameters from "
+                   f"{report['source']} ({report['origin']}); verified: largest output difference "
+                   f"{report['max_abs_diff']:.2g}")
+        if report["unused"]:   # e.g. an auxiliary classifier that only runs in training
+            n, first = len(report["unused"]), ", ".join(report["unused"][:3])
+            click.echo(f"left out {n} tensors of {report['source']} that its eval-mode forward does not use: {first}"
+                       + (", ..." if n > 3 else ""))
+    run(body)
+
+
+@click.command("train")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="'digits' (scikit-learn's, bundled) or an ImageFolder-style folder.")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder (default runs/<spec name>).")
+@click.option("--epochs", type=click.IntRange(1, 100000), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=64, show_default=True, help="Global batch.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 0.1 sgd, 0.001 adamw].")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--nesterov/--no-nesterov", default=True, show_default=True, help="Nesterov momentum for SGD.")
+@click.option("--weight-decay", type=float, default=None, help="[default: 5e-4 sgd, 0.05 adamw]")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and batch order.")
+@click.option("--split-seed", type=int, default=0, show_default=True, help="The train/val split (kept across --seed).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
+@click.option("--save-every", type=click.IntRange(0, None), default=1, show_default=True,
+              help="Keep epoch-NNN.safetensors every N epochs (0: none; last and best are always kept).")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights.")
+@click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on for CUDA, off on CPU].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--val-split", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True)
+@click.option("--channels-last", is_flag=True)
+@click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across processes (torchrun).")
+def train_cmd(spec, data, out, **options):
+    """Train SPEC on DATA; a checkpoint per epoch, metrics.csv, resumable. Works under torchrun."""
+    def body():
+        from ..render import console
+        from ..training.loop import TrainConfig, done_line, train
+        cfg = TrainConfig(spec=spec, data=data, out=out, **options)
+        rows = train(cfg, console())
+        if rows and int(os.environ.get("RANK", "0")) == 0:
+            click.echo(done_line(cfg, rows))
+    run(body)
+
+
+@click.command("eval")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", required=True, type=click.Path(dir_okay=False), help="A .safetensors checkpoint.")
+@click.option("--data", required=True, help="'digits' or an ImageFolder-style folder.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--val-split", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
+@click.option("--split-seed", "seed", type=int, default=0, show_default=True, help="The seed of the train/val split.")
+def eval_cmd(spec, weights, data, split, val_split, seed):
+    """Accuracy and loss of SPEC with WEIGHTS on DATA (the held-out split by default)."""
+    def body():
+        from ..training.evaluate import evaluate_spec
+        r = evaluate_spec(spec, weights, data, split, val_split, seed)
+        click.echo(f"{r['name']} on {r['source']} ({r['split']}, {r['samples']} samples): accuracy {r['accuracy']:.4f}, "
+                   f"loss {r['loss']:.4f}")
+    run(body)
+
+
+COMMANDS = (init_cmd, import_weights_cmd, train_cmd, eval_cmd)

@@ -1,0 +1,106 @@
+"""The spec commands: check, summary, graph, schema. They take a spec file, '-' (standard input) or a
+compiled folder (its spec.yaml); the work is in resgraph.frontend, render and draw."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..errors import ResgraphError
+from .common import fail_internal, print_diagnostics, run, say
+
+
+def checked(path):
+    """Check the spec behind a command's argument (frontend.spec_source), its text remembered for
+    the carets of any diagnostic."""
+    from ..frontend import check_source, spec_source
+    from ..render import remember_source
+    src = spec_source(path, sys.stdin)
+    if src.note:
+        say(src.note)
+    if src.text is not None:
+        remember_source(src.where, src.text)
+    return check_source(src)
+
+
+@click.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the contract's format).")
+@click.option("--strict", is_flag=True, help="Treat warnings as errors.")
+def check(specs, as_json, strict):
+    """Check every dimension along every edge of SPECS ('-' reads standard input); report inserted
+    projections (Ws). With --json and several specs, one JSON object per line."""
+    failed = False
+    for path in specs:
+        try:
+            c = checked(path)
+        except ResgraphError as e:
+            failed = True
+            if as_json:
+                click.echo(json.dumps({"errors": [d.to_json() for d in e.diagnostics]}))
+            else:
+                print_diagnostics(e.diagnostics, path)
+            continue
+        except Exception as e:  # noqa: BLE001
+            fail_internal(e)
+        failed |= bool(strict and c.warnings)
+        if as_json:
+            click.echo(json.dumps(c.to_json()))
+        else:
+            from ..render import console, diagnostic, ok_text
+            console().print(ok_text(path, c))
+            for w in c.warnings:
+                console(stderr=True).print(diagnostic(w))
+    sys.exit(1 if failed else 0)
+
+
+@click.command()
+@click.argument("spec", type=click.Path())
+@click.option("--depth", type=click.IntRange(1, 16), default=None,
+              help="Collapse paths deeper than this into one row (like torchinfo's depth).")
+def summary(spec, depth):
+    """A layer table of SPEC: path, op, output shape, params, MACs, skip edges; inserted Ws marked."""
+    c = run(lambda: checked(spec))
+    from ..render import console, summary_table, totals_text
+    out = console()
+    out.print(summary_table(c, depth))
+    out.print(totals_text(c))
+
+
+@click.command()
+@click.argument("spec", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Draw it instead: .svg, .png, .pdf (Graphviz's dot renders them) or .dot.")
+@click.option("--collapse", is_flag=True, help="One node per residual block (large networks).")
+def graph(spec, output, collapse):
+    """Print the compiled IR of SPEC as readable Python (shapes and source lines as comments), or draw
+    it with -o: blocks as clusters, skip edges dashed, inserted Ws highlighted, shapes on the edges."""
+    g = run(lambda: checked(spec)).graph
+    if output is None:
+        click.echo(str(g))
+        return
+
+    def draw():
+        from ..draw import write_drawing
+        write_drawing(g, output, collapse)
+        click.echo(f"drew {g.name} -> {output}  ({len(g.projections)} Ws highlighted)")
+    run(draw)
+
+
+@click.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of standard output.")
+def schema(output):
+    """Print the JSON Schema of the spec language (for editors: yaml-language-server)."""
+    from ..ops import OPS
+    from ..spec.schema import json_schema
+    text = json.dumps(json_schema(OPS), indent=2) + "\n"
+    if output:
+        from ..fileio import atomic_write_text
+        run(lambda: atomic_write_text(output, text))
+    else:
+        click.echo(text, nl=False)
+
+
+COMMANDS = (check, summary, graph, schema)
