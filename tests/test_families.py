@@ -19,7 +19,8 @@ from torch import nn  # noqa: E402
 
 import resgraph  # noqa: E402
 from resgraph.backends.torch.importer import import_weights  # noqa: E402
-from resgraph.backends.torch.sources import build, parse_source  # noqa: E402
+from resgraph.backends.torch.importer import build  # noqa: E402
+from resgraph.backends.torch.sources import parse_source  # noqa: E402
 from resgraph.passes.inference import for_inference  # noqa: E402
 from conftest import ROOT, import_refusal, run_cli  # noqa: E402
 from test_torchvision_import import assert_same_outputs, randomise_bn  # noqa: E402

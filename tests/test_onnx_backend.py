@@ -309,7 +309,8 @@ def test_parity_with_trained_digits_model():
 
 def test_parity_with_torchvision_weights():
     pytest.importorskip("torchvision", reason="torchvision is not installed")
-    from resgraph.backends.torch.torchvision import import_torchvision, torchvision_model
+    from resgraph.backends.torch.importer import import_torchvision
+    from resgraph.backends.torch.torchvision import torchvision_model
     tv = torchvision_model("resnet18", seed=5).eval()
     module, _ = import_torchvision("resnet18", str(ROOT / "specs" / "resnet18.yaml"), seed=5)
     checked = resgraph.check(str(ROOT / "specs" / "resnet18.yaml"))

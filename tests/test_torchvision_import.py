@@ -13,8 +13,8 @@ pytest.importorskip("torchvision", reason="torchvision is not installed (pip ins
 from torch import nn  # noqa: E402
 
 import resgraph  # noqa: E402
-from resgraph.backends.torch.torchvision import (import_torchvision, import_weights,  # noqa: E402
-                                                 torchvision_model)
+from resgraph.backends.torch.importer import import_torchvision, import_weights  # noqa: E402
+from resgraph.backends.torch.torchvision import torchvision_model  # noqa: E402
 from conftest import ROOT, import_refusal  # noqa: E402
 
 # the shipped specs, each torchvision's model of the same name

@@ -18,7 +18,22 @@ from torch import nn
 from ...errors import Diagnostic, Loc, WeightsError
 from .execution_order import Order, execution_order
 from .matching import describe, first_mismatch, layer_mapping
-from .sources import Source, build, parse_source, source_of
+from .sources import LIBRARIES, Source, parse_source, source_of
+from .timm import timm_model
+from .torchvision import torchvision_model
+
+# each weights source's library -> the function that builds its model (random, pretrained or from a file)
+BUILDERS = {"torchvision": torchvision_model, "timm": timm_model}
+assert tuple(BUILDERS) == LIBRARIES, "a source library without a builder, or a builder for none"
+
+
+def build(source: Source, pretrained: bool = False, weights_file: str | None = None,
+          seed: int | None = None, device=None) -> nn.Module:
+    """The source's model in eval mode: random (seeded), pretrained, or with `weights_file`'s state dict."""
+    if source.library not in BUILDERS:
+        parse_source(str(source))   # raises, naming the libraries there are
+    return BUILDERS[source.library](source.name, pretrained=pretrained, weights_file=weights_file, seed=seed,
+                                    device=device)
 
 
 def import_model(source, spec, pretrained: bool = False, weights_file: str | None = None,
@@ -33,6 +48,14 @@ def import_model(source, spec, pretrained: bool = False, weights_file: str | Non
     module = to_torch(graph_of(spec), init=False)   # checks the spec first: its errors come before any download
     model = build(source, pretrained=pretrained, weights_file=weights_file, seed=seed)
     return module, import_weights(module, model, name=str(source), verify=verify)
+
+
+def import_torchvision(name: str, spec, pretrained: bool = False, weights_file: str | None = None,
+                       seed: int | None = None, verify: bool = True):
+    """(module, report): `spec` (a path, Spec, Checked or Graph) as a resgraph module carrying the
+    weights of torchvision's `name`; see import_model."""
+    return import_model(Source("torchvision", name), spec, pretrained=pretrained, weights_file=weights_file,
+                        seed=seed, verify=verify)
 
 
 @torch.no_grad()
@@ -170,4 +193,4 @@ def _summary(e: Exception, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-__all__ = ["import_model", "import_weights", "spec_loc", "verify_import"]
+__all__ = ["BUILDERS", "build", "import_model", "import_torchvision", "import_weights", "spec_loc", "verify_import"]

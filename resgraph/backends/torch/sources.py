@@ -4,7 +4,8 @@
     timm:resnet50d           timm.create_model("resnet50d")                 (timm.py)
 
 Each library's module builds the model randomly initialised (seeded), with the library's published
-weights (pretrained), or with a state dict from a file; this one names sources and dispatches.
+weights (pretrained), or with a state dict from a file; this one names sources and holds what those
+modules share. The importer dispatches to them through its BUILDERS table (importer.py).
 """
 from __future__ import annotations
 
@@ -46,18 +47,6 @@ def parse_source(text: str) -> Source:
                               (hint + "; " if hint else "") +
                               "write torchvision:NAME or timm:NAME, e.g. torchvision:resnet50 or timm:resnet50d")
     return Source(library, name)
-
-
-def build(source: Source, pretrained: bool = False, weights_file: str | None = None,
-          seed: int | None = None, device=None) -> nn.Module:
-    """The source's model in eval mode: random (seeded), pretrained, or with `weights_file`'s state dict."""
-    if source.library not in LIBRARIES:
-        parse_source(str(source))   # raises, naming the libraries there are
-    if source.library == "torchvision":
-        from .torchvision import torchvision_model as builder
-    else:
-        from .timm import timm_model as builder
-    return builder(source.name, pretrained=pretrained, weights_file=weights_file, seed=seed, device=device)
 
 
 def source_of(model: nn.Module, name: str | None = None) -> Source:

@@ -1,6 +1,6 @@
 """torchvision's classification models as a weights source: `torchvision:NAME`.
 
-    >>> from resgraph.backends.torch.torchvision import import_torchvision
+    >>> from resgraph.backends.torch.importer import import_torchvision
     >>> module, report = import_torchvision("resnet50", "specs/resnet50.yaml", weights_file="resnet50-11ad3fa6.pth")
 
 Any model of torchvision.models.list_models(module=torchvision.models) (resnets, densenets, vgg,
@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ...errors import DownloadError, WeightsError, did_you_mean
-from .importer import import_weights, import_model, verify_import
 from .sources import Source, construct, refuse_both, require, tag
 from .weights_file import load_weights_file
 
@@ -78,12 +77,4 @@ def _densenet_key(key: str) -> str:
     return m.group(1) + m.group(2) if m else key
 
 
-def import_torchvision(name: str, spec, pretrained: bool = False, weights_file: str | None = None,
-                       seed: int | None = None, verify: bool = True):
-    """(module, report): `spec` (a path, Spec, Checked or Graph) as a resgraph module carrying the
-    weights of torchvision's `name`; see importer.import_model."""
-    return import_model(Source("torchvision", name), spec, pretrained=pretrained, weights_file=weights_file,
-                        seed=seed, verify=verify)
-
-
-__all__ = ["import_torchvision", "import_weights", "model_names", "torchvision_model", "verify_import"]
+__all__ = ["model_names", "torchvision_model"]
