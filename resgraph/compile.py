@@ -13,7 +13,7 @@ model.onnx is hashed in another while it is written (resnet50: ~0.2 s for 200 MB
 hashed, on 2 cores).
 
 Atomic: every artifact is written in full into a hidden staging folder on the output's filesystem,
-which then takes the output folder's place whole (artifacts.Stage: a rename, or an exchange of the
+which then takes the output folder's place whole (publish.Stage: a rename, or an exchange of the
 two folders), or, where it cannot (a mount point, `-o .`), file by file with the manifest last. A crash, Ctrl-C or kill -9
 while writing leaves the previous artifacts as they were and no partial file in the output
 folder; a stale staging folder is removed by the next compile. (Files are not fsync'ed: this
@@ -23,15 +23,15 @@ two 100 MB files costs more than the whole compile.)
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 
-from .artifacts import Artifact, Manifest, Stage, TensorInfo, sha256_file, wait_for_cleanup, write_manifest
 from .errors import OptionError, PathError, WeightsError
+from .manifest import Artifact, Manifest, TensorInfo, onnx_metadata, sha256_file, write_manifest
+from .publish import Stage, wait_for_cleanup
 
 __all__ = ["Compiled", "compile_spec", "load_weights", "wait_for_cleanup"]
 
@@ -40,38 +40,89 @@ __all__ = ["Compiled", "compile_spec", "load_weights", "wait_for_cleanup"]
 class Compiled:
     out: str
     files: dict[str, str]        # artifact -> path
-    manifest: "Manifest"
+    manifest: Manifest
     seconds: dict[str, float]
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What `prepare` settled before any work: the checked spec and every option, checked."""
+    spec_path: str
+    checked: object              # frontend.Checked
+    out: str
+    precision: str
+    opset: int
+    fold: bool
+    seed: int
+
+
+@dataclass
+class Weights:
+    """The checkpoint `weights` step loaded (or initialised): its tensors, whether it is trained,
+    where it came from, and its copy into the stage and sha256, running in the background."""
+    tensors: dict
+    trained: bool
+    source: str
+    path: str | None             # the checkpoint file, None for a fresh init
+    sha256: Future | str
+    copied: Future | None = None
+
+
+def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
+                 opset: int | None = None, fold: bool = True, seed: int = 0, external_data: bool = False,
+                 progress=None, engine=None, engine_device: int = 0, gate=None, verbose: bool = False) -> Compiled:
+    """`engine`: BuildOptions of a TensorRT engine to build from the staged model.onnx and publish with
+    the rest (its precision: fp16 -> the fp16 model.onnx; fp32, tf32, bf16 -> the fp32 one); `gate(staged
+    folder)` may then refuse the set before anything is published (compile --engine's parity gate)."""
+    step, clock = progress or (lambda name: None), Clock()
+    step("checking the spec")
+    plan = prepare(spec_path, out, precision, opset, fold, seed, engine)
+    clock("check")
+    stage = open_stage(plan.out)
+    pool = ThreadPoolExecutor(2, thread_name_prefix="resgraph-compile")   # copying and hashing the checkpoint
+    try:
+        step("loading weights" if weights else "initialising weights")
+        w = load(plan, weights, stage, pool)
+        clock("weights")
+        step("inference passes")
+        igraph, iw = inference(plan, w)
+        clock("passes")
+        step("lowering to ONNX")
+        manifest = describe(plan, w)
+        model, big = lower_onnx(plan, igraph, iw, manifest, weights or spec_path)
+        del iw
+        clock("onnx")
+        step("writing artifacts")
+        manifest = write(stage, plan, w, model, big, manifest, external_data)
+        del model, big
+        if engine is not None:
+            step("building the TensorRT engine")
+            manifest = build_engine(stage, manifest, engine, engine_device, verbose)
+        final = publish(stage, manifest, gate, step)
+    except OSError as e:   # a full disk, a name too long...: the previous artifacts stay as they were
+        raise _write_error(e, plan.out) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)   # a running copy ends before its folder goes
+        stage.close()
+    clock("write")
+    return Compiled(plan.out, final, manifest, clock.seconds())
+
+
 def load_weights(path: str, graph):
-    """A safetensors checkpoint mapped into memory (zero-copy, see mapped.py), checked against
-    the graph's tensor list."""
+    """A safetensors checkpoint mapped into memory (zero-copy, see mapped.py), checked against the
+    graph's tensor list (fit.check_fit, as the PyTorch back end's loader checks it)."""
     from safetensors import SafetensorError
 
+    from .fileio import check_regular
+    from .fit import check_fit, numpy_entries, spec_entries
     from .mapped import open_mapped
     from .ops.count import state_dict_shapes
-    from .fileio import check_regular
     check_regular(path, "weights", "check the path (resgraph init / train / import-weights make one)")
     try:
         mapped = open_mapped(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightsError.at(path, f"not a readable safetensors file: {e}", "weights are .safetensors files") from None
-    tensors = mapped.tensors
-    want = state_dict_shapes(graph)
-    missing = [k for k in want if k not in tensors]
-    wrong = [f"{k}: file {list(tensors[k].shape)}, spec {list(want[k])}" for k in want
-             if k in tensors and tuple(tensors[k].shape) != want[k]]
-    unexpected = [k for k in tensors if k not in want]
-    # an integer or boolean tensor where the spec wants floats would be cast silently: refuse it
-    # (bn's num_batches_tracked is the one integer tensor a checkpoint holds)
-    wrong += [f"{k}: dtype {tensors[k].dtype}, the spec wants floats" for k in want
-              if k in tensors and tensors[k].dtype.kind != "f" and not k.endswith("num_batches_tracked")]
-    if missing or wrong or unexpected:
-        parts = [f"{label} ({len(x)}): " + "; ".join(x[:5]) + (" ..." if len(x) > 5 else "")
-                 for label, x in (("missing", missing), ("shape mismatch", wrong), ("unexpected", unexpected)) if x]
-        raise WeightsError.at(path, "the weights do not fit the spec: " + " | ".join(parts),
-                              "were they made for another spec? Rebuild them with resgraph init / train / import-weights")
+    check_fit(numpy_entries(mapped.tensors), spec_entries(state_dict_shapes(graph)), path)
     return mapped
 
 
@@ -96,22 +147,9 @@ def _nonfinite(tensors: dict) -> list[str]:
     return [k for k, v in tensors.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
 
 
-def _check_statistics(w: dict, nonfinite: list[str], where: str) -> None:
-    """The checkpoint's values, before anything is computed from them: all finite, and every batch
-    norm variance >= 0 (a negative one folds into NaN weights: a model that answers NaN)."""
+def _variance_minima(w: dict) -> dict[str, float]:
     import numpy as np
-    if nonfinite:
-        raise WeightsError.at(where, f"the weights are not all finite: NaN or inf in {len(nonfinite)} tensor(s): "
-                              + ", ".join(nonfinite[:5]) + (" ..." if len(nonfinite) > 5 else ""),
-                              "a diverged training run? Compile an earlier checkpoint (resgraph train keeps "
-                              "best.safetensors and epoch-NNN.safetensors)")
-    negative = [f"{k} (min {float(np.min(v)):.3g})" for k, v in w.items()
-                if k.endswith("running_var") and v.size and float(np.min(v)) < 0]
-    if negative:
-        raise WeightsError.at(where, f"negative batch-norm variance in {len(negative)} tensor(s): "
-                              + ", ".join(negative[:5]) + (" ..." if len(negative) > 5 else ""),
-                              "a variance is never negative: a damaged or hand-edited checkpoint? Re-export it "
-                              "from training")
+    return {k: float(np.min(v)) for k, v in w.items() if k.endswith("running_var") and v.size}
 
 
 def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
@@ -129,23 +167,31 @@ def _check_fp16(model, big: dict, fp32: dict, where: str) -> None:
                               "weights by gamma / sqrt(running_var + eps))")
 
 
-def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
-                 opset: int | None = None, fold: bool = True, seed: int = 0, external_data: bool = False,
-                 progress=None, engine=None, engine_device: int = 0, gate=None, verbose: bool = False) -> Compiled:
-    """`engine`: BuildOptions of a TensorRT engine to build from the staged model.onnx and publish with
-    the rest (its precision: fp16 -> the fp16 model.onnx; fp32, tf32, bf16 -> the fp32 one); `gate(staged
-    folder)` may then refuse the set before anything is published (compile --engine's parity gate)."""
-    from . import __version__
-    from .frontend import check_file
-    step = progress or (lambda name: None)
-    t = {"start": time.perf_counter()}
 
-    step("checking the spec")
+
+class Clock:
+    """The time each step took: clock("name") ends the step called name."""
+
+    def __init__(self):
+        self.t = {"start": time.perf_counter()}
+
+    def __call__(self, name: str) -> None:
+        self.t[name] = time.perf_counter()
+
+    def seconds(self) -> dict[str, float]:
+        keys = list(self.t)
+        out = {k: self.t[k] - self.t[p] for p, k in zip(keys, keys[1:], strict=False)}
+        out["total"] = self.t[keys[-1]] - self.t["start"]
+        return out
+
+
+def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, fold: bool, seed: int,
+            engine) -> Plan:
+    """Check the spec and every option before any work: the opset, the precision, the engine's
+    precision on the TensorRT there is, the output path (a folder, its parent creatable)."""
+    from .backends.onnx import DEFAULT_OPSET, OPSETS
+    from .frontend import check_file
     checked = check_file(spec_path)
-    spec, graph = checked.spec, checked.graph
-    from .backends.onnx import DEFAULT_OPSET, OPSETS, validate
-    from .backends.onnx.lower import build
-    from .backends.onnx.writer import PROTOBUF_LIMIT, model_bytes, write_external, write_model
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
         raise OptionError.at("--opset", f"opset {opset} is not supported",
@@ -153,11 +199,11 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     if precision not in ("fp32", "fp16"):
         raise OptionError.at("--precision", f"unknown precision '{precision}'",
                              "fp32 or fp16 (tf32 and bf16: with --engine)")
-    if engine is not None:   # before any work: TensorRT present, and the precision buildable on its version
+    if engine is not None:   # TensorRT present, and the precision buildable on its version
         from .backends.tensorrt.build import import_tensorrt
         from .backends.tensorrt.options import typing_plan, version_tuple
         typing_plan(engine.precision, precision, version_tuple(import_tensorrt().__version__), "--precision")
-    out = out or os.path.join("compiled", spec.name)
+    out = out or os.path.join("compiled", checked.spec.name)
     target = os.path.realpath(out) if os.path.islink(out) else out   # Stage works on the real folder
     parent = os.path.dirname(os.path.abspath(target))
     if os.path.exists(out) and not os.path.isdir(out):
@@ -167,108 +213,112 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
     except OSError as e:
         raise PathError.at(parent, f"cannot create the output folder: {e.strerror}",
                            "choose a writable place with -o") from None
-    t["check"] = time.perf_counter()
+    return Plan(spec_path, checked, out, precision, opset, fold, seed)
 
-    import numpy as np
+
+def open_stage(out: str) -> Stage:
     try:
-        stage = Stage(out)
+        return Stage(out)
     except OSError as e:   # read-only, no permission, /proc/...: nothing was written
         raise _write_error(e, out) from None
-    files = {name: stage.file(name) for name in ("model.onnx", "weights.safetensors", "spec.yaml", "manifest.json")}
-    # Copying and hashing the checkpoint depend on nothing else: they run in the background from
-    # here, beside the passes and the lowering (both release the GIL).
-    pool = ThreadPoolExecutor(2, thread_name_prefix="resgraph-compile")
-    try:
-        step("loading weights" if weights else "initialising weights")
-        if weights:
-            mapped = load_weights(weights, graph)
-            trained = mapped.metadata.get("untrained") != "true"   # resgraph init marks its checkpoints
-            w = mapped.tensors
-            weights_sha = pool.submit(lambda: hashlib.sha256(mapped.buffer).hexdigest())
-            copied = pool.submit(shutil.copyfile, weights, files["weights.safetensors"])   # in the kernel
-            nonfinite = pool.submit(_nonfinite, w)
-        else:
-            trained = False
-            w = {k: np.asarray(v) for k, v in fresh_weights(graph, seed).items()}
-        t["weights"] = time.perf_counter()
 
-        if weights:   # before folding, which would turn these into NaN weights (and fp16 call them overflow)
-            _check_statistics(w, nonfinite.result(), weights)
-        step("inference passes")
-        from .passes.inference import for_inference
-        from .passes.verify import verify
-        igraph, iw = for_inference(graph, w, fold=fold)
-        verify(igraph)
-        folded_bad = _nonfinite(iw) if fold else []
-        if folded_bad:
-            raise WeightsError.at(weights or spec_path, f"folding batch norm gives NaN or inf in {len(folded_bad)} "
-                                  "tensor(s): " + ", ".join(folded_bad[:5]) + (" ..." if len(folded_bad) > 5 else ""),
-                                  "gamma / sqrt(running_var + eps) overflows for these layers: check the checkpoint's "
-                                  "batch norm statistics, or compile with --no-fold")
-        t["passes"] = time.perf_counter()
 
-        step("lowering to ONNX")
-        from .runtime.preprocess import Preprocess
-        pre = Preprocess.resolve(spec.preprocess, graph.nodes[0].shape).to_json()
-        meta = {"resgraph.spec": spec.name, "resgraph.spec_sha256": spec.sha256, "resgraph.version": __version__,
-                "resgraph.projections": json.dumps([p.to_json() for p in graph.projections]),
-                "resgraph.preprocess": json.dumps(pre),
-                "resgraph.labels": json.dumps(list(spec.labels) if spec.labels is not None else None),
-                "resgraph.precision": precision, "resgraph.folded": str(fold).lower(),
-                "resgraph.trained": str(trained).lower()}
-        model, big = build(igraph, iw, opset=opset, precision=precision, metadata=meta)
-        if precision == "fp16":
-            _check_fp16(model, big, iw, weights or spec_path)
-        validate(model, igraph, streamed=big)
-        t["onnx"] = time.perf_counter()
+def load(plan: Plan, path: str | None, stage: Stage, pool: ThreadPoolExecutor) -> Weights:
+    """The checkpoint at `path`, mapped and checked (fit and values: fit.py), its copy into the stage
+    and its sha256 started in the background; or, without one, a fresh seeded init, flagged untrained."""
+    import numpy as np
 
-        step("writing artifacts")
-        # one protobuf message cannot hold 2 GiB: such a model must keep its weights beside it
-        external = external_data or model_bytes(model, big) >= PROTOBUF_LIMIT
-        if external:
-            files["model.onnx.data"] = stage.file("model.onnx.data")
-            (model_sha, _), (data_sha, _) = write_external(files["model.onnx"], model, big, "model.onnx.data")
-        else:
-            model_sha, _ = write_model(files["model.onnx"], model, big)   # streamed, hashed as written
-        del model, big, iw
-        if weights:
-            copied.result()
-            weights_sha = weights_sha.result()
-        else:
-            from safetensors.numpy import save_file
-            save_file({k: np.require(v, requirements="C") for k, v in w.items()}, files["weights.safetensors"],
-                      metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
-            weights_sha = sha256_file(files["weights.safetensors"])
-        with open(files["spec.yaml"], "wb") as f:   # the folder's own copy: the torch back end rebuilds from it
-            f.write(spec.source.encode())
-        shas = {"model.onnx": model_sha, **({"model.onnx.data": data_sha} if external else {}),
-                "weights.safetensors": weights_sha, "spec.yaml": spec.sha256}
-        manifest = Manifest(
-            name=spec.name, resgraph_version=__version__, spec_sha256=spec.sha256, spec_source=spec_path,
-            trained=trained, weights_source=weights or f"fresh init, seed {seed}", precision=precision, opset=opset,
-            folded=fold, external_data="model.onnx.data" if external else None,
-            input=TensorInfo(graph.input_name, ("batch", *graph.nodes[0].shape)),
-            output=TensorInfo(graph.output_name, ("batch", *graph[graph.output].shape)),
-            preprocess=pre,
-            labels=tuple(spec.labels) if spec.labels is not None else None,
-            params=checked.params, macs=checked.macs, projections=tuple(p.to_json() for p in graph.projections),
-            artifacts={name: Artifact(shas[name], os.path.getsize(files[name])) for name in shas})
-        if engine is not None:
-            step("building the TensorRT engine")
-            from .backends.tensorrt.build import add_engine
-            manifest, _ = add_engine(stage, manifest, engine, engine_device, verbose)
-        write_manifest(files["manifest.json"], manifest)
-        if gate is not None:
-            step("checking the engine's parity")
-            gate(stage.path)
-        final = stage.publish()
-    except OSError as e:   # a full disk, a name too long...: the previous artifacts stay as they were
-        raise _write_error(e, out) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)   # a running copy ends before its folder goes
-        stage.close()
-    t["write"] = time.perf_counter()
-    keys = list(t)
-    seconds = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
-    seconds["total"] = t["write"] - t["start"]
-    return Compiled(out, final, manifest, seconds)
+    from .fit import check_values
+    graph = plan.checked.graph
+    if path is None:
+        w = {k: np.asarray(v) for k, v in fresh_weights(graph, plan.seed).items()}
+        return Weights(w, False, f"fresh init, seed {plan.seed}", None, "")
+    mapped = load_weights(path, graph)
+    nonfinite = pool.submit(_nonfinite, mapped.tensors)
+    w = Weights(mapped.tensors, mapped.metadata.get("untrained") != "true", path, path,   # resgraph init marks its own
+                pool.submit(lambda: hashlib.sha256(mapped.buffer).hexdigest()),
+                pool.submit(shutil.copyfile, path, stage.file("weights.safetensors")))   # in the kernel
+    # before folding, which would turn these into NaN weights (and fp16 call them overflow)
+    check_values(nonfinite.result(), _variance_minima(w.tensors), path)
+    return w
+
+
+def inference(plan: Plan, w: Weights):
+    """The inference passes (drop no-ops, spell out projections, fold bn unless --no-fold), verified;
+    a fold that overflows is refused, naming the tensors."""
+    from .passes.inference import for_inference
+    from .passes.verify import verify
+    igraph, iw = for_inference(plan.checked.graph, w.tensors, fold=plan.fold)
+    verify(igraph)
+    folded_bad = _nonfinite(iw) if plan.fold else []
+    if folded_bad:
+        raise WeightsError.at(w.path or plan.spec_path, f"folding batch norm gives NaN or inf in {len(folded_bad)} "
+                              "tensor(s): " + ", ".join(folded_bad[:5]) + (" ..." if len(folded_bad) > 5 else ""),
+                              "gamma / sqrt(running_var + eps) overflows for these layers: check the checkpoint's "
+                              "batch norm statistics, or compile with --no-fold")
+    return igraph, iw
+
+
+def describe(plan: Plan, w: Weights) -> Manifest:
+    """The folder's manifest, before its artifacts are written (their sha256s and sizes come after)."""
+    from . import __version__
+    from .runtime.preprocess import Preprocess
+    spec, graph, c = plan.checked.spec, plan.checked.graph, plan.checked
+    return Manifest(
+        name=spec.name, resgraph_version=__version__, spec_sha256=spec.sha256, spec_source=plan.spec_path,
+        trained=w.trained, weights_source=w.source, precision=plan.precision, opset=plan.opset, folded=plan.fold,
+        input=TensorInfo(graph.input_name, ("batch", *graph.nodes[0].shape)),
+        output=TensorInfo(graph.output_name, ("batch", *graph[graph.output].shape)),
+        preprocess=Preprocess.resolve(spec.preprocess, graph.nodes[0].shape).to_json(),
+        labels=tuple(spec.labels) if spec.labels is not None else None,
+        params=c.params, macs=c.macs, projections=tuple(p.to_json() for p in graph.projections))
+
+
+def lower_onnx(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str):
+    """The ONNX model (the large initializers apart, to be streamed), its metadata from the manifest;
+    fp16 overflow refused (an error at `where`, the checkpoint or the spec); validated."""
+    from .backends.onnx import validate
+    from .backends.onnx.lower import build
+    model, big = build(igraph, iw, opset=plan.opset, precision=plan.precision, metadata=onnx_metadata(manifest))
+    if plan.precision == "fp16":
+        _check_fp16(model, big, iw, where)
+    validate(model, igraph, streamed=big)
+    return model, big
+
+
+def write(stage: Stage, plan: Plan, w: Weights, model, big: dict, manifest: Manifest, external_data: bool) -> Manifest:
+    """model.onnx (+ .data), weights.safetensors and spec.yaml into the stage; the manifest completed
+    with their sha256s and sizes (written by publish)."""
+    import numpy as np
+
+    from .backends.onnx.writer import save
+    shas = save(stage.file, model, big, external_data)
+    if w.copied is not None:
+        w.copied.result()
+        shas["weights.safetensors"] = w.sha256.result()
+    else:
+        from safetensors.numpy import save_file
+        spec = plan.checked.spec
+        save_file({k: np.require(v, requirements="C") for k, v in w.tensors.items()}, stage.file("weights.safetensors"),
+                  metadata={"spec": spec.name, "spec_sha256": spec.sha256, "untrained": "true"})
+        shas["weights.safetensors"] = sha256_file(stage.file("weights.safetensors"))
+    with open(stage.file("spec.yaml"), "wb") as f:   # the folder's own copy: the torch back end rebuilds from it
+        f.write(plan.checked.spec.source.encode())
+    shas["spec.yaml"] = plan.checked.spec.sha256
+    return replace(manifest, external_data="model.onnx.data" if "model.onnx.data" in shas else None,
+                   artifacts={n: Artifact(shas[n], os.path.getsize(stage.file(n))) for n in shas})
+
+
+def build_engine(stage: Stage, manifest: Manifest, options, device_id: int, verbose: bool) -> Manifest:
+    """model.engine + engine.json built from the staged model.onnx, into the stage; the manifest lists them."""
+    from .backends.tensorrt.build import add_engine
+    return add_engine(stage, manifest, options, device_id, verbose)[0]
+
+
+def publish(stage: Stage, manifest: Manifest, gate, step) -> dict[str, str]:
+    """The manifest into the stage, then the gate (which may refuse the set), then the set in place."""
+    write_manifest(stage.file("manifest.json"), manifest)
+    if gate is not None:
+        step("checking the engine's parity")
+        gate(stage.path)
+    return stage.publish()

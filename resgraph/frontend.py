@@ -97,7 +97,7 @@ def spec_source(path: str, stdin=None) -> SpecSource:
     is a one-line error saying what these commands take."""
     import os
 
-    from .artifacts import read_manifest, read_spec
+    from .manifest import read_manifest, read_spec
     from .errors import OptionError, PathError
     if path == "-":
         return SpecSource("<stdin>", stdin.read(4 << 20))

@@ -124,7 +124,7 @@ def test_bad_input_is_a_clean_error_with_no_output(tmp_path, args, fragment):
 
 def test_mismatched_weights_and_unwritable_places(tmp_path):
     p = run_cli("compile", "specs/resnet18.yaml", "--weights", DIGITS_W, "-o", str(tmp_path / "o"))
-    assert p.returncode == 1 and "do not fit the spec" in p.stderr and "missing (" in p.stderr
+    assert p.returncode == 1 and "the checkpoint does not fit the spec" in p.stderr and "missing (" in p.stderr
     blocker = tmp_path / "file"
     blocker.write_text("x")
     p = run_cli("compile", "specs/digits_resnet.yaml", "--weights", DIGITS_W, "-o", str(blocker))

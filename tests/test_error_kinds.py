@@ -117,7 +117,7 @@ def test_the_environments_os_errors_are_path_errors(tmp_path):
 
 
 def test_a_bad_compiled_folder_is_an_artifact_error(tmp_path):
-    from resgraph.artifacts import read_manifest
+    from resgraph.manifest import read_manifest
     with pytest.raises(ArtifactError) as e:
         read_manifest(str(tmp_path))
     kind_of(e.value, ArtifactError, str(tmp_path))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import ROOT
-from resgraph.artifacts import FORMAT, ArtifactError, Manifest, read_manifest
+from resgraph.manifest import FORMAT, ArtifactError, Manifest, read_manifest
 from resgraph.errors import DataError
 from resgraph.runtime import BackendError, Options, Preprocess, choose, expand, open_session
 from resgraph.runtime.inputs import Item, load

@@ -12,7 +12,8 @@ import shutil
 import pytest
 
 from conftest import run_cli
-from resgraph.artifacts import read_manifest, verify_artifacts, wait_for_cleanup
+from resgraph.manifest import read_manifest, verify_artifacts
+from resgraph.publish import wait_for_cleanup
 from resgraph.backends.tensorrt.engine_json import (EngineInfo, TensorSpec, check_compatible, mismatches,
                                                     read_engine_info, rebuild_command)
 from resgraph.backends.tensorrt.options import (BatchProfile, BuildOptions, default_timing_cache, typing_plan,

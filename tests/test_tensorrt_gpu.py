@@ -101,7 +101,7 @@ def test_cuda_graphs_match_plain_execution_on_fresh_inputs(digits_engine):
 
 
 def test_timing_cache_is_reused_and_shared(tmp_path):
-    from resgraph.artifacts import read_manifest
+    from resgraph.manifest import read_manifest
     from resgraph.backends.tensorrt.build import build_plan
     from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions
     folder = tmp_path / "r"

@@ -66,7 +66,7 @@ def test_python_repository_carries_the_compiled_folder(digits_folder, tmp_path):
     assert c.backend == "python" and c.parameters["resgraph_backend"].string_value == "ort-cpu"
     art = os.path.join(path, "1", "artifact")
     assert sorted(os.listdir(art)) == sorted(os.listdir(digits_folder))
-    from resgraph.artifacts import read_manifest, verify_artifacts
+    from resgraph.manifest import read_manifest, verify_artifacts
     assert verify_artifacts(art, read_manifest(art)) == {}
     assert os.path.isfile(os.path.join(path, "1", "model.py"))
 

@@ -40,7 +40,7 @@ def _options(artifact, backend, threads, cuda_graph, torch_compile, amp, device_
     opening a session never rebuilds."""
     from ..runtime import Options
     if rebuild:
-        from ..artifacts import folder_of
+        from ..manifest import folder_of
         from ..runtime.gate import rebuild_stale
         rebuild_stale(folder_of(artifact), backend, device_id)
     return Options(threads=threads, cuda_graph=cuda_graph, torch_compile=torch_compile, amp=amp, device_id=device_id,
@@ -169,7 +169,7 @@ def _no_inputs(inputs):
 def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json, triton_url, triton_model, **opts):
     """Latency and throughput of ARTIFACT per back end and batch size, trtexec-style."""
     def body():
-        from ..artifacts import folder_of
+        from ..manifest import folder_of
         from ..runtime.bench import bench_all, report
         from ..runtime.session import named_backends
         sizes = _int_list(batch, "--batch")
@@ -240,7 +240,7 @@ def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):
     """The same inputs through every back end: max abs and relative error and top-1 agreement for
     each pair; exit 1 if any pair is beyond the tolerance for the artifact's precision."""
     def body():
-        from ..artifacts import folder_of
+        from ..manifest import folder_of
         from ..runtime.parity import parity
         r = parity(folder_of(artifact), backends, source, batch_size, _options(artifact, backends, **opts))
         if as_json:

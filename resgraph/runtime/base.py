@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..artifacts import Manifest
+from ..manifest import Manifest
 from ..errors import DataError
 from .preprocess import Preprocess
 

@@ -88,7 +88,7 @@ def bench_all(folder: str, names: list[str], sizes: list[int], duration: float, 
     """Every back end of `names` (then the Triton endpoint `triton` = (url, model name)) at every batch
     size: (results, the back ends passed over). With `keep_going` (bench --backend all), a back end
     that fails to open is listed as skipped instead of raising. `say` gets one line per session."""
-    from ..artifacts import read_manifest
+    from ..manifest import read_manifest
     from .session import BackendError, open_session
     cv = NOISY_CV if cv_threshold is None else cv_threshold
     results, skipped = [], []
@@ -116,7 +116,7 @@ def bench_all(folder: str, names: list[str], sizes: list[int], duration: float, 
 def report(folder: str, results: list[BenchResult], skipped: list[dict], duration: float, warmup: float) -> dict:
     """bench's JSON report (docs/inference.md)."""
     from .. import __version__
-    from ..artifacts import read_manifest
+    from ..manifest import read_manifest
     m = read_manifest(folder)
     return {"resgraph_version": __version__, "artifact": folder, "model": m.name, "precision": m.precision,
             "macs_per_image": m.macs, "params": m.params, "duration_s": duration, "warmup_s": warmup,

@@ -65,7 +65,7 @@ def rebuild_stale(folder: str, backend: str, device_id: int) -> str | None:
     rebuilt, or None when there was nothing to do."""
     from dataclasses import replace
 
-    from ..artifacts import read_manifest
+    from ..manifest import read_manifest
     from ..backends.tensorrt.build import build_engine
     from ..backends.tensorrt.engine_json import EngineMismatch, read_engine_info
     from .tensorrt import check_engine

@@ -118,7 +118,7 @@ def parity(folder: str, backends: str, source: str, batch_size: int, options) ->
     """`resgraph parity`: the same inputs through every back end that `backends` names (--backends:
     'all' or a list; ordered: the checkpoint's torch module first), every pair compared at its tolerance. The report's `ok` is False when a pair
     is beyond it; `changed_since_compile` names the files that differ from the manifest's record."""
-    from ..artifacts import read_manifest, verify_artifacts
+    from ..manifest import read_manifest, verify_artifacts
     from .session import BackendError, named_backends, open_session
     names, skipped = named_backends(backends, folder)
     names = order(names)

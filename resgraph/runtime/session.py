@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from ..artifacts import Manifest, read_manifest
+from ..manifest import Manifest, read_manifest
 from ..errors import BackendError
 from .base import INSTALL, Availability, Options, Session, nvidia_gpu_visible
 
@@ -152,7 +152,7 @@ def open_session(artifact: str, backend: str = "auto", options: Options | None =
     Where `auto` or an alias chose, a back end that probes usable but fails to open (onnxruntime-gpu
     lists its CUDA provider even when the CUDA or cuDNN libraries it needs are missing) is passed
     over for the next candidate, and the reason joins `why`."""
-    from ..artifacts import folder_of
+    from ..manifest import folder_of
     folder = folder_of(artifact)
     manifest = read_manifest(folder)
     options = options or Options()

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ..errors import BackendError, OptionError
-from ..artifacts import read_spec
+from ..manifest import read_spec
 from .base import Options, Session
 
 

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from ..artifacts import ARTIFACTS, folder_of, read_manifest
+from ..manifest import ARTIFACTS, folder_of, read_manifest
 from ..errors import ArtifactError, OptionError
 from ..fileio import link_or_copy
 

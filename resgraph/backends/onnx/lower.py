@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from ...ir import Graph
 from ...ops import pads, transpose_pads
 from ...ops.table import check_lowerings, tensors
+from .writer import initializer_header
 
 DEFAULT_OPSET = 17
 OPSETS = range(17, 22)
@@ -322,14 +323,6 @@ def build(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: st
     for k, v in (metadata or {}).items():
         model.metadata_props.add(key=k, value=v)
     return model, big
-
-
-def initializer_header(name: str, arr: np.ndarray) -> onnx.TensorProto:
-    t = onnx.TensorProto()
-    t.name = name
-    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
-    t.dims.extend(arr.shape)
-    return t
 
 
 def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: str = "fp32",

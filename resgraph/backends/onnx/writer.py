@@ -28,7 +28,16 @@ import threading
 import numpy as np
 import onnx
 
-from .lower import initializer_header
+from onnx import helper
+
+
+def initializer_header(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    """A TensorProto with the tensor's name, dims and type, and no data: its raw_data follows it on disk."""
+    t = onnx.TensorProto()
+    t.name = name
+    t.data_type = helper.np_dtype_to_tensor_dtype(arr.dtype)
+    t.dims.extend(arr.shape)
+    return t
 
 
 def _varint(n: int) -> bytes:
@@ -114,3 +123,14 @@ def _write_hashed(path: str, pieces: list) -> tuple[str, int]:
     finally:
         hasher.join()
     return h.hexdigest(), sum(len(p) for p in pieces)   # memoryviews are 1-D bytes
+
+
+def save(path_of, model: onnx.ModelProto, big: dict[str, np.ndarray], external_data: bool = False) -> dict[str, str]:
+    """Write model.onnx (and model.onnx.data beside it with `external_data`, or where one protobuf
+    message cannot hold the model) at the paths `path_of(file name)` gives; returns {file name: sha256}."""
+    if external_data or model_bytes(model, big) >= PROTOBUF_LIMIT:
+        data = path_of("model.onnx.data")
+        (model_sha, _), (data_sha, _) = write_external(path_of("model.onnx"), model, big, os.path.basename(data))
+        return {"model.onnx": model_sha, "model.onnx.data": data_sha}
+    model_sha, _ = write_model(path_of("model.onnx"), model, big)   # streamed, hashed as written
+    return {"model.onnx": model_sha}

@@ -25,7 +25,9 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ...artifacts import Artifact, Manifest, Stage, folder_of, read_manifest, write_manifest
+from ...manifest import Artifact, Manifest, folder_of, read_manifest, write_manifest
+
+from ...publish import Stage
 from ...errors import ArtifactError, BackendError, OptionError, PathError
 from ...fileio import link_or_copy
 from .engine_json import EngineInfo, TensorSpec, write_engine_info
@@ -263,7 +265,7 @@ def add_engine(stage: Stage, manifest: Manifest, options: BuildOptions, device_i
     with open(stage.file("model.engine"), "wb") as f:
         f.write(data)
     write_engine_info(stage.file("engine.json"), info)
-    from ...artifacts import sha256_file
+    from ...manifest import sha256_file
     arts = dict(manifest.artifacts)
     arts["model.engine"] = Artifact(info.engine_sha256, info.engine_bytes)
     arts["engine.json"] = Artifact(sha256_file(stage.file("engine.json")), os.path.getsize(stage.file("engine.json")))

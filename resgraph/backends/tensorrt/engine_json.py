@@ -170,7 +170,7 @@ def engine_report(artifact: str, device_id: int = 0) -> tuple[dict, EngineInfo, 
     """`resgraph engine info`: (engine.json with a `here` section saying whether it runs on this
     machine, what differs and the command that rebuilds it; the record; the folder). `here.runs` is
     None where this machine's TensorRT or GPU cannot be read."""
-    from ...artifacts import folder_of, read_manifest
+    from ...manifest import folder_of, read_manifest
     from .gpu import here as this_machine
     folder = folder_of(artifact)
     manifest = read_manifest(folder)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ...errors import PathError, WeightsError
 from ...fileio import atomic_write, check_regular, os_error
+from ...fit import check_fit, check_values
 
 
 def save_checkpoint(module: torch.nn.Module, path: str, metadata: dict | None = None) -> None:
@@ -88,42 +89,18 @@ def _kind(dtype: torch.dtype) -> str:
     return "float" if dtype.is_floating_point else "integer"
 
 
+def _entries(tensors: dict) -> dict:
+    return {k: (tuple(v.shape), _kind(v.dtype), str(v.dtype).removeprefix("torch.")) for k, v in tensors.items()}
+
+
 def check_fits(module: torch.nn.Module, tensors: dict, path: str, limit: int = 5) -> None:
-    """Names, shapes and dtypes. A dtype may differ in width (fp16 or fp64 weights load into fp32)
-    but not in kind: int8, bool or int64 data where the module holds floats would be cast silently
-    (and a float where it holds an integer buffer such as bn's num_batches_tracked)."""
-    state = module.state_dict()
-    want = {k: tuple(v.shape) for k, v in state.items()}
-    have = {k: tuple(v.shape) for k, v in tensors.items()}
-    missing = [k for k in want if k not in have]
-    unexpected = [k for k in have if k not in want]
-    wrong = [f"{k}: checkpoint {list(have[k])}, spec {list(want[k])}" for k in want if k in have and have[k] != want[k]]
-    dtypes = [f"{k}: checkpoint {str(tensors[k].dtype).removeprefix('torch.')}, spec "
-              f"{str(state[k].dtype).removeprefix('torch.')}"
-              for k in want if k in have and _kind(tensors[k].dtype) != _kind(state[k].dtype)]
-    if not (missing or unexpected or wrong or dtypes):
-        return
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong),
-                         ("dtype mismatch", dtypes)):
-        if items:
-            more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-            parts.append(f"{label} ({len(items)}): " + "; ".join(items[:limit]) + more)
-    hint = ("was it made for another spec (or another version of this one)? "
-            "Rebuild it with resgraph init / train / import-weights for this spec")
-    if dtypes and not (missing or unexpected or wrong):
-        hint = ("weights must be floating point (float32, float16, bfloat16 or float64); integer or bool "
-                "tensors are not cast. Save the float weights, or rebuild with resgraph init / train / import-weights")
-    raise WeightsError.at(path, "the checkpoint does not fit the spec: " + " | ".join(parts), hint)
+    """Names, shapes and dtype kinds against the module's state dict (resgraph.fit.check_fit, the
+    check compile runs too)."""
+    check_fit(_entries(tensors), _entries(module.state_dict()), path, limit)
 
 
 def check_finite(tensors: dict, path: str, limit: int = 5) -> None:
+    """All finite, every batch-norm variance >= 0 (resgraph.fit.check_values, as compile checks)."""
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        more = f" (+{len(bad) - limit} more)" if len(bad) > limit else ""
-        raise WeightsError.at(path, f"the weights are not all finite: NaN or inf in {len(bad)} tensor(s): "
-                              + ", ".join(bad[:limit]) + more,
-                              "a diverged training run? Start from an earlier checkpoint (resgraph train keeps "
-                              "best.safetensors and epoch-NNN.safetensors): resgraph train --weights FILE, "
-                              "perhaps with a lower --lr")
-
+    minima = {k: float(v.min()) for k, v in tensors.items() if k.endswith("running_var") and v.numel()}
+    check_values(bad, minima, path, limit)

@@ -1,0 +1,201 @@
+"""The compiled folder's typed manifest, and reading a folder back: what it holds, checked.
+
+    compiled/<name>/
+        manifest.json          Manifest.to_json(): what the folder holds and how to feed the model
+        spec.yaml              the spec, byte for byte (its sha256 is the manifest's spec_sha256)
+        model.onnx             (+ model.onnx.data with external data)
+        weights.safetensors    the checkpoint (unfolded): the torch back end and parity read it
+
+One home for the manifest, shared by `compile` (writes it), the runtime (reads only this folder,
+never the user's spec or the IR) and the engine builder. Standard library only: a deployment
+that runs model.onnx imports neither torch nor the front end.
+
+Publishing a folder (atomically, whole) is publish.py's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from .errors import ArtifactError, PathError
+
+FORMAT = 1   # manifest.json's format; bump on any change a reader must know about
+# every file a compiled folder may hold, in publishing order: the manifest, which describes the
+# others, goes last
+ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx", "model.engine", "engine.json",
+             "manifest.json")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple          # ("batch", C, H, W) or ("batch", F)
+    dtype: str = "float32"
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample: without the batch dimension."""
+        return tuple(self.shape[1:])
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, typed. `preprocess` is resolved: every key present, defaults filled in."""
+    name: str
+    resgraph_version: str
+    spec_sha256: str
+    spec_source: str               # the path compile read the spec from
+    trained: bool
+    weights_source: str
+    precision: str                 # fp32 | fp16 (of model.onnx; its input and output are fp32)
+    opset: int
+    folded: bool
+    input: TensorInfo
+    output: TensorInfo
+    preprocess: dict
+    labels: tuple[str, ...] | None
+    params: int
+    macs: int                      # per sample
+    projections: tuple = ()
+    external_data: str | None = None
+    artifacts: dict = field(default_factory=dict)   # file name -> Artifact
+    format: int = FORMAT
+    spec: str = "spec.yaml"
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["input"]["shape"] = list(self.input.shape)
+        d["output"]["shape"] = list(self.output.shape)
+        d["labels"] = list(self.labels) if self.labels is not None else None
+        d["projections"] = list(self.projections)
+        order = ("format", "resgraph_version", "name", "spec", "spec_source", "spec_sha256", "trained",
+                 "weights_source", "precision", "opset", "folded", "external_data", "input", "output",
+                 "preprocess", "labels", "params", "macs", "projections", "artifacts")
+        assert set(order) == set(d), set(order) ^ set(d)
+        return {k: d[k] for k in order}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "manifest.json") -> "Manifest":
+        """Read a manifest; one from another format is refused with what to do about it."""
+        from . import __version__
+        if not isinstance(d, dict):
+            raise ArtifactError.at(where, "not a resgraph manifest (not a JSON object)", "recompile: resgraph compile SPEC")
+        fmt = d.get("format")
+        made_by = d.get("resgraph_version", "an unknown version")
+        if fmt is None:
+            raise ArtifactError.at(where, f"compiled by resgraph {made_by}, before manifests had a format "
+                                   f"(this resgraph {__version__} reads format {FORMAT})",
+                                   "recompile the spec with this resgraph: resgraph compile SPEC --weights W -o FOLDER")
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt > FORMAT:
+            raise ArtifactError.at(where, f"manifest format {fmt!r} from resgraph {made_by} is newer than this "
+                                   f"resgraph {__version__} reads (format {FORMAT})",
+                                   "upgrade resgraph (pip install -U resgraph), or recompile with this version")
+        if fmt < FORMAT:   # no older numbered format exists yet; readers of format 1 start here
+            raise ArtifactError.at(where, f"manifest format {fmt} is no longer read", "recompile with this resgraph")
+        try:
+            return cls(
+                name=str(d["name"]), resgraph_version=str(d["resgraph_version"]), spec_sha256=str(d["spec_sha256"]),
+                spec_source=str(d["spec_source"]), trained=bool(d["trained"]), weights_source=str(d["weights_source"]),
+                precision=str(d["precision"]), opset=int(d["opset"]), folded=bool(d["folded"]),
+                input=TensorInfo(str(d["input"]["name"]), tuple(d["input"]["shape"]), str(d["input"]["dtype"])),
+                output=TensorInfo(str(d["output"]["name"]), tuple(d["output"]["shape"]), str(d["output"]["dtype"])),
+                preprocess=dict(d["preprocess"]),
+                labels=tuple(str(x) for x in d["labels"]) if d["labels"] is not None else None,
+                params=int(d["params"]), macs=int(d["macs"]), projections=tuple(d["projections"]),
+                external_data=d["external_data"], format=fmt, spec=str(d["spec"]),
+                artifacts={str(k): Artifact(str(v["sha256"]), int(v["bytes"])) for k, v in d["artifacts"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ArtifactError.at(where, f"a damaged manifest: {type(e).__name__}: {e}",
+                                   "recompile: resgraph compile SPEC --weights W -o FOLDER") from None
+
+
+def folder_of(artifact: str) -> str:
+    """The compiled folder for a path to it or to a file in it (its model.onnx, say)."""
+    if os.path.isdir(artifact):
+        return artifact
+    if os.path.isfile(artifact) and os.path.isfile(os.path.join(os.path.dirname(artifact) or ".", "manifest.json")):
+        return os.path.dirname(artifact) or "."
+    if not os.path.exists(artifact):
+        raise PathError.at(artifact, "no such compiled folder or file",
+                           "compile a spec first: resgraph compile SPEC -o FOLDER, then pass FOLDER")
+    raise ArtifactError.at(artifact, "not a compiled folder: no manifest.json beside it",
+                           "pass the folder resgraph compile wrote (compiled/NAME), or a model.onnx inside it")
+
+
+def read_manifest(folder: str) -> Manifest:
+    path = os.path.join(folder, "manifest.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ArtifactError.at(folder, "not a compiled folder: no manifest.json",
+                               "pass the folder resgraph compile wrote (compiled/NAME)") from None
+    except OSError as e:   # no permission, a failing disk: the path, not the manifest
+        raise PathError.at(path, f"cannot read the manifest: {e.strerror or e}",
+                           "check the path and its permissions") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError.at(path, f"unreadable manifest: {e}", "recompile: resgraph compile SPEC -o FOLDER") from None
+    return Manifest.from_json(d, path)
+
+
+def read_spec(folder: str, manifest: Manifest) -> tuple[str, bytes]:
+    """(path, bytes) of the spec compiled into `folder`, which must be the one the manifest hashed:
+    a spec.yaml edited after compiling would describe another network than model.onnx."""
+    import hashlib
+    path = os.path.join(folder, manifest.spec)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ArtifactError.at(path, f"cannot read the folder's spec: {e.strerror}",
+                               "recompile: resgraph compile SPEC --weights W -o FOLDER") from None
+    if hashlib.sha256(raw).hexdigest() != manifest.spec_sha256:
+        raise ArtifactError.at(path, "spec.yaml was changed after compiling (its sha256 is not the manifest's)",
+                               "recompile the spec you mean: resgraph compile SPEC --weights W -o FOLDER")
+    return path, raw
+
+
+def write_manifest(path: str, manifest: Manifest) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest.to_json(), f, indent=2)
+        f.write("\n")
+
+
+def sha256_file(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_artifacts(folder: str, manifest: Manifest) -> dict[str, str]:
+    """The artifacts that are not the files compile wrote: name -> their sha256 now ('missing' if gone)."""
+    changed = {}
+    for name, a in manifest.artifacts.items():
+        try:
+            digest = sha256_file(os.path.join(folder, name))
+        except OSError:
+            changed[name] = "missing"
+            continue
+        if digest != a.sha256:
+            changed[name] = digest
+    return changed
+
+
+def onnx_metadata(m: Manifest) -> dict[str, str]:
+    """model.onnx's metadata_props, derived from the manifest (one description, written twice): what
+    a tool reading model.onnx alone (Netron, onnx.load) can know of its origin."""
+    return {"resgraph.spec": m.name, "resgraph.spec_sha256": m.spec_sha256, "resgraph.version": m.resgraph_version,
+            "resgraph.projections": json.dumps(list(m.projections)), "resgraph.preprocess": json.dumps(m.preprocess),
+            "resgraph.labels": json.dumps(list(m.labels) if m.labels is not None else None),
+            "resgraph.precision": m.precision, "resgraph.folded": str(m.folded).lower(),
+            "resgraph.trained": str(m.trained).lower()}
