@@ -50,6 +50,24 @@ def test_onnxruntime_repository(digits_folder, tmp_path):
     assert os.listdir(tmp_path / "repo") == ["digits_resnet"] and sorted(os.listdir(tmp_path)) == ["repo"]
 
 
+def test_a_model_folder_with_other_versions_keeps_them(digits_folder, tmp_path):
+    """Published by the compiled folder's publisher (publish.Stage): where the model folder holds more
+    than an export writes (another version, the user's notes), only version 1, labels.txt and
+    config.pbtxt are replaced, and the rest stays as it was."""
+    repo = tmp_path / "repo"
+    path = export_triton(str(digits_folder), str(repo), TritonOptions())
+    (repo / "digits_resnet" / "2").mkdir()
+    (repo / "digits_resnet" / "2" / "model.onnx").write_bytes(b"the user's version 2")
+    (repo / "digits_resnet" / "NOTES.md").write_text("kept")
+    (repo / "digits_resnet" / "1" / "stale.bin").write_bytes(b"from an older export")
+    path = export_triton(str(digits_folder), str(repo), TritonOptions(batching=None))
+    assert not parse(os.path.join(path, "config.pbtxt")).HasField("dynamic_batching")
+    assert (repo / "digits_resnet" / "2" / "model.onnx").read_bytes() == b"the user's version 2"
+    assert (repo / "digits_resnet" / "NOTES.md").read_text() == "kept"
+    assert sorted(os.listdir(repo / "digits_resnet" / "1")) == ["model.onnx"]   # version 1 replaced whole
+    assert sorted(os.listdir(repo)) == ["digits_resnet"] and sorted(os.listdir(tmp_path)) == ["repo"]
+
+
 def test_external_data_is_a_model_folder_and_names_are_escaped(tmp_path):
     from conftest import ROOT
     from resgraph.compile import compile_spec

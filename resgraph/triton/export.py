@@ -11,23 +11,30 @@ Dims leave the batch dimension out (max_batch_size > 0 makes it implicit), as Tr
 TensorRT plan runs only on the GPUs and TensorRT it was built for: cc_model_filenames names it
 under its compute capability (the default file name left absent, so another GPU finds nothing to
 load), and max_batch_size is its profile's MAX. Triton's onnxruntime and tensorrt backends add
-dynamic batching themselves unless the server runs with --disable-auto-complete-config. The repository entry is
-written in full beside the target and then renamed into place: a half-written model is never
-loaded by a server polling the repository, and nothing but models is ever in it.
+dynamic batching themselves unless the server runs with --disable-auto-complete-config.
+
+The model folder is published as a compiled folder is (publish.Stage, layout MODEL): written in full
+beside the repository, then put in place whole, or, where the model folder holds other versions or
+files of its own, entry by entry (version 1, labels.txt, config.pbtxt last), leaving the others as
+they are. A half-written model is never loaded by a server polling the repository, and nothing but
+models is ever in it.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 
-from ..manifest import ARTIFACTS, folder_of, read_manifest
 from ..errors import ArtifactError, OptionError
 from ..fileio import link_or_copy
+from ..manifest import ARTIFACTS, folder_of, read_manifest
+from ..publish import Layout, Stage, wait_for_cleanup
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
+# a model folder of the repository, as the publisher writes it: the version, then its labels, then the
+# config that describes them last (what a polling server reads first)
+MODEL = Layout(("1", "labels.txt", "config.pbtxt"), folders=frozenset({"1"}))
 
 
 @dataclass(frozen=True)
@@ -121,47 +128,26 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
     config = "\n".join(lines) + "\n"
 
     os.makedirs(repo, exist_ok=True)
-    target = os.path.join(repo, name)
     # staged beside the repository, not in it (a server polling the repository would try to load it),
     # unless the repository is a filesystem of its own (a mount point), where only a rename inside works
     parent = os.path.dirname(os.path.abspath(repo))
     side = parent if os.stat(parent).st_dev == os.stat(repo).st_dev else repo
-    for e in os.scandir(side):   # what an export killed mid-way left (a polling server would try to load it)
-        if e.name.startswith(f".resgraph-export-{name}.") and e.is_dir(follow_symlinks=False):
-            shutil.rmtree(e.path, ignore_errors=True)
-    staging = tempfile.mkdtemp(dir=side, prefix=f".resgraph-export-{name}.")
+    stage = Stage(os.path.join(repo, name), MODEL, stage_in=side)
     try:
-        os.makedirs(os.path.join(staging, "1"))
         for dst, src in files.items():
-            os.makedirs(os.path.dirname(os.path.join(staging, "1", dst)), exist_ok=True)
-            link_or_copy(src, os.path.join(staging, "1", dst))
+            link_or_copy(src, stage.file(f"1/{dst}"))
         if o.platform == "python":
-            _python_model(folder, m, os.path.join(staging, "1"))
+            _python_model(folder, m, stage)
         if m.labels:
-            with open(os.path.join(staging, "labels.txt"), "w", encoding="utf-8") as f:
+            with open(stage.file("labels.txt"), "w", encoding="utf-8") as f:
                 f.write("".join(f"{x}\n" for x in m.labels))
-        with open(os.path.join(staging, "config.pbtxt"), "w", encoding="utf-8") as f:
+        with open(stage.file("config.pbtxt"), "w", encoding="utf-8") as f:
             f.write(config)
-        os.chmod(staging, 0o755)
-        if os.path.isdir(target):                 # an earlier export: replaced whole
-            from ..fileio import exchange
-            if not exchange(staging, target):      # one step where the system can; else two renames
-                old = tempfile.mkdtemp(dir=side, prefix=f".resgraph-export-{name}.old-")
-                os.rename(target, os.path.join(old, "x"))
-                try:
-                    os.rename(staging, target)
-                except OSError:
-                    os.rename(os.path.join(old, "x"), target)   # the earlier export back in place
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                shutil.rmtree(staging, ignore_errors=True)   # now the earlier export
-        else:
-            os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+        final = stage.publish()
+    finally:
+        stage.close()
+    wait_for_cleanup()   # a replaced export is deleted before returning: nothing left beside the repository
+    return os.path.dirname(final["config.pbtxt"])
 
 
 def _q(s: str) -> str:
@@ -169,13 +155,12 @@ def _q(s: str) -> str:
     return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _python_model(folder: str, m, version: str) -> None:
+def _python_model(folder: str, m, stage: Stage) -> None:
     """model.py (Triton's Python backend) and the compiled folder beside it, so the repository
     carries everything it serves."""
-    art = os.path.join(version, "artifact")
-    os.makedirs(art)
     for name in (*m.artifacts, "manifest.json", "spec.yaml"):
         src = os.path.join(folder, name)
-        if name in ARTIFACTS and os.path.isfile(src) and not os.path.exists(os.path.join(art, name)):
-            link_or_copy(src, os.path.join(art, name))
-    shutil.copyfile(os.path.join(os.path.dirname(__file__), "model.py"), os.path.join(version, "model.py"))
+        dst = stage.file(f"1/artifact/{name}")
+        if name in ARTIFACTS and os.path.isfile(src) and not os.path.exists(dst):
+            link_or_copy(src, dst)
+    shutil.copyfile(os.path.join(os.path.dirname(__file__), "model.py"), stage.file("1/model.py"))
