@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
 from ..limits import MAX_NODES, MAX_REPEAT
 from ..spec.expr import FAILED
-from ..spec.model import Entry, Residual, Spec, evaluate_located
+from ..spec.layers import Entry, Residual, evaluate_located
+from ..spec.model import Spec
 from ..spec.yamlsrc import Y
 from .graph import INPUT, Graph, Node, Settings, freeze
 
