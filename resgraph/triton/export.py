@@ -68,6 +68,43 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
     name = o.name or m.name
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise OptionError.at("--name", f"'{name}' cannot name a folder of the repository", "letters, digits, - and _")
+    kind, extra, files, max_batch = _platform(folder, m, o)
+    if max_batch is None:
+        max_batch = 32
+    if max_batch < 1:
+        raise OptionError.at("--max-batch", f"{max_batch}", "one or more: Triton batches along the first dimension")
+    for src in files.values():
+        if not os.path.isfile(src):
+            raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
+
+    config = _config(name, m, o, kind, extra, max_batch)
+
+    os.makedirs(repo, exist_ok=True)
+    # staged beside the repository, not in it (a server polling the repository would try to load it),
+    # unless the repository is a filesystem of its own (a mount point), where only a rename inside works
+    parent = os.path.dirname(os.path.abspath(repo))
+    side = parent if os.stat(parent).st_dev == os.stat(repo).st_dev else repo
+    stage = Stage(os.path.join(repo, name), MODEL, stage_in=side)
+    try:
+        for dst, src in files.items():
+            link_or_copy(src, stage.file(f"1/{dst}"))
+        if o.platform == "python":
+            _python_model(folder, m, stage)
+        if m.labels:
+            with open(stage.file("labels.txt"), "w", encoding="utf-8") as f:
+                f.write("".join(f"{x}\n" for x in m.labels))
+        with open(stage.file("config.pbtxt"), "w", encoding="utf-8") as f:
+            f.write(config)
+        final = stage.publish()
+    finally:
+        stage.close()
+    wait_for_cleanup()   # a replaced export is deleted before returning: nothing left beside the repository
+    return os.path.dirname(final["config.pbtxt"])
+
+
+def _platform(folder: str, m, o: TritonOptions) -> tuple[str, list[str], dict[str, str], int | None]:
+    """What the platform puts in the model folder: (instance kind, its config lines, version 1's files
+    as {path in 1/: source}, max_batch_size where the platform fixes it)."""
     kind, extra, files = o.kind, [], {}
     max_batch = o.max_batch
     if o.platform == "tensorrt":
@@ -104,14 +141,11 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
     else:
         extra.append('backend: "python"')
         extra.append(f'parameters [{{ key: "resgraph_backend" value: {{ string_value: {_q(o.backend)} }} }}]')
-    if max_batch is None:
-        max_batch = 32
-    if max_batch < 1:
-        raise OptionError.at("--max-batch", f"{max_batch}", "one or more: Triton batches along the first dimension")
-    for src in files.values():
-        if not os.path.isfile(src):
-            raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
+    return kind, extra, files, max_batch
 
+
+def _config(name: str, m, o: TritonOptions, kind: str, extra: list[str], max_batch: int) -> str:
+    """config.pbtxt's text (Triton's ModelConfig, text format)."""
     label = ' label_filename: "labels.txt"' if m.labels else ""
     lines = [f"name: {_q(name)}", *extra, f"max_batch_size: {max_batch}",
              f'input [{{ name: {_q(m.input.name)} data_type: TYPE_FP32 dims: [{", ".join(map(str, m.input.sample_shape))}] }}]',
@@ -125,29 +159,7 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
             raise OptionError.at("--preferred-batch", f"{list(b.preferred)} must lie in 1..{max_batch}",
                                  "sizes Triton may form")
         lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {b.max_queue_delay_us} }}")
-    config = "\n".join(lines) + "\n"
-
-    os.makedirs(repo, exist_ok=True)
-    # staged beside the repository, not in it (a server polling the repository would try to load it),
-    # unless the repository is a filesystem of its own (a mount point), where only a rename inside works
-    parent = os.path.dirname(os.path.abspath(repo))
-    side = parent if os.stat(parent).st_dev == os.stat(repo).st_dev else repo
-    stage = Stage(os.path.join(repo, name), MODEL, stage_in=side)
-    try:
-        for dst, src in files.items():
-            link_or_copy(src, stage.file(f"1/{dst}"))
-        if o.platform == "python":
-            _python_model(folder, m, stage)
-        if m.labels:
-            with open(stage.file("labels.txt"), "w", encoding="utf-8") as f:
-                f.write("".join(f"{x}\n" for x in m.labels))
-        with open(stage.file("config.pbtxt"), "w", encoding="utf-8") as f:
-            f.write(config)
-        final = stage.publish()
-    finally:
-        stage.close()
-    wait_for_cleanup()   # a replaced export is deleted before returning: nothing left beside the repository
-    return os.path.dirname(final["config.pbtxt"])
+    return "\n".join(lines) + "\n"
 
 
 def _q(s: str) -> str:

@@ -120,6 +120,35 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
                                "opset (--opset) or another back end")
 
     config = builder.create_builder_config()
+    _set_flags(trt, config, options, plan, trt_version)
+    _set_profile(builder, network, config, options.batch)
+    cache_path = _cache_path(options, trt.__version__, card)
+    if cache_path:
+        _use_timing_cache(config, cache_path, log)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ArtifactError.at(where, "TensorRT could not build the engine: " + ("; ".join(log.errors[-5:]) or
+                               "no reason given"), _build_hint(options))
+    data = bytes(serialized)
+    seconds = time.perf_counter() - started
+    if cache_path:
+        _save_timing_cache(config, cache_path)
+
+    from ... import __version__
+    info = EngineInfo(
+        tensorrt_version=trt.__version__, gpu_name=card.name, compute_capability=card.compute_capability,
+        options=replace(options, timing_cache=cache_path or ""), strongly_typed=plan.strongly_typed,
+        inputs=_specs([network.get_input(i) for i in range(network.num_inputs)]),
+        outputs=_specs([network.get_output(i) for i in range(network.num_outputs)]),
+        onnx_sha256=manifest.artifacts["model.onnx"].sha256, engine_sha256=hashlib.sha256(data).hexdigest(),
+        engine_bytes=len(data), build_seconds=round(seconds, 3),
+        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), resgraph_version=__version__)
+    return data, info
+
+
+def _set_flags(trt, config: "trt.IBuilderConfig", options: BuildOptions, plan, trt_version: tuple) -> None:
+    """The builder flags and settings of the options and the precision's typing plan."""
     if options.workspace_mib is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
     config.builder_optimization_level = options.optimization_level
@@ -143,43 +172,27 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
     if options.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
+
+def _set_profile(builder: "trt.Builder", network: "trt.INetworkDefinition", config: "trt.IBuilderConfig", b) -> None:
+    """One optimisation profile: every input's batch from b.min to b.max, tuned for b.opt."""
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         t = network.get_input(i)
         rest = tuple(t.shape)[1:]
-        b = options.batch
         profile.set_shape(t.name, (b.min, *rest), (b.opt, *rest), (b.max, *rest))
     config.add_optimization_profile(profile)
 
-    cache_path = _cache_path(options, trt.__version__, card)
-    if cache_path:
-        cache = config.create_timing_cache(_read(cache_path))
-        if not config.set_timing_cache(cache, False):   # ignore_mismatch=False: timed on another device
-            _warn(f"timing cache {cache_path} was made on another GPU or TensorRT: building without it, and "
-                  "replacing it after")
-            log.errors.clear()
-            config.set_timing_cache(config.create_timing_cache(b""), False)
-            _unlink(cache_path)
 
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ArtifactError.at(where, "TensorRT could not build the engine: " + ("; ".join(log.errors[-5:]) or
-                               "no reason given"), _build_hint(options))
-    data = bytes(serialized)
-    seconds = time.perf_counter() - started
-    if cache_path:
-        _save_timing_cache(config, cache_path)
-
-    from ... import __version__
-    info = EngineInfo(
-        tensorrt_version=trt.__version__, gpu_name=card.name, compute_capability=card.compute_capability,
-        options=replace(options, timing_cache=cache_path or ""), strongly_typed=plan.strongly_typed,
-        inputs=_specs([network.get_input(i) for i in range(network.num_inputs)]),
-        outputs=_specs([network.get_output(i) for i in range(network.num_outputs)]),
-        onnx_sha256=manifest.artifacts["model.onnx"].sha256, engine_sha256=hashlib.sha256(data).hexdigest(),
-        engine_bytes=len(data), build_seconds=round(seconds, 3),
-        built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), resgraph_version=__version__)
-    return data, info
+def _use_timing_cache(config: "trt.IBuilderConfig", cache_path: str, log) -> None:
+    """Build with the timing cache at `cache_path`; one timed on another GPU or TensorRT is set aside
+    (built without, and replaced after)."""
+    cache = config.create_timing_cache(_read(cache_path))
+    if not config.set_timing_cache(cache, False):   # ignore_mismatch=False: timed on another device
+        _warn(f"timing cache {cache_path} was made on another GPU or TensorRT: building without it, and "
+              "replacing it after")
+        log.errors.clear()
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+        _unlink(cache_path)
 
 
 def _specs(tensors: "list[trt.ITensor]") -> tuple[TensorSpec, ...]:
