@@ -10,7 +10,6 @@ one process follow the same trajectory (up to BatchNorm, whose statistics are pe
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import time
@@ -24,11 +23,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..backends.torch.checkpoint import writing
-from ..errors import DataError, OptionError, PathError, WeightsError
-from ..fileio import atomic_write
+from ..errors import DataError, OptionError, WeightsError
 from .data import collate, load_data, report_bad
 from .evaluate import evaluate
-from .state import load_trainer_state, save_trainer_state
+from .state import resume, save_trainer_state, write_metrics
 
 
 @dataclass
@@ -137,7 +135,6 @@ def _optimizer(module, cfg: TrainConfig):
     raise OptionError.at("--optimizer", f"unknown optimizer '{cfg.optimizer}'", "use sgd or adamw")
 
 
-METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]   # val_*: nan without a validation set
 
 
 def train(cfg: TrainConfig, console=None) -> list[dict]:
@@ -159,8 +156,62 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
         d.close()
 
 
+@dataclass
+class _Run:
+    """What one training run holds between its epochs."""
+    cfg: TrainConfig
+    d: _Dist
+    device: torch.device
+    spec: object
+    data: object
+    module: torch.nn.Module       # the resgraph module (what is saved)
+    model: torch.nn.Module        # what runs: the module, or DistributedDataParallel around it
+    loader: DataLoader
+    sampler: DistributedSampler
+    optimizer: object
+    scheduler: object
+    scaler: object
+    amp: bool
+    amp_dtype: torch.dtype
+    has_val: bool
+    best_by: str
+
+    @property
+    def out(self) -> str:
+        return self.cfg.out
+
+    @property
+    def state_path(self) -> str:
+        return os.path.join(self.cfg.out, "trainer.safetensors")
+
+    @property
+    def metrics_path(self) -> str:
+        return os.path.join(self.cfg.out, "metrics.csv")
+
+
 def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
-    from ..backends.torch import save_checkpoint, to_torch
+    run = _setup(cfg, console, d)
+    rows: list[dict] = []
+    start = 0
+    if cfg.resume:
+        start, rows = resume(cfg, run.module, run.optimizer, run.scheduler, run.device, run.out, run.state_path,
+                              run.metrics_path)
+    best = max((_score(r, run.best_by) for r in rows), default=-math.inf)
+    bad_train: dict = {}
+    bad_val: dict = {}
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        row = _train_epoch(run, epoch, console, bad_train)
+        if d.main:
+            best = _end_epoch(run, epoch, row, rows, best, bad_val, t0, console)
+        d.barrier()
+    return rows
+
+
+def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
+    """The module, data, loader, optimizer, schedule and AMP of a run, every option checked, and its
+    folder made (cfg.out filled in)."""
+    from ..backends.torch import to_torch
     from ..frontend import check_file
     device = _device(cfg, d)
     if device.type == "cuda":
@@ -169,7 +220,7 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
         torch.set_num_threads(cfg.threads)
     checked = check_file(cfg.spec)
     spec = checked.spec
-    out = cfg.out = cfg.out or os.path.join("runs", spec.name)
+    cfg.out = cfg.out or os.path.join("runs", spec.name)
     torch.manual_seed(cfg.seed)
     module = to_torch(checked.graph, seed=cfg.seed, weights=cfg.weights)
     data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
@@ -177,20 +228,10 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
     if n_out != (len(data.classes),):
         raise DataError.at(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is "
                            f"{list(n_out)}", f"set the last layer to linear: {{out: {len(data.classes)}}}")
-    if cfg.batch_size % d.world:
-        raise OptionError.at("--batch-size", f"batch {cfg.batch_size} does not split evenly over {d.world} processes",
-                             "use a multiple of the process count")
-    per_rank = cfg.batch_size // d.world
-    sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
-    loader = DataLoader(data.train, batch_size=per_rank, sampler=sampler, drop_last=True, collate_fn=collate,
-                        num_workers=cfg.workers, pin_memory=device.type == "cuda")
-    if len(loader) == 0:
-        raise DataError.at(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
-                           "lower --batch-size")
+    sampler, loader = _loader(cfg, d, data, device)
     # no validation set (--val-split 0, a class too small to hold one out, an empty val/): val_loss
     # and val_acc are nan (not 0) and best.safetensors is the lowest training loss, said so
     has_val = len(data.val) > 0
-    best_by = "val_acc" if has_val else "train_loss"
     if not has_val and d.main and console is not None:
         console.print(f"note: {data.source} has no validation set (--val-split {cfg.val_split:g}): val_loss and "
                       "val_acc are not measured (nan in metrics.csv); best.safetensors is the epoch with the "
@@ -207,102 +248,117 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
-
     if d.main:
-        with writing(out):
-            os.makedirs(out, exist_ok=True)
-    metrics_path = os.path.join(out, "metrics.csv")
-    rows: list[dict] = []
-    start = 0
-    state_path = os.path.join(out, "trainer.safetensors")
-    if cfg.resume:
-        start, rows = _resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_path)
-    meta_common = {"spec": spec.name, "spec_sha256": spec.sha256, "data": data.source, "untrained": "false",
-                   "classes": ",".join(data.classes), "best_by": best_by}
-    best = max((_score(r, best_by) for r in rows), default=-math.inf)
-    bad_train: dict = {}
-    bad_val: dict = {}
-    for epoch in range(start, cfg.epochs):
-        sampler.set_epoch(epoch)
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, d.rank))
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = correct = seen = 0.0
-        new_bad: dict = {}
-        progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(loader))
-        for x, y, skipped in loader:
-            if skipped:
-                new_bad.update((p, why) for p, why in skipped if p not in bad_train)
-            if x is None:   # every image of the batch unusable
-                continue
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            progress.advance(loss_sum / seen, correct / seen)
-        progress.close()
-        if new_bad:   # each process its own shard's, once a run
-            bad_train.update(new_bad)
-            report_bad(new_bad, data.train)
-        loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
-        if seen == 0:
-            raise DataError.at(cfg.data, f"none of the {len(data.train)} training images can be used",
-                               "see the files listed above: replace or remove them")
-        if not all(bool(torch.isfinite(v).all()) for v in module.state_dict().values() if v.is_floating_point()):
-            raise WeightsError.at(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
-                                  f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
-                                  f"lower --lr (or add --warmup-epochs) and start again; {out}'s checkpoints and "
-                                  f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
-               "train_acc": correct / seen}
-        if d.main:
-            if has_val:
-                before = len(bad_val)
-                row["val_loss"], row["val_acc"] = evaluate(module, data.val, device, channels_last=cfg.channels_last,
-                                                           bad=bad_val)
-                if len(bad_val) > before:
-                    report_bad(dict(list(bad_val.items())[before:]), data.val)
-            else:
-                row["val_loss"] = row["val_acc"] = math.nan
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            meta = {**meta_common, "epoch": epoch + 1}
-            if has_val:
-                meta["val_acc"] = f"{row['val_acc']:.6f}"
-            else:
-                meta["train_loss"] = f"{row['train_loss']:.6f}"
-            # trainer.safetensors last: it commits the epoch (weights, optimizer, rows), so a run
-            # stopped between two of these writes resumes from one consistent epoch
-            if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
-                save_checkpoint(module, os.path.join(out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
-            if _score(row, best_by) > best:
-                best = _score(row, best_by)
-                save_checkpoint(module, os.path.join(out, "best.safetensors"), meta)
-            save_checkpoint(module, os.path.join(out, "last.safetensors"), meta)
-            _write_metrics(metrics_path, rows)
-            save_trainer_state(state_path, optimizer, scheduler, epoch + 1,
-                               {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"},
-                                "rows": rows, "best_by": best_by},
-                               model=module.state_dict())
-            if cfg.on_epoch is not None:
-                cfg.on_epoch(row)
-            if console is not None:
-                val = (f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if has_val
-                       else "no validation set (best by train loss)")
-                console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                              f"acc {row['train_acc']:.4f}  {val}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
-        d.barrier()
-    return rows
+        with writing(cfg.out):
+            os.makedirs(cfg.out, exist_ok=True)
+    return _Run(cfg, d, device, spec, data, module, model, loader, sampler, optimizer, scheduler, scaler, amp, amp_dtype,
+                has_val, "val_acc" if has_val else "train_loss")
+
+
+def _loader(cfg: TrainConfig, d: _Dist, data, device: torch.device) -> tuple[DistributedSampler, DataLoader]:
+    """Each process's share of every global batch (--batch-size over the processes), shuffled by seed."""
+    if cfg.batch_size % d.world:
+        raise OptionError.at("--batch-size", f"batch {cfg.batch_size} does not split evenly over {d.world} processes",
+                             "use a multiple of the process count")
+    sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(data.train, batch_size=cfg.batch_size // d.world, sampler=sampler, drop_last=True,
+                        collate_fn=collate, num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    if len(loader) == 0:
+        raise DataError.at(cfg.data, f"{len(data.train)} training samples make no full batch of {cfg.batch_size}",
+                           "lower --batch-size")
+    return sampler, loader
+
+
+def _train_epoch(run: _Run, epoch: int, console, bad_train: dict) -> dict:
+    """One pass over the training data: the epoch's row (lr, train_loss, train_acc over every process).
+    Unusable images are reported once a run; diverged weights stop the run before anything is saved."""
+    cfg, d, device = run.cfg, run.d, run.device
+    run.sampler.set_epoch(epoch)
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch, d.rank))
+    run.model.train()
+    loss_sum = correct = seen = 0.0
+    new_bad: dict = {}
+    progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(run.loader))
+    for x, y, skipped in run.loader:
+        if skipped:
+            new_bad.update((p, why) for p, why in skipped if p not in bad_train)
+        if x is None:   # every image of the batch unusable
+            continue
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp):
+            logits = run.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(y)
+        progress.advance(loss_sum / seen, correct / seen)
+    progress.close()
+    if new_bad:   # each process its own shard's, once a run
+        bad_train.update(new_bad)
+        report_bad(new_bad, run.data.train)
+    loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
+    if seen == 0:
+        raise DataError.at(cfg.data, f"none of the {len(run.data.train)} training images can be used",
+                           "see the files listed above: replace or remove them")
+    if not all(bool(torch.isfinite(v).all()) for v in run.module.state_dict().values() if v.is_floating_point()):
+        raise WeightsError.at(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
+                              f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
+                              f"lower --lr (or add --warmup-epochs) and start again; {run.out}'s checkpoints and "
+                              f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
+    return {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
+            "train_acc": correct / seen}
+
+
+def _end_epoch(run: _Run, epoch: int, row: dict, rows: list[dict], best: float, bad_val: dict, t0: float,
+               console) -> float:
+    """The main process's end of an epoch: validation, the checkpoints (epoch-NNN, best, last), the
+    metrics and, last, the trainer state that commits the epoch; returns the best score so far."""
+    from ..backends.torch import save_checkpoint
+    cfg, module, data = run.cfg, run.module, run.data
+    if run.has_val:
+        before = len(bad_val)
+        row["val_loss"], row["val_acc"] = evaluate(module, data.val, run.device, channels_last=cfg.channels_last,
+                                                   bad=bad_val)
+        if len(bad_val) > before:
+            report_bad(dict(list(bad_val.items())[before:]), data.val)
+    else:
+        row["val_loss"] = row["val_acc"] = math.nan
+    row["seconds"] = time.perf_counter() - t0
+    rows.append(row)
+    meta = {"spec": run.spec.name, "spec_sha256": run.spec.sha256, "data": data.source, "untrained": "false",
+            "classes": ",".join(data.classes), "best_by": run.best_by, "epoch": epoch + 1}
+    if run.has_val:
+        meta["val_acc"] = f"{row['val_acc']:.6f}"
+    else:
+        meta["train_loss"] = f"{row['train_loss']:.6f}"
+    # trainer.safetensors last: it commits the epoch (weights, optimizer, rows), so a run
+    # stopped between two of these writes resumes from one consistent epoch
+    if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+        save_checkpoint(module, os.path.join(run.out, f"epoch-{epoch + 1:03d}.safetensors"), meta)
+    if _score(row, run.best_by) > best:
+        best = _score(row, run.best_by)
+        save_checkpoint(module, os.path.join(run.out, "best.safetensors"), meta)
+    save_checkpoint(module, os.path.join(run.out, "last.safetensors"), meta)
+    write_metrics(run.metrics_path, rows)
+    save_trainer_state(run.state_path, run.optimizer, run.scheduler, epoch + 1,
+                       {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"},
+                        "rows": rows, "best_by": run.best_by},
+                       model=module.state_dict())
+    if cfg.on_epoch is not None:
+        cfg.on_epoch(row)
+    if console is not None:
+        val = (f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if run.has_val
+               else "no validation set (best by train loss)")
+        console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                      f"acc {row['train_acc']:.4f}  {val}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
+    return best
 
 
 def done_line(cfg: TrainConfig, rows: list[dict]) -> str:
@@ -318,74 +374,6 @@ def _score(row: dict, best_by: str) -> float:
     """Higher is better; nan (not measured) never wins."""
     v = row.get("val_acc", math.nan) if best_by == "val_acc" else -row.get("train_loss", math.nan)
     return v if isinstance(v, float) and math.isfinite(v) else -math.inf
-
-
-def _resume(cfg: TrainConfig, module, optimizer, scheduler, device, out, state_path, metrics_path):
-    """(the last finished epoch, the metrics rows so far) of the run in `out`, its weights, optimizer and
-    schedule loaded; a ResgraphError saying what to do for anything missing, damaged or inconsistent."""
-    from ..backends.torch.checkpoint import check_finite, check_fits, load_checkpoint
-    if not os.path.exists(state_path):
-        raise OptionError.at("--resume", f"nothing to resume: {out} holds no trainer.safetensors",
-                             "train without --resume first")
-    meta = load_trainer_state(state_path, optimizer, scheduler, device)
-    start = meta["epoch"]
-    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
-    saved = extra.get("config") if isinstance(extra.get("config"), dict) else {}
-    if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:
-        raise OptionError.at("--optimizer", f"the run in {out} was trained with --optimizer {saved['optimizer']}, "
-                             f"not {cfg.optimizer}", f"resume with --optimizer {saved['optimizer']}, or start a new "
-                             f"run from its weights: --weights {out}/last.safetensors -o NEW")
-    if meta.get("model") is not None:   # the weights committed with this state
-        check_fits(module, meta["model"], state_path)
-        check_finite(meta["model"], state_path)
-        module.load_state_dict(meta["model"])
-    else:                               # a state from before the weights were saved in it
-        load_checkpoint(module, os.path.join(out, "last.safetensors"))
-    if isinstance(extra.get("rows"), list):
-        rows = extra["rows"]
-        if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in METRICS) for r in rows):
-            raise WeightsError.at(state_path, "the trainer state's metrics rows are damaged",
-                                  "start the run again without --resume, or from its weights: "
-                         f"--weights {out}/last.safetensors -o NEW")
-        return start, [{k: float(r[k]) for k in METRICS} for r in rows][:start]
-    return start, _read_metrics(metrics_path, out)[:start]
-
-
-def _read_metrics(path: str, out: str) -> list[dict]:
-    """metrics.csv of an earlier run (for a trainer state without its rows), strictly."""
-    if not os.path.exists(path):
-        return []
-    hint = (f"fix or delete {path} (its rows only feed the history and the choice of best.safetensors), "
-            f"or start again from the weights: --weights {out}/last.safetensors -o NEW")
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None or any(k not in reader.fieldnames for k in METRICS):
-                raise WeightsError.at(path, f"not a metrics file of resgraph train: the columns are "
-                                      f"{reader.fieldnames}, not {', '.join(METRICS)}", hint)
-            rows = []
-            for line, r in enumerate(reader, 2):
-                try:
-                    rows.append({k: float(r[k]) for k in METRICS})
-                except (TypeError, ValueError):
-                    raise WeightsError.at(path, f"line {line} is damaged: { {k: r.get(k) for k in METRICS} }",
-                                          hint) from None
-            return rows
-    except OSError as e:
-        raise PathError.at(path, f"cannot read the metrics: {e.strerror or e}", hint) from None
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise WeightsError.at(path, f"cannot read the metrics: {e}", hint) from None
-
-
-def _write_metrics(path: str, rows: list[dict]) -> None:
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRICS)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRICS})
-    with writing(path):
-        atomic_write(path, write)
 
 
 class _NoProgress:

@@ -1,4 +1,6 @@
-"""Resumable trainer state in safetensors: optimizer tensors, with the rest as JSON metadata.
+"""A run's state on disk: the resumable trainer state, metrics.csv, and resuming from both.
+
+Trainer state in safetensors: optimizer tensors, with the rest as JSON metadata.
 
 Optimizer state dicts are nested ({'state': {i: {name: tensor|number}}, 'param_groups': [...]});
 safetensors holds flat tensors and string metadata, so tensors go under "state.<i>.<name>" and
@@ -11,15 +13,17 @@ epoch. Files written before the weights went in (no "model." tensors) still load
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..backends.torch.checkpoint import writing
-from ..errors import PathError, WeightsError
+from ..errors import OptionError, PathError, WeightsError
 from ..fileio import atomic_write, check_regular
 
 
@@ -119,3 +123,74 @@ def _finite_numbers(x) -> bool:
     if isinstance(x, (list, tuple)):
         return all(_finite_numbers(v) for v in x)
     return True
+
+
+METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]   # val_*: nan without a validation set
+
+
+def resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_path):
+    """(the last finished epoch, the metrics rows so far) of the run in `out`, its weights, optimizer and
+    schedule loaded; a ResgraphError saying what to do for anything missing, damaged or inconsistent."""
+    from ..backends.torch.checkpoint import check_finite, check_fits, load_checkpoint
+    if not os.path.exists(state_path):
+        raise OptionError.at("--resume", f"nothing to resume: {out} holds no trainer.safetensors",
+                             "train without --resume first")
+    meta = load_trainer_state(state_path, optimizer, scheduler, device)
+    start = meta["epoch"]
+    extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
+    saved = extra.get("config") if isinstance(extra.get("config"), dict) else {}
+    if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:
+        raise OptionError.at("--optimizer", f"the run in {out} was trained with --optimizer {saved['optimizer']}, "
+                             f"not {cfg.optimizer}", f"resume with --optimizer {saved['optimizer']}, or start a new "
+                             f"run from its weights: --weights {out}/last.safetensors -o NEW")
+    if meta.get("model") is not None:   # the weights committed with this state
+        check_fits(module, meta["model"], state_path)
+        check_finite(meta["model"], state_path)
+        module.load_state_dict(meta["model"])
+    else:                               # a state from before the weights were saved in it
+        load_checkpoint(module, os.path.join(out, "last.safetensors"))
+    if isinstance(extra.get("rows"), list):
+        rows = extra["rows"]
+        if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in METRICS) for r in rows):
+            raise WeightsError.at(state_path, "the trainer state's metrics rows are damaged",
+                                  "start the run again without --resume, or from its weights: "
+                         f"--weights {out}/last.safetensors -o NEW")
+        return start, [{k: float(r[k]) for k in METRICS} for r in rows][:start]
+    return start, read_metrics(metrics_path, out)[:start]
+
+
+def read_metrics(path: str, out: str) -> list[dict]:
+    """metrics.csv of an earlier run (for a trainer state without its rows), strictly."""
+    if not os.path.exists(path):
+        return []
+    hint = (f"fix or delete {path} (its rows only feed the history and the choice of best.safetensors), "
+            f"or start again from the weights: --weights {out}/last.safetensors -o NEW")
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or any(k not in reader.fieldnames for k in METRICS):
+                raise WeightsError.at(path, f"not a metrics file of resgraph train: the columns are "
+                                      f"{reader.fieldnames}, not {', '.join(METRICS)}", hint)
+            rows = []
+            for line, r in enumerate(reader, 2):
+                try:
+                    rows.append({k: float(r[k]) for k in METRICS})
+                except (TypeError, ValueError):
+                    raise WeightsError.at(path, f"line {line} is damaged: { {k: r.get(k) for k in METRICS} }",
+                                          hint) from None
+            return rows
+    except OSError as e:
+        raise PathError.at(path, f"cannot read the metrics: {e.strerror or e}", hint) from None
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise WeightsError.at(path, f"cannot read the metrics: {e}", hint) from None
+
+
+def write_metrics(path: str, rows: list[dict]) -> None:
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRICS)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRICS})
+    with writing(path):
+        atomic_write(path, write)
