@@ -1,33 +1,81 @@
-"""The op table: one row per op — its arguments, shape rule, parameter and MAC counts.
+"""The op table: one row per op — its arguments, shape rule, parameter and MAC counts, and the
+facts about the op that passes and back ends act on (see OpDef).
 
 Shapes exclude the batch dimension: [C, H, W] for feature maps, [F] for vectors.
-Every rule is a pure function (args, input shapes) -> output shape that raises
+The rules (ops/shapes.py) are pure functions (args, input shapes) -> output shape that raise
 ShapeError with the offending equation, in the manner of a type checker.
-Back ends read `OPS[op]` and never re-derive a shape.
+Back ends read `OPS[op]` and never re-derive a shape, nor keep their own lists of ops.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Callable
+import re
+from collections.abc import Callable
+from dataclasses import KW_ONLY, MISSING, dataclass, fields
 
-from ..limits import MAX_CHANNELS, MAX_KERNEL, MAX_SCALE, MAX_SPATIAL
+from ..limits import MAX_KERNEL, MAX_SCALE
 from .args import Arg, Bool, Choice, Float, Ids, Int, Padding, Ref
+from .shapes import (
+    MAX_ELEMENTS,
+    MAX_LAYER_PARAMS,
+    Shape,
+    ShapeError,
+    add_shape,
+    bn_shape,
+    concat_shape,
+    conv_macs,
+    conv_params,
+    conv_shape,
+    conv_transpose_macs,
+    conv_transpose_params,
+    conv_transpose_shape,
+    flatten_shape,
+    fmt,
+    global_pool_shape,
+    linear_params,
+    linear_shape,
+    mul_shape,
+    norm_shape,
+    pads,
+    pool_shape,
+    pool_stride,
+    project_macs,
+    project_params,
+    project_shape,
+    spatial,
+    transpose_pads,
+    unchanged,
+    upsample_shape,
+    zeropad_shape,
+)
 
-Shape = tuple[int, ...]
+__all__ = [
+    "FACTS",
+    "INFERENCE",
+    "INIT_POLICIES",
+    "MAX_ELEMENTS",
+    "MAX_LAYER_PARAMS",
+    "OPS",
+    "SHORTCUT_POLICIES",
+    "USER_OPS",
+    "OpDef",
+    "Shape",
+    "ShapeError",
+    "check_lowerings",
+    "fmt",
+    "pads",
+    "spatial",
+    "tensors",
+    "transpose_pads",
+]
+
 # What an `add` does when an input's shape differs from the main input's (passes/shortcuts.py has the maths)
 SHORTCUT_POLICIES = ("projection", "conv", "zeropad", "avgpool_projection", "error")
-MAX_LAYER_PARAMS = 1 << 32   # 4.3e9 parameters in one layer is a typo, not a network
-MAX_ELEMENTS = 1 << 31       # elements of one activation per sample
-
-
-class ShapeError(Exception):
-    """A shape rule's refusal. With `named`, the message has {0}, {1}, ... where the inputs' names go
-    (the rule sees shapes only; the shapes pass knows the ids)."""
-
-    def __init__(self, message: str, hint: str = "", named: bool = False):
-        super().__init__(message)
-        self.message, self.hint, self.named = message, hint, named
+INFERENCE = ("keep", "noop")
+# backends/torch/init.py has one function per name; "parts": each sub-layer by its own kind (an explicit Ws)
+INIT_POLICIES = ("conv", "linear", "norm", "scale", "parts")
+# the per-op facts every row states, none with a default (OpDef's keyword-only fields)
+FACTS = ("keeps_zero", "zeroable", "inference", "bn_folds_into", "init", "import_kind", "aliases")
+_ALIAS = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -43,10 +91,37 @@ class OpDef:
     # defaults that depend on other arguments (a pool's stride is its kernel unless given): resolve_ops
     # applies it once, so shape rules and lowerings read complete arguments
     complete: Callable[[dict], dict] = lambda a: a
+    _: KW_ONLY
+    # --- facts (FACTS): required on every row, no defaults, checked below -------------------------
+    # output exactly 0 wherever an input is 0, at initialisation (a callable of the args where the bias decides)
+    keeps_zero: bool | Callable[[dict], bool]
+    zeroable: bool              # `zero_residual` may zero its weight: its output is then its bias, 0 at init
+    inference: str              # "keep", or "noop": the identity at inference, which drop_noops removes
+    bn_folds_into: bool         # a bn reading only this op folds into its weight and bias (fold_batchnorm)
+    init: str | None            # the init policy of its parameters (INIT_POLICIES); None: it has none
+    import_kind: str | None     # the layer kind (an op's name) weight import pairs its tensors as; None: none
+    aliases: tuple[str, ...]    # other frameworks' names for it, for the "resgraph calls it ..." hint
+
+    def __post_init__(self):
+        n = self.name
+        assert isinstance(self.keeps_zero, bool) or callable(self.keeps_zero), (n, "keeps_zero", self.keeps_zero)
+        assert isinstance(self.zeroable, bool), (n, "zeroable", self.zeroable)
+        assert self.inference in INFERENCE, (n, "inference", self.inference)
+        assert self.inference == "keep" or not (self.variadic or self.init), (n, "a noop has one input, no weights")
+        assert isinstance(self.bn_folds_into, bool), (n, "bn_folds_into", self.bn_folds_into)
+        assert self.init is None or self.init in INIT_POLICIES, (n, "init", self.init)
+        assert not (self.zeroable or self.bn_folds_into) or self.init, (n, "zeroable and bn_folds_into need weights")
+        assert self.import_kind is None or isinstance(self.import_kind, str), (n, "import_kind", self.import_kind)
+        assert isinstance(self.aliases, tuple) and len(set(self.aliases)) == len(self.aliases), (n, self.aliases)
+        assert all(isinstance(a, str) and _ALIAS.fullmatch(a) and a != n for a in self.aliases), (n, self.aliases)
 
     def with_defaults(self, **args) -> dict:
         """Every argument, the given ones over the defaults: the args of a node a pass creates."""
         return self.complete({**{k: a.default for k, a in self.args.items()}, **args})
+
+    def zero_in_zero_out(self, args: dict) -> bool:
+        """keeps_zero for a node with these (complete) arguments."""
+        return self.keeps_zero(args) if callable(self.keeps_zero) else self.keeps_zero
 
 
 def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
@@ -76,296 +151,10 @@ def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
     return {}
 
 
-def fmt(shape) -> str:
-    return "[" + ", ".join(map(str, shape)) + "]"
 
-
-# --- shape helpers --------------------------------------------------------------------------
-
-def _map(op: str, x: Shape) -> Shape:
-    if len(x) != 3:
-        hint = "this op works on feature maps [C, H, W]"
-        raise ShapeError(f"{op} expects a feature map [C, H, W], got {fmt(x)}", hint)
-    return x
-
-
-def pads(padding, k: int, d: int = 1) -> tuple[int, int]:
-    """(begin, end) padding of one spatial axis, for every back end: 'same' pads d*(k-1) in total,
-    begin = total // 2 and the rest at the end (an even kernel's extra one goes last, as TensorFlow's
-    and ONNX's SAME_UPPER), which with any stride gives out = ceil(n / s); 'valid' 0; an int p both sides."""
-    if padding == "same":
-        total = d * (k - 1)
-        return total // 2, total - total // 2
-    p = 0 if padding == "valid" else int(padding)
-    return p, p
-
-
-def transpose_pads(padding, k: int, s: int, d: int, output_padding: int) -> tuple[int, int]:
-    """(p, q) of a transposed conv as PyTorch and ONNX take them: the full output of one axis,
-    (n-1)*s + d*(k-1) + 1, loses p at each end and gains q at the end.
-
-    same:  out = n * s exactly. The full output is t = d*(k-1) + 1 - s longer than that, so
-           p = ceil(t / 2), q = 2p - t   (t >= 0: crop one more at the begin when t is odd, as the
-           transpose of a 'same' conv that pads one more at the end), or p = 0, q = -t (t < 0);
-    int p: q = output_padding;   valid: p = 0.
-    Both frameworks need q < max(s, d), so 'same' with an even kernel at stride 1 is refused."""
-    if padding == "same":
-        if output_padding:
-            raise ShapeError(f"conv_transpose with padding: same and output_padding {output_padding}",
-                             "'same' fixes the output at in × stride; remove output_padding, or give an integer padding")
-        t = d * (k - 1) + 1 - s
-        p, q = ((t + 1) // 2, 2 * ((t + 1) // 2) - t) if t >= 0 else (0, -t)
-        if q >= max(s, d):
-            raise ShapeError(f"conv_transpose padding: same with kernel {k}, stride {s} would crop {t} unevenly, "
-                             "which PyTorch's and ONNX's ConvTranspose cannot express",
-                             "use an odd kernel, or a stride of 2 or more (kernel 2 or 4 at stride 2 doubles exactly)")
-        return p, q
-    p = 0 if padding == "valid" else int(padding)
-    if output_padding >= max(s, d):
-        raise ShapeError(f"conv_transpose output_padding {output_padding} must be smaller than the stride {s} "
-                         f"or the dilation {d}", "output_padding only resolves which of several sizes a strided "
-                         "transposed conv gives; use 0 .. stride - 1")
-    return p, output_padding
-
-
-def spatial(n: int, k: int, s: int, d: int, padding, ceil_mode: bool = False) -> tuple[int, str]:
-    """Output length along one axis, and the equation that produced it (for error messages).
-
-    same:  out = ceil(n / s)                (total padding d*(k-1), begin = total // 2)
-    int p: out = floor((n + 2p - d*(k-1) - 1) / s) + 1   (ceil instead of floor in ceil_mode,
-           but the last window must start inside the input, as in PyTorch)
-    """
-    if padding == "same":
-        return -(-n // s), f"ceil({n} / {s})"
-    p = 0 if padding == "valid" else padding
-    num = n + 2 * p - d * (k - 1) - 1
-    if ceil_mode:
-        out = -(-num // s) + 1
-        if out > 0 and (out - 1) * s >= n + p:
-            out -= 1
-        return out, f"ceil(({n} + 2*{p} - {d}*({k}-1) - 1) / {s}) + 1"
-    return (num // s + 1 if num >= 0 else num // s + 1), f"floor(({n} + 2*{p} - {d}*({k}-1) - 1) / {s}) + 1"
-
-
-def _spatial_out(op: str, a: dict, x: Shape, k: int, s: int, d: int, ceil_mode=False) -> tuple[int, int]:
-    _, h, w = x
-    out = []
-    for axis, n in (("H", h), ("W", w)):
-        o, eq = spatial(n, k, s, d, a["padding"], ceil_mode)
-        if o < 1:
-            raise ShapeError(f"{op} output {axis} collapses to {o}: {eq} = {o} for input {fmt(x)}",
-                             "the input is smaller than the kernel; use padding: same, a smaller kernel or stride, "
-                             "or a larger input")
-        out.append(o)
-    return out[0], out[1]
-
-
-def _pad_ok(op: str, a: dict, k: int):
-    p = a["padding"]
-    if isinstance(p, int) and not isinstance(p, bool) and p > k // 2 and op.endswith("pool"):
-        raise ShapeError(f"{op} padding {p} is more than half the kernel {k}",
-                         "PyTorch and ONNX require padding <= kernel // 2 for pooling")
-
-
-def _elements(shape: Shape, op: str) -> Shape:
-    n = math.prod(shape)
-    if n > MAX_ELEMENTS:
-        raise ShapeError(f"{op} output {fmt(shape)} has {n:.2e} elements per sample",
-                         f"the limit is {MAX_ELEMENTS:.1e}; check sizes and upsampling scales")
-    for d in shape[1:] if len(shape) == 3 else ():
-        if d > MAX_SPATIAL:
-            raise ShapeError(f"{op} output {fmt(shape)} is larger than {MAX_SPATIAL} pixels per side",
-                             "check upsampling scales")
-    return shape
-
-
-def _layer_params(op: str, n: int) -> int:
-    if n > MAX_LAYER_PARAMS:
-        raise ShapeError(f"{op} would have {n:.2e} parameters in one layer",
-                         f"the limit is {MAX_LAYER_PARAMS:.1e}; check 'out' and the input size")
-    return n
-
-
-# --- rules ------------------------------------------------------------------------------------
-
-def conv_shape(a, ins):
-    c, h, w = _map("conv", ins[0])
-    g = a["groups"]
-    if c % g or a["out"] % g:
-        raise ShapeError(f"conv groups={g} must divide both in channels {c} and out channels {a['out']}",
-                         "choose groups as a common divisor, e.g. groups: 1 or groups: in channels (depthwise)")
-    ho, wo = _spatial_out("conv", a, ins[0], a["kernel"], a["stride"], a["dilation"])
-    _layer_params("conv", conv_params(a, ins, None))
-    return _elements((a["out"], ho, wo), "conv")
-
-
-def conv_params(a, ins, out):
-    c = ins[0][0]
-    return a["out"] * (c // a["groups"]) * a["kernel"] ** 2 + (a["out"] if a["bias"] else 0)
-
-
-def conv_macs(a, ins, out):
-    return math.prod(out) * (ins[0][0] // a["groups"]) * a["kernel"] ** 2
-
-
-def conv_transpose_shape(a, ins):
-    c, h, w = _map("conv_transpose", ins[0])
-    g, k, s, d = a["groups"], a["kernel"], a["stride"], a["dilation"]
-    if c % g or a["out"] % g:
-        raise ShapeError(f"conv_transpose groups={g} must divide both in channels {c} and out channels {a['out']}",
-                         "choose groups as a common divisor, e.g. groups: 1")
-    p, q = transpose_pads(a["padding"], k, s, d, a["output_padding"])
-    out = []
-    for axis, n in (("H", h), ("W", w)):
-        o = (n - 1) * s - 2 * p + d * (k - 1) + q + 1
-        if o < 1:
-            raise ShapeError(f"conv_transpose output {axis} collapses to {o}: ({n} - 1)*{s} - 2*{p} + {d}*({k}-1) + {q} + 1"
-                             f" = {o} for input {fmt(ins[0])}", "the padding crops more than the output has; lower it")
-        out.append(o)
-    _layer_params("conv_transpose", conv_transpose_params(a, ins, None))
-    return _elements((a["out"], out[0], out[1]), "conv_transpose")
-
-
-def conv_transpose_params(a, ins, out):
-    return ins[0][0] * (a["out"] // a["groups"]) * a["kernel"] ** 2 + (a["out"] if a["bias"] else 0)
-
-
-def conv_transpose_macs(a, ins, out):
-    # every input pixel scatters a k x k kernel into out / groups channels
-    return math.prod(ins[0]) * (a["out"] // a["groups"]) * a["kernel"] ** 2
-
-
-def pool_shape(op):
-    def rule(a, ins):
-        c, _, _ = _map(op, ins[0])
-        k, s = a["kernel"], a["stride"]
-        _pad_ok(op, a, k)
-        ho, wo = _spatial_out(op, a, ins[0], k, s, 1, a.get("ceil_mode", False))
-        return (c, ho, wo)
-    return rule
-
-
-def unchanged(a, ins):
-    return ins[0]
-
-
-def bn_shape(a, ins):
-    if len(ins[0]) not in (1, 3):
-        raise ShapeError(f"bn expects [C, H, W] or [F], got {fmt(ins[0])}")
-    return ins[0]
-
-
-def linear_shape(a, ins):
-    x = ins[0]
-    if len(x) != 1:
-        raise ShapeError(f"linear expects a vector [F], got the feature map {fmt(x)}",
-                         "add flatten (or global_avgpool then flatten) before the linear layer")
-    _layer_params("linear", x[0] * a["out"])
-    return (a["out"],)
-
-
-def linear_params(a, ins, out):
-    return ins[0][0] * a["out"] + (a["out"] if a["bias"] else 0)
-
-
-def flatten_shape(a, ins):
-    return _elements((math.prod(ins[0]),), "flatten")
-
-
-def global_pool_shape(a, ins):
-    c, _, _ = _map("global_avgpool", ins[0])
-    return (c, 1, 1)
-
-
-def add_shape(a, ins):
-    # The main input fixes the shape; insert_shortcuts makes the others match and the verifier checks it.
-    return ins[0]
-
-
-def concat_shape(a, ins):
-    first = ins[0]
-    for other in ins[1:]:
-        if len(other) != len(first) or other[1:] != first[1:]:
-            listed = " ++ ".join(f"{{{i}}} {fmt(s)}" for i, s in enumerate(ins))
-            if len({len(s) for s in ins}) > 1:
-                hint = ("a vector and a feature map cannot be joined; global_avgpool and flatten the map first, "
-                        "or concatenate maps only")
-            else:
-                hint = ("concat does no shortcut handling and joins along channels only; bring the inputs to the "
-                        "same H and W first (upsample, a pool or a strided conv)")
-            raise ShapeError(f"concat needs equal shapes except channels: {listed}", hint, named=True)
-    c = sum(s[0] for s in ins)
-    if c > MAX_CHANNELS:
-        raise ShapeError(f"concat output has {c} channels, over the limit of {MAX_CHANNELS}")
-    return _elements((c,) + first[1:], "concat")
-
-
-def mul_shape(a, ins):
-    """numpy broadcasting over the sample's dimensions, ranks equal: a [C, 1, 1] gate scales a
-    [C, H, W] map channel by channel; each dimension equal, or 1 on one side."""
-    out = list(ins[0])
-    for j, other in enumerate(ins[1:], start=1):
-        if len(other) != len(out):
-            raise ShapeError(f"mul needs inputs of one rank: {{0}} {fmt(ins[0])} * {{{j}}} {fmt(other)}",
-                             "a channel gate on a map has shape [C, 1, 1] (global_avgpool, then 1x1 convs back "
-                             "to C channels); on a vector, [F]", named=True)
-        for axis, (x, y) in enumerate(zip(out, other)):
-            if x != y and 1 not in (x, y):
-                raise ShapeError(f"mul cannot broadcast {{0}} {fmt(ins[0])} with {{{j}}} {fmt(other)}: dimension "
-                                 f"{axis} is {x} against {y}", "each dimension must be equal, or 1 on one side "
-                                 "(a [C, 1, 1] gate over a [C, H, W] map)", named=True)
-            out[axis] = max(x, y)
-    return _elements(tuple(out), "mul")
-
-
-def norm_shape(op):
-    def rule(a, ins):
-        if len(ins[0]) not in (1, 3):
-            raise ShapeError(f"{op} expects [C, H, W] or [F], got {fmt(ins[0])}")
-        g = a.get("groups", 1)
-        if ins[0][0] % g:
-            raise ShapeError(f"groupnorm groups={g} must divide the {ins[0][0]} channels",
-                             "choose groups as a divisor of the channels (32 is the usual, or 1 = layer norm "
-                             "over C, H, W)")
-        return ins[0]
-    return rule
-
-
-def upsample_shape(a, ins):
-    c, h, w = _map("upsample", ins[0])
-    return _elements((c, h * a["scale"], w * a["scale"]), "upsample")
-
-
-def project_shape(a, ins):
-    x = ins[0]
-    if len(x) == 1:
-        if a["stride"] != 1:
-            raise ShapeError(f"project on a vector {fmt(x)} cannot have stride {a['stride']}", "remove stride")
-        _layer_params("project", x[0] * a["out"])
-        return (a["out"],)
-    c, h, w = _map("project", x)
-    return (a["out"], -(-h // a["stride"]), -(-w // a["stride"]))
-
-
-def project_params(a, ins, out):
-    x = ins[0]
-    return x[0] * a["out"] + (2 * a["out"] if len(x) == 3 else 0)
-
-
-def project_macs(a, ins, out):
-    return math.prod(out) * ins[0][0]
-
-
-def zeropad_shape(a, ins):
-    x = ins[0]
-    if len(x) == 1:
-        return (a["out"],)
-    return (a["out"], -(-x[1] // a["stride"]), -(-x[2] // a["stride"]))
-
-
-def _pool_stride(a: dict) -> dict:
-    """stride 0 (the default) means stride = kernel, as in PyTorch's pools."""
-    return {**a, "stride": a["kernel"]} if a.get("stride") == 0 and a.get("kernel") is not None else a
+def _unless_bias(a: dict) -> bool:
+    """conv, conv_transpose, linear: x W + b is 0 at x = 0 only without b."""
+    return not a.get("bias", True)
 
 
 _ACT = "elementwise; shape unchanged"
@@ -374,60 +163,137 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("conv", {"out": Int(), "kernel": Int(hi=MAX_KERNEL), "stride": Int(1, hi=MAX_KERNEL),
                    "padding": Padding("same"), "dilation": Int(1, hi=MAX_KERNEL), "groups": Int(1),
                    "bias": Bool(True)},
-          conv_shape, conv_params, conv_macs, doc="2-D convolution; padding 'same' keeps ceil(in / stride)"),
+          conv_shape, conv_params, conv_macs, doc="2-D convolution; padding 'same' keeps ceil(in / stride)",
+          keeps_zero=_unless_bias, zeroable=False, inference="keep", bn_folds_into=True, init="conv",
+          import_kind="conv", aliases=("conv2d", "convolution")),
     OpDef("conv_transpose", {"out": Int(), "kernel": Int(hi=MAX_KERNEL), "stride": Int(1, hi=MAX_KERNEL),
                              "padding": Padding("same"), "output_padding": Int(0, lo=0, hi=MAX_KERNEL),
                              "dilation": Int(1, hi=MAX_KERNEL), "groups": Int(1), "bias": Bool(True)},
           conv_transpose_shape, conv_transpose_params, conv_transpose_macs,
-          doc="2-D transposed convolution (learned upsampling); padding 'same' gives exactly in × stride"),
+          doc="2-D transposed convolution (learned upsampling); padding 'same' gives exactly in × stride",
+          keeps_zero=_unless_bias, zeroable=False, inference="keep", bn_folds_into=False, init="conv",
+          import_kind="conv", aliases=()),
     OpDef("bn", {"eps": Float(1e-5, lo=0), "momentum": Float(0.1, lo=0, hi=1)}, bn_shape,
-          lambda a, i, o: 2 * i[0][0], doc="batch normalisation over channels (or features)"),
+          lambda a, i, o: 2 * i[0][0], doc="batch normalisation over channels (or features)",
+          keeps_zero=True, zeroable=True, inference="keep", bn_folds_into=False, init="norm", import_kind="bn",
+          aliases=("batchnorm", "batchnorm2d", "batchnorm1d", "batch_norm", "bn2d")),
     OpDef("layernorm", {"eps": Float(1e-5, lo=0)}, norm_shape("layernorm"), lambda a, i, o: 2 * i[0][0],
           doc="layer normalisation over channels, per pixel, on [C, H, W] (ConvNeXt's channels-first form), "
-              "or over features on [F]"),
+              "or over features on [F]",
+          keeps_zero=True, zeroable=True, inference="keep", bn_folds_into=False, init="norm",
+          import_kind="layernorm", aliases=()),
     OpDef("groupnorm", {"groups": Int(), "eps": Float(1e-5, lo=0)}, norm_shape("groupnorm"),
-          lambda a, i, o: 2 * i[0][0], doc="group normalisation: channels in `groups` groups"),
+          lambda a, i, o: 2 * i[0][0], doc="group normalisation: channels in `groups` groups",
+          keeps_zero=True, zeroable=True, inference="keep", bn_folds_into=False, init="norm",
+          import_kind="groupnorm", aliases=()),
     OpDef("scale", {"init": Float(1.0)}, norm_shape("scale"), lambda a, i, o: i[0][0],
-          doc="a learned per-channel multiplier (layer scale), starting at `init`"),
+          doc="a learned per-channel multiplier (layer scale), starting at `init`",
+          keeps_zero=True, zeroable=True, inference="keep", bn_folds_into=False, init="scale",
+          import_kind="scale", aliases=()),
     OpDef("drop_path", {"p": Float(lo=0, hi=1)}, unchanged,
           doc="stochastic depth: drops the whole input per sample with probability p in training (rescaled by "
-              "1 / (1 - p)); the identity at inference"),
-    OpDef("mul", {"from": Ids()}, mul_shape, variadic=True,
-          doc="element-wise product of the main input and `from` inputs; numpy broadcasting (a [C, 1, 1] gate)"),
-    *[OpDef(n, {}, unchanged, doc=_ACT) for n in ("relu", "relu6", "sigmoid", "tanh", "gelu", "silu", "hardswish",
-                                                  "hardsigmoid")],
-    OpDef("leaky_relu", {"slope": Float(0.01)}, unchanged, doc=_ACT),
+              "1 / (1 - p)); the identity at inference",
+          keeps_zero=True, zeroable=False, inference="noop", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
+    OpDef("mul", {"from": Ids()}, mul_shape, variadic=True,   # keeps_zero: 0 if any input is
+          doc="element-wise product of the main input and `from` inputs; numpy broadcasting (a [C, 1, 1] gate)",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
+    OpDef("relu", {}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("relu6", {}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("sigmoid", {}, unchanged, doc=_ACT, keeps_zero=False, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("tanh", {}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("gelu", {}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("silu", {}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=("swish",)),
+    OpDef("hardswish", {}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("hardsigmoid", {}, unchanged, doc=_ACT, keeps_zero=False, zeroable=False, inference="keep",
+          bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("leaky_relu", {"slope": Float(0.01)}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False,
+          inference="keep", bn_folds_into=False, init=None, import_kind=None, aliases=("leakyrelu",)),
     OpDef("maxpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),
                       "padding": Padding("valid"), "ceil_mode": Bool(False)},
-          pool_shape("maxpool"), doc="max pooling; stride defaults to the kernel", complete=_pool_stride),
+          pool_shape("maxpool"), doc="max pooling; stride defaults to the kernel", complete=pool_stride,
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=("maxpool2d", "max_pool")),
     OpDef("avgpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),
                       "padding": Padding("valid"), "ceil_mode": Bool(False)},
           pool_shape("avgpool"), doc="average pooling; stride defaults to the kernel; padding is never counted",
-          complete=_pool_stride),
-    OpDef("global_avgpool", {}, global_pool_shape, doc="[C, H, W] -> [C, 1, 1]"),
-    OpDef("flatten", {}, flatten_shape, doc="-> [C*H*W]"),
+          complete=pool_stride,
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=("avgpool2d", "avg_pool")),
+    OpDef("global_avgpool", {}, global_pool_shape, doc="[C, H, W] -> [C, 1, 1]",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=("adaptiveavgpool2d", "globalaveragepooling2d", "gap")),
+    OpDef("flatten", {}, flatten_shape, doc="-> [C*H*W]",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
     OpDef("linear", {"out": Int(), "bias": Bool(True)}, linear_shape, linear_params,
-          lambda a, i, o: i[0][0] * a["out"], doc="fully connected layer on vectors [F]"),
-    OpDef("dropout", {"p": Float(0.5, lo=0, hi=1)}, unchanged, doc="identity at inference"),
-    OpDef("softmax", {}, unchanged, doc="over channels / features"),
+          lambda a, i, o: i[0][0] * a["out"], doc="fully connected layer on vectors [F]",
+          keeps_zero=_unless_bias, zeroable=False, inference="keep", bn_folds_into=True, init="linear",
+          import_kind="linear", aliases=("dense", "fc", "fully_connected")),
+    OpDef("dropout", {"p": Float(0.5, lo=0, hi=1)}, unchanged, doc="identity at inference",
+          keeps_zero=True, zeroable=False, inference="noop", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
+    OpDef("softmax", {}, unchanged, doc="over channels / features",
+          keeps_zero=False, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
     OpDef("add", {"from": Ids(), "shortcut": Choice(*SHORTCUT_POLICIES, default=None),
                   "project_from": Ref("where a Ws is inserted it reads this earlier entry (a pre-activation) "
                                       "instead of the input it stands for")},
-          add_shape, variadic=True, doc="sum of the main input and `from` inputs; the Ws rule applies"),
-    OpDef("concat", {"from": Ids()}, concat_shape, variadic=True, doc="channels add up"),
+          add_shape, variadic=True, doc="sum of the main input and `from` inputs; the Ws rule applies",
+          keeps_zero=False, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=("sum", "skip")),
+    OpDef("concat", {"from": Ids()}, concat_shape, variadic=True, doc="channels add up",
+          keeps_zero=False, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=("cat", "concatenate")),
     OpDef("upsample", {"scale": Int(hi=MAX_SCALE), "mode": Choice("nearest", "bilinear", default="nearest")},
-          upsample_shape, doc="H, W times scale"),
-    OpDef("identity", {}, unchanged, doc="does nothing; useful as a named tap"),
+          upsample_shape, doc="H, W times scale",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=("upsampling2d", "interpolate")),
+    OpDef("identity", {}, unchanged, doc="does nothing; useful as a named tap",
+          keeps_zero=True, zeroable=False, inference="noop", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
     OpDef("project", {"out": Int(), "stride": Int(1, hi=MAX_KERNEL), "eps": Float(1e-5, lo=0),
                       "momentum": Float(0.1, lo=0, hi=1)}, project_shape, project_params, project_macs,
           doc="an explicit Ws: 1x1 conv (stride) + bn on maps, bias-free linear on vectors; "
-              "eps and momentum are its bn's (default: defaults: {bn: ...})"),
+              "eps and momentum are its bn's (default: defaults: {bn: ...})",
+          # its conv and bn (or linear) initialise and import as those ops: no kind of its own
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init="parts", import_kind=None,
+          aliases=("shortcut", "downsample", "projection")),
     # inserted by passes only
     OpDef("zeropad", {"out": Int(), "stride": Int(1, hi=MAX_KERNEL)}, zeropad_shape, user=False,
-          doc="He et al. option A: every stride-th pixel, channels zero-padded to out"),
+          doc="He et al. option A: every stride-th pixel, channels zero-padded to out",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
 ]}
 
 USER_OPS = sorted(n for n, op in OPS.items() if op.user)
+
+
+def check_facts(ops: dict[str, OpDef]) -> None:
+    """At import, across rows: every row states every fact (no defaults crept in), no alias is an op's
+    name or another op's alias, and an import kind is the kind of the op it names."""
+    facts = [f for f in fields(OpDef) if f.kw_only]
+    assert tuple(f.name for f in facts) == FACTS, facts
+    assert all(f.default is MISSING and f.default_factory is MISSING for f in facts), "a fact has a default"
+    seen: dict[str, str] = {}
+    for op in ops.values():
+        for a in op.aliases:
+            assert a not in ops, f"alias '{a}' of {op.name} is the name of an op"
+            assert a not in seen, f"alias '{a}' of {op.name} is already an alias of {seen.get(a)}"
+            seen[a] = op.name
+        k = op.import_kind
+        assert k is None or (k in ops and ops[k].import_kind == k), f"{op.name}: import_kind {k!r} is no op's kind"
+
+
+check_facts(OPS)
 
 
 def check_lowerings(lower: dict, backend: str, module: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..ir import Graph, Node, freeze
+from ..ops import OPS
 
 Weights = dict   # name -> numpy array, keyed like a PyTorch state dict (`<node path>.weight`)
 
@@ -40,7 +41,7 @@ def _rewire(g: Graph, removed: dict[str, str], nodes: list[Node]) -> Graph:
 
 
 def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
-    """Fold every bn into the conv or linear that feeds it.
+    """Fold every bn into the conv or linear that feeds it (the ops whose OpDef.bn_folds_into).
 
     With s = gamma / sqrt(running_var + eps) per output channel:
         W' = W * s   (broadcast over each output channel's weights)
@@ -61,7 +62,8 @@ def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
         if n.op != "bn":
             continue
         src = g[n.inputs[0]]
-        if src.op not in ("conv", "linear") or users[src.path] != [n.path] or src.path == g.output:
+        folds = src.op in OPS and OPS[src.op].bn_folds_into   # (not the input)
+        if not folds or users[src.path] != [n.path] or src.path == g.output:
             continue
         gamma, beta = w.pop(f"{n.path}.weight"), w.pop(f"{n.path}.bias")
         mean, var = w.pop(f"{n.path}.running_mean"), w.pop(f"{n.path}.running_var")
@@ -91,8 +93,6 @@ def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
     Post: no `project` node on maps; readers of `<path>` (and the output) read `<path>.bn`;
           the weights are unchanged.
     """
-    from ..ops import OPS
-
     def node(n: Node, path: str, op: str, inputs: tuple, **args) -> Node:
         return Node(path, op, freeze(OPS[op].with_defaults(**args)), inputs, n.loc, shape=n.shape,
                     inserted=n.inserted, block=n.block, role=n.role)
@@ -110,11 +110,12 @@ def expand_projections(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
 
 
 def drop_noops(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
-    """Remove dropout and drop_path (the identity at inference) and identity nodes: y = x.
+    """Remove the ops that are the identity at inference, y = x: those whose OpDef.inference is
+    "noop" (dropout, drop_path, identity).
 
-    Post: no dropout, drop_path or identity node; their readers (and the output) read their input.
+    Post: no such node; their readers (and the output) read their input.
     """
-    removed = {n.path: n.inputs[0] for n in g.nodes if n.op in ("dropout", "drop_path", "identity")}
+    removed = {n.path: n.inputs[0] for n in g.nodes if n.op in OPS and OPS[n.op].inference == "noop"}
     return _rewire(g, removed, list(g.nodes)), dict(weights)
 
 

@@ -20,15 +20,18 @@ from ..spec.grammar import ENTRY
 from ..spec.model import Spec
 
 ENTRY_KEYS = ENTRY.names   # the keys any entry may carry, beside an op's arguments
-# names users bring from PyTorch, Keras and Ultralytics YAML
-ALIASES = {"batchnorm": "bn", "batchnorm2d": "bn", "batchnorm1d": "bn", "batch_norm": "bn", "bn2d": "bn",
-           "conv2d": "conv", "convolution": "conv", "dense": "linear", "fc": "linear", "fully_connected": "linear",
-           "maxpool2d": "maxpool", "max_pool": "maxpool", "avgpool2d": "avgpool", "avg_pool": "avgpool",
-           "adaptiveavgpool2d": "global_avgpool", "globalaveragepooling2d": "global_avgpool", "gap": "global_avgpool",
-           "leakyrelu": "leaky_relu", "swish": "silu", "sum": "add", "cat": "concat", "concatenate": "concat",
-           "upsampling2d": "upsample", "interpolate": "upsample", "shortcut": "project", "downsample": "project",
-           "projection": "project", "skip": "add"}
 
+
+def alias_of(name: str) -> str | None:
+    """The op that users coming from PyTorch, Keras or Ultralytics YAML call `name` (OpDef.aliases, any
+    case; the table checks at import that no alias is claimed twice), or None."""
+    return next((op.name for op in OPS.values() if name.lower() in op.aliases), None)
+
+
+def _unknown_hint(name: str, blocks: list[str]) -> str:
+    alias = alias_of(name)
+    return f"resgraph calls it '{alias}'" if alias else did_you_mean(name, USER_OPS + blocks + ["residual"],
+                                                                      "ops and blocks")
 
 
 def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = None) -> Graph:
@@ -59,9 +62,7 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
     for n in g.nodes[1:]:
         op = OPS.get(n.op)
         if op is None or (not op.user and not n.inserted):
-            hint = (f"resgraph calls it '{ALIASES[n.op.lower()]}'" if n.op.lower() in ALIASES else
-                    did_you_mean(n.op, USER_OPS + blocks + ["residual"], "ops and blocks"))
-            d.error(n.loc, f"unknown op or block '{n.op}'", hint, span=len(n.op))
+            d.error(n.loc, f"unknown op or block '{n.op}'", _unknown_hint(n.op, blocks), span=len(n.op))
             nodes.append(n)
             continue
         args = {}

@@ -9,7 +9,9 @@
 Norm layers (bn, layernorm, groupnorm) start at weight 1, bias 0; a `scale` at its `init`. With
 zero_residual each residual block starts as its shortcut, a[l+2] = post(0 + Ws a[l]): the identity
 where no Ws is inserted (Goyal et al. 2017; torchvision's zero_init_residual, timm's zero_init_last).
-Which layer is zeroed: see zero_residual_layers.
+Which layer is zeroed: see zero_residual_layers. Which policy an op's parameters take, which ops
+zero_residual may zero and which keep a zero a zero are facts of the op table (OpDef.init, .zeroable,
+.keeps_zero), not lists here.
 """
 from __future__ import annotations
 
@@ -19,24 +21,13 @@ import torch
 from torch import nn
 
 from ...ir import Graph
-from .modules import Scale
-
-NORMS = frozenset({"bn", "layernorm", "groupnorm"})
-ZEROABLE = NORMS | {"scale"}    # zeroing the weight makes the output its bias: 0 at initialisation
-# Ops whose output is exactly 0 wherever their (only, or main) input is 0, at initialisation: f(0) = 0
-# activations, pools (padding is never averaged; max-pool padding is -inf), shape ops, dropout and
-# drop_path (0 * mask), a norm or scale nested deeper (its bias is 0) and an explicit Ws (conv without
-# bias, then bn). conv, conv_transpose and linear keep 0 only without a bias (see _keeps_zero).
-KEEPS_ZERO = frozenset({"relu", "relu6", "leaky_relu", "tanh", "gelu", "silu", "hardswish", "dropout", "drop_path",
-                        "identity", "flatten", "maxpool", "avgpool", "global_avgpool", "upsample", "zeropad",
-                        "project"}) | ZEROABLE
-# sigmoid, hardsigmoid and softmax map 0 elsewhere; add and concat are 0 only where all their inputs are
+from ...ops import OPS
 
 
 def _keeps_zero(n) -> bool:
-    if n.op in ("conv", "conv_transpose", "linear"):
-        return not n.args.get("bias", True)
-    return n.op in KEEPS_ZERO
+    """Whether node `n` maps a zero to exactly 0 at initialisation (its op's keeps_zero; mul: 0 if any
+    input is 0; add and concat are not, unless every input is)."""
+    return OPS[n.op].zero_in_zero_out(n.args)
 
 
 def zero_residual_layers(graph: Graph) -> list[tuple[str, bool]]:
@@ -79,26 +70,22 @@ def _last_zeroable(graph: Graph, index: dict[str, int], add) -> tuple[str, bool]
             continue
         seen.add(p)
         n = graph[p]
-        if not (n.op in ZEROABLE and n.block == block and n.role == "body"):
+        if not (OPS[n.op].zeroable and n.block == block and n.role == "body"):
             stack.extend(n.inputs)
     # best[p]: (fewest ops that do not keep 0 on the way, latest written) zeroable layer behind p
     best: dict[str, tuple[int, int, str]] = {}
     for p in sorted(seen, key=index.__getitem__):
         n = graph[p]
-        if n.op in ZEROABLE and n.block == block and n.role == "body":
+        if OPS[n.op].zeroable and n.block == block and n.role == "body":
             best[p] = (0, index[p], p)
             continue
         ins = [best[i] for i in n.inputs if i in best]
         if not ins:
             continue
-        if n.op == "mul":              # 0 if any input is 0
-            b = min(ins, key=lambda t: (t[0], -t[1]))
-        elif len(n.inputs) > 1:        # add, concat: 0 only if every input is
-            b = min(ins, key=lambda t: (t[0], -t[1]))
-            b = (b[0] + 1, b[1], b[2])
-        else:
-            b = ins[0] if _keeps_zero(n) else (ins[0][0] + 1, ins[0][1], ins[0][2])
-        best[p] = b
+        # the input a zero reaches with the fewest misses: for an op that keeps zero (mul: any one input
+        # zeroes it) that is the output's count; add and concat need every input at 0, so they miss
+        b = min(ins, key=lambda t: (t[0], -t[1]))
+        best[p] = b if _keeps_zero(n) else (b[0] + 1, b[1], b[2])
     b = best.get(add.inputs[0])
     return None if b is None else (b[2], b[0] == 0)
 
@@ -116,33 +103,10 @@ def init_weights(module: nn.Module, graph: Graph, seed: int | None = None, polic
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)
-        for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):   # the same policy for both
-                kind = policy.get("conv", "kaiming_normal")
-                if kind == "kaiming_normal":
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                elif kind == "xavier_uniform":
-                    nn.init.xavier_uniform_(m.weight)
-                else:
-                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
-                if m.bias is not None:
-                    _default_bias(m.weight, m.bias)
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-                m.reset_running_stats()
-            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)):   # LayerNorm2d too
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, Scale):
-                m.reset_parameters()   # its `init` value
-            elif isinstance(m, nn.Linear):
-                if policy.get("linear", "default") == "xavier_uniform":
-                    nn.init.xavier_uniform_(m.weight)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                else:
-                    m.reset_parameters()
+        for name, m in module.named_modules():
+            kind = _policy_of(graph, name)
+            if kind is not None:
+                _INIT[kind](m, policy)
         if policy.get("zero_residual"):
             for path, _ in zero_residual_layers(graph):
                 nn.init.zeros_(module.get_submodule(path).weight)   # a norm's weight, or a scale's
@@ -153,3 +117,61 @@ def _default_bias(weight, bias):
     fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
     bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
     nn.init.uniform_(bias, -bound, bound)
+
+
+def _policy_of(graph: Graph, name: str) -> str | None:
+    """The init policy (OpDef.init) of the module at `name`: its node's op's; a part of a node (an
+    explicit Ws's conv and bn, at <path>.conv and <path>.bn) takes "parts" from its owner; containers none."""
+    if name in graph:
+        op = OPS.get(graph[name].op)
+        return op.init if op is not None else None
+    owner = name.rpartition(".")[0]
+    op = OPS.get(graph[owner].op) if owner in graph else None
+    return "parts" if op is not None and op.init == "parts" else None
+
+
+def _conv(m, policy: dict) -> None:
+    """conv and conv_transpose alike."""
+    kind = policy.get("conv", "kaiming_normal")
+    if kind == "kaiming_normal":
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    elif kind == "xavier_uniform":
+        nn.init.xavier_uniform_(m.weight)
+    else:
+        nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5))
+    if m.bias is not None:
+        _default_bias(m.weight, m.bias)
+
+
+def _linear(m, policy: dict) -> None:
+    if policy.get("linear", "default") == "xavier_uniform":
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    else:
+        m.reset_parameters()
+
+
+def _norm(m, policy: dict) -> None:
+    """bn, layernorm, groupnorm: weight 1, bias 0; a bn's running statistics reset too."""
+    nn.init.ones_(m.weight)
+    nn.init.zeros_(m.bias)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        m.reset_running_stats()
+
+
+def _scale(m, policy: dict) -> None:
+    m.reset_parameters()   # its `init` value
+
+
+def _parts(m, policy: dict) -> None:
+    """An explicit Ws (project): its 1x1 conv, its bn, or (on vectors) its bias-free linear, each as
+    that op; the container that holds the conv and bn has nothing of its own."""
+    for cls, fn in ((nn.Conv2d, _conv), (nn.modules.batchnorm._BatchNorm, _norm), (nn.Linear, _linear)):
+        if isinstance(m, cls):
+            fn(m, policy)
+
+
+_INIT = {"conv": _conv, "linear": _linear, "norm": _norm, "scale": _scale, "parts": _parts}
+# every policy the op table names has its function here
+assert {op.init for op in OPS.values()} - {None} <= set(_INIT), {op.init for op in OPS.values()} - set(_INIT)

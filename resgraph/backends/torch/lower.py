@@ -27,7 +27,9 @@ from .modules import DropPath, LayerNorm2d, Scale
 
 # Ops whose output autograd does not keep (their backward needs their inputs, or nothing), so the
 # one op that reads it may overwrite it: what torchvision's ReLU(inplace=True) and `out += identity`
-# rely on. Saves an allocation and a memory pass per relu and residual add in eager mode.
+# rely on. Saves an allocation and a memory pass per relu and residual add in eager mode. A fact of
+# this lowering and of PyTorch's autograd (what each kernel saves for backward), not of the op: it
+# stays here, beside LOWER, rather than on the op table's OpDef.
 _OVERWRITABLE = {"bn", "conv", "conv_transpose", "linear", "add"}
 
 

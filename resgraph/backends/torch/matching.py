@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...ops import OPS
+
 KINDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # a layer scale that a block holds as its own parameter (no module of its own): torchvision's
 # CNBlock.layer_scale, timm's ConvNeXtBlock.gamma; the entry is the scale's weight
@@ -120,8 +122,9 @@ def owner(root: nn.Module, key: str) -> nn.Module | None:
         return None
 
 
-# the layer kinds that hold their tensors under the standard entry names
-_LAYERS = ("conv", "bn", "linear", "layernorm", "groupnorm", "scale")
+# the layer kinds that hold their tensors under the standard entry names: our ops' (OpDef.import_kind),
+# named after the op (conv, bn, linear, layernorm, groupnorm, scale); layer_kind puts torch's modules in them
+_LAYERS = tuple(dict.fromkeys(op.import_kind for op in OPS.values() if op.import_kind is not None))
 
 
 def layer_kind(module: nn.Module | None) -> str:
