@@ -34,83 +34,46 @@ Only the standard library and resgraph are used.  Exit status 0 unless a check i
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 # bench/ is on sys.path when a script here runs
-from _common import dist_version, find_console_script, usable_cpus, write_json
+from _common import (
+    ROOT,
+    arg_parser,
+    dist_version,
+    find_console_script,
+    machine_facts,
+    print_machine,
+    resgraph,
+    write_json,
+)
+from _stats import ms, stats
+from _timing import time_call, time_processes
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC = "specs/resnet152.yaml"
 SIZES = (10, 30, 100, 300, 1000)
 QUICK_SIZES = (10, 100, 1000)
 STARTUP_GOAL = 0.25      # check process / import-torch process, medians
 LINEAR_LIMIT = 1.5       # per-node time at the largest size / at 100 blocks
-
-try:
-    import resgraph
-except ImportError:      # not installed: use the checkout this script lives in
-    sys.path.insert(0, str(ROOT))
-    import resgraph
-
+PROG = "check_speed"
 
 # --------------------------------------------------------------------------------------------- helpers
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:8.1f} ms"
-
 
 def runs(n: int) -> str:
     return f"{n} run{'s' * (n != 1)}"
 
 
-def stats(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "runs": len(times),
-            "times_s": [round(t, 6) for t in times]}
-
-
-def run_process(cmd: list[str]) -> float:
-    """Wall time of one whole process; a failing command ends the benchmark (its time would mean nothing)."""
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.stderr.write(p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace"))
-        raise SystemExit(f"check_speed: command failed with exit status {p.returncode}: {' '.join(cmd)}")
-    return dt
-
-
-def time_processes(cmds: dict[str, list[str]], repeat: int) -> dict[str, list[float]]:
-    """One untimed warm-up each, then `repeat` timed rounds, the commands interleaved within a round."""
-    for cmd in cmds.values():
-        run_process(cmd)
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    for _ in range(repeat):
-        for k, cmd in cmds.items():
-            times[k].append(run_process(cmd))
-    return times
-
-
 def time_in_process(path: str, runs: int):
     """One warm-up, then `runs` timed calls of resgraph.check_file(path). Returns (times, checked)."""
     checked = resgraph.check_file(path)
-    times = []
-    for _ in range(runs):
-        gc.collect()
-        t0 = time.perf_counter()
-        resgraph.check_file(path)
-        times.append(time.perf_counter() - t0)
-    return times, checked
+    return [time_call(lambda: resgraph.check_file(path), gc.collect) for _ in range(runs)], checked
 
 
 # --------------------------------------------------------------------------------------------- spec generator
@@ -172,8 +135,8 @@ def bench_startup(repeat: int) -> dict:
 
     print(f"\n== 1. start-up: whole process `resgraph check {SPEC}` vs `python -c 'import torch'`")
     print(f"   {runs(repeat)} each, interleaved, after one untimed warm-up\n")
-    times = time_processes(cmds, repeat)
-    res: dict = {"spec": SPEC, "repeat": repeat, "processes": {k: stats(v) for k, v in times.items()}}
+    _, times = time_processes(cmds, repeat, PROG)
+    res: dict = {"spec": SPEC, "repeat": repeat, "processes": {k: stats(v, with_max=False) for k, v in times.items()}}
     w = max(map(len, cmds))
     print(f"   {'process':<{w}}  {'median':>11}  {'min':>11}")
     for k, v in times.items():
@@ -195,7 +158,7 @@ def bench_startup(repeat: int) -> dict:
         print("   torch is not installed for this interpreter: the check / import-torch comparison is skipped")
 
     in_times, checked = time_in_process(spec, repeat)
-    res["in_process"] = stats(in_times) | {"nodes": len(checked.graph.nodes)}
+    res["in_process"] = stats(in_times, with_max=False) | {"nodes": len(checked.graph.nodes)}
     med = statistics.median(in_times)
     proc_med = statistics.median(times["python -m resgraph check"])
     bare_med = statistics.median(times["python -c pass (bare interpreter)"])
@@ -217,7 +180,7 @@ def bench_scaling(sizes: tuple[int, ...], in_runs: int, proc_runs: int) -> dict:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(make_spec(n))
             in_times, checked = time_in_process(path, in_runs)
-            proc = time_processes({"check": [sys.executable, "-m", "resgraph", "check", path]}, proc_runs)["check"]
+            proc = time_processes({"check": [sys.executable, "-m", "resgraph", "check", path]}, proc_runs, PROG)[1]["check"]
             nodes = len(checked.graph.nodes)
             t = statistics.median(in_times)
             rows.append({"blocks": n, "nodes": nodes, "projections": len(checked.graph.projections),
@@ -263,16 +226,10 @@ def bench_scaling(sizes: tuple[int, ...], in_runs: int, proc_runs: int) -> dict:
 # --------------------------------------------------------------------------------------------- main
 
 def header() -> dict:
-    cpus = usable_cpus()
-    h = {"python": f"{platform.python_implementation()} {platform.python_version()}",
-         "executable": sys.executable, "platform": platform.platform(), "machine": platform.machine(),
-         "cpu_count": os.cpu_count(), "cpus_usable": cpus, "resgraph": resgraph.__version__,
-         "torch": dist_version("torch"), "writes_bytecode": not sys.dont_write_bytecode,
-         "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    h = machine_facts(processor=False) | {"torch": dist_version("torch"), "writes_bytecode": not sys.dont_write_bytecode,
+                                          "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
     print("resgraph check speed")
-    print(f"   python    {h['python']}  ({h['executable']})")
-    print(f"   platform  {h['platform']} ({h['machine']})")
-    print(f"   cpus      {h['cpu_count']} ({h['cpus_usable']} usable)")
+    print_machine(h)
     print(f"   resgraph  {h['resgraph']}   torch {h['torch'] or 'not installed'}")
     if sys.dont_write_bytecode:
         print("   bytecode  not written (PYTHONDONTWRITEBYTECODE / -B): modules without a cached .pyc are compiled"
@@ -281,8 +238,7 @@ def header() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--repeat", type=int, default=None, metavar="N",
                     help="timed runs per measurement (default 7, 3 with --quick); whole-process runs in the "
                          "scaling table: at most 3 (1 with --quick)")
@@ -304,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.perf_counter() - t0
     print(f"\n   benchmark took {results['total_s']:.1f} s")
 
-    if args.json:
-        write_json(args.json, results)
+    write_json(args.json, results)
     return 0
 
 

@@ -9,9 +9,11 @@ The same network three ways, with the same weights:
 for each of --models (default resnet50 and resnet152; --quick: resnet18 only).
 
 0. Preparation, not timed.  `resgraph init specs/<m>.yaml -o w.safetensors` writes a seeded checkpoint.
-   Its tensors are copied *positionally* into torchvision.models.<m>() (both state dicts list the same
-   tensors in the same order with the same shapes; only some names differ, resgraph's
-   `layer1.0.shortcut.conv` is torchvision's `layer1.0.downsample.0`), every pair's kind and shape checked.
+   Its tensors go into torchvision.models.<m>() paired *by structure*, by resgraph's own importer
+   (resgraph.backends.torch.importer.import_weights, on meta-device copies of both models; bench/_weights.py):
+   both models' tensors in the order their forward uses them, each pair checked to be the same kind of
+   tensor of the same shape in the same kind of layer (resgraph's `layer1.0.shortcut.conv` is torchvision's
+   `layer1.0.downsample.0`); then verify_import runs both on one random input, which must agree.
    Then every batch norm gets a random (seeded) weight and bias and the running statistics of one random
    batch (a train-mode forward), as a trained network has them, and the result is written back to
    w.safetensors (resgraph's names) and to tv.pth (torchvision's).  Why: a fresh init's bn is weight 1,
@@ -23,9 +25,9 @@ for each of --models (default resnet50 and resnet152; --quick: resnet18 only).
 
 1. Compile time.
    a/b. Whole process, what a user waits for: the `resgraph compile` console script (next to
-        sys.executable), against a small script (written into the work folder as export.py; --keep keeps it)
-        that imports torch and torchvision, builds torchvision.models.<m>(), loads tv.pth and calls
-        torch.onnx.export with dynamo=True, and the same with dynamo=False.  One untimed warm-up each
+        sys.executable), against a small script (bench/_tv_export.py, copied into the work folder as
+        export.py; --keep keeps it) that imports torch and torchvision, builds torchvision.models.<m>(),
+        loads tv.pth and calls torch.onnx.export with dynamo=True, and the same with dynamo=False.  One untimed warm-up each
         (OS file cache), then --repeat rounds, interleaved, so that drift in machine load hits all alike.
         Each run writes to the same paths, so every timed run replaces the previous run's files, as
         recompiling does (for resgraph: swapping the output folder and deleting the previous set).
@@ -72,13 +74,12 @@ average is printed at the start, at each section and at the end: timings from a 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import io
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,13 +87,14 @@ import warnings
 from pathlib import Path
 
 # bench/ is on sys.path when a script here runs
-from _common import console_script, header, interleaved, load, write_json
+from _common import ROOT, arg_parser, console_script, footer, header, load, write_json
+from _onnx_files import bench_files
+from _ort_latency import bench_latency, bench_sessions
+from _stats import medians, minimums, ms, range_rows, ratio_line, stats
+from _timing import interleaved, run_process, time_call, time_processes, timer
 
-ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("resnet50", "resnet152")
 QUICK_MODELS = ("resnet18",)
-BATCHES = (1, 8)
-EXAMPLE_BATCH = 2          # the exporters' example input: batch 1 would be specialised by torch.export
 GOALS = {                  # ratio of medians (other / resgraph): at least
     "process_vs_dynamo": 10.0,
     "process_vs_legacy": 5.0,
@@ -104,63 +106,11 @@ REFERENCE = {              # measured earlier on this machine kind, for comparis
 EXPORTERS = ("dynamo", "legacy")
 TITLE = "resgraph compile vs torch.onnx.export: compile time, ONNX Runtime latency, files"
 PACKAGES = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "numpy")  # header versions, after resgraph
+PROG = "onnx_speed"
 
-try:                     # importable for the imports inside the functions, and for _common.header
-    import resgraph
-except ImportError:      # not installed: use the checkout this script lives in
-    sys.path.insert(0, str(ROOT))
-    import resgraph  # noqa: F401
-
-
-EXPORT_SCRIPT = f'''\
-"""Written by bench/onnx_speed.py: build torchvision.models.<name>, load a state dict, export to ONNX."""
-import sys
-
-import torch
-import torchvision
-
-name, weights, out, mode = sys.argv[1:5]
-model = getattr(torchvision.models, name)()
-model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-model.eval()
-x = torch.randn({EXAMPLE_BATCH}, 3, 224, 224)
-if mode == "dynamo":
-    torch.onnx.export(model, (x,), out, dynamo=True, input_names=["image"], output_names=["logits"],
-                      dynamic_shapes=({{0: torch.export.Dim("batch")}},))
-else:
-    torch.onnx.export(model, (x,), out, dynamo=False, input_names=["image"], output_names=["logits"],
-                      dynamic_axes={{"image": {{0: "batch"}}, "logits": {{0: "batch"}}}})
-'''
-
-
-# --------------------------------------------------------------------------------------------- helpers
 
 def sec(s: float) -> str:
     return f"{s:7.2f} s"
-
-
-def msec(s: float) -> str:
-    return f"{s * 1e3:8.1f} ms"
-
-
-def p90(xs: list[float]) -> float:
-    return statistics.quantiles(xs, n=10, method="inclusive")[8] if len(xs) > 1 else xs[0]
-
-
-def stats(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "p90_s": p90(times), "runs": len(times), "times_s": [round(t, 6) for t in times]}
-
-
-def run_process(cmd: list[str]) -> float:
-    """Wall time of one whole process; a failing command ends the benchmark (its time would mean nothing)."""
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, check=False)
-    dt = time.perf_counter() - t0
-    if p.returncode != 0:
-        sys.stderr.write(p.stdout.decode(errors="replace")[-4000:] + p.stderr.decode(errors="replace")[-4000:])
-        raise SystemExit(f"onnx_speed: command failed with exit status {p.returncode}: {' '.join(cmd)}")
-    return dt
 
 
 @contextlib.contextmanager
@@ -171,96 +121,48 @@ def quiet():
         yield
 
 
-def ratio_line(label: str, r: float, goal: float | None, r_min: float | None = None) -> str:
-    s = f"   {label:<46} {r:7.2f}x"
-    if r_min is not None:
-        s += f"   (from the minimums {r_min:.2f}x)"
-    if goal is not None:
-        s += f"   goal >= {goal:g}x   {'meets goal' if r >= goal else 'BELOW GOAL'}"
-    return s
-
-
 # --------------------------------------------------------------------------------------------- 0. preparation
-
-def calibrate_bn(tv, seed: int = 0) -> int:
-    """Give every batch norm random affine parameters and the running statistics of one random batch.
-
-    A fresh init has weight 1, bias 0, mean 0, var 1: folded, every conv bias is zero (the dynamo exporter's
-    optimiser then drops them all) and a wrongly folded bn could hardly show.  Statistics measured on a
-    batch (train-mode forward, cumulative averages) keep the activations at a trained network's scale,
-    where arbitrary random statistics would blow them up over 50 blocks."""
-    import torch
-    from torch import nn
-    g = torch.Generator().manual_seed(seed)
-    bns = [m for m in tv.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    with torch.no_grad():
-        for m in bns:
-            m.weight.uniform_(0.5, 1.5, generator=g)
-            m.bias.normal_(0.0, 0.1, generator=g)
-            m.reset_running_stats()
-            m.momentum = None
-        tv.train()
-        tv(torch.randn(4, 3, 224, 224, generator=g))
-        for m in bns:
-            m.momentum = 0.1
-    tv.eval()
-    return len(bns)
-
 
 def prepare(model: str, work: Path, plain_init: bool = False) -> dict:
     """w.safetensors (resgraph init, batch norms calibrated unless plain_init), the torchvision model with
-    the same weights, tv.pth, export.py."""
+    the same weights (paired by structure), tv.pth, export.py."""
     import torch
-    import torchvision
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from resgraph.frontend import check_file
-    from resgraph.ops.count import state_dict_shapes
-
+    from _weights import calibrate_bn, checkpoint_into_torchvision, save_as_checkpoint
     spec = f"specs/{model}.yaml"
     w = work / "w.safetensors"
     t0 = time.perf_counter()
-    run_process([str(console_script("onnx_speed")), "init", spec, "-o", str(w)])
-    ours = load_file(str(w))
-    order = list(state_dict_shapes(check_file(str(ROOT / spec)).graph))
-    tv = getattr(torchvision.models, model)()
-    theirs = tv.state_dict()
-    if len(order) != len(theirs) or set(order) != set(ours):
-        raise SystemExit(f"onnx_speed: {model}: {len(order)} resgraph tensors vs {len(theirs)} torchvision tensors")
-    pairs = list(zip(order, theirs, strict=True))
-    new = {}
-    for a, b in pairs:
-        if a.rpartition(".")[2] != b.rpartition(".")[2] or tuple(ours[a].shape) != tuple(theirs[b].shape):
-            raise SystemExit(f"onnx_speed: {model}: resgraph's {a} {list(ours[a].shape)} does not pair with "
-                             f"torchvision's {b} {list(theirs[b].shape)}")
-        new[b] = ours[a].to(theirs[b].dtype)
-    tv.load_state_dict(new, strict=True)
-    tv.eval()
+    run_process([str(console_script(PROG)), "init", spec, "-o", str(w)], PROG)
+    tv, keys = checkpoint_into_torchvision(spec, w, model, PROG)
     bns = 0
     if not plain_init:   # calibrate in torchvision's model, then write the result back as resgraph's checkpoint
         bns = calibrate_bn(tv)
-        with safe_open(str(w), "pt") as f:
-            meta = dict(f.metadata() or {})
-        meta["bench"] = "batch norms randomised and calibrated by bench/onnx_speed.py"
-        sd = tv.state_dict()
-        save_file({a: sd[b].to(ours[a].dtype).contiguous() for a, b in pairs}, str(w), metadata=meta)
+        save_as_checkpoint(tv, keys, w, "batch norms randomised and calibrated by bench/onnx_speed.py")
     pth = work / "tv.pth"
     torch.save(tv.state_dict(), pth)
     script = work / "export.py"
-    script.write_text(EXPORT_SCRIPT, encoding="utf-8")
-    return {"spec": spec, "weights": w, "pth": pth, "script": script, "tv": tv, "tensors": len(order),
+    shutil.copyfile(Path(__file__).with_name("_tv_export.py"), script)
+    return {"spec": spec, "weights": w, "pth": pth, "script": script, "tv": tv, "tensors": len(keys),
             "bns_calibrated": bns, "params": sum(p.numel() for p in tv.parameters()),
             "prepare_s": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------------------------- 1. compile time
 
+def print_ratios(label: str, times: dict[str, list[float]], goals: dict) -> dict:
+    """exporter / resgraph for each exporter (label.format(e=...)), of the medians and of the minimums;
+    returns the medians' ratios."""
+    med, mn = medians(times), minimums(times)
+    print()
+    for e in EXPORTERS:
+        print(ratio_line(label.format(e=e), med[e] / med["resgraph"], goals.get(e), mn[e] / mn["resgraph"]))
+    return {e: med[e] / med["resgraph"] for e in EXPORTERS}
+
+
 def bench_processes(model: str, prep: dict, work: Path, repeat: int) -> tuple[dict, dict]:
     py = sys.executable
     files = {"resgraph": work / "rg" / "model.onnx", "dynamo": work / "dynamo.onnx", "legacy": work / "legacy.onnx"}
     cmds = {
-        "resgraph": [str(console_script("onnx_speed")), "compile", prep["spec"], "--weights", str(prep["weights"]),
+        "resgraph": [str(console_script(PROG)), "compile", prep["spec"], "--weights", str(prep["weights"]),
                      "-o", str(work / "rg")],
         "dynamo": [py, str(prep["script"]), model, str(prep["pth"]), str(files["dynamo"]), "dynamo"],
         "legacy": [py, str(prep["script"]), model, str(prep["pth"]), str(files["legacy"]), "legacy"],
@@ -269,89 +171,65 @@ def bench_processes(model: str, prep: dict, work: Path, repeat: int) -> tuple[di
               "dynamo": "python export.py: torch.onnx.export dynamo=True",
               "legacy": "python export.py: torch.onnx.export dynamo=False"}
     print(f"\n   a/b. whole process, {repeat} round{'s' * (repeat != 1)} interleaved after one untimed warm-up each   (load {load()})")
-    warm = {k: run_process(c) for k, c in cmds.items()}
-    times = interleaved({k: (lambda c=c: run_process(c)) for k, c in cmds.items()}, repeat, rotate=False)
-    print_times("process", labels, times, "warm-up", warm)
+    warm, times = time_processes(cmds, repeat, PROG)
+    range_rows([(labels[k], v, sec(warm[k])) for k, v in times.items()], unit="s", width=7, digits=2,
+               title="process", extra_title="warm-up")
     res = {"commands": {k: " ".join(c) for k, c in cmds.items()},
-           "times": {k: stats(v) | {"warm_up_s": warm[k]} for k, v in times.items()}}
-    med = {k: statistics.median(v) for k, v in times.items()}
-    mn = {k: min(v) for k, v in times.items()}
-    res["ratios"] = {f"process_vs_{e}": med[e] / med["resgraph"] for e in EXPORTERS}
-    print()
-    for e in EXPORTERS:
-        print(ratio_line(f"whole process: {e} / resgraph (medians)", med[e] / med["resgraph"],
-                         GOALS[f"process_vs_{e}"], mn[e] / mn["resgraph"]))
+           "times": {k: stats(v, with_p90=True) | {"warm_up_s": warm[k]} for k, v in times.items()}}
+    ratios = print_ratios("whole process: {e} / resgraph (medians)", times, {e: GOALS[f"process_vs_{e}"] for e in EXPORTERS})
+    res["ratios"] = {f"process_vs_{e}": r for e, r in ratios.items()}
     return res, files
-
-
-def _export(tv, x, path: Path, mode: str) -> None:
-    import torch
-    with quiet():
-        if mode == "dynamo":
-            torch.onnx.export(tv, (x,), str(path), dynamo=True, input_names=["image"], output_names=["logits"],
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
-        else:
-            torch.onnx.export(tv, (x,), str(path), dynamo=False, input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
 
 
 def bench_in_process(model: str, prep: dict, work: Path, repeat: int) -> dict:
     import torch
+    from _tv_export import EXAMPLE_BATCH, export
 
     from resgraph.compile import compile_spec
-
-    spec = str(ROOT / prep["spec"])
-    tv = prep["tv"]
-    x = torch.randn(EXAMPLE_BATCH, 3, 224, 224)
+    spec, tv, x = str(ROOT / prep["spec"]), prep["tv"], torch.randn(EXAMPLE_BATCH, 3, 224, 224)
     inproc = work / "inproc"
     inproc.mkdir(exist_ok=True)
     stages: list[dict] = []
 
     def rg():
-        c = compile_spec(spec, weights=str(prep["weights"]), out=str(inproc / "rg"))
-        stages.append(c.seconds)
+        stages.append(compile_spec(spec, weights=str(prep["weights"]), out=str(inproc / "rg")).seconds)
 
-    calls = {"resgraph": rg,
-             "dynamo": lambda: _export(tv, x, inproc / "dynamo.onnx", "dynamo"),
-             "legacy": lambda: _export(tv, x, inproc / "legacy.onnx", "legacy")}
+    def exporter(mode):
+        def call():
+            with quiet():
+                export(tv, x, inproc / f"{mode}.onnx", mode)
+        return call
+
+    calls = {"resgraph": rg, "dynamo": exporter("dynamo"), "legacy": exporter("legacy")}
     labels = {"resgraph": "resgraph.compile.compile_spec(...)",
               "dynamo": "torch.onnx.export(..., dynamo=True)",
               "legacy": "torch.onnx.export(..., dynamo=False)"}
-
-    def timed(fn) -> float:
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
     print(f"\n   c. in process: the call alone (model built and loaded), first call apart, then {repeat} rounds"
           f" interleaved   (load {load()})")
-    cold = {k: timed(fn) for k, fn in calls.items()}
+    cold = {k: time_call(fn, gc.collect) for k, fn in calls.items()}
     cold_stages = stages.pop()
-    times = interleaved({k: (lambda fn=fn: timed(fn)) for k, fn in calls.items()}, repeat, rotate=False)
-    print_times("call", labels, times, "first call", cold)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    mn = {k: min(v) for k, v in times.items()}
-    res = {"times": {k: stats(v) | {"first_call_s": cold[k]} for k, v in times.items()},
-           "ratios": {f"inproc_vs_{e}": med[e] / med["resgraph"] for e in EXPORTERS},
+    times = interleaved({k: timer(fn, gc.collect) for k, fn in calls.items()}, repeat, rotate=False)
+    range_rows([(labels[k], v, sec(cold[k])) for k, v in times.items()], unit="s", width=7, digits=2,
+               title="call", extra_title="first call")
+    ratios = print_ratios("in process: {e} export / compile_spec (medians)", times, {"dynamo": GOALS["inproc_vs_dynamo"]})
+    res = {"times": {k: stats(v, with_p90=True) | {"first_call_s": cold[k]} for k, v in times.items()},
+           "ratios": {f"inproc_vs_{e}": r for e, r in ratios.items()},
            "first_call_ratios": {f"inproc_vs_{e}": cold[e] / cold["resgraph"] for e in EXPORTERS}}
-    print()
-    print(ratio_line("in process: dynamo export / compile_spec (medians)", med["dynamo"] / med["resgraph"],
-                     GOALS["inproc_vs_dynamo"], mn["dynamo"] / mn["resgraph"]))
-    print(ratio_line("in process: legacy export / compile_spec (medians)", med["legacy"] / med["resgraph"],
-                     None, mn["legacy"] / mn["resgraph"]))
     print(ratio_line("first calls: dynamo export / compile_spec", cold["dynamo"] / cold["resgraph"], None))
+    res["compile_stages_s"] = print_stages(stages, cold_stages)
+    return res
 
+
+def print_stages(stages: list[dict], cold: dict) -> dict:
+    """compile_spec's own per-stage seconds: medians over `stages`, the first call's in brackets."""
     keys = [k for k in stages[0] if k != "total"]
-    stage_med = {k: statistics.median(s[k] for s in stages) for k in keys + ["total"]}
-    res["compile_stages_s"] = {"median": stage_med, "first_call": cold_stages,
-                               "runs": [{k: round(v, 6) for k, v in s.items()} for s in stages]}
-    total = stage_med["total"]
+    med = {k: statistics.median(s[k] for s in stages) for k in keys + ["total"]}
+    total = med["total"]
     print(f"\n   where compile_spec's time goes (its own .seconds, median of {len(stages)}; first call in brackets):")
     for k in keys:
-        print(f"      {k:<8} {msec(stage_med[k])}  {stage_med[k] / total:5.1%}   [{msec(cold_stages[k]).strip()}]")
-    print(f"      {'total':<8} {msec(total)}           [{msec(cold_stages['total']).strip()}]")
-    return res
+        print(f"      {k:<8} {ms(med[k])}  {med[k] / total:5.1%}   [{ms(cold[k]).strip()}]")
+    print(f"      {'total':<8} {ms(total)}           [{ms(cold['total']).strip()}]")
+    return {"median": med, "first_call": cold, "runs": [{k: round(v, 6) for k, v in s.items()} for s in stages]}
 
 
 def profile_compile(prep: dict, work: Path, top: int = 18) -> dict:
@@ -378,154 +256,7 @@ def profile_compile(prep: dict, work: Path, top: int = 18) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------- 2. ONNX Runtime
-
-def session_options(threads: int):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    return so
-
-
-def bench_sessions(files: dict[str, Path], threads: int, repeat: int) -> tuple[dict, dict]:
-    import onnxruntime as ort
-
-    def create(path: Path):
-        return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"])
-
-    print(f"\n   session start-up: onnxruntime.InferenceSession(path), {repeat} interleaved after one untimed"
-          f"   (load {load()})")
-    sessions = {k: create(p) for k, p in files.items()}
-    times: dict[str, list[float]] = {k: [] for k in files}
-    for _ in range(repeat):
-        for k, p in files.items():
-            sessions[k] = None
-            gc.collect()
-            t0 = time.perf_counter()
-            sessions[k] = create(p)
-            times[k].append(time.perf_counter() - t0)
-    for k, v in times.items():
-        print(f"   {k:<19} {msec(statistics.median(v))}   min..max {min(v) * 1e3:.1f}..{max(v) * 1e3:.1f} ms")
-    return {k: stats(v) for k, v in times.items()}, sessions
-
-
-def bench_latency(model: str, sessions: dict, tv, threads: int, runs_cfg: dict) -> dict:
-    import numpy as np
-    import torch
-    torch.set_num_threads(threads)
-    res: dict = {"threads": threads, "batches": {}}
-    names = list(sessions) + ["eager"]
-    for batch in BATCHES:
-        x = np.random.default_rng(batch).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        xt = torch.from_numpy(x)
-        fns = {}
-        for k, s in sessions.items():
-            feed = {s.get_inputs()[0].name: x}
-            fns[k] = (lambda s=s, feed=feed: s.run(None, feed)[0])
-
-        def eager(xt=xt):
-            with torch.inference_mode():
-                return tv(xt).numpy()
-        fns["eager"] = eager
-
-        # warm-up, outputs, and a per-run estimate for sizing the timed runs
-        outs, est = {}, {}
-        for k in names:
-            for _ in range(runs_cfg["warmup"]):
-                t0 = time.perf_counter()
-                outs[k] = fns[k]()
-                est[k] = time.perf_counter() - t0
-        ref = outs["eager"]
-        scale = float(np.abs(ref).max())
-        agree = {}
-        for a, b in [(k, "eager") for k in sessions] + [("resgraph", e) for e in EXPORTERS if e in sessions]:
-            d = float(np.abs(outs[a].astype(np.float64) - outs[b]).max())
-            top1 = float((outs[a].argmax(1) == outs[b].argmax(1)).mean())
-            agree[f"{a} vs {b}"] = {"max_abs_diff": d, "relative": d / scale if scale else d, "top1_agreement": top1}
-
-        n = int(runs_cfg["budget_s"] / max(est.values()))
-        n = max(runs_cfg["min_runs"], min(runs_cfg["max_runs"], n))
-        blocks = max(1, min(runs_cfg["blocks"], n))
-        sizes = [n // blocks + (i < n % blocks) for i in range(blocks)]
-        times: dict[str, list[float]] = {k: [] for k in names}
-        print(f"\n   batch {batch}: {n} timed runs each after {runs_cfg['warmup']} warm-up, in {blocks} blocks, "
-              f"order rotating   (load {load()})")
-        for i, size in enumerate(sizes):
-            order = names[i % len(names):] + names[:i % len(names)]
-            for k in order:
-                fn = fns[k]
-                for _ in range(size):
-                    t0 = time.perf_counter()
-                    fn()
-                    times[k].append(time.perf_counter() - t0)
-        med_rg = statistics.median(times["resgraph"])
-        print(f"   {'':<10} {'median':>11} {'p90':>11} {'min':>11}   {'median / resgraph':>17}")
-        for k in names:
-            v = times[k]
-            label = "eager" if k == "eager" else f"{k} (ORT)"
-            print(f"   {label:<15}{msec(statistics.median(v))} {msec(p90(v))} {msec(min(v))}   "
-                  f"{statistics.median(v) / med_rg:8.2f}")
-        print(f"   agreement (logits up to |{scale:.3g}|):")
-        for k, v in agree.items():
-            print(f"      {k:<22} max abs diff {v['max_abs_diff']:<9.3g} ({v['relative']:.2g} of the largest |logit|)"
-                  f"   top-1 agree {v['top1_agreement']:.0%}")
-        res["batches"][str(batch)] = {"runs": n, "times": {k: stats(v) for k, v in times.items()},
-                                      "ratios_to_resgraph": {k: statistics.median(v) / med_rg for k, v in times.items()},
-                                      "max_abs_logit": scale, "agreement": agree}
-    return res
-
-
-# --------------------------------------------------------------------------------------------- 3. files
-
-def describe_onnx(path: Path) -> dict:
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-    m = onnx.load(str(path), load_external_data=False)
-    side = set()
-    for t in m.graph.initializer:
-        if uses_external_data(t):
-            side.update(e.value for e in t.external_data if e.key == "location")
-    side_bytes = {loc: os.path.getsize(path.parent / loc) if (path.parent / loc).exists() else None for loc in sorted(side)}
-    hist: dict[str, int] = {}
-    for n in m.graph.node:
-        hist[n.op_type] = hist.get(n.op_type, 0) + 1
-    size = os.path.getsize(path)
-    return {"file": str(path), "bytes": size, "side_files": side_bytes,
-            "total_bytes": size + sum(v or 0 for v in side_bytes.values()), "self_contained": not side,
-            "opset": {o.domain or "ai.onnx": o.version for o in m.opset_import}, "ir_version": m.ir_version,
-            "producer": f"{m.producer_name} {m.producer_version}".strip(), "nodes": len(m.graph.node),
-            "initializers": len(m.graph.initializer), "functions": len(m.functions),
-            "ops": dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))}
-
-
-def bench_files(files: dict[str, Path]) -> dict:
-    print("\n== 3. the files (from the whole-process runs)")
-    res = {k: describe_onnx(p) for k, p in files.items()}
-    print(f"   {'':<10} {'.onnx':>14} {'side file':>14} {'total':>14}  {'self-contained':<15} {'opset':>5} "
-          f"{'nodes':>6} {'inits':>6}")
-    for k, d in res.items():
-        side = sum(v or 0 for v in d["side_files"].values())
-        print(f"   {k:<10} {d['bytes']:>14,} {side if d['side_files'] else '-':>14} {d['total_bytes']:>14,}  "
-              f"{'yes' if d['self_contained'] else 'no: ' + ', '.join(d['side_files']):<15} "
-              f"{d['opset'].get('ai.onnx', '?'):>5} {d['nodes']:>6} {d['initializers']:>6}")
-    for k, d in res.items():
-        ops = ", ".join(f"{op} {c}" for op, c in d["ops"].items())
-        print(f"   {k} ops: {ops}   [{d['producer']}, IR v{d['ir_version']}]")
-    return res
-
-
 # --------------------------------------------------------------------------------------------- main
-
-def print_times(what: str, labels: dict, times: dict[str, list[float]], apart: str, first: dict) -> None:
-    """One row per entry: median, min..max of the timed rounds, and the untimed-or-first run apart."""
-    w = max(map(len, labels.values()))
-    print(f"   {what:<{w}}  {'median':>9}  {'min..max':>17}  {apart:>10}")
-    for k, v in times.items():
-        print(f"   {labels[k]:<{w}}  {sec(statistics.median(v))}  {min(v):7.2f}..{max(v):<7.2f}s  {sec(first[k])}")
-
 
 def bench_model(model: str, work: Path, args, repeat: int, proc_repeat: int, runs_cfg: dict) -> dict:
     work.mkdir(parents=True, exist_ok=True)
@@ -533,7 +264,7 @@ def bench_model(model: str, work: Path, args, repeat: int, proc_repeat: int, run
     prep = prepare(model, work, args.plain_init)
     bns = f"{prep['bns_calibrated']} batch norms randomised + calibrated" if prep["bns_calibrated"] else "plain init"
     print(f"   prepared: {prep['tensors']} tensors, {prep['params']:,} parameters, resgraph init ({bns}) -> "
-          f"torchvision (positional) -> tv.pth, {prep['prepare_s']:.1f} s, not timed")
+          f"torchvision (by structure) -> tv.pth, {prep['prepare_s']:.1f} s, not timed")
     res: dict = {"params": prep["params"], "bns_calibrated": prep["bns_calibrated"]}
     print(f"\n== 1. compile time: {model}")
     res["process"], files = bench_processes(model, prep, work, proc_repeat)
@@ -554,7 +285,7 @@ def bench_model(model: str, work: Path, args, repeat: int, proc_repeat: int, run
     res["session_start"], sessions = bench_sessions({**files, "rg --external-data": Path(ext.files["model.onnx"])},
                                                     args.threads, repeat)
     sessions.pop("rg --external-data")
-    res["latency"] = bench_latency(model, sessions, prep["tv"], args.threads, runs_cfg)
+    res["latency"] = bench_latency(sessions, prep["tv"], args.threads, runs_cfg)
     del sessions
     res["files"] = bench_files(files)
     gc.collect()
@@ -580,8 +311,7 @@ def summary(results: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = arg_parser(__doc__)
     ap.add_argument("--models", nargs="+", metavar="M", default=None,
                     help=f"specs/<M>.yaml with a torchvision namesake (default {' '.join(MODELS)}; "
                          f"--quick: {' '.join(QUICK_MODELS)})")
@@ -627,15 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix=f"resgraph-onnx-bench-{m}-") as tmp:
                 results["models"][m] = bench_model(m, Path(tmp), args, repeat, proc_repeat, runs_cfg)
     summary(results)
-    results["header"]["load_end"] = load()
-    results["total_s"] = time.perf_counter() - t0
-    print(f"\n   load average at end (1, 5, 15 min): {results['header']['load_end']}   "
-          f"(start {results['header']['load_start']})")
-    print(f"   benchmark took {results['total_s']:.1f} s")
+    footer(results, t0)
     if keep:
         print(f"   files kept in {keep}")
-    if json_path:
-        write_json(json_path, results)
+    write_json(json_path, results)
     return 0
 
 

@@ -5,14 +5,16 @@ What is measured, in one run, on one device, one dtype, one batch:
     resgraph.to_torch("specs/<model>.yaml")        (a torch.fx GraphModule)
     torchvision.models.<model>()                   (the hand-written nn.Module)
 
-0. Parity.  torchvision's freshly initialised weights are copied into the resgraph module
-   *positionally*: both state dicts list the same tensors in the same order with the same shapes
-   (only some names differ: resgraph's `layer1.0.shortcut.conv` is torchvision's `layer1.0.downsample.0`),
-   so they are paired in order, every pair's shape checked.  Then, before any timing, both networks
-   see the same batch: the max abs difference of the logits (eval mode, fp32; and again with the
-   benchmark's --amp / --channels-last settings), and of the loss and of every parameter gradient
-   after one training forward + backward.  Outputs that differ end the run with exit status 1:
-   timings of two different networks would mean nothing.
+0. Parity.  torchvision's freshly initialised weights are copied into the resgraph module *by
+   structure*, by resgraph's own importer (resgraph.backends.torch.importer.import_weights; see
+   bench/_weights.py): both modules' tensors in the order their forward uses them, each pair checked to
+   be the same kind of tensor of the same shape in the same kind of layer (only some names differ:
+   resgraph's `layer1.0.shortcut.conv` is torchvision's `layer1.0.downsample.0`); a mismatch ends the
+   run naming both sides.  Then, before any timing, both networks see the same batch: the max abs
+   difference of the logits (eval mode, fp32; and again with the benchmark's --amp / --channels-last
+   settings), and of the loss and of every parameter gradient (paired the same way) after one training
+   forward + backward.  Outputs that differ end the run with exit status 1: timings of two different
+   networks would mean nothing.
 
 1. Throughput, images/s, four cells:
 
@@ -72,152 +74,49 @@ Exit status 0 unless the parity check fails or a model cannot be built; speed is
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
 import gc
-import json
 import logging
 import math
-import os
 import platform
-import re
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-# bench/ is on sys.path when a script here runs
-from _common import cpu_name, usable_cpus
-
-ROOT = Path(__file__).resolve().parent.parent
-GOAL = 0.97              # resgraph img/s / torchvision img/s, medians
-NOISY_PCT = 25          # a model's min..max img/s over the rounds wider than this % of its median: say so
-LR, MOMENTUM = 1e-3, 0.9
-CELLS = (("eager", "inference"), ("eager", "train step"), ("compiled", "inference"), ("compiled", "train step"))
-
-try:
-    import resgraph
-except ImportError:      # not installed: use the checkout this script lives in
-    sys.path.insert(0, str(ROOT))
-    import resgraph
-
 import torch
 import torch.nn.functional as F
+
+# bench/ is on sys.path when a script here runs
+from _common import (
+    ROOT,
+    arg_parser,
+    cpu_name,
+    load_average,
+    resgraph,
+    say,
+    usable_cpus,
+    write_json,
+)
+from _stats import spread_pct
+from _timing import interleaved, time_call, timer
 
 try:
     import torchvision
 except ImportError:      # the whole comparison needs it
     raise SystemExit("torch_speed: torchvision is not installed for this interpreter") from None
 
+from _torch_compile import CompileCache, first_call, prime_compiler, sync
+from _torch_parity import autocast_ctx, build_models, parity
 
-# --------------------------------------------------------------------------------------------- helpers
-
-def say(*a, **kw) -> None:
-    print(*a, **kw, flush=True)
-
-
-def load_average() -> tuple[float, float, float] | None:
-    try:
-        return os.getloadavg()
-    except (AttributeError, OSError):
-        return None
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+GOAL = 0.97              # resgraph img/s / torchvision img/s, medians
+NOISY_PCT = 25          # a model's min..max img/s over the rounds wider than this % of its median: say so
+LR, MOMENTUM = 1e-3, 0.9
+CELLS = (("eager", "inference"), ("eager", "train step"), ("compiled", "inference"), ("compiled", "train step"))
+PROG = "torch_speed"
 
 
 def fmt_rate(r: float) -> str:
     return f"{r:,.1f}" if r < 1000 else f"{r:,.0f}"
-
-
-def spread_pct(xs: list[float]) -> float:
-    return (max(xs) - min(xs)) / statistics.median(xs) * 100 if xs else float("nan")
-
-
-# --------------------------------------------------------------------------------------------- the two networks
-
-def build_models(name: str, spec: Path):
-    """(torchvision model, resgraph module, report) with torchvision's weights copied positionally into resgraph's."""
-    try:
-        tv = torchvision.models.get_model(name, weights=None)
-    except ValueError as e:
-        raise SystemExit(f"torch_speed: torchvision has no model {name!r} ({e})") from None
-    rg = resgraph.to_torch(str(spec), seed=0)
-    rg_sd, tv_sd = rg.state_dict(), tv.state_dict()
-    if len(rg_sd) != len(tv_sd):
-        raise SystemExit(f"torch_speed: {spec} has {len(rg_sd)} state-dict tensors, torchvision's {name} "
-                         f"{len(tv_sd)}: not the same network, nothing to compare")
-    renamed = []
-    for i, ((rk, rv), (tk, tv_)) in enumerate(zip(rg_sd.items(), tv_sd.items(), strict=False)):
-        if rv.shape != tv_.shape or rv.dtype != tv_.dtype:
-            raise SystemExit(f"torch_speed: state-dict tensor #{i} differs: resgraph {rk} {list(rv.shape)} "
-                             f"{rv.dtype}, torchvision {tk} {list(tv_.shape)} {tv_.dtype}")
-        if rk != tk:
-            renamed.append((rk, tk))
-    rg.load_state_dict({rk: tv_.clone() for rk, tv_ in zip(rg_sd, tv_sd.values(), strict=False)}, strict=True)
-    n_params = sum(p.numel() for p in tv.parameters())
-    return tv, rg, {"tensors": len(rg_sd), "renamed": len(renamed), "renamed_examples": renamed[:3],
-                    "params": n_params}
-
-
-def autocast_ctx(device: torch.device, amp: bool):
-    if not amp:
-        return contextlib.nullcontext
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
-
-
-def parity(tv, rg, x, y, device, amp, channels_last) -> dict:
-    """Logits (eval), loss and gradients (train) of the two networks on the same batch."""
-    res: dict = {}
-    x32 = x.contiguous()
-    tv.eval(), rg.eval()
-    with torch.inference_mode():
-        a, b = tv(x32).float(), rg(x32).float()
-        res["eval_fp32"] = {"max_abs_diff": _max_abs(a, b), "max_abs_logit": a.abs().max().item()}
-        if amp or channels_last:
-            with autocast_ctx(device, amp)():
-                a2, b2 = tv(x), rg(x)
-            res["eval_as_benchmarked"] = {"max_abs_diff": _max_abs(a2, b2), "max_abs_logit": a2.float().abs().max().item()}
-    # train mode: one forward + backward each (bn running stats move alike in both; grads cleared after)
-    tv.train(), rg.train()
-    losses = []
-    for m in (tv, rg):
-        m.zero_grad(set_to_none=True)
-        with autocast_ctx(device, amp)():
-            loss = F.cross_entropy(m(x), y)
-        loss.backward()
-        losses.append(loss.item())
-    gdiff, gmax = 0.0, 0.0
-    for p, q in zip(tv.parameters(), rg.parameters(), strict=False):
-        if p.grad is not None and q.grad is not None:
-            gdiff = max(gdiff, _max_abs(p.grad, q.grad))
-            gmax = max(gmax, p.grad.abs().max().item())
-        elif (p.grad is None) != (q.grad is None):
-            gdiff = math.inf
-    tv.zero_grad(set_to_none=True), rg.zero_grad(set_to_none=True)
-    res["train"] = {"loss_tv": losses[0], "loss_rg": losses[1], "loss_abs_diff": abs(losses[0] - losses[1]),
-                    "grad_max_abs_diff": gdiff, "grad_max_abs": gmax}
-    # same network, same kernels: bit-identical is usual; allow rounding (reduced precision: much more)
-    tol = 5e-2 if amp else 1e-4
-    ok = [res["eval_fp32"]["max_abs_diff"] <= 1e-4 * max(1.0, res["eval_fp32"]["max_abs_logit"])]
-    if "eval_as_benchmarked" in res:
-        e = res["eval_as_benchmarked"]
-        ok.append(e["max_abs_diff"] <= tol * max(1.0, e["max_abs_logit"]))
-    t = res["train"]
-    ok.append(t["loss_abs_diff"] <= tol * max(1.0, abs(t["loss_tv"])))
-    ok.append(t["grad_max_abs_diff"] <= tol * max(1e-3, t["grad_max_abs"]) * (10 if amp else 1))
-    res["ok"] = all(ok)
-    return res
 
 
 # --------------------------------------------------------------------------------------------- steps
@@ -257,87 +156,18 @@ class TrainStep:
             self.last_loss = loss
 
 
-def timed(fn, n: int, device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn(n)
-    sync(device)
-    return time.perf_counter() - t0
-
-
-# --------------------------------------------------------------------------------------------- compile
-
-def dynamo_counts() -> dict:
-    from torch._dynamo.utils import counters
-    return {"graphs": counters["stats"]["unique_graphs"], "graph_breaks": sum(counters["graph_break"].values()),
-            "fxgraph_cache_hit": counters["inductor"]["fxgraph_cache_hit"],
-            "fxgraph_cache_miss": counters["inductor"]["fxgraph_cache_miss"]}
-
-
-class CompileCache:
-    """cold: each compile in its own fresh, empty inductor cache (directories removed at the end); warm: as configured."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self.root = tempfile.mkdtemp(prefix="torch_speed-inductor-") if mode == "cold" else None
-
-    def scope(self):
-        if self.mode != "cold":
-            return contextlib.nullcontext()
-        from torch._inductor.utils import fresh_cache
-        return fresh_cache(dir=self.root, delete=False)   # kept until close(): lazily loaded artefacts stay valid
-
-    def close(self) -> None:
-        if self.root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-def first_call(label: str, fn, device, cache: CompileCache) -> dict:
-    before = dynamo_counts()
-    with cache.scope():
-        t = timed(fn, 1, device)
-    after = dynamo_counts()
-    d = {k: after[k] - before[k] for k in after}
-    d["seconds"] = t
-    hits = f", inductor cache {d['fxgraph_cache_hit']} hit / {d['fxgraph_cache_miss']} miss" if cache.mode == "warm" else ""
-    say(f"   {label:<32} {t:8.1f} s   ({d['graphs']} graph{'s' * (d['graphs'] != 1)}, "
-        f"{d['graph_breaks']} graph break{'s' * (d['graph_breaks'] != 1)}{hits})")
-    return d
-
-
-def prime_compiler(device, cache: CompileCache) -> float:
-    """Compile a tiny conv net (inference and a train step) so inductor's one-time start-up is paid up front."""
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)).to(device)
-    x = torch.randn(2, 3, 8, 8, device=device)
-    c = torch.compile(net)
-    t0 = time.perf_counter()
-    with cache.scope():
-        net.eval()
-        with torch.inference_mode():
-            c(x)
-        net.train()
-        c(x).sum().backward()
-    sync(device)
-    return time.perf_counter() - t0
-
-
 # --------------------------------------------------------------------------------------------- timing
 
 def bench_cell(mode: str, phase: str, fns: dict, args, device, batch: int) -> dict:
     """Warm-up, size the blocks, then `repeat` interleaved rounds. fns: {'tv': run(n), 'rg': run(n)}."""
+    def dev_sync():
+        sync(device)
+
     for f in fns.values():
         f(args.warmup)
-    per_iter = {}
-    for k, f in fns.items():                              # one more iteration each, timed, to size the blocks
-        per_iter[k] = timed(f, 1, device)
+    per_iter = {k: time_call(lambda f=f: f(1), sync=dev_sync) for k, f in fns.items()}   # one more each, to size the blocks
     iters = max(1, min(args.max_iters, round(args.block / max(statistics.mean(per_iter.values()), 1e-9))))
-    times = {"tv": [], "rg": []}
-    for r in range(args.repeat):
-        order = ("tv", "rg") if r % 2 == 0 else ("rg", "tv")
-        for k in order:
-            gc.collect()
-            times[k].append(timed(fns[k], iters, device))
+    times = interleaved({k: timer(lambda f=f: f(iters), gc.collect, dev_sync) for k, f in fns.items()}, args.repeat)
     rates = {k: [batch * iters / t for t in ts] for k, ts in times.items()}
     med = {k: statistics.median(v) for k, v in rates.items()}
     best = {k: max(v) for k, v in rates.items()}
@@ -373,91 +203,6 @@ def print_table(cells: list[dict]) -> None:
             f"   [{c['repeat']} x {c['iters_per_block']} it]")
 
 
-# --------------------------------------------------------------------------------------------- profile
-
-def fx_facts(rg) -> dict:
-    import operator
-    targets: dict[str, int] = {}
-    nested = 0
-    for n in rg.graph.nodes:
-        if n.op == "call_function":
-            name = getattr(n.target, "__name__", str(n.target))
-            if n.target is operator.add:
-                name = "operator.add"
-            targets[name] = targets.get(name, 0) + 1
-        elif n.op == "call_module":
-            targets["call_module"] = targets.get("call_module", 0) + 1
-            nested += n.target.count(".") > 0
-    inplace = sum(1 for n in rg.graph.nodes if n.kwargs.get("inplace"))
-    return {"calls": targets, "call_module_with_dotted_path": nested, "inplace_calls": inplace,
-            "nodes": len(rg.graph.nodes)}
-
-
-@contextlib.contextmanager
-def quiet_kineto():
-    """Kineto (the profiler's C++ side) logs 'USDT: ... profiler_start' and, without a GPU, 'ERROR: ...
-    gpuGetDeviceCount failed' straight to file descriptor 2: capture it and pass on only other lines."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            for line in tmp.read().decode(errors="replace").splitlines():
-                if not re.match(r"(USDT|ERROR|WARNING|INFO):\d{4}-\d\d-\d\d .*\.cpp:\d+\]", line):
-                    sys.stderr.write(line + "\n")
-
-
-def profile_ops(fn, device, n: int) -> dict:
-    from torch.profiler import ProfilerActivity, profile
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with quiet_kineto(), profile(activities=acts) as prof:
-        fn(n)
-        sync(device)
-    out = {}
-    for e in prof.key_averages():
-        if e.key.startswith("aten::"):
-            out[e.key] = {"count": e.count / n, "self_cpu_ms": e.self_cpu_time_total / 1e3 / n}
-    return out
-
-
-def bench_profile(fns_by_phase: dict, models: dict, device, rg, n: int) -> dict:
-    say("\n== 3. op-level profile of the eager modules (torch.profiler, per iteration)")
-    facts = fx_facts(rg)
-    calls = ", ".join(f"{k} {v}" for k, v in sorted(facts["calls"].items(), key=lambda kv: -kv[1]))
-    say(f"   emitted fx graph: {facts['nodes']} nodes: {calls}; {facts['call_module_with_dotted_path']} submodule calls "
-        f"reached through a getattr chain; {facts['inplace_calls']} in-place calls")
-    res: dict = {"fx": facts}
-    for phase, fns in fns_by_phase.items():
-        for m in models.values():
-            m.train(phase == "train step")
-        for f in fns.values():
-            f(1)                                              # warm (allocator, first-call paths)
-        prof = {k: profile_ops(f, device, n) for k, f in fns.items()}
-        tot = {k: (sum(v["count"] for v in p.values()), sum(v["self_cpu_ms"] for v in p.values())) for k, p in prof.items()}
-        say(f"\n   {phase}: aten ops per iteration tv {tot['tv'][0]:.0f} ({tot['tv'][1]:.1f} ms self cpu), "
-            f"rg {tot['rg'][0]:.0f} ({tot['rg'][1]:.1f} ms self cpu)")
-        keys = set(prof["tv"]) | set(prof["rg"])
-        zero = {"count": 0, "self_cpu_ms": 0.0}
-        rows = []
-        for k in keys:
-            a, b = prof["tv"].get(k, zero), prof["rg"].get(k, zero)
-            if a["count"] != b["count"] or max(a["self_cpu_ms"], b["self_cpu_ms"]) >= 0.05 * max(tot["tv"][1], 1e-9):
-                rows.append((k, a, b))
-        rows.sort(key=lambda r: -max(r[1]["self_cpu_ms"], r[2]["self_cpu_ms"]))
-        say(f"   {'aten op':<44} {'tv n':>6} {'rg n':>6} {'tv ms':>8} {'rg ms':>8}   (ops whose counts differ, or >= 5% of the time)")
-        for k, a, b in rows[:24]:
-            mark = "  <- differs" if a["count"] != b["count"] else ""
-            say(f"   {k:<44} {a['count']:6.0f} {b['count']:6.0f} {a['self_cpu_ms']:8.2f} {b['self_cpu_ms']:8.2f}{mark}")
-        res[phase] = {"ops": prof, "totals": tot}
-    return res
-
-
 # --------------------------------------------------------------------------------------------- main
 
 def header(args, device, dtype_label: str, threads: int) -> dict:
@@ -488,9 +233,8 @@ def header(args, device, dtype_label: str, threads: int) -> dict:
     return h
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv):
+    ap = arg_parser(__doc__)
     ap.add_argument("--model", default=None, help="torchvision model name, paired with specs/NAME.yaml "
                     "(default resnet50; resnet18 with --quick)")
     ap.add_argument("--spec", type=Path, default=None, help="spec file (default specs/<model>.yaml)")
@@ -514,14 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: resnet18, small batch, few short rounds, warm cache")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     args = ap.parse_args(argv)
-
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch.cuda.is_available() is False")
-    device = torch.device(args.device)
-    gpu = device.type == "cuda"
-    q = args.quick
+    gpu, q = args.device == "cuda", args.quick
     args.model = args.model or ("resnet18" if q else "resnet50")
     args.spec = args.spec or ROOT / "specs" / f"{args.model}.yaml"
     args.batch = args.batch or ((16 if q else 32) if gpu else (4 if q else 8))
@@ -534,30 +275,23 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--{flag.replace('_', '-')} must be at least 1")
     if not args.spec.is_file():
         ap.error(f"no spec file {args.spec}")
+    return args
 
-    threads = args.threads or usable_cpus()
-    torch.set_num_threads(threads)
-    if gpu:
-        torch.backends.cudnn.benchmark = True
-    dtype_label = ("amp " + ("float16" if gpu else "bfloat16") + " (autocast; weights float32)") if args.amp else "float32"
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)   # "No CUDA runtime is found" on CPU hosts
 
-    t_start = time.perf_counter()
-    results: dict = {"header": header(args, device, dtype_label, threads), "quick": q}
-
-    # ---- 0. parity
+def check_parity(args, device, results: dict):
+    """Build both networks with the same weights and the batch; (tv, rg, x, y), or None where they differ."""
     torch.manual_seed(0)
-    tv, rg, copied = build_models(args.model, args.spec)
+    tv, rg, copied = build_models(args.model, args.spec, PROG)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     tv, rg = tv.to(device, memory_format=fmt), rg.to(device, memory_format=fmt)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, generator=gen).to(device, memory_format=fmt)
     y = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
     ex = ", ".join(f"{a} <- {b}" for a, b in copied["renamed_examples"])
-    say(f"\n== 0. parity: {copied['tensors']} state-dict tensors copied from torchvision positionally "
+    say(f"\n== 0. parity: {copied['tensors']} state-dict tensors imported from torchvision by structure "
         f"({copied['params']:,} parameters; {copied['renamed']} names differ, e.g. {ex})")
-    par = parity(tv, rg, x, y, device, args.amp, args.channels_last)
-    results["parity"] = par | {"copied": {k: v for k, v in copied.items() if k != "renamed_examples"}}
+    par = parity(tv, rg, x, y, device, args.amp, args.channels_last, copied["keys"])
+    results["parity"] = par | {"copied": {k: v for k, v in copied.items() if k not in ("renamed_examples", "keys")}}
     e = par["eval_fp32"]
     say(f"   eval logits, fp32:          max abs diff {e['max_abs_diff']:.3g}   (max |logit| {e['max_abs_logit']:.3g})")
     if "eval_as_benchmarked" in par:
@@ -568,52 +302,59 @@ def main(argv: list[str] | None = None) -> int:
         f"gradients max abs diff {t['grad_max_abs_diff']:.3g} (max |grad| {t['grad_max_abs']:.3g})")
     if not par["ok"]:
         say("   OUTPUTS DIFFER: the two modules are not the same network; no timing")
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
-        return 1
+        return None
     say("   same network: outputs agree")
+    return tv, rg, x, y
 
-    # ---- 1. throughput
+
+def run_cells(mode: str, fns: dict, models: dict, args, device) -> list[dict]:
+    """The inference and train-step cells of `mode`, the models in each phase's train/eval mode."""
+    cells = []
+    for phase in ("inference", "train step"):
+        for m in models.values():
+            m.train(phase == "train step")
+        say(f"   {mode} {phase} ...")
+        cells.append(bench_cell(mode, phase, fns[phase], args, device, args.batch))
+    return cells
+
+
+def compiled_cells(args, device, models: dict, x, y, results: dict) -> tuple[list[dict], dict]:
+    """Part 2 (the first call of each through torch.compile) and the compiled cells; (cells, train steps)."""
+    cache = CompileCache(args.compile_cache)
+    info: dict = {}
+    try:
+        say(f"\n== 2. torch.compile (inductor, {args.compile_cache} cache): first call of each, excluded from "
+            "the throughputs")
+        info["startup_s"] = prime_compiler(device, cache)
+        say(f"   {'one-time start-up (tiny model)':<32} {info['startup_s']:8.1f} s")
+        compiled = {k: torch.compile(m) for k, m in models.items()}
+        fns = {"inference": {k: make_inference(c, x, device, args.amp) for k, c in compiled.items()},
+               "train step": {k: TrainStep(c, models[k], x, y, device, args.amp) for k, c in compiled.items()}}
+        for phase in ("inference", "train step"):
+            for k in ("tv", "rg"):
+                models[k].train(phase == "train step")
+                label = f"{'torchvision' if k == 'tv' else 'resgraph'} {phase}"
+                info[f"{k} {phase}"] = first_call(label, fns[phase][k], device, cache)
+        cells = run_cells("compiled", fns, models, args, device)
+    finally:
+        cache.close()
+    results["compile"] = info
+    return cells, fns["train step"]
+
+
+def throughput(args, device, tv, rg, x, y, results: dict) -> dict:
+    """Parts 1 and 2: the eager cells, then (unless --no-compile) the compiled ones; the table; the last losses."""
     say(f"\n== 1. throughput: {args.repeat} interleaved rounds per cell after {args.warmup} warm-up iteration"
         f"{'s' * (args.warmup != 1)}; blocks of ~{args.block:g} s")
     models = {"tv": tv, "rg": rg}
     steps = {k: TrainStep(m, m, x, y, device, args.amp) for k, m in models.items()}
     eager = {"inference": {k: make_inference(m, x, device, args.amp) for k, m in models.items()},
              "train step": steps}
-    cells = []
-    for phase in ("inference", "train step"):
-        for m in models.values():
-            m.train(phase == "train step")
-        say(f"   eager {phase} ...")
-        cells.append(bench_cell("eager", phase, eager[phase], args, device, args.batch))
-
-    compile_info: dict = {}
+    cells = run_cells("eager", eager, models, args, device)
+    results["compile"] = {}
     if not args.no_compile:
-        cache = CompileCache(args.compile_cache)
-        try:
-            say(f"\n== 2. torch.compile (inductor, {args.compile_cache} cache): first call of each, excluded from "
-                "the throughputs")
-            t_prime = prime_compiler(device, cache)
-            say(f"   {'one-time start-up (tiny model)':<32} {t_prime:8.1f} s")
-            compile_info["startup_s"] = t_prime
-            compiled = {k: torch.compile(m) for k, m in models.items()}
-            fns = {"inference": {k: make_inference(c, x, device, args.amp) for k, c in compiled.items()},
-                   "train step": {k: TrainStep(c, models[k], x, y, device, args.amp) for k, c in compiled.items()}}
-            for phase in ("inference", "train step"):
-                for k in ("tv", "rg"):
-                    models[k].train(phase == "train step")
-                    label = f"{'torchvision' if k == 'tv' else 'resgraph'} {phase}"
-                    compile_info[f"{k} {phase}"] = first_call(label, fns[phase][k], device, cache)
-            for phase in ("inference", "train step"):
-                for m in models.values():
-                    m.train(phase == "train step")
-                say(f"   compiled {phase} ...")
-                cells.append(bench_cell("compiled", phase, fns[phase], args, device, args.batch))
-            steps_c = fns["train step"]
-        finally:
-            cache.close()
-    results["compile"] = compile_info
-
+        more, steps_c = compiled_cells(args, device, models, x, y, results)
+        cells += more
     print_table(cells)
     results["cells"] = cells
     losses = {k: s.last_loss.item() for k, s in steps.items() if s.last_loss is not None}
@@ -623,21 +364,39 @@ def main(argv: list[str] | None = None) -> int:
     bad = [k for k, v in losses.items() if not math.isfinite(v)]
     say("\n   last training loss: " + ", ".join(f"{k} {v:.4f}" for k, v in losses.items())
         + ("   NON-FINITE: timings may include slow denormal/NaN arithmetic" if bad else ""))
+    return models
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    threads = args.threads or usable_cpus()
+    torch.set_num_threads(threads)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    dtype_label = ("amp " + ("float16" if gpu else "bfloat16") + " (autocast; weights float32)") if args.amp else "float32"
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)   # "No CUDA runtime is found" on CPU hosts
+
+    t_start = time.perf_counter()
+    results: dict = {"header": header(args, device, dtype_label, threads), "quick": args.quick}
+    built = check_parity(args, device, results)
+    if built is None:
+        write_json(args.json, results)
+        return 1
+    tv, rg, x, y = built
+    models = throughput(args, device, tv, rg, x, y, results)
     if args.profile:
+        from _torch_profile import bench_profile
         prof_fns = {"inference": {k: make_inference(m, x, device, args.amp) for k, m in models.items()},
                     "train step": {k: TrainStep(m, m, x, y, device, args.amp) for k, m in models.items()}}
-        results["profile"] = bench_profile(prof_fns, models, device, rg, n=2 if q else 3)
+        results["profile"] = bench_profile(prof_fns, models, device, rg, n=2 if args.quick else 3)
 
     la = load_average()
     results["load_average_end"] = la
     results["total_s"] = time.perf_counter() - t_start
     say(f"\n   benchmark took {results['total_s']:.1f} s" + (f"; load average at the end {la[0]:.2f}" if la else ""))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, default=str)
-            f.write("\n")
-        say(f"   results written to {args.json}")
+    write_json(args.json, results)
     return 0
 
 

@@ -25,9 +25,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import cpu_name, load, usable_cpus, write_json  # noqa: E402
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from _common import ROOT, cpu_name, load, usable_cpus, write_json
+from _stats import percentile
+from _timing import timed_until
 
 
 def drive(call_factory, concurrency: int, seconds: float, shape) -> dict:
@@ -43,13 +43,7 @@ def drive(call_factory, concurrency: int, seconds: float, shape) -> dict:
         x = np.random.default_rng(k).standard_normal((1, *shape), dtype=np.float32)
         mine = []
         try:
-            while True:
-                t0 = time.perf_counter()
-                call(x)
-                t1 = time.perf_counter()
-                mine.append(t1 - t0)
-                if t1 >= stop:
-                    break
+            mine = timed_until(call, stop, args=(x,))
         except BaseException as e:  # noqa: BLE001  (a failed request fails the row, not silently lowers it)
             errors.append(e)
         finally:
@@ -65,9 +59,8 @@ def drive(call_factory, concurrency: int, seconds: float, shape) -> dict:
     wall = time.perf_counter() - t0
     if errors:
         raise RuntimeError(f"{len(errors)} of {concurrency} clients failed: {errors[0]!r}")
-    ms = np.asarray(lat) * 1e3
-    return {"requests_per_s": len(lat) / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "requests": len(lat)}
+    return {"requests_per_s": len(lat) / wall, "p50_ms": percentile(lat, 50) * 1e3,
+            "p99_ms": percentile(lat, 99) * 1e3, "requests": len(lat)}
 
 
 def main() -> None:
@@ -81,7 +74,7 @@ def main() -> None:
     a = ap.parse_args()
     import tritonclient.http as th
 
-    from resgraph.artifacts import read_manifest
+    from resgraph.manifest import read_manifest
     from resgraph.runtime import Options, open_session
     from resgraph.triton.export import Batching, TritonOptions, export_triton
     from resgraph.triton.server import TritonServer

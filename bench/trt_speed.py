@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import write_json  # noqa: E402
+from _common import write_json
+from _timing import run_for
 
 # dense (no sparsity) tensor-core peaks, TFLOPS, from NVIDIA's data sheets: fp16/bf16, tf32; fp32 = CUDA cores
 PEAKS = {
@@ -47,28 +47,17 @@ def peak(gpu_name: str, precision: str) -> float | None:
     return None
 
 
-def timed(step, seconds: float, sync) -> tuple[int, float]:
-    step()
-    sync()
-    end = time.perf_counter() + 0.5
-    while time.perf_counter() < end:     # warm-up
-        step()
-    sync()
-    n, t0 = 0, time.perf_counter()
-    while True:
-        step()
-        sync()
-        n += 1
-        t = time.perf_counter() - t0
-        if t >= seconds and n >= 10:
-            return n, t
+def throughput(step, seconds: float, batch: int, sync=None, args: tuple = ()) -> float:
+    """Images per second: step(*args) warmed up for 0.5 s, then timed (with sync() after each) for `seconds`."""
+    lat, wall = run_for(step, seconds, 0.5, sync=sync, args=args)
+    return len(lat) * batch / wall
 
 
 def raw(folder: str, batch: int, seconds: float) -> dict:
     """The engine driven directly: its own runtime, context, stream and buffers."""
     import tensorrt as trt
 
-    from resgraph.artifacts import read_manifest
+    from resgraph.manifest import read_manifest
     from resgraph.runtime import cuda
     m = read_manifest(folder)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -93,8 +82,7 @@ def raw(folder: str, batch: int, seconds: float) -> dict:
         stream.d2h(hout.ptr, dout.ptr, hout.nbytes)
     out = {}
     for name, step in (("compute", compute), ("with_copies", with_copies)):
-        n, t = timed(step, seconds, stream.synchronize)
-        out[name] = n * batch / t
+        out[name] = throughput(step, seconds, batch, stream.synchronize)
     stream.synchronize()
     for b in (hin, hout, din, dout):
         b.free()
@@ -107,8 +95,7 @@ def runtime(folder: str, batch: int, seconds: float, cuda_graph: bool) -> float:
     with open_session(folder, "tensorrt", Options(cuda_graph=cuda_graph)) as s:
         x = s.input_buffer(batch)
         x[...] = np.random.default_rng(0).standard_normal(x.shape, dtype=np.float32)
-        n, t = timed(lambda: s.run(x), seconds, lambda: None)    # run() returns after its own synchronize
-    return n * batch / t
+        return throughput(s.run, seconds, batch, args=(x,))    # run() returns after its own synchronize
 
 
 def main() -> None:
@@ -119,7 +106,7 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, default=None, help="The card's dense peak for the engine's precision.")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    from resgraph.artifacts import read_manifest
+    from resgraph.manifest import read_manifest
     from resgraph.backends.tensorrt.engine_json import read_engine_info
     m, info = read_manifest(a.folder), read_engine_info(a.folder)
     precision = info.options.precision
