@@ -17,7 +17,7 @@ RG=(${RESGRAPH:-.venv/bin/resgraph})
 status=0
 step() { echo "== $*" >&2; "$@" || { echo "!! failed ($?): $*" >&2; status=1; }; }
 
-step "$PY" -m pytest tests/test_tensorrt_gpu.py tests/test_runtime_cuda.py tests/test_tensorrt_api.py -rs \
+step "$PY" -m pytest tests/backends/tensorrt/test_tensorrt_gpu.py tests/runtime/test_runtime_cuda.py tests/backends/tensorrt/test_tensorrt_api.py -rs \
     --junitxml="$OUT/gpu-tests.xml"
 "${RG[@]}" doctor --json > "$OUT/doctor.json" || status=1
 

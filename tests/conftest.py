@@ -8,6 +8,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 
+# tests/ mirrors the package (tests/spec, tests/backends/onnx, tests/runtime, ...), and a test module may
+# take a helper from another folder's by module name (test_onnx_backend's ALL_OPS, test_torchvision_import's
+# assert_same_outputs): every test folder is on the path, as pytest puts this one there
+for _folder in sorted(p for p in Path(__file__).parent.rglob("*") if p.is_dir() and p.name[0] not in "_."
+                      and p.name not in ("broken", "import_specs")):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
 
 def resgraph_cmd():
     """The installed console script if present (what users run), else `python -m resgraph`."""
@@ -75,3 +83,24 @@ def import_refusal(spec, model):
         import_weights(module, model)
     (d,) = e.value.diagnostics
     return d
+
+
+def run_interrupted_and_resumed(tmp_path, **cfg):
+    """The same run twice: once through, once stopped after epoch 1 (as Ctrl-C would) and resumed with
+    --resume. Returns (uninterrupted, resumed): each the last.safetensors tensors, with the resumed
+    run's rows checked to cover every epoch once."""
+    from resgraph.backends.torch import read_checkpoint
+    from resgraph.training.loop import TrainConfig, train
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(TrainConfig(out=str(a), **cfg))
+
+    def crash(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(b), on_epoch=crash, **cfg))
+    with open(b / "metrics.csv") as f:
+        assert f.read().strip().splitlines()[-1].startswith("1,"), "the stopped run kept epoch 1"
+    rows = train(TrainConfig(out=str(b), resume=True, **cfg))
+    assert [r["epoch"] for r in rows] == list(range(1, cfg["epochs"] + 1))
+    return read_checkpoint(str(a / "last.safetensors"))[0], read_checkpoint(str(b / "last.safetensors"))[0]

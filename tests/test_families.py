@@ -3,8 +3,8 @@ EfficientNet-B0, MobileNetV3-Small and ConvNeXt-T (torchvision's). Their weights
 and the outputs then equal the library's, with random weights and randomised normalisation statistics
 and affine parameters; the matching pairs ConvNeXt's nn.Linear on channels-last maps with the spec's
 1x1 convs, its (C, 1, 1) layer scale with the `scale` op's [C], and layer norms across layouts, and
-refuses what does not correspond. Parameter and MAC counts are tests/test_counts.py's; ONNX Runtime
-parity is tests/test_onnx_backend.py's (every shipped spec).
+refuses what does not correspond. Parameter and MAC counts are tests/ops/test_counts.py's; ONNX Runtime
+parity is tests/backends/onnx/test_onnx_backend.py's (every shipped spec).
 
 Outputs are compared at 64x64 (every family is valid there, and it is ~12x cheaper than 224x224);
 matching alone runs on the meta device.

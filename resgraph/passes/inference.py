@@ -1,7 +1,7 @@
 """Inference-only rewrites of (graph, weights): pure functions returning a new graph and new weights.
 
 Weights are a dict of numpy arrays keyed like a PyTorch state dict (`<node path>.weight`, ...).
-Each pass states its maths, pre- and postconditions; tests/test_onnx_backend.py checks each one
+Each pass states its maths, pre- and postconditions; tests/backends/onnx/test_onnx_backend.py checks each one
 numerically, before vs after, on random input with non-trivial bn statistics.
 """
 from __future__ import annotations

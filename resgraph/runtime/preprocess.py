@@ -11,7 +11,7 @@ Geometry, by which keys are set (H, W: the input's size):
 `resize: 256, crop: 224, interpolation: bilinear` with ImageNet's mean/std is torchvision's ImageNet
 eval transform (Resize(256) -> CenterCrop(224) -> ToTensor() -> Normalize(mean, std)), computed
 the same way: Pillow's filters, torchvision's size and crop rounding, float32 arithmetic in the same
-order; tests/test_runtime.py matches its output against torchvision's own. numpy and Pillow only.
+order; tests/runtime/test_runtime.py matches its output against torchvision's own. numpy and Pillow only.
 """
 from __future__ import annotations
 

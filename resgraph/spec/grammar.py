@@ -4,7 +4,7 @@ Each `Mapping` lists its keys; each `Key` says what its value is (`kind`), wheth
 there and what it means. spec/model.py walks these declarations to check a spec's keys ("unknown
 key ... did you mean"), its required keys and its choices; spec/schema.py generates the JSON Schema
 from the same declarations. So a key added here is accepted by the checker and offered by editors at
-once, and tests/test_schema.py proves the two agree. What an op takes is not declared here: that is
+once, and tests/spec/test_schema.py proves the two agree. What an op takes is not declared here: that is
 the op table's (ops/table.py), which both read.
 
 Kinds (what schema.py turns each into; model.py checks the values):

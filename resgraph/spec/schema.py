@@ -3,7 +3,7 @@
 Generated, never written by hand: the language's mappings from the declarations in spec/grammar.py
 (the ones the checker walks), the ops and their arguments from the op table, which is passed in
 rather than imported: the front end knows the language's structure, the op table knows the ops
-(see docs/architecture.md on module boundaries). tests/test_schema.py walks this schema and the
+(see docs/architecture.md on module boundaries). tests/spec/test_schema.py walks this schema and the
 declarations and proves they name the same keys.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ the file is: the model's other fields, then field 7 (graph) whose payload is the
 large initializers followed by one field-5 record per initializer — each a TensorProto header
 (name, dims, type) and its raw_data (field 9) taken straight from the numpy array's memory.
 
-`onnx.load` of the result equals `to_onnx(...)` (tests/test_onnx_backend.py checks it), without the
+`onnx.load` of the result equals `to_onnx(...)` (tests/backends/onnx/test_onnx_backend.py checks it), without the
 100 MB SerializeToString, the tobytes copies, or the model in memory twice. The sha256 is computed
 on the same pieces in a second thread while they are written (hashing and writing both release the
 GIL; hashing is the slower, ~1 GB/s).

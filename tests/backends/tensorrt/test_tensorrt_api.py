@@ -5,7 +5,7 @@ compiled Python bindings (tensorrt_bindings/tensorrt.so, pybind11) and its Pytho
 pybind11 registers every class, method, property and enum member under its name as a C string, so
 each name the bindings export is in the .so as NAME\\0 (possibly as the tail of a longer string: the
 linker merges a string into another that ends with it; so the test checks for NAME\\0 anywhere).
-The names resgraph uses are read from its source (tests/apinames.py), not from a hand list; each
+The names resgraph uses are read from its source (tests/backends/tensorrt/apinames.py), not from a hand list; each
 must be exported by every supported version unless its use is guarded by a version check.
 
 What this cannot see: which class a name belongs to (BuilderFlag.BF16 vs DataType.BF16), argument

@@ -1,7 +1,7 @@
 """The ops of the modern residual families: mul (channel gates), layernorm, groupnorm, scale (layer
 scale), drop_path (stochastic depth), hardswish, hardsigmoid — against PyTorch's and torchvision's own
 layers, with located shape errors. Parity with ONNX Runtime at every opset is ALL_OPS's
-(tests/test_onnx_backend.py)."""
+(tests/backends/onnx/test_onnx_backend.py)."""
 import numpy as np
 import pytest
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import resgraph_cmd
+from conftest import ROOT, resgraph_cmd
 
-BROKEN = Path(__file__).parent / "broken"
+BROKEN = ROOT / "tests" / "broken"
 CHECK_CPU_S = 1.0        # the check itself, measured in the child
 PROCESS_CPU_S = 20.0     # a whole child process: interpreter start-up, imports, the check (a hang guard, not a target)
 PROBE = textwrap.dedent("""

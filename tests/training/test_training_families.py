@@ -17,8 +17,7 @@ from resgraph.backends.torch.modules import DropPath  # noqa: E402
 from resgraph.frontend import check_file  # noqa: E402
 from resgraph.passes.inference import for_inference  # noqa: E402
 from resgraph.training.data import load_data  # noqa: E402
-from resgraph.training.loop import TrainConfig, train  # noqa: E402
-from conftest import run_cli  # noqa: E402
+from conftest import run_cli, run_interrupted_and_resumed  # noqa: E402
 
 # scikit-learn's digits, as specs/digits_resnet.yaml (same preprocess, widths and strides), with each basic
 # block an SE block (Hu et al. 2018, as timm's seresnet: the gate after the last bn, before the add)
@@ -181,18 +180,7 @@ def test_resume_continues_exactly_with_drop_path(tmp_path):
     (each epoch reseeds it from --seed, the epoch and the rank), or it ends elsewhere."""
     spec = tmp_path / "s.yaml"
     spec.write_text(SE_RESNET)
-    a, b = tmp_path / "a", tmp_path / "b"
-    cfg = dict(spec=str(spec), data="digits", batch_size=64, progress=False, epochs=3, threads=1, save_every=0)
-    train(TrainConfig(out=str(a), **cfg))
-
-    def crash(row):
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(b), on_epoch=crash, **cfg))
-    rows = train(TrainConfig(out=str(b), resume=True, **cfg))
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    ta, _ = read_checkpoint(str(a / "last.safetensors"))
-    tb, _ = read_checkpoint(str(b / "last.safetensors"))
+    ta, tb = run_interrupted_and_resumed(tmp_path, spec=str(spec), data="digits", batch_size=64, progress=False,
+                                         epochs=3, threads=1, save_every=0)
     for k in ta:
         assert torch.equal(ta[k], tb[k]), k

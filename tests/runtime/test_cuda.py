@@ -1,7 +1,7 @@
 """The CUDA paths: the PyTorch module on a GPU agrees with ONNX Runtime on every shipped spec, in fp32 and
 fp16, torch.compile on the GPU agrees with eager, and training with AMP (fp16 + GradScaler) learns and
 resumes. Skipped, with the reason, where torch sees no CUDA device: CI has none, so these run wherever a
-GPU is (`python -m pytest tests/test_cuda.py`)."""
+GPU is (`python -m pytest tests/runtime/test_cuda.py`)."""
 import os
 
 import numpy as np

@@ -12,7 +12,7 @@ pytest.importorskip("sklearn", reason="scikit-learn (digits) is not installed")
 import resgraph  # noqa: E402
 from resgraph.backends.torch import read_checkpoint  # noqa: E402
 from resgraph.training.loop import TrainConfig, train  # noqa: E402
-from conftest import ROOT, run_cli  # noqa: E402
+from conftest import ROOT, run_cli, run_interrupted_and_resumed  # noqa: E402
 
 SMALL = """resgraph: 1
 name: digits_small
@@ -81,20 +81,8 @@ def test_train_writes_checkpoints_and_metrics(spec, tmp_path):
 
 def test_resume_continues_exactly(spec, tmp_path):
     """A 3-epoch run killed after epoch 1 and resumed ends exactly where an uninterrupted run ends."""
-    a, b = tmp_path / "a", tmp_path / "b"
-    cfg = dict(spec=spec(), data="digits", batch_size=32, progress=False, optimizer="adamw", epochs=3)
-    train(TrainConfig(out=str(a), **cfg))
-
-    def crash(row):
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(b), on_epoch=crash, **cfg))
-    assert read_metrics(b)[-1]["epoch"] == 1
-    rows = train(TrainConfig(out=str(b), resume=True, **cfg))
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
-    ta, _ = read_checkpoint(str(a / "last.safetensors"))
-    tb, _ = read_checkpoint(str(b / "last.safetensors"))
+    ta, tb = run_interrupted_and_resumed(tmp_path, spec=spec(), data="digits", batch_size=32, progress=False,
+                                         optimizer="adamw", epochs=3)
     for k in ta:
         assert torch.allclose(ta[k].float(), tb[k].float(), atol=1e-6), k
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import resgraph
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
-BROKEN = sorted((Path(__file__).parent / "broken").glob("*.yaml"))
+BROKEN = sorted((ROOT / "tests" / "broken").glob("*.yaml"))
 EXPECT = re.compile(r"^# expect: (\d+): (.+)$", re.M)
 COUNT = re.compile(r"^# errors: (\d+)$", re.M)   # optional: exactly this many (no follow-on errors)
 
@@ -57,7 +57,7 @@ def test_cli_json(path):
 
 @pytest.mark.parametrize("name", ["unknown_op", "no_integer_stride", "multiple_errors", "python_tag"])
 def test_cli_human(name):
-    path = Path(__file__).parent / "broken" / f"{name}.yaml"
+    path = ROOT / "tests" / "broken" / f"{name}.yaml"
     p = run_cli("check", str(path))
     assert p.returncode == 1 and p.stdout == ""
     assert "Traceback" not in p.stderr
@@ -72,7 +72,7 @@ def test_cli_human(name):
 
 
 def test_every_error_in_one_run():
-    path = Path(__file__).parent / "broken" / "multiple_errors.yaml"
+    path = ROOT / "tests" / "broken" / "multiple_errors.yaml"
     with pytest.raises(resgraph.SpecError) as info:
         resgraph.check(str(path))
     assert sorted({d.loc.line for d in info.value.diagnostics}) == [8, 9, 10]
@@ -95,5 +95,5 @@ def test_nothing_is_executed(tmp_path):
     marker = Path("/tmp/resgraph-pwned")
     marker.unlink(missing_ok=True)
     for name in ("python_tag", "expr_import"):
-        run_cli("check", str(Path(__file__).parent / "broken" / f"{name}.yaml"))
+        run_cli("check", str(ROOT / "tests" / "broken" / f"{name}.yaml"))
     assert not marker.exists()
