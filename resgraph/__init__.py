@@ -11,7 +11,7 @@ front end.
 """
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from .version import __version__
 
 _LAZY = {"Checked": "frontend", "check_file": "frontend", "check_spec": "frontend", "check_text": "frontend",
          "check": "frontend", "Diagnostic": "errors", "Loc": "errors", "SpecError": "errors",

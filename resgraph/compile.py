@@ -261,7 +261,7 @@ def inference(plan: Plan, w: Weights):
 
 def describe(plan: Plan, w: Weights) -> Manifest:
     """The folder's manifest, before its artifacts are written (their sha256s and sizes come after)."""
-    from . import __version__
+    from .version import __version__
     from .runtime.preprocess import Preprocess
     spec, graph, c = plan.checked.spec, plan.checked.graph, plan.checked
     return Manifest(

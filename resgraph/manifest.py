@@ -84,7 +84,7 @@ class Manifest:
     @classmethod
     def from_json(cls, d: dict, where: str = "manifest.json") -> "Manifest":
         """Read a manifest; one from another format is refused with what to do about it."""
-        from . import __version__
+        from .version import __version__
         if not isinstance(d, dict):
             raise ArtifactError.at(where, "not a resgraph manifest (not a JSON object)", "recompile: resgraph compile SPEC")
         fmt = d.get("format")

@@ -3,7 +3,7 @@ call here. Every checkpoint records the spec it fits (name and sha256), whether 
 its tensors came from, and the resgraph that wrote it."""
 from __future__ import annotations
 
-from . import __version__
+from .version import __version__
 
 
 def init_file(spec: str, output: str, seed: int = 0):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
+from ..version import __version__
 from . import compile, engine, infer, model, serve, spec
 
 

@@ -115,7 +115,7 @@ def bench_all(folder: str, names: list[str], sizes: list[int], duration: float, 
 
 def report(folder: str, results: list[BenchResult], skipped: list[dict], duration: float, warmup: float) -> dict:
     """bench's JSON report (docs/inference.md)."""
-    from .. import __version__
+    from ..version import __version__
     from ..manifest import read_manifest
     m = read_manifest(folder)
     return {"resgraph_version": __version__, "artifact": folder, "model": m.name, "precision": m.precision,

@@ -41,7 +41,7 @@ def _gpus() -> tuple[str | None, list[dict]]:
 
 
 def report() -> dict:
-    from .. import __version__
+    from ..version import __version__
     from .session import BACKENDS
     r: dict = {
         "python": {"version": platform.python_version(), "executable": sys.executable},

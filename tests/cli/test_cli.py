@@ -105,3 +105,13 @@ def test_bench_script_runs():
                        text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "ratio" in p.stdout and "per-node time" in p.stdout
+
+
+def test_one_version_everywhere():
+    """pip's metadata (pyproject.toml reads resgraph/version.py), the package and the CLI say the same."""
+    import importlib.metadata
+
+    import resgraph
+    p = run_cli("--version")
+    assert importlib.metadata.version("resgraph") == resgraph.__version__
+    assert p.returncode == 0 and p.stdout.strip() == f"resgraph, version {resgraph.__version__}"

@@ -338,5 +338,5 @@ def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: 
 
 
 def _version() -> str:
-    from ... import __version__
+    from ...version import __version__
     return __version__

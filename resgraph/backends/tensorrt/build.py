@@ -135,7 +135,7 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
     if cache_path:
         _save_timing_cache(config, cache_path)
 
-    from ... import __version__
+    from ...version import __version__
     info = EngineInfo(
         tensorrt_version=trt.__version__, gpu_name=card.name, compute_capability=card.compute_capability,
         options=replace(options, timing_cache=cache_path or ""), strongly_typed=plan.strongly_typed,
