@@ -4,6 +4,7 @@ MAX_KERNEL = 1 << 10
 MAX_SPATIAL = 1 << 16       # 65,536 pixels per side
 MAX_SCALE = 64
 MAX_REPEAT = 10_000
+MAX_BATCH = 1 << 16         # samples in one batch: bench, run, parity, engine profiles, Triton's max_batch
 MAX_NODES = 100_000         # nodes after expanding blocks and repeats (ResNet-152: 570)
 
 # The YAML document itself (resgraph/spec/yamlsrc.py). Its size is counted on the parser's events

@@ -73,10 +73,10 @@ class FiniteFloat(click.FloatRange):
     """A float in [lo, hi] that is a number: click's FloatRange lets nan through every bound."""
 
     def convert(self, value, param, ctx):
-        v = super().convert(value, param, ctx)
+        v = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(v):
             self.fail(f"{value!r} is not a finite number", param, ctx)
-        return v
+        return super().convert(v, param, ctx)
 
 
 @dataclass(frozen=True)

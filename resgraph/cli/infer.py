@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from ..limits import MAX_BATCH
 from .common import FiniteFloat, run, say
 
 BACKEND_HELP = ("auto, tensorrt, ort-cuda, torch-cuda, ort-cpu, torch-cpu, ort-trt (only when named); ort / torch: that "
@@ -69,7 +70,7 @@ def _progress(total: int, enabled: bool):
 @click.argument("artifact", type=click.Path())
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--backend", default="auto", show_default=True, help=BACKEND_HELP)
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
 @click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per input, in input order.")
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
@@ -187,13 +188,17 @@ def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json,
 
 
 def _int_list(text: str, option: str) -> list[int]:
+    """A comma-separated list of batch sizes, each once: '1,,2', '0', '8,8' are refused, not guessed at."""
     from ..errors import OptionError
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 or v > 65536 for v in values):
-        raise OptionError.at(option, f"'{text}' is not a list of batch sizes", "positive integers, e.g. --batch 1,8,32")
+    from ..limits import MAX_BATCH
+    parts = [v.strip() for v in text.split(",")]
+    values = [int(v) for v in parts if v.isdigit()]
+    if not parts or len(values) != len(parts) or any(v < 1 or v > MAX_BATCH for v in values):
+        raise OptionError.at(option, f"'{text}' is not a list of batch sizes",
+                             f"positive integers up to {MAX_BATCH:,}, comma-separated, e.g. {option} 1,8,32")
+    if len(set(values)) != len(values):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        raise OptionError.at(option, f"'{text}' names batch {', '.join(map(str, twice))} twice", "give each size once")
     return values
 
 
@@ -233,7 +238,7 @@ def _bench_table(report: dict) -> None:
               help="Comma-separated back ends to compare, or 'all' (every usable one). " + BACKEND_HELP)
 @click.option("--inputs", "source", default="16", show_default=True,
               help="N random normalised inputs (seeded), or a folder of images / .npy files.")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @session_options
 def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):

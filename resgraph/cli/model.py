@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .common import run
+from .common import FiniteFloat, run
 
 
 @click.command("init")
@@ -61,13 +61,13 @@ def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
 @click.option("--epochs", type=click.IntRange(1, 100000), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=64, show_default=True, help="Global batch.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
-@click.option("--lr", type=float, default=None, help="Peak learning rate [default: 0.1 sgd, 0.001 adamw].")
-@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--lr", type=FiniteFloat(), default=None, help="Peak learning rate [default: 0.1 sgd, 0.001 adamw].")
+@click.option("--momentum", type=FiniteFloat(), default=0.9, show_default=True)
 @click.option("--nesterov/--no-nesterov", default=True, show_default=True, help="Nesterov momentum for SGD.")
-@click.option("--weight-decay", type=float, default=None, help="[default: 5e-4 sgd, 0.05 adamw]")
+@click.option("--weight-decay", type=FiniteFloat(), default=None, help="[default: 5e-4 sgd, 0.05 adamw]")
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
-@click.option("--warmup-epochs", type=float, default=0.0, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True)
+@click.option("--warmup-epochs", type=FiniteFloat(), default=0.0, show_default=True)
+@click.option("--label-smoothing", type=FiniteFloat(), default=0.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and batch order.")
 @click.option("--split-seed", type=int, default=0, show_default=True, help="The train/val split (kept across --seed).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
@@ -77,7 +77,7 @@ def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on for CUDA, off on CPU].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--val-split", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
+@click.option("--val-split", type=FiniteFloat(0.0, 0.9), default=0.2, show_default=True)
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True)
 @click.option("--channels-last", is_flag=True)
 @click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across processes (torchrun).")
@@ -98,7 +98,7 @@ def train_cmd(spec, data, out, **options):
 @click.option("--weights", required=True, type=click.Path(dir_okay=False), help="A .safetensors checkpoint.")
 @click.option("--data", required=True, help="'digits' or an ImageFolder-style folder.")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
-@click.option("--val-split", type=click.FloatRange(0.0, 0.9), default=0.2, show_default=True)
+@click.option("--val-split", type=FiniteFloat(0.0, 0.9), default=0.2, show_default=True)
 @click.option("--split-seed", "seed", type=int, default=0, show_default=True, help="The seed of the train/val split.")
 def eval_cmd(spec, weights, data, split, val_split, seed):
     """Accuracy and loss of SPEC with WEIGHTS on DATA (the held-out split by default)."""

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from ..limits import MAX_BATCH
 from .common import run, say
 
 
@@ -22,7 +23,7 @@ def _ints(text: str | None, option: str) -> tuple[int, ...]:
 
 def serving_options(f):
     for opt in reversed([
-        click.option("--max-batch", type=click.IntRange(1, 1 << 16), default=None,
+        click.option("--max-batch", type=click.IntRange(1, MAX_BATCH), default=None,
                      help="Triton's max_batch_size [default: 32; tensorrt: the engine profile's MAX]."),
         click.option("--instances", type=click.IntRange(1, 256), default=1, show_default=True,
                      help="Model instances (instance_group count)."),

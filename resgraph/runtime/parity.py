@@ -120,7 +120,7 @@ def parity(folder: str, backends: str, source: str, batch_size: int, options) ->
     is beyond it; `changed_since_compile` names the files that differ from the manifest's record."""
     from ..manifest import read_manifest, verify_artifacts
     from .session import BackendError, named_backends, open_session
-    names, skipped = named_backends(backends, folder)
+    names, skipped = named_backends(backends, folder, "--backends")
     names = order(names)
     if len(names) < 2:
         raise BackendError.at(backends, f"parity needs two back ends; usable here: {', '.join(names) or 'none'}",

@@ -178,10 +178,12 @@ def open_session(artifact: str, backend: str = "auto", options: Options | None =
         return s
 
 
-def named_backends(spec: str, folder: str) -> tuple[list[str], list[dict]]:
+def named_backends(spec: str, folder: str, option: str = "--backend") -> tuple[list[str], list[dict]]:
     """The back ends a --backend(s) value names, and those passed over: 'all' is every usable one
     (ort-trt too, which auto leaves out; the others listed with why and what to install); otherwise a
-    comma-separated list of names or aliases, each resolved by choose(), without repeats."""
+    comma-separated list of names or aliases, each resolved by choose(). A back end named twice,
+    directly or through an alias ('ort,ort-cpu' on a CPU machine), or an empty name, is an OptionError."""
+    from ..errors import OptionError
     if spec == "all":
         names, skipped = [], []
         for name in BACKENDS:
@@ -193,9 +195,14 @@ def named_backends(spec: str, folder: str) -> tuple[list[str], list[dict]]:
         if not names:
             choose("auto", folder)   # raises, naming what to install
         return names, skipped
-    names = []
-    for part in (p.strip() for p in spec.split(",") if p.strip()):
+    parts = [p.strip() for p in spec.split(",")]
+    if not all(parts):
+        raise OptionError.at(option, f"'{spec}' has an empty back end name", "e.g. ort-cpu,torch-cpu (or all)")
+    chosen: dict[str, str] = {}
+    for part in parts:
         name, _ = choose(part, folder)
-        if name not in names:
-            names.append(name)
-    return names, []
+        if name in chosen:
+            said = f"'{part}' twice" if chosen[name] == part else f"'{chosen[name]}' and '{part}', both {name} here"
+            raise OptionError.at(option, f"{option} names {said}", "give each back end once")
+        chosen[name] = part
+    return list(chosen), []

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from ...errors import OptionError
+from ...limits import MAX_BATCH
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 HARDWARE_COMPATIBILITY = ("none", "ampere-plus", "same-compute-capability")
@@ -42,6 +43,15 @@ class BatchProfile:
     min: int
     opt: int
     max: int
+
+    def __post_init__(self):
+        """Positive integers, MIN <= OPT <= MAX <= MAX_BATCH: a profile parsed, rebuilt or read back from an
+        engine.json (where a forged one is a damaged engine.json) holds nothing else."""
+        values = (self.min, self.opt, self.max)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or \
+                not 1 <= self.min <= self.opt <= self.max <= MAX_BATCH:
+            raise OptionError.at("--batch", f"{':'.join(map(str, values))} is not a batch profile",
+                                 f"MIN <= OPT <= MAX, positive integers up to {MAX_BATCH:,}, e.g. 1:32:256")
 
     @classmethod
     def parse(cls, text: str, where: str = "--batch") -> "BatchProfile":
