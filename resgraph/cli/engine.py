@@ -57,10 +57,13 @@ def parity_gate(options, device_id: int):
 
 
 def print_engine(info, folder: str) -> None:
+    """engine.json's record in two lines; what came from the file is escaped (a forged one must not
+    reach the terminal as escape sequences)."""
+    from ..render import escape
     o = info.options
-    click.echo(f"  model.engine  {info.engine_bytes:>12,} bytes  TensorRT {info.tensorrt_version}, {o.precision}"
-               f"{' (strongly typed)' if info.strongly_typed else ''}, batch {o.batch}, {info.gpu_name} "
-               f"(sm {info.compute_capability}), built in {info.build_seconds:.1f} s")
+    click.echo(escape(f"  model.engine  {info.engine_bytes:>12,} bytes  TensorRT {info.tensorrt_version}, {o.precision}"
+                      f"{' (strongly typed)' if info.strongly_typed else ''}, batch {o.batch}, {info.gpu_name} "
+                      f"(sm {info.compute_capability}), built in {info.build_seconds:.1f} s"))
     click.echo("  engine.json")
 
 
@@ -107,18 +110,19 @@ def info_cmd(artifact, as_json, device_id):
 
 
 def _print_info(report: dict, info, folder: str) -> None:
+    from ..render import escape
     here = report["here"]
     print_engine(info, folder)
-    click.echo(f"  inputs  {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.inputs)}")
-    click.echo(f"  outputs {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.outputs)}")
-    click.echo(f"  from model.onnx sha256 {info.onnx_sha256[:16]}")
+    click.echo(escape(f"  inputs  {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.inputs)}"))
+    click.echo(escape(f"  outputs {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.outputs)}"))
+    click.echo(escape(f"  from model.onnx sha256 {info.onnx_sha256[:16]}"))
     if here["runs"] is None:
-        click.echo(f"  here: cannot tell ({here.get('why')})")
+        click.echo(f"  here: cannot tell ({escape(str(here.get('why')))})")
     elif not here["runs"]:
-        click.echo("  here: does not run: " + "; ".join(m["why"] for m in here["mismatches"]))
-        click.echo(f"  rebuild: {here['rebuild']}")
+        click.echo(escape("  here: does not run: " + "; ".join(m["why"] for m in here["mismatches"])))
+        click.echo(escape(f"  rebuild: {here['rebuild']}"))
     else:
-        click.echo(f"  here: runs (TensorRT {here['tensorrt_version']}, {here['gpu']}, sm {here['compute_capability']})")
+        click.echo(f"  here: runs (TensorRT {here['tensorrt_version']}, {escape(here['gpu'])}, sm {here['compute_capability']})")
 
 
 COMMANDS = (engine_group,)

@@ -106,8 +106,9 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
     import numpy as np
 
     from ..errors import ArtifactError
+    from ..render import escape   # names, labels and errors come from files: no escape sequence reaches the terminal
     from ..runtime import expand, predict_batches, top_k_batch
-    say(f"resgraph: {session.manifest.name} on {session.describe()} ({session.why})")
+    say(f"resgraph: {escape(session.manifest.name)} on {session.describe()} ({session.why})")
     items = expand(inputs, sys.stdin, session.input_shape)
     if not items:
         raise _no_inputs(inputs)
@@ -116,7 +117,7 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
                                "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
                                "from Python for other outputs")
     k = min(top_k, session.output_shape[0])
-    width = min(max(len(i.name) for i in items), 60)
+    width = min(max(len(escape(i.name)) for i in items), 60)
     out = click.get_text_stream("stdout")
     header = [] if as_json else [f"{'input':<{width}}  top-{k} (softmax score)"]   # written with the first batch
     failed = 0
@@ -133,10 +134,10 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
                     lines.append(json.dumps({"input": r.item.name, "ok": True, "top": next(tops)} if r.ok else
                                             {"input": r.item.name, "ok": False, "error": r.error}, ensure_ascii=False))
                 elif r.ok:
-                    cells = "  ".join(f"{t['label']} ({t['score']:.3f})" for t in next(tops))
-                    lines.append(f"{r.item.name:<{width}}  {cells}")
+                    cells = "  ".join(f"{escape(t['label'])} ({t['score']:.3f})" for t in next(tops))
+                    lines.append(f"{escape(r.item.name):<{width}}  {cells}")
                 else:
-                    lines.append(f"{r.item.name:<{width}}  error: {r.error}")
+                    lines.append(f"{escape(r.item.name):<{width}}  error: {escape(r.error)}")
             out.write("\n".join(lines) + "\n")   # a batch at a time: one write, not one per line
             out.flush()
             advance(len(batch))
@@ -207,8 +208,9 @@ def _bench_table(report: dict) -> None:
     from rich.table import Table
 
     from ..render import console
-    t = Table(title=f"{report['model']} ({report['precision']}): {report['duration_s']:g} s per row, "
-                    f"{report['macs_per_image']:,} MACs per image", title_justify="left")
+    from ..render import escape as plain   # then rich's escape: no control character, no markup
+    t = Table(title=escape(plain(f"{report['model']} ({report['precision']}): {report['duration_s']:g} s per row, "
+                                 f"{report['macs_per_image']:,} MACs per image")), title_justify="left")
     for col in ("backend", "batch", "queries/s", "images/s", "min", "mean", "median", "p90", "p95", "p99", "max",
                 "GFLOP/s", "H2D", "D2H", "CV"):
         t.add_column(col, justify="left" if col == "backend" else "right")
@@ -226,7 +228,7 @@ def _bench_table(report: dict) -> None:
     out.print(t)
     out.print("latencies in ms per query (one query = one batch); images/s = queries/s x batch")
     for s in report["skipped"]:
-        out.print(escape(f"skipped {s['backend']}: {s['reason']}" + (f"  ({s['install']})" if s.get("install") else "")))
+        out.print(escape(plain(f"skipped {s['backend']}: {s['reason']}" + (f"  ({s['install']})" if s.get("install") else ""))))
     if noisy:
         say(f"warning: noisy measurement (CV above the threshold) for {', '.join(noisy)}: other load on the machine? "
              "Rerun with a longer --duration")
@@ -261,8 +263,9 @@ def _parity_table(report: dict) -> None:
     from rich.table import Table
 
     from ..render import console
+    from ..render import escape as plain   # then rich's escape: no control character, no markup
     out = console()
-    t = Table(title=f"{report['model']} ({report['precision']}): {report['inputs']}", title_justify="left")
+    t = Table(title=escape(plain(f"{report['model']} ({report['precision']}): {report['inputs']}")), title_justify="left")
     for col in ("reference", "other", "max |a-b|", "max |a-b|/(1+|ref|)", "top-1 agree", "tolerance", ""):
         t.add_column(col)
     for p in report["pairs"]:
@@ -273,9 +276,9 @@ def _parity_table(report: dict) -> None:
     for name, sha in report["changed_since_compile"].items():
         out.print(f"[yellow]note:[/] {name} is not the file compile wrote (sha256 {sha[:16]}..., manifest says otherwise)")
     for f in report["failed_inputs"]:
-        out.print(f"[yellow]skipped input[/] {escape(f['input'])}: {escape(f['error'])}")
+        out.print(f"[yellow]skipped input[/] {escape(plain(f['input']))}: {escape(plain(f['error']))}")
     for s in report["skipped"]:
-        out.print(escape(f"not compared: {s['backend']}: {s['reason']}"))
+        out.print(escape(plain(f"not compared: {s['backend']}: {s['reason']}")))
     out.print("[green]parity ok[/]" if report["ok"] else "[bold red]parity FAILED[/]: a pair is beyond its tolerance")
 
 

@@ -22,6 +22,7 @@ models is ever in it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 
@@ -31,6 +32,10 @@ from ..manifest import ARTIFACTS, folder_of, read_manifest
 from ..publish import Layout, Stage, wait_for_cleanup
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
+# a model's name: a folder of the repository and a segment of Triton's URLs (/v2/models/NAME), so
+# letters, digits, '_', '-' and '.', not starting with '.' or '-'; every spec name (the manifest's) fits
+NAME_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+NAME_HINT = "letters, digits, '_', '-' and '.', at most 128, not starting with '.' or '-'"
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # a model folder of the repository, as the publisher writes it: the version, then its labels, then the
 # config that describes them last (what a polling server reads first)
@@ -65,9 +70,7 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
         raise OptionError.at("--instances", f"{o.instances} instances", "one or more")
     if o.kind not in KINDS:
         raise OptionError.at("--kind", f"unknown instance kind '{o.kind}'", " | ".join(KINDS))
-    name = o.name or m.name
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise OptionError.at("--name", f"'{name}' cannot name a folder of the repository", "letters, digits, - and _")
+    name = model_name(o.name, m.name, folder)
     kind, extra, files, max_batch = _platform(folder, m, o)
     if max_batch is None:
         max_batch = 32
@@ -78,6 +81,7 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
             raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
 
     config = _config(name, m, o, kind, extra, max_batch)
+    _check_config(config, name)
 
     os.makedirs(repo, exist_ok=True)
     # staged beside the repository, not in it (a server polling the repository would try to load it),
@@ -160,6 +164,36 @@ def _config(name: str, m, o: TritonOptions, kind: str, extra: list[str], max_bat
                                  "sizes Triton may form")
         lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {b.max_queue_delay_us} }}")
     return "\n".join(lines) + "\n"
+
+
+def model_name(given: str | None, manifest_name: str, folder: str) -> str:
+    """The model's name in the repository: `given` (--name), else the manifest's. Either follows
+    NAME_RULE: it names a folder of the repository and a path of Triton's HTTP API
+    (/v2/models/NAME/infer), so nothing that needs quoting in either."""
+    name = given if given is not None else manifest_name
+    if isinstance(name, str) and NAME_RULE.fullmatch(name):
+        return name
+    shown = repr(name)[1:-1] if isinstance(name, str) else repr(name)
+    if given is not None:
+        raise OptionError.at("--name", f"'{shown}' cannot name a Triton model", NAME_HINT)
+    raise ArtifactError.at(os.path.join(folder, "manifest.json"), f"the manifest's name '{shown}' cannot name a "
+                           "Triton model", f"give one with --name ({NAME_HINT})")
+
+
+def _check_config(config: str, name: str) -> None:
+    """config.pbtxt through Triton's own ModelConfig parser (tritonclient's protobuf), before anything
+    is written: a config Triton would refuse is never exported. Without tritonclient the check is left
+    to the server."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return
+    try:
+        text_format.Parse(config, model_config_pb2.ModelConfig())
+    except text_format.ParseError as e:
+        raise ArtifactError.at(name, f"Triton's ModelConfig parser refuses the config resgraph wrote: {e}",
+                               "this is a bug in resgraph: report it with the compiled folder's manifest.json") from None
 
 
 def _q(s: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,14 +69,46 @@ def test_a_model_folder_with_other_versions_keeps_them(digits_folder, tmp_path):
     assert sorted(os.listdir(repo)) == ["digits_resnet"] and sorted(os.listdir(tmp_path)) == ["repo"]
 
 
-def test_external_data_is_a_model_folder_and_names_are_escaped(tmp_path):
+def test_external_data_is_a_model_folder(tmp_path):
     from conftest import ROOT
     from resgraph.compile import compile_spec
     folder = tmp_path / "ext"
     compile_spec(str(ROOT / "specs" / "digits_resnet.yaml"), out=str(folder), external_data=True)
-    path = export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(name='a"b\\c'))
+    path = export_triton(str(folder), str(tmp_path / "repo"), TritonOptions(name="digits.v2-ext"))
     assert sorted(os.listdir(os.path.join(path, "1", "model.onnx"))) == ["model.onnx", "model.onnx.data"]
-    assert parse(os.path.join(path, "config.pbtxt")).name == 'a"b\\c'
+    assert parse(os.path.join(path, "config.pbtxt")).name == "digits.v2-ext"
+
+
+@pytest.mark.parametrize("name", ['a"b\\c', "x\ny", "../x", ".hidden", "-x", "", "a/b", "a b", "n" * 129, "caf\u00e9",
+                                  "\x1b]0;pwn\x07"])
+def test_one_name_rule_for_the_option_and_the_manifest(digits_folder, tmp_path, name):
+    """A model's name is a folder of the repository and a segment of Triton's URLs: --name and the
+    manifest's name follow one rule, and nothing is written for a name outside it (a name with a
+    newline used to export, rc 0, a config Triton refuses)."""
+    with pytest.raises(OptionError) as e:
+        export_triton(str(digits_folder), str(tmp_path / "repo"), TritonOptions(name=name))
+    assert e.value.diagnostics[0].loc.file == "--name" and "cannot name a Triton model" in e.value.message
+    assert "\n" not in e.value.message and "\x1b" not in e.value.message   # shown escaped
+    forged = tmp_path / "forged"
+    shutil.copytree(digits_folder, forged)
+    m = json.loads((forged / "manifest.json").read_text())
+    m["name"] = name
+    (forged / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match="cannot name a Triton model") as e:
+        export_triton(str(forged), str(tmp_path / "repo"), TritonOptions())
+    assert "--name" in e.value.hint
+    assert not (tmp_path / "repo").exists() or os.listdir(tmp_path / "repo") == []
+
+
+def test_the_config_goes_through_tritons_parser_before_anything_is_written(digits_folder, tmp_path, monkeypatch):
+    """The export's last check is Triton's own ModelConfig parser; a config it refuses (here: a batcher
+    field Triton does not know, as a future resgraph bug would write) is an error and writes nothing."""
+    import resgraph.triton.export as export
+    real = export._config
+    monkeypatch.setattr(export, "_config", lambda *a: real(*a) + "dynamic_batching { no_such_field: 1 }\n")
+    with pytest.raises(ArtifactError, match="ModelConfig parser refuses"):
+        export_triton(str(digits_folder), str(tmp_path / "repo"), TritonOptions())
+    assert not (tmp_path / "repo").exists() or os.listdir(tmp_path / "repo") == []
 
 
 def test_python_repository_carries_the_compiled_folder(digits_folder, tmp_path):
@@ -120,7 +153,7 @@ def test_tensorrt_repository_names_the_plan_by_compute_capability(digits_folder,
     (["--platform", "tensorrt"], "no model.engine"),
     (["--preferred-batch", "8,64"], "must lie in 1..32"),
     (["--preferred-batch", "x"], "not a list of batch sizes"),
-    (["--name", ".."], "cannot name a folder"),
+    (["--name", ".."], "cannot name a Triton model"),
 ])
 def test_export_errors(digits_folder, tmp_path, args, says):
     r = run_cli("export", "triton", str(digits_folder), "-o", str(tmp_path / "repo"), *args)
