@@ -3,6 +3,7 @@ MAX_CHANNELS = 1 << 20      # 1,048,576 channels/features
 MAX_KERNEL = 1 << 10
 MAX_SPATIAL = 1 << 16       # 65,536 pixels per side
 MAX_SCALE = 64
+MAX_ELEMENTS = 1 << 31      # elements of one activation per sample
 MAX_REPEAT = 10_000
 MAX_BATCH = 1 << 16         # samples in one batch: bench, run, parity, engine profiles, Triton's max_batch
 MAX_NODES = 100_000         # nodes after expanding blocks and repeats (ResNet-152: 570)
@@ -18,3 +19,7 @@ MAX_ALIAS_VALUES = 20_000   # values added by expanding aliases (alias bombs, "b
 MAX_SPEC_DEPTH = 64         # nesting of lists and mappings
 MAX_LABELS = MAX_CHANNELS   # class names: one per output feature, at most
 MAX_LABELS_BYTES = 1 << 20  # a labels file (ImageNet's 1,000 names: 10 KiB)
+
+# A compiled folder is read as untrusted input: its manifest is bounded before it is parsed
+MAX_MANIFEST_BYTES = 64 << 20   # labels (at most MAX_LABELS of them) are most of it
+MAX_PARITY_BYTES = 1 << 30      # parity's random inputs in memory at once (its outputs stay small)

@@ -15,6 +15,7 @@ Publishing a folder (atomically, whole) is publish.py's.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -100,7 +101,7 @@ class Manifest:
         if fmt < FORMAT:   # no older numbered format exists yet; readers of format 1 start here
             raise ArtifactError.at(where, f"manifest format {fmt} is no longer read", "recompile with this resgraph")
         try:
-            return cls(
+            m = cls(
                 name=str(d["name"]), resgraph_version=str(d["resgraph_version"]), spec_sha256=str(d["spec_sha256"]),
                 spec_source=str(d["spec_source"]), trained=bool(d["trained"]), weights_source=str(d["weights_source"]),
                 precision=str(d["precision"]), opset=int(d["opset"]), folded=bool(d["folded"]),
@@ -111,9 +112,34 @@ class Manifest:
                 params=int(d["params"]), macs=int(d["macs"]), projections=tuple(d["projections"]),
                 external_data=d["external_data"], format=fmt, spec=str(d["spec"]),
                 artifacts={str(k): Artifact(str(v["sha256"]), int(v["bytes"])) for k, v in d["artifacts"].items()})
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
             raise ArtifactError.at(where, f"a damaged manifest: {type(e).__name__}: {e}",
                                    "recompile: resgraph compile SPEC --weights W -o FOLDER") from None
+        problem = m.out_of_bounds()
+        if problem:
+            raise ArtifactError.at(where, f"a damaged manifest: {problem}",
+                                   "recompile: resgraph compile SPEC --weights W -o FOLDER")
+        return m
+
+    def out_of_bounds(self) -> str | None:
+        """What in the manifest no compile writes, checked before anything is allocated from it: its
+        limits are the spec language's (shapes, labels), and every file it names is one of a compiled
+        folder's (a plain name: nothing outside the folder)."""
+        from .limits import MAX_CHANNELS, MAX_ELEMENTS, MAX_LABELS, MAX_SPATIAL
+        for t in (self.input, self.output):
+            dims = t.sample_shape
+            if not dims or len(dims) > 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in dims):
+                return f"{t.name}'s shape {list(t.shape)} is not [batch, C, H, W] or [batch, F] of positive integers"
+            if dims[0] > MAX_CHANNELS or any(v > MAX_SPATIAL for v in dims[1:]) or math.prod(dims) > MAX_ELEMENTS:
+                return (f"{t.name}'s shape {list(t.shape)} is beyond the spec language's limits ({MAX_CHANNELS:,} "
+                        f"channels, {MAX_SPATIAL:,} pixels a side, {MAX_ELEMENTS:,} elements a sample)")
+        if self.labels is not None and len(self.labels) > MAX_LABELS:
+            return f"{len(self.labels):,} labels, more than {MAX_LABELS:,}"
+        names = [self.spec, *self.artifacts] + ([self.external_data] if self.external_data is not None else [])
+        odd = [n for n in names if n not in ARTIFACTS]
+        if odd:
+            return f"it names {odd[0]!r}, not a file a compiled folder holds ({', '.join(ARTIFACTS)})"
+        return None
 
 
 def folder_of(artifact: str) -> str:
@@ -129,19 +155,49 @@ def folder_of(artifact: str) -> str:
                            "pass the folder resgraph compile wrote (compiled/NAME), or a model.onnx inside it")
 
 
-def read_manifest(folder: str) -> Manifest:
-    path = os.path.join(folder, "manifest.json")
+def read_folder_file(folder: str, name: str, limit: int, what: str) -> tuple[str, bytes]:
+    """(path, bytes) of the file `name` of a compiled folder, read as untrusted input: `name` is a plain
+    file name, the file (symlinks resolved) lies inside the folder, it is a regular file (a FIFO would
+    block forever, /dev/zero never end) and at most `limit` bytes, all checked before it is read."""
+    import stat
+    path = os.path.join(folder, name)
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name or os.sep in name:
+        raise ArtifactError.at(os.path.join(folder, "manifest.json"), f"the {what} is {name!r}, not a file of the "
+                               "folder", "recompile: resgraph compile SPEC -o FOLDER")
+    real, inside = os.path.realpath(path), os.path.realpath(folder)
+    if os.path.commonpath([real, inside]) != inside:
+        raise ArtifactError.at(path, f"the {what} leads outside the compiled folder (to {real})",
+                               "recompile: resgraph compile SPEC -o FOLDER")
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
+        raise ArtifactError.at(path, f"no {what} in the compiled folder", "recompile: resgraph compile SPEC -o FOLDER") from None
+    except OSError as e:   # no permission, a failing disk: the path, not the content
+        raise PathError.at(path, f"cannot read the {what}: {e.strerror or e}", "check the path and its permissions") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ArtifactError.at(path, f"the {what} is not a regular file (a pipe, a device or a folder)",
+                                   "recompile: resgraph compile SPEC -o FOLDER")
+        if st.st_size > limit:
+            raise ArtifactError.at(path, f"the {what} is {st.st_size:,} bytes, more than a compiled folder's "
+                                   f"{limit:,}", "recompile: resgraph compile SPEC -o FOLDER")
+        return path, f.read(limit + 1)[:limit]
+
+
+def read_manifest(folder: str) -> Manifest:
+    from .limits import MAX_MANIFEST_BYTES
+    if not os.path.lexists(os.path.join(folder, "manifest.json")):
         raise ArtifactError.at(folder, "not a compiled folder: no manifest.json",
-                               "pass the folder resgraph compile wrote (compiled/NAME)") from None
-    except OSError as e:   # no permission, a failing disk: the path, not the manifest
-        raise PathError.at(path, f"cannot read the manifest: {e.strerror or e}",
-                           "check the path and its permissions") from None
+                               "pass the folder resgraph compile wrote (compiled/NAME)")
+    path, raw = read_folder_file(folder, "manifest.json", MAX_MANIFEST_BYTES, "manifest")
+    try:
+        d = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError.at(path, f"unreadable manifest: {e}", "recompile: resgraph compile SPEC -o FOLDER") from None
+    except RecursionError:
+        raise ArtifactError.at(path, "unreadable manifest: nested deeper than JSON readers go",
+                               "recompile: resgraph compile SPEC -o FOLDER") from None
     return Manifest.from_json(d, path)
 
 
@@ -149,13 +205,9 @@ def read_spec(folder: str, manifest: Manifest) -> tuple[str, bytes]:
     """(path, bytes) of the spec compiled into `folder`, which must be the one the manifest hashed:
     a spec.yaml edited after compiling would describe another network than model.onnx."""
     import hashlib
-    path = os.path.join(folder, manifest.spec)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ArtifactError.at(path, f"cannot read the folder's spec: {e.strerror}",
-                               "recompile: resgraph compile SPEC --weights W -o FOLDER") from None
+
+    from .limits import MAX_SPEC_BYTES
+    path, raw = read_folder_file(folder, manifest.spec, MAX_SPEC_BYTES, "folder's spec")
     if hashlib.sha256(raw).hexdigest() != manifest.spec_sha256:
         raise ArtifactError.at(path, "spec.yaml was changed after compiling (its sha256 is not the manifest's)",
                                "recompile the spec you mean: resgraph compile SPEC --weights W -o FOLDER")

@@ -10,9 +10,10 @@ SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 
 # tests/ mirrors the package (tests/spec, tests/backends/onnx, tests/runtime, ...), and a test module may
 # take a helper from another folder's by module name (test_onnx_backend's ALL_OPS, test_torchvision_import's
-# assert_same_outputs): every test folder is on the path, as pytest puts this one there
-for _folder in sorted(p for p in Path(__file__).parent.rglob("*") if p.is_dir() and p.name[0] not in "_."
-                      and p.name not in ("broken", "import_specs")):
+# assert_same_outputs): every folder that holds test modules is on the path, as pytest puts each one there
+# when it collects it. Only those: a folder above them (tests/backends) on the path would make its
+# subfolders importable as namespace packages, and tests/backends/tensorrt would pass for TensorRT
+for _folder in sorted({p.parent for p in Path(__file__).parent.rglob("*.py")}):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 

@@ -151,3 +151,13 @@ def test_compile_spec_reads_as_its_steps():
     assert fn.end_lineno - fn.lineno + 1 <= 40
     called = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert {"prepare", "load", "inference", "lower_onnx", "write", "build_engine", "publish"} <= called, called
+
+
+@pytest.mark.parametrize("name", ["tensorrt", "triton", "torch", "onnx", "onnxruntime", "cuda", "timm"])
+def test_no_test_folder_passes_for_a_package(name):
+    """A folder of tests/ on the path must not make `import NAME` find a folder of tests: resgraph
+    probes for TensorRT with find_spec, and torch for Triton."""
+    import importlib.util
+    spec = importlib.util.find_spec(name)
+    places = [] if spec is None else list(spec.submodule_search_locations or []) + [spec.origin or ""]
+    assert not any(str(ROOT / "tests") in str(p) for p in places), places

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 
-from ..limits import MAX_CHANNELS, MAX_SPATIAL
+from ..limits import MAX_CHANNELS, MAX_ELEMENTS, MAX_SPATIAL
 
 Shape = tuple[int, ...]
 MAX_LAYER_PARAMS = 1 << 32   # 4.3e9 parameters in one layer is a typo, not a network
-MAX_ELEMENTS = 1 << 31       # elements of one activation per sample
 
 
 class ShapeError(Exception):

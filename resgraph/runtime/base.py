@@ -13,6 +13,7 @@ import numpy as np
 
 from ..manifest import Manifest
 from ..errors import DataError
+from ..limits import MAX_SPATIAL
 from .preprocess import Preprocess
 
 INSTALL = {
@@ -32,6 +33,7 @@ class Options:
     amp: str | None = None            # torch-cuda autocast: fp16 | bf16 | off [default: the artifact's precision]
     channels_last: bool | None = None  # torch-cuda [default: on for image inputs]
     tf32: bool = False                # let fp32 convolutions and matmuls on CUDA use TF32 (faster; ~fp16's precision)
+    verify: bool = True               # hash what the back end loads against the manifest (parity reports instead)
 
 
 class Session:
@@ -100,9 +102,10 @@ def checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
     if pre.get("interpolation", "bilinear") not in PIL_FILTERS:
         raise ArtifactError.at(where, f"unknown preprocess.interpolation {pre.get('interpolation')!r}",
                                f"one of {', '.join(PIL_FILTERS)}")
-    for k in ("resize", "crop"):
-        if pre.get(k) is not None and not (isinstance(pre[k], int) and pre[k] > 0):
-            raise ArtifactError.at(where, f"preprocess.{k} is {pre[k]!r}, not a positive integer",
+    for k in ("resize", "crop"):   # the spec language's bounds: a forged resize of 10^6 would allocate 10^12 pixels
+        if pre.get(k) is not None and not (isinstance(pre[k], int) and not isinstance(pre[k], bool)
+                                           and 0 < pre[k] <= MAX_SPATIAL):
+            raise ArtifactError.at(where, f"preprocess.{k} is {pre[k]!r}, not a positive integer up to {MAX_SPATIAL:,}",
                                    "recompile: resgraph compile SPEC -o FOLDER")
     if manifest.labels is not None and (len(shape_out) != 1 or len(manifest.labels) != shape_out[0]):
         raise ArtifactError.at(where, f"{len(manifest.labels)} labels for an output of shape {list(shape_out)}",
@@ -121,3 +124,33 @@ def nvidia_gpu_visible() -> bool:
     """Cheap (no CUDA library loaded): the NVIDIA driver's /proc entry or /dev node."""
     return os.path.isdir("/proc/driver/nvidia/gpus") and bool(os.listdir("/proc/driver/nvidia/gpus")) \
         or os.path.exists("/dev/nvidia0")
+
+
+# what each back end loads from the folder (a file absent from the manifest is not loaded: .data)
+LOADS = {"ort": ("model.onnx", "model.onnx.data"), "torch": ("weights.safetensors",),   # spec.yaml: read_spec
+         "tensorrt": ("model.engine", "engine.json")}
+
+
+def verify_loaded(folder: str, manifest: Manifest, backend: str) -> None:
+    """The files `backend` loads are the ones compile wrote (their sha256 is the manifest's): an
+    ArtifactError otherwise, not a BackendError, so that `auto` does not pass over a damaged or
+    missing model.onnx to another back end as if the machine lacked a package."""
+    from ..errors import ArtifactError
+    from ..manifest import sha256_file
+    family = "ort" if backend.startswith("ort") else "torch" if backend.startswith("torch") else backend
+    needed = LOADS.get(family, ())
+    if needed and needed[0] not in manifest.artifacts:
+        raise ArtifactError.at(os.path.join(folder, "manifest.json"), f"the manifest lists no {needed[0]}, which "
+                               f"{backend} runs", "recompile: resgraph compile SPEC --weights W -o FOLDER")
+    for name in (n for n in needed if n in manifest.artifacts):
+        path = os.path.join(folder, name)
+        try:
+            digest = sha256_file(path)
+        except FileNotFoundError:
+            raise ArtifactError.at(path, f"{name} is missing from the compiled folder",
+                                   "recompile: resgraph compile SPEC --weights W -o FOLDER (or name another "
+                                   "back end with --backend)") from None
+        if digest != manifest.artifacts[name].sha256:
+            raise ArtifactError.at(path, f"{name} is not the file compile wrote (its sha256 is not the manifest's)",
+                                   "recompile: resgraph compile SPEC --weights W -o FOLDER; resgraph parity FOLDER "
+                                   "shows how far it is from the checkpoint")

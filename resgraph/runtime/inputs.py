@@ -7,6 +7,7 @@ and trtexec's input files, it is not normalised again).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -52,19 +53,45 @@ def expand(args, stdin=None, sample_shape: tuple | None = None) -> list[Item]:
 def _file(path: str, sample_shape) -> list[Item]:
     if not path.lower().endswith(".npy") or sample_shape is None:
         return [Item(path)]
-    try:   # the header alone: how many samples the file holds
+    try:
         regular_file(path)
-        with open(path, "rb") as f:
-            fmt = np.lib.format
-            version = fmt.read_magic(f)
-            shape = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)[0]
+        shape = npy_shape(path)
     except InputError as e:
         return [Item(path, error=str(e))]
-    except (OSError, ValueError, SyntaxError) as e:
-        return [Item(path, error=f"not a readable .npy file: {e}")]
     if len(shape) == len(sample_shape) + 1 and tuple(shape[1:]) == tuple(sample_shape) and shape[0] > 0:
         return [Item(path, i) for i in range(shape[0])]
     return [Item(path)]
+
+
+def npy_shape(path: str) -> tuple[int, ...]:
+    """The shape a .npy file's header states, read from the header alone and held to the file: a 1 KB
+    file whose header claims 10^9 rows is refused here, before anything is allocated for its samples.
+    Whatever a hostile header holds (a broken literal, a negative or absurd dimension, an object
+    dtype) is an InputError about this one file."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read is None:
+                raise InputError(f"a .npy format {version[0]}.{version[1]} header, not 1.0 or 2.0")
+            shape, _, dtype = read(f)
+            offset, size = f.tell(), os.fstat(f.fileno()).st_size
+    except InputError:
+        raise
+    except OSError as e:
+        raise InputError(f"cannot read it: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001  (numpy parses the header with ast.literal_eval: anything may come out)
+        raise InputError(f"not a readable .npy file: {type(e).__name__}: {str(e)[:200]}") from None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise InputError(f"not a readable .npy file: its header states the shape {shape!r}")
+    if dtype.hasobject:
+        raise InputError("a .npy of Python objects: numbers expected (they would need pickle, which is never loaded)")
+    need = math.prod(shape) * dtype.itemsize
+    if need > size - offset:
+        raise InputError(f"its header states {list(shape)} {dtype} ({need:,} bytes), but the file holds "
+                         f"{size - offset:,} bytes after it: truncated or forged")
+    return tuple(shape)
 
 
 def load(item: Item, pre: Preprocess) -> np.ndarray:
@@ -80,11 +107,12 @@ def load(item: Item, pre: Preprocess) -> np.ndarray:
 
 def _npy(item: Item, shape: tuple) -> np.ndarray:
     regular_file(item.path)
+    npy_shape(item.path)   # the header held to the file before numpy maps anything
     try:
         a = np.load(item.path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
         raise InputError("no such file") from None
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError) as e:
         raise InputError(f"not a readable .npy file: {e}") from None
     if not isinstance(a, np.ndarray):
         raise InputError("an .npz archive, not one array: save one with numpy.save") from None

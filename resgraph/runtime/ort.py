@@ -81,6 +81,15 @@ class OrtSession(Session):
         if self.cuda and "CUDAExecutionProvider" not in sess.get_providers():
             raise BackendError.at(self.path, "ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
                                   "libraries missing or of another version?)", "see resgraph doctor")
+        ins, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
+        shapes = [tuple(t.shape[1:]) for t in (*sess.get_inputs(), *sess.get_outputs())]
+        if ins != [self.input_name] or outs != [self.output_name] or \
+                shapes != [tuple(self.input_shape), tuple(self.output_shape)]:   # another model in the folder's place
+            from ..errors import ArtifactError
+            raise ArtifactError.at(self.path, f"model.onnx takes {ins} and gives {outs} ({shapes}), but the manifest "
+                                   f"says {self.input_name} {list(self.input_shape)} -> {self.output_name} "
+                                   f"{list(self.output_shape)}: the two are not from one compile",
+                                   "recompile: resgraph compile SPEC --weights W -o FOLDER")
         return sess
 
     def _trt_options(self) -> dict:

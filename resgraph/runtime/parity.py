@@ -12,7 +12,8 @@ first wherever it takes part, so a model.onnx altered after compiling fails agai
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -98,9 +99,15 @@ def parity_inputs(source: str, input_shape: tuple, preprocess) -> tuple[np.ndarr
     from .inputs import expand
     from .pipeline import decode_batch
     if source.isdigit():
-        if int(source) < 1:
+        from ..limits import MAX_PARITY_BYTES
+        n, per = int(source), 4 * math.prod(input_shape)
+        if n < 1:
             raise OptionError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
-        x = np.random.default_rng(0).standard_normal((int(source), *input_shape), dtype=np.float32)
+        if n * per > MAX_PARITY_BYTES:   # refused before allocating (10^9 inputs asked for 238 GiB)
+            raise OptionError.at("--inputs", f"{n:,} random inputs of {list(input_shape)} take {n * per / 2**30:,.1f} GiB",
+                                 f"at most {max(1, MAX_PARITY_BYTES // per):,} of this model's inputs "
+                                 f"({MAX_PARITY_BYTES >> 30} GiB); parity's figures settle within a few hundred")
+        x = np.random.default_rng(0).standard_normal((n, *input_shape), dtype=np.float32)
         return x, f"{int(source)} random normalised inputs (seed 0)", []
     if not os.path.isdir(source):
         raise OptionError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
@@ -129,8 +136,8 @@ def parity(folder: str, backends: str, source: str, batch_size: int, options) ->
     manifest = read_manifest(folder)
     sessions = {}
     try:
-        for n in names:
-            sessions[n] = open_session(folder, n, options)
+        for n in names:   # files changed since compiling are compared, and reported, not refused
+            sessions[n] = open_session(folder, n, replace(options, verify=False))
         first = next(iter(sessions.values()))
         x, what, failed_inputs = parity_inputs(source, first.input_shape, first.preprocess)
         outputs = run_all(sessions, x, batch_size)

@@ -25,7 +25,7 @@ from typing import Callable
 
 from ..manifest import Manifest, read_manifest
 from ..errors import BackendError
-from .base import INSTALL, Availability, Options, Session, nvidia_gpu_visible
+from .base import INSTALL, Availability, Options, Session, nvidia_gpu_visible, verify_loaded
 
 AUTO_ORDER = ("tensorrt", "ort-cuda", "torch-cuda", "ort-cpu", "torch-cpu")
 ALIASES = {"ort": ("ort-cuda", "ort-cpu"), "onnxruntime": ("ort-cuda", "ort-cpu"), "torch": ("torch-cuda", "torch-cpu"),
@@ -165,6 +165,8 @@ def open_session(artifact: str, backend: str = "auto", options: Options | None =
                 raise
             raise BackendError.at(backend, "no back end could open the model: " + "; ".join(f"{n} ({m})" for n, m in failed),
                                   "see resgraph doctor") from None
+        if options.verify:
+            verify_loaded(folder, manifest, name)
         try:
             s = BACKENDS[name].open(folder, manifest, options)
         except BackendError as e:

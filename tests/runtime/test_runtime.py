@@ -265,8 +265,10 @@ def test_a_damaged_model_file_is_a_clear_error(digits_folder, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(digits_folder, folder)
     (folder / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match="model.onnx is not the file compile wrote"):
+        open_session(str(folder), "ort-cpu")                      # what it loads is checked first
     with pytest.raises(BackendError, match="ONNX Runtime cannot load the model"):
-        open_session(str(folder), "ort-cpu")
+        open_session(str(folder), "ort-cpu", Options(verify=False))
 
 
 # --- what the ONNX Runtime path imports ---------------------------------------------------------
