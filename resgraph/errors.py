@@ -147,6 +147,13 @@ class Diagnostics:
             raise SpecError(self.errors, ordered)
 
 
+def listed(items, limit: int = 5) -> str:
+    """The first `limit` items, comma-separated, and how many more there are: 'a, b, c, d, e (+5 more)'."""
+    items = [str(x) for x in items]
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
 def did_you_mean(word: str, choices, what: str = "") -> str:
     """'did you mean 'conv'?' for a near miss, else the list of valid choices (short lists only)."""
     choices = sorted(set(choices))

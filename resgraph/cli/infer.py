@@ -109,6 +109,9 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
     from ..render import escape   # names, labels and errors come from files: no escape sequence reaches the terminal
     from ..runtime import expand, predict_batches, top_k_batch
     say(f"resgraph: {escape(session.manifest.name)} on {session.describe()} ({session.why})")
+    if not session.manifest.trained:   # once, on stderr: the answers below come from untrained weights
+        say(f"note: {escape(session.manifest.name)} is untrained ({escape(session.manifest.weights_source)}): its "
+            "answers are not predictions; compile it with --weights from resgraph train or import-weights")
     items = expand(inputs, sys.stdin, session.input_shape)
     if not items:
         raise _no_inputs(inputs)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import DataError, PathError
+from ..errors import DataError, PathError, listed
 from ..runtime.preprocess import InputError
 from .split import split as _split
 
@@ -166,7 +166,7 @@ def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
         others = sorted(e.name for e in os.scandir(folder) if e.is_dir() and e.name not in ("train",)
                         and not e.name.startswith("."))
         raise DataError.at(folder, "the folder has train/ but no val/"
-                           + (f" (it has: {', '.join(others[:5])})" if others else ""),
+                           + (f" (it has: {listed(others)})" if others else ""),
                            f"put the held-out images in {val_dir}/<class>/ (torchvision's layout: train/ and val/), "
                            f"or move the class folders up into {folder}/ to split them by --val-split")
     if not split and os.path.isdir(val_dir):
@@ -179,7 +179,7 @@ def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
     if spec.labels is not None:
         missing = [c for c in classes if c not in spec.labels]
         if missing:
-            raise DataError.at(folder, f"class folders not in the spec's labels: {', '.join(missing[:5])}",
+            raise DataError.at(folder, f"class folders not in the spec's labels: {listed(missing)}",
                                "name the folders after the spec's labels, or change the labels")
         classes = list(spec.labels)
     index = {c: i for i, c in enumerate(classes)}
@@ -188,8 +188,7 @@ def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
         val_classes, val_items = _scan(val_dir)
         strays = [c for c in val_classes if c not in index]
         if strays:
-            raise DataError.at(val_dir, f"class folders that train/ does not have: {', '.join(strays[:5])}"
-                               + (f" (+{len(strays) - 5} more)" if len(strays) > 5 else ""),
+            raise DataError.at(val_dir, f"class folders that train/ does not have: {listed(strays)}",
                                "name val/'s class folders as train/'s (or the spec's labels), or remove those")
         val_pairs = [(p, index[c]) for p, c in val_items]
         return Data(Images(pairs, spec, folder, "train", classes), Images(val_pairs, spec, folder, "val", classes),

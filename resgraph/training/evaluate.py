@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..errors import DataError
+from ..errors import DataError, listed
 from .data import collate, load_data, report_bad
 
 
@@ -56,8 +56,8 @@ def _check_classes(out, y, classes, where: str) -> None:
         raise DataError.at(where, f"the network's output is {list(out.shape[1:])}, not a vector of class scores",
                            "train and evaluate classifiers: end the spec with linear: {out: CLASSES}")
     if classes is not None and len(classes) != k:
-        raise DataError.at(where, f"the data has {len(classes)} classes ({', '.join(classes[:5])}"
-                           f"{', ...' if len(classes) > 5 else ''}) but the network has {k} outputs",
+        raise DataError.at(where, f"the data has {len(classes)} classes ({listed(classes)}) but the network has "
+                           f"{k} outputs",
                            f"evaluate on data with the {k} classes the model was trained on (or give the spec "
                            "labels: naming the classes, so that folders are matched by name)")
     if len(y) and int(y.max()) >= k:

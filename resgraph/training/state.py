@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..backends.torch.checkpoint import writing
-from ..errors import OptionError, PathError, WeightsError
+from ..errors import OptionError, PathError, WeightsError, listed
 from ..fileio import atomic_write, check_regular
 
 
@@ -79,8 +79,8 @@ def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None
         raise damaged(f"its epoch is {epoch!r}, not a count of finished epochs (0 or more)")
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise WeightsError.at(path, f"the trainer state holds NaN or inf ({', '.join(bad[:5])}"
-                              f"{' ...' if len(bad) > 5 else ''}): the run diverged before epoch {epoch}",
+        raise WeightsError.at(path, f"the trainer state holds NaN or inf ({listed(bad)}): the run diverged "
+                              f"before epoch {epoch}",
                               "resuming would go on training a broken model. Start again from an earlier checkpoint "
                               "(best.safetensors or epoch-NNN.safetensors) with --weights, perhaps with a lower --lr")
     state: dict = {}

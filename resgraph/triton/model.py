@@ -25,12 +25,20 @@ class TritonPythonModel:
 
     def execute(self, requests):
         xs = [pb_utils.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]
+        # a request holding NaN or inf is refused, as `resgraph run` refuses such an input; the others run
+        ok = [bool(np.isfinite(x).all()) for x in xs]
+        good = [x for x, fine in zip(xs, ok) if fine]
         try:
-            y = self.session.run(xs[0] if len(xs) == 1 else np.concatenate(xs))
+            y = (good[0] if len(good) == 1 else np.concatenate(good)) if good else None
+            y = self.session.run(y) if good else None
         except Exception as e:  # noqa: BLE001  (every request of the batch gets the reason)
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"resgraph: {e}")) for _ in requests]
         responses, start = [], 0
-        for x in xs:
+        for x, fine in zip(xs, ok):
+            if not fine:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"resgraph: input '{self.input}' holds NaN or inf")))
+                continue
             rows = np.ascontiguousarray(y[start:start + len(x)])
             start += len(x)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output, rows)]))

@@ -47,7 +47,11 @@ def _die_with_parent() -> None:
 
 
 def _port_free(address: str, port: int) -> bool:
+    """Whether a server could listen on the port now: bound with SO_REUSEADDR, as servers (Triton
+    among them) bind, so a port whose last connections are in TIME_WAIT (a server that just exited)
+    counts as free, and only a listener holds it."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((address, port))
         except OSError:

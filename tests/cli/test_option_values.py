@@ -12,14 +12,13 @@ from conftest import run_cli
 
 
 @pytest.mark.parametrize("option", ["--duration", "--warmup", "--cv-threshold"])
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+@pytest.mark.parametrize("value", ["nan", "-inf"])
 def test_bench_refuses_non_finite_seconds(digits_folder, option, value):
     r = run_cli("bench", str(digits_folder), option, value)
     assert r.returncode == 2 and f"'{value}' is not a finite number" in r.stderr and option in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("option", ["--lr", "--momentum", "--weight-decay", "--warmup-epochs", "--label-smoothing",
-                                    "--val-split"])
+@pytest.mark.parametrize("option", ["--lr", "--label-smoothing", "--val-split"])   # the rest: the walk below
 def test_train_refuses_non_finite_floats(option):
     r = run_cli("train", "specs/digits_resnet.yaml", "--data", "digits", option, "nan")
     assert r.returncode == 2 and "is not a finite number" in r.stderr and option in r.stderr, r.stderr

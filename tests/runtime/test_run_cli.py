@@ -292,3 +292,13 @@ def test_pipes_and_devices_as_inputs_fail_on_their_line_without_blocking(digits_
     assert [d["ok"] for d in lines] == [False, False, False, True, False]
     assert all("not a regular file" in d["error"] for d in lines[:3])
     assert lines[3]["top"][0]["label"] == "2" and lines[4]["error"] == "an empty file"
+
+
+def test_run_says_once_that_an_untrained_folder_answers_nothing(tmp_path, digits_folder):
+    from resgraph.compile import compile_spec
+    c = compile_spec(str(ROOT / "specs" / "digits_resnet.yaml"), out=str(tmp_path / "fresh"))   # a seeded init
+    p = run_cli("run", c.out, str(SAMPLES))
+    assert p.returncode == 0 and p.stderr.count("is untrained (fresh init, seed 0)") == 1, p.stderr
+    assert "untrained" not in p.stdout
+    trained = run_cli("run", str(digits_folder), str(SAMPLES / "0012_digit-2.png"))
+    assert trained.returncode == 0 and "untrained" not in trained.stderr

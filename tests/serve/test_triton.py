@@ -209,6 +209,27 @@ def test_http_and_grpc_answer_what_onnx_runtime_does(served, direct):
 
 
 @needs_triton
+def test_nan_or_inf_over_http_is_refused_as_run_refuses_it(served, direct):
+    """A request holding NaN or inf gets an error naming it (run refuses such an input too); a good
+    request beside it still gets its own answer."""
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+    c = th.InferenceServerClient(served.http_url)
+    for bad in (np.nan, np.inf):
+        x = np.zeros((2, 1, 8, 8), np.float32)
+        x[1, 0, 3, 3] = bad
+        i = th.InferInput("image", list(x.shape), "FP32")
+        i.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException, match="holds NaN or inf"):
+            c.infer("digits_resnet", [i])
+    x = np.random.default_rng(3).standard_normal((3, 1, 8, 8), dtype=np.float32)
+    i = th.InferInput("image", list(x.shape), "FP32")
+    i.set_data_from_numpy(x)
+    assert float(np.abs(c.infer("digits_resnet", [i]).as_numpy("logits") - direct.run(x)).max()) <= 1e-5
+    c.close()
+
+
+@needs_triton
 def test_under_load_every_response_is_its_requests(served, direct):
     """16 clients x 100 requests of batch 1 to 8, each with its own inputs: every answer checked against
     a direct session on the same inputs (nothing lost, nothing swapped between requests that Triton's
@@ -382,3 +403,38 @@ def _read_ready(p, timeout: float = 120.0) -> str:
         if p.poll() is not None:
             break
     pytest.fail("serve never said it was ready")
+
+
+def test_a_port_in_time_wait_counts_as_free():
+    """After a server exits, its port's connections sit in TIME_WAIT for about a minute; servers bind
+    with SO_REUSEADDR and can listen at once, so the pre-check must not call the port taken (it did)."""
+    from resgraph.triton.server import _port_free
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    assert not _port_free("127.0.0.1", port)      # a listener holds it
+    conn.close()                                  # the server side closes first: its end goes to TIME_WAIT
+    client.close()
+    listener.close()
+    time.sleep(0.1)
+    assert _port_free("127.0.0.1", port)
+
+
+@needs_triton
+def test_the_client_example_of_the_deployment_guide_runs(served, digits_folder, capsys, monkeypatch):
+    """docs/deploy.md's Python client, as written, against the real server (its folder and address
+    swapped for the test's): resgraph's preprocess, one request, the right digit."""
+    import re
+
+    from conftest import ROOT
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    code = re.search(r"### A client\n.*?```python\n(.*?)```", text, re.S).group(1)
+    code = code.replace('"compiled/digits_resnet"', repr(str(digits_folder))).replace('"localhost:8000"',
+                                                                                          repr(served.http_url))
+    monkeypatch.chdir(ROOT)   # the example's image path is the repository's
+    exec(compile(code, "docs/deploy.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "2"

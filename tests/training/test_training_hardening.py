@@ -311,3 +311,17 @@ def test_a_diverging_run_stops_before_saving_nan_weights(tmp_path):
                 "--no-nesterov", "-o", str(tmp_path / "run"))
     user_error(p, "training diverged in epoch 1", "lower --lr")
     assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_a_long_list_in_an_error_says_how_many_more(tmp_path):
+    """Ten class folders that are not the spec's labels: the error lists five and says there are five
+    more, instead of looking like the whole list."""
+    spec = tmp_path / "l.yaml"
+    spec.write_text(FOLDERS.replace("linear: {out: 2}", "linear: {out: 10}") + "labels: [" +
+                    ", ".join(f"digit{i}" for i in range(10)) + "]\n")
+    data = tmp_path / "imgs"
+    for i in range(10):
+        (data / f"class{i}").mkdir(parents=True)
+        _png(data / f"class{i}" / "0.png", 100)
+    p = run_cli("train", str(spec), "--data", str(data), "--epochs", "1", "-o", str(tmp_path / "run"))
+    user_error(p, "class folders not in the spec's labels: class0, class1, class2, class3, class4 (+5 more)")
