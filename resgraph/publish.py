@@ -169,7 +169,6 @@ def _publish(stage: str, out: str, names: list[str], layout: Layout, inside: boo
     publish does not carry (model.onnx.data) is removed after. A crash between two of those renames
     leaves a mixed set that the last entry, replaced last, does not describe (its sha256s tell).
     """
-    from .fileio import exchange
     last = layout.entries[-1]
     assert set(names) <= set(layout.entries) and last in names, names
     umask = os.umask(0)
@@ -186,13 +185,7 @@ def _publish(stage: str, out: str, names: list[str], layout: Layout, inside: boo
                 pass
         if os.path.isdir(out) and not os.path.islink(out) and all(_ours(e, layout) for e in os.scandir(out)):
             os.chmod(stage, os.stat(out).st_mode & 0o7777)
-            try:
-                swapped = exchange(stage, out)
-            except OSError as e:
-                if e.errno not in CANNOT_EXCHANGE:
-                    raise
-                swapped = False
-            if swapped:
+            if _swap(stage, out):
                 old = tempfile.mkdtemp(dir=os.path.dirname(stage), prefix=OLD)
                 os.rename(stage, old)   # over its own empty folder: the name says "not being written"
                 _delete_later(old)
@@ -215,22 +208,27 @@ def _ours(e: os.DirEntry, layout: Layout) -> bool:
     return e.is_dir(follow_symlinks=False) if e.name in layout.folders else e.is_file(follow_symlinks=False)
 
 
+def _swap(a: str, b: str) -> bool:
+    """Exchange two folders in one step; False, having changed nothing, where this system or place
+    cannot (a mount point, another filesystem, no renameat2): the caller then goes another way."""
+    from .fileio import exchange
+    try:
+        return exchange(a, b)
+    except OSError as e:
+        if e.errno not in CANNOT_EXCHANGE:
+            raise
+        return False
+
+
 def _replace(src: str, dst: str, folder: bool) -> None:
     """One entry in place of another, atomically: a file by rename; a folder by an exchange (then the
     old one deleted), or, where the system cannot exchange, by moving the old one aside first."""
-    from .fileio import exchange
     if not folder or not os.path.isdir(dst) or os.path.islink(dst):
         if folder and os.path.lexists(dst):
             os.unlink(dst)
         os.replace(src, dst)
         return
-    try:
-        swapped = exchange(src, dst)
-    except OSError as e:
-        if e.errno not in CANNOT_EXCHANGE:
-            raise
-        swapped = False
-    if swapped:
+    if _swap(src, dst):
         shutil.rmtree(src, ignore_errors=True)   # now the previous entry
         return
     aside = tempfile.mkdtemp(dir=os.path.dirname(dst), prefix=OLD)
