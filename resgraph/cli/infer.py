@@ -207,34 +207,47 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 def _bench_table(report: dict) -> None:
+    """Two tables that fit an 80-column terminal: throughput (with the host<->device copies where a
+    back end has a device) and latency per query. The mean is in --json."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
     from ..render import console
     from ..render import escape as plain   # then rich's escape: no control character, no markup
-    t = Table(title=escape(plain(f"{report['model']} ({report['precision']}): {report['duration_s']:g} s per row, "
-                                 f"{report['macs_per_image']:,} MACs per image")), title_justify="left")
-    for col in ("backend", "batch", "queries/s", "images/s", "min", "mean", "median", "p90", "p95", "p99", "max",
-                "GFLOP/s", "H2D", "D2H", "CV"):
-        t.add_column(col, justify="left" if col == "backend" else "right")
+    results = report["results"]
+    device = any(r["h2d_ms"] is not None for r in results)
+    ms = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    rate = lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:,.1f}"  # noqa: E731  (a tenth of 10^6/s says nothing)
+
+    def table(title: str, cols: tuple[str, ...]) -> Table:
+        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+                  collapse_padding=True, show_edge=False)
+        for col in ("backend", "batch", *cols):
+            t.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
+        return t
+    out = console()
+    out.print(escape(plain(f"{report['model']} ({report['precision']}): {report['duration_s']:g} s per row, "
+                           f"{report['macs_per_image']:,} MACs per image")))
+    thr = table("throughput", ("queries/s", "images/s", "GFLOP/s", *(("H2D ms", "D2H ms") if device else ()), "CV"))
+    lat = table("latency per query, ms", ("median", "p90", "p95", "p99", "min", "max"))
     noisy = []
-    for r in report["results"]:
-        lat = r["latency_ms"]
-        ms = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-        t.add_row(r["backend"], str(r["batch"]), f"{r['throughput']['queries_per_s']:,.1f}",
-                  f"{r['throughput']['images_per_s']:,.1f}", *(ms(lat[k]) for k in ("min", "mean", "median", "p90", "p95",
-                                                                                      "p99", "max")),
-                  f"{r['gflops']:,.1f}", ms(r["h2d_ms"]), ms(r["d2h_ms"]), f"{r['cv']:.1%}" + (" !" if r["noisy"] else ""))
+    for r in results:
+        head = (escape(plain(r["backend"])), str(r["batch"]))
+        thr.add_row(*head, rate(r["throughput"]["queries_per_s"]), rate(r["throughput"]["images_per_s"]),
+                    rate(r["gflops"]), *((ms(r["h2d_ms"]), ms(r["d2h_ms"])) if device else ()),
+                    f"{r['cv']:.1%}" + (" !" if r["noisy"] else ""))
+        lat.add_row(*head, *(ms(r["latency_ms"][k]) for k in ("median", "p90", "p95", "p99", "min", "max")))
         if r["noisy"]:
             noisy.append(f"{r['backend']} batch {r['batch']}")
-    out = console()
-    out.print(t)
-    out.print("latencies in ms per query (one query = one batch); images/s = queries/s x batch")
+    out.print(thr)
+    out.print(lat)
+    out.print("one query = one batch; images/s = queries/s x batch; mean latency: --json")
     for s in report["skipped"]:
         out.print(escape(plain(f"skipped {s['backend']}: {s['reason']}" + (f"  ({s['install']})" if s.get("install") else ""))))
     if noisy:
         say(f"warning: noisy measurement (CV above the threshold) for {', '.join(noisy)}: other load on the machine? "
-             "Rerun with a longer --duration")
+            "Rerun with a longer --duration")
 
 
 @click.command("parity")

@@ -302,3 +302,20 @@ def test_run_says_once_that_an_untrained_folder_answers_nothing(tmp_path, digits
     assert "untrained" not in p.stdout
     trained = run_cli("run", str(digits_folder), str(SAMPLES / "0012_digit-2.png"))
     assert trained.returncode == 0 and "untrained" not in trained.stderr
+
+
+def test_bench_tables_fit_80_columns_at_their_widest(capsys, monkeypatch):
+    """bench's figures in two tables (throughput, latency) that fit an 80-column terminal even with a
+    device's copy columns, the widest back end name and numbers in the millions: no cell is cut."""
+    from resgraph.cli.infer import _bench_table
+    monkeypatch.setenv("COLUMNS", "80")
+    row = {"backend": "torch-cuda", "batch": 65536, "throughput": {"queries_per_s": 1234567.8, "images_per_s": 98765432.1},
+           "gflops": 123456.7, "h2d_ms": 123.456, "d2h_ms": 12.345, "cv": 0.123, "noisy": True,
+           "latency_ms": {"min": 1234.567, "mean": 2345.678, "median": 2345.678, "p90": 3456.789, "p95": 4567.891,
+                          "p99": 5678.912, "max": 99999.999}}
+    _bench_table({"model": "digits_resnet", "precision": "fp16", "duration_s": 3.0, "macs_per_image": 4_089_184_256,
+                  "results": [row, {**row, "backend": "ort-cpu", "h2d_ms": None, "d2h_ms": None}], "skipped": []})
+    out = capsys.readouterr().out
+    widths = [len(line) for line in out.splitlines()]
+    assert max(widths) <= 80, (max(widths), out)
+    assert "…" not in out and "98,765,432" in out and "99999.999" in out and "123.456" in out and "12.3% !" in out
