@@ -108,13 +108,14 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
     from ..errors import ArtifactError
     from ..render import escape   # names, labels and errors come from files: no escape sequence reaches the terminal
     from ..runtime import expand, predict_batches, top_k_batch
+    from ..runtime.inputs import no_inputs
     say(f"resgraph: {escape(session.manifest.name)} on {session.describe()} ({session.why})")
     if not session.manifest.trained:   # once, on stderr: the answers below come from untrained weights
         say(f"note: {escape(session.manifest.name)} is untrained ({escape(session.manifest.weights_source)}): its "
             "answers are not predictions; compile it with --weights from resgraph train or import-weights")
     items = expand(inputs, sys.stdin, session.input_shape)
     if not items:
-        raise _no_inputs(inputs)
+        raise no_inputs(inputs)
     if len(session.output_shape) != 1:
         raise ArtifactError.at(artifact, f"the model's output is {list(session.output_shape)}, not a vector of "
                                "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
@@ -148,12 +149,6 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
     n = len(items)
     say(f"{n} input{'s' * (n != 1)}: {n - failed} ok, {failed} failed; {seconds:.2f} s ({n / seconds:,.0f} inputs/s)")
     return failed
-
-
-def _no_inputs(inputs):
-    from ..errors import DataError
-    return DataError.at(" ".join(inputs), "no inputs: the folders are empty (or standard input named no files)",
-                        "give image files, .npy files or folders holding them")
 
 
 @click.command("bench")

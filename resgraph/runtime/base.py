@@ -86,10 +86,7 @@ def checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
     from ..errors import ArtifactError
     from .preprocess import PIL_FILTERS
     where = os.path.join(folder, "manifest.json")
-    shape_in, shape_out = manifest.input.sample_shape, manifest.output.sample_shape
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in (*shape_in, *shape_out)):
-        raise ArtifactError.at(where, f"input/output shapes {list(shape_in)} / {list(shape_out)} are not positive "
-                               "integers", "recompile: resgraph compile SPEC -o FOLDER")
+    shape_in, shape_out = manifest.input.sample_shape, manifest.output.sample_shape   # bounded: Manifest.from_json
     pre = manifest.preprocess
     for k in ("mean", "std"):
         v = pre.get(k)
@@ -126,9 +123,10 @@ def nvidia_gpu_visible() -> bool:
         or os.path.exists("/dev/nvidia0")
 
 
-# what each back end loads from the folder (a file absent from the manifest is not loaded: .data)
-LOADS = {"ort": ("model.onnx", "model.onnx.data"), "torch": ("weights.safetensors",),   # spec.yaml: read_spec
-         "tensorrt": ("model.engine", "engine.json")}
+# what each back end loads from the folder and is hashed against the manifest here (a file absent from
+# the manifest is not loaded: .data). Held elsewhere, not hashed twice: spec.yaml (read_spec) and
+# model.engine (runtime.tensorrt.check_engine, against engine.json's sha256, which is checked here)
+LOADS = {"ort": ("model.onnx", "model.onnx.data"), "torch": ("weights.safetensors",), "tensorrt": ("engine.json",)}
 
 
 def verify_loaded(folder: str, manifest: Manifest, backend: str) -> None:

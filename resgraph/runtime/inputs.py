@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DataError
 from .preprocess import InputError, Preprocess, regular_file
 
 
@@ -48,6 +49,12 @@ def expand(args, stdin=None, sample_shape: tuple | None = None) -> list[Item]:
         else:
             items.extend(_file(arg, sample_shape))
     return items
+
+
+def no_inputs(args) -> DataError:
+    """The error for inputs that name no file at all (empty folders, an empty list on stdin)."""
+    return DataError.at(" ".join(map(str, args)), "no inputs: the folders are empty (or standard input named no files)",
+                        "give image files, .npy files or folders holding them")
 
 
 def _file(path: str, sample_shape) -> list[Item]:

@@ -95,8 +95,8 @@ def parity_inputs(source: str, input_shape: tuple, preprocess) -> tuple[np.ndarr
     a count of seeded random normalised inputs, or a folder of images / .npy files."""
     import os
 
-    from ..errors import DataError, OptionError
-    from .inputs import expand
+    from ..errors import OptionError
+    from .inputs import expand, no_inputs
     from .pipeline import decode_batch
     if source.isdigit():
         from ..limits import MAX_PARITY_BYTES
@@ -116,8 +116,7 @@ def parity_inputs(source: str, input_shape: tuple, preprocess) -> tuple[np.ndarr
     failed = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]
     good = [d for d in decoded if not isinstance(d, str)]
     if not good:
-        raise DataError.at(source, "no inputs: the folders are empty (or standard input named no files)",
-                           "give image files, .npy files or folders holding them")
+        raise no_inputs([source])
     return np.stack(good), f"{len(good)} inputs from {source}", failed
 
 
