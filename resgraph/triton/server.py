@@ -77,6 +77,16 @@ def clean_stale_workspaces() -> None:
         shutil.rmtree(e.path, ignore_errors=True)
 
 
+def owned_workspace() -> str:
+    """A new temporary folder that names its owner (owner.pid), after removing those whose owner is
+    gone (clean_stale_workspaces): a killed serve's are removed by the next."""
+    clean_stale_workspaces()
+    work = tempfile.mkdtemp(prefix="resgraph-triton-")
+    with open(os.path.join(work, "owner.pid"), "w") as f:
+        f.write(str(os.getpid()))
+    return work
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -117,10 +127,7 @@ class TritonServer:
         if not os.path.isfile(stub):
             raise BackendError.at("tritonserver", f"nvidia-pytriton has no Python backend stub for Python {version}",
                                   "use a Python it ships a stub for (see site-packages/pytriton/tritonserver/python_backend_stubs)")
-        clean_stale_workspaces()
-        self.work = tempfile.mkdtemp(prefix="resgraph-triton-")
-        with open(os.path.join(self.work, "owner.pid"), "w") as f:
-            f.write(str(os.getpid()))
+        self.work = owned_workspace()
         server = os.path.join(self.work, "tritonserver")
         shutil.copytree(dist, server, ignore=shutil.ignore_patterns("python_backend_stubs"))
         shutil.copy(stub, os.path.join(server, "backends", "python", "triton_python_backend_stub"))
@@ -218,10 +225,7 @@ def serve(artifact: str, options, http_port: int = 8000, grpc_port: int = 8001, 
     (KeyboardInterrupt), and on the way out, with those signals held off so a second one cannot cut
     it short, the server is stopped and the workspace removed."""
     from .export import export_triton
-    clean_stale_workspaces()
-    work = tempfile.mkdtemp(prefix="resgraph-triton-")
-    with open(os.path.join(work, "owner.pid"), "w") as f:
-        f.write(str(os.getpid()))
+    work = owned_workspace()
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
