@@ -8,6 +8,8 @@ For one compiled folder (default: the shipped digits model, compiled into a temp
                    running the same Session, dynamic batching OFF: one request, one execution
     triton+batch   the same with dynamic batching ON (max queue delay --delay-us): Triton runs the
                    requests that arrive together as one batch
+    serve          triton+batch through resgraph serve's HTTP front (triton/front.py), which checks each
+                   request against the model before the core sees it: what that hop costs
 Reported: requests/s, p50 and p99 latency (ms) per row; ratios triton/direct and batch/no-batch; and
 the mean batch Triton formed (inference count / execution count from its statistics).
 
@@ -105,34 +107,62 @@ def main() -> None:
                             "rows": rows})
 
 
-def measure(a, m, session, repo, rows, th, TritonServer) -> None:
-    with TritonServer(repo) as server:
-        for c in (int(x) for x in a.concurrency.split(",")):
-            direct = drive(lambda: session.run, c, a.seconds, m.input.sample_shape)
-            row = {"concurrency": c, "direct": direct}
-            for name in ("plain", "batched"):
-                def client():
-                    cl = th.InferenceServerClient(server.http_url, connection_timeout=60, network_timeout=60)
+def _front(fit, core_port: int, ports) -> None:
+    """serve's HTTP front in a process of its own, as `resgraph serve` runs it (not sharing this
+    process's interpreter lock with the benchmark's client threads)."""
+    from resgraph.triton.front import Front
+    front = Front("127.0.0.1", 0, fit, core_port)
+    ports.put(front.port)
+    front.loop.run_forever()
 
-                    def call(x):
-                        i = th.InferInput(m.input.name, list(x.shape), "FP32")
-                        i.set_data_from_numpy(x)
-                        return cl.infer(name, [i]).as_numpy(m.output.name)
-                    call.close = cl.close
-                    return call
-                stats0 = th.InferenceServerClient(server.http_url).get_inference_statistics(name)["model_stats"][0]
-                row[name] = drive(client, c, a.seconds, m.input.sample_shape)
-                stats = th.InferenceServerClient(server.http_url).get_inference_statistics(name)["model_stats"][0]
-                inf, ex = (stats["inference_count"] - stats0["inference_count"],
-                           stats["execution_count"] - stats0["execution_count"])
-                row[name]["mean_batch"] = inf / ex if ex else None
-            rows.append(row)
-            d, p, b = row["direct"], row["plain"], row["batched"]
-            print(f"  concurrency {c:>3}: direct {d['requests_per_s']:>8,.0f} req/s (p50 {d['p50_ms']:.2f}, p99 "
-                  f"{d['p99_ms']:.2f} ms) | triton {p['requests_per_s']:>7,.0f} ({p['p50_ms']:.2f} / {p['p99_ms']:.2f}) "
-                  f"= {p['requests_per_s'] / d['requests_per_s']:.2f}x direct | +batching {b['requests_per_s']:>7,.0f} "
-                  f"({b['p50_ms']:.2f} / {b['p99_ms']:.2f}), mean batch {b['mean_batch'] or 0:.1f} = "
-                  f"{b['requests_per_s'] / p['requests_per_s']:.2f}x without")
+
+def measure(a, m, session, repo, rows, th, TritonServer) -> None:
+    import multiprocessing
+
+    from resgraph.triton.front import Fit
+    with TritonServer(repo) as server:
+        ctx = multiprocessing.get_context("fork")
+        ports = ctx.Queue()
+        front = ctx.Process(target=_front, args=(Fit.of("batched", m, 32), server.ports["http"], ports), daemon=True)
+        front.start()
+        try:
+            _measure(a, m, session, rows, th, server.http_url, f"127.0.0.1:{ports.get(timeout=30)}")
+        finally:
+            front.terminate()
+            front.join()
+
+
+def _measure(a, m, session, rows, th, core, front) -> None:
+    for c in (int(x) for x in a.concurrency.split(",")):
+        direct = drive(lambda: session.run, c, a.seconds, m.input.sample_shape)
+        row = {"concurrency": c, "direct": direct}
+        for name, url in (("plain", core), ("batched", core), ("serve", front)):
+            def client():
+                cl = th.InferenceServerClient(url, connection_timeout=60, network_timeout=60)
+
+                def call(x):
+                    i = th.InferInput(m.input.name, list(x.shape), "FP32")
+                    i.set_data_from_numpy(x)
+                    return cl.infer("batched" if name == "serve" else name, [i]).as_numpy(m.output.name)
+                call.close = cl.close
+                return call
+            model = "batched" if name == "serve" else name
+            stats0 = th.InferenceServerClient(core).get_inference_statistics(model)["model_stats"][0]
+            row[name] = drive(client, c, a.seconds, m.input.sample_shape)
+            stats = th.InferenceServerClient(core).get_inference_statistics(model)["model_stats"][0]
+            inf, ex = (stats["inference_count"] - stats0["inference_count"],
+                       stats["execution_count"] - stats0["execution_count"])
+            row[name]["mean_batch"] = inf / ex if ex else None
+        rows.append(row)
+        d, p, b = row["direct"], row["plain"], row["batched"]
+        print(f"  concurrency {c:>3}: direct {d['requests_per_s']:>8,.0f} req/s (p50 {d['p50_ms']:.2f}, p99 "
+              f"{d['p99_ms']:.2f} ms) | triton {p['requests_per_s']:>7,.0f} ({p['p50_ms']:.2f} / {p['p99_ms']:.2f}) "
+              f"= {p['requests_per_s'] / d['requests_per_s']:.2f}x direct | +batching {b['requests_per_s']:>7,.0f} "
+              f"({b['p50_ms']:.2f} / {b['p99_ms']:.2f}), mean batch {b['mean_batch'] or 0:.1f} = "
+              f"{b['requests_per_s'] / p['requests_per_s']:.2f}x without")
+        f = row["serve"]
+        print(f"                   through serve's front {f['requests_per_s']:>7,.0f} req/s ({f['p50_ms']:.2f} / "
+              f"{f['p99_ms']:.2f} ms) = {f['requests_per_s'] / b['requests_per_s']:.2f}x the core's own HTTP")
 
 
 if __name__ == "__main__":

@@ -86,9 +86,11 @@ def export_triton_cmd(artifact, repo, platform, name, kind, backend, max_batch, 
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True, help="Where to listen (0.0.0.0: every interface).")
 @click.option("--backend", default="auto", show_default=True, help="The resgraph back end the model runs on.")
+@click.option("--restarts", type=click.IntRange(0, 100), default=3, show_default=True,
+              help="Start Triton's core again after it dies, up to this many times in 5 minutes; then exit.")
 @serving_options
-def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, max_batch, instances, dynamic_batching,
-              max_queue_delay_us, preferred_batch):
+def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, restarts, max_batch, instances,
+              dynamic_batching, max_queue_delay_us, preferred_batch):
     """Serve the compiled folder ARTIFACT with a real Triton Inference Server (HTTP, gRPC, metrics),
     until Ctrl-C or SIGTERM. Its model repository is temporary: nothing is left behind."""
     def body():
@@ -96,16 +98,27 @@ def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, ma
         o = _options("python", None, max_batch, instances, "cpu", dynamic_batching, max_queue_delay_us,
                      preferred_batch, backend)
         try:
-            with serve(artifact, o, http_port, grpc_port, metrics_port, address) as (name, server):
-                p = server.ports
+            with serve(artifact, o, http_port, grpc_port, metrics_port, address) as (name, service):
+                p = service.ports
                 say(f"serving {name} at http://{address}:{p['http']}  (gRPC {address}:{p['grpc']}, metrics "
                     f"http://{address}:{p['metrics']}/metrics); Ctrl-C to stop")
+                say(f"  HTTP requests up to {service.fit.max_body / 1e6:,.1f} MB, batches of 1 to "
+                    f"{service.fit.max_batch}")
                 click.echo(f"ready {p['http']} {p['grpc']} {p['metrics']}")   # one line for scripts
                 sys.stdout.flush()
-                wait(server)
+                wait(service, report, restarts)
         except KeyboardInterrupt:
             say("stopping")
     run(body)
+
+
+def report(log_lines: list[str], message: str) -> None:
+    """A core's death on stderr: its log's last lines (escaped: the log quotes requests), then what
+    happens next."""
+    from ..render import escape
+    for line in log_lines:
+        say(f"  | {escape(line)}")
+    say(f"serve: {message}")
 
 
 COMMANDS = (export_group, serve_cmd)

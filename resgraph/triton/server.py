@@ -12,6 +12,7 @@ Running the bundled binary from a virtualenv takes three things (what pytriton i
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -87,6 +88,49 @@ def owned_workspace() -> str:
     return work
 
 
+def _group_members(pgid: int) -> list[tuple[int, int]]:
+    """(pid, parent pid) of the processes in the process group `pgid`, from /proc."""
+    found = []
+    for e in os.scandir("/proc"):
+        if not e.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()   # after "(comm)", which may hold spaces
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found.append((int(e.name), int(fields[1])))
+    return found
+
+
+def end_group(pgid: int) -> None:
+    """What is left of a process group whose leader (a Triton core) has exited: its Python backend
+    stubs are killed, and those that came to this process (serve is their subreaper, and a
+    container's PID 1 may be serve itself) are reaped, so no `<defunct>` entry stays behind."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    me, deadline = os.getpid(), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        members = _group_members(pgid)
+        for pid, parent in members:
+            if parent == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+        if not any(parent == me for _, parent in members):
+            return
+        time.sleep(0.05)
+
+
+def subreaper(on: bool) -> None:
+    """Orphans of this process's children (a dead core's stubs) come to it, not to PID 1, which in
+    a container may reap nothing (PR_SET_CHILD_SUBREAPER)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(36, int(on))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,9 +141,11 @@ class TritonServer:
     """with TritonServer(repo) as server: server.http_url, server.grpc_url ..."""
 
     def __init__(self, repo: str, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
-                 address: str = "127.0.0.1", ready_timeout: float = 120.0, log_verbose: int = 0):
+                 address: str = "127.0.0.1", ready_timeout: float = 120.0, log_verbose: int = 0,
+                 http_address: str | None = None):
         self.repo = os.path.abspath(repo)
         self.address = address
+        self.http_address = http_address or address   # serve: 127.0.0.1, behind its front
         self.ports = {"http": http_port or free_port(), "grpc": grpc_port or free_port(),
                       "metrics": metrics_port or free_port()}
         self.ready_timeout, self.log_verbose = ready_timeout, log_verbose
@@ -108,7 +154,7 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.address}:{self.ports['http']}"
+        return f"{self.http_address}:{self.ports['http']}"
 
     @property
     def grpc_url(self) -> str:
@@ -118,7 +164,7 @@ class TritonServer:
         assert self.proc is None, "this server is running"
         dist, libs = _dist()
         for what, port in self.ports.items():
-            if not _port_free(self.address, port):
+            if not _port_free(self.http_address if what == "http" else self.address, port):
                 option = "--port" if what == "http" else f"--{what}-port"
                 raise OptionError.at(f"{self.address}:{port}", f"the {what} port is in use (another server?)",
                                      f"choose another with {option} (0: any free one)")
@@ -139,7 +185,7 @@ class TritonServer:
         cmd = [os.path.join(server, "bin", "tritonserver"), f"--model-repository={self.repo}",
                f"--backend-directory={os.path.join(server, 'backends')}",
                f"--cache-directory={os.path.join(server, 'caches')}",
-               f"--http-address={a}", f"--http-port={p['http']}", f"--grpc-address={a}", f"--grpc-port={p['grpc']}",
+               f"--http-address={self.http_address}", f"--http-port={p['http']}", f"--grpc-address={a}", f"--grpc-port={p['grpc']}",
                f"--metrics-address={a}", f"--metrics-port={p['metrics']}", "--exit-timeout-secs=10",
                "--strict-readiness=true", f"--log-verbose={self.log_verbose}"]
         self.log = os.path.join(self.work, "tritonserver.log")
@@ -201,6 +247,7 @@ class TritonServer:
                             break
                         except subprocess.TimeoutExpired:
                             continue
+                end_group(self.proc.pid)   # what a core that died left: its Python backend stubs
                 code = self.proc.returncode
                 self.proc = None
         finally:
@@ -216,39 +263,108 @@ class TritonServer:
         self.stop()
 
 
+class Service:
+    """What `serve` runs: Triton's core, its HTTP on 127.0.0.1 only, behind resgraph's HTTP front
+    (front.py) on the user's address and port, which admits only requests that fit the model.
+    gRPC and metrics are the core's own (its gRPC endpoint refuses what does not fit by itself)."""
+
+    def __init__(self, repo: str, fit, http_port: int, grpc_port: int, metrics_port: int, address: str):
+        from .front import Front
+        self.core = TritonServer(repo, free_port(), grpc_port, metrics_port, address=address,
+                                 http_address="127.0.0.1")
+        try:   # bound first: a port in use is refused before the core is started
+            self.front = Front(address, http_port, fit, self.core.ports["http"])
+        except OSError as e:
+            said = "the http port is in use (another server?)" if e.errno == errno.EADDRINUSE else \
+                f"cannot listen there: {e.strerror}"
+            raise OptionError.at(f"{address}:{http_port}", said, "choose another with --port (0: any free one)") \
+                from None
+        self.fit = fit
+        self.ports = {**self.core.ports, "http": self.front.port}
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.front.address}:{self.front.port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return self.core.grpc_url
+
+    def start(self) -> "Service":
+        subreaper(True)
+        self.core.start()
+        self.front.start()
+        return self
+
+    def stop(self) -> None:
+        try:
+            self.front.stop()
+        finally:
+            self.core.stop()
+            subreaper(False)
+
+
+def death(code: int, log: str) -> str:
+    """Why the core exited, in a line: its signal or status, and what its log says last
+    (an uncaught C++ exception's `what()`, an error line)."""
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else f"status {code}"
+    lines = [x.strip() for x in log.splitlines() if x.strip()]
+    said = [x for x in lines if x.startswith(("terminate called", "what():", "E")) and "Signal (" not in x]
+    return f"{how}: {said[-1][:200]}" if said else how
+
+
 @contextlib.contextmanager
 def serve(artifact: str, options, http_port: int = 8000, grpc_port: int = 8001, metrics_port: int = 8002,
           address: str = "127.0.0.1"):
     """`resgraph serve`'s whole lifecycle, as a context manager yielding (the model's name, the running
-    TritonServer): a workspace that names its owner (one a killed serve left is removed first), the
-    model repository exported into it, the server started; SIGTERM and SIGHUP stop it as Ctrl-C does
-    (KeyboardInterrupt), and on the way out, with those signals held off so a second one cannot cut
-    it short, the server is stopped and the workspace removed."""
+    Service): a workspace that names its owner (one a killed serve left is removed first), the
+    model repository exported into it, the core and its front started; SIGTERM and SIGHUP stop it as
+    Ctrl-C does (KeyboardInterrupt), and on the way out, with those signals held off so a second one
+    cannot cut it short, both are stopped and the workspace removed."""
     from .export import export_triton
+    from .front import Fit
     work = owned_workspace()
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt
     old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    server = None
+    service = None
     try:
-        name = os.path.basename(export_triton(artifact, os.path.join(work, "repo"), options))
-        server = TritonServer(os.path.join(work, "repo"), http_port, grpc_port, metrics_port, address=address)
-        server.start()
-        yield name, server
+        path = export_triton(artifact, os.path.join(work, "repo"), options)
+        name = os.path.basename(path)
+        from ..manifest import read_manifest
+        fit = Fit.of(name, read_manifest(os.path.join(path, "1", "artifact")), options.max_batch or 32)
+        service = Service(os.path.join(work, "repo"), fit, http_port, grpc_port, metrics_port, address)
+        service.start()
+        yield name, service
     finally:
         held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
-            if server is not None:
-                server.stop()
+            if service is not None:
+                service.stop()
             shutil.rmtree(work, ignore_errors=True)
         finally:
             for sig, h in {**held, **old}.items():
                 signal.signal(sig, h)
 
 
-def wait(server: TritonServer) -> None:
-    """Block until the server exits; it exiting on its own is a BackendError with its log's tail."""
-    code = server.proc.wait()
-    raise BackendError.at("tritonserver", f"Triton exited on its own ({code}):\n{server.log_tail()}",
-                          "see the log above")
+def wait(service: Service, report, restarts: int = 3, window: float = 300.0) -> None:
+    """Block while the service runs. A core that dies is reported (`report`: its cause and its log's
+    last lines) and started again, while the front answers 503; more than `restarts` deaths within
+    `window` seconds is a BackendError with the last cause."""
+    deaths: list[float] = []
+    while True:
+        code = service.core.proc.wait()
+        log = service.core.log_tail()
+        cause = death(code, log)
+        now = time.monotonic()
+        deaths = [t for t in deaths if now - t < window] + [now]
+        report(log.splitlines()[-12:], f"Triton's core died ({cause})")
+        if len(deaths) > restarts:
+            raise BackendError.at("tritonserver", f"Triton's core died {len(deaths)} time"
+                                  f"{'s' * (len(deaths) > 1)} in {window:g} s, last {cause}",
+                                  "its log's last lines are above")
+        report([], f"starting it again ({len(deaths)} of {restarts} restarts within {window:g} s); "
+                   "until it is ready, HTTP requests are answered 503")
+        service.core.stop()
+        service.core.start()

@@ -175,14 +175,15 @@ def _no_triton() -> str | None:
 needs_triton = pytest.mark.skipif(_no_triton() is not None, reason=str(_no_triton()))
 
 
+SERVED = TritonOptions(platform="python", backend="ort-cpu", max_batch=32, batching=Batching(200))
+
+
 @pytest.fixture(scope="module")
-def served(digits_folder, tmp_path_factory):
-    from resgraph.triton.server import TritonServer
-    repo = tmp_path_factory.mktemp("repo")
-    export_triton(str(digits_folder), str(repo), TritonOptions(platform="python", backend="ort-cpu", max_batch=32,
-                                                               batching=Batching(200)))
-    with TritonServer(str(repo), ready_timeout=120) as server:
-        yield server
+def served(digits_folder):
+    """What `resgraph serve` runs: the core behind resgraph's HTTP front (HTTP reaches the front)."""
+    from resgraph.triton.server import serve
+    with serve(str(digits_folder), SERVED, 0, 0, 0) as (_, service):
+        yield service
 
 
 @pytest.fixture(scope="module")
@@ -438,3 +439,126 @@ def test_the_client_example_of_the_deployment_guide_runs(served, digits_folder, 
     monkeypatch.chdir(ROOT)   # the example's image path is the repository's
     exec(compile(code, "docs/deploy.md", "exec"), {})
     assert capsys.readouterr().out.strip() == "2"
+
+
+# --- resgraph's HTTP front: what does not fit the model never reaches the core ---------------------
+
+def _post(url: str, path: str, body: bytes, headers: dict | None = None) -> tuple[int, str]:
+    import http.client
+    host, port = url.split(":")
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        c.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})},
+                  encode_chunked="Transfer-Encoding" in (headers or {}))
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+def _infer(shape, data=None, datatype="FP32", name="image", **params) -> bytes:
+    t = {"name": name, "shape": shape, "datatype": datatype}
+    if params:
+        t["parameters"] = params
+    if data is not None:
+        t["data"] = data
+    return json.dumps({"inputs": [t]}).encode()
+
+
+INFER = "/v2/models/digits_resnet/infer"
+# (what is sent, the status, what the answer says): each would reach Triton's core otherwise
+UNFIT = [
+    ("the shape that aborts the core", INFER, _infer([32, 1, 100000, 100000], [0]), {}, 400,
+     "has shape [32, 1, 100000, 100000]: the model takes [batch, 1, 8, 8] with batch 1 to 32"),
+    ("the same, its path %-encoded", "/v2/models/digits%5Fresnet/infer", _infer([32, 1, 100000, 100000], [0]),
+     {}, 400, "the model takes [batch, 1, 8, 8]"),
+    ("a batch beyond max_batch", INFER, _infer([33, 1, 8, 8], [0.0] * 33 * 64), {}, 400, "batch 1 to 32"),
+    ("a batch of 0", INFER, _infer([0, 1, 8, 8], []), {}, 400, "batch 1 to 32"),
+    ("dims as strings", INFER, _infer(["1", 1, 8, 8], [0.0] * 64), {}, 400, "has shape"),
+    ("another datatype", INFER, _infer([1, 1, 8, 8], [0] * 64, "FP64"), {}, 400, "the model takes FP32"),
+    ("another input", INFER, _infer([1, 1, 8, 8], [0.0] * 64, name="x"), {}, 400, "unknown input 'x'"),
+    ("too few values", INFER, _infer([2, 1, 8, 8], [0.0] * 64), {}, 400, "needs 128 numbers in \"data\", it holds 64"),
+    ("NaN in the JSON", INFER, _infer([1, 1, 8, 8], [0.0] * 64).replace(b"0.0", b"NaN", 1), {}, 400,
+     "NaN is not a number"),
+    ("a binary size that is not the shape's", INFER, _infer([2, 1, 8, 8], binary_data_size=4) + b"\0" * 4,
+     {"Inference-Header-Content-Length": str(len(_infer([2, 1, 8, 8], binary_data_size=4)))}, 400,
+     "is 512 bytes, its binary_data_size says 4"),
+    ("a binary header longer than the body", INFER, _infer([1, 1, 8, 8], binary_data_size=256),
+     {"Inference-Header-Content-Length": "999999"}, 400, "is not a length within the body"),
+    ("another model", "/v2/models/other/infer", _infer([1, 1, 8, 8], [0.0] * 64), {}, 404, "serves 'digits_resnet'"),
+    ("no inputs", INFER, b"{}", {}, 400, "no \"inputs\" list"),
+    ("a body too large", INFER, b" " * 200_000, {}, 413, "more than the 131,072 that a batch of 32 inputs takes"),
+    ("a gzip bomb", INFER, __import__("gzip").compress(b" " * 50_000_000), {"Content-Encoding": "gzip"}, 413,
+     "body (inflated) is more than the 131,072"),
+    ("a chunked body too large", INFER, iter([b" " * 100_000] * 3), {"Transfer-Encoding": "chunked"}, 413,
+     "is more than the 131,072"),
+    ("an unknown encoding", INFER, b"{}", {"Content-Encoding": "br"}, 415, "gzip, deflate or none"),
+]
+
+
+@needs_triton
+def test_requests_that_do_not_fit_the_model_are_refused_before_the_core_sees_them(served, direct):
+    """Triton's HTTP endpoint allocates what a request's shape says: [32, 1, 100000, 100000] aborted the
+    core (std::bad_alloc). Through serve's front, each unfit request gets Triton's error form with the
+    reason, and the server goes on answering, in JSON, gzip and binary form."""
+    for what, path, body, headers, status, says in UNFIT:
+        got, text = _post(served.http_url, path, body, headers)
+        error = json.loads(text)["error"]
+        assert (got, says in error, error.startswith("resgraph: ")) == (status, True, True), (what, got, text)
+    x = np.random.default_rng(5).standard_normal((3, 1, 8, 8), dtype=np.float32)
+    want = direct.run(x)
+    for body, headers in ((_infer([3, 1, 8, 8], x.reshape(3, 1, 8, 8).tolist()), {}),
+                          (__import__("gzip").compress(_infer([3, 1, 8, 8], x.ravel().tolist())),
+                           {"Content-Encoding": "gzip"})):
+        got, text = _post(served.http_url, INFER, body, headers)
+        assert got == 200, text
+        y = np.array(json.loads(text)["outputs"][0]["data"], np.float32).reshape(3, 10)
+        assert float(np.abs(y - want).max()) <= 1e-5
+    assert served.core.proc.poll() is None
+
+
+@needs_triton
+def test_a_core_that_dies_is_started_again_then_given_up_on_with_its_cause(digits_folder):
+    """The request that aborts Triton's core, sent to the core itself (what the front keeps out): serve
+    reports the cause from the core's log, starts the core again with nothing of the dead one left
+    (no <defunct> stub), and after more deaths than --restarts allows, stops with the cause."""
+    from resgraph.triton.server import _group_members, serve, wait
+    reports, outcome = [], []
+    with serve(str(digits_folder), SERVED, 0, 0, 0) as (_, service):
+        watcher = threading.Thread(target=lambda: outcome.append(_catch(wait, service, lambda lines, m:
+                                                                         reports.append(m), restarts=1)))
+        watcher.start()
+        for death in (1, 2):
+            core = service.core.proc.pid
+            with pytest.raises(OSError):   # the core aborts while it answers
+                _post(service.core.http_url, INFER, _infer([32, 1, 100000, 100000], [0]))
+            deadline = time.monotonic() + 120
+            while (service.core.proc is None or service.core.proc.pid == core) and watcher.is_alive() \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if death == 1:
+                _wait_http(service.http_url)      # the same port, answering again
+                assert _group_members(core) == []  # the dead core's stubs: killed and reaped
+        watcher.join(60)
+    assert "Triton's core died (killed by SIGABRT: what():  std::bad_alloc)" in reports[0], reports
+    assert "starting it again (1 of 1 restarts" in reports[1]
+    assert isinstance(outcome[0], BackendError) and "died 2 times" in str(outcome[0]) \
+        and "SIGABRT" in str(outcome[0]), outcome
+
+
+def _catch(f, *args, **kwargs):
+    try:
+        return f(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        return e
+
+
+def _wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, _ = _post(url, INFER, _infer([1, 1, 8, 8], [0.0] * 64))
+        if got == 200:
+            return
+        assert got == 503
+        time.sleep(0.3)
+    pytest.fail("the core did not come back")

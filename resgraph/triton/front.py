@@ -1,0 +1,283 @@
+"""The HTTP front of `resgraph serve`: the HTTP port users reach is resgraph's, not Triton's.
+
+Triton's HTTP endpoint allocates what a request's JSON says before it checks it: the shape
+[32, 1, 100000, 100000] with one value in "data" makes the core throw std::bad_alloc and abort, and
+every client of the server with it (its gRPC endpoint refuses the same request cleanly). So `serve`
+listens itself and hands the core, on a port of 127.0.0.1 that nobody else is told about, only
+requests that fit the model:
+
+    the body    at most Fit.max_body bytes, read by aiohttp within that bound (a gzip or deflate
+                body is inflated within the same bound, and passed on inflated)
+    inference   POST /v2/models/NAME[/versions/V]/infer: every input one of the model's, with its
+                datatype and the shape [batch, *dims], 1 <= batch <= max_batch; its "data" holds
+                exactly that many finite numbers, or its binary_data_size is exactly that many bytes
+    the rest    health, metadata, config, statistics... passed through as they are
+
+A refused request gets Triton's own error form, {"error": "..."}: 400, 404 (another model), 413 (too
+large), 415 (an unknown encoding), 503 (at capacity, or while the core restarts). What the core
+answers is passed back unchanged. The memory of the bodies being handled at once is bounded (Budget).
+aiohttp (which tritonclient's HTTP client already brings) parses HTTP: the hop costs about a
+quarter of a millisecond a request (bench/triton_load.py measures it beside the core's own HTTP).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import sys
+import threading
+import urllib.parse
+from dataclasses import dataclass
+
+JSON_BYTES_PER_VALUE = 32       # "-1.2345678901234567e-05, " and room for layout
+# headers of one hop, not passed on; a request's body is passed on inflated, without its 100-continue
+HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+       "content-length"}
+REQUEST_ONLY = {"content-encoding", "expect", "host"}
+INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/(infer|generate|generate_stream)")
+BYTES = {"FP32": 4}
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What an inference request must fit: the model's name, its inputs {name: (datatype, dims)}
+    without the batch dimension, the largest batch, and the largest body."""
+    model: str
+    inputs: dict
+    max_batch: int
+    max_body: int
+
+    @classmethod
+    def of(cls, model: str, manifest, max_batch: int) -> "Fit":
+        dims = tuple(manifest.input.sample_shape)
+        values = max_batch * math.prod(dims)
+        return cls(model, {manifest.input.name: ("FP32", dims)}, max_batch,
+                   max_body=(64 << 10) + values * JSON_BYTES_PER_VALUE)
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Budget:
+    """Bytes of request bodies held at once, across connections (one event loop: no lock): a body
+    that would take the total past its bound is refused (503) rather than read."""
+
+    def __init__(self, total: int):
+        self.total, self.free = total, total
+
+    def take(self, n: int) -> None:
+        if n > self.free:
+            raise Refused(503, "the server is at capacity: retry later")
+        self.free -= n
+
+    def give(self, n: int) -> None:
+        self.free += n
+
+
+def check_infer(fit: Fit, path: str, body: bytes, header_length: str | None) -> None:
+    """Refused unless `body`, sent to `path`, is an inference request that fits the model."""
+    m = INFER.fullmatch(urllib.parse.unquote(path.split("?", 1)[0]))
+    if m is None:
+        return
+    if m.group(1) != fit.model:
+        raise Refused(404, f"no model '{m.group(1)[:128]}' here: this server serves '{fit.model}'")
+    if m.group(3) != "infer":
+        raise Refused(400, f"'{m.group(3)}' is for decoupled models: send POST /v2/models/{fit.model}/infer")
+    head, binary = _split(body, header_length)
+    try:
+        request = json.loads(head, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        raise Refused(400, f"the request is not JSON: {e}"[:300]) from None
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    if not isinstance(inputs, list) or not inputs:
+        raise Refused(400, "the request has no \"inputs\" list")
+    sizes = [_check_input(fit, t) for t in inputs]
+    if sum(s for s in sizes if s is not None) != binary:
+        raise Refused(400, f"the binary data is {binary:,} bytes, its inputs' binary_data_size add up to "
+                      f"{sum(s for s in sizes if s is not None):,}")
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, int]:
+    """The JSON part of the body and the length of the binary part that follows it."""
+    if header_length is None:
+        return body, 0
+    if not header_length.isdigit() or int(header_length) > len(body):
+        raise Refused(400, f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within "
+                      f"the body's {len(body):,} bytes")
+    n = int(header_length)
+    return body[:n], len(body) - n
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows (the model refuses NaN and inf)")
+
+
+def _check_input(fit: Fit, t) -> int | None:
+    """One input of the request: its binary_data_size, or None where its values are in "data"."""
+    if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+        raise Refused(400, "each input needs a \"name\"")
+    name = t["name"]
+    if name not in fit.inputs:
+        raise Refused(400, f"unknown input '{name[:64]}': the model's {'is' if len(fit.inputs) == 1 else 'are'} "
+                      + ", ".join(f"'{n}'" for n in fit.inputs))
+    datatype, dims = fit.inputs[name]
+    if t.get("datatype") != datatype:
+        raise Refused(400, f"input '{name}' has datatype {str(t.get('datatype'))[:16]!r}: the model takes {datatype}")
+    shape = t.get("shape")
+    expected = f"[batch, {', '.join(map(str, dims))}] with batch 1 to {fit.max_batch}"
+    if (not isinstance(shape, list) or len(shape) != 1 + len(dims) or
+            not all(type(d) is int for d in shape) or tuple(shape[1:]) != dims or not 1 <= shape[0] <= fit.max_batch):
+        raise Refused(400, f"input '{name}' has shape {json.dumps(shape)[:80]}: the model takes {expected}")
+    count = math.prod(shape)
+    params = t.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise Refused(400, f"input '{name}': \"parameters\" must be an object")
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if type(size) is not int or size != count * BYTES[datatype]:
+            raise Refused(400, f"input '{name}' of shape {shape} is {count * BYTES[datatype]:,} bytes, its "
+                          f"binary_data_size says {str(size)[:20]}")
+        return size
+    if "shared_memory_region" in params:
+        size = params.get("shared_memory_byte_size")
+        if type(size) is not int or size != count * BYTES[datatype]:
+            raise Refused(400, f"input '{name}' of shape {shape} is {count * BYTES[datatype]:,} bytes, its "
+                          f"shared_memory_byte_size says {str(size)[:20]}")
+        return None
+    if _values(t.get("data")) != count:
+        raise Refused(400, f"input '{name}' of shape {shape} needs {count:,} numbers in \"data\", "
+                      f"it holds {_values(t.get('data')):,}")
+    return None
+
+
+def _values(data) -> int:
+    """How many numbers a (nested) "data" list holds; -1 where something in it is not a number."""
+    if not isinstance(data, list):
+        return -1
+    n, stack = 0, [data]
+    while stack:
+        for x in stack.pop():
+            if isinstance(x, list):
+                stack.append(x)
+            elif type(x) in (int, float):
+                n += 1
+            else:
+                return -1
+    return n
+
+
+def too_large(n: int | None, fit: Fit, inflated: bool = False) -> str:
+    """A body of n bytes (None: more than the bound, found while reading it) is too large."""
+    size = f"is {n:,} bytes, more than" if n is not None else "is more than"
+    return (f"the request's body{' (inflated)' * inflated} {size} the {fit.max_body:,} that a batch of "
+            f"{fit.max_batch} inputs takes: send fewer inputs at once")
+
+
+class Front:
+    """aiohttp's server on (address, port), on an event loop of its own thread, handing what fits to
+    the core at 127.0.0.1:core_port through one pool of kept-alive connections."""
+
+    def __init__(self, address: str, port: int, fit: Fit, core_port: int):
+        from aiohttp import web
+        # aiohttp logs each malformed request with its bytes: a client could write to serve's terminal
+        logging.getLogger("aiohttp.server").disabled = True
+        self.fit, self.core = fit, f"http://127.0.0.1:{core_port}"
+        self.budget = Budget(max(1 << 30, 2 * fit.max_body))
+        self.loop = asyncio.new_event_loop()
+        # client_max_size bounds the body aiohttp reads, inflated (gzip, deflate), chunked or not
+        app = web.Application(client_max_size=fit.max_body, handler_args={"max_field_size": 16384})
+        app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=self.expect)
+        app.on_startup.append(self._open_pool)
+        app.on_cleanup.append(self._close_pool)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, address, port, reuse_address=True, backlog=128)
+        try:
+            self.loop.run_until_complete(site.start())   # bound here: OSError for a port in use
+        except BaseException:
+            self.loop.run_until_complete(self.runner.cleanup())
+            self.loop.close()
+            raise
+        self.address, self.port = self.runner.addresses[0][:2]
+        self.thread: threading.Thread | None = None
+
+    async def _open_pool(self, app) -> None:
+        import aiohttp
+        self.pool = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256),
+                                          timeout=aiohttp.ClientTimeout(total=600), auto_decompress=False)
+
+    async def _close_pool(self, app) -> None:
+        await self.pool.close()
+
+    def start(self) -> "Front":
+        self.thread = threading.Thread(target=self.loop.run_forever, name="resgraph-front", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(30)
+            self.thread = None
+        else:
+            self.loop.run_until_complete(self.runner.cleanup())
+        self.loop.close()
+
+    async def expect(self, request):
+        """curl asks before sending a body of more than 1 KB: a body too large is refused unsent."""
+        from aiohttp import web
+        if request.content_length is not None and request.content_length > self.fit.max_body:
+            return _refusal(Refused(413, too_large(request.content_length, self.fit)), close=True)
+        if request.version != (1, 1) or request.headers.get("Expect", "").lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect', '')[:40]}")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        return None
+
+    async def handle(self, request):
+        from aiohttp import web
+        held = min(request.content_length or 0, self.fit.max_body)
+        try:
+            encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("identity", "gzip", "deflate"):
+                raise Refused(415, f"Content-Encoding {encoding[:20]!r}: gzip, deflate or none")
+            self.budget.take(held)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise Refused(413, too_large(None, self.fit, inflated=encoding != "identity")) from None
+            check_infer(self.fit, request.raw_path, body, request.headers.get("Inference-Header-Content-Length"))
+            return await self.ask_core(request, body)
+        except Refused as e:
+            return _refusal(e, close=e.status == 413)
+        except Exception as e:  # noqa: BLE001  (a bug of the front: the client hears of it, serve goes on)
+            print(f"serve: internal error in the HTTP front: {type(e).__name__}: {e!r}"[:500], file=sys.stderr)
+            return _refusal(Refused(500, f"internal error in serve's HTTP front ({type(e).__name__}): "
+                                         "a bug in resgraph, please report it"))
+        finally:
+            self.budget.give(held)
+
+    async def ask_core(self, request, body: bytes):
+        """The core's answer, passed back as it is; 503 where the core does not answer (restarting)."""
+        import aiohttp
+        from aiohttp import web
+        sent = {k: v for k, v in request.headers.items() if k.lower() not in HOP | REQUEST_ONLY}
+        try:
+            async with self.pool.request(request.method, self.core + request.raw_path, data=body or None,
+                                         headers=sent, allow_redirects=False) as r:
+                answer = await r.read()
+                headers = {k: v for k, v in r.headers.items() if k.lower() not in HOP}
+                return web.Response(status=r.status, body=answer, headers=headers)
+        except (aiohttp.ClientError, OSError):
+            raise Refused(503, "the model server is not answering (restarting?): retry in a few seconds") from None
+
+
+def _refusal(e: Refused, close: bool = False):
+    from aiohttp import web
+    headers = {"Connection": "close"} if close else None
+    return web.json_response({"error": f"resgraph: {e}"}, status=e.status, headers=headers)
