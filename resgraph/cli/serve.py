@@ -60,15 +60,17 @@ def export_group():
 @click.option("--kind", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
               help="instance_group kind.")
 @click.option("--backend", default="auto", show_default=True, help="python platform: the resgraph back end it opens.")
+@click.option("--force", is_flag=True, help="Replace a config.pbtxt that serves the folder's other versions "
+                                            "differently (platform, batch size, inputs, outputs).")
 @serving_options
-def export_triton_cmd(artifact, repo, platform, name, kind, backend, max_batch, instances, dynamic_batching,
+def export_triton_cmd(artifact, repo, platform, name, kind, backend, force, max_batch, instances, dynamic_batching,
                       max_queue_delay_us, preferred_batch):
     """Write REPO/<name>/ (config.pbtxt, labels.txt, 1/...) for the compiled folder ARTIFACT."""
     def body():
         from ..triton.export import export_triton
         o = _options(platform, name, max_batch, instances, kind, dynamic_batching, max_queue_delay_us,
                      preferred_batch, backend)
-        path = export_triton(artifact, repo, o)
+        path = export_triton(artifact, repo, o, force=force)
         click.echo(f"exported {os.path.basename(path)} -> {path}/  ({platform})")
         for root, _, files in sorted(os.walk(path)):
             for f in sorted(files):

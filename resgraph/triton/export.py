@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 
 from ..errors import ArtifactError, OptionError
@@ -60,8 +61,10 @@ class TritonOptions:
     backend: str = "auto"                   # python platform: the resgraph back end model.py opens
 
 
-def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
-    """Write REPO/<name>/ for the compiled folder `artifact`; returns that path."""
+def export_triton(artifact: str, repo: str, o: TritonOptions, force: bool = False) -> str:
+    """Write REPO/<name>/ for the compiled folder `artifact`; returns that path. Where the model folder
+    holds other versions, a config that would serve them differently (another platform, batch size,
+    input or output) is refused unless `force`."""
     folder = folder_of(artifact)
     m = read_manifest(folder)
     if o.platform not in PLATFORMS:
@@ -82,6 +85,8 @@ def export_triton(artifact: str, repo: str, o: TritonOptions) -> str:
 
     config = _config(name, m, o, kind, extra, max_batch)
     _check_config(config, name)
+    if not force:
+        _check_other_versions(os.path.join(repo, name), config)
 
     os.makedirs(repo, exist_ok=True)
     # staged beside the repository, not in it (a server polling the repository would try to load it),
@@ -194,6 +199,54 @@ def _check_config(config: str, name: str) -> None:
     except text_format.ParseError as e:
         raise ArtifactError.at(name, f"Triton's ModelConfig parser refuses the config resgraph wrote: {e}",
                                "this is a bug in resgraph: report it with the compiled folder's manifest.json") from None
+
+
+# what every version of a model is served with: a config that changes one of these would serve the
+# other versions of the folder as something they are not
+SHARED = ("platform", "backend", "max_batch_size", "input", "output")
+
+
+def _check_other_versions(folder: str, config: str) -> None:
+    """Refused (naming what differs) where `folder` holds versions other than 1 whose config.pbtxt
+    differs from `config` in what they are served with (SHARED)."""
+    versions = sorted(e.name for e in os.scandir(folder) if e.name.isdigit() and e.name != "1"
+                      and e.is_dir(follow_symlinks=False)) if os.path.isdir(folder) else []
+    existing = os.path.join(folder, "config.pbtxt")
+    if not versions or not os.path.isfile(existing):
+        return
+    st = os.stat(existing)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+        differs = ["it is not a regular file of at most 1 MiB"]
+    else:
+        with open(existing, encoding="utf-8", errors="replace") as f:
+            differs = _differences(f.read(), config)
+    if differs:
+        raise OptionError.at(existing, f"it serves version{'s' * (len(versions) > 1)} {', '.join(versions)} "
+                             f"differently: {'; '.join(differs)}",
+                             "export under another --name, or --force to replace the config (those versions "
+                             "are then served with the new one)")
+
+
+def _differences(old: str, new: str) -> list[str]:
+    """What of SHARED differs between two config.pbtxt texts, in words (Triton's parser where
+    tritonclient is installed; without it, any difference of text)."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return [] if old == new else ["the config's text (install resgraph[serve] to compare its fields)"]
+    a, b = model_config_pb2.ModelConfig(), model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(old, a)
+    except text_format.ParseError as e:
+        return [f"Triton cannot parse it ({str(e)[:120]})"]
+    text_format.Parse(new, b)
+    def show(v) -> str:
+        if isinstance(v, (str, int)):
+            return repr(v)
+        return "[" + ", ".join(text_format.MessageToString(t, as_one_line=True) for t in v) + "]"
+    return [f"{field} {show(getattr(a, field))[:160]} here, {show(getattr(b, field))[:160]} in the new export"
+            for field in SHARED if getattr(a, field) != getattr(b, field)]
 
 
 def _q(s: str) -> str:

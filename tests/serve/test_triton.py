@@ -69,6 +69,35 @@ def test_a_model_folder_with_other_versions_keeps_them(digits_folder, tmp_path):
     assert sorted(os.listdir(repo)) == ["digits_resnet"] and sorted(os.listdir(tmp_path)) == ["repo"]
 
 
+def test_a_config_that_would_serve_other_versions_differently_is_refused_unless_forced(digits_folder, tmp_path):
+    """Another version (2) is served with the folder's config: an export whose config changes what
+    every version is served with (platform, max_batch_size, inputs, outputs) is refused, naming what
+    differs, with nothing written; --force replaces it. Changing only batching or instances is fine."""
+    repo = tmp_path / "repo"
+    export_triton(str(digits_folder), str(repo), TritonOptions())
+    (repo / "digits_resnet" / "2").mkdir()
+    (repo / "digits_resnet" / "2" / "model.onnx").write_bytes(b"version 2")
+    before = (repo / "digits_resnet" / "config.pbtxt").read_text()
+    export_triton(str(digits_folder), str(repo), TritonOptions(batching=None, instances=2))   # compatible
+    for o, says in ((TritonOptions(platform="python"), "platform 'onnxruntime_onnx' here, '' in the new export"),
+                    (TritonOptions(max_batch=8), "max_batch_size 32 here, 8 in the new export")):
+        compatible = (repo / "digits_resnet" / "config.pbtxt").read_text()
+        with pytest.raises(OptionError, match="serves version 2 differently") as e:
+            export_triton(str(digits_folder), str(repo), o)
+        assert says in str(e.value) and "--force" in e.value.diagnostics[0].hint
+        assert (repo / "digits_resnet" / "config.pbtxt").read_text() == compatible
+    r = run_cli("export", "triton", str(digits_folder), "-o", str(repo), "--max-batch", "8")
+    assert r.returncode == 1 and "max_batch_size 32 here, 8" in r.stderr and "--force" in r.stderr, r.stderr
+    r = run_cli("export", "triton", str(digits_folder), "-o", str(repo), "--max-batch", "8", "--force")
+    assert r.returncode == 0, r.stderr
+    assert parse(repo / "digits_resnet" / "config.pbtxt").max_batch_size == 8 != parse_text(before).max_batch_size
+    assert (repo / "digits_resnet" / "2" / "model.onnx").read_bytes() == b"version 2"
+
+
+def parse_text(text: str):
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
 def test_external_data_is_a_model_folder(tmp_path):
     from conftest import ROOT
     from resgraph.compile import compile_spec
