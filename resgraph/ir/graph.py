@@ -97,6 +97,8 @@ class Settings:
     #                                                  the eps and momentum of every bn a pass inserts
     init: Mapping[str, object] = field(default_factory=lambda: _EMPTY)  # `init:` (conv, linear, zero_residual)
     conv_bias: bool = True                           # `defaults: {conv: {bias: ...}}`: the `conv` policy's Ws follows it
+    literal_out: Mapping[object, str] = field(default_factory=lambda: _EMPTY)   # where a block's definition
+    #                                                  writes a width as a number (out: 32): its Loc -> the block (lint)
 
 
 @dataclass(frozen=True)

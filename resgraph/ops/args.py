@@ -133,3 +133,17 @@ def Ids(doc=""):
 
 def Ref(doc=""):
     return Arg("ref", None, doc=doc)
+
+
+@dataclass(frozen=True)
+class Above(Arg):
+    """A float argument with an exclusive lower bound: `above` < value (Float's `lo` is inclusive).
+    The schema says it as exclusiveMinimum; `why` is the hint of the error."""
+    above: float = 0.0
+    why: str = ""
+
+    def check(self, name: str, value):
+        value = super().check(name, value)   # a finite number, else its own error
+        if value <= self.above:
+            raise ArgError(f"'{name}' must be > {self.above:g}, got {value:g}", self.why)
+        return value

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, MISSING, dataclass, fields
 
 from ..limits import MAX_KERNEL, MAX_SCALE
-from .args import Arg, Bool, Choice, Float, Ids, Int, Padding, Ref
+from .args import Above, Arg, Bool, Choice, Float, Ids, Int, Padding, Ref
 from .shapes import (
     MAX_ELEMENTS,
     MAX_LAYER_PARAMS,
@@ -152,6 +152,13 @@ def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
 
 
 
+def Eps(default: float = 1e-5) -> Above:
+    """A norm's eps, which divides by sqrt(variance + eps): on a constant input the variance is 0, and
+    eps 0 makes 0 / 0 = NaN."""
+    return Above("float", default, above=0,
+                 why="eps keeps a constant input (variance 0) from dividing 0 by 0; e.g. 1.0e-5 (the default) or 1.0e-6")
+
+
 def _unless_bias(a: dict) -> bool:
     """conv, conv_transpose, linear: x W + b is 0 at x = 0 only without b."""
     return not a.get("bias", True)
@@ -177,12 +184,12 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
           lambda a, i, o: 2 * i[0][0], doc="batch normalisation over channels (or features)",
           keeps_zero=True, zeroable=True, inference="keep", bn_folds_into=False, init="norm", import_kind="bn",
           aliases=("batchnorm", "batchnorm2d", "batchnorm1d", "batch_norm", "bn2d")),
-    OpDef("layernorm", {"eps": Float(1e-5, lo=0)}, norm_shape("layernorm"), lambda a, i, o: 2 * i[0][0],
+    OpDef("layernorm", {"eps": Eps()}, norm_shape("layernorm"), lambda a, i, o: 2 * i[0][0],
           doc="layer normalisation over channels, per pixel, on [C, H, W] (ConvNeXt's channels-first form), "
               "or over features on [F]",
           keeps_zero=True, zeroable=True, inference="keep", bn_folds_into=False, init="norm",
           import_kind="layernorm", aliases=()),
-    OpDef("groupnorm", {"groups": Int(), "eps": Float(1e-5, lo=0)}, norm_shape("groupnorm"),
+    OpDef("groupnorm", {"groups": Int(), "eps": Eps()}, norm_shape("groupnorm"),
           lambda a, i, o: 2 * i[0][0], doc="group normalisation: channels in `groups` groups",
           keeps_zero=True, zeroable=True, inference="keep", bn_folds_into=False, init="norm",
           import_kind="groupnorm", aliases=()),

@@ -46,7 +46,10 @@ def shortcuts(g: Graph, d: Diagnostics) -> None:
       by 2 (a `stride: $stride` copied onto every conv of a block gives s = 4 and a green check);
     - C2 < C1: a Ws that throws channels away (an add after a concat that grew them, say);
     - the add was written as `add: {from: ...}` without a `shortcut:` of its own: the Ws rule is
-      the join of a `residual:`; elsewhere a shape mismatch is more often a wrong edge.
+      the join of a `residual:`; elsewhere a shape mismatch is more often a wrong edge;
+    - s = 1 and C2 != C1, where the layer that set C2 writes `out` as a number in a block's definition
+      (`out: 32` for `out: $out`): a width no call asked for, which the Ws quietly absorbs (see
+      `_hard_coded`; warned at that number).
     Each names both shapes and the layers on the main branch that made the difference; a block
     instantiated n times warns once per source line."""
     found: dict = {}
@@ -74,10 +77,31 @@ def shortcuts(g: Graph, d: Diagnostics) -> None:
                 (add, f"a Ws ({p.kind}) was inserted at the explicit add {{}}: {both}",
                  "a Ws belongs to the join of a residual:; if this projection is meant, say so with "
                  "add: {from: [...], shortcut: projection}, else check the add's inputs"))
+        _hard_coded(g, p, add, both, found)
     for (loc, _), items in found.items():
         adds = [a for a, _, _ in items]
         _, msg, hint = items[0]
         d.warn(loc, msg.format(_which(adds)), hint)
+
+
+def _hard_coded(g: Graph, p, add: Node, both: str, found: dict) -> None:
+    """A Ws that neither strides nor follows a width its call asked for: the layer on the main branch
+    that set the width wrote it as a number in a block's definition (settings.literal_out says where),
+    so every call gets that width whatever it passes, and a stage's first copy gets a Ws for it."""
+    if p.stride != 1 or p.to_shape[0] == p.from_shape[0]:
+        return
+    cause = _main_branch(g, add, p.edge, lambda n, x: n.shape[0] != x[0])[-1:]
+    loc = cause[0].argloc.get("out") if cause else None
+    block = g.settings.literal_out.get(loc)
+    if block is None:
+        return
+    c = p.to_shape[0]
+    call = f" (called at line {cause[0].calls[-1][1].line})"   # the innermost call: the block that holds it
+    found.setdefault((loc, "hard-coded"), []).append(
+        (add, f"'out: {c}' is written as a number in block '{block}', so the Ws at {{}}{call} maps {both} at "
+              "stride 1: a width that its call did not ask for",
+         f"take the width from the block's arguments (out: $out, or an expression of them) so that each call "
+         f"sets it; if {c} is meant, make it an argument with that default: args: {{width: {c}}}, out: $width"))
 
 
 def _main_branch(g: Graph, add: Node, edge: str, changed) -> list[Node]:

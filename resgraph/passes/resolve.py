@@ -5,21 +5,32 @@ Post: every node's op is in OPS; its args are exactly OPS[op].args with defaults
       type-checked; `from` appears only on variadic ops; OPS[op].complete has run (pool stride 0 -> kernel);
       a `project` carries its bn's eps and momentum (from `defaults: {bn: ...}` unless given);
       graph.settings.bn holds the resolved bn defaults, for the bn nodes later passes insert, and
-      settings.conv_bias the conv default's bias, for the `conv` policy's Ws.
+      settings.conv_bias the conv default's bias, for the `conv` policy's Ws; with the spec,
+      settings.literal_out where block definitions write a width as a number (for lint);
+      every `project_from` reads the block's input through the body and is not the add's main input.
 """
 from __future__ import annotations
 
-from ..errors import Diagnostics, did_you_mean
+from ..errors import Diagnostics, Loc, did_you_mean, listed
 import dataclasses
+from typing import Mapping
 
-from ..ir import Graph, freeze
+from ..ir import Graph, Settings, freeze
 from ..spec.model import evaluate_located
 from ..ops import OPS, USER_OPS, ArgError
 from ..spec.expr import FAILED
 from ..spec.grammar import ENTRY
 from ..spec.model import Spec
+from ..spec.layers import residuals, walk
 
 ENTRY_KEYS = ENTRY.names   # the keys any entry may carry, beside an op's arguments
+
+
+def literal_out(spec: Spec) -> Mapping[Loc, str]:
+    """Where a block's definition (a `first:` included) gives an `out` as a number, not an expression."""
+    return freeze({y.loc: block for e, block in walk(spec.blocks, ()) if block is not None
+                   for y in (e.args.get("out"), (e.first or {}).get("out"))
+                   if y is not None and isinstance(y.value, (int, float)) and not isinstance(y.value, bool)})
 
 
 def alias_of(name: str) -> str | None:
@@ -107,8 +118,77 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
         args = op.complete(args)
         ordered = {k: args[k] for k in op.args if k in args}   # table order: stable printing and hashing
         nodes.append(n.with_(args=freeze(ordered)))
+    if spec is not None:
+        check_project_from(g, spec, d)
     if diags is None:
         d.raise_if_any()
-    settings = dataclasses.replace(g.settings, bn=freeze(defaults.get("bn", {})),
+    return g.replace(nodes=tuple(nodes), settings=_settings(g.settings, defaults, spec))
+
+
+def _settings(settings: Settings, defaults: dict, spec: Spec | None) -> Settings:
+    """The resolved bn defaults and the conv default's bias; with the spec, its literal widths."""
+    settings = dataclasses.replace(settings, bn=freeze(defaults.get("bn", {})),
                                    conv_bias=defaults.get("conv", {}).get("bias", OPS["conv"].args["bias"].default))
-    return g.replace(nodes=tuple(nodes), settings=settings)
+    return settings if spec is None else dataclasses.replace(settings, literal_out=literal_out(spec))
+
+
+def check_project_from(g: Graph, spec: Spec, d: Diagnostics) -> None:
+    """A Ws that reads `project_from: p` instead of the input it stands for must still carry that input
+    past some layers: p is computed from the block's input (not a tensor argument from outside it), and
+    p is not the add's main input (the body's last entry), or the add would sum the body and a
+    projection of itself, and the block's input would not reach it at all."""
+    written = _project_froms(spec)
+    index = {n.path: i for i, n in enumerate(g.nodes)}
+    for n in g.nodes:
+        p = n.args.get("project_from") if n.op == "add" else None
+        y, valid = written.get(n.argloc.get("project_from", n.loc), (None, ()))
+        if not p or y is None or not isinstance(y.value, str):
+            continue
+        what, out, name = ("the body's last entry", "the body's output", "the block's input") if n.role == "add" \
+            else ("the add's main input", "that input", "the input it stands for")
+        if p == n.inputs[0]:
+            msg = f"project_from '{y.value}' is {what}: a Ws reading it would add {out} to a projection of " \
+                  f"itself, and {name} would not reach the add"
+        elif n.role == "add" and not _computed_from(g, index, p, n.inputs[1]):
+            msg = f"project_from '{y.value}' is not computed from the block's input: a Ws reading it would " \
+                  "leave the block's input off its shortcut"
+        else:
+            continue
+        d.error(y.loc, msg, _valid_hint(valid, n.role == "add"), span=len(y.value), site=n.site())
+
+
+def _project_froms(spec: Spec) -> dict:
+    """Where each project_from is written (for a residual: where the residual is, the location of its
+    add) -> (the value as written, the ids a residual's may name: its body's, but the last)."""
+    out = {r.loc: (r.project_from, tuple(e.id.value for e in r.layers[:-1] if e.id is not None))
+           for r in residuals(spec.blocks, spec.layers) if r.project_from is not None}
+    for e, _ in walk(spec.blocks, spec.layers):
+        for args in (e.args, e.first or {}):
+            if e.kind == "add" and "project_from" in args:
+                out[args["project_from"].loc] = (args["project_from"], ())
+    return out
+
+
+def _computed_from(g: Graph, index: dict, path: str, source: str) -> bool:
+    """Whether `path` is `source` or computed from it: a walk back through inputs that stops at nodes
+    made before `source` (expansion makes nodes in order), so it covers one block's body."""
+    todo, seen, first = [path], set(), index.get(source, -1)
+    while todo:
+        p = todo.pop()
+        if p == source:
+            return True
+        if p not in seen and index.get(p, -1) > first:
+            seen.add(p)
+            todo.extend(g[p].inputs)
+    return False
+
+
+def _valid_hint(valid: tuple, residual: bool) -> str:
+    if not residual:
+        return "name an entry between the input the Ws stands for and the add (its pre-activation), or leave " \
+               "project_from out"
+    if valid:
+        return f"name an earlier entry of the body, the pre-activation the Ws reads: {listed(valid)}; or leave " \
+               "project_from out (the Ws then reads the block's input)"
+    return "give an earlier entry of the body an id (layers: [bn: {id: pre}, relu, ...], project_from: pre), " \
+           "or leave project_from out (the Ws then reads the block's input)"

@@ -6,14 +6,18 @@ Post: every node has `shape`. A node whose rule fails is reported with its sourc
       error, not a cascade. Errors come in graph order, not line order: a block is defined above
       the layers that call it, and an error in its third call must not print before one in an
       earlier layer.
-For `add`, the rule returns the main input's shape; whether the others match (and what Ws makes
-them match) is insert_shortcuts' business.
+For `add`, the rule returns the main input's shape; what Ws makes the others match is
+insert_shortcuts' business, but whether one can (`shortcuts.can_join`) is checked here: an add that
+cannot join its inputs is an error in graph order like any other, and what depends on it is skipped.
+Otherwise its root cause (a body that changed the size, say) would be lost behind the errors it
+causes further down, which stop the run before insert_shortcuts reports it.
 """
 from __future__ import annotations
 
 from ..errors import Diagnostics
 from ..ir import Graph
 from ..ops import OPS, ShapeError
+from .shortcuts import can_join
 
 
 def infer_shapes(g: Graph) -> Graph:
@@ -33,6 +37,8 @@ def infer_shapes(g: Graph) -> Graph:
             except ShapeError as e:
                 msg = e.message.format(*(i if i != "input" else g.input_name for i in n.inputs)) if e.named else e.message
                 d.error(n.loc, f"{n.path}: {msg}{n.site()}", e.hint, span=len(n.op))
+            if n.op == "add" and shape is not None and not can_join(d, n, shapes, g.settings.shortcut):
+                shape = None
         shapes[n.path] = shape
         nodes.append(n.with_(shape=shape))
     d.raise_if_any(ordered=True)   # graph order: an error reported first is never caused by a later one

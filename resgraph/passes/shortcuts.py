@@ -40,6 +40,19 @@ def _node(path, op, loc, inputs, block, **args) -> Node:
     return Node(path, op, freeze(OPS[op].with_defaults(**args)), inputs, loc, inserted=True, block=block, role="shortcut")
 
 
+def can_join(d: Diagnostics, n: Node, shapes: dict, default_policy: str) -> bool:
+    """Whether insert_shortcuts can bring every input of the add `n` to its main input's shape; where it
+    cannot, the reason is recorded in `d`. infer_shapes asks it at each add, so that a join that fails
+    is reported in graph order, before the errors it would cause further down, and those are skipped."""
+    policy = n.args.get("shortcut") or default_policy
+    target, ok = shapes[n.inputs[0]], True
+    for edge in n.inputs[1:]:
+        read = n.args.get("project_from") or edge
+        if shapes[edge] != target and shapes.get(read) is not None:
+            ok &= _ws(d, n, n.path, read, shapes[read], target, policy, {}, False) is not None
+    return ok
+
+
 def insert_shortcuts(g: Graph) -> Graph:
     d = Diagnostics()
     default_policy = g.settings.shortcut
@@ -85,7 +98,7 @@ def insert_shortcuts(g: Graph) -> Graph:
             projections.append(Projection(n.path, kind, src, target, stride, params, edge,
                                           tuple(m.path for m in shaped), bn=any(m.op == "bn" for m in shaped)))
         out.append(n.with_(inputs=tuple(ins)))
-    d.raise_if_any()
+    d.raise_if_any(ordered=True)   # graph order, as infer_shapes (which reports these first, through can_join)
     return g.replace(nodes=tuple(out), projections=tuple(projections))
 
 

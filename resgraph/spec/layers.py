@@ -178,6 +178,30 @@ class LayersParser:
         return Entry(kind, kloc, args, common.get("id"), common.get("in"), common.get("repeat"), first, residual)
 
 
+def walk(blocks: dict[str, Block], layers: tuple[Entry, ...]):
+    """(entry, the name of the block whose definition holds it, or None at top level) for every entry
+    of a spec, those of residual bodies and posts included."""
+    def entries(es, block):
+        for e in es:
+            yield e, block
+            if e.residual is not None:
+                yield from entries(_inside(e.residual), block)
+
+    for name, b in blocks.items():
+        yield from entries(_inside(b.residual) if b.residual is not None else b.layers, name)
+    yield from entries(layers, None)
+
+
+def residuals(blocks: dict[str, Block], layers: tuple[Entry, ...]):
+    """Every residual section of a spec: the blocks' bodies, and the inline ones wherever they are."""
+    yield from (b.residual for b in blocks.values() if b.residual is not None)
+    yield from (e.residual for e, _ in walk(blocks, layers) if e.residual is not None)
+
+
+def _inside(r: Residual) -> tuple[Entry, ...]:
+    return r.layers + ((r.post,) if r.post is not None else ())
+
+
 def evaluate_located(y: Y, env: dict, diags: Diagnostics, failed=None):
     """y's value, with an expression ("$out * 4") evaluated in env. On error, report it at the
     offending character and return `failed`; an expression over a value that already failed

@@ -37,6 +37,8 @@ def _arg(a) -> dict:
         s = {"type": "number"}
         if a.lo is not None:
             s["minimum"] = a.lo
+        if getattr(a, "above", None) is not None:   # ops.table.Above: an exclusive bound (a norm's eps > 0)
+            s["exclusiveMinimum"] = a.above
         if a.hi is not None:
             s["maximum"] = a.hi
         forms = [s, EXPR]

@@ -4,6 +4,7 @@ bn-free 1x1 conv of the common PreAct code. PreAct-ResNet-18 for CIFAR has that 
 parameters, its state-dict paths, and its outputs once its weights are imported by structure."""
 import pytest
 
+from conftest import run_cli
 from resgraph.errors import SpecError
 from resgraph.frontend import check_text
 
@@ -73,6 +74,48 @@ def test_an_explicit_add_takes_project_from_too():
                    "  - conv: {out: 8, kernel: 3, stride: 2}\n  - add: {from: [input], project_from: pre, shortcut: conv}\n")
     assert c.graph["add1.shortcut"].inputs == ("pre",)
     assert c.warnings == ()
+
+
+def test_project_from_naming_the_bodys_last_entry_is_a_located_error_that_lists_the_valid_ids():
+    """The Ws would read the body's output: the add would be body + Ws(body), and the block's input
+    would reach it by no path. Reported once for the block (at its first call), not per copy."""
+    with pytest.raises(SpecError) as e:
+        check_text(PREACT18.replace("project_from: pre", "project_from: conv2"), "p.yaml")
+    (d,) = e.value.diagnostics
+    assert (d.loc.line, d.loc.col, d.span) == (11, 21, 5)
+    assert d.message.startswith("project_from 'conv2' is the body's last entry") and "(in layer1.0 from line 21)" in d.message
+    assert "the block's input would not reach the add" in d.message
+    assert "name an earlier entry of the body" in d.hint and "bn1, pre, conv1, bn2" in d.hint
+
+
+def test_project_from_an_inline_residuals_only_entry_is_an_error_through_the_cli(write_spec):
+    spec = write_spec("resgraph: 1\nname: t\ninput: {shape: [4, 8, 8]}\nlayers:\n  - residual:\n"
+                      "      project_from: c\n      layers:\n        - conv: {out: 8, kernel: 3, stride: 2, id: c}\n")
+    r = run_cli("check", spec)
+    assert r.returncode == 1 and r.stdout == ""
+    assert f"{spec}:6:21: error: project_from 'c' is the body's last entry" in r.stderr
+    assert "give an earlier entry of the body an id" in r.stderr and "1 error" in r.stderr
+
+
+def test_project_from_a_tensor_argument_does_not_read_the_blocks_input():
+    text = ("resgraph: 1\nname: t\ninput: {shape: [4, 8, 8]}\nblocks:\n  up:\n    args: {out: null, skip: tensor}\n"
+            "    residual:\n      project_from: skip\n      layers:\n        - bn: {id: pre}\n"
+            "        - conv: {out: $out, kernel: 3, stride: 2}\n"
+            "layers:\n  - conv: {out: 4, kernel: 3, id: a}\n  - relu\n  - up: {out: 8, skip: a}\n")
+    with pytest.raises(SpecError) as e:
+        check_text(text, "t.yaml")
+    assert (e.value.line, e.value.column) == (8, 21)
+    assert "project_from 'skip' is not computed from the block's input" in e.value.message and "pre" in e.value.hint
+    assert check_text(text.replace("project_from: skip", "project_from: pre")).graph["up1.shortcut.conv"].inputs == ("up1.pre",)
+
+
+def test_an_explicit_add_may_not_project_from_its_own_main_input():
+    text = ("resgraph: 1\nname: t\ninput: {shape: [4, 8, 8]}\nlayers:\n  - bn\n  - relu: {id: pre}\n"
+            "  - conv: {out: 8, kernel: 3, stride: 2, id: c}\n  - add: {from: [input], project_from: c, shortcut: conv}\n")
+    with pytest.raises(SpecError) as e:
+        check_text(text, "t.yaml")
+    assert (e.value.line, e.value.column) == (8, 40)
+    assert "project_from 'c' is the add's main input" in e.value.message and "leave project_from out" in e.value.hint
 
 
 torch = pytest.importorskip("torch")

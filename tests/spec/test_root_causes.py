@@ -1,7 +1,10 @@
 """Errors lead to their root cause: block errors name the call site, cycles print in dataflow order,
 concat errors name each input by id with a hint for the case at hand."""
+import re
+
 import pytest
 
+from conftest import run_cli
 from resgraph.errors import SpecError
 from resgraph.frontend import check_text
 
@@ -65,3 +68,75 @@ def test_an_argument_error_inside_a_block_names_the_call_that_gave_the_value_onc
     a, b = e.diagnostics
     assert a.loc.line == b.loc.line == 8
     assert a.message.endswith("got -1 (in pool2 from line 11)") and b.message.endswith("got 0 (in pool4 from line 13)")
+
+
+STAGES = """resgraph: 1
+name: t
+input: {shape: [3, 32, 32]}
+blocks:
+  basic:
+    args: {out: null, stride: 1}
+    residual:
+      shortcut: zeropad
+      layers:
+        - conv: {out: $out, kernel: 3, stride: $stride}
+        - bn
+        - relu
+        - conv: {out: $out, kernel: 3}
+        - bn
+      post: relu
+layers:
+  - conv: {out: 16, kernel: 3, id: stem}
+  - basic: {id: layer1, out: 16}
+  - residual:
+      id: layer2
+      layers:
+        - conv: {out: 64, kernel: 3, padding: valid}
+        - bn
+      post: relu
+  - basic: {id: layer3, out: 32, stride: 2}
+FURTHER"""
+# stage 2's body shrinks the map (valid padding: 32 -> 30) and widens it to 64: no Ws can join that to its
+# input at line 19. What follows inherits the wrong shape: layer3's zeropad would shrink 64 -> 32 channels
+# (reported at line 8, where the block is defined) and a concat with layer1 would join 15x15 to 32x32
+CONCAT = "  - concat: {from: [layer1]}\n"
+UNRELATED = "  - conv: {out: 8, kernel: 3, groups: 3, in: stem}\n"   # an error of its own, on a branch of the stem
+
+
+def errors_of(write_spec, further: str) -> list[tuple[int, str]]:
+    r = run_cli("check", write_spec(STAGES.replace("FURTHER", further)))
+    assert r.returncode == 1 and r.stdout == ""
+    return [(int(m[1]), m[2]) for m in re.finditer(r"spec\.yaml:(\d+):\d+: error: (.*)", r.stderr)]
+
+
+def test_a_join_that_fails_in_a_residual_block_is_the_root_cause_not_what_it_causes(write_spec):
+    """Before: the shape pass stopped at the concat that layer2's 30x30 map broke further down, and layer2's
+    own error, which insert_shortcuts would have found, was never printed."""
+    (line, msg), = errors_of(write_spec, CONCAT)
+    assert line == 19 and msg.startswith("no integer stride maps [16, 32, 32] to [64, 30, 30]: the add at 'layer2'")
+
+
+def test_the_root_cause_prints_before_an_error_it_causes_in_a_block_defined_above(write_spec):
+    """Before: both joins failed in insert_shortcuts, printed in line order: layer3's (line 8, a consequence)
+    first. Now: graph order, and layer3, which depends on the broken layer2, is not reported at all."""
+    (line, msg), = errors_of(write_spec, "")
+    assert line == 19 and "the add at 'layer2'" in msg
+
+
+def test_an_unrelated_error_further_down_is_still_reported_after_the_root_cause(write_spec):
+    found = errors_of(write_spec, CONCAT + UNRELATED)
+    assert [line for line, _ in found] == [19, 27] and "groups=3" in found[1][1]
+
+
+def test_a_shape_error_inside_a_residual_body_prints_before_a_later_error_of_a_block_defined_above(write_spec):
+    """The residual body of stage 2 (line 22) multiplies maps of 64 and 16 channels; a layer further down calls
+    the block defined at line 5 with a kernel that collapses its map. Line order would print that first."""
+    body = "        - conv: {out: 64, kernel: 1, id: wide}\n        - mul: {from: [input]}\n"
+    text = STAGES.replace("        - conv: {out: 64, kernel: 3, padding: valid}\n        - bn\n", body)
+    text = text.replace("      shortcut: zeropad\n", "").replace("        - conv: {out: $out, kernel: 3}\n",
+                                                                  "        - maxpool: {kernel: $k}\n")
+    text = text.replace("args: {out: null, stride: 1}", "args: {out: null, stride: 1, k: 1}")
+    r = run_cli("check", write_spec(text.replace("FURTHER", "  - basic: {out: 8, k: 64, in: stem}\n")))
+    assert r.returncode == 1
+    lines = [int(m) for m in re.findall(r"spec\.yaml:(\d+):\d+: error:", r.stderr)]
+    assert lines == [22, 12] and "layer2.mul1" in r.stderr and "(in basic1 from line 25)" in r.stderr

@@ -427,7 +427,16 @@ BROKEN = {   # name: (a change to a valid spec, what the checker says)
     "empty layers": ({"layers": []}, "'layers' is empty"),
     "bad variable name": ({"vars": {"2x": 1}}, "invalid variable name '2x'"),
     "version 2": ({"resgraph": 2}, "unsupported spec version 2"),
+    "layernorm eps 0": ({"layers": [{"layernorm": {"eps": 0}}]}, "'eps' must be > 0"),
+    "groupnorm eps 0": ({"layers": [{"groupnorm": {"groups": 3, "eps": 0.0}}]}, "'eps' must be > 0"),
 }
+
+
+def test_bn_eps_0_is_valid_for_both():
+    """bn keeps an inclusive bound (eps >= 0) where layernorm's and groupnorm's is exclusive (BROKEN)."""
+    doc = {**BASE, "layers": [{"bn": {"eps": 0}}, {"layernorm": {"eps": 1e-6}}]}
+    assert _validator().is_valid(doc)
+    check_text(yaml.safe_dump(doc, sort_keys=False), "<bn>", read_files=False)
 
 
 @pytest.mark.parametrize("change,message", BROKEN.values(), ids=list(BROKEN))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import SPECS
+from conftest import SPECS, run_cli
 from resgraph.frontend import check_text
 
 HEAD = "resgraph: 1\nname: t\ninput: {shape: [3, 32, 32]}\n"
@@ -27,8 +27,8 @@ layers:
 """
 
 
-def warnings(text):
-    return [w for w in check_text(text, "t.yaml").warnings if "Ws" in w.message]
+def warnings(text, file="t.yaml"):
+    return [w for w in check_text(text, file).warnings if "Ws" in w.message]
 
 
 def test_a_stride_copied_onto_both_convs_of_a_block_is_flagged():
@@ -71,9 +71,49 @@ def test_strict_fails_with_the_warning_and_plain_check_passes(tmp_path):
     assert f"{spec}:7:5: warning: the Ws at 'basic2.0'" in strict.stderr
 
 
+HARD = """blocks:
+  basic:
+    args: {out: null, stride: 1}
+    residual:
+      layers:
+        - conv: {out: $out, kernel: 3, stride: $stride, bias: false}
+        - bn
+        - relu
+        - conv: {out: WIDTH, kernel: 3, bias: false}
+        - bn
+      post: relu
+layers:
+  - conv: {out: 16, kernel: 3, bias: false}
+  - basic: {id: layer1, out: 16, repeat: 2}
+  - basic: {id: layer2, out: 32, repeat: 2, first: {stride: 2}}
+  - basic: {id: layer3, out: 64, repeat: 2, first: {stride: 2}}
+"""
+
+
+def test_a_width_hard_coded_in_a_repeated_block_is_flagged_at_the_number():
+    """`out: 32` for `out: $out`: every copy is 32 wide whatever its call says, and layer1.0 (a copy that
+    neither strides nor is asked to widen: out 16 on 16 channels) gets a stride-1 Ws 16 -> 32 for it,
+    which used to pass check --strict. layer2.0 and layer3.0 stride, so their Ws look like a stage's."""
+    (w,) = warnings(HEAD + HARD.replace("WIDTH", "32"))
+    assert (w.loc.line, w.loc.col) == (12, 23) and w.severity == "warning"
+    assert w.message.startswith("'out: 32' is written as a number in block 'basic', so the Ws at 'layer1.0' "
+                                "(called at line 17) maps conv1 [16, 32, 32] -> main branch layer1.0.bn2 [32, 32, 32]")
+    assert "at stride 1" in w.message and "out: $out" in w.hint
+    assert warnings(HEAD + HARD.replace("WIDTH", "$out")) == []                        # the paper's block
+    meant = HARD.replace("WIDTH", "$width").replace("{out: null, stride: 1}", "{out: null, stride: 1, width: 32}")
+    assert warnings(HEAD + meant) == []                          # a fixed width, said so: the hint's way out
+
+
+def test_a_hard_coded_width_fails_strict_through_the_cli(write_spec):
+    spec = write_spec(HEAD + HARD.replace("WIDTH", "32"))
+    plain, strict = run_cli("check", spec), run_cli("check", "--strict", spec)
+    assert plain.returncode == 0 and strict.returncode == 1
+    assert f"{spec}:12:23: warning: 'out: 32' is written as a number in block 'basic'" in strict.stderr
+
+
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_shipped_specs_have_no_shortcut_warnings(path):
-    assert warnings(path.read_text()) == []
+    assert warnings(path.read_text(), str(path)) == []   # its own path: a labels file is read beside it
 
 
 def test_a_squeeze_excitation_gate_is_not_mistaken_for_downsampling():
