@@ -43,10 +43,12 @@ class Stage:
     """A hidden folder on the output's filesystem into which a set of artifacts is written;
     publish() puts it in out's place atomically, close() removes what is left.
 
-    Where: beside `out`, so that publishing is one rename or exchange of two folders; or inside
-    `out` where the folder itself cannot be swapped (a mount point: the Docker pattern `-v
-    host:/out ... -o /out`; the working directory or a folder holding it: `-o .`; a parent on
-    another filesystem), and then publish() goes file by file, the manifest last.
+    Where: beside `out`, on the mount that holds it, so that publishing is one rename or exchange of
+    two folders; or inside `out` where the folder itself cannot be swapped (a mount point: the Docker
+    pattern `-v host:/out ... -o /out`, a bind mount of a folder of the same filesystem included; the
+    working directory or a folder holding it: `-o .`; a parent on another filesystem), and then
+    publish() goes file by file, the manifest last. A rename between two mounts fails (EXDEV) even
+    where both show one filesystem, so a place is chosen by its mount, not by its device.
 
     Concurrent compiles into one folder each stage under a unique name and hold an exclusive lock
     (flock) on their staging folder itself, taken before the folder gets its staging name; the next
@@ -54,13 +56,13 @@ class Stage:
     is gone: killed, crashed), and whichever publishes last wins, with a consistent set."""
 
     def __init__(self, out: str, layout: Layout = COMPILED, stage_in: str | None = None):
-        """`stage_in`: the folder to stage in instead of beside `out` (it must be on out's filesystem):
-        a Triton repository's model is staged beside the repository, where a polling server does not
-        look."""
+        """`stage_in`: the folder to stage in instead of beside `out`, used where it is on the mount
+        that holds out's parent (else beside `out`): a Triton repository's model is staged beside the
+        repository, where a polling server does not look."""
         self.out, self.layout = out, layout
         self.target = os.path.realpath(out) if os.path.islink(out) else os.path.abspath(out)
         self.inside = _cannot_swap(self.target)
-        where = self.target if self.inside else stage_in or os.path.dirname(self.target)
+        where = self.target if self.inside else _beside(self.target, stage_in)
         clean_stale(where)
         if os.path.isdir(self.target):
             clean_stale(self.target)
@@ -100,10 +102,43 @@ def _cannot_swap(target: str) -> bool:
         cwd = None
     if os.path.ismount(target) or (cwd and os.path.commonpath([cwd, target]) == target):
         return True
+    here = mount_of(target)
+    return here is None or here != mount_of(os.path.dirname(target))
+
+
+def _beside(target: str, stage_in: str | None) -> str:
+    """Where to stage a folder that will take `target`'s place: `stage_in` where it is on the mount
+    that holds target's parent (a rename from another mount fails), else that parent."""
+    parent = os.path.dirname(target)
+    if stage_in is None:
+        return parent
+    mount = mount_of(parent)
+    return stage_in if mount is not None and mount_of(stage_in) == mount else parent
+
+
+def mount_of(path: str) -> tuple[str, int] | None:
+    """Which mount holds the folder `path`: Linux's mount id (a bind mount has its own, where st_dev
+    is its filesystem's, the same as its parent's), else the device; None where it cannot be opened.
+    Two folders with the same answer can rename into each other."""
     try:
-        return os.stat(target).st_dev != os.stat(os.path.dirname(target)).st_dev
+        fd = os.open(path, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY)
     except OSError:
-        return True
+        return None
+    try:
+        return _mount_id(fd) or ("st_dev", os.fstat(fd).st_dev)
+    finally:
+        os.close(fd)
+
+
+def _mount_id(fd: int) -> tuple[str, int] | None:
+    """The mount id of an open file (/proc/self/fdinfo, Linux 3.15+); None without /proc (not Linux,
+    a sandbox), where mount_of falls back to the device, which misses bind mounts."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            ids = [line.split()[1] for line in f if line.startswith("mnt_id:")]
+        return ("mnt_id", int(ids[0])) if ids else None
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _locked_folder(where: str) -> tuple[str, int]:
@@ -222,7 +257,34 @@ def _swap(a: str, b: str) -> bool:
 
 def _replace(src: str, dst: str, folder: bool) -> None:
     """One entry in place of another, atomically: a file by rename; a folder by an exchange (then the
-    old one deleted), or, where the system cannot exchange, by moving the old one aside first."""
+    old one deleted), or, where the system cannot exchange, by moving the old one aside first. Where
+    `src` is on another mount than `dst` (one mount_of could not tell apart: no /proc), it is copied
+    beside `dst` first and moved from there, each entry still replaced in one step."""
+    try:
+        _move(src, dst, folder)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        _move_across(src, dst, folder)
+
+
+def _move_across(src: str, dst: str, folder: bool) -> None:
+    """`src` copied into a hidden folder beside `dst` (a killed copy is removed as a stale
+    .resgraph-new-* by the next publish), then moved into dst's place from there."""
+    near = tempfile.mkdtemp(dir=os.path.dirname(dst), prefix=NEW)
+    try:
+        copy = os.path.join(near, "x")
+        if folder:
+            shutil.copytree(src, copy, symlinks=True)
+        else:
+            shutil.copy2(src, copy)
+        _move(copy, dst, folder)
+    finally:
+        shutil.rmtree(near, ignore_errors=True)
+
+
+def _move(src: str, dst: str, folder: bool) -> None:
+    """`src` in `dst`'s place by rename, exchange, or the old one moved aside first (see _replace)."""
     if not folder or not os.path.isdir(dst) or os.path.islink(dst):
         if folder and os.path.lexists(dst):
             os.unlink(dst)
@@ -237,6 +299,7 @@ def _replace(src: str, dst: str, folder: bool) -> None:
         os.rename(src, dst)
     except OSError:
         os.rename(os.path.join(aside, "x"), dst)   # the previous entry back in place
+        os.rmdir(aside)
         raise
     _delete_later(aside)
 
