@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,11 @@ def run_cli(*args, cwd=ROOT, timeout=60):
 @pytest.fixture
 def write_spec(tmp_path):
     def write(text: str, name: str = "spec.yaml") -> str:
+        """A spec's text as a file; a shipped spec's labels file goes beside it, as a user copies it."""
         p = tmp_path / name
         p.write_text(text)
+        if "imagenet_classes.txt" in text and not (tmp_path / "imagenet_classes.txt").exists():
+            shutil.copy(ROOT / "specs" / "imagenet_classes.txt", tmp_path)
         return str(p)
     return write
 

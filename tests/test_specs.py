@@ -129,3 +129,57 @@ def test_schema_accepts_and_rejects(doc, valid):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((ROOT / "docs" / "resgraph.schema.json").read_text())
     assert jsonschema.Draft202012Validator(schema).is_valid(doc) is valid
+
+
+# --- class names: `run` prints them, not indices ------------------------------------------------
+
+IMAGENET_LABELS = ROOT / "specs" / "imagenet_classes.txt"
+CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# shipped specs whose output names no classes, and why
+UNLABELLED = {"residual_mlp": "a textbook residual block on 128 abstract features: no data set, no class names"}
+
+
+def imagenet_names():
+    names = IMAGENET_LABELS.read_text(encoding="utf-8").splitlines()
+    assert len(names) == len(set(names)) == 1000 and all(n and n == n.strip() for n in names), IMAGENET_LABELS
+    return tuple(names)
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_every_classifier_spec_names_its_classes(path):
+    c = resgraph.check(str(path))
+    labels, shape = c.spec.labels, c.graph[c.graph.output].shape
+    if path.stem in UNLABELLED:
+        assert labels is None, f"{path.name} has labels now: take it out of UNLABELLED"
+        return
+    assert labels, (f"{path.name}: no labels, so `run` prints class indices; add `labels:` "
+                    f"(a list, or a file beside the spec: labels: imagenet_classes.txt)")
+    assert (len(labels),) == shape, f"{path.name}: {len(labels)} labels for an output of shape {list(shape)}"
+    if shape == (1000,):
+        assert labels == imagenet_names(), f"{path.name}: labels: imagenet_classes.txt, ImageNet's order"
+    if path.stem.startswith("cifar_"):
+        assert labels == CIFAR10, f"{path.name}: CIFAR-10's classes, in its order"
+
+
+def test_the_imagenet_names_are_torchvisions_in_its_order():
+    meta = pytest.importorskip("torchvision.models._meta",
+                               reason="torchvision is not installed: nothing to compare the ImageNet names with")
+    assert imagenet_names() == tuple(meta._IMAGENET_CATEGORIES)
+
+
+def test_a_compiled_imagenet_folder_carries_the_names_and_run_prints_them(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    from resgraph.compile import compile_spec
+    from resgraph.manifest import read_manifest
+    out = tmp_path / "mobilenet_v3_small"
+    compile_spec(str(ROOT / "specs" / "mobilenet_v3_small.yaml"), out=str(out))
+    assert read_manifest(str(out)).labels == imagenet_names()
+    Image.new("RGB", (256, 256), (200, 40, 40)).save(tmp_path / "red.png")
+    p = run_cli("run", str(out), str(tmp_path / "red.png"), "--top-k", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    (top,) = json.loads(p.stdout)["top"]
+    assert top["label"] == imagenet_names()[top["index"]], top
+    p = run_cli("run", str(out), str(tmp_path / "red.png"), "--top-k", "1")
+    assert top["label"] in p.stdout, p.stdout

@@ -95,7 +95,9 @@ def test_check_reads_standard_input():
     assert p.returncode == 1 and "<stdin>:5:5: error: unknown op or block 'cnov'" in p.stderr
     assert "  - cnov: {out: 4, kernel: 3}" in p.stderr
     good = (ROOT / "specs" / "resnet18.yaml").read_text()
-    p = sp.run(resgraph_cmd() + ["check", "-", "--json"], input=good, capture_output=True, text=True, cwd=ROOT)
+    # its labels file (imagenet_classes.txt) is read relative to the working directory, as a file name is
+    p = sp.run(resgraph_cmd() + ["check", "-", "--json"], input=good, capture_output=True, text=True,
+               cwd=ROOT / "specs")
     assert p.returncode == 0 and json.loads(p.stdout)["params"] == 11_689_512
 
 
