@@ -119,7 +119,8 @@ def report(log_lines: list[str], message: str) -> None:
     happens next."""
     from ..render import escape
     for line in log_lines:
-        say(f"  | {escape(line)}")
+        line = escape(line.rstrip())
+        say(f"  | {line[:160]}{'...' if len(line) > 160 else ''}")
     say(f"serve: {message}")
 
 
