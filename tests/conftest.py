@@ -19,6 +19,49 @@ for _folder in sorted({p.parent for p in Path(__file__).parent.rglob("*.py")}):
         sys.path.insert(0, str(_folder))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skip that skip_policy refuses (under CI, or with RESGRAPH_REQUIRE_GPU) fails the test."""
+    report = (yield).get_result()
+    _hold_to_policy(report)
+
+
+_REFUSED_MODULE_SKIPS: list[str] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a module that skips as a whole (importorskip at its top): the run goes on (a
+    failed collection would interrupt it) and fails at its end, naming the module."""
+    report = (yield).get_result()
+    why = _refused(report)
+    if why is not None:
+        _REFUSED_MODULE_SKIPS.append(f"{report.nodeid}: {why}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _REFUSED_MODULE_SKIPS:
+        terminalreporter.write_line(f"FAILED (a module skipped) {line}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _REFUSED_MODULE_SKIPS and exitstatus in (0, 5):   # 5: nothing else was collected
+        session.exitstatus = 1
+
+
+def _hold_to_policy(report) -> None:
+    why = _refused(report)
+    if why is not None:
+        report.outcome, report.longrepr = "failed", why
+
+
+def _refused(report) -> str | None:
+    from skip_policy import reason_of, verdict
+    if report.skipped and not hasattr(report, "wasxfail"):
+        return verdict(reason_of(report))
+    return None
+
+
 def resgraph_cmd():
     """The installed console script if present (what users run), else `python -m resgraph`."""
     exe = Path(sys.executable).with_name("resgraph")
