@@ -151,24 +151,99 @@ def test_every_bad_input_is_an_input_error(tmp_path):
         load(Item(str(tmp_path / "absent.png")), pre)
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]), st.lists(st.tuples(st.integers(0, 10_000),
-       st.integers(0, 255)), min_size=1, max_size=12), st.integers(0, 100))
-def test_mutated_images_never_escape_as_anything_but_input_errors(tmp_path, fmt, flips, cut):
-    """Fuzz: a valid file of each format, bytes flipped and maybe truncated: a sample or an InputError."""
+FUZZ_FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
+FUZZ_HOWS = ("clean", "tail", "pixels", "flips", "magic", "cut", "empty")
+# what the decoder must make of each kind of file: a sample, an InputError, or either
+FUZZ_INTENT = {"clean": "ok", "tail": "ok", "pixels": "ok", "flips": "either", "magic": "refused", "cut": "refused",
+               "empty": "refused"}
+
+
+def fuzz_file(fmt: str, how: str, rng) -> bytes:
+    """A valid 20 x 12 file of `fmt`, changed as `how` says:
+    clean   unchanged
+    tail    random bytes after its end (every one of these formats says where it ends)
+    pixels  random bytes flipped in the pixel data of an uncompressed BMP or TIFF (others: clean)
+    flips   random bytes flipped anywhere, maybe truncated too: damage of unknown consequence
+    magic   its first 1-4 bytes zeroed: no format's signature left
+    cut     truncated to 20-90% of its length
+    empty   nothing"""
     buf = io.BytesIO()
     photo(20, 12).save(buf, fmt)
     data = bytearray(buf.getvalue())
-    for at, value in flips:
-        data[at % len(data)] = value
-    data = data[: max(1, len(data) * (100 - cut) // 100)]
-    path = tmp_path / f"fuzz.{fmt.lower()}"
-    path.write_bytes(bytes(data))
+    if how == "tail":
+        data += rng.integers(0, 256, int(rng.integers(1, 300)), dtype=np.uint8).tobytes()
+    elif how == "pixels" and fmt in ("BMP", "TIFF"):
+        with Image.open(io.BytesIO(bytes(data))) as im:
+            [tile] = im.tile
+        assert tile.codec_name == "raw" and tile.offset + 20 * 12 * 3 <= len(data), tile
+        for at in rng.integers(tile.offset, tile.offset + 20 * 12 * 3, int(rng.integers(1, 50))):
+            data[at] = int(rng.integers(0, 256))
+    elif how == "flips":
+        for _ in range(int(rng.integers(1, 13))):
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        data = data[: max(1, len(data) * (100 - int(rng.integers(0, 101))) // 100)]
+    elif how == "magic":
+        k = int(rng.integers(1, 5))
+        data[:k] = bytes(k)
+    elif how == "cut":
+        data = data[: int(len(data) * rng.uniform(0.2, 0.9))]
+    elif how == "empty":
+        data = bytearray()
+    return bytes(data)
+
+
+def fuzz_decode(path, fmt: str, how: str, seed: int):
+    """Write the fuzzed file and decode it: (the sample or the InputError's message, the clean sample)."""
+    pre = Preprocess.resolve({}, (3, 8, 8))
+    path.write_bytes(fuzz_file(fmt, how, np.random.default_rng(seed)))
+    clean = pre.image(Image.open(io.BytesIO(fuzz_file(fmt, "clean", None))))
     try:
-        x = Preprocess.resolve({}, (3, 8, 8)).file(str(path))
-        assert x.shape == (3, 8, 8)
-    except InputError:
-        pass
+        x = pre.file(str(path))
+    except InputError as e:
+        return str(e), clean
+    assert x.shape == (3, 8, 8) and x.dtype == np.float32
+    return x, clean
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(FUZZ_FORMATS), st.sampled_from(FUZZ_HOWS), st.integers(0, 2**32 - 1))
+def test_mutated_images_never_escape_as_anything_but_input_errors(tmp_path, fmt, how, seed):
+    """Fuzz: a valid file of each format, changed: a sample or an InputError, and the one the change
+    makes certain where it does (a file with bytes after its end still decodes, to the same pixels; one
+    without its signature or cut short is refused)."""
+    got, clean = fuzz_decode(tmp_path / f"fuzz.{fmt.lower()}", fmt, how, seed)
+    intent = FUZZ_INTENT[how]
+    if intent == "ok":
+        assert not isinstance(got, str), (fmt, how, seed, got)
+        if how != "pixels" or fmt not in ("BMP", "TIFF"):
+            assert np.array_equal(got, clean), (fmt, how, seed)
+    elif intent == "refused":
+        assert isinstance(got, str), (fmt, how, seed)
+
+
+def test_fuzzed_images_decode_as_many_as_the_generator_intended(tmp_path):
+    """The fuzz counted: every format, every kind of change, seeded. As many decode and as many are
+    refused as the generator meant (a decoder that refused every image would fail here), the intact
+    ones to the clean file's pixels; the randomly flipped ones are a sample or an InputError."""
+    counts = {"ok": 0, "refused": 0}
+    intended = {"ok": 0, "refused": 0}
+    flips = {"ok": 0, "refused": 0}
+    for fmt in FUZZ_FORMATS:
+        for how in FUZZ_HOWS:
+            for seed in range(4):
+                got, clean = fuzz_decode(tmp_path / f"fuzz.{fmt.lower()}", fmt, how, seed)
+                outcome = "refused" if isinstance(got, str) else "ok"
+                if FUZZ_INTENT[how] == "either":
+                    flips[outcome] += 1
+                    continue
+                intended[FUZZ_INTENT[how]] += 1
+                counts[outcome] += 1
+                assert outcome == FUZZ_INTENT[how], (fmt, how, seed, got if outcome == "refused" else "decoded")
+                if how in ("clean", "tail"):
+                    assert np.array_equal(got, clean), (fmt, how, seed)
+    assert intended == {"ok": 6 * 3 * 4, "refused": 6 * 3 * 4}
+    assert counts == intended
+    assert sum(flips.values()) == 6 * 4
 
 
 def test_npy_inputs(tmp_path):
