@@ -155,6 +155,28 @@ def test_a_plan_without_hardware_compatibility_runs_only_on_the_gpu_model_it_was
     assert [w for w, _ in mismatches(same_cc, "10.16.1.11", "8.9", "a" * 64, "NVIDIA L4")] == ["gpu"]
 
 
+# TensorRT's rule per hardware compatibility level (include/NvInfer.h, HardwareCompatibilityLevel):
+# kNONE, the GPU architecture it was built on; kSAME_COMPUTE_CAPABILITY, GPUs of "the same Compute
+# Capability" (major.minor: 8.6 and 8.9 are two); kAMPERE_PLUS, "Ampere and newer" (8.0 and above, 8.6
+# and 8.9 alike). Every other-GPU case above differs in the major; these differ in the minor only.
+@pytest.mark.parametrize("level, built, here, runs", [
+    ("none", ("8.6", "NVIDIA A10"), ("8.9", "NVIDIA L4"), False),
+    ("none", ("8.9", "NVIDIA L4"), ("8.6", "NVIDIA A10"), False),
+    ("same-compute-capability", ("8.6", "NVIDIA A10"), ("8.9", "NVIDIA L4"), False),
+    ("same-compute-capability", ("8.9", "NVIDIA L4"), ("8.6", "NVIDIA A10"), False),
+    ("same-compute-capability", ("8.6", "NVIDIA A10"), ("8.6", "NVIDIA GeForce RTX 3090"), True),
+    ("ampere-plus", ("8.6", "NVIDIA A10"), ("8.9", "NVIDIA L4"), True),
+    ("ampere-plus", ("8.9", "NVIDIA L4"), ("8.6", "NVIDIA A10"), True),
+])
+def test_compute_capabilities_that_differ_in_the_minor_only(level, built, here, runs):
+    info = _info(compute_capability=built[0], gpu_name=built[1],
+                 options=BuildOptions(precision="fp16", hardware_compatibility=level))
+    found = mismatches(info, "10.16.1.11", here[0], "a" * 64, here[1])
+    assert [w for w, _ in found] == ([] if runs else ["gpu"]), found
+    if not runs:
+        assert f"compute capability {built[0]} ({built[1]}), this GPU is {here[0]} ({here[1]})" in found[0][1]
+
+
 def test_a_mismatch_says_what_differs_and_the_command_that_rebuilds(tmp_path):
     info = _info()
     with pytest.raises(ArtifactError) as e:   # EngineMismatch

@@ -12,15 +12,23 @@ What this cannot see: which class a name belongs to (BuilderFlag.BF16 vs DataTyp
 types and counts, behaviour. docs/tensorrt.md says what was verified where.
 
 The wheels (~1.2 MB each) are downloaded once into ~/.cache/resgraph/tensorrt-bindings (or
-$RESGRAPH_TRT_BINDINGS); without network the test skips, except under CI, where it fails.
+$RESGRAPH_TRT_BINDINGS), each one file pinned by name and sha256 (PyPI's, the CPython 3.11 x86-64 build,
+whatever Python runs the test: pip checks the hash as it downloads, and the test again before reading
+a cached file); without network the test skips, except under CI, where it fails. A cached file whose
+sha256 is not the pinned one fails the test.
+
+test_tensorrt_bindings.py is the qualified check (which class, which kind of member), against tables
+read from NVIDIA's binding sources; the last test here holds those tables to these wheels.
 """
 from __future__ import annotations
 
 import ast
 import glob
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import pytest
@@ -31,28 +39,59 @@ from conftest import ROOT as _ROOT
 
 ROOT = str(_ROOT)
 
-# the supported range (pyproject: tensorrt>=10.0), at its edges and where the API changed
+# the supported range (pyproject: tensorrt>=10.0), at its edges and where the API changed: version ->
+# (distribution, the one wheel file, its sha256 as PyPI lists it)
 VERSIONS = {
-    "10.0.1": "tensorrt-cu12-bindings",       # oldest supported
-    "10.8.0.43": "tensorrt-cu12-bindings",    # before SAME_COMPUTE_CAPABILITY (10.9) and strong typing by default (10.12)
-    "10.16.1.11": "tensorrt-cu12-bindings",   # newest 10.x
-    "11.0.0.114": "tensorrt-cu13-bindings",   # no precision builder flags
-    "11.4.0.106": "tensorrt-cu13-bindings",
+    "10.0.1": ("tensorrt-cu12-bindings", "tensorrt_cu12_bindings-10.0.1-cp311-none-manylinux_2_17_x86_64.whl",   # oldest
+               "f7cfe4edc7d1db20aa2a765cb0acb0dae8a6c4583b99aeade397f9e8f87f4a74"),
+    "10.8.0.43": ("tensorrt-cu12-bindings",       # before SAME_COMPUTE_CAPABILITY (10.9) and strong typing by default (10.12)
+                  "tensorrt_cu12_bindings-10.8.0.43-cp311-none-manylinux_2_28_x86_64.whl",
+                  "70881d9770d93231cd67e4d9bd64add2831ef453163be8ce25e254dc5644dbdf"),
+    "10.16.1.11": ("tensorrt-cu12-bindings", "tensorrt_cu12_bindings-10.16.1.11-cp311-none-manylinux_2_28_x86_64.whl",
+                   "150ef2b672487e29a8ea916353467c3e199994fb33589167e3641a928e243aa7"),   # newest 10.x
+    "11.0.0.114": ("tensorrt-cu13-bindings", "tensorrt_cu13_bindings-11.0.0.114-cp311-none-manylinux_2_28_x86_64.whl",
+                   "af42b7a12813d4615e1a3c7defea86d5223b902f6f209abe540d822d94eb2da7"),   # no precision builder flags
+    "11.4.0.106": ("tensorrt-cu13-bindings", "tensorrt_cu13_bindings-11.4.0.106-cp311-none-manylinux_2_28_x86_64.whl",
+                   "d072ac2a095e2be749fefc847adfb25d5ebe70303401df62ede8fe67a59f27fc"),
 }
 CACHE = os.environ.get("RESGRAPH_TRT_BINDINGS") or os.path.join(os.path.expanduser("~"), ".cache", "resgraph",
                                                                  "tensorrt-bindings")
 
 
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def _wheel(version: str) -> str | None:
-    dist = VERSIONS[version].replace("-", "_")
-    found = glob.glob(os.path.join(CACHE, f"{dist}-{version}-*.whl"))
-    if found:
-        return found[0]
+    """The pinned wheel of `version`, from the cache or downloaded (pip --require-hashes); None without network."""
+    dist, filename, sha = VERSIONS[version]
+    path = os.path.join(CACHE, filename)
+    if not os.path.exists(path):
+        why = _download(dist, version, sha)
+        if "DO NOT MATCH THE HASHES" in why:
+            pytest.fail(f"{dist}=={version}: the download's sha256 is not the pinned {sha}: {why}")
+    if not os.path.exists(path):
+        return None
+    if _sha256(path) != sha:
+        pytest.fail(f"{path}: sha256 {_sha256(path)}, pinned {sha}: not the wheel PyPI lists (delete it to download "
+                    "it again)")
+    return path
+
+
+def _download(dist: str, version: str, sha: str) -> str:
+    """pip's complaint, if any."""
     os.makedirs(CACHE, exist_ok=True)
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", CACHE,
-                        f"{VERSIONS[version]}=={version}"], capture_output=True, text=True, timeout=300)
-    found = glob.glob(os.path.join(CACHE, f"{dist}-{version}-*.whl"))
-    return found[0] if r.returncode == 0 and found else None
+    with tempfile.TemporaryDirectory() as tmp:
+        req = os.path.join(tmp, "requirements.txt")
+        with open(req, "w") as f:
+            f.write(f"{dist}=={version} --hash=sha256:{sha}\n")
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                            "--python-version", "3.11", "--implementation", "cp", "--abi", "none",
+                            "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux_2_28_x86_64",
+                            "--require-hashes", "-r", req, "-d", CACHE], capture_output=True, text=True, timeout=300,
+                           check=False)
+    return r.stderr.strip()
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +101,7 @@ def exported() -> dict[str, tuple[bytes, set[str]]]:
     for v in VERSIONS:
         w = _wheel(v)
         if w is None:
-            msg = f"cannot download {VERSIONS[v]}=={v} into {CACHE} (no network?)"
+            msg = f"cannot download {VERSIONS[v][0]}=={v} into {CACHE} (no network?)"
             if os.environ.get("CI"):
                 pytest.fail(msg + ": CI must run this test")
             pytest.skip(msg)
@@ -162,3 +201,37 @@ def test_every_cuda_python_name_resgraph_uses_exists():
     assert missing == []
     props = rt.cudaDeviceProp()
     assert all(hasattr(props, a) for a in ("name", "major", "minor"))
+
+
+def test_the_source_tables_agree_with_the_compiled_wheels(exported):
+    """The two sources hold each other: every class, member and module name that extract_bindings.py
+    read from NVIDIA's sources at a tag is a string in the compiled bindings of the same release
+    (major.minor; 11.4 has no public source yet, so its wheel has no table), Python additions of
+    __init__.py aside. A parser that invents names, or tables of another release, fail here."""
+    from test_tensorrt_bindings import RELEASES
+    paired = 0
+    for r in RELEASES:
+        wheel = [v for v in VERSIONS if v.split(".")[:2] == r["source"]["tensorrt_version"].split(".")[:2]]
+        if not wheel:
+            continue
+        paired += 1
+        names = {n for n, k in r["module"].items() if k != "python"}
+        for cls, c in r["classes"].items():
+            names.add(cls.rsplit(".", 1)[-1])
+            names |= {m for m, k in c["members"].items() if k != "python"}
+        runs = _runs(exported[wheel[0]][0])
+        assert sorted(n for n in names if not _ends_one(n.encode(), runs)) == [], (r["source"]["tag"], wheel[0])
+    assert paired >= 4
+
+
+_OTHER = bytes(b if b == 0 or chr(b).isascii() and (chr(b).isalnum() or b == ord("_")) else 1 for b in range(256))
+
+
+def _runs(so: bytes) -> set[bytes]:
+    """Each run of identifier characters that a NUL ends (every byte else made \\1, then split at NULs)."""
+    return {piece.rsplit(b"\1", 1)[-1] for piece in so.translate(_OTHER).split(b"\0")}
+
+
+def _ends_one(name: bytes, runs: set[bytes]) -> bool:
+    """name\\0 is in the .so (what _has asks): a run ending at a NUL is name or ends with it."""
+    return name in runs or any(run.endswith(name) for run in runs)
