@@ -73,12 +73,17 @@ def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last finished epoch.")
 @click.option("--save-every", type=click.IntRange(0, None), default=1, show_default=True,
               help="Keep epoch-NNN.safetensors every N epochs (0: none; last and best are always kept).")
-@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads for torch.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="CPU threads for torch [default: usable CPUs - 1 - --workers, at least 1; or OMP_NUM_THREADS].")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights.")
 @click.option("--amp/--no-amp", default=None, help="Mixed precision [default: on for CUDA, off on CPU].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--val-split", type=FiniteFloat(0.0, 0.9), default=0.2, show_default=True)
-@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Data-loader processes (one CPU thread each).")
+@click.option("--log-every", type=click.IntRange(0, None), default=None,
+              help="When output is not a terminal, a progress line every N batches (0: none) "
+                   "[default: a tenth of an epoch, at most 50].")
 @click.option("--channels-last", is_flag=True)
 @click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across processes (torchrun).")
 def train_cmd(spec, data, out, **options):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -26,7 +27,9 @@ from ..backends.torch.checkpoint import writing
 from ..errors import DataError, OptionError, WeightsError
 from .data import collate, load_data, report_bad
 from .evaluate import evaluate
+from .progress import progress as _progress
 from .state import resume, save_trainer_state, write_metrics
+from .threads import set_threads
 
 
 @dataclass
@@ -48,7 +51,7 @@ class TrainConfig:
     split_seed: int = 0                  # the train/val split: fixed across training seeds
     resume: bool = False
     save_every: int = 1                  # epoch-NNN.safetensors every N epochs (0: none); last/best always
-    threads: int | None = None           # torch.set_num_threads (CPU)
+    threads: int | None = None           # torch.set_num_threads (CPU); default: threads.default_threads
     weights: str | None = None           # start from a checkpoint instead of the spec's init
     amp: bool | None = None              # default: on for CUDA (fp16 + GradScaler), off on CPU
     device: str = "auto"
@@ -57,6 +60,7 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = False
     progress: bool = True
+    log_every: int | None = None         # off a terminal, a progress line every N batches (0: none); default ~10%
     on_epoch: object = None              # Python API: called with each epoch's metrics row (rank 0)
 
 
@@ -145,15 +149,17 @@ def train(cfg: TrainConfig, console=None) -> list[dict]:
     interpreter exit, gloo's threads abort the process ("terminate called without an active
     exception", 1 run in 8 here). And after one last barrier, so that no rank tears down while a
     peer is still completing a collective. Not on the error path: a rank that raised must not wait
-    for peers stuck elsewhere (torchrun stops them)."""
+    for peers stuck elsewhere (torchrun stops them). The caller's torch thread count is restored."""
     kind = "cuda" if (cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())) else "cpu"
     d = _Dist(kind)
+    threads = torch.get_num_threads()
     try:
         rows = _train(cfg, console, d)
         d.barrier()
         return rows
     finally:
         d.close()
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -216,8 +222,9 @@ def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
     device = _device(cfg, d)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = set_threads(cfg.threads, cfg.workers)
+    if d.main and console is not None:
+        print(threads, file=sys.stderr, flush=True)
     checked = check_file(cfg.spec)
     spec = checked.spec
     cfg.out = cfg.out or os.path.join("runs", spec.name)
@@ -278,7 +285,7 @@ def _train_epoch(run: _Run, epoch: int, console, bad_train: dict) -> dict:
     run.model.train()
     loss_sum = correct = seen = 0.0
     new_bad: dict = {}
-    progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(run.loader))
+    progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(run.loader), cfg.log_every)
     for x, y, skipped in run.loader:
         if skipped:
             new_bad.update((p, why) for p, why in skipped if p not in bad_train)
@@ -298,7 +305,7 @@ def _train_epoch(run: _Run, epoch: int, console, bad_train: dict) -> dict:
         loss_sum += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
-        progress.advance(loss_sum / seen, correct / seen)
+        progress.advance(loss_sum / seen, correct / seen, len(y) * d.world)
     progress.close()
     if new_bad:   # each process its own shard's, once a run
         bad_train.update(new_bad)
@@ -374,33 +381,3 @@ def _score(row: dict, best_by: str) -> float:
     """Higher is better; nan (not measured) never wins."""
     v = row.get("val_acc", math.nan) if best_by == "val_acc" else -row.get("train_loss", math.nan)
     return v if isinstance(v, float) and math.isfinite(v) else -math.inf
-
-
-class _NoProgress:
-    def advance(self, loss, acc):
-        pass
-
-    def close(self):
-        pass
-
-
-class _Progress:
-    def __init__(self, console, epoch, epochs, steps):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        self.p = Progress(TextColumn(f"epoch {epoch + 1}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}"),
-                          TimeRemainingColumn(), console=console, transient=True)
-        self.task = self.p.add_task("train", total=steps, loss=float("nan"), acc=float("nan"))
-        self.p.start()
-
-    def advance(self, loss, acc):
-        self.p.update(self.task, advance=1, loss=loss, acc=acc)
-
-    def close(self):
-        self.p.stop()
-
-
-def _progress(console, on, epoch, epochs, steps):
-    if not on or console is None or not console.is_terminal:
-        return _NoProgress()
-    return _Progress(console, epoch, epochs, steps)
