@@ -251,7 +251,11 @@ class Front:
                 body = await request.read()
             except web.HTTPRequestEntityTooLarge:
                 raise Refused(413, too_large(None, self.fit, inflated=encoding != "identity")) from None
-            check_infer(self.fit, request.raw_path, body, request.headers.get("Inference-Header-Content-Length"))
+            check = (self.fit, request.raw_path, body, request.headers.get("Inference-Header-Content-Length"))
+            if len(body) > 1 << 20:   # parsing megabytes of JSON would hold up every other connection
+                await asyncio.get_running_loop().run_in_executor(None, check_infer, *check)
+            else:
+                check_infer(*check)
             return await self.ask_core(request, body)
         except Refused as e:
             return _refusal(e, close=e.status == 413)
@@ -281,3 +285,4 @@ def _refusal(e: Refused, close: bool = False):
     from aiohttp import web
     headers = {"Connection": "close"} if close else None
     return web.json_response({"error": f"resgraph: {e}"}, status=e.status, headers=headers)
+

@@ -591,3 +591,23 @@ def _wait_http(url: str, timeout: float = 120) -> None:
         assert got == 503
         time.sleep(0.3)
     pytest.fail("the core did not come back")
+
+
+def test_a_large_body_is_checked_off_the_event_loop_with_the_same_verdicts():
+    """Bodies over 1 MB are parsed on a worker thread (megabytes of JSON would hold up every other
+    connection): the same refusals, and what fits goes on to the core (none here: 503)."""
+    from resgraph.triton.front import Fit, Front
+    from resgraph.triton.server import free_port   # bound, then released: a core that is not there
+    fit = Fit("big", {"image": ("FP32", (3, 64, 64))}, 8, max_body=(64 << 10) + 8 * 3 * 64 * 64 * 32)
+    front = Front("127.0.0.1", 0, fit, free_port()).start()
+    try:
+        url, path = f"127.0.0.1:{front.port}", "/v2/models/big/infer"
+        good = json.dumps({"inputs": [{"name": "image", "shape": [8, 3, 64, 64], "datatype": "FP32",
+                                       "data": [0.1234567891] * (8 * 3 * 64 * 64)}]}).encode()
+        assert len(good) > 1 << 20
+        status, text = _post(url, path, good)
+        assert status == 503 and "not answering" in text, text            # it fit: on to the (absent) core
+        status, text = _post(url, path, good.replace(b"[8, 3, 64, 64]", b"[8, 3, 64, 65]"))
+        assert status == 400 and "the model takes [batch, 3, 64, 64]" in text, text
+    finally:
+        front.stop()
