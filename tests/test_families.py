@@ -4,7 +4,9 @@ and the outputs then equal the library's, with random weights and randomised nor
 and affine parameters; the matching pairs ConvNeXt's nn.Linear on channels-last maps with the spec's
 1x1 convs, its (C, 1, 1) layer scale with the `scale` op's [C], and layer norms across layouts, and
 refuses what does not correspond. Parameter and MAC counts are tests/ops/test_counts.py's; ONNX Runtime
-parity is tests/backends/onnx/test_onnx_backend.py's (every shipped spec).
+parity is tests/backends/onnx/test_onnx_backend.py's (every shipped spec); compiled with bn folded, against
+the torchvision model itself, it is checked here for MobileNetV3-Small (bn eps 1e-3) and EfficientNet-B0
+(eps 1e-5), so that a fold with either eps in place of the node's own shows.
 
 Outputs are compared at 64x64 (every family is valid there, and it is ~12x cheaper than 224x224);
 matching alone runs on the meta device.
@@ -146,6 +148,70 @@ def test_every_bn_folds_into_the_conv_before_it(name):
     assert not [n.path for n in folded.nodes if n.op in ("bn", "drop_path", "project")]
 
 
+def images(n, seed):
+    """n image-like inputs, normalised with ImageNet's mean and std: pixels in [0, 1] whose colour differs
+    from image to image (noise alone averages to the same pooled features, and outputs that no input
+    changes would leave the folded weights untested)."""
+    import numpy as np
+    r = np.random.default_rng(seed)
+    rgb = r.random((n, 3, 224, 224)) * 0.5 + r.random((n, 3, 1, 1)) * 0.5
+    mean, std = np.reshape([0.485, 0.456, 0.406], (3, 1, 1)), np.reshape([0.229, 0.224, 0.225], (3, 1, 1))
+    return ((rgb - mean) / std).astype(np.float32)
+
+
+def calibrate_bn(model, seed=0):
+    """Running statistics as a trained model has them, those of what each bn sees on 8 images (the bns
+    alone in train mode, momentum None: the batch's own; drop_path and dropout stay off, so it is
+    deterministic), and random gammas and betas. Unlike randomise_bn's (variances of 0.5 to 1.5 on
+    activations of another scale), they keep the output a function of the input, and where an activation's
+    variance is small (after a depthwise conv), eps shows. Fewer images give statistics that the test's
+    images overflow, and outputs of 500 where float32 alone differs by 1e-4 of them."""
+    g = torch.Generator().manual_seed(seed)
+    momenta = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    model.eval()
+    with torch.no_grad():
+        for m in momenta:
+            m.reset_running_stats()
+            m.momentum = None
+            m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.train()
+        model(torch.from_numpy(images(8, seed + 100)))
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenet_v3_small"])
+def test_compiled_with_folding_onnx_runtime_gives_torchvisions_outputs(name, tmp_path):
+    """torchvision's model (random, seeded; bn statistics calibrated) -> import by structure -> a
+    checkpoint -> compile (bn folded with each node's own eps: 1e-3 throughout MobileNetV3, 1e-5 in
+    EfficientNet-B0) -> ONNX Runtime, against torchvision's eval-mode output. Relative to the largest
+    output, as random weights give logits of any scale: ORT and torch agree within ~1e-6 of it, and a
+    fold with the other family's eps is off by 1x (EfficientNet-B0) to 50x (MobileNetV3) of it."""
+    import numpy as np
+    ort = pytest.importorskip("onnxruntime")
+    from safetensors.torch import save_file
+
+    from resgraph.compile import compile_spec
+    tv = calibrate_bn(reference(FAMILIES[name]))
+    assert {m.eps for m in tv.modules() if isinstance(m, nn.BatchNorm2d)} == {
+        {"efficientnet_b0": 1e-5, "mobilenet_v3_small": 1e-3}[name]}
+    module = resgraph.to_torch(spec(name), init=False)
+    import_weights(module, tv)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    c = compile_spec(str(spec(name)), weights=str(tmp_path / "w.safetensors"), out=str(tmp_path / name))
+    assert c.manifest.folded and c.manifest.preprocess["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    x = images(2, 0)
+    with torch.no_grad():
+        want = tv(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(tmp_path / name / "model.onnx"),
+                               providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert got.shape == want.shape == (2, 1000)
+    assert np.abs(want[0] - want[1]).max() > 0.1 * np.abs(want).max()   # the input matters
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (np.abs(got - want).max(), np.abs(want).max())
+
+
 def test_the_command_imports_convnext():
     """The command line, end to end, on the family that needs the new pairings (random init: no download)."""
     out = ROOT / "compiled" / "test_families_convnext.safetensors"
@@ -257,3 +323,54 @@ def test_group_norm_timms_layer_scale_and_a_1x1_conv_head_pair(write_spec):
     with pytest.raises(resgraph.WeightsError) as e:
         import_weights(resgraph.to_torch(write_spec(SMALL), init=False), Small(groups=8))
     assert "tensor 1 in execution order differs (groupnorm with groups 4 vs groups 8)" in e.value.message
+
+
+GROUPED = """resgraph: 1
+name: grouped
+input: {shape: [3, 8, 8]}
+layers:
+  - conv: {id: stem, out: 16, kernel: 3, bias: false}
+  - conv: {id: a, out: 16, kernel: 3, bias: false}
+  - concat: {from: [stem]}
+  - conv: {id: b, out: 16, kernel: 3, groups: 2, bias: false}
+  - global_avgpool
+  - flatten
+  - linear: {id: fc, out: 10}
+"""
+
+
+class Dense(nn.Module):
+    """GROUPED as PyTorch code might write it (`dense=True`: b reads [a, stem], 32 channels, in 2 groups),
+    or without the concat (`dense=False`: b reads a alone, 16 channels, ungrouped). b's weight is
+    [16, 16, 3, 3] either way, [out, in / groups, k, k]: only `groups` tells the two apart."""
+
+    def __init__(self, dense: bool):
+        super().__init__()
+        self.dense = dense
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.a = nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(32 if dense else 16, 16, 3, padding=1, groups=2 if dense else 1, bias=False)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        s = self.stem(x)
+        a = self.a(s)
+        return self.fc(self.b(torch.cat([a, s], 1) if self.dense else a).mean((2, 3)))
+
+
+def test_a_grouped_conv_pairs_only_with_one_of_the_same_groups(write_spec):
+    torch.manual_seed(0)
+    spec_path = write_spec(GROUPED)
+    module = resgraph.to_torch(spec_path, init=False)
+    report = import_weights(module, Dense(dense=True), verify=True)   # the same computation: it imports
+    assert report["mapping"] == {"stem": "stem", "a": "a", "b": "b", "fc": "fc"} and report["max_abs_diff"] <= 1e-5
+    # the same tensor shapes, another computation: refused by the pairing itself, naming the groups
+    with torch.device("meta"):
+        d = import_refusal(spec_path, Dense(dense=False))
+    assert "tensor 2 in execution order differs (conv with groups 2 vs groups 1)" in d.message
+    assert "ours is b.weight [16, 16, 3, 3] of a conv, Dense's is b.weight [16, 16, 3, 3] of a conv" in d.message
+    assert GROUPED.splitlines()[d.loc.line - 1].strip() == "- conv: {id: b, out: 16, kernel: 3, groups: 2, bias: false}"
+    plain = GROUPED.replace("  - concat: {from: [stem]}\n", "").replace("groups: 2, ", "")
+    with torch.device("meta"):
+        d = import_refusal(write_spec(plain, "plain.yaml"), Dense(dense=True))
+    assert "tensor 2 in execution order differs (conv with groups 1 vs groups 2)" in d.message

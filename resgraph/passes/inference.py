@@ -69,11 +69,13 @@ def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
         mean, var = w.pop(f"{n.path}.running_mean"), w.pop(f"{n.path}.running_var")
         w.pop(f"{n.path}.num_batches_tracked", None)
         W = w[f"{src.path}.weight"]
-        s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + n.args["eps"])   # per channel, exact
-        b = w.get(f"{src.path}.bias")
-        b = np.zeros(W.shape[0]) if b is None else b.astype(np.float64)
-        w[f"{src.path}.weight"] = W * s.astype(W.dtype).reshape((-1,) + (1,) * (W.ndim - 1))
-        w[f"{src.path}.bias"] = ((b - mean) * s + beta).astype(W.dtype)
+        # per channel, exact; a zero variance with eps 0 gives inf, which the caller reports by tensor
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            s = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + n.args["eps"])
+            b = w.get(f"{src.path}.bias")
+            b = np.zeros(W.shape[0]) if b is None else b.astype(np.float64)
+            w[f"{src.path}.weight"] = W * s.astype(W.dtype).reshape((-1,) + (1,) * (W.ndim - 1))
+            w[f"{src.path}.bias"] = ((b - mean) * s + beta).astype(W.dtype)
         nodes[index[src.path]] = nodes[index[src.path]].with_(args=freeze({**src.args, "bias": True}))
         removed[n.path] = src.path
     return _rewire(g, removed, nodes), w

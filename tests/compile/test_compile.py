@@ -380,3 +380,60 @@ def test_weights_that_overflow_fp16_after_folding_are_refused(tmp_path):
     # fp32 is fine; unfolded fp16 too (1000 fits)
     assert run_cli(*args[:4], "-o", str(tmp_path / "o32")).returncode == 0
     assert run_cli(*args, "--no-fold", "-o", str(tmp_path / "o16")).returncode == 0
+
+
+EPS0 = """resgraph: 1
+name: eps0
+input: {shape: [3, 8, 8]}
+layers:
+  - conv: {id: conv1, out: 8, kernel: 3, bias: false}
+  - bn: {id: bn1}
+  - relu
+  - conv: {id: conv2, out: 8, kernel: 3, bias: false}
+  - bn: {id: bn2, eps: 0}
+  - relu
+  - global_avgpool
+  - flatten
+  - linear: {id: fc, out: 4}
+"""
+
+
+def test_a_fold_that_gives_nan_or_inf_is_refused_and_publishes_nothing(tmp_path, write_spec):
+    """bn2 has eps 0 (bn accepts it) and one channel's running_var is 0: every value of the checkpoint is
+    finite and every variance >= 0, so load's checks pass, but gamma / sqrt(0 + 0) is inf, and folding
+    puts inf (and NaN) in conv2's weight and bias. compile must refuse the folded tensors by name, with
+    --no-fold in the hint, exit 1, and publish nothing: no folder where there was none, and a folder
+    compiled before unchanged."""
+    np = pytest.importorskip("numpy")
+    from safetensors.numpy import save_file
+
+    from resgraph.frontend import check_file
+    from resgraph.ops.count import state_dict_shapes
+    spec = write_spec(EPS0)
+    shapes = state_dict_shapes(check_file(spec).graph)
+    rng = np.random.default_rng(0)
+    w = {k: (np.array(0, np.int64) if k.endswith("num_batches_tracked") else
+             (rng.random(s) + 0.5).astype(np.float32) if k.endswith(("running_var", "bn1.weight", "bn2.weight")) else
+             rng.standard_normal(s).astype(np.float32)) for k, s in shapes.items()}
+    save_file(w, str(tmp_path / "good.safetensors"))
+    w["bn2.running_var"][3] = 0.0
+    save_file(w, str(tmp_path / "zero_var.safetensors"))
+
+    out = tmp_path / "o"
+    p = run_cli("compile", spec, "--weights", str(tmp_path / "zero_var.safetensors"), "-o", str(out))
+    assert p.returncode == 1, p.stderr
+    assert "folding batch norm gives NaN or inf in 2 tensor(s): conv2.weight, conv2.bias" in p.stderr, p.stderr
+    assert "conv1." not in p.stderr and "--no-fold" in p.stderr and "Traceback" not in p.stderr
+    assert "RuntimeWarning" not in p.stderr   # numpy's divide-by-zero warning is not the user's message
+    assert not out.exists() and not [e for e in os.listdir(tmp_path) if e.startswith(".")]
+
+    # over a folder compiled before: refused the same way, and the folder as it was, byte for byte
+    assert run_cli("compile", spec, "--weights", str(tmp_path / "good.safetensors"), "-o", str(out)).returncode == 0
+    before = {e: sha(out / e) for e in os.listdir(out)}
+    p = run_cli("compile", spec, "--weights", str(tmp_path / "zero_var.safetensors"), "-o", str(out))
+    assert p.returncode == 1 and "conv2.weight" in p.stderr and "--no-fold" in p.stderr, p.stderr
+    assert {e: sha(out / e) for e in os.listdir(out)} == before
+    assert not [e for e in os.listdir(tmp_path) if e.startswith(".")]
+    # unfolded, the bn stays a BatchNormalization node with the checkpoint's statistics: it compiles
+    assert run_cli("compile", spec, "--weights", str(tmp_path / "zero_var.safetensors"), "--no-fold",
+                   "-o", str(tmp_path / "unfolded")).returncode == 0
