@@ -1,12 +1,15 @@
 """Not collected by the suite (no test_ prefix): tests/test_skip_policy.py runs it in a pytest of its
-own, skipping with PROBE_REASON, at module level where PROBE_AT=module."""
+own. Each reason of PROBE_REASONS (separated by '|') is a test that skips with it; with
+PROBE_AT=module the module skips as a whole with the first."""
 import os
 
 import pytest
 
+REASONS = os.environ["PROBE_REASONS"].split("|")
 if os.environ.get("PROBE_AT") == "module":
-    pytest.skip(os.environ["PROBE_REASON"], allow_module_level=True)
+    pytest.skip(REASONS[0], allow_module_level=True)
 
 
-def test_probe():
-    pytest.skip(os.environ["PROBE_REASON"])
+@pytest.mark.parametrize("k", range(len(REASONS)))
+def test_probe(k):
+    pytest.skip(REASONS[k])

@@ -1,53 +1,62 @@
-"""The skip policy (tests/skip_policy.py) as a run sees it: a pytest of its own on tests/skip_probe.py."""
+"""The skip policy (tests/skip_policy.py) as a run sees it: a pytest of its own on tests/skip_probe.py,
+one run per environment, each reason a test of its own."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
-
-import pytest
 
 from conftest import ROOT
 from skip_policy import category
 
+GPU, TRT, OTHER = "no NVIDIA GPU visible", "tensorrt is not installed (pip install 'resgraph[tensorrt]')", \
+    "onnxruntime is not installed"
+OPPOSITE = "a GPU is visible here"
 
-def probe(reason: str, at: str = "test", **env) -> subprocess.CompletedProcess:
+
+def probe(reasons: list[str], at: str = "test", **env) -> tuple[int, dict[int, str]]:
+    """(pytest's exit status, {reason's index: 'skipped' or the failure's text})."""
     clean = {k: v for k, v in os.environ.items() if k not in ("CI", "RESGRAPH_REQUIRE_GPU")}
-    return subprocess.run([sys.executable, "-m", "pytest", "-rs", "-p", "no:cacheprovider", "tests/skip_probe.py"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**clean, "PROBE_REASON": reason, "PROBE_AT": at, **env})
+    r = subprocess.run([sys.executable, "-m", "pytest", "-vv", "-rA", "-p", "no:cacheprovider", "tests/skip_probe.py"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**clean, "PROBE_REASONS": "|".join(reasons), "PROBE_AT": at, **env})
+    seen = {int(k): "skipped" if how == "SKIPPED" else r.stdout
+            for k, how in re.findall(r"test_probe\[(\d+)\] (SKIPPED|FAILED)", r.stdout)}
+    return r.returncode, seen
 
 
-@pytest.mark.parametrize("at", ["test", "module"])
-def test_under_ci_only_a_missing_gpu_or_tensorrt_may_skip(at):
-    r = probe("onnxruntime is not installed", at, CI="true")
-    assert r.returncode == 1 and "under CI a test may skip only for want of a GPU or TensorRT" in r.stdout, r.stdout
-    assert "onnxruntime is not installed" in r.stdout
-    for allowed in ("no NVIDIA GPU visible", "tensorrt is not installed (pip install 'resgraph[tensorrt]')"):
-        r = probe(allowed, at, CI="true")
-        assert passed(r) and "SKIPPED" in r.stdout, r.stdout
-    assert passed(probe("onnxruntime is not installed", at))   # outside CI a skip is a skip
+def test_under_ci_only_a_missing_gpu_or_tensorrt_may_skip():
+    code, seen = probe([GPU, TRT, OTHER, OPPOSITE], CI="true")
+    assert code == 1 and [seen[k] == "skipped" for k in range(4)] == [True, True, False, True], seen
+    assert "under CI a test may skip only for want of a GPU or TensorRT" in seen[2] and OTHER in seen[2]
+    code, seen = probe([GPU, TRT, OTHER])                       # outside CI a skip is a skip
+    assert code == 0 and set(seen.values()) == {"skipped"} and len(seen) == 3
 
 
-@pytest.mark.parametrize("at", ["test", "module"])
-def test_require_gpu_turns_a_gpu_or_tensorrt_skip_into_a_failure(at):
-    for reason in ("torch sees no CUDA device", "tensorrt is not installed"):
-        r = probe(reason, at, RESGRAPH_REQUIRE_GPU="1")
-        assert r.returncode == 1 and "RESGRAPH_REQUIRE_GPU=1: this GPU test must run here" in r.stdout, r.stdout
-    assert passed(probe("tensorrt is not installed", at, RESGRAPH_REQUIRE_GPU="cuda"))
-    assert probe("no NVIDIA GPU visible", at, RESGRAPH_REQUIRE_GPU="cuda").returncode == 1
-    assert passed(probe("a GPU is visible here", at, RESGRAPH_REQUIRE_GPU="1", CI="true"))
+def test_require_gpu_turns_a_gpu_or_tensorrt_skip_into_a_failure():
+    code, seen = probe([GPU, TRT, OPPOSITE], RESGRAPH_REQUIRE_GPU="1")
+    assert code == 1 and [seen[k] == "skipped" for k in range(3)] == [False, False, True], seen
+    assert "RESGRAPH_REQUIRE_GPU=1: this GPU test must run here, it skipped: no NVIDIA GPU" in seen[0]
+    code, seen = probe([GPU, TRT], RESGRAPH_REQUIRE_GPU="cuda")  # a GPU machine known to lack TensorRT
+    assert code == 1 and seen[0] != "skipped" and seen[1] == "skipped", seen
 
 
-def passed(r: subprocess.CompletedProcess) -> bool:
-    """pytest's exit: 0, or 5 where the probe module skipped whole (nothing collected)."""
-    return r.returncode in (0, 5)
+def test_a_module_that_skips_whole_fails_the_run_at_its_end_naming_it():
+    for env, says in (({"CI": "true"}, "under CI a test may skip only"), ({"RESGRAPH_REQUIRE_GPU": "1"},
+                                                                          "RESGRAPH_REQUIRE_GPU=1")):
+        r = subprocess.run([sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "tests/skip_probe.py"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120,
+                           env={**os.environ, "PROBE_REASONS": OTHER if "CI" in env else GPU, "PROBE_AT": "module",
+                                **env})
+        assert r.returncode == 1 and "FAILED (a module skipped) tests/skip_probe.py" in r.stdout and says in r.stdout, \
+            r.stdout
 
 
 def test_every_gpu_skip_reason_of_the_suite_falls_in_a_category():
     """The reasons the GPU and TensorRT tests give, as written in them: a reworded one would fall off the
     allow-list and fail CI, or escape RESGRAPH_REQUIRE_GPU."""
-    from test_runtime_cuda import _ort_cuda, _torch_cuda  # noqa: F401  (their reasons on this machine)
+    from test_runtime_cuda import _ort_cuda, _torch_cuda
     for reason in ("no CUDA device: these tests need a GPU", "torch sees no CUDA device", "no NVIDIA GPU visible",
                    "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu: the [gpu] extra)",
                    "tensorrt is not installed (pip install 'resgraph[tensorrt]'; see docs/tensorrt.md)"):
