@@ -16,8 +16,8 @@ requests that fit the model:
 A refused request gets Triton's own error form, {"error": "..."}: 400, 404 (another model), 413 (too
 large), 415 (an unknown encoding), 503 (at capacity, or while the core restarts). What the core
 answers is passed back unchanged. The memory of the bodies being handled at once is bounded (Budget).
-aiohttp (which tritonclient's HTTP client already brings) parses HTTP: the hop costs about a
-quarter of a millisecond a request (bench/triton_load.py measures it beside the core's own HTTP).
+aiohttp (which tritonclient's HTTP client already brings) parses HTTP: the hop costs about half a
+millisecond a request on a 2-core machine (bench/triton_load.py measures it beside the core's own HTTP).
 """
 from __future__ import annotations
 
