@@ -225,6 +225,32 @@ def bench_scaling(sizes: tuple[int, ...], in_runs: int, proc_runs: int) -> dict:
 
 # --------------------------------------------------------------------------------------------- main
 
+def bench_sizes(repeat: int) -> dict:
+    """3. The valid-size sweep (passes/sizes.py) of resnet152's H and W over 1..4096, beside the check
+    itself: what reporting every valid input size adds to `check` (goal: <= 1.2x the check)."""
+    import resgraph
+    from resgraph.passes.sizes import axis_sizes
+    path = os.path.join(ROOT, SPEC)
+    print(f"\n== 3. valid input sizes: {SPEC}'s H and W over 1..4096, beside its check (in-process, median of "
+          f"{runs(repeat)})")
+    checks, sweeps = [], []
+    g = resgraph.check(path).graph
+    axis_sizes(g, 1, range(1, 8))                     # numpy's import, once, as a check with sizes pays it
+    for _ in range(repeat):
+        t = time.perf_counter()
+        g = resgraph.check(path).graph
+        checks.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for axis in (1, 2):
+            axis_sizes(g, axis, range(1, 4097))
+        sweeps.append(time.perf_counter() - t)
+    c, w = statistics.median(checks), statistics.median(sweeps)
+    ratio = (c + w) / c
+    print(f"   check {ms(c).strip()}, sweep of 2 x 4,096 sizes {ms(w).strip()}: check with sizes = {ratio:.2f}x "
+          f"the check   goal <= 1.2   {'ok' if ratio <= 1.2 else 'MISSED'}")
+    return {"check_s": c, "sweep_s": w, "ratio": ratio}
+
+
 def header() -> dict:
     h = machine_facts(processor=False) | {"torch": dist_version("torch"), "writes_bytecode": not sys.dont_write_bytecode,
                                           "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
@@ -257,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         results["scaling"] = bench_scaling(QUICK_SIZES, in_runs=min(repeat, 3), proc_runs=1)
     else:
         results["scaling"] = bench_scaling(SIZES, in_runs=repeat, proc_runs=min(repeat, 3))
+    results["sizes"] = bench_sizes(repeat)
     results["total_s"] = time.perf_counter() - t0
     print(f"\n   benchmark took {results['total_s']:.1f} s")
 
