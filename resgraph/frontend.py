@@ -26,10 +26,12 @@ class Checked:
     warnings: tuple[Diagnostic, ...]
 
     def to_json(self) -> dict:
+        """`check --json`: "input" and "output" (the one of each), and "inputs" and "outputs", the
+        lists that graphs with several carry (the contract's form for general graphs; one each here)."""
         g = self.graph
-        return {"name": g.name,
-                "input": {"name": g.input_name, "shape": list(g.nodes[0].shape)},
-                "output": {"name": g.output_name, "shape": list(g[g.output].shape)},
+        one_in = {"name": g.input_name, "shape": list(g.nodes[0].shape)}
+        one_out = {"name": g.output_name, "shape": list(g[g.output].shape)}
+        return {"name": g.name, "input": one_in, "output": one_out, "inputs": [one_in], "outputs": [one_out],
                 "params": self.params, "macs": self.macs,
                 "projections": [p.to_json() for p in g.projections],
                 "warnings": [w.to_json() for w in self.warnings]}

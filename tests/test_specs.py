@@ -103,7 +103,8 @@ def test_cli_json_matches_api(path):
     d = json.loads(p.stdout)
     c = resgraph.check(str(path))
     assert d == c.to_json()
-    assert set(d) == {"name", "input", "output", "params", "macs", "projections", "warnings"}
+    assert set(d) == {"name", "input", "output", "inputs", "outputs", "params", "macs", "projections", "warnings"}
+    assert d["inputs"] == [d["input"]] and d["outputs"] == [d["output"]]
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
