@@ -7,6 +7,7 @@ repeat them). Torch, ONNX and TensorRT are never imported here.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .errors import Diagnostic, Diagnostics
@@ -24,6 +25,8 @@ class Checked:
     params: int
     macs: int
     warnings: tuple[Diagnostic, ...]
+    sizes: object = None               # sized.Sizes where the spec has size variables
+
 
     def to_json(self) -> dict:
         """`check --json`: "input" and "output" (the one of each), and "inputs" and "outputs", the
@@ -31,10 +34,16 @@ class Checked:
         g = self.graph
         one_in = {"name": g.input_name, "shape": list(g.nodes[0].shape)}
         one_out = {"name": g.output_name, "shape": list(g[g.output].shape)}
-        return {"name": g.name, "input": one_in, "output": one_out, "inputs": [one_in], "outputs": [one_out],
-                "params": self.params, "macs": self.macs,
-                "projections": [p.to_json() for p in g.projections],
-                "warnings": [w.to_json() for w in self.warnings]}
+        if self.sizes is not None:
+            one_in["shape"], one_out["shape"] = self.sizes.input_shape, self.sizes.output_shape
+        d = {"name": g.name, "input": one_in, "output": one_out, "inputs": [one_in], "outputs": [one_out],
+             "params": self.params, "macs": self.macs,
+             "projections": [p.to_json() for p in g.projections],
+             "warnings": [w.to_json() for w in self.warnings]}
+        if self.sizes is not None:
+            d["valid_sizes"] = {k: list(v) for k, v in self.sizes.valid.items()}
+            d["macs"], d["macs_at"] = self.sizes.macs, self.sizes.macs_at
+        return d
 
 
 def check_file(path: str) -> Checked:
@@ -50,11 +59,21 @@ def check_text(text: str, file: str = "<spec>", read_files: bool = True) -> Chec
         d.raise_if_any()
     g = resolve_ops(expand(spec, d), spec, d)
     d.raise_if_any()
-    return _back_half(spec, g)
+    return _sized(spec, g) if spec.input_vars else _back_half(spec, g)
 
 
 def check_spec(spec: Spec) -> Checked:
-    return _back_half(spec, resolve_ops(expand(spec), spec))
+    g = resolve_ops(expand(spec), spec)
+    return _sized(spec, g) if spec.input_vars else _back_half(spec, g)
+
+
+def _sized(spec: Spec, g: Graph) -> Checked:
+    """A spec with size variables: checked at a reference size (the largest in range that checks, so
+    that every Ws gets the stride of a map that has not collapsed), then each variable's range swept
+    (passes/sizes.py). No valid size, or a flatten under a variable, is an error."""
+    from .sized import reference_check, sweep
+    checked = reference_check(spec, g, _back_half)
+    return dataclasses.replace(checked, sizes=sweep(spec, checked.graph))
 
 
 def _back_half(spec: Spec, g: Graph) -> Checked:

@@ -184,12 +184,19 @@ def _prod(shape):
 def ok_text(path, checked) -> Text:
     """`check`'s report of a sound spec: its I/O, totals, and each inserted Ws."""
     from .ops import fmt
-    g = checked.graph
+    g, sz = checked.graph, checked.sizes
     t = Text()
     t.append("ok ", style="bold green")
-    t.append(f"{escape(str(path))}: {g.name}  {g.input_name} {fmt(g.nodes[0].shape)} -> {g.output_name} {fmt(g[g.output].shape)}\n")
-    t.append(f"   params {checked.params:,}   MACs {checked.macs:,} ({human_int(checked.macs)})   "
+    shapes = (fmt(g.nodes[0].shape), fmt(g[g.output].shape)) if sz is None else (fmt(sz.input_shape), fmt(sz.output_shape))
+    t.append(f"{escape(str(path))}: {g.name}  {g.input_name} {shapes[0]} -> {g.output_name} {shapes[1]}\n")
+    macs = checked.macs if sz is None else sz.macs
+    at = "" if sz is None else " at " + "x".join(str(sz.macs_at.get(v, v)) for v in sz.input_shape[1:])
+    t.append(f"   params {checked.params:,}   MACs {macs:,} ({human_int(macs)}){at}   "
              f"{len(g.nodes) - 1} nodes   {len(g.projections)} projection{'s' * (len(g.projections) != 1)} inserted\n")
+    if sz is not None:
+        from .passes.sizes import compact
+        for name, valid in sz.valid.items():
+            t.append(f"   {name}: {compact(valid)}\n", style="cyan")
     for p in g.projections:
         kind = p.kind + ("" if p.bn or p.kind != "conv1x1" else " (no bn)")
         t.append(f"   Ws at {p.at}: {kind} {fmt(p.from_shape)} -> {fmt(p.to_shape)}, stride {p.stride}, "

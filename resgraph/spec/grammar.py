@@ -10,7 +10,8 @@ the op table's (ops/table.py), which both read.
 Kinds (what schema.py turns each into; model.py checks the values):
   version  the format version, 1        name      a network name (NAME_PATTERN)
   text     any string                   id        an id (ID_PATTERN)
-  ref      a reference to an id         shape     [C, H, W] or [F], integers or expressions
+  ref      a reference to an id         shape     [C, H, W] or [F], integers or expressions (H, W:
+                                                  or a size variable's name)
   size     pixels, 1..MAX_SPATIAL       numbers   a non-empty list of numbers
   choice   one of `choices`             bool      true or false
   labels   a list of names, or a file   map       the nested mapping `of`
@@ -18,6 +19,7 @@ Kinds (what schema.py turns each into; model.py checks the values):
   vars     name -> number, word, bool   defaults  op -> arguments (from the op table)
   blocks   name -> `of` (a block)       args      a block's arguments: name -> default, null = required
   layers   a non-empty list of entries  post      one op or block without entry keys, or null
+  sizes    name -> `of` (min, max)
 """
 from __future__ import annotations
 
@@ -119,6 +121,11 @@ INPUT = Mapping("input", (
 
 OUTPUT = Mapping("output", (Key("name", "id", "the network output's name (default: output)"),))
 
+SIZE = Mapping("a size variable", (
+    Key("min", "size", "the smallest size the model takes", missing=("a size variable needs its min", "e.g. min: 32")),
+    Key("max", "size", "the largest", missing=("a size variable needs its max", "e.g. max: 2048")),
+), doc="a spatial dimension of the input given by name: every size in min..max that the graph takes")
+
 PREPROCESS = Mapping("preprocess", (
     Key("resize", "size", "resize the shorter side to this many pixels"),
     Key("crop", "size", "then take the centre crop; equal to the input's height and width"),
@@ -145,6 +152,7 @@ SPEC = Mapping("the spec", (
     Key("description", "text", "one line about the network"),
     Key("input", "map", "the network's input", of=INPUT,
         missing=("missing 'input:'", "give the input shape without the batch, e.g. input: {shape: [3, 224, 224]}")),
+    Key("sizes", "sizes", "size variables: the input's H or W by name (shape: [3, H, W]), each a range", of=SIZE),
     Key("preprocess", "map", PREPROCESS.doc, of=PREPROCESS),
     Key("labels", "labels", "class names: a list, or a text file (one a line) relative to the spec"),
     Key("output", "map", "the network's output (the last entry's)", of=OUTPUT),

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
-from .grammar import ID_PATTERN, INIT, INPUT, NAME_PATTERN, OUTPUT, PREPROCESS, SPEC, VERSION, Key, Mapping
+from ..limits import MAX_SPATIAL
+from .grammar import ID_PATTERN, INIT, INPUT, NAME_PATTERN, OUTPUT, PREPROCESS, SIZE, SPEC, VERSION, Key, Mapping
 # re-exported, not a copy: the interpolations that runtime/preprocess.py maps to Pillow
 from .grammar import INTERPOLATIONS  # noqa: F401
 from .layers import Block, Entry, LayersParser, evaluate_located, kind_of
@@ -46,6 +47,18 @@ class Spec:
     blocks: dict[str, Block]
     layers: tuple[Entry, ...]
     root_loc: Loc = field(default=None)
+    # size variables: name -> SizeVar; input_vars: per input dimension, the variable it is, or None
+    sizes: dict = field(default_factory=dict)
+    input_vars: tuple = ()
+
+
+@dataclass(frozen=True)
+class SizeVar:
+    """`sizes: {NAME: {min, max}}`: a spatial dimension of the input given by name."""
+    name: str
+    lo: int
+    hi: int
+    loc: Loc
 
 
 def read_source(path: str) -> str:
@@ -152,7 +165,8 @@ class _Parser(LayersParser):
             self.d.error(m["description"].loc, "description must be text", "quote it")
             desc = ""
         env = self.vars(m.get("vars"))
-        in_name, in_shape, in_loc = self.input(m.get("input"), env, top)
+        sizes = self.sizes(m.get("sizes"))
+        in_name, in_shape, in_loc, in_vars = self.input(m.get("input"), env, top, sizes)
         out_name = self.output(m.get("output"))
         if out_name == in_name:
             where = m["output"].loc if "output" in m else top
@@ -162,7 +176,7 @@ class _Parser(LayersParser):
         defaults = self.defaults(m.get("defaults"))
         init = self.init(m.get("init"))
         pre = self.preprocess(m.get("preprocess"), env)
-        if "crop" in pre and len(in_shape) == 3 and (pre["crop"], pre["crop"]) != in_shape[1:]:
+        if "crop" in pre and len(in_shape) == 3 and not in_vars and (pre["crop"], pre["crop"]) != in_shape[1:]:
             self.d.error(m["preprocess"].loc, f"preprocess.crop is {pre['crop']} but the input is "
                          f"{in_shape[1]}x{in_shape[2]}", "the crop is what the network sees: make it equal to the input size")
         if "crop" in pre and "resize" in pre and pre["resize"] < pre["crop"]:
@@ -176,7 +190,8 @@ class _Parser(LayersParser):
             if m["layers"].is_list and not m["layers"].value:
                 self.d.error(m["layers"].loc, "'layers' is empty", "a network needs at least one layer")
         return Spec(self.file, text, hashlib.sha256(text.encode()).hexdigest(), name, desc, in_name, in_shape,
-                    in_loc, out_name, policy, defaults, env, init, pre, labels, labels_loc, blocks, layers, root.loc)
+                    in_loc, out_name, policy, defaults, env, init, pre, labels, labels_loc, blocks, layers, root.loc,
+                    sizes, in_vars)
 
     def name(self, m) -> str:
         if "name" not in m:
@@ -208,10 +223,41 @@ class _Parser(LayersParser):
             env[k] = val
         return env
 
-    def input(self, y, env, top):
+    def sizes(self, y) -> dict:
+        out: dict = {}
+        y = self.mapping(y, "sizes")
+        if y is None:
+            return out
+        for name, v in y.value.items():
+            if not ID_RE.match(name):
+                self.d.error(y.keylocs[name], f"invalid size variable name '{name}'", "use letters, digits and '_'")
+                continue
+            v = self.mapping(v, f"size variable '{name}'")
+            if v is None:
+                continue
+            self.keys(v, SIZE, at=y.keylocs[name])
+            bounds = []
+            for key in ("min", "max"):
+                b = v.value.get(key)
+                if b is None:
+                    continue
+                if isinstance(b.value, bool) or not isinstance(b.value, int) or not 1 <= b.value <= MAX_SPATIAL:
+                    self.d.error(b.loc, f"{name}.{key} must be a whole number of pixels, 1 to {MAX_SPATIAL}, got "
+                                 f"{b.plain()!r}", "e.g. min: 32, max: 2048")
+                    continue
+                bounds.append(b.value)
+            if len(bounds) == 2 and bounds[0] > bounds[1]:
+                self.d.error(v.value["max"].loc, f"{name}.max {bounds[1]} is below its min {bounds[0]}",
+                             "max is the largest size, min the smallest")
+            elif len(bounds) == 2:
+                out[name] = SizeVar(name, bounds[0], bounds[1], y.keylocs[name])
+        return out
+
+    def input(self, y, env, top, sizes=None):
+        sizes = sizes or {}
         y = self.mapping(y, "input")
         if y is None:
-            return "input", (1,), top   # absent: reported with the spec's keys
+            return "input", (1,), top, ()   # absent: reported with the spec's keys
         self.keys(y, INPUT)
         name = "input"
         if "name" in y.value:
@@ -221,15 +267,27 @@ class _Parser(LayersParser):
             else:
                 name = n.value
         if "shape" not in y.value:
-            return name, (1,), y.loc
+            return name, (1,), y.loc, ()
         s = y.value["shape"]
         if not s.is_list or len(s.value) not in (1, 3):
             self.d.error(s.loc, f"input shape must be [C, H, W] or [F], got {s.plain()!r}",
                          "the batch dimension is implicit: write [3, 224, 224], not [1, 3, 224, 224]")
-            return name, (1,), s.loc
-        from ..limits import MAX_CHANNELS, MAX_SPATIAL
-        dims = []
+            return name, (1,), s.loc, ()
+        from ..limits import MAX_CHANNELS
+        dims, named = [], []
         for i, d in enumerate(s.value):
+            var = d.value if isinstance(d.value, str) and not d.value.startswith("$") else None
+            named.append(var)
+            if var is not None:
+                if i == 0 or len(s.value) != 3 or var not in sizes:
+                    self.d.error(d.loc, f"input dimension '{var}' is not a size variable of H or W",
+                                 f"declare it under sizes: ({var}: {{min: 32, max: 2048}}) and use it for H or W "
+                                 "of a [C, H, W] input" + (f"; {did_you_mean(var, sizes, 'size variables')}"
+                                                           if sizes else ""))
+                    dims.append(1)
+                else:
+                    dims.append(sizes[var].hi)   # the reference the front end starts from
+                continue
             v = self.const(d, env)
             limit = MAX_CHANNELS if i == 0 else MAX_SPATIAL
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -239,7 +297,7 @@ class _Parser(LayersParser):
                 self.d.error(d.loc, f"input dimension {v} exceeds the limit of {limit}", "check for a typo")
                 v = 1
             dims.append(v)
-        return name, tuple(dims), s.loc
+        return name, tuple(dims), s.loc, tuple(named) if any(named) else ()
 
     def output(self, y) -> str:
         y = self.mapping(y, "output")

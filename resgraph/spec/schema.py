@@ -73,8 +73,9 @@ def _value(key: Key, ops: dict) -> dict:
         return {"type": "string"}
     if k == "id":
         return {"type": "string", "pattern": f"^{ID_PATTERN}$"}
-    if k == "shape":   # [F] or [C, H, W]
-        return {"type": "array", "items": {"anyOf": [_int(1), EXPR]}, "minItems": 1, "maxItems": 3,
+    if k == "shape":   # [F] or [C, H, W]; H and W may name a size variable
+        return {"type": "array", "items": {"anyOf": [_int(1), EXPR, {"type": "string", "pattern": f"^{ID_PATTERN}$"}]},
+                "minItems": 1, "maxItems": 3,
                 "not": {"minItems": 2, "maxItems": 2}}
     if k == "size":
         return {"anyOf": [_int(1, MAX_SPATIAL), EXPR]}
@@ -93,6 +94,8 @@ def _value(key: Key, ops: dict) -> dict:
         return {"anyOf": [_int(1, MAX_REPEAT), EXPR]}
     if k == "overrides":
         return {"type": "object"}
+    if k == "sizes":
+        return {"type": "object", "propertyNames": _names(ID_PATTERN), "additionalProperties": _mapping(key.of, ops)}
     if k == "vars":
         return {"type": "object", "propertyNames": _names(ID_PATTERN),
                 "additionalProperties": {"type": ["number", "string", "boolean"]}}

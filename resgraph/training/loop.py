@@ -226,6 +226,8 @@ def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
     if d.main and console is not None:
         print(threads, file=sys.stderr, flush=True)
     checked = check_file(cfg.spec)
+    from ..sized import fixed_size
+    fixed_size(checked, "train")
     spec = checked.spec
     cfg.out = cfg.out or os.path.join("runs", spec.name)
     torch.manual_seed(cfg.seed)

@@ -77,6 +77,9 @@ def declared(ops=OPS, spec=SPEC, entry=ENTRY, residual=RESIDUAL, inline=INLINE_R
             add(path, _node(other=(ID_PATTERN, key.reserved)))
         elif k == "vars":
             add(path, _node(other=(ID_PATTERN, ())))
+        elif k == "sizes":
+            add(path, _node(other=(ID_PATTERN, ())))
+            mapping(path + ("*",), key.of)
         elif k == "overrides":   # a block call's `first`: the block's arguments
             add(path, _node(other=(None, ())))
         elif k == "defaults":
@@ -195,7 +198,7 @@ SCHEMA = json_schema(OPS)
 def test_the_walks_reach_every_mapping_of_the_language():
     places = declared()
     for path in [(), ("input",), ("output",), ("preprocess",), ("init",), ("defaults",), ("defaults", "bn"),
-                 ("vars",), ("blocks",), ("blocks", "*"), ("blocks", "*", "args"), ("blocks", "*", "residual"),
+                 ("vars",), ("sizes",), ("sizes", "*"), ("blocks",), ("blocks", "*"), ("blocks", "*", "args"), ("blocks", "*", "residual"),
                  ("blocks", "*", "residual", "post"), ("blocks", "*", "residual", "post", "conv"),
                  ("layers", "[]"), ("layers", "[]", "conv"), ("layers", "[]", "conv", "first"),
                  ("layers", "[]", "residual"), ("layers", "[]", "*"), ("layers", "[]", "residual", "layers", "[]", "add")]:
@@ -269,7 +272,7 @@ FILL = {"layers": ["relu"], "shape": [3, 8, 8], "resgraph": 1, "name": "t", "pos
 # the checker's words for "this key (or name) is not accepted here"
 REFUSED = re.compile(r"unknown key '(?P<a>[^']*)' in|unknown argument '(?P<b>[^']*)' for|"
                      r"'(?P<c>[^']*)' cannot (?:be a block argument|have a default)|'(?P<d>[^']*)' is reserved|"
-                     r"invalid (?:variable|block) name '(?P<e>[^']*)'|block '(?P<f>[^']*)' has the name of an op|"
+                     r"invalid (?:variable|block|size variable) name '(?P<e>[^']*)'|block '(?P<f>[^']*)' has the name of an op|"
                      r"'(?P<g>from)' is for add and concat|unknown op or block '(?P<h>[^']*)'|"
                      r"defaults for unknown op '(?P<i>[^']*)'|'(?P<j>first)' needs a block")
 

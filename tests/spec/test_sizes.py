@@ -151,3 +151,75 @@ def test_compact_words():
     assert compact(range(32, 2049)) == "every size from 32 to 2048"
     assert compact(range(64, 2049, 32)) == "multiples of 32 from 64 to 2048"
     assert compact([1, 2, 4, 8]) == "1, 2, 4, 8"
+
+
+# --- the language: sizes: {NAME: {min, max}} and input: {shape: [C, H, W]} with names ---------------
+
+def sized(text: str, sizes: str = "  H: {min: 1, max: 300}\n  W: {min: 1, max: 300}\n", shape="[3, H, W]") -> str:
+    """A spec of this file with size variables instead of its fixed input."""
+    import re
+    head, rest = text.split("\n", 1)
+    rest = re.sub(r"input: \{shape: \[[^\]]*\]\}", f"sizes:\n{sizes}input: {{shape: {shape}}}", rest, count=1)
+    return head + "\n" + rest
+
+
+def test_check_reports_the_exact_valid_sizes_as_brute_force_finds_them(write_spec):
+    import json
+
+    from conftest import run_cli
+    path = write_spec(sized(UNET_VALID, "  H: {min: 1, max: 300}\n  W: {min: 1, max: 120}\n"))
+    p = run_cli("check", path, "--json")
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    g = resgraph.check(path).graph
+    for name, axis, top in (("H", 1, 300), ("W", 2, 120)):
+        assert d["valid_sizes"][name] == [n for n, (f, _) in zip(range(1, top + 1), brute(g, axis, range(1, top + 1)))
+                                          if f is None]
+    assert d["input"]["shape"] == [3, "H", "W"] and d["inputs"] == [d["input"]]
+    assert d["output"]["shape"] == [2, "H - 2", "W - 2"]                 # the unpadded first conv
+    assert d["macs_at"] == {"H": 6, "W": 6} and d["macs"] == resgraph.check(write_spec(
+        UNET_VALID.replace("[3, 66, 66]", "[3, 6, 6]"), "at6.yaml")).macs
+    p = run_cli("check", path)
+    assert "input [3, H, W] -> output [2, H - 2, W - 2]" in p.stdout and "H: every 4th size from 6 to 298" in p.stdout
+    assert "MACs" in p.stdout and "at 6x6" in p.stdout
+
+
+def test_a_stride_two_net_reports_its_output_as_an_expression_and_a_list_where_no_rule_fits(write_spec):
+    d = resgraph.check(write_spec(sized(ODD, "  S: {min: 1, max: 199}\n", "[3, S, S]"))).to_json()
+    assert d["valid_sizes"]["S"] == [n for n in range(13, 200) if n % 4 in (1, 2)] and d["output"]["shape"] == [10]
+    c = resgraph.check(write_spec(sized(CEIL, "  S: {min: 1, max: 99}\n", "[4, S, S]"), "ceil.yaml"))
+    expr = c.sizes.output_shape[1]
+    assert expr.startswith("floor((S + ") and c.sizes.valid["S"] == list(range(1, 100))
+    import math
+    outs = [s[1] for _, s in brute(c.graph, 1, range(1, 100))]
+    assert [eval(expr, {"floor": math.floor, "ceil": math.ceil, "S": n}) for n in range(1, 100)] == outs
+
+
+@pytest.mark.parametrize("text, where, says", [
+    (sized(FLAT, "  S: {min: 8, max: 64}\n", "[1, S, S]"), ":8:5:", "flatten of a map whose size varies with S"),
+    (sized(FLAT, "  S: {min: 8, max: 64}\n", "[1, S, Q]"), ":5:23:", "input dimension 'Q' is not a size variable"),
+    (sized(FLAT, "  S: {min: 8, max: 64}\n", "[S, 28, 28]"), ":5:17:", "input dimension 'S' is not a size variable"),
+    (sized(FLAT, "  S: {min: 64, max: 8}\n", "[1, S, S]"), ":4:21:", "S.max 8 is below its min 64"),
+    (sized(FLAT, "  S: {min: 0, max: 8}\n", "[1, S, S]"), ":4:12:", "S.min must be a whole number of pixels"),
+    (sized(FLAT, "  S: {max: 8}\n", "[1, S, S]"), ":4:3:", "a size variable needs its min"),
+    (sized(ODD, "  S: {min: 1, max: 4}\n", "[3, S, S]"), ":9:16:",
+     "conv output H collapses to 0: floor((1 + 2*0 - 1*(2-1) - 1) / 2) + 1 = 0 for input [8, 1, 1] (at S = 4: every "
+     "size in range fails)"),
+])
+def test_size_variable_errors_are_located_and_exit_1(text, where, says, write_spec):
+    from conftest import run_cli
+    path = write_spec(text)
+    p = run_cli("check", path)
+    assert p.returncode == 1 and f"{path}{where} error: " in p.stderr and says in p.stderr, p.stderr
+    assert "hint:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_compile_and_train_take_fixed_sizes_and_say_so_writing_nothing(write_spec, tmp_path):
+    from conftest import run_cli
+    path = write_spec(sized(UNET_VALID))
+    p = run_cli("compile", path, "-o", str(tmp_path / "out"))
+    assert p.returncode == 1 and "compile takes fixed input sizes: H, W are size variables here" in p.stderr
+    assert "check reports every size the network takes" in p.stderr and not (tmp_path / "out").exists()
+    pytest.importorskip("torch", reason="the torch extra is not installed")
+    p = run_cli("train", path, "--data", "digits", "-o", str(tmp_path / "run"), "--epochs", "1")
+    assert p.returncode == 1 and "train takes fixed input sizes" in p.stderr and not (tmp_path / "run").exists()
