@@ -45,8 +45,16 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _REFUSED_MODULE_SKIPS and exitstatus in (0, 5):   # 5: nothing else was collected
+    if hasattr(session.config, "workeroutput"):   # an xdist worker: its controller decides
+        session.config.workeroutput["refused_module_skips"] = list(_REFUSED_MODULE_SKIPS)
+    elif _REFUSED_MODULE_SKIPS and exitstatus in (0, 5):   # 5: nothing else was collected
         session.exitstatus = 1
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist's controller: the module skips a worker refused (collection runs in the workers)."""
+    _REFUSED_MODULE_SKIPS.extend(getattr(node, "workeroutput", {}).get("refused_module_skips", []))
 
 
 def _hold_to_policy(report) -> None:

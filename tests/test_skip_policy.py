@@ -18,7 +18,8 @@ OPPOSITE = "a GPU is visible here"
 def probe(reasons: list[str], at: str = "test", **env) -> tuple[int, dict[int, str]]:
     """(pytest's exit status, {reason's index: 'skipped' or the failure's text})."""
     clean = {k: v for k, v in os.environ.items() if k not in ("CI", "RESGRAPH_REQUIRE_GPU")}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-vv", "-rA", "-p", "no:cacheprovider", "tests/skip_probe.py"],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-vv", "-rA", "-p", "no:cacheprovider",
+                        "tests/skip_probe.py"],
                        capture_output=True, text=True, cwd=ROOT, timeout=120,
                        env={**clean, "PROBE_REASONS": "|".join(reasons), "PROBE_AT": at, **env})
     seen = {int(k): "skipped" if how == "SKIPPED" else r.stdout
@@ -43,9 +44,13 @@ def test_require_gpu_turns_a_gpu_or_tensorrt_skip_into_a_failure():
 
 
 def test_a_module_that_skips_whole_fails_the_run_at_its_end_naming_it():
-    for env, says in (({"CI": "true"}, "under CI a test may skip only"), ({"RESGRAPH_REQUIRE_GPU": "1"},
-                                                                          "RESGRAPH_REQUIRE_GPU=1")):
-        r = subprocess.run([sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "tests/skip_probe.py"],
+    """Also where xdist's workers collect (the suite's own way to run: addopts -n): the controller hears
+    of the refused skip from the worker."""
+    xdist = ["-n", "1"] if __import__("importlib").util.find_spec("xdist") else []
+    for env, says, more in (({"CI": "true"}, "under CI a test may skip only", xdist),
+                            ({"RESGRAPH_REQUIRE_GPU": "1"}, "RESGRAPH_REQUIRE_GPU=1", [])):
+        r = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-rA", "-p", "no:cacheprovider", *more,
+                            "tests/skip_probe.py"],
                            capture_output=True, text=True, cwd=ROOT, timeout=120,
                            env={**os.environ, "PROBE_REASONS": OTHER if "CI" in env else GPU, "PROBE_AT": "module",
                                 **env})
