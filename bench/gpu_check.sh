@@ -15,13 +15,13 @@ mkdir -p "$OUT"
 PY=${PYTHON:-.venv/bin/python}
 RG=(${RESGRAPH:-.venv/bin/resgraph})
 status=0
-# every GPU test runs here: one that skips for want of a GPU or TensorRT fails (tests/skip_policy.py);
+# one process (-n 0): the GPU tests share one device. Every GPU test runs here: one that skips for want of a GPU or TensorRT fails (tests/skip_policy.py);
 # RESGRAPH_REQUIRE_GPU=cuda on a GPU machine known to have no TensorRT
 export RESGRAPH_REQUIRE_GPU=${RESGRAPH_REQUIRE_GPU:-1}
 step() { echo "== $*" >&2; "$@" || { echo "!! failed ($?): $*" >&2; status=1; }; }
 
 step "$PY" -m pytest tests/backends/tensorrt/test_tensorrt_gpu.py tests/runtime/test_cuda.py tests/runtime/test_runtime_cuda.py \
-    tests/backends/tensorrt/test_tensorrt_api.py tests/runtime/test_tensorrt_batching.py -rs \
+    tests/backends/tensorrt/test_tensorrt_api.py tests/runtime/test_tensorrt_batching.py -rs -n 0 \
     --junitxml="$OUT/gpu-tests.xml"
 "${RG[@]}" doctor --json > "$OUT/doctor.json" || status=1
 
