@@ -55,15 +55,27 @@ def reference_check(spec, g: Graph, back_half):
 def sweep(spec, g: Graph) -> Sizes:
     from .passes.sizes import axis_sizes
     d = Diagnostics()
-    valid, outputs = {}, {}
+    valid, outputs, swept = {}, {}, {}
+
+    def sweep_axis(axis: int, lo: int, hi: int):
+        """Every op treats H and W alike (square kernels, one stride): where the reference's H and W
+        are equal, the two axes' sweeps over one range are the same sweep (its words say H)."""
+        key = (g.nodes[0].shape[axis], lo, hi)
+        if key not in swept:
+            swept[key] = axis_sizes(g, axis, range(lo, hi + 1))
+        return swept[key]
+
     for name, var in spec.sizes.items():
         axes = [i for i, v in enumerate(spec.input_vars) if v == name]
         if not axes:
             continue
-        runs = [axis_sizes(g, axis, range(var.lo, var.hi + 1)) for axis in axes]
+        runs = [sweep_axis(axis, var.lo, var.hi) for axis in axes]
         ok = runs[0].valid.copy()
         for r in runs[1:]:
             ok &= r.valid
+        if not ok.any() or any(g[p].op == "flatten" for r in runs for p, _ in r.reasons):
+            # an error to report: in the words of its own axis
+            runs = [axis_sizes(g, axis, range(var.lo, var.hi + 1)) for axis in axes]
         _flatten(d, g, name, var, runs)
         if not ok.any():
             path, why = runs[0].why(var.lo) or runs[-1].why(var.lo)
@@ -97,11 +109,17 @@ def _flatten(d: Diagnostics, g: Graph, name: str, var, runs) -> None:
 
 
 def _macs_at(g: Graph, spec, smallest: dict) -> int:
-    """MACs with the input at the smallest valid sizes, on the reference's graph (its Ws as they are)."""
-    from .ops.count import totals
-    from .passes import infer_shapes
+    """MACs with the input at the smallest valid sizes, on the reference's graph (its Ws as they are):
+    each node's shape rule and MAC count from the op table, without rebuilding the graph (the sizes are
+    valid, so every rule holds)."""
+    from .ops import OPS
     shape = tuple(smallest.get(v, d) if v else d for d, v in zip(g.nodes[0].shape, spec.input_vars))
-    return totals(infer_shapes(with_input(g, shape)))[1]
+    shapes, macs = {g.nodes[0].path: shape}, 0
+    for n in g.nodes[1:]:
+        op, args, ins = OPS[n.op], dict(n.args), [shapes[i] for i in n.inputs]
+        shapes[n.path] = out = tuple(op.shape(args, ins))
+        macs += op.macs(args, ins, out)
+    return macs
 
 
 def expression(var: str, sizes: list[int], outs: list[int]) -> str | int:
