@@ -84,9 +84,9 @@ def export_triton(artifact: str, repo: str, o: TritonOptions, force: bool = Fals
             raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
 
     config = _config(name, m, o, kind, extra, max_batch)
-    _check_config(config, name)
+    parsed = _check_config(config, name)
     if not force:
-        _check_other_versions(os.path.join(repo, name), config)
+        _check_other_versions(os.path.join(repo, name), config, parsed)
 
     os.makedirs(repo, exist_ok=True)
     # staged beside the repository, not in it (a server polling the repository would try to load it),
@@ -185,17 +185,26 @@ def model_name(given: str | None, manifest_name: str, folder: str) -> str:
                            "Triton model", f"give one with --name ({NAME_HINT})")
 
 
-def _check_config(config: str, name: str) -> None:
-    """config.pbtxt through Triton's own ModelConfig parser (tritonclient's protobuf), before anything
-    is written: a config Triton would refuse is never exported. Without tritonclient the check is left
-    to the server."""
+def _parser():
+    """(protobuf's text_format, Triton's ModelConfig) from tritonclient, or None without it."""
     try:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError:
-        return
+        return None
+    return text_format, model_config_pb2.ModelConfig
+
+
+def _check_config(config: str, name: str):
+    """config.pbtxt through Triton's own ModelConfig parser (tritonclient's protobuf), before anything
+    is written: a config Triton would refuse is never exported. Returns the parsed config; None without
+    tritonclient, where the check is left to the server."""
+    parser = _parser()
+    if parser is None:
+        return None
+    text_format, ModelConfig = parser
     try:
-        text_format.Parse(config, model_config_pb2.ModelConfig())
+        return text_format.Parse(config, ModelConfig())
     except text_format.ParseError as e:
         raise ArtifactError.at(name, f"Triton's ModelConfig parser refuses the config resgraph wrote: {e}",
                                "this is a bug in resgraph: report it with the compiled folder's manifest.json") from None
@@ -206,9 +215,9 @@ def _check_config(config: str, name: str) -> None:
 SHARED = ("platform", "backend", "max_batch_size", "input", "output")
 
 
-def _check_other_versions(folder: str, config: str) -> None:
+def _check_other_versions(folder: str, config: str, parsed) -> None:
     """Refused (naming what differs) where `folder` holds versions other than 1 whose config.pbtxt
-    differs from `config` in what they are served with (SHARED)."""
+    differs from `config` (`parsed`: _check_config's) in what they are served with (SHARED)."""
     versions = sorted(e.name for e in os.scandir(folder) if e.name.isdigit() and e.name != "1"
                       and e.is_dir(follow_symlinks=False)) if os.path.isdir(folder) else []
     existing = os.path.join(folder, "config.pbtxt")
@@ -219,7 +228,7 @@ def _check_other_versions(folder: str, config: str) -> None:
         differs = ["it is not a regular file of at most 1 MiB"]
     else:
         with open(existing, encoding="utf-8", errors="replace") as f:
-            differs = _differences(f.read(), config)
+            differs = _differences(f.read(), config, parsed)
     if differs:
         raise OptionError.at(existing, f"it serves version{'s' * (len(versions) > 1)} {', '.join(versions)} "
                              f"differently: {'; '.join(differs)}",
@@ -227,20 +236,17 @@ def _check_other_versions(folder: str, config: str) -> None:
                              "are then served with the new one)")
 
 
-def _differences(old: str, new: str) -> list[str]:
-    """What of SHARED differs between two config.pbtxt texts, in words (Triton's parser where
-    tritonclient is installed; without it, any difference of text)."""
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
+def _differences(old: str, new: str, b) -> list[str]:
+    """What of SHARED differs between an existing config.pbtxt's text and the new one (`b`: parsed,
+    None without tritonclient, where any difference of text counts), in words."""
+    if b is None:
         return [] if old == new else ["the config's text (install resgraph[serve] to compare its fields)"]
-    a, b = model_config_pb2.ModelConfig(), model_config_pb2.ModelConfig()
+    text_format, ModelConfig = _parser()
     try:
-        text_format.Parse(old, a)
+        a = text_format.Parse(old, ModelConfig())
     except text_format.ParseError as e:
         return [f"Triton cannot parse it ({str(e)[:120]})"]
-    text_format.Parse(new, b)
+
     def show(v) -> str:
         if isinstance(v, (str, int)):
             return repr(v)
