@@ -241,7 +241,9 @@ class Front:
 
     async def handle(self, request):
         from aiohttp import web
-        held = min(request.content_length or 0, self.fit.max_body)
+        # a chunked body states no length: it may take up to the bound, and holds that much of the budget
+        length = request.content_length
+        held = self.fit.max_body if length is None and request.body_exists else min(length or 0, self.fit.max_body)
         try:
             encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("identity", "gzip", "deflate"):
