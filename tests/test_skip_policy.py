@@ -15,13 +15,17 @@ GPU, TRT, OTHER = "no NVIDIA GPU visible", "tensorrt is not installed (pip insta
 OPPOSITE = "a GPU is visible here"
 
 
+def run_probe(reasons: list[str], at: str, more: list[str], env: dict) -> subprocess.CompletedProcess:
+    """tests/skip_probe.py in a pytest of its own (none of this run's addopts, CI or RESGRAPH_REQUIRE_GPU)."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("CI", "RESGRAPH_REQUIRE_GPU")}
+    return subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-rA", "-p", "no:cacheprovider", *more,
+                           "tests/skip_probe.py"], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**clean, "PROBE_REASONS": "|".join(reasons), "PROBE_AT": at, **env})
+
+
 def probe(reasons: list[str], at: str = "test", **env) -> tuple[int, dict[int, str]]:
     """(pytest's exit status, {reason's index: 'skipped' or the failure's text})."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("CI", "RESGRAPH_REQUIRE_GPU")}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-vv", "-rA", "-p", "no:cacheprovider",
-                        "tests/skip_probe.py"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120,
-                       env={**clean, "PROBE_REASONS": "|".join(reasons), "PROBE_AT": at, **env})
+    r = run_probe(reasons, at, ["-vv"], env)
     seen = {int(k): "skipped" if how == "SKIPPED" else r.stdout
             for k, how in re.findall(r"test_probe\[(\d+)\] (SKIPPED|FAILED)", r.stdout)}
     return r.returncode, seen
@@ -49,11 +53,7 @@ def test_a_module_that_skips_whole_fails_the_run_at_its_end_naming_it():
     xdist = ["-n", "1"] if __import__("importlib").util.find_spec("xdist") else []
     for env, says, more in (({"CI": "true"}, "under CI a test may skip only", xdist),
                             ({"RESGRAPH_REQUIRE_GPU": "1"}, "RESGRAPH_REQUIRE_GPU=1", [])):
-        r = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-rA", "-p", "no:cacheprovider", *more,
-                            "tests/skip_probe.py"],
-                           capture_output=True, text=True, cwd=ROOT, timeout=120,
-                           env={**os.environ, "PROBE_REASONS": OTHER if "CI" in env else GPU, "PROBE_AT": "module",
-                                **env})
+        r = run_probe([OTHER if "CI" in env else GPU], "module", more, env)
         assert r.returncode == 1 and "FAILED (a module skipped) tests/skip_probe.py" in r.stdout and says in r.stdout, \
             r.stdout
 
