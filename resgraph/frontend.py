@@ -29,21 +29,30 @@ class Checked:
 
 
     def to_json(self) -> dict:
-        """`check --json`: "input" and "output" (the one of each), and "inputs" and "outputs", the
-        lists that graphs with several carry (the contract's form for general graphs; one each here)."""
-        g = self.graph
-        one_in = {"name": g.input_name, "shape": list(g.nodes[0].shape)}
-        one_out = {"name": g.output_name, "shape": list(g[g.output].shape)}
-        if self.sizes is not None:
-            one_in["shape"], one_out["shape"] = self.sizes.input_shape, self.sizes.output_shape
-        d = {"name": g.name, "input": one_in, "output": one_out, "inputs": [one_in], "outputs": [one_out],
+        """`check --json`: "inputs" and "outputs", every one with its name and shape (a size variable
+        stays its name, an output's dims are expressions of it), and "input" and "output" where
+        there is exactly one (the contract's form for graphs with one of each)."""
+        ins, outs = self.io_shapes()
+        ins = [{"name": name, "shape": s} for (name, _), s in zip(self.graph.inputs, ins)]
+        outs = [{"name": name, "shape": s} for (name, _), s in zip(self.graph.outputs, outs)]
+        d = {"name": self.graph.name, **({"input": ins[0]} if len(ins) == 1 else {}),
+             **({"output": outs[0]} if len(outs) == 1 else {}), "inputs": ins, "outputs": outs,
              "params": self.params, "macs": self.macs,
-             "projections": [p.to_json() for p in g.projections],
+             "projections": [p.to_json() for p in self.graph.projections],
              "warnings": [w.to_json() for w in self.warnings]}
         if self.sizes is not None:
             d["valid_sizes"] = {k: list(v) for k, v in self.sizes.valid.items()}
             d["macs"], d["macs_at"] = self.sizes.macs, self.sizes.macs_at
-        return d
+        order = ("name", "input", "output", "inputs", "outputs")
+        return {**{k: d[k] for k in order if k in d}, **{k: v for k, v in d.items() if k not in order}}
+
+    def io_shapes(self) -> tuple[list, list]:
+        """Every input's and output's shape (no batch), in spec order: lists of ints, where a spec has
+        size variables their names and expressions of them."""
+        g = self.graph
+        if self.sizes is not None:
+            return [list(s) for s in self.sizes.input_shapes], [list(s) for s in self.sizes.output_shapes]
+        return [list(g[p].shape) for _, p in g.inputs], [list(g[p].shape) for _, p in g.outputs]
 
 
 def check_file(path: str) -> Checked:
@@ -59,12 +68,17 @@ def check_text(text: str, file: str = "<spec>", read_files: bool = True) -> Chec
         d.raise_if_any()
     g = resolve_ops(expand(spec, d), spec, d)
     d.raise_if_any()
-    return _sized(spec, g) if spec.input_vars else _back_half(spec, g)
+    return _sized(spec, g) if is_sized(spec) else _back_half(spec, g)
+
+
+def is_sized(spec: Spec) -> bool:
+    """Whether an input's shape names a size variable."""
+    return any(x.vars for x in spec.inputs) or bool(spec.input_vars)
 
 
 def check_spec(spec: Spec) -> Checked:
     g = resolve_ops(expand(spec), spec)
-    return _sized(spec, g) if spec.input_vars else _back_half(spec, g)
+    return _sized(spec, g) if is_sized(spec) else _back_half(spec, g)
 
 
 def _sized(spec: Spec, g: Graph) -> Checked:
@@ -89,9 +103,13 @@ def _check_io(spec: Spec, g: Graph) -> None:
     """What the spec says about its input and output must fit the inferred shapes."""
     d = Diagnostics()
     out = g[g.output].shape
-    if spec.labels is not None and (len(out) != 1 or out[0] != len(spec.labels)):
+    if spec.labels is not None and len(g.outputs) == 1 and (len(out) not in (1, 3) or out[0] != len(spec.labels)):
         d.error(spec.labels_loc, f"{len(spec.labels)} labels for an output of shape [{', '.join(map(str, out))}]",
-                "give one label per output class")
+                "give one label per output class (per channel of a [C, H, W] map)")
+    elif spec.labels is not None and not any(g[p].shape[0] == len(spec.labels) and len(g[p].shape) in (1, 3)
+                                             for _, p in g.outputs):
+        d.error(spec.labels_loc, f"{len(spec.labels)} labels, but no output has {len(spec.labels)} classes "
+                f"({', '.join(f'{n} {list(g[p].shape)}' for n, p in g.outputs)})", "give one label per output class")
     c = spec.input_shape[0]
     for k in ("mean", "std"):
         if k in spec.preprocess and len(spec.preprocess[k]) != c:

@@ -113,7 +113,8 @@ def _rows(g, depth):
     """One row per node; with `depth`, nodes whose paths share the first `depth` parts become one row."""
     rows, prev = [], None
     via_ws = {p.nodes[-1]: p.edge for p in g.projections}
-    name = lambda i: g.input_name if i == "input" else i  # noqa: E731
+    names = {p: n for n, p in g.inputs}
+    name = lambda i: names.get(i, i)  # noqa: E731
     for n in g.nodes:
         # "connected to": the edges that are not simply the previous row (skip edges, `in:` jumps)
         edges = [i for k, i in enumerate(n.inputs) if k > 0 or i != prev]
@@ -137,7 +138,7 @@ def _rows(g, depth):
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["key"], []).append(r)
-    key_of = {r["path"]: r["key"] for r in rows} | {"input": g.input_name}
+    key_of = {r["path"]: r["key"] for r in rows} | {p: n for n, p in g.inputs}
     out, prev_key = [], None
     for key, members in groups.items():
         # "connected to", in the names of this table's rows (what a spec refers to: layer1.0, enc2),
@@ -187,12 +188,14 @@ def ok_text(path, checked) -> Text:
     g, sz = checked.graph, checked.sizes
     t = Text()
     t.append("ok ", style="bold green")
-    shapes = (fmt(g.nodes[0].shape), fmt(g[g.output].shape)) if sz is None else (fmt(sz.input_shape), fmt(sz.output_shape))
-    t.append(f"{escape(str(path))}: {g.name}  {g.input_name} {shapes[0]} -> {g.output_name} {shapes[1]}\n")
+    ins, outs = checked.io_shapes()
+    ins = ", ".join(f"{name} {fmt(s)}" for (name, _), s in zip(g.inputs, ins))
+    outs = ", ".join(f"{name} {fmt(s)}" for (name, _), s in zip(g.outputs, outs))
+    t.append(f"{escape(str(path))}: {g.name}  {ins} -> {outs}\n")
     macs = checked.macs if sz is None else sz.macs
     at = "" if sz is None else " at " + "x".join(str(sz.macs_at.get(v, v)) for v in sz.input_shape[1:])
     t.append(f"   params {checked.params:,}   MACs {macs:,} ({human_int(macs)}){at}   "
-             f"{len(g.nodes) - 1} nodes   {len(g.projections)} projection{'s' * (len(g.projections) != 1)} inserted\n")
+             f"{len(g.nodes) - len(g.inputs)} nodes   {len(g.projections)} projection{'s' * (len(g.projections) != 1)} inserted\n")
     if sz is not None:
         from .passes.sizes import compact
         for name, valid in sz.valid.items():

@@ -27,26 +27,48 @@ class Sizes:
     output_shape: list           # dims, or expressions of the variables ("H - 2", "ceil(H / 32)")
     macs: int                    # at the smallest valid sizes
     macs_at: dict                # variable -> that size
+    input_shapes: tuple = ()     # every input's and output's, in spec order (the first: the two above)
+    output_shapes: tuple = ()
 
 
-def with_input(g: Graph, shape: tuple) -> Graph:
-    return g.replace(nodes=(g.nodes[0].with_(shape=tuple(shape)),) + tuple(g.nodes[1:]))
+def with_inputs(g: Graph, shapes) -> Graph:
+    """g with its input nodes at `shapes` (one per input, in order)."""
+    k = len(g.inputs)
+    assert len(shapes) == k, (shapes, g.inputs)
+    return g.replace(nodes=tuple(x.with_(shape=tuple(s)) for x, s in zip(g.nodes[:k], shapes)) + tuple(g.nodes[k:]))
+
+
+def _decls(spec):
+    from .spec.model import InputDecl
+    return spec.inputs or (InputDecl(spec.input_name, spec.input_shape, spec.input_loc, spec.input_vars),)
+
+
+def at_sizes(spec, sizes: dict) -> tuple:
+    """Every input's shape with the size variables at `sizes` (name -> length)."""
+    return tuple(tuple(sizes[v] if v else d for d, v in zip(x.shape, x.vars or (None,) * len(x.shape)))
+                 for x in _decls(spec))
+
+
+def with_spec_inputs(spec, shapes):
+    decls = tuple(dataclasses.replace(x, shape=tuple(s)) for x, s in zip(_decls(spec), shapes))
+    return dataclasses.replace(spec, input_shape=tuple(shapes[0]), inputs=decls if spec.inputs else ())
 
 
 def reference_check(spec, g: Graph, back_half):
     """back_half(spec, graph) at the largest sizes that check; the error at max where none does."""
     first = None
     for k in range(TRIES):
-        shape = tuple(max(spec.sizes[v].hi - k, spec.sizes[v].lo) if v else d
-                      for d, v in zip(spec.input_shape, spec.input_vars))
+        at = {name: max(v.hi - k, v.lo) for name, v in spec.sizes.items()}
+        shapes = at_sizes(spec, at)
         try:
-            return back_half(dataclasses.replace(spec, input_shape=shape), with_input(g, shape))
+            return back_half(with_spec_inputs(spec, shapes), with_inputs(g, shapes))
         except SpecError as e:
-            first = first or (e, shape)
-        if all(not v or spec.sizes[v].hi - k <= spec.sizes[v].lo for v in spec.input_vars):
+            first = first or (e, at)
+        if all(v.hi - k <= v.lo for v in spec.sizes.values()):
             break
-    e, shape = first
-    at = ", ".join(dict.fromkeys(f"{v} = {n}" for v, n in zip(spec.input_vars, shape) if v))
+    e, sizes = first
+    used = {v for x in _decls(spec) for v in x.vars if v}
+    at = ", ".join(f"{v} = {n}" for v, n in sizes.items() if v in used)
     tried = "every size" if k + 1 < TRIES else f"the {TRIES} largest sizes"
     said = [dataclasses.replace(d, message=f"{d.message} (at {at}: {tried} in range fails)") for d in e.diagnostics[:1]]
     raise SpecError(said + list(e.diagnostics[1:])) from None
@@ -57,25 +79,31 @@ def sweep(spec, g: Graph) -> Sizes:
     d = Diagnostics()
     valid, outputs, swept = {}, {}, {}
 
-    def sweep_axis(axis: int, lo: int, hi: int):
+    decls = _decls(spec)
+    paths = [p for _, p in g.inputs]
+
+    def sweep_axis(axis: int, lo: int, hi: int, varying: tuple):
         """Every op treats H and W alike (square kernels, one stride): where the reference's H and W
         are equal, the two axes' sweeps over one range are the same sweep (its words say H)."""
-        key = (g.nodes[0].shape[axis], lo, hi)
+        key = (tuple(x.shape[axis] if len(x.shape) == 3 else None for x in g.input_nodes), lo, hi, varying)
         if key not in swept:
-            swept[key] = axis_sizes(g, axis, range(lo, hi + 1))
+            swept[key] = axis_sizes(g, axis, range(lo, hi + 1), varying)
         return swept[key]
 
     for name, var in spec.sizes.items():
-        axes = [i for i, v in enumerate(spec.input_vars) if v == name]
+        # per axis, the inputs whose dimension on it is this variable
+        axes = {axis: tuple(p for p, x in zip(paths, decls) if x.vars and x.vars[axis] == name)
+                for axis in (1, 2)}
+        axes = {a: v for a, v in axes.items() if v}
         if not axes:
             continue
-        runs = [sweep_axis(axis, var.lo, var.hi) for axis in axes]
+        runs = [sweep_axis(axis, var.lo, var.hi, varying) for axis, varying in axes.items()]
         ok = runs[0].valid.copy()
         for r in runs[1:]:
             ok &= r.valid
         if not ok.any() or any(g[p].op == "flatten" for r in runs for p, _ in r.reasons):
             # an error to report: in the words of its own axis
-            runs = [axis_sizes(g, axis, range(var.lo, var.hi + 1)) for axis in axes]
+            runs = [axis_sizes(g, axis, range(var.lo, var.hi + 1), varying) for axis, varying in axes.items()]
         _flatten(d, g, name, var, runs)
         if not ok.any():
             path, why = runs[0].why(var.lo) or runs[-1].why(var.lo)
@@ -84,15 +112,17 @@ def sweep(spec, g: Graph) -> Sizes:
             continue
         valid[name] = [int(x) for x in runs[0].sizes[ok]]
         for axis, r in zip(axes, runs):
-            if r.output is not None:
-                outputs[axis] = expression(name, valid[name], [int(o) for o, v in zip(r.output, ok) if v])
+            for p, length in r.outputs.items():
+                if length is not None:
+                    outputs[p, axis] = expression(name, valid[name], [int(o) for o, v in zip(length, ok) if v])
     d.raise_if_any()
-    out = list(g[g.output].shape)
-    if len(out) == 3:
-        out = [outputs.get(i, x) for i, x in enumerate(out)]
+    outs = []
+    for _, p in g.outputs:
+        out = list(g[p].shape)
+        outs.append([outputs.get((p, i), x) for i, x in enumerate(out)] if len(out) == 3 else out)
+    ins = [[v or x for x, v in zip(decl.shape, decl.vars or (None,) * len(decl.shape))] for decl in decls]
     smallest = {name: v[0] for name, v in valid.items()}
-    return Sizes(valid, [v or x for x, v in zip(spec.input_shape, spec.input_vars)], out,
-                 _macs_at(g, spec, smallest), smallest)
+    return Sizes(valid, ins[0], outs[0], _macs_at(g, spec, smallest), smallest, tuple(ins), tuple(outs))
 
 
 def _flatten(d: Diagnostics, g: Graph, name: str, var, runs) -> None:
@@ -113,9 +143,10 @@ def _macs_at(g: Graph, spec, smallest: dict) -> int:
     each node's shape rule and MAC count from the op table, without rebuilding the graph (the sizes are
     valid, so every rule holds)."""
     from .ops import OPS
-    shape = tuple(smallest.get(v, d) if v else d for d, v in zip(g.nodes[0].shape, spec.input_vars))
-    shapes, macs = {g.nodes[0].path: shape}, 0
-    for n in g.nodes[1:]:
+    shapes = {p: s for (_, p), s in zip(g.inputs, at_sizes(spec, {**{k: v.hi for k, v in spec.sizes.items()},
+                                                                   **smallest}))}
+    macs = 0
+    for n in g.nodes[len(g.inputs):]:
         op, args, ins = OPS[n.op], dict(n.args), [shapes[i] for i in n.inputs]
         shapes[n.path] = out = tuple(op.shape(args, ins))
         macs += op.macs(args, ins, out)

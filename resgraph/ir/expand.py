@@ -85,15 +85,61 @@ class _Expander:
 
     def run(self) -> Graph:
         s = self.spec
-        self.nodes.append(Node(INPUT, "input", freeze({}), (), s.input_loc, shape=s.input_shape))
+        decls = s.inputs or (None,)
+        paths = []
+        for k, decl in enumerate(decls):
+            # the first input's path is `input` (what `from: input` names); the others' their names
+            path = INPUT if k == 0 else decl.name
+            shape, loc = (s.input_shape, s.input_loc) if decl is None else (decl.shape, decl.loc)
+            self.nodes.append(Node(path, "input", freeze({}), (), loc, shape=shape))
+            paths.append(path)
         top = _Scope("", dict(s.vars), INPUT)
+        top.ids.update({d.name: p for d, p in zip(s.inputs, paths) if d.named})
         try:
             self.precount(s.layers)
             out = self.entries(s.layers, top)
         except _Abort:
             raise SpecError(self.d.errors) from None
         self.check_forward()
-        return Graph(s.name, tuple(self.nodes), out, s.input_name, s.output_name, settings=Settings(s.shortcut, init=freeze(dict(s.init))))
+        self.check_input_names(top)
+        names = tuple(d.name for d in s.inputs) or (s.input_name,)
+        outputs = self.outputs(top, out)
+        return Graph(s.name, tuple(self.nodes), outputs[0][1], names[0], outputs[0][0],
+                     settings=Settings(s.shortcut, init=freeze(dict(s.init))),
+                     inputs=tuple(zip(names, paths)), outputs=outputs)
+
+    def check_input_names(self, top: _Scope) -> None:
+        """An entry's id may not be an input's name: `in: NAME` would mean either."""
+        for decl in self.spec.inputs:
+            if decl.named and decl.name in top.declared:
+                e = self.spec.layers[top.declared[decl.name]]
+                self.d.error(e.id.loc, f"id '{decl.name}' is also an input's name",
+                             "rename the entry or the input: in: and from: would mean either", span=len(decl.name))
+
+    def outputs(self, top: _Scope, last: str) -> tuple[tuple[str, str], ...]:
+        """(name, path) of each output: `from:` is a top-level id (or `id.i`) or any node's dotted
+        path; without outputs:, the last entry's tensor."""
+        decls = self.spec.outputs or ()
+        if not decls or decls[0].ref is None:
+            return (((decls[0].name if decls else self.spec.output_name), last),)
+        paths = {n.path for n in self.nodes}
+        inputs = {n.path for n in self.nodes if n.op == "input"} | {d.name for d in self.spec.inputs}
+        out = []
+        for d in decls:
+            path = top.ids.get(d.ref, d.ref if d.ref in paths else None)
+            if path is not None and (path in inputs or d.ref in inputs or d.ref == "input"):
+                self.d.error(d.loc, f"output '{d.name}' is the input '{d.ref}' itself: no layer feeds it",
+                             "name an entry's id or path: from: layer2", span=len(d.ref))
+            elif path is None and d.ref == "input":
+                self.d.error(d.loc, f"output '{d.name}' is the input itself: no layer feeds it",
+                             "name an entry's id or path: from: layer2", span=len(d.ref))
+            elif path is None:
+                hint = did_you_mean(d.ref, [k for k in top.ids if k not in inputs] + sorted(paths - inputs), "ids and paths")
+                self.d.error(d.loc, f"output '{d.name}': unknown id or path '{d.ref}'",
+                             hint or "name a top-level id (from: layer2) or a node's path (from: layer3.1.conv2)",
+                             span=len(d.ref))
+            out.append((d.name, path if path is not None and path not in inputs else last))
+        return tuple(out)
 
     # -- scopes ---------------------------------------------------------------------------------
     def entries(self, entries: tuple[Entry, ...], scope: _Scope) -> str:

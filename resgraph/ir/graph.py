@@ -110,9 +110,29 @@ class Graph:
     output_name: str = "output"
     projections: tuple[Projection, ...] = ()
     settings: Settings = Settings()
+    # every input and output as (name, path), in spec order; the first of each is input_name/"input"
+    # and output_name/output (filled in from those when not given: graphs with one of each)
+    inputs: tuple[tuple[str, str], ...] = ()
+    outputs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "_index", {n.path: n for n in self.nodes})
+        if not self.inputs:
+            object.__setattr__(self, "inputs", ((self.input_name, INPUT),))
+        if not self.outputs:
+            object.__setattr__(self, "outputs", ((self.output_name, self.output),))
+        assert self.outputs[0] == (self.output_name, self.output), (self.outputs, self.output_name, self.output)
+        assert self.inputs[0] == (self.input_name, INPUT), self.inputs
+
+    @property
+    def input_nodes(self) -> tuple[Node, ...]:
+        """The input nodes, in spec order: the graph's first nodes."""
+        return self.nodes[:len(self.inputs)]
+
+    def with_outputs(self, sub) -> "Graph":
+        """The graph with every output's path mapped through `sub` (a pass that renames nodes)."""
+        outs = tuple((name, sub(p)) for name, p in self.outputs)
+        return replace(self, output=outs[0][1], outputs=outs)
 
     def __getitem__(self, path: str) -> Node:
         return self._index[path]
@@ -134,16 +154,21 @@ class Graph:
         return out
 
     def __str__(self) -> str:
-        py = {n.path: n.path.replace(".", "_") if n.path != INPUT else self.input_name for n in self.nodes}
-        x = self.nodes[0]
-        lines = [f"def {self.name.replace('-', '_')}({py[INPUT]}: f32{_shape(x.shape)}):"]
-        for n in self.nodes[1:]:
+        names = {p: name for name, p in self.inputs}
+        py = {n.path: names.get(n.path, n.path.replace(".", "_")) for n in self.nodes}
+        params = ", ".join(f"{py[x.path]}: f32{_shape(x.shape)}" for x in self.input_nodes)
+        lines = [f"def {self.name.replace('-', '_')}({params}):"]
+        for n in self.nodes[len(self.inputs):]:
             ins = ", ".join(py[i] for i in n.inputs)
             args = "".join(f", {k}={v!r}" for k, v in n.args.items() if k != "from" and v is not None)
             call = f"    {py[n.path]} = {n.op}({ins}{args})"
             note = ("  (inserted Ws)" if n.inserted else "")
             lines.append(f"{call:<72} # {_shape(n.shape)}  {n.loc.file.rsplit('/', 1)[-1]}:{n.loc.line}{note}")
-        lines.append(f"    return {py[self.output]}")
+        if len(self.outputs) == 1:
+            lines.append(f"    return {py[self.output]}")
+        else:   # as the torch module returns them: a tuple in spec order
+            lines.append("    return (" + ", ".join(f"{py[p]}" for _, p in self.outputs) + ")" +
+                         "   # " + ", ".join(name for name, _ in self.outputs))
         return "\n".join(lines)
 
 

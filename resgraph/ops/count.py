@@ -24,7 +24,7 @@ def state_dict_shapes(graph) -> dict[str, tuple]:
     """Every tensor a checkpoint of `graph` holds, name -> shape, in the order the module defines them."""
     from .table import tensors
     out = {}
-    for n in graph.nodes[1:]:
+    for n in graph.nodes[len(graph.inputs):]:
         for suffix, shape in tensors(n.op, dict(n.args), [graph[i].shape for i in n.inputs], n.shape).items():
             out[f"{n.path}.{suffix}"] = shape
     return out

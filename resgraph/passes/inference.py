@@ -37,7 +37,7 @@ def _rewire(g: Graph, removed: dict[str, str], nodes: list[Node]) -> Graph:
         kept.append(n)
     projections = tuple(dataclasses.replace(p, nodes=tuple(x for x in p.nodes if x not in removed))
                         for p in g.projections)
-    return g.replace(nodes=tuple(kept), output=sub(g.output), projections=projections)
+    return g.replace(nodes=tuple(kept), projections=projections).with_outputs(sub)
 
 
 def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
@@ -54,6 +54,7 @@ def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
     """
     import numpy as np
     users = g.users()
+    outputs = {p for _, p in g.outputs}   # a layer whose own value is an output keeps it
     w = dict(weights)
     nodes = list(g.nodes)
     index = {n.path: i for i, n in enumerate(nodes)}
@@ -63,7 +64,7 @@ def fold_batchnorm(g: Graph, weights: Weights) -> tuple[Graph, Weights]:
             continue
         src = g[n.inputs[0]]
         folds = src.op in OPS and OPS[src.op].bn_folds_into   # (not the input)
-        if not folds or users[src.path] != [n.path] or src.path == g.output:
+        if not folds or users[src.path] != [n.path] or src.path in outputs:
             continue
         gamma, beta = w.pop(f"{n.path}.weight"), w.pop(f"{n.path}.bias")
         mean, var = w.pop(f"{n.path}.running_mean"), w.pop(f"{n.path}.running_var")

@@ -17,14 +17,14 @@ from ..ops import fmt
 def lint(g: Graph) -> list[Diagnostic]:
     d = Diagnostics()
     users = g.users()
-    live = {g.output}
+    live = {p for _, p in g.outputs}
     for n in reversed(g.nodes):
         if n.path in live:
             live.update(n.inputs)
     # a block instantiated n times has one source line: warn once per line, naming the instances
     dead: dict = {}
     biased: dict = {}
-    for n in g.nodes[1:]:
+    for n in g.nodes[len(g.inputs):]:
         if n.path not in live and not n.inserted:
             dead.setdefault(n.loc, []).append(n)
         if n.op == "conv" and n.args.get("bias") and len(users[n.path]) == 1 and g[users[n.path][0]].op == "bn":

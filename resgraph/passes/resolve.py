@@ -69,8 +69,8 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
                     defaults[op][k] = OPS[op].args[k].check(k, v)
             except ArgError:
                 pass       # reported on every node that receives it
-    nodes = [g.nodes[0]]
-    for n in g.nodes[1:]:
+    nodes = list(g.input_nodes)
+    for n in g.nodes[len(nodes):]:
         op = OPS.get(n.op)
         if op is None or (not op.user and not n.inserted):
             d.error(n.loc, f"unknown op or block '{n.op}'", _unknown_hint(n.op, blocks), span=len(n.op))

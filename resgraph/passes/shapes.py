@@ -35,7 +35,8 @@ def infer_shapes(g: Graph) -> Graph:
             try:
                 shape = tuple(OPS[n.op].shape(dict(n.args), ins))
             except ShapeError as e:
-                msg = e.message.format(*(i if i != "input" else g.input_name for i in n.inputs)) if e.named else e.message
+                names = {p: name for name, p in g.inputs}
+                msg = e.message.format(*(names.get(i, i) for i in n.inputs)) if e.named else e.message
                 d.error(n.loc, f"{n.path}: {msg}{n.site()}", e.hint, span=len(n.op))
             if n.op == "add" and shape is not None and not can_join(d, n, shapes, g.settings.shortcut):
                 shape = None

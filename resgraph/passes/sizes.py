@@ -41,6 +41,7 @@ class AxisSizes:
     failed_at: np.ndarray            # per candidate: index into `reasons`, -1 where valid
     reasons: tuple[tuple[str, str], ...]   # (node path, why) for each distinct first failure
     output: np.ndarray | None
+    outputs: dict = None             # every output's path -> its length on the axis (None: a vector)
 
     def why(self, size: int) -> tuple[str, str] | None:
         """(node path, why) for a candidate that fails, None for a valid one."""
@@ -52,9 +53,9 @@ class AxisSizes:
 class _Sweep:
     """The per-node lengths of one axis over every candidate, and the first failure of each."""
 
-    def __init__(self, g: Graph, axis: int, sizes: np.ndarray):
+    def __init__(self, g: Graph, axis: int, sizes: np.ndarray, varying):
         import numpy as np
-        self.np, self.g, self.axis = np, g, axis
+        self.np, self.g, self.axis, self.varying = np, g, axis, varying
         self.length: dict = {}
         self.failed_at = np.full(len(sizes), -1)
         self.reasons: list[tuple[str, str]] = []
@@ -69,14 +70,20 @@ class _Sweep:
             self.reasons.append((n.path, why))
 
     def run(self) -> AxisSizes:
-        first = self.g.nodes[0]
-        assert first.shape is not None and len(first.shape) == 3 and self.axis in (1, 2), first.shape
-        self.length[first.path] = self.sizes.astype(self.np.int64)
-        for n in self.g.nodes[1:]:
+        np = self.np
+        for x in self.g.input_nodes:   # the swept inputs take every candidate; the others their own length
+            assert x.shape is not None and self.axis in (1, 2), x.shape
+            if x.path in self.varying:
+                assert len(x.shape) == 3, x.shape
+                self.length[x.path] = self.sizes.astype(np.int64)
+            else:
+                self.length[x.path] = np.full(len(self.sizes), x.shape[self.axis], np.int64) if len(x.shape) == 3 else None
+        for n in self.g.nodes[len(self.g.inputs):]:
             self.length[n.path] = self.node(n, [self.length[i] for i in n.inputs])
-        out = self.length[self.g.output]
+        outs = {p: None if self.length[p] is None else np.where(self.failed_at < 0, self.length[p], 0)
+                for _, p in self.g.outputs}
         return AxisSizes(self.axis, self.sizes, self.failed_at < 0, self.failed_at, tuple(self.reasons),
-                         None if out is None else self.np.where(self.failed_at < 0, out, 0))
+                         outs[self.g.output], outs)
 
     def node(self, n: Node, ins: list) -> np.ndarray | None:
         np, x, a, name = self.np, ins[0], n.args, "HW"[self.axis - 1]
@@ -138,12 +145,13 @@ def _window(n: np.ndarray, k: int, s: int, d: int, padding, ceil_mode: bool) -> 
     return np.where((out > 0) & ((out - 1) * s >= n + p), out - 1, out)
 
 
-def axis_sizes(g: Graph, axis: int, sizes) -> AxisSizes:
-    """The sizes (ascending) of input axis `axis` that g takes; see the module's docstring."""
+def axis_sizes(g: Graph, axis: int, sizes, varying=None) -> AxisSizes:
+    """The sizes (ascending) of input axis `axis` that g takes; see the module's docstring. `varying`:
+    the input paths whose axis takes the candidates (default the first input); the others keep theirs."""
     import numpy as np
     sizes = np.asarray(sizes, dtype=np.int64)
     assert sizes.ndim == 1 and (np.diff(sizes) > 0).all() and sizes.min() >= 1, "ascending sizes from 1"
-    return _Sweep(g, axis, sizes).run()
+    return _Sweep(g, axis, sizes, frozenset(varying) if varying is not None else {g.nodes[0].path}).run()
 
 
 def compact(valid_sizes) -> str:

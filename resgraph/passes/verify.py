@@ -10,7 +10,9 @@ from ..ops import OPS
 
 def verify(g: Graph) -> Graph:
     seen: set[str] = set()
-    assert g.nodes and g.nodes[0].op == "input", "the first node is the input"
+    assert g.nodes and all(n.op == "input" for n in g.input_nodes), "the first nodes are the inputs"
+    assert [n.path for n in g.input_nodes] == [p for _, p in g.inputs], "the inputs are the first nodes, in order"
+    assert all(n.op != "input" for n in g.nodes[len(g.inputs):]), "no input after the first nodes"
     for n in g.nodes:
         assert n.path not in seen, f"duplicate path {n.path}"
         for i in n.inputs:
@@ -29,7 +31,8 @@ def verify(g: Graph) -> Graph:
             assert n.args["project_from"] is None or n.args["project_from"] in seen, f"{n.path}: project_from"
         if not op.variadic:
             assert len(n.inputs) == 1, f"{n.path}: {len(n.inputs)} inputs to a single-input op"
-    assert g.output in seen, "the output node exists"
+    assert all(p in seen and g[p].op != "input" for _, p in g.outputs), "every output is a node's, not an input"
+    assert len({name for name, _ in g.inputs + g.outputs}) == len(g.inputs) + len(g.outputs), "distinct io names"
     for p in g.projections:
         assert p.at in seen and all(x in seen for x in p.nodes), f"projection {p.at} refers to missing nodes"
     return g

@@ -19,7 +19,7 @@ Kinds (what schema.py turns each into; model.py checks the values):
   vars     name -> number, word, bool   defaults  op -> arguments (from the op table)
   blocks   name -> `of` (a block)       args      a block's arguments: name -> default, null = required
   layers   a non-empty list of entries  post      one op or block without entry keys, or null
-  sizes    name -> `of` (min, max)
+  sizes    name -> `of` (min, max)        list      a non-empty list of `of` mappings (inputs, outputs)
 """
 from __future__ import annotations
 
@@ -60,6 +60,7 @@ class Mapping:
     keys: tuple[Key, ...]
     doc: str = ""
     one_of: tuple[str, ...] = ()       # exactly one of these keys must be present (a block's body)
+    exclusive: tuple[tuple[str, str], ...] = ()   # pairs of keys that may not both be present
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -121,6 +122,21 @@ INPUT = Mapping("input", (
 
 OUTPUT = Mapping("output", (Key("name", "id", "the network output's name (default: output)"),))
 
+# `inputs:` and `outputs:`, the forms for graphs with several (or to name the tensor an output is)
+NAMED_INPUT = Mapping("an input", (
+    Key("name", "id", "the input's name; layers read it with in: NAME or from: [NAME]",
+        missing=("an input of 'inputs' needs a name", "e.g. - {name: image, shape: [3, 224, 224]}")),
+    Key("shape", "shape", "[C, H, W] or [F]; the batch dimension is implicit",
+        missing=("an input needs a shape", "e.g. shape: [3, 224, 224] for images or [128] for vectors")),
+), doc="one named input of the network")
+
+NAMED_OUTPUT = Mapping("an output", (
+    Key("name", "id", "the output's name (in ONNX, Triton and run's files)",
+        missing=("an output of 'outputs' needs a name", "e.g. - {name: c3, from: layer2}")),
+    Key("from", "ref", "the id or path whose tensor is this output (layer2, layer3.1.conv2)",
+        missing=("an output needs 'from'", "name the entry whose tensor it is: from: layer2")),
+), doc="one named output: any tensor of the graph")
+
 SIZE = Mapping("a size variable", (
     Key("min", "size", "the smallest size the model takes", missing=("a size variable needs its min", "e.g. min: 32")),
     Key("max", "size", "the largest", missing=("a size variable needs its max", "e.g. max: 2048")),
@@ -150,12 +166,14 @@ SPEC = Mapping("the spec", (
         missing=("missing 'resgraph:' version key", "start the spec with 'resgraph: 1'")),
     Key("name", "name", "the network's name", missing=("missing 'name:'", "name the network, e.g. name: resnet18")),
     Key("description", "text", "one line about the network"),
-    Key("input", "map", "the network's input", of=INPUT,
-        missing=("missing 'input:'", "give the input shape without the batch, e.g. input: {shape: [3, 224, 224]}")),
+    Key("input", "map", "the network's input (or inputs: for several)", of=INPUT),
+    Key("inputs", "list", "the network's inputs, by name (instead of input:)", of=NAMED_INPUT),
     Key("sizes", "sizes", "size variables: the input's H or W by name (shape: [3, H, W]), each a range", of=SIZE),
     Key("preprocess", "map", PREPROCESS.doc, of=PREPROCESS),
     Key("labels", "labels", "class names: a list, or a text file (one a line) relative to the spec"),
     Key("output", "map", "the network's output (the last entry's)", of=OUTPUT),
+    Key("outputs", "list", "the network's outputs: any tensors of the graph, by name (instead of output:)",
+        of=NAMED_OUTPUT),
     _policy("what an add does when its inputs differ in shape"),
     Key("defaults", "defaults", "default arguments per op", reserved=RESERVED_ARGS),
     Key("vars", "vars", "named constants, used as $name"),
@@ -163,4 +181,4 @@ SPEC = Mapping("the spec", (
     Key("blocks", "blocks", "reusable sub-graphs, by name", of=BLOCK, reserved=("input", "residual")),
     Key("layers", "layers", "the network: a non-empty list of entries",
         missing=("missing 'layers:'", "list the network's layers, e.g. layers: [conv: {out: 16, kernel: 3}, relu]")),
-), doc="resgraph network spec, version 1")
+), doc="resgraph network spec, version 1", one_of=("input", "inputs"), exclusive=(("output", "outputs"),))

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
 from ..limits import MAX_SPATIAL
-from .grammar import ID_PATTERN, INIT, INPUT, NAME_PATTERN, OUTPUT, PREPROCESS, SIZE, SPEC, VERSION, Key, Mapping
+from .grammar import (ID_PATTERN, INIT, INPUT, NAME_PATTERN, NAMED_INPUT, NAMED_OUTPUT, OUTPUT, PREPROCESS, SIZE, SPEC,
+                      VERSION, Key, Mapping)
 # re-exported, not a copy: the interpolations that runtime/preprocess.py maps to Pillow
 from .grammar import INTERPOLATIONS  # noqa: F401
 from .layers import Block, Entry, LayersParser, evaluate_located, kind_of
@@ -50,6 +51,28 @@ class Spec:
     # size variables: name -> SizeVar; input_vars: per input dimension, the variable it is, or None
     sizes: dict = field(default_factory=dict)
     input_vars: tuple = ()
+    # every input and output, in spec order (`input:`/`output:` make one each; input_name, input_shape,
+    # input_loc, input_vars and output_name are the first's)
+    inputs: tuple = ()
+    outputs: tuple = ()
+
+
+@dataclass(frozen=True)
+class InputDecl:
+    """One network input: `input:` or an item of `inputs:`."""
+    name: str
+    shape: tuple[int, ...]     # size variables at their max (the reference the front end starts from)
+    loc: Loc                   # of the shape
+    vars: tuple = ()           # per dimension, the size variable it is, or None; () if none
+    named: bool = False        # an item of `inputs:`: layers refer to it by its name
+
+
+@dataclass(frozen=True)
+class OutputDecl:
+    """One network output: `output:` (ref None: the last entry's tensor) or an item of `outputs:`."""
+    name: str
+    ref: str | None            # the id or dotted path named by `from:`
+    loc: Loc                   # of `from:` (of the name for output:)
 
 
 @dataclass(frozen=True)
@@ -166,12 +189,10 @@ class _Parser(LayersParser):
             desc = ""
         env = self.vars(m.get("vars"))
         sizes = self.sizes(m.get("sizes"))
-        in_name, in_shape, in_loc, in_vars = self.input(m.get("input"), env, top, sizes)
-        out_name = self.output(m.get("output"))
-        if out_name == in_name:
-            where = m["output"].loc if "output" in m else top
-            self.d.error(where, f"the output is named '{out_name}', like the input",
-                         "inputs and outputs of a model need distinct names, e.g. input: image, output: logits")
+        inputs = self.inputs(m, env, top, sizes)
+        outputs = self.outputs(m, inputs)
+        in_name, in_shape, in_loc, in_vars = inputs[0].name, inputs[0].shape, inputs[0].loc, inputs[0].vars
+        out_name = outputs[0].name
         policy = (self.choice(m["shortcut"], SPEC["shortcut"]) if "shortcut" in m else None) or "projection"
         defaults = self.defaults(m.get("defaults"))
         init = self.init(m.get("init"))
@@ -191,7 +212,7 @@ class _Parser(LayersParser):
                 self.d.error(m["layers"].loc, "'layers' is empty", "a network needs at least one layer")
         return Spec(self.file, text, hashlib.sha256(text.encode()).hexdigest(), name, desc, in_name, in_shape,
                     in_loc, out_name, policy, defaults, env, init, pre, labels, labels_loc, blocks, layers, root.loc,
-                    sizes, in_vars)
+                    sizes, in_vars, inputs, outputs)
 
     def name(self, m) -> str:
         if "name" not in m:
@@ -253,12 +274,91 @@ class _Parser(LayersParser):
                 out[name] = SizeVar(name, bounds[0], bounds[1], y.keylocs[name])
         return out
 
-    def input(self, y, env, top, sizes=None):
+    def inputs(self, m, env, top, sizes) -> tuple[InputDecl, ...]:
+        """`input:` or `inputs:` (exactly one of them), as a non-empty tuple; names distinct."""
+        if "input" in m and "inputs" in m:
+            self.d.error(m["inputs"].loc, "both 'input:' and 'inputs:' are given",
+                         "use input: for one input, inputs: [{name, shape}, ...] for several")
+        if "inputs" not in m:
+            if "input" not in m:
+                self.d.error(top, "missing 'input:'", "give the input shape without the batch, e.g. input: {shape: [3, 224, 224]}")
+            return (InputDecl(*self.input(m.get("input"), env, top, sizes)),)
+        y = m["inputs"]
+        if not y.is_list or not y.value:
+            self.d.error(y.loc, f"inputs must be a non-empty list, got {kind_of(y)}",
+                         "inputs: [{name: image, shape: [3, 224, 224]}, {name: mask, shape: [1, 224, 224]}]")
+            return (InputDecl("input", (1,), y.loc),)
+        out, seen = [], {}
+        for item in y.value:
+            if not item.is_map:
+                self.d.error(item.loc, f"an input must be a mapping, got {kind_of(item)}",
+                             "write it as {name: image, shape: [3, 224, 224]}")
+                continue
+            decl = InputDecl(*self.input(item, env, item.loc, sizes, NAMED_INPUT), named=True)
+            if "name" not in item.value:
+                continue   # reported with its keys
+            if decl.name in seen:
+                self.d.error(item.value["name"].loc, f"two inputs are named '{decl.name}' (first at line "
+                             f"{seen[decl.name].line})", "give every input its own name", span=len(decl.name))
+                continue
+            seen[decl.name] = item.value["name"].loc
+            out.append(decl)
+        return tuple(out) or (InputDecl("input", (1,), y.loc),)
+
+    def outputs(self, m, inputs) -> tuple[OutputDecl, ...]:
+        """`output:` or `outputs:` (at most one of them), as a non-empty tuple; names distinct, and
+        none an input's."""
+        in_names = {i.name for i in inputs}
+        if "output" in m and "outputs" in m:
+            self.d.error(m["outputs"].loc, "both 'output:' and 'outputs:' are given",
+                         "use output: to name the last entry's tensor, outputs: [{name, from}, ...] for any tensors")
+        if "outputs" not in m:
+            name = self.output(m.get("output"))
+            if name in in_names:
+                where = m["output"].loc if "output" in m else Loc(self.file, 1, 1)
+                self.d.error(where, f"the output is named '{name}', like the input",
+                             "inputs and outputs of a model need distinct names, e.g. input: image, output: logits")
+            return (OutputDecl(name, None, m["output"].loc if "output" in m else None),)
+        y = m["outputs"]
+        if not y.is_list or not y.value:
+            self.d.error(y.loc, f"outputs must be a non-empty list, got {kind_of(y)}",
+                         "outputs: [{name: c3, from: layer2}, {name: c4, from: layer3}]")
+            return (OutputDecl("output", None, y.loc),)
+        out, seen = [], {}
+        for item in y.value:
+            if not item.is_map:
+                self.d.error(item.loc, f"an output must be a mapping, got {kind_of(item)}",
+                             "write it as {name: c3, from: layer2}")
+                continue
+            self.keys(item, NAMED_OUTPUT)
+            n, f = item.value.get("name"), item.value.get("from")
+            if n is None or f is None:
+                continue   # reported with its keys
+            if not isinstance(n.value, str) or not ID_RE.match(n.value):
+                self.d.error(n.loc, f"invalid output name {n.plain()!r}", "use letters, digits and '_'")
+                continue
+            if not isinstance(f.value, str) or not re.fullmatch(ID_PATTERN + r"(\.[A-Za-z0-9_]+)*", f.value):
+                self.d.error(f.loc, f"an output's 'from' must be an id or a dotted path, got {f.plain()!r}",
+                             "e.g. from: layer2, or from: layer3.1.conv2")
+                continue
+            if n.value in seen:
+                self.d.error(n.loc, f"two outputs are named '{n.value}' (first at line {seen[n.value].line})",
+                             "give every output its own name", span=len(n.value))
+                continue
+            if n.value in in_names:
+                self.d.error(n.loc, f"the output '{n.value}' has an input's name",
+                             "inputs and outputs of a model need distinct names", span=len(n.value))
+                continue
+            seen[n.value] = n.loc
+            out.append(OutputDecl(n.value, f.value, f.loc))
+        return tuple(out) or (OutputDecl("output", None, y.loc),)
+
+    def input(self, y, env, top, sizes=None, grammar=INPUT):
         sizes = sizes or {}
         y = self.mapping(y, "input")
         if y is None:
             return "input", (1,), top, ()   # absent: reported with the spec's keys
-        self.keys(y, INPUT)
+        self.keys(y, grammar)
         name = "input"
         if "name" in y.value:
             n = y.value["name"]

@@ -110,6 +110,8 @@ def _value(key: Key, ops: dict) -> dict:
         return {"type": "object", "propertyNames": _names(ID_PATTERN, key.reserved)}
     if k == "layers":
         return {"$ref": "#/$defs/layers"}
+    if k == "list":
+        return {"type": "array", "minItems": 1, "items": _mapping(key.of, ops)}
     if k == "post":
         return {"anyOf": [{"$ref": "#/$defs/post"}, NULL]}
     raise AssertionError(f"no schema for key kind {k!r}")
@@ -127,6 +129,8 @@ def _mapping(m: Mapping, ops: dict) -> dict:
         s["required"] = required
     if m.one_of:
         s["oneOf"] = [{"required": [k]} for k in m.one_of]
+    if m.exclusive:
+        s["allOf"] = [{"not": {"required": list(pair)}} for pair in m.exclusive]
     return _described(s, m.doc)
 
 

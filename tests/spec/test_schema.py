@@ -89,6 +89,8 @@ def declared(ops=OPS, spec=SPEC, entry=ENTRY, residual=RESIDUAL, inline=INLINE_R
                     add(path + (name,), _node(set(op.args) - set(key.reserved)))
         elif k == "layers":
             entries(path + ("[]",), entry, inline)
+        elif k == "list":     # inputs, outputs: a list of one mapping
+            mapping(path + ("[]",), key.of)
         elif k == "post":     # one entry without the entry keys (model.py refuses them there)
             entries(path, None, residual)
 
@@ -197,7 +199,7 @@ SCHEMA = json_schema(OPS)
 
 def test_the_walks_reach_every_mapping_of_the_language():
     places = declared()
-    for path in [(), ("input",), ("output",), ("preprocess",), ("init",), ("defaults",), ("defaults", "bn"),
+    for path in [(), ("input",), ("output",), ("inputs", "[]"), ("outputs", "[]"), ("preprocess",), ("init",), ("defaults",), ("defaults", "bn"),
                  ("vars",), ("sizes",), ("sizes", "*"), ("blocks",), ("blocks", "*"), ("blocks", "*", "args"), ("blocks", "*", "residual"),
                  ("blocks", "*", "residual", "post"), ("blocks", "*", "residual", "post", "conv"),
                  ("layers", "[]"), ("layers", "[]", "conv"), ("layers", "[]", "conv", "first"),
