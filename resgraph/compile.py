@@ -30,7 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from .errors import OptionError, PathError, WeightsError
-from .manifest import Artifact, Manifest, TensorInfo, onnx_metadata, sha256_file, write_manifest
+from .manifest import Artifact, Manifest, SizeRange, TensorInfo, onnx_metadata, sha256_file, write_manifest
 from .publish import Stage, wait_for_cleanup
 
 __all__ = ["Compiled", "compile_spec", "load_weights", "wait_for_cleanup"]
@@ -192,8 +192,6 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
     from .backends.onnx import DEFAULT_OPSET, OPSETS
     from .frontend import check_file
     checked = check_file(spec_path)
-    from .sized import fixed_size
-    fixed_size(checked, "compile")
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
         raise OptionError.at("--opset", f"opset {opset} is not supported",
@@ -266,14 +264,26 @@ def describe(plan: Plan, w: Weights) -> Manifest:
     from .version import __version__
     from .runtime.preprocess import Preprocess
     spec, graph, c = plan.checked.spec, plan.checked.graph, plan.checked
+    ins, outs = io_infos(c)
+    sizes = {} if c.sizes is None else {k: SizeRange(c.spec.sizes[k].lo, c.spec.sizes[k].hi, tuple(v))
+                                        for k, v in c.sizes.valid.items()}
     return Manifest(
         name=spec.name, resgraph_version=__version__, spec_sha256=spec.sha256, spec_source=plan.spec_path,
         trained=w.trained, weights_source=w.source, precision=plan.precision, opset=plan.opset, folded=plan.fold,
-        input=TensorInfo(graph.input_name, ("batch", *graph.nodes[0].shape)),
-        output=TensorInfo(graph.output_name, ("batch", *graph[graph.output].shape)),
+        input=ins[0], output=outs[0], inputs=ins, outputs=outs, sizes=sizes,
         preprocess=Preprocess.resolve(spec.preprocess, graph.nodes[0].shape).to_json(),
         labels=tuple(spec.labels) if spec.labels is not None else None,
-        params=c.params, macs=c.macs, projections=tuple(p.to_json() for p in graph.projections))
+        params=c.params, macs=c.sizes.macs if c.sizes is not None else c.macs,
+        projections=tuple(p.to_json() for p in graph.projections))
+
+
+def io_infos(checked) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    """Every input and output of a checked spec as the manifest and model.onnx name them: with the
+    batch first, and size variables (and outputs' expressions of them) as strings."""
+    ins, outs = checked.io_shapes()
+    g = checked.graph
+    return (tuple(TensorInfo(name, ("batch", *s)) for (name, _), s in zip(g.inputs, ins)),
+            tuple(TensorInfo(name, ("batch", *s)) for (name, _), s in zip(g.outputs, outs)))
 
 
 def lower_onnx(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str):
@@ -281,7 +291,9 @@ def lower_onnx(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str):
     fp16 overflow refused (an error at `where`, the checkpoint or the spec); validated."""
     from .backends.onnx import validate
     from .backends.onnx.lower import build
-    model, big = build(igraph, iw, opset=plan.opset, precision=plan.precision, metadata=onnx_metadata(manifest))
+    dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
+    model, big = build(igraph, iw, opset=plan.opset, precision=plan.precision, metadata=onnx_metadata(manifest),
+                       dims=dims)
     if plan.precision == "fp16":
         _check_fp16(model, big, iw, where)
     validate(model, igraph, streamed=big)

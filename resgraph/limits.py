@@ -7,6 +7,7 @@ MAX_ELEMENTS = 1 << 31      # elements of one activation per sample
 MAX_REPEAT = 10_000
 MAX_BATCH = 1 << 16         # samples in one batch: bench, run, parity, engine profiles, Triton's max_batch
 MAX_NODES = 100_000         # nodes after expanding blocks and repeats (ResNet-152: 570)
+MAX_IO = 64                 # inputs, and outputs, of one network
 
 # The YAML document itself (resgraph/spec/yamlsrc.py). Its size is counted on the parser's events
 # before any tree is built, so a file of a million tiny values is refused in a fraction of a second.

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ArtifactError, PathError
 
-FORMAT = 1   # manifest.json's format; bump on any change a reader must know about
+FORMAT = 2   # manifest.json's format; bump on any change a reader must know about
+# 2: "inputs", "outputs" (every one, "input"/"output" their first) and "sizes" (size variables)
 # every file a compiled folder may hold, in publishing order: the manifest, which describes the
 # others, goes last
 ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx", "model.engine", "engine.json",
@@ -31,13 +32,64 @@ ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx"
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
-    shape: tuple          # ("batch", C, H, W) or ("batch", F)
+    shape: tuple          # ("batch", C, H, W) or ("batch", F); H, W may be symbolic: a size
+    #                       variable's name for an input ("H"), an expression of it for an output
     dtype: str = "float32"
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
+    def sample_shape(self) -> tuple:
         """The shape of one sample: without the batch dimension."""
         return tuple(self.shape[1:])
+
+    @property
+    def dynamic(self) -> bool:
+        return any(isinstance(d, str) for d in self.shape[1:])
+
+    def at(self, sizes: dict) -> tuple[int, ...]:
+        """The sample shape with the size variables at `sizes` (name -> length). An output's derived
+        dims are expressions of them (sized.expression's forms)."""
+        return tuple(d if isinstance(d, int) else evaluate_dim(d, sizes) for d in self.sample_shape)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TensorInfo":
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+
+
+@dataclass(frozen=True)
+class SizeRange:
+    """A size variable of the compiled model: its range and every valid size in it (check's sweep)."""
+    lo: int
+    hi: int
+    valid: tuple[int, ...]
+
+    def nearest(self, n: int, k: int = 2) -> list[int]:
+        """The k valid sizes nearest to n (the smaller first on a tie)."""
+        return sorted(sorted(self.valid, key=lambda v: (abs(v - n), v))[:k])
+
+
+def evaluate_dim(expr: str, sizes: dict) -> int:
+    """An output dim written by sized.expression: H, H * s, H + c, ceil(H / s), floor((H + c) / s)."""
+    import re
+    e = expr.replace(" ", "")
+    m = re.fullmatch(r"([A-Za-z_]\w*)", e)
+    if m:
+        return int(sizes[m[1]])
+    m = re.fullmatch(r"([A-Za-z_]\w*)\*(\d+)", e)
+    if m:
+        return int(sizes[m[1]]) * int(m[2])
+    m = re.fullmatch(r"([A-Za-z_]\w*)([+-]\d+)", e)
+    if m:
+        return int(sizes[m[1]]) + int(m[2])
+    m = re.fullmatch(r"ceil\(([A-Za-z_]\w*)/(\d+)\)", e)
+    if m:
+        return -(-int(sizes[m[1]]) // int(m[2]))
+    m = re.fullmatch(r"floor\(\(([A-Za-z_]\w*)([+-]\d+)\)/(\d+)\)", e)
+    if m:
+        return (int(sizes[m[1]]) + int(m[2])) // int(m[3])
+    raise ValueError(f"an output dim {expr!r} that is not one of the forms check writes")
 
 
 @dataclass(frozen=True)
@@ -58,7 +110,7 @@ class Manifest:
     precision: str                 # fp32 | fp16 (of model.onnx; its input and output are fp32)
     opset: int
     folded: bool
-    input: TensorInfo
+    input: TensorInfo              # inputs[0], outputs[0]
     output: TensorInfo
     preprocess: dict
     labels: tuple[str, ...] | None
@@ -69,16 +121,30 @@ class Manifest:
     artifacts: dict = field(default_factory=dict)   # file name -> Artifact
     format: int = FORMAT
     spec: str = "spec.yaml"
+    inputs: tuple = ()             # every input and output (TensorInfo), in spec order; () = (input,)
+    outputs: tuple = ()
+    sizes: dict = field(default_factory=dict)   # size variable -> SizeRange
+
+    def __post_init__(self):
+        if not self.inputs:
+            object.__setattr__(self, "inputs", (self.input,))
+        if not self.outputs:
+            object.__setattr__(self, "outputs", (self.output,))
+
+    @property
+    def dynamic(self) -> bool:
+        return bool(self.sizes)
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["input"]["shape"] = list(self.input.shape)
-        d["output"]["shape"] = list(self.output.shape)
+        d["input"], d["output"] = self.input.to_json(), self.output.to_json()
+        d["inputs"], d["outputs"] = [t.to_json() for t in self.inputs], [t.to_json() for t in self.outputs]
+        d["sizes"] = {k: {"min": v.lo, "max": v.hi, "valid": list(v.valid)} for k, v in self.sizes.items()}
         d["labels"] = list(self.labels) if self.labels is not None else None
         d["projections"] = list(self.projections)
         order = ("format", "resgraph_version", "name", "spec", "spec_source", "spec_sha256", "trained",
                  "weights_source", "precision", "opset", "folded", "external_data", "input", "output",
-                 "preprocess", "labels", "params", "macs", "projections", "artifacts")
+                 "inputs", "outputs", "sizes", "preprocess", "labels", "params", "macs", "projections", "artifacts")
         assert set(order) == set(d), set(order) ^ set(d)
         return {k: d[k] for k in order}
 
@@ -98,15 +164,18 @@ class Manifest:
             raise ArtifactError.at(where, f"manifest format {fmt!r} from resgraph {made_by} is newer than this "
                                    f"resgraph {__version__} reads (format {FORMAT})",
                                    "upgrade resgraph (pip install -U resgraph), or recompile with this version")
-        if fmt < FORMAT:   # no older numbered format exists yet; readers of format 1 start here
+        if fmt < 1:
             raise ArtifactError.at(where, f"manifest format {fmt} is no longer read", "recompile with this resgraph")
-        try:
+        try:   # format 1: one input, one output, fixed sizes (its "input"/"output" are the lists' one)
             m = cls(
                 name=str(d["name"]), resgraph_version=str(d["resgraph_version"]), spec_sha256=str(d["spec_sha256"]),
                 spec_source=str(d["spec_source"]), trained=bool(d["trained"]), weights_source=str(d["weights_source"]),
                 precision=str(d["precision"]), opset=int(d["opset"]), folded=bool(d["folded"]),
-                input=TensorInfo(str(d["input"]["name"]), tuple(d["input"]["shape"]), str(d["input"]["dtype"])),
-                output=TensorInfo(str(d["output"]["name"]), tuple(d["output"]["shape"]), str(d["output"]["dtype"])),
+                input=TensorInfo.from_json(d["input"]), output=TensorInfo.from_json(d["output"]),
+                inputs=tuple(TensorInfo.from_json(t) for t in d["inputs"]) if fmt >= 2 else (),
+                outputs=tuple(TensorInfo.from_json(t) for t in d["outputs"]) if fmt >= 2 else (),
+                sizes={str(k): SizeRange(int(v["min"]), int(v["max"]), tuple(int(x) for x in v["valid"]))
+                       for k, v in d["sizes"].items()} if fmt >= 2 else {},
                 preprocess=dict(d["preprocess"]),
                 labels=tuple(str(x) for x in d["labels"]) if d["labels"] is not None else None,
                 params=int(d["params"]), macs=int(d["macs"]), projections=tuple(d["projections"]),
@@ -125,9 +194,22 @@ class Manifest:
         """What in the manifest no compile writes, checked before anything is allocated from it: its
         limits are the spec language's (shapes, labels), and every file it names is one of a compiled
         folder's (a plain name: nothing outside the folder)."""
-        from .limits import MAX_CHANNELS, MAX_ELEMENTS, MAX_LABELS, MAX_SPATIAL
-        for t in (self.input, self.output):
-            dims = t.sample_shape
+        from .limits import MAX_CHANNELS, MAX_ELEMENTS, MAX_IO, MAX_LABELS, MAX_SPATIAL
+        if len(self.inputs) > MAX_IO or len(self.outputs) > MAX_IO:
+            return f"{len(self.inputs)} inputs and {len(self.outputs)} outputs, more than {MAX_IO} of either"
+        if (self.inputs[0], self.outputs[0]) != (self.input, self.output):
+            return "its input and output are not the first of its inputs and outputs"
+        if len({t.name for t in self.inputs + self.outputs}) != len(self.inputs) + len(self.outputs):
+            return "two of its inputs and outputs share a name"
+        for name, r in self.sizes.items():
+            if not (isinstance(name, str) and 1 <= r.lo <= r.hi <= MAX_SPATIAL and r.valid and
+                    all(r.lo <= v <= r.hi for v in r.valid) and list(r.valid) == sorted(set(r.valid))):
+                return f"size variable {name!r} has a range or valid sizes no compile writes"
+        for t in self.inputs + self.outputs:
+            try:   # every size variable at its largest valid size
+                dims = t.at({k: r.valid[-1] for k, r in self.sizes.items()})
+            except (KeyError, ValueError):
+                return f"{t.name}'s shape {list(t.shape)} names a size variable the manifest does not have"
             if not dims or len(dims) > 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in dims):
                 return f"{t.name}'s shape {list(t.shape)} is not [batch, C, H, W] or [batch, F] of positive integers"
             if dims[0] > MAX_CHANNELS or any(v > MAX_SPATIAL for v in dims[1:]) or math.prod(dims) > MAX_ELEMENTS:

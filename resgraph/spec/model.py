@@ -288,6 +288,10 @@ class _Parser(LayersParser):
             self.d.error(y.loc, f"inputs must be a non-empty list, got {kind_of(y)}",
                          "inputs: [{name: image, shape: [3, 224, 224]}, {name: mask, shape: [1, 224, 224]}]")
             return (InputDecl("input", (1,), y.loc),)
+        from ..limits import MAX_IO
+        if len(y.value) > MAX_IO:
+            self.d.error(y.loc, f"{len(y.value)} inputs, more than {MAX_IO}", "a network takes at most 64 inputs")
+            return (InputDecl("input", (1,), y.loc),)
         out, seen = [], {}
         for item in y.value:
             if not item.is_map:
@@ -323,6 +327,10 @@ class _Parser(LayersParser):
         if not y.is_list or not y.value:
             self.d.error(y.loc, f"outputs must be a non-empty list, got {kind_of(y)}",
                          "outputs: [{name: c3, from: layer2}, {name: c4, from: layer3}]")
+            return (OutputDecl("output", None, y.loc),)
+        from ..limits import MAX_IO
+        if len(y.value) > MAX_IO:
+            self.d.error(y.loc, f"{len(y.value)} outputs, more than {MAX_IO}", "a network gives at most 64 outputs")
             return (OutputDecl("output", None, y.loc),)
         out, seen = [], {}
         for item in y.value:

@@ -50,10 +50,19 @@ def validate(model: onnx.ModelProto, graph: Graph, streamed: dict | None = None)
     inferred shapes disagree with the IR. Checks the skeleton: weights only matter by type and shape."""
     model = skeleton(model, streamed)
     onnx.checker.check_model(model, full_check=True)
+    # symbolic spatial dims (size variables) are checked at the IR's sizes: the same equations
+    from onnx import helper
+    for vi in model.graph.input:
+        path = dict(graph.inputs).get(vi.name)
+        if path is not None:
+            vi.CopyFrom(helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, ["batch", *graph[path].shape]))
     shapes = inferred_shapes(model)
     names = {n.output[0] for n in model.graph.node}
-    for n in graph.nodes[1:]:
-        name = graph.output_name if n.path == graph.output else n.path
+    renamed = {}
+    for name, path in graph.outputs:
+        renamed.setdefault(path, name)
+    for n in graph.nodes[len(graph.inputs):]:
+        name = renamed.get(n.path, n.path)
         if name not in names:
             continue   # folded away, or an alias (identity)
         got = shapes.get(name)

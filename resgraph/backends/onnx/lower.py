@@ -31,6 +31,7 @@ class _Builder:
         self.inits: dict[str, np.ndarray] = {}   # name -> array; written into the model once, at the end
         self.opset = DEFAULT_OPSET
         self.declared: dict[str, tuple] = {}   # output -> IR shape, where ONNX's shape inference stops
+        self.dynamic = False                   # symbolic spatial dims: no lowering may bake in a size
 
     def op(self, op_type: str, inputs: list[str], output: str, name: str | None = None, **attrs) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=name or output, **attrs))
@@ -196,13 +197,22 @@ def _pool_pads(b, n) -> list[int]:
 
 def maxpool(b, n, xs):
     a = n.args
-    return b.op("MaxPool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2, pads=_pool_pads(b, n))
+    return b.op("MaxPool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2, **_pool_mode(b, n))
 
 
 def avgpool(b, n, xs):
     a = n.args   # count_include_pad=0: grown end padding is not counted either, as in PyTorch's ceil_mode
     return b.op("AveragePool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
-                pads=_pool_pads(b, n), count_include_pad=0)
+                count_include_pad=0, **_pool_mode(b, n))
+
+
+def _pool_mode(b, n) -> dict:
+    """Floor-mode pads sized for the IR's shapes; where the spatial size is symbolic, a ceil_mode
+    pool keeps ONNX's ceil_mode (ONNX Runtime then drops a window starting in the end padding, as
+    PyTorch does: the parity tests run such models at several sizes)."""
+    if b.dynamic and n.args.get("ceil_mode"):
+        return {"pads": _pads(n.args["padding"], n.args["kernel"]), "ceil_mode": 1}
+    return {"pads": _pool_pads(b, n)}
 
 
 def flatten(b, n, xs):
@@ -269,34 +279,45 @@ SMALL = 64   # initializers up to this many elements travel inside the model eve
 
 
 def build(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: str = "fp32",
-          metadata: dict | None = None) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+          metadata: dict | None = None, dims: dict | None = None) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The model without its large initializers, and those as arrays (name -> little-endian array).
 
     `to_onnx` attaches them for a complete ModelProto; `writer.write_model` streams them straight
     into the file, so a 100 MB model is never held as one protobuf message.
+
+    Inputs and outputs are the graph's, by name, in spec order. `dims`: per input and output name,
+    its dims without the batch where they differ from the IR's, a string for a symbolic one (size
+    variables: ["3", "H", "W"]; derived: "ceil(H / 32)"). Then no tensor inside is declared with a
+    fixed spatial size, and every lowering is one that holds at any size (pads, scales, slices).
     """
     assert opset in OPSETS, opset
     assert precision in ("fp32", "fp16"), precision
     dtype = np.float16 if precision == "fp16" else np.float32
     b = _Builder(graph, weights, dtype)
     b.opset = opset
-    x = graph.input_name
-    env = {"input": x}
-    if precision == "fp16":
-        env["input"] = b.op("Cast", [x], f"{x}/fp16", to=TensorProto.FLOAT16)
-    for n in graph.nodes[1:]:
+    b.dynamic = bool(dims)
+    env = {}
+    for name, path in graph.inputs:
+        env[path] = b.op("Cast", [name], f"{name}/fp16", to=TensorProto.FLOAT16) if precision == "fp16" else name
+    for n in graph.nodes[len(graph.inputs):]:
         env[n.path] = LOWER[n.op](b, n, [env[i] for i in n.inputs])
-    out = env[graph.output]
-    final = graph.output_name
-    if precision == "fp16":
-        b.op("Cast", [out], final, name=f"{final}/fp32", to=TensorProto.FLOAT)
-    elif out == x:   # a network that computes nothing
-        b.op("Identity", [out], final)
-    else:            # the last tensor takes the spec's output name
+    # each output tensor takes its name: renamed where it is computed, or a Cast (fp16) or an
+    # Identity (an input, or a tensor that is already another output) in front of it
+    renamed: dict[str, str] = {}
+    in_names = {name for name, _ in graph.inputs}
+    for name, path in graph.outputs:
+        out = env[path]
+        if precision == "fp16":
+            b.op("Cast", [out], name, name=f"{name}/fp32", to=TensorProto.FLOAT)
+        elif out in in_names or out in renamed:
+            b.op("Identity", [renamed.get(out, out)], name)
+        else:
+            renamed[out] = name
+    if renamed:
         for node in b.nodes:
-            node.output[:] = [final if o == out else o for o in node.output]
-            node.input[:] = [final if i == out else i for i in node.input]
-    in_shape, out_shape = graph.nodes[0].shape, graph[graph.output].shape
+            node.output[:] = [renamed.get(o, o) for o in node.output]
+            node.input[:] = [renamed.get(i, i) for i in node.input]
+    dims = dims or {}
     # filled in place: helper.make_graph/make_model would copy every message again
     model = onnx.ModelProto()
     model.ir_version = helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
@@ -305,11 +326,16 @@ def build(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: st
     g = model.graph
     g.name = graph.name
     g.node.extend(b.nodes)
-    g.input.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", *in_shape]))
-    g.output.append(helper.make_tensor_value_info(final, TensorProto.FLOAT, ["batch", *out_shape]))
+    for name, path in graph.inputs:
+        g.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims.get(name, graph[path].shape)]))
+    for name, path in graph.outputs:
+        g.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *dims.get(name, graph[path].shape)]))
     elem = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    outs = {env[p] for _, p in graph.outputs}
     for name, shape in b.declared.items():
-        if name != out:   # the graph's output is declared above
+        if name not in outs:   # the graph's outputs are declared above
+            if b.dynamic:       # the channels only: the spatial size varies
+                shape = shape[:1] + (None,) * (len(shape) - 1)
             g.value_info.append(helper.make_tensor_value_info(name, elem, ["batch", *shape]))
     big = {}
     for name, arr in b.inits.items():
@@ -326,11 +352,11 @@ def build(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: st
 
 
 def to_onnx(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: str = "fp32",
-            metadata: dict | None = None) -> onnx.ModelProto:
+            metadata: dict | None = None, dims: dict | None = None) -> onnx.ModelProto:
     """Lower `graph` with `weights` (numpy arrays by parameter path) to a complete ModelProto.
     fp16: weights and compute in fp16, with fp32 input and output (a Cast at each edge), the form
     TensorRT 10+ builds from."""
-    model, big = build(graph, weights, opset, precision, metadata)
+    model, big = build(graph, weights, opset, precision, metadata, dims)
     for name, arr in big.items():
         model.graph.initializer.append(initializer_header(name, arr))
         model.graph.initializer[-1].raw_data = arr.tobytes()

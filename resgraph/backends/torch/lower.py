@@ -246,18 +246,23 @@ def lower(graph: Graph) -> fx.GraphModule:
     """The IR as a GraphModule. Parameters are freshly constructed (PyTorch defaults); see init.py."""
     ctx = _Ctx(graph)
     env: dict[str, fx.Node] = {}
-    x = ctx.fx.placeholder(graph.input_name)
-    ctx.paths[x.name] = "input"
-    env["input"] = x
-    for n in graph.nodes[1:]:
+    for name, path in graph.inputs:   # forward(image) or forward(image, mask): the spec's inputs in order
+        x = ctx.fx.placeholder(name)
+        ctx.paths[x.name] = path
+        env[path] = x
+    for n in graph.nodes[len(graph.inputs):]:
         env[n.path] = LOWER[n.op](ctx, n, [env[i] for i in n.inputs])
-    ctx.fx.output(env[graph.output])
+    # one output: the tensor; several (outputs:): a tuple in spec order, as ONNX and Triton list them
+    outs = [env[p] for _, p in graph.outputs]
+    ctx.fx.output(outs[0] if len(outs) == 1 else tuple(outs))
     gm = fx.GraphModule(ctx.root, ctx.fx, class_name=_class_name(graph.name))
     # the op table names every tensor (ops.table.tensors); the modules built above must agree with it
     assert {k: tuple(v.shape) for k, v in gm.state_dict().items()} == state_dict_shapes(graph), graph.name
     gm.meta["resgraph"] = {"name": graph.name, "paths": dict(ctx.paths), "input": graph.input_name,
                            "output": graph.output_name, "input_shape": graph.nodes[0].shape,
-                           "output_shape": graph[graph.output].shape}
+                           "output_shape": graph[graph.output].shape,
+                           "inputs": [(n, graph[p].shape) for n, p in graph.inputs],
+                           "outputs": [(n, graph[p].shape) for n, p in graph.outputs]}
     return gm
 
 
