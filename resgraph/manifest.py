@@ -70,6 +70,25 @@ class SizeRange:
         return sorted(sorted(self.valid, key=lambda v: (abs(v - n), v))[:k])
 
 
+def compact(valid_sizes) -> str:
+    """A list of sizes in words: 'every size from 32 to 2048', 'multiples of 32 from 64 to 2048', or
+    the list itself (at most 12 shown)."""
+    v = [int(x) for x in valid_sizes]
+    if not v:
+        return "no size"
+    if len(v) == 1:
+        return f"{v[0]} only"
+    steps = {b - a for a, b in zip(v, v[1:])}
+    if len(steps) == 1:
+        step = steps.pop()
+        if step == 1:
+            return f"every size from {v[0]} to {v[-1]}"
+        kind = f"multiples of {step}" if v[0] % step == 0 else f"every {step}th size"
+        return f"{kind} from {v[0]} to {v[-1]}"
+    shown = ", ".join(map(str, v[:12]))
+    return f"{shown}{f', ... ({len(v):,} sizes)' if len(v) > 12 else ''}"
+
+
 def evaluate_dim(expr: str, sizes: dict) -> int:
     """An output dim written by sized.expression: H, H * s, H + c, ceil(H / s), floor((H + c) / s)."""
     import re

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..ir import Graph, Node
 from ..limits import MAX_SPATIAL
+from ..manifest import compact  # noqa: F401  (the words for a list of sizes: check and the runtime say them alike)
 from ..ops.shapes import transpose_pads
 
 if TYPE_CHECKING:   # numpy is imported where sizes are swept, not with the front end
@@ -152,22 +153,3 @@ def axis_sizes(g: Graph, axis: int, sizes, varying=None) -> AxisSizes:
     sizes = np.asarray(sizes, dtype=np.int64)
     assert sizes.ndim == 1 and (np.diff(sizes) > 0).all() and sizes.min() >= 1, "ascending sizes from 1"
     return _Sweep(g, axis, sizes, frozenset(varying) if varying is not None else {g.nodes[0].path}).run()
-
-
-def compact(valid_sizes) -> str:
-    """A list of sizes in words: 'every size from 32 to 2048', 'multiples of 32 from 64 to 2048', or
-    the list itself (at most 12 shown)."""
-    v = [int(x) for x in valid_sizes]
-    if not v:
-        return "no size"
-    if len(v) == 1:
-        return f"{v[0]} only"
-    steps = {b - a for a, b in zip(v, v[1:])}
-    if len(steps) == 1:
-        step = steps.pop()
-        if step == 1:
-            return f"every size from {v[0]} to {v[-1]}"
-        kind = f"multiples of {step}" if v[0] % step == 0 else f"every {step}th size"
-        return f"{kind} from {v[0]} to {v[-1]}"
-    shown = ", ".join(map(str, v[:12]))
-    return f"{shown}{f', ... ({len(v):,} sizes)' if len(v) > 12 else ''}"

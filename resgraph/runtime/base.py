@@ -46,18 +46,43 @@ class Session:
         self.folder, self.manifest, self.options = folder, manifest, options
         self.input_name, self.output_name = manifest.input.name, manifest.output.name
         self.input_shape, self.output_shape = manifest.input.sample_shape, manifest.output.sample_shape
+        # every input and output (TensorInfo, spec order); where the model has size variables their
+        # dims are names and expressions, and `sizes` holds each variable's valid sizes
+        self.inputs, self.outputs, self.sizes = manifest.inputs, manifest.outputs, manifest.sizes
         self.labels = manifest.labels
         self.preprocess = checked_preprocess(manifest, folder)
         self.last_io: tuple[float, float] | None = None   # the last run's host->device, device->host seconds
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """One batch through a model with one input and one output (at any valid size)."""
         raise NotImplementedError
 
-    def input_buffer(self, n: int) -> np.ndarray:
+    def run_all(self, feeds: dict) -> dict:
+        """A batch of every input (name -> [N, ...] array) -> every output (name -> array), in spec
+        order. The general form; run() is the one-input, one-output case of it."""
+        self.one_to_one("run_all")   # back ends that run graphs with several override this
+        return {self.output_name: self.run(feeds[self.input_name])}
+
+    def one_to_one(self, what: str = "run") -> None:
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise DataError.at(self.input_name, f"{self.manifest.name} takes {len(self.inputs)} input(s) and gives "
+                               f"{len(self.outputs)} output(s); {self.backend} {what}() takes one of each",
+                               "use run_all({name: batch, ...}), which returns every output by name")
+
+    def input_buffer(self, n: int, shape: tuple | None = None) -> np.ndarray:
         """A [n, *input shape] float32 array to write a batch into before run(): on a back end with a
         device it is the session's page-locked staging memory, which run() then sends to the GPU as is
-        (no copy into it first); elsewhere a plain array. Valid until the next call."""
-        return np.empty((n, *self.input_shape), np.float32)
+        (no copy into it first); elsewhere a plain array. Valid until the next call. `shape`: the
+        sample's shape where the model has size variables."""
+        return np.empty((n, *(shape or self.input_shape)), np.float32)
+
+    def sample_shape(self, sizes: dict | None = None) -> tuple[int, ...]:
+        """The first input's sample shape, with the size variables at `sizes` (default: the largest
+        valid size of each)."""
+        return self.manifest.input.at(self.default_sizes(sizes))
+
+    def default_sizes(self, sizes: dict | None = None) -> dict:
+        return {**{k: r.valid[-1] for k, r in self.sizes.items()}, **(sizes or {})}
 
     def close(self) -> None:
         pass
@@ -73,11 +98,74 @@ class Session:
 
     def check_batch(self, x: np.ndarray) -> np.ndarray:
         """The batch every back end accepts: [N, *input shape] float32, C-contiguous."""
+        if self.sizes:
+            return self.check_feeds({self.input_name: x})[self.input_name]
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise DataError.at(self.input_name, f"a batch of shape {list(x.shape)}, but the model takes "
                                f"[N, {', '.join(map(str, self.input_shape))}]", "stack samples along a first axis")
         return x
+
+    def check_feeds(self, feeds: dict) -> dict:
+        """Every input, as every back end takes it: float32, C-contiguous, one batch size, each
+        fixed dim the model's, each size variable one valid size across all inputs."""
+        return check_feeds(self.inputs, self.sizes, feeds)
+
+    def output_shapes(self, feeds: dict) -> dict:
+        """name -> [N, ...] of every output for these (checked) feeds."""
+        sizes = feed_sizes(self.inputs, feeds)
+        n = next(iter(feeds.values())).shape[0]
+        return {t.name: (n, *t.at(sizes)) for t in self.outputs}
+
+
+def feed_sizes(inputs, feeds: dict) -> dict:
+    """The size variables' values in (checked) feeds."""
+    return {d: x.shape[1 + i] for t in inputs for x in (feeds[t.name],)
+            for i, d in enumerate(t.sample_shape) if isinstance(d, str)}
+
+
+def check_feeds(inputs, sizes: dict, feeds: dict) -> dict:
+    """See Session.check_feeds; a DataError names the input and, for a size the model does not take,
+    the nearest valid sizes."""
+    names = [t.name for t in inputs]
+    unknown = [k for k in feeds if k not in names]
+    missing = [k for k in names if k not in feeds]
+    if unknown or missing:
+        raise DataError.at(missing[0] if missing else unknown[0],
+                           f"the model takes {', '.join(names)}; " + (f"{', '.join(missing)} not given" if missing else
+                                                                      f"{', '.join(unknown)} is not one of them"),
+                           "feed every input by its name")
+    out, seen, batch = {}, {}, None
+    for t in inputs:
+        x = np.ascontiguousarray(feeds[t.name], dtype=np.float32)
+        want = t.sample_shape
+        shown = "[N, " + ", ".join(map(str, want)) + "]"
+        if x.ndim != len(want) + 1 or any(isinstance(d, int) and d != got for d, got in zip(want, x.shape[1:])):
+            raise DataError.at(t.name, f"a batch of shape {list(x.shape)}, but the model takes {shown}",
+                               "stack samples along a first axis")
+        if batch is not None and x.shape[0] != batch:
+            raise DataError.at(t.name, f"a batch of {x.shape[0]}, but {names[0]}'s is {batch}",
+                               "give every input the same number of samples")
+        batch = x.shape[0]
+        for d, got in zip(want, x.shape[1:]):
+            if not isinstance(d, str):
+                continue
+            if d in seen and seen[d] != got:
+                raise DataError.at(t.name, f"{d} is {got} here but {seen[d]} in an earlier input",
+                                   f"every input's {d} is the same size")
+            r = sizes[d]
+            if got not in r.valid:
+                near = " or ".join(map(str, r.nearest(got)))
+                raise DataError.at(t.name, f"{d} = {got} is not a size the model takes "
+                                   f"({_compact(r.valid)})", f"the nearest valid sizes are {near}: resize or pad to one")
+            seen[d] = got
+        out[t.name] = x
+    return out
+
+
+def _compact(valid) -> str:
+    from ..manifest import compact
+    return compact(valid)
 
 
 def checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:

@@ -37,10 +37,11 @@ class OrtSession(Session):
         self.path = os.path.join(folder, "model.onnx")
         if not os.path.isfile(self.path):
             raise BackendError.at(self.path, "no model.onnx in the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
-        self._graphs: dict[int, tuple] = {}       # batch size -> (session, binding, x on device, y on device)
+        self._graphs: dict[tuple, tuple] = {}     # input shapes -> (session, binding, inputs and outputs on device)
         self.sess = self._session(cuda_graph=False)
         if cuda and options.cuda_graph:            # fail at open, not at the first batch, if graphs cannot be had
-            self._graphs[1] = self._capture(np.zeros((1, *self.input_shape), np.float32))
+            first = {t.name: np.zeros((1, *t.at(self.default_sizes())), np.float32) for t in self.inputs}
+            self._graphs[self._key(first)] = self._capture(first)
 
     def _session(self, cuda_graph: bool):
         ort, o = self.ort, self.options
@@ -81,14 +82,13 @@ class OrtSession(Session):
         if self.cuda and "CUDAExecutionProvider" not in sess.get_providers():
             raise BackendError.at(self.path, "ONNX Runtime could not start its CUDA provider (CUDA or cuDNN "
                                   "libraries missing or of another version?)", "see resgraph doctor")
-        ins, outs = [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
-        shapes = [tuple(t.shape[1:]) for t in (*sess.get_inputs(), *sess.get_outputs())]
-        if ins != [self.input_name] or outs != [self.output_name] or \
-                shapes != [tuple(self.input_shape), tuple(self.output_shape)]:   # another model in the folder's place
+        got = [(t.name, list(t.shape[1:])) for t in (*sess.get_inputs(), *sess.get_outputs())]
+        want = [(t.name, list(t.sample_shape)) for t in (*self.inputs, *self.outputs)]
+        if got != want:   # another model in the folder's place
             from ..errors import ArtifactError
-            raise ArtifactError.at(self.path, f"model.onnx takes {ins} and gives {outs} ({shapes}), but the manifest "
-                                   f"says {self.input_name} {list(self.input_shape)} -> {self.output_name} "
-                                   f"{list(self.output_shape)}: the two are not from one compile",
+            said = lambda io: ", ".join(f"{n} {s}" for n, s in io)  # noqa: E731
+            raise ArtifactError.at(self.path, f"model.onnx has {said(got)}, but the manifest says {said(want)}: "
+                                   "the two are not from one compile",
                                    "recompile: resgraph compile SPEC --weights W -o FOLDER")
         return sess
 
@@ -101,64 +101,82 @@ class OrtSession(Session):
         except Exception:  # noqa: BLE001  (no engine.json, or a damaged one: the default profile)
             batch = BatchProfile(1, 32, 32)
         cache = os.path.join(self.folder, "ort-trt-cache")
-        dims = "x".join(map(str, self.input_shape))
-        shape = lambda n: f"{self.input_name}:{n}x{dims}"  # noqa: E731
+        sizes = self.default_sizes()
+        shape = lambda n: ",".join(f"{t.name}:{n}x{'x'.join(map(str, t.at(sizes)))}" for t in self.inputs)  # noqa: E731
         return {"device_id": str(self.options.device_id), "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
                 "trt_profile_min_shapes": shape(batch.min), "trt_profile_opt_shapes": shape(batch.opt),
                 "trt_profile_max_shapes": shape(batch.max)}
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        if not self.cuda:
+        self.one_to_one()
+        if not self.cuda and not self.sizes:
             if x.dtype != np.float32 or x.shape[1:] != self.input_shape:   # else ONNX Runtime's own error
                 x = self.check_batch(x)
             return self.sess.run([self.output_name], {self.input_name: x})[0]
-        x = self.check_batch(x)
+        return self.run_all({self.input_name: x})[self.output_name]
+
+    def run_all(self, feeds: dict) -> dict:
+        feeds = self.check_feeds(feeds)
+        names = [t.name for t in self.outputs]
+        if not self.cuda:
+            return dict(zip(names, self.sess.run(names, feeds)))
         if self.options.cuda_graph:
-            return self._run_graph(x)
+            return self._run_graph(feeds)
         ort, dev = self.ort, self.options.device_id
         t0 = time.perf_counter()
-        xd = ort.OrtValue.ortvalue_from_numpy(x, "cuda", dev)          # synchronous copy
+        on_device = {k: ort.OrtValue.ortvalue_from_numpy(x, "cuda", dev) for k, x in feeds.items()}   # synchronous
         t1 = time.perf_counter()
         io = self.sess.io_binding()
-        io.bind_ortvalue_input(self.input_name, xd)
-        io.bind_output(self.output_name, "cuda", dev)
+        for k, xd in on_device.items():
+            io.bind_ortvalue_input(k, xd)
+        for k in names:
+            io.bind_output(k, "cuda", dev)
         self.sess.run_with_iobinding(io)
         t2 = time.perf_counter()
-        y = io.copy_outputs_to_cpu()[0]
+        ys = io.copy_outputs_to_cpu()
         self.last_io = (t1 - t0, time.perf_counter() - t2)
-        return y
+        return dict(zip(names, ys))
 
-    def _capture(self, x: np.ndarray) -> tuple:
-        """A session whose CUDA graph is bound to device buffers of x's batch size."""
-        ort, dev, n = self.ort, self.options.device_id, x.shape[0]
+    @staticmethod
+    def _key(feeds: dict) -> tuple:
+        return tuple(x.shape for x in feeds.values())
+
+    def _capture(self, feeds: dict) -> tuple:
+        """A session whose CUDA graph is bound to device buffers of these inputs' shapes."""
+        ort, dev = self.ort, self.options.device_id
         sess = self._session(cuda_graph=True)
-        xd = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", dev)
-        yd = ort.OrtValue.ortvalue_from_shape_and_type((n, *self.output_shape), np.float32, "cuda", dev)
         io = sess.io_binding()
-        io.bind_ortvalue_input(self.input_name, xd)
-        io.bind_ortvalue_output(self.output_name, yd)
-        xd.update_inplace(x)
+        xs = {}
+        for k, x in feeds.items():
+            xs[k] = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", dev)
+            io.bind_ortvalue_input(k, xs[k])
+            xs[k].update_inplace(x)
+        ys = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", dev)
+              for k, shape in self.output_shapes(feeds).items()}
+        for k, yd in ys.items():
+            io.bind_ortvalue_output(k, yd)
         try:
             sess.run_with_iobinding(io)           # warm-up and capture happen in the first runs
         except Exception as e:  # noqa: BLE001
             raise BackendError.at(self.path, f"ONNX Runtime could not capture a CUDA graph: {str(e).strip()[:300]}",
                                   "leave out --cuda-graph") from None
-        return sess, io, xd, yd
+        return sess, io, xs, ys
 
-    def _run_graph(self, x: np.ndarray) -> np.ndarray:
-        n = x.shape[0]
-        if n not in self._graphs:
-            self._graphs[n] = self._capture(x)
-        sess, io, xd, yd = self._graphs[n]
+    def _run_graph(self, feeds: dict) -> dict:
+        key = self._key(feeds)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(feeds)
+        sess, io, xs, ys = self._graphs[key]
         t0 = time.perf_counter()
-        xd.update_inplace(x)                       # into the captured input buffer
+        for k, x in feeds.items():
+            xs[k].update_inplace(x)                # into the captured input buffers
         t1 = time.perf_counter()
         sess.run_with_iobinding(io)
         t2 = time.perf_counter()
-        y = yd.numpy()
+        out = {k: yd.numpy() for k, yd in ys.items()}
         self.last_io = (t1 - t0, time.perf_counter() - t2)
-        return y
+        return out
 
     def close(self) -> None:
         self._graphs.clear()

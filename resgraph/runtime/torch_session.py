@@ -51,47 +51,54 @@ class TorchSession(Session):
         self.channels_last = cuda and image and options.channels_last is not False
         module = module.to(self.dev, memory_format=torch.channels_last) if self.channels_last else module.to(self.dev)
         self.module = torch.compile(module) if options.torch_compile else module
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: dict[tuple, tuple] = {}     # input shapes -> (graph, static inputs, static outputs)
 
-    def _forward(self, x):
+    def _forward(self, xs: list) -> list:
+        """The module on every input (spec order) -> every output (a list, spec order)."""
         torch = self.torch
         with torch.inference_mode(), torch.autocast(self.dev.type, dtype=self.amp_dtype or torch.float32,
                                                     enabled=self.amp_dtype is not None):
-            return self.module(x)
+            y = self.module(*xs)
+        return list(y) if isinstance(y, tuple) else [y]
 
     def _to_device(self, xt):
         if self.dev.type == "cpu":
             return xt
         xt = xt.to(self.dev, non_blocking=False)
-        return xt.contiguous(memory_format=self.torch.channels_last) if self.channels_last else xt
+        return xt.contiguous(memory_format=self.torch.channels_last) if self.channels_last and xt.ndim == 4 else xt
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = self.check_batch(x)
-        torch = self.torch
-        xt = torch.from_numpy(x)
-        if self.dev.type == "cpu":
-            return self._forward(xt).float().numpy()
-        with torch.cuda.device(self.dev):           # streams, graphs and kernels on this GPU, not cuda:0
-            return self._run_graph(xt) if self.options.cuda_graph else self._run_cuda(xt)
+        self.one_to_one()
+        return self.run_all({self.input_name: x})[self.output_name]
 
-    def _run_cuda(self, xt) -> np.ndarray:
+    def run_all(self, feeds: dict) -> dict:
+        feeds = self.check_feeds(feeds)
+        torch, names = self.torch, [t.name for t in self.outputs]
+        xs = [torch.from_numpy(feeds[t.name]) for t in self.inputs]
+        if self.dev.type == "cpu":
+            return dict(zip(names, (y.float().numpy() for y in self._forward(xs))))
+        with torch.cuda.device(self.dev):           # streams, graphs and kernels on this GPU, not cuda:0
+            ys = self._run_graph(xs) if self.options.cuda_graph else self._run_cuda(xs)
+        return dict(zip(names, ys))
+
+    def _run_cuda(self, xs: list) -> list:
         torch = self.torch
         t0 = time.perf_counter()
-        xd = self._to_device(xt)
+        xd = [self._to_device(x) for x in xs]
         torch.cuda.synchronize(self.dev)
         t1 = time.perf_counter()
-        y = self._forward(xd)
+        ys = self._forward(xd)
         torch.cuda.synchronize(self.dev)
         t2 = time.perf_counter()
-        out = y.float().cpu().numpy()
+        out = [y.float().cpu().numpy() for y in ys]
         self.last_io = (t1 - t0, time.perf_counter() - t2)
         return out
 
-    def _run_graph(self, xt) -> np.ndarray:
+    def _run_graph(self, xs: list) -> list:
         torch = self.torch
-        n = xt.shape[0]
-        if n not in self._graphs:
-            static_x = self._to_device(xt.clone())
+        key = tuple(tuple(x.shape) for x in xs)
+        if key not in self._graphs:
+            static_x = [self._to_device(x.clone()) for x in xs]
             side = torch.cuda.Stream(self.dev)
             side.wait_stream(torch.cuda.current_stream(self.dev))
             with torch.cuda.stream(side):          # warm-up (cuDNN autotuning, lazy init) off the capture
@@ -101,16 +108,17 @@ class TorchSession(Session):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.dev)):   # captured on this GPU
                 static_y = self._forward(static_x)
-            self._graphs[n] = (graph, static_x, static_y)
-        graph, static_x, static_y = self._graphs[n]
+            self._graphs[key] = (graph, static_x, static_y)
+        graph, static_x, static_y = self._graphs[key]
         t0 = time.perf_counter()
-        static_x.copy_(xt)                          # into the captured input buffer
+        for s_x, x in zip(static_x, xs):
+            s_x.copy_(x)                            # into the captured input buffers
         torch.cuda.synchronize(self.dev)
         t1 = time.perf_counter()
         graph.replay()
         torch.cuda.synchronize(self.dev)
         t2 = time.perf_counter()
-        out = static_y.float().cpu().numpy()
+        out = [y.float().cpu().numpy() for y in static_y]
         self.last_io = (t1 - t0, time.perf_counter() - t2)
         return out
 
