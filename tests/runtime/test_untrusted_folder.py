@@ -59,7 +59,7 @@ def test_sizes_that_would_exhaust_memory_are_refused_fast(folder, where, value, 
     """The two cases that took 22 GB and 15 GB, through the command, under the address-space limit."""
     def change(m):
         if where == "input":
-            m[where]["shape"] = value
+            m[where]["shape"] = m["inputs"][0]["shape"] = value
         else:
             m["preprocess"][where] = value
     edit_manifest(folder, change)
@@ -80,7 +80,7 @@ def test_shapes_and_sizes_beyond_the_languages_limits(folder, where, value, says
 
     def change(m):
         if where in ("input", "output"):
-            m[where]["shape"] = value
+            m[where]["shape"] = m[where + "s"][0]["shape"] = value
         else:
             m["preprocess"][where] = value
     edit_manifest(folder, change)
@@ -198,5 +198,5 @@ def test_another_model_in_model_onnxs_place_is_named(folder, tmp_path):
 
 
 def test_a_manifest_that_names_an_input_the_model_lacks(folder):
-    edit_manifest(folder, lambda m: m["input"].update(name="pixels"))
+    edit_manifest(folder, lambda m: (m["input"].update(name="pixels"), m["inputs"][0].update(name="pixels")))
     user_error(cli("run", folder, SAMPLES, "--backend", "ort-cpu"), "but the manifest says pixels", "not from one compile")
