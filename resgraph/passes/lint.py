@@ -30,7 +30,9 @@ def lint(g: Graph) -> list[Diagnostic]:
         if n.op == "conv" and n.args.get("bias") and len(users[n.path]) == 1 and g[users[n.path][0]].op == "bn":
             biased.setdefault(n.loc, []).append(n)
     for loc, ns in dead.items():
-        d.warn(loc, f"{_which(ns)} ({ns[0].op}) does not reach the output", "connect it with in:/from:, or remove it")
+        d.warn(loc, f"{_which(ns)} ({ns[0].op}) does not reach the output" if len(g.outputs) == 1 else
+               f"{_which(ns)} ({ns[0].op}) reaches none of the outputs", "connect it with in:/from:, or remove it"
+               + ("" if len(g.outputs) == 1 else " (or name it under outputs:)"))
     for loc, ns in biased.items():
         d.warn(loc, f"{_which(ns)} has a bias right before a bn, which cancels it",
                "set bias: false (for example with defaults: {conv: {bias: false}})")

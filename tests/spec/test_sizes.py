@@ -214,12 +214,10 @@ def test_size_variable_errors_are_located_and_exit_1(text, where, says, write_sp
     assert "hint:" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_compile_and_train_take_fixed_sizes_and_say_so_writing_nothing(write_spec, tmp_path):
+def test_train_takes_fixed_sizes_and_says_so_writing_nothing(write_spec, tmp_path):
+    """compile takes size variables (tests/compile/test_sized_compile.py); train samples one size."""
     from conftest import run_cli
     path = write_spec(sized(UNET_VALID))
-    p = run_cli("compile", path, "-o", str(tmp_path / "out"))
-    assert p.returncode == 1 and "compile takes fixed input sizes: H, W are size variables here" in p.stderr
-    assert "check reports every size the network takes" in p.stderr and not (tmp_path / "out").exists()
     pytest.importorskip("torch", reason="the torch extra is not installed")
     p = run_cli("train", path, "--data", "digits", "-o", str(tmp_path / "run"), "--epochs", "1")
     assert p.returncode == 1 and "train takes fixed input sizes" in p.stderr and not (tmp_path / "run").exists()
