@@ -9,6 +9,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))
 
+
+def check_small(path):
+    """A shipped spec, checked; one with size variables at a small valid size (the first one from 64,
+    per axis): its check's graph is at the largest size (unet: 1024 x 1024), slow to run on a CPU."""
+    import resgraph
+    checked = resgraph.check(str(path))
+    if checked.sizes is None:
+        return checked
+    from resgraph.frontend import check_at
+    names = checked.spec.inputs[0].vars[1:]
+    small = [next((n for n in checked.sizes.valid[v] if n >= 64), checked.sizes.valid[v][-1]) for v in names]
+    return check_at(checked, tuple(small))
+
 # tests/ mirrors the package (tests/spec, tests/backends/onnx, tests/runtime, ...), and a test module may
 # take a helper from another folder's by module name (test_onnx_backend's ALL_OPS, test_torchvision_import's
 # assert_same_outputs): every folder that holds test modules is on the path, as pytest puts each one there

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 import resgraph  # noqa: E402
 from resgraph.backends.onnx import to_onnx  # noqa: E402
 from resgraph.passes.inference import for_inference  # noqa: E402
-from conftest import ROOT, SPECS, run_cli  # noqa: E402
+from conftest import ROOT, SPECS, check_small, run_cli  # noqa: E402
 from test_onnx_backend import fp32_noise, ort_run, random_weights  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def run_cuda(m, x, dtype=torch.float32):
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_cuda_module_matches_onnxruntime(path):
     """The parity test's bound (abs 1e-4, or 4x fp32's own noise floor), PyTorch on the GPU."""
-    checked = resgraph.check(str(path))
+    checked = check_small(path)
     w = random_weights(checked.graph)
     model = to_onnx(*for_inference(checked.graph, w))
     x = np.random.default_rng(0).standard_normal((7, *checked.graph.nodes[0].shape)).astype(np.float32)
