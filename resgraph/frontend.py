@@ -81,6 +81,38 @@ def check_spec(spec: Spec) -> Checked:
     return _sized(spec, g) if is_sized(spec) else _back_half(spec, g)
 
 
+def check_at(checked: Checked, hw: tuple[int, int], option: str = "--size") -> Checked:
+    """A spec with size variables checked at one input size, H x W of its first input (train's
+    --size): a plain Checked whose graph has that size's shapes. Its parameters are the sized spec's
+    (they never depend on the size), so what is trained at one size compiles for every size."""
+    from .errors import OptionError
+    from .manifest import SizeRange
+    from .sized import at_sizes, with_inputs, with_spec_inputs
+    spec, (h, w) = checked.spec, hw
+    names = (spec.inputs[0].vars or (None, None, None))[1:] if spec.inputs else spec.input_vars[1:]
+    at = {}
+    for name, n, side in zip(names, (h, w), ("H", "W")):
+        if name is None:
+            fixed = spec.input_shape[1 if side == "H" else 2]
+            if n != fixed:
+                raise OptionError.at(option, f"{side} is {n}, but the input's {side} is fixed at {fixed}", f"give {side} = {fixed}")
+            continue
+        r = SizeRange(spec.sizes[name].lo, spec.sizes[name].hi, tuple(checked.sizes.valid[name]))
+        if at.get(name, n) != n:
+            raise OptionError.at(option, f"{h}x{w}: H and W are both the size variable {name}", f"give {h}x{h} or {w}x{w}")
+        if n not in r.valid:
+            from .manifest import compact
+            raise OptionError.at(option, f"{side} = {n} is not a size the network takes ({name}: {compact(r.valid)})",
+                                 f"the nearest valid sizes are {' or '.join(map(str, r.nearest(n)))}")
+        at[name] = n
+    shapes = at_sizes(spec, {**{k: v[-1] for k, v in checked.sizes.valid.items()}, **at})
+    g = resolve_ops(expand(spec), spec)
+    fixed = _back_half(with_spec_inputs(spec, shapes), with_inputs(g, shapes))
+    from .ops.count import state_dict_shapes
+    assert state_dict_shapes(fixed.graph) == state_dict_shapes(checked.graph), "parameters depend on the size"
+    return fixed
+
+
 def _sized(spec: Spec, g: Graph) -> Checked:
     """A spec with size variables: checked at a reference size (the largest in range that checks, so
     that every Ws gets the stride of a map that has not collapsed), then each variable's range swept

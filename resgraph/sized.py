@@ -185,6 +185,9 @@ def fixed_size(checked, what: str) -> None:
     names = ", ".join(spec.sizes)
     loc = next(iter(spec.sizes.values())).loc
     are = "is a size variable" if len(spec.sizes) == 1 else "are size variables"
-    raise SpecError([Diagnostic(loc, f"{what} takes fixed input sizes: {names} {are} here",
-                                f"give the input its sizes (input: {{shape: [{spec.input_shape[0]}, 224, 224]}}) to "
-                                f"{what}; check reports every size the network takes")])
+    hint = (f"give the input its sizes (input: {{shape: [{spec.input_shape[0]}, 224, 224]}}) to {what}; check reports "
+            "every size the network takes")
+    if what == "train":
+        hint = ("train at one of its sizes with --size HxW (the parameters are the same at every size: compile the "
+                "sized spec with the weights); check reports every size the network takes")
+    raise SpecError([Diagnostic(loc, f"{what} takes fixed input sizes: {names} {are} here", hint)])
