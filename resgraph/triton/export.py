@@ -7,7 +7,9 @@
         tensorrt      model.smXY.plan (model.engine, as is)                 platform "tensorrt_plan", cc_model_filenames
         python        model.py + artifact/ (the compiled folder, whole)     backend "python": resgraph.runtime in Triton
 
-Dims leave the batch dimension out (max_batch_size > 0 makes it implicit), as Triton wants. A
+Every input and output is listed by name, in spec order, with its dims without the batch dimension
+(max_batch_size > 0 makes it implicit), as Triton wants; a dim that a size variable sets (an input's
+H, an output's ceil(H / 4)) is -1, any length. A
 TensorRT plan runs only on the GPUs and TensorRT it was built for: cc_model_filenames names it
 under its compute capability (the default file name left absent, so another GPU finds nothing to
 load), and max_batch_size is its profile's MAX. Triton's onnxruntime and tensorrt backends add
@@ -37,6 +39,7 @@ PLATFORMS = ("onnxruntime", "tensorrt", "python")
 # letters, digits, '_', '-' and '.', not starting with '.' or '-'; every spec name (the manifest's) fits
 NAME_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 NAME_HINT = "letters, digits, '_', '-' and '.', at most 128, not starting with '.' or '-'"
+DTYPES = {"float32": "TYPE_FP32"}   # a manifest's dtype -> Triton's data_type
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # a model folder of the repository, as the publisher writes it: the version, then its labels, then the
 # config that describes them last (what a polling server reads first)
@@ -155,11 +158,9 @@ def _platform(folder: str, m, o: TritonOptions) -> tuple[str, list[str], dict[st
 
 def _config(name: str, m, o: TritonOptions, kind: str, extra: list[str], max_batch: int) -> str:
     """config.pbtxt's text (Triton's ModelConfig, text format)."""
-    label = ' label_filename: "labels.txt"' if m.labels else ""
     lines = [f"name: {_q(name)}", *extra, f"max_batch_size: {max_batch}",
-             f'input [{{ name: {_q(m.input.name)} data_type: TYPE_FP32 dims: [{", ".join(map(str, m.input.sample_shape))}] }}]',
-             f'output [{{ name: {_q(m.output.name)} data_type: TYPE_FP32 dims: [{", ".join(map(str, m.output.sample_shape))}]'
-             f'{label} }}]',
+             _tensors("input", [_tensor(t) for t in m.inputs]),
+             _tensors("output", [_tensor(t, bool(m.labels) and i == 0) for i, t in enumerate(m.outputs)]),
              f"instance_group [{{ kind: {KINDS[kind]} count: {o.instances} }}]"]
     if o.batching is not None:
         b = o.batching
@@ -169,6 +170,26 @@ def _config(name: str, m, o: TritonOptions, kind: str, extra: list[str], max_bat
                                  "sizes Triton may form")
         lines.append(f"dynamic_batching {{ {preferred}max_queue_delay_microseconds: {b.max_queue_delay_us} }}")
     return "\n".join(lines) + "\n"
+
+
+def _tensors(field: str, items: list[str]) -> str:
+    """`input [...]` or `output [...]`: on one line for one tensor, one a line for several."""
+    if len(items) == 1:
+        return f"{field} [{items[0]}]"
+    return f"{field} [\n" + ",\n".join(f"  {x}" for x in items) + "\n]"
+
+
+def _tensor(t, labelled: bool = False) -> str:
+    """One input or output of the config: its name, TYPE_FP32 and its dims without the batch, -1 for
+    a dynamic one (a size variable, or an output dim derived from one: Triton takes any length there,
+    the model's valid sizes are checked by the runtime and serve's front). The labels are the first
+    output's (a classifier's vector, as run reads them)."""
+    if t.dtype not in DTYPES:
+        raise ArtifactError.at("manifest.json", f"{t.name} has dtype {t.dtype!r}, which no compile writes",
+                               "recompile: resgraph compile SPEC")
+    dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in t.sample_shape)
+    label = ' label_filename: "labels.txt"' if labelled else ""
+    return f"{{ name: {_q(t.name)} data_type: {DTYPES[t.dtype]} dims: [{dims}]{label} }}"
 
 
 def model_name(given: str | None, manifest_name: str, folder: str) -> str:

@@ -8,14 +8,19 @@ requests that fit the model:
 
     the body    at most Fit.max_body bytes, read by aiohttp within that bound (a gzip or deflate
                 body is inflated within the same bound, and passed on inflated)
-    inference   POST /v2/models/NAME[/versions/V]/infer: every input one of the model's, with its
-                datatype and the shape [batch, *dims], 1 <= batch <= max_batch; its "data" holds
-                exactly that many finite numbers, or its binary_data_size is exactly that many bytes
+    inference   POST /v2/models/NAME[/versions/V]/infer: every input of the model's, each once, with its
+                datatype and the shape [batch, *dims], 1 <= batch <= max_batch, one batch for all; a
+                dim a size variable sets (H, W) one of its valid sizes, the same in every input that
+                shares it (refused naming the input and the nearest valid sizes, as `run` refuses it);
+                its "data" holds exactly that many finite numbers, or its binary_data_size is
+                exactly that many bytes
     the rest    health, metadata, config, statistics... passed through as they are
 
 A refused request gets Triton's own error form, {"error": "..."}: 400, 404 (another model), 413 (too
 large), 415 (an unknown encoding), 503 (at capacity, or while the core restarts). What the core
-answers is passed back unchanged. The memory of the bodies being handled at once is bounded (Budget).
+answers is passed back unchanged, every output by name. The memory of the bodies being handled at
+once is bounded (Budget): the largest body is a batch of max_batch of every input, at the largest
+valid sizes where the model has size variables.
 aiohttp (which tritonclient's HTTP client already brings) parses HTTP: the hop costs about half a
 millisecond a request on a 2-core machine (bench/triton_load.py measures it beside the core's own HTTP).
 """
@@ -29,7 +34,9 @@ import re
 import sys
 import threading
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from ..manifest import compact
 
 JSON_BYTES_PER_VALUE = 32       # "-1.2345678901234567e-05, " and room for layout
 # headers of one hop, not passed on; a request's body is passed on inflated, without its 100-continue
@@ -43,18 +50,20 @@ BYTES = {"FP32": 4}
 @dataclass(frozen=True)
 class Fit:
     """What an inference request must fit: the model's name, its inputs {name: (datatype, dims)}
-    without the batch dimension, the largest batch, and the largest body."""
+    without the batch dimension (in spec order; a dim is a length, or a size variable's name), the
+    largest batch, the largest body, and each size variable's SizeRange (its valid sizes)."""
     model: str
     inputs: dict
     max_batch: int
     max_body: int
+    sizes: dict = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: str, manifest, max_batch: int) -> "Fit":
-        dims = tuple(manifest.input.sample_shape)
-        values = max_batch * math.prod(dims)
-        return cls(model, {manifest.input.name: ("FP32", dims)}, max_batch,
-                   max_body=(64 << 10) + values * JSON_BYTES_PER_VALUE)
+        largest = {k: r.valid[-1] for k, r in manifest.sizes.items()}
+        values = max_batch * sum(math.prod(t.at(largest)) for t in manifest.inputs)
+        return cls(model, {t.name: ("FP32", tuple(t.sample_shape)) for t in manifest.inputs}, max_batch,
+                   max_body=(64 << 10) + values * JSON_BYTES_PER_VALUE, sizes=dict(manifest.sizes))
 
 
 class Refused(Exception):
@@ -96,7 +105,14 @@ def check_infer(fit: Fit, path: str, body: bytes, header_length: str | None) -> 
     inputs = request.get("inputs") if isinstance(request, dict) else None
     if not isinstance(inputs, list) or not inputs:
         raise Refused(400, "the request has no \"inputs\" list")
-    sizes = [_check_input(fit, t) for t in inputs]
+    seen = Seen()
+    for t in inputs:   # every input's shape first (a size the model does not take is the first thing said)
+        _check_input(fit, t, seen)
+    missing = [n for n in fit.inputs if n not in seen.shapes]
+    if missing:
+        raise Refused(400, f"the model takes {', '.join(fit.inputs)}; {', '.join(missing)} not given: "
+                      "send every input by its name")
+    sizes = [_check_data(fit, t) for t in inputs]
     if sum(s for s in sizes if s is not None) != binary:
         raise Refused(400, f"the binary data is {binary:,} bytes, its inputs' binary_data_size add up to "
                       f"{sum(s for s in sizes if s is not None):,}")
@@ -117,22 +133,35 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows (the model refuses NaN and inf)")
 
 
-def _check_input(fit: Fit, t) -> int | None:
-    """One input of the request: its binary_data_size, or None where its values are in "data"."""
+@dataclass
+class Seen:
+    """What the inputs of a request checked so far set."""
+    shapes: dict = field(default_factory=dict)   # input name -> its shape
+    sizes: dict = field(default_factory=dict)    # size variable -> (the input that set it, its length)
+
+
+def _check_input(fit: Fit, t, seen: Seen) -> None:
+    """One input of the request, its name, datatype and shape (`seen`: what the inputs before it set,
+    updated)."""
     if not isinstance(t, dict) or not isinstance(t.get("name"), str):
         raise Refused(400, "each input needs a \"name\"")
     name = t["name"]
     if name not in fit.inputs:
         raise Refused(400, f"unknown input '{name[:64]}': the model's {'is' if len(fit.inputs) == 1 else 'are'} "
                       + ", ".join(f"'{n}'" for n in fit.inputs))
+    if name in seen.shapes:
+        raise Refused(400, f"input '{name}' is given twice")
     datatype, dims = fit.inputs[name]
     if t.get("datatype") != datatype:
         raise Refused(400, f"input '{name}' has datatype {str(t.get('datatype'))[:16]!r}: the model takes {datatype}")
-    shape = t.get("shape")
-    expected = f"[batch, {', '.join(map(str, dims))}] with batch 1 to {fit.max_batch}"
-    if (not isinstance(shape, list) or len(shape) != 1 + len(dims) or
-            not all(type(d) is int for d in shape) or tuple(shape[1:]) != dims or not 1 <= shape[0] <= fit.max_batch):
-        raise Refused(400, f"input '{name}' has shape {json.dumps(shape)[:80]}: the model takes {expected}")
+    _check_shape(fit, name, t.get("shape"), seen)
+
+
+def _check_data(fit: Fit, t) -> int | None:
+    """One input's values, for its (checked) shape: its binary_data_size, or None where its values
+    are in "data"."""
+    name, shape = t["name"], t["shape"]
+    datatype = fit.inputs[name][0]
     count = math.prod(shape)
     params = t.get("parameters") or {}
     if not isinstance(params, dict):
@@ -155,6 +184,33 @@ def _check_input(fit: Fit, t) -> int | None:
     return None
 
 
+def _check_shape(fit: Fit, name: str, shape, seen: Seen) -> None:
+    """The input's shape is [batch, *dims], its batch the other inputs', and each size variable in it
+    one of its valid sizes, the same as in the inputs before it (the wording of runtime.check_feeds)."""
+    dims = fit.inputs[name][1]
+    expected = f"[batch, {', '.join(map(str, dims))}] with batch 1 to {fit.max_batch}"
+    if (not isinstance(shape, list) or len(shape) != 1 + len(dims) or not all(type(d) is int for d in shape)
+            or not 1 <= shape[0] <= fit.max_batch
+            or any(got != d if isinstance(d, int) else got < 1 for d, got in zip(dims, shape[1:]))):
+        raise Refused(400, f"input '{name}' has shape {json.dumps(shape)[:80]}: the model takes {expected}")
+    first = next(iter(seen.shapes.items()), None)
+    if first is not None and first[1][0] != shape[0]:
+        raise Refused(400, f"input '{name}' has a batch of {shape[0]}, but '{first[0]}' has {first[1][0]}: give "
+                      "every input the same number of samples")
+    seen.shapes[name] = shape
+    for d, got in zip(dims, shape[1:]):
+        if isinstance(d, int):
+            continue
+        earlier, size = seen.sizes.setdefault(d, (name, got))
+        if size != got:
+            raise Refused(400, f"input '{name}': {d} is {got} here but {size} in input '{earlier}': every "
+                          f"input's {d} is the same size")
+        r = fit.sizes[d]
+        if got not in r.valid:
+            raise Refused(400, f"input '{name}': {d} = {got} is not a size the model takes ({compact(r.valid)}); "
+                          f"the nearest valid sizes are {' or '.join(map(str, r.nearest(got)))}: resize or pad to one")
+
+
 def _values(data) -> int:
     """How many numbers a (nested) "data" list holds; -1 where something in it is not a number."""
     if not isinstance(data, list):
@@ -174,8 +230,9 @@ def _values(data) -> int:
 def too_large(n: int | None, fit: Fit, inflated: bool = False) -> str:
     """A body of n bytes (None: more than the bound, found while reading it) is too large."""
     size = f"is {n:,} bytes, more than" if n is not None else "is more than"
+    largest = " at the largest valid sizes" if fit.sizes else ""
     return (f"the request's body{' (inflated)' * inflated} {size} the {fit.max_body:,} that a batch of "
-            f"{fit.max_batch} inputs takes: send fewer inputs at once")
+            f"{fit.max_batch} inputs{largest} takes: send fewer inputs at once")
 
 
 class Front:

@@ -3,6 +3,7 @@ Triton core (nvidia-pytriton's) serving the trained digits model over HTTP and g
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -611,3 +612,226 @@ def test_a_large_body_is_checked_off_the_event_loop_with_the_same_verdicts():
         assert status == 400 and "the model takes [batch, 3, 64, 64]" in text, text
     finally:
         front.stop()
+
+
+# --- several inputs and outputs, and size variables ----------------------------------------------
+
+# two inputs, three outputs (a map at the input's size, one at half of it, a vector), and sizes H, W
+# that the graph takes only where they are even (the upsampled stride-2 path meets the full-size one)
+SEG = """\
+resgraph: 1
+name: tiny_seg
+inputs:
+  - {name: image, shape: [3, H, W]}
+  - {name: mask, shape: [1, H, W]}
+sizes: {H: {min: 8, max: 40}, W: {min: 8, max: 40}}
+outputs:
+  - {name: seg, from: full}
+  - {name: c2, from: s1}
+  - {name: emb, from: head}
+layers:
+  - conv: {out: 4, kernel: 3, id: f}
+  - conv: {out: 4, kernel: 3, stride: 2, id: a, in: image}
+  - conv: {out: 4, kernel: 3, stride: 2, in: mask}
+  - add: {from: [a], id: s1}
+  - upsample: {scale: 2}
+  - add: {from: [f], id: full}
+  - global_avgpool: {in: s1}
+  - flatten: {id: head}
+"""
+SEG_IO = ([("image", [3, -1, -1]), ("mask", [1, -1, -1])],
+          [("seg", [4, -1, -1]), ("c2", [4, -1, -1]), ("emb", [4])])
+
+
+@pytest.fixture(scope="module")
+def seg_folder(tmp_path_factory):
+    from resgraph.compile import compile_spec
+    d = tmp_path_factory.mktemp("seg")
+    (d / "tiny_seg.yaml").write_text(SEG)
+    compile_spec(str(d / "tiny_seg.yaml"), out=str(d / "tiny_seg"))
+    return d / "tiny_seg"
+
+
+def _io(tensors) -> list:
+    return [(t.name, list(t.dims), model_config_pb2.DataType.Name(t.data_type)) for t in tensors]
+
+
+@pytest.mark.parametrize("platform", ["onnxruntime", "python"])
+def test_a_multi_output_dynamic_size_model_exports_every_tensor_with_dynamic_dims(seg_folder, tmp_path, platform):
+    """Every input and output by name, in spec order, TYPE_FP32, -1 where a size variable sets the dim
+    (an input's H, an output's ceil(H / 2)), through Triton's own parser; for onnxruntime_onnx, the
+    config's dims are model.onnx's (what Triton's onnxruntime backend checks at load): -1 exactly
+    where the ONNX dim is symbolic."""
+    import onnx
+    path = export_triton(str(seg_folder), str(tmp_path / "repo"), TritonOptions(platform=platform))
+    c = parse(os.path.join(path, "config.pbtxt"))
+    want_in, want_out = SEG_IO
+    assert _io(c.input) == [(n, d, "TYPE_FP32") for n, d in want_in]
+    assert _io(c.output) == [(n, d, "TYPE_FP32") for n, d in want_out]
+    assert not any(t.label_filename for t in c.output) and not os.path.exists(os.path.join(path, "labels.txt"))
+    g = onnx.load(str(seg_folder / "model.onnx")).graph
+
+    def dims(values):
+        return [(v.name, [-1 if d.dim_param else d.dim_value for d in v.type.tensor_type.shape.dim][1:]) for v in values]
+    assert (dims(g.input), dims(g.output)) == SEG_IO
+
+
+SERVED_SEG = TritonOptions(platform="python", backend="ort-cpu", max_batch=32, batching=Batching(2000))
+
+
+@pytest.fixture(scope="module")
+def served_seg(seg_folder):
+    from resgraph.triton.server import serve
+    with serve(str(seg_folder), SERVED_SEG, 0, 0, 0) as (_, service):
+        yield service
+
+
+def _seg_feeds(n: int, h: int, w: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"image": rng.standard_normal((n, 3, h, w), dtype=np.float32),
+            "mask": rng.standard_normal((n, 1, h, w), dtype=np.float32)}
+
+
+def _ask(mod, client, feeds: dict, outputs=None):
+    inputs = []
+    for name, x in feeds.items():
+        i = mod.InferInput(name, list(x.shape), "FP32")
+        i.set_data_from_numpy(x)
+        inputs.append(i)
+    asked = [mod.InferRequestedOutput(o) for o in outputs] if outputs else None
+    return client.infer("tiny_seg", inputs, outputs=asked)
+
+
+@needs_triton
+def test_serve_answers_a_dynamic_multi_output_model_at_two_sizes(served_seg, seg_folder):
+    """Over HTTP (through serve's front) and gRPC, at 16x24 and 40x8: every output by name equals ONNX
+    Runtime's run_all on the same inputs (abs <= 1e-5); a request may ask for one output only. Then 4
+    clients at once, each alternating the two sizes, every answer its own request's (requests of both
+    sizes wait in the dynamic batcher together)."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from resgraph.runtime import open_session
+    with open_session(str(seg_folder), "ort-cpu") as direct:
+        for h, w in ((16, 24), (40, 8)):
+            feeds = _seg_feeds(2, h, w)
+            want = direct.run_all(feeds)
+            assert [want[k].shape for k in want] == [(2, 4, h, w), (2, 4, h // 2, w // 2), (2, 4)]
+            for mod, url in ((th, served_seg.http_url), (tg, served_seg.grpc_url)):
+                c = mod.InferenceServerClient(url)
+                r = _ask(mod, c, feeds)
+                for name, y in want.items():
+                    assert r.as_numpy(name).shape == y.shape and float(np.abs(r.as_numpy(name) - y).max()) <= 1e-5
+                one = _ask(mod, c, feeds, ["c2"])
+                assert one.as_numpy("seg") is None and float(np.abs(one.as_numpy("c2") - want["c2"]).max()) <= 1e-5
+                c.close()
+        failures, lock = [], threading.Lock()
+
+        def client(k):
+            c = th.InferenceServerClient(served_seg.http_url, connection_timeout=60, network_timeout=60)
+            try:
+                for j in range(8):
+                    feeds = _seg_feeds(1 + j % 3, *((16, 24), (40, 8))[(j + k) % 2], seed=10 * k + j)
+                    got = _ask(th, c, feeds)
+                    with lock:
+                        want = direct.run_all(feeds)
+                    if any(float(np.abs(got.as_numpy(n) - y).max()) > 1e-5 for n, y in want.items()):
+                        failures.append((k, j))
+            except Exception as e:  # noqa: BLE001
+                failures.append((k, repr(e)))
+            finally:
+                c.close()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads) and failures == [], failures[:5]
+
+
+def _seg_infer(*tensors) -> bytes:
+    """An inference request of (name, shape) tensors, each with one value in "data" (a shape refused
+    is refused before its values are counted)."""
+    return json.dumps({"inputs": [{"name": n, "shape": s, "datatype": "FP32", "data": [0]} for n, s in tensors]}).encode()
+
+
+SEG_INFER = "/v2/models/tiny_seg/infer"
+NEAREST = "is not a size the model takes (multiples of 2 from 8 to 40); the nearest valid sizes are"
+UNFIT_SIZES = [
+    ("an odd H", _seg_infer(("image", [1, 3, 17, 16]), ("mask", [1, 1, 17, 16])),
+     f"input 'image': H = 17 {NEAREST} 16 or 18: resize or pad to one"),
+    ("an odd H, every value sent", json.dumps({"inputs": [
+        {"name": n, "shape": [1, c, 17, 16], "datatype": "FP32", "data": [0.5] * (c * 17 * 16)}
+        for n, c in (("image", 3), ("mask", 1))]}).encode(), f"input 'image': H = 17 {NEAREST} 16 or 18"),
+    ("W below the range, the mask sent first", _seg_infer(("mask", [1, 1, 16, 7]), ("image", [1, 3, 16, 7])),
+     f"input 'mask': W = 7 {NEAREST} 8 or 10"),
+    ("the shape that aborts the core", _seg_infer(("image", [32, 3, 100000, 100000]), ("mask", [32, 1, 8, 8])),
+     f"input 'image': H = 100000 {NEAREST} 38 or 40"),
+    ("H not the same in both inputs", _seg_infer(("image", [1, 3, 16, 16]), ("mask", [1, 1, 18, 16])),
+     "input 'mask': H is 18 here but 16 in input 'image': every input's H is the same size"),
+    ("batches that differ", _seg_infer(("image", [2, 3, 16, 16]), ("mask", [1, 1, 16, 16])),
+     "input 'mask' has a batch of 1, but 'image' has 2"),
+    ("a fixed dim not the model's", _seg_infer(("image", [1, 1, 16, 16]), ("mask", [1, 1, 16, 16])),
+     "input 'image' has shape [1, 1, 16, 16]: the model takes [batch, 3, H, W] with batch 1 to 32"),
+    ("an input missing", _seg_infer(("image", [1, 3, 16, 16])), "the model takes image, mask; mask not given"),
+    ("an input twice", _seg_infer(("image", [1, 3, 16, 16]), ("image", [1, 3, 16, 16])), "input 'image' is given twice"),
+    ("a body beyond a full batch at the largest sizes", b" " * 6_700_000,
+     "more than the 6,619,136 that a batch of 32 inputs at the largest valid sizes takes"),
+]
+
+
+def test_the_front_bounds_a_dynamic_model_by_its_largest_valid_sizes(seg_folder):
+    """Fit (what serve's front admits) from the manifest: every input by name with its size variables,
+    and the largest body a full batch of every input at the largest valid sizes (40x40) as JSON."""
+    from resgraph.manifest import read_manifest
+    from resgraph.triton.front import JSON_BYTES_PER_VALUE, Fit
+    fit = Fit.of("tiny_seg", read_manifest(str(seg_folder)), 32)
+    assert fit.inputs == {"image": ("FP32", (3, "H", "W")), "mask": ("FP32", (1, "H", "W"))}
+    assert fit.max_body == (64 << 10) + 32 * (3 + 1) * 40 * 40 * JSON_BYTES_PER_VALUE == 6_619_136
+    assert fit.sizes["H"].valid == tuple(range(8, 41, 2))
+
+
+@needs_triton
+def test_sizes_a_dynamic_model_does_not_take_are_refused_per_input_before_the_core(served_seg):
+    """Through serve's front, a size outside the valid ones is refused (400) naming the input and the
+    nearest valid sizes, in run's words, and so is what else does not fit the inputs together; the
+    core's statistics show none of it reached it (a request the model refuses counts as one there). Over gRPC (the core's own port) the model refuses
+    the odd H with the same words."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+    c = th.InferenceServerClient(served_seg.http_url)
+    before = c.get_inference_statistics("tiny_seg")["model_stats"][0]["inference_stats"]
+    for what, body, says in UNFIT_SIZES:
+        got, text = _post(served_seg.http_url, SEG_INFER, body)
+        error = json.loads(text)["error"]
+        assert (got, says in error) == (413 if "body" in what else 400, True), (what, got, text)
+    after = c.get_inference_statistics("tiny_seg")["model_stats"][0]["inference_stats"]
+    assert (after["success"], after["fail"]) == (before["success"], before["fail"])
+    g = tg.InferenceServerClient(served_seg.grpc_url)
+    with pytest.raises(InferenceServerException, match=f"input 'image': H = 17 {re.escape(NEAREST)} 16 or 18"):
+        _ask(tg, g, _seg_feeds(1, 17, 16))
+    g.close()
+    assert float(np.abs(_ask(th, c, _seg_feeds(1, 8, 40)).as_numpy("emb")).max()) >= 0   # still answering
+    c.close()
+
+
+@needs_triton
+def test_the_multi_output_example_of_the_deployment_guide_is_what_resgraph_does(served_seg, seg_folder, tmp_path,
+                                                                                 capsys):
+    """docs/deploy.md's size-variable example, block by block: its spec is this file's SEG, its
+    config.pbtxt is what `export triton` writes for it, its client (folder and address swapped for the
+    test's) prints what the guide shows against the real server, and its curl gets the refusal shown."""
+    from conftest import ROOT
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text[text.index("### Several inputs and outputs, any valid size"):]
+    yaml_, config, code, printed, curl = (m.group(2) for m in re.finditer(r"```(yaml|python|bash|)\n(.*?)```",
+                                                                         section, re.S))
+    assert yaml_ == SEG
+    path = export_triton(str(seg_folder), str(tmp_path / "repo"), TritonOptions())
+    assert open(os.path.join(path, "config.pbtxt")).read() == config
+    code = code.replace('"compiled/tiny_seg"', repr(str(seg_folder))).replace('"localhost:8000"',
+                                                                              repr(served_seg.http_url))
+    exec(compile(code, "docs/deploy.md", "exec"), {})
+    assert capsys.readouterr().out == printed
+    request, answer = re.fullmatch(r"\$ curl -s \S+ -d '(.*?)'\n(.*)\n", curl, re.S).groups()
+    assert _post(served_seg.http_url, SEG_INFER, request.encode()) == (400, answer)
