@@ -199,9 +199,11 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
     if precision not in ("fp32", "fp16"):
         raise OptionError.at("--precision", f"unknown precision '{precision}'",
                              "fp32 or fp16 (tf32 and bf16: with --engine)")
-    if engine is not None:   # TensorRT present, and the precision buildable on its version
+    if engine is not None:   # a profile the model takes (--shapes), TensorRT present, the precision buildable on it
         from .backends.tensorrt.build import import_tensorrt
         from .backends.tensorrt.options import typing_plan, version_tuple
+        from .backends.tensorrt.profile import resolve
+        resolve(engine, io_infos(checked)[0], size_ranges(checked))
         typing_plan(engine.precision, precision, version_tuple(import_tensorrt().__version__), "--precision")
     out = out or os.path.join("compiled", checked.spec.name)
     target = os.path.realpath(out) if os.path.islink(out) else out   # Stage works on the real folder
@@ -265,8 +267,7 @@ def describe(plan: Plan, w: Weights) -> Manifest:
     from .runtime.preprocess import Preprocess
     spec, graph, c = plan.checked.spec, plan.checked.graph, plan.checked
     ins, outs = io_infos(c)
-    sizes = {} if c.sizes is None else {k: SizeRange(c.spec.sizes[k].lo, c.spec.sizes[k].hi, tuple(v))
-                                        for k, v in c.sizes.valid.items()}
+    sizes = size_ranges(c)
     return Manifest(
         name=spec.name, resgraph_version=__version__, spec_sha256=spec.sha256, spec_source=plan.spec_path,
         trained=w.trained, weights_source=w.source, precision=plan.precision, opset=plan.opset, folded=plan.fold,
@@ -275,6 +276,12 @@ def describe(plan: Plan, w: Weights) -> Manifest:
         labels=tuple(spec.labels) if spec.labels is not None else None,
         params=c.params, macs=c.sizes.macs if c.sizes is not None else c.macs,
         projections=tuple(p.to_json() for p in graph.projections))
+
+
+def size_ranges(c) -> dict:
+    """The size variables of a checked spec as the manifest records them: {var: SizeRange}."""
+    return {} if c.sizes is None else {k: SizeRange(c.spec.sizes[k].lo, c.spec.sizes[k].hi, tuple(v))
+                                       for k, v in c.sizes.valid.items()}
 
 
 def io_infos(checked) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:

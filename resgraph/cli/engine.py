@@ -11,16 +11,28 @@ import click
 
 from .common import run
 
-ENGINE_FLAGS = ("batch", "workspace", "opt_level", "timing_cache", "no_timing_cache", "hardware_compatibility",
-                "version_compatible")   # the BuildOptions flags (backends.tensorrt.options.from_flags)
+ENGINE_FLAGS = ("batch", "shapes", "min_shapes", "opt_shapes", "max_shapes", "workspace", "opt_level", "timing_cache",
+                "no_timing_cache", "hardware_compatibility", "version_compatible")
+# the BuildOptions flags (backends.tensorrt.options.from_flags)
 
 
 def engine_options(f):
     """The options of an engine build (trtexec's names in brackets in the help)."""
     for opt in reversed([
         click.option("--batch", "batch", default=None,
-                     help="Batch profile MIN:OPT:MAX (N: fixed; MIN:MAX: opt = max) [trtexec --minShapes/--optShapes/"
-                          "--maxShapes] [default: 1:32:32, or the engine's own when rebuilding]."),
+                     help="Batch profile MIN:OPT:MAX of every input (N: fixed; MIN:MAX: opt = max) [the first dim of "
+                          "trtexec's --minShapes/--optShapes/--maxShapes] [default: 1:32:32, the batch of --shapes "
+                          "where given, or the engine's own when rebuilding]."),
+        click.option("--shapes", default=None, metavar="NAME:MIN:OPT:MAX,...",
+                     help="Each input's profile, shapes as trtexec writes them with the batch first, e.g. "
+                          "image:1x3x224x224:8x3x512x512:32x3x1024x1024 (one shape: fixed, as trtexec --shapes; "
+                          "MIN:MAX: opt = max); inputs not named: --batch, and each size variable from its smallest "
+                          "valid size to its largest (docs/tensorrt.md)."),
+        click.option("--min-shapes", default=None, metavar="NAME:SHAPE,...",
+                     help="trtexec's --minShapes; with --opt-shapes, --max-shapes, each point not given filled as "
+                          "trtexec fills it (docs/tensorrt.md)."),
+        click.option("--opt-shapes", default=None, metavar="NAME:SHAPE,...", help="trtexec's --optShapes."),
+        click.option("--max-shapes", default=None, metavar="NAME:SHAPE,...", help="trtexec's --maxShapes."),
         click.option("--workspace", type=click.IntRange(1, 1 << 24), default=None,
                      help="Workspace pool limit in MiB [--memPoolSize=workspace:N] [default: TensorRT's, the GPU's memory]."),
         click.option("--opt-level", type=click.IntRange(0, 5), default=None,
@@ -50,9 +62,10 @@ def parity_gate(options, device_id: int):
     def gate(folder):
         from ..runtime import Options
         from ..runtime.gate import gate as run_gate
-        for p in run_gate(folder, Options(device_id=device_id), options.batch.sizes()):
+        for where, p in run_gate(folder, Options(device_id=device_id)):
             if "tensorrt" in (p.reference, p.other):
-                click.echo(f"  parity {p.other} vs {p.reference}: max |a-b| {p.max_abs:.2e}  ok ({p.tolerance})", err=True)
+                click.echo(f"  parity at {where}: {p.other} vs {p.reference}: max |a-b| {p.max_abs:.2e}  ok "
+                           f"({p.tolerance})", err=True)
     return gate
 
 
@@ -61,8 +74,11 @@ def print_engine(info, folder: str) -> None:
     reach the terminal as escape sequences)."""
     from ..render import escape
     o = info.options
+    # the batch profile where every other dim is fixed; else every input's MIN:OPT:MAX (as --shapes takes them)
+    profile = f"batch {o.batch}" if all(p.fixed for p in info.profile) else \
+        f"shapes {','.join(map(str, info.profile))}"
     click.echo(escape(f"  model.engine  {info.engine_bytes:>12,} bytes  TensorRT {info.tensorrt_version}, {o.precision}"
-                      f"{' (strongly typed)' if info.strongly_typed else ''}, batch {o.batch}, {info.gpu_name} "
+                      f"{' (strongly typed)' if info.strongly_typed else ''}, {profile}, {info.gpu_name} "
                       f"(sm {info.compute_capability}), built in {info.build_seconds:.1f} s"))
     click.echo("  engine.json")
 
@@ -115,6 +131,7 @@ def _print_info(report: dict, info, folder: str) -> None:
     print_engine(info, folder)
     click.echo(escape(f"  inputs  {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.inputs)}"))
     click.echo(escape(f"  outputs {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.outputs)}"))
+    click.echo(escape(f"  profile {','.join(map(str, info.profile))}  (per input NAME:MIN:OPT:MAX)"))
     click.echo(escape(f"  from model.onnx sha256 {info.onnx_sha256[:16]}"))
     if here["runs"] is None:
         click.echo(f"  here: cannot tell ({escape(str(here.get('why')))})")

@@ -12,50 +12,96 @@ import numpy as np
 
 from ..errors import ArtifactError
 from .base import Options
-from .parity import FP32_ABS, Pair, compare, noise_floor, order
+from .parity import FP32_ABS, Pair, compare, order
 from .session import BACKENDS, open_session
 
 
-def gate(folder: str, options, batches: tuple[int, ...]) -> list[Pair]:
+def gate(folder: str, options) -> list[tuple[str, Pair]]:
     """compile --engine's parity gate: the engine against ONNX Runtime and, where torch is installed,
-    the checkpoint's PyTorch module, on random normalised inputs in batches of each size given (the
-    profile's MIN, OPT and MAX); the tolerance is the engine precision's. Raises ArtifactError on any
-    pair beyond it, and on any NaN or infinity in the engine's output (fp16 overflow) before comparing."""
+    the checkpoint's PyTorch module, on random normalised inputs at each point of the engine's profile
+    (engine.json's: every input at its MIN shapes, then OPT, then MAX), every output compared at the
+    engine precision's tolerance. Returns (where: the point, its shapes and the output; the pair).
+    Raises ArtifactError on any pair beyond it, and on any NaN or infinity in the engine's outputs
+    (fp16 overflow) before comparing."""
+    from ..backends.tensorrt.engine_json import read_engine_info
+    points = profile_points(read_engine_info(folder).profile)
     refs = [n for n in ("torch-cpu", "ort-cuda" if BACKENDS["ort-cuda"].probe(folder).ok else "ort-cpu")
             if BACKENDS[n].probe(folder).ok]
-    sessions = {}
+    where = f"{folder}/model.engine"
+    sessions, pairs, rng = {}, [], np.random.default_rng(0)
     try:
         for n in ["tensorrt", *refs]:
             sessions[n] = open_session(folder, n, options)
-        shape = sessions["tensorrt"].input_shape
-        x = np.random.default_rng(0).standard_normal((sum(batches), *shape), dtype=np.float32)
-        outputs, start = {n: [] for n in sessions}, 0
-        for b in batches:
-            for n, s in sessions.items():
-                outputs[n].append(s.run(x[start:start + b]))
-            start += b
-        outputs = {n: np.concatenate(v) for n, v in outputs.items()}
-        where = f"{folder}/model.engine"
-        if not np.isfinite(outputs["tensorrt"]).all():
-            raise ArtifactError.at(where, f"the {sessions['tensorrt'].precision} engine's outputs hold NaN or "
-                                   "infinity on random normalised inputs (fp16 overflow?)",
-                                   "build with --precision fp32 or tf32 (or compile with --no-fold); --no-parity-gate "
-                                   "skips this check")
-        torch_ref = sessions.get("torch-cpu")
-        floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
-        # without torch there is no fp64 reference to measure fp32's own noise against: an fp32 engine
-        # (other kernels, other summation orders) is then held to 1e-4 relative to the output's size
-        pairs = compare({n: outputs[n] for n in order(list(outputs))}, {n: s.precision for n, s in sessions.items()},
-                        floor, fp32_rel=None if floor is not None else FP32_ABS)
+        for label, shapes in points:
+            feeds = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
+            outputs = {n: s.run_all(feeds) for n, s in sessions.items()}
+            pairs += _compare_point(label, feeds, outputs, sessions, where)
     finally:
         for s in sessions.values():
             s.close()
-    bad = [p for p in pairs if not p.ok and "tensorrt" in (p.reference, p.other)]
+    bad = [(w, p) for w, p in pairs if not p.ok and "tensorrt" in (p.reference, p.other)]
     if bad:
-        raise ArtifactError.at(where, "the engine fails the parity gate: " + "; ".join(
-            f"{p.other} vs {p.reference}: max |a-b| {p.max_abs:.3g}, scaled {p.max_scaled:.3g} (needs {p.tolerance})"
-            for p in bad), "compare precisions with resgraph parity FOLDER; --no-parity-gate keeps the engine anyway")
+        raise ArtifactError.at(where, f"the engine fails the parity gate ({len(bad)} of {len(pairs)} comparisons): "
+                               + "; ".join(f"at {w}, {p.other} vs {p.reference}: max |a-b| {p.max_abs:.3g}, scaled "
+                                           f"{p.max_scaled:.3g} (needs {p.tolerance})" for w, p in bad[:6]),
+                               "compare precisions with resgraph parity FOLDER; --no-parity-gate keeps the engine anyway")
     return pairs
+
+
+def profile_points(profile) -> list[tuple[str, dict]]:
+    """(label, input name -> shape) at the profile's MIN, OPT and MAX (a point equal to an earlier one
+    left out), e.g. ('MIN image 1x3x224x224', {'image': (1, 3, 224, 224)})."""
+    from ..backends.tensorrt.profile import POINTS, dims_text
+    out, seen = [], set()
+    for pt in POINTS:
+        shapes = {p.name: p.at(pt) for p in profile}
+        key = tuple(shapes.items())
+        if key not in seen:
+            seen.add(key)
+            out.append((f"{pt.upper()} " + ", ".join(f"{n} {dims_text(s)}" for n, s in shapes.items()), shapes))
+    return out
+
+
+def _compare_point(label: str, feeds: dict, outputs: dict, sessions: dict, where: str) -> list[tuple[str, Pair]]:
+    """Every output's pairs at one point of the profile; an engine output holding NaN or infinity refused."""
+    trt = outputs["tensorrt"]
+    for name, y in trt.items():
+        if not np.isfinite(y).all():
+            raise ArtifactError.at(where, f"the {sessions['tensorrt'].precision} engine's output {name} holds NaN or "
+                                   f"infinity at {label}, on random normalised inputs (fp16 overflow?)",
+                                   "build with --precision fp32 or tf32 (or compile with --no-fold); --no-parity-gate "
+                                   "skips this check")
+    torch_ref = sessions.get("torch-cpu")
+    fp64: dict = {}
+
+    def floor(name: str):
+        """max |fp32 - fp64| of the torch module's output `name` here: fp32 arithmetic's own noise."""
+        if not fp64:
+            fp64.update(_fp64(torch_ref, feeds))
+        return float(np.abs(outputs["torch-cpu"][name] - fp64[name]).max())
+    out = []
+    for name in trt:
+        # without torch there is no fp64 reference to measure fp32's own noise against: an fp32 engine
+        # (other kernels, other summation orders) is then held to 1e-4 relative to the output's size
+        pairs = compare({n: outputs[n][name] for n in order(list(outputs))},
+                        {n: s.precision for n, s in sessions.items()},
+                        (lambda name=name: floor(name)) if torch_ref is not None else None,
+                        fp32_rel=None if torch_ref is not None else FP32_ABS)
+        shown = label if len(trt) == 1 else f"{label}, output {name}"
+        out += [(shown, p) for p in pairs]
+    return out
+
+
+def _fp64(torch_session, feeds: dict) -> dict:
+    """The torch module in fp64 on the CPU: every output by name."""
+    import copy
+
+    import torch
+    m = copy.deepcopy(torch_session.module).to("cpu").double()
+    with torch.inference_mode():
+        y = m(*[torch.from_numpy(feeds[t.name]).double() for t in torch_session.inputs])
+    ys = list(y) if isinstance(y, tuple) else [y]
+    return {t.name: v.numpy() for t, v in zip(torch_session.outputs, ys)}
 
 
 def rebuild_stale(folder: str, backend: str, device_id: int) -> str | None:
@@ -80,5 +126,5 @@ def rebuild_stale(folder: str, backend: str, device_id: int) -> str | None:
     recorded = read_engine_info(folder).options
     o = replace(recorded, timing_cache=None if recorded.timing_cache else "")   # the recorded path is the builder's
     print(f"resgraph: rebuilding {folder}/model.engine ({o.command_flags()}): {why}", file=sys.stderr)
-    build_engine(folder, o, device_id, gate=lambda staged: gate(staged, Options(device_id=device_id), o.batch.sizes()))
+    build_engine(folder, o, device_id, gate=lambda staged: gate(staged, Options(device_id=device_id)))
     return why

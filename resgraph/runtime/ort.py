@@ -6,7 +6,8 @@ binding so ONNX Runtime copies nothing itself, and the output is copied back (de
 TensorRT (ort-trt): ONNX Runtime's TensorRT execution provider, CUDA's behind it for what TensorRT
 does not take, I/O bound as for CUDA. It builds its engines on the first session (minutes for a big
 model) into the compiled folder's ort-trt-cache/ (engines and timing cache), which later sessions
-load; its batch profile is the folder's engine.json's where there is one, else 1:32:32. TensorRT
+load; its profile (every input's MIN, OPT, MAX shapes) is the folder's engine.json's where there is
+one, else engine build's default (batch 1:32:32, size variables over their valid range). TensorRT
 enables TF32 by default and the provider has no option to turn it off: an fp32 model reports tf32.
 With cuda_graph, ONNX Runtime captures the whole run as one CUDA graph on its second run and
 replays it after (enable_cuda_graph); a graph is bound to its buffers' addresses and shapes, so
@@ -93,20 +94,23 @@ class OrtSession(Session):
         return sess
 
     def _trt_options(self) -> dict:
-        """The TensorRT provider's options: engine and timing cache in the compiled folder, one batch profile."""
+        """The TensorRT provider's options: engine and timing cache in the compiled folder, and one
+        profile: every input's MIN, OPT and MAX shapes from engine.json where there is one, else the
+        profile `engine build` gives by default (backends/tensorrt/profile.py: batch 1:32:32, each
+        size variable from its smallest valid size to its largest)."""
         from ..backends.tensorrt.engine_json import read_engine_info
-        from ..backends.tensorrt.options import BatchProfile
+        from ..backends.tensorrt.options import BuildOptions
+        from ..backends.tensorrt.profile import dims_text, resolve
         try:
-            batch = read_engine_info(self.folder).options.batch
+            profile = read_engine_info(self.folder).profile
         except Exception:  # noqa: BLE001  (no engine.json, or a damaged one: the default profile)
-            batch = BatchProfile(1, 32, 32)
+            profile = resolve(BuildOptions(), self.inputs, self.sizes)
         cache = os.path.join(self.folder, "ort-trt-cache")
-        sizes = self.default_sizes()
-        shape = lambda n: ",".join(f"{t.name}:{n}x{'x'.join(map(str, t.at(sizes)))}" for t in self.inputs)  # noqa: E731
+        shapes = lambda point: ",".join(f"{p.name}:{dims_text(p.at(point))}" for p in profile)  # noqa: E731
         return {"device_id": str(self.options.device_id), "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
-                "trt_profile_min_shapes": shape(batch.min), "trt_profile_opt_shapes": shape(batch.opt),
-                "trt_profile_max_shapes": shape(batch.max)}
+                "trt_profile_min_shapes": shapes("min"), "trt_profile_opt_shapes": shapes("opt"),
+                "trt_profile_max_shapes": shapes("max")}
 
     def run(self, x: np.ndarray) -> np.ndarray:
         self.one_to_one()

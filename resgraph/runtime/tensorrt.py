@@ -5,19 +5,30 @@ capability, the folder's model.onnx: backends/tensorrt/engine_json.py), then mod
 engine.json's sha256 (a corrupt or replaced file), and only then deserialised with trt.Runtime;
 `--rebuild` (runtime/rebuild.py, a step before opening) rebuilds a mismatched engine from model.onnx.
 
-Running one batch of N (the engine's profile MIN <= N <= MAX; a larger batch runs in chunks of MAX,
-a smaller one is padded to MIN):
+Opening also checks that the plan itself is what engine.json records: its I/O tensors by name
+(num_io_tensors, get_tensor_name, get_tensor_mode) and every input's profile (get_tensor_profile_shape),
+and engine.json's profile against the model (backends/tensorrt/engine_json.check_io).
 
-    x (numpy) -> pinned host buffer (unless x is input_buffer(N), already there) -> cudaMemcpyAsync H2D -> context.set_input_shape([N, ...])
+run_all(feeds) runs every input to every output, by name; run(x) is its one-input, one-output form.
+A request whose sizes lie outside the engine's profile (any dim but the batch) is refused, naming the
+input and the profile's range. One batch of N (the profile's MIN <= N <= MAX; a larger batch runs in
+chunks of MAX, a smaller one is padded to MIN):
+
+    each input (numpy) -> its pinned host buffer (unless it is input_buffer(N), already there) -> H2D
+    -> context.set_input_shape(name, shape) per input (when the shapes change), every output's shape
+       read back from context.get_tensor_shape
     -> execute_async_v3(stream) on device buffers bound by tensor name (set_tensor_address)
-    -> cudaMemcpyAsync D2H -> pinned host buffer -> stream synchronize -> a copy of the N outputs
+    -> D2H of every output -> stream synchronize -> a copy of each
 
 everything on one non-blocking stream of the session's own; host<->device copies are timed with
-CUDA events (last_io). With --cuda-graph, execute_async_v3 is captured once per batch size (after
-one plain run, which TensorRT needs to finish its shape-dependent set-up) into a CUDA graph on an
-execution context of its own, and replayed. All contexts share one block of activation memory
-(TensorRT >= 10.1: user-managed, engine.device_memory_size_v2), as they run one at a time on one
-stream; a lock keeps one run() at a time.
+CUDA events (last_io). Each I/O tensor has one pinned host buffer and one device buffer, allocated
+at open for the profile's MAX batch at its OPT sizes and grown (never shrunk) to the largest shape a
+request needs; a buffer that grows moves, so the contexts are bound to it again. With --cuda-graph,
+execute_async_v3 is captured once per set of input shapes (after one plain run, which TensorRT
+needs to finish its shape-dependent set-up) into a CUDA graph on an execution context of its own,
+and replayed; growing a buffer drops the graphs (they hold the old addresses). All contexts share
+one block of activation memory (TensorRT >= 10.1: user-managed, engine.device_memory_size_v2), as
+they run one at a time on one stream; a lock keeps one run at a time.
 """
 from __future__ import annotations
 
@@ -29,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, DataError
 from .base import Availability, Options, Session, nvidia_gpu_visible
 
 if TYPE_CHECKING:   # the annotations' names; imported for real when a session opens
@@ -70,9 +81,9 @@ def open_engine(folder: str, manifest, options: Options):
 def check_engine(folder: str, manifest, device_id: int):
     """(engine.json's record, the plan's bytes) of a model.engine that can run on this GPU; an
     EngineMismatch naming what differs otherwise (TensorRT version, compute capability, model.onnx,
-    a corrupt plan, the I/O), all before anything deserialises the plan."""
+    a corrupt plan, the I/O or the profile against the model), all before anything deserialises the plan."""
     from ..backends.tensorrt.build import import_tensorrt
-    from ..backends.tensorrt.engine_json import EngineMismatch, check_compatible, read_engine_info
+    from ..backends.tensorrt.engine_json import EngineMismatch, check_compatible, check_io, read_engine_info
     from ..backends.tensorrt.gpu import gpu
     trt = import_tensorrt()
     info = read_engine_info(folder)
@@ -86,12 +97,7 @@ def check_engine(folder: str, manifest, device_id: int):
     if hashlib.sha256(plan).hexdigest() != info.engine_sha256:
         raise EngineMismatch.at(path, f"model.engine does not match engine.json's sha256 ({len(plan):,} bytes, "
                                 f"{info.engine_bytes:,} recorded): corrupt, truncated or replaced", rebuild)
-    ins, outs = [t.name for t in info.inputs], [t.name for t in info.outputs]
-    if ins != [manifest.input.name] or outs != [manifest.output.name] or \
-            any(t.dtype != "float32" for t in (*info.inputs, *info.outputs)):
-        raise EngineMismatch.at(os.path.join(folder, "engine.json"), f"the engine's I/O {ins} -> {outs} "
-                                f"({', '.join(t.dtype for t in (*info.inputs, *info.outputs))}) is not the "
-                                f"manifest's {manifest.input.name} -> {manifest.output.name} (float32)", rebuild)
+    check_io(folder, info, manifest)
     return info, plan
 
 
@@ -109,6 +115,7 @@ class TensorRTSession(Session):
         self.device = f"cuda:{options.device_id}"
         info, plan = check_engine(folder, manifest, options.device_id)
         self.info, self.profile = info, info.options.batch
+        self.shapes = {p.name: p for p in info.profile}     # every input's MIN, OPT and MAX shapes
         self.precision = info.options.precision
         path = os.path.join(folder, "model.engine")
         rebuild = f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}  (or pass --rebuild)"
@@ -121,28 +128,88 @@ class TensorRTSession(Session):
         if self.engine is None:
             raise EngineMismatch.at(path, "TensorRT could not deserialise model.engine: " +
                                     ("; ".join(self._log.errors[-3:]) or "no reason given"), rebuild)
+        found = self._plan_differs()
+        if found:
+            raise EngineMismatch.at(path, "model.engine is not what engine.json records: " + found, rebuild)
         self._lock = threading.Lock()             # one stream, one set of buffers: one run at a time
-        self._graphs: dict[int, tuple] = {}       # batch -> (its context, its CUDA graph)
-        self._shape: int | None = None             # the batch the plain context's input shape is set to
+        self._graphs: dict[tuple, tuple] = {}     # input shapes -> (their context, their CUDA graph)
+        self._set: tuple | None = None            # the input shapes the plain context is set to
+        self._outs: dict[tuple, dict] = {}        # input shapes -> every output's shape
+        self.host: dict = {}                      # tensor name -> pinned host buffer (flat float32)
+        self.dev: dict = {}                       # tensor name -> device buffer
+        self._moved, self._bound = 0, 0           # buffers moved so far; ... when the plain context was bound
         self.stream = self.context = self._memory = None
-        self.host_in = self.host_out = self.dev_in = self.dev_out = None
         self._events = []
         try:
             self.stream = cuda.Stream()
             self._events = [cuda.Event() for _ in range(4)]
-            n = self.profile.max
-            self.host_in = cuda.PinnedBuffer((n, *self.input_shape))
-            self.host_out = cuda.PinnedBuffer((n, *self.output_shape))
-            self.dev_in = cuda.DeviceBuffer(self.host_in.nbytes)
-            self.dev_out = cuda.DeviceBuffer(self.host_out.nbytes)
+            self._reserve_opt()
             if hasattr(self.engine, "device_memory_size_v2"):   # TensorRT >= 10.1
-                # every context (the plain one, one per captured batch size) runs on this stream, one
+                # every context (the plain one, one per captured set of shapes) runs on this stream, one
                 # at a time: they share one block of activation memory instead of one block each
                 self._memory = cuda.DeviceBuffer(self.engine.device_memory_size_v2)
             self.context = self._context()
+            self._bound = self._moved
         except BaseException:
             self.close()
             raise
+
+    def _plan_differs(self) -> str:
+        """What in the deserialised plan is not engine.json's record: its I/O tensors by name, and
+        every input's profile (MIN, OPT, MAX); "" where nothing."""
+        trt, engine = self.trt, self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        ins = sorted(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        outs = sorted(n for n in names if n not in ins)
+        want = (sorted(t.name for t in self.info.inputs), sorted(t.name for t in self.info.outputs))
+        if (ins, outs) != want:
+            return f"its inputs {ins} and outputs {outs}, engine.json's {want[0]} and {want[1]}"
+        for p in self.info.profile:
+            got = tuple(tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(p.name, 0))
+            if got != (p.min, p.opt, p.max):
+                return f"{p.name}'s profile is {':'.join('x'.join(map(str, s)) for s in got)}, engine.json's {p}"
+        return ""
+
+    def _reserve_opt(self) -> None:
+        """Every I/O tensor's buffers, for the profile's MAX batch at its OPT sizes."""
+        opt = {t.name: (self.profile.max, *self.shapes[t.name].opt[1:]) for t in self.inputs}
+        for name, shape in {**opt, **self._expected(opt)}.items():
+            self._reserve(name, int(np.prod(shape)))
+
+    def _expected(self, shapes: dict) -> dict:
+        """Every output's shape for these input shapes (name -> [N, ...]), as the manifest gives it."""
+        sizes = {d: shapes[t.name][i] for t in self.inputs for i, d in enumerate(t.sample_shape, start=1)
+                 if isinstance(d, str)}
+        n = next(iter(shapes.values()))[0]
+        return {t.name: (n, *t.at(sizes)) for t in self.outputs}
+
+    def _reserve(self, name: str, count: int) -> None:
+        """`name`'s host and device buffers hold at least `count` float32s: grown (never shrunk) to the
+        largest shape needed. A grown buffer moves: the contexts are bound again, the CUDA graphs
+        (bound to the old addresses) dropped. Runs between batches (each ends synchronized)."""
+        have = self.host.get(name)
+        if have is not None and have.array.size >= count:
+            return
+        host = self.cuda.PinnedBuffer((count,))
+        try:
+            dev = self.cuda.DeviceBuffer(count * 4)
+        except BaseException:
+            host.free()
+            raise
+        old = (have, self.dev.get(name))
+        self.host[name], self.dev[name] = host, dev
+        for b in old:
+            if b is not None:
+                b.free()
+        self._moved += 1
+        self._drop_graphs()
+
+    def _drop_graphs(self) -> None:
+        import contextlib
+        for _, g in self._graphs.values():
+            with contextlib.suppress(Exception):
+                g.destroy()
+        self._graphs.clear()
 
     def _context(self) -> "trt.IExecutionContext":
         trt = self.trt
@@ -156,75 +223,131 @@ class TensorRTSession(Session):
             raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not create an execution "
                                   "context (out of GPU memory?): " + ("; ".join(self._log.errors[-3:]) or "no reason "
                                   "given"), f"free GPU memory (nvidia-smi), or rebuild with a smaller --batch than "
-                                  f"{self.profile}")
-        for name, ptr in ((self.input_name, self.dev_in.ptr), (self.output_name, self.dev_out.ptr)):
-            if not ctx.set_tensor_address(name, ptr):
+                                  f"{self.profile} (or smaller MAX shapes)")
+        self._bind(ctx)
+        return ctx
+
+    def _bind(self, ctx: "trt.IExecutionContext") -> None:
+        """Every I/O tensor's device buffer, by name."""
+        for name, buf in self.dev.items():
+            if not ctx.set_tensor_address(name, buf.ptr):
                 raise BackendError.at(name, "TensorRT refused the tensor's device address: " +
                                       ("; ".join(self._log.errors[-3:]) or "no reason given"),
                                       f"rebuild the engine: resgraph engine build {self.folder}")
-        return ctx
 
-    def _set_shape(self, ctx: "trt.IExecutionContext", n: int) -> None:
-        if not ctx.set_input_shape(self.input_name, (n, *self.input_shape)):
-            raise BackendError.at(self.input_name, f"TensorRT refused the input shape {[n, *self.input_shape]} "
-                                  f"(profile {self.profile}): " + ("; ".join(self._log.errors[-3:]) or "no reason given"),
-                                  f"rebuild the engine with a --batch profile covering {n}")
+    def _set_shapes(self, ctx: "trt.IExecutionContext", key: tuple) -> None:
+        """Every input's shape (key: the inputs' shapes, in the manifest's order)."""
+        for t, shape in zip(self.inputs, key):
+            if not ctx.set_input_shape(t.name, shape):
+                raise BackendError.at(t.name, f"TensorRT refused the input shape {list(shape)} (profile "
+                                      f"{self.shapes[t.name]}): " + ("; ".join(self._log.errors[-3:]) or "no reason given"),
+                                      "rebuild the engine with a profile covering it (--batch, --shapes)")
 
     def describe(self) -> str:
-        return f"tensorrt {self.info.tensorrt_version} on {self.device}, {self.precision}, batch {self.profile}"
+        sized = "" if all(p.fixed for p in self.shapes.values()) else \
+            ", shapes " + ",".join(map(str, self.shapes.values()))
+        return f"tensorrt {self.info.tensorrt_version} on {self.device}, {self.precision}, batch {self.profile}{sized}"
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = self.check_batch(x)
-        n = x.shape[0]
-        if n > self.profile.max:                   # in chunks the profile admits
-            return np.concatenate([self.run(x[i:i + self.profile.max]) for i in range(0, n, self.profile.max)])
-        if n < self.profile.min:                   # padded: samples are independent at inference
-            pad = np.zeros((self.profile.min - n, *self.input_shape), np.float32)
-            return self.run(np.concatenate([x, pad]))[:n]
+        self.one_to_one()
+        return self.run_all({self.input_name: x})[self.output_name]
+
+    def run_all(self, feeds: dict) -> dict:
+        from ..backends.tensorrt.profile import outside
+        feeds = self.check_feeds(feeds)
+        bad = outside(self.shapes, self.inputs, {k: x.shape for k, x in feeds.items()})
+        if bad:
+            raise DataError.at(*bad)
+        n, b = next(iter(feeds.values())).shape[0], self.profile
+        if n > b.max:                              # in chunks the profile admits
+            parts = [self.run_all({k: x[i:i + b.max] for k, x in feeds.items()}) for i in range(0, n, b.max)]
+            return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        if n < b.min:                              # padded: samples are independent at inference
+            padded = {k: np.concatenate([x, np.zeros((b.min - n, *x.shape[1:]), np.float32)]) for k, x in feeds.items()}
+            return {k: y[:n] for k, y in self.run_all(padded).items()}
         with self._lock:
-            return self._run(x)
+            return self._run(feeds)
 
-    def input_buffer(self, n: int) -> np.ndarray:
-        if self.profile.min <= n <= self.profile.max:
-            return self.host_in.array[:n]      # pinned: run() sends it as is
-        return super().input_buffer(n)
+    def input_buffer(self, n: int, shape: tuple | None = None) -> np.ndarray:
+        shape = tuple(shape or self.input_shape)
+        p = self.shapes[self.input_name]
+        if self.profile.min <= n <= self.profile.max and len(shape) == len(p.min) - 1 and \
+                all(isinstance(v, int) and lo <= v <= hi for v, lo, hi in zip(shape, p.min[1:], p.max[1:])):
+            count = n * int(np.prod(shape))
+            with self._lock:
+                self._reserve(self.input_name, count)
+                return self.host[self.input_name].array[:count].reshape(n, *shape)   # pinned: run() sends it as is
+        return super().input_buffer(n, shape)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, feeds: dict) -> dict:
         s, (e0, e1, e2, e3) = self.stream, self._events
-        n = x.shape[0]
-        if x.ctypes.data != self.host_in.ptr:  # not written into input_buffer(): stage it (pageable -> pinned)
-            np.copyto(self.host_in.array[:n], x)
+        key = tuple(x.shape for x in feeds.values())
+        for name, x in feeds.items():
+            self._reserve(name, x.size)
+        outs = self._output_shapes(key)
+        for name, x in feeds.items():
+            if x.ctypes.data != self.host[name].ptr:   # not written into input_buffer(): staged (pageable -> pinned)
+                np.copyto(self.host[name].array[:x.size].reshape(x.shape), x)
         e0.record(s)
-        s.h2d(self.dev_in.ptr, self.host_in.ptr, x.nbytes)
+        for name, x in feeds.items():
+            s.h2d(self.dev[name].ptr, self.host[name].ptr, x.nbytes)
         e1.record(s)
-        if self.options.cuda_graph:
-            if n not in self._graphs:
-                self._graphs[n] = self._capture(n)
-            self._graphs[n][1].launch(s)
-        else:
-            if self._shape != n:
-                self._set_shape(self.context, n)
-                self._shape = n
-            if not self.context.execute_async_v3(int(s)):
-                raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not enqueue the "
-                                      f"batch of {n}: " + ("; ".join(self._log.errors[-3:]) or "no reason given"),
-                                      "see resgraph doctor")
-        out_bytes = n * int(np.prod(self.output_shape)) * 4
+        self._execute(key)
         e2.record(s)
-        s.d2h(self.host_out.ptr, self.dev_out.ptr, out_bytes)
+        for name, shape in outs.items():
+            s.d2h(self.host[name].ptr, self.dev[name].ptr, 4 * int(np.prod(shape)))
         e3.record(s)
         s.synchronize()
         self.last_io = (e1.ms_since(e0) / 1e3, e3.ms_since(e2) / 1e3)
-        return self.host_out.array[:n].copy()
+        return {name: self.host[name].array[:int(np.prod(shape))].reshape(shape).copy() for name, shape in outs.items()}
 
-    def _capture(self, n: int) -> tuple:
-        """An execution context of its own for batch n (sharing the session's activation memory), run
-        once (TensorRT finishes its shape-dependent set-up there), then captured into a CUDA graph."""
+    def _output_shapes(self, key: tuple) -> dict:
+        """Every output's shape for these input shapes, from TensorRT (context.get_tensor_shape once the
+        input shapes are set), which must be the manifest's; the output buffers reserved for them."""
+        outs = self._outs.get(key)
+        if outs is None:
+            self._set_shapes(self.context, key)
+            self._set = key
+            outs = {t.name: tuple(int(d) for d in self.context.get_tensor_shape(t.name)) for t in self.outputs}
+            want = self._expected({t.name: shape for t, shape in zip(self.inputs, key)})
+            if outs != want:
+                raise BackendError.at(os.path.join(self.folder, "model.engine"), f"the engine gives outputs of "
+                                      f"shapes {outs} for inputs of {list(key)}, the manifest says {want}",
+                                      f"rebuild the engine: resgraph engine build {self.folder}")
+            if len(self._outs) >= 1024:           # a size-variable model sees many shapes: keep the table bounded
+                self._outs.clear()
+            self._outs[key] = outs
+        for name, shape in outs.items():
+            self._reserve(name, int(np.prod(shape)))
+        return outs
+
+    def _execute(self, key: tuple) -> None:
+        s = self.stream
+        if self.options.cuda_graph:
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(key)
+            self._graphs[key][1].launch(s)
+            return
+        if self._bound != self._moved:
+            self._bind(self.context)
+            self._bound = self._moved
+        if self._set != key:
+            self._set_shapes(self.context, key)
+            self._set = key
+        if not self.context.execute_async_v3(int(s)):
+            raise BackendError.at(os.path.join(self.folder, "model.engine"), "TensorRT could not enqueue the "
+                                  f"batch of inputs {list(key)}: " + ("; ".join(self._log.errors[-3:]) or
+                                                                     "no reason given"), "see resgraph doctor")
+
+    def _capture(self, key: tuple) -> tuple:
+        """An execution context of its own for these input shapes (sharing the session's activation
+        memory, bound to the buffers as they are), run once (TensorRT finishes its shape-dependent
+        set-up there), then captured into a CUDA graph."""
         ctx = self._context()
-        self._set_shape(ctx, n)
+        self._set_shapes(ctx, key)
         where = os.path.join(self.folder, "model.engine")
         if not ctx.execute_async_v3(int(self.stream)):
-            raise BackendError.at(where, f"TensorRT could not run batch {n}", "leave out --cuda-graph")
+            raise BackendError.at(where, f"TensorRT could not run inputs of {list(key)}", "leave out --cuda-graph")
         self.stream.synchronize()
         graph = self.cuda.Graph(self.stream, lambda: ctx.execute_async_v3(int(self.stream)), where)
         return ctx, graph
@@ -236,15 +359,13 @@ class TensorRTSession(Session):
         if self.stream is not None:
             with contextlib.suppress(BackendError):
                 self.stream.synchronize()
-        for _, g in self._graphs.values():
-            with contextlib.suppress(Exception):
-                g.destroy()
-        self._graphs.clear()
+        self._drop_graphs()
         self.context = None
-        for b in (self.host_in, self.host_out, self.dev_in, self.dev_out, self._memory):
+        for b in (*self.host.values(), *self.dev.values(), self._memory):
             if b is not None:
                 with contextlib.suppress(Exception):
                     b.free()
+        self.host, self.dev = {}, {}
         for e in self._events:
             with contextlib.suppress(Exception):
                 e.destroy()

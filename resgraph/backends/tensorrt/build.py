@@ -34,6 +34,7 @@ from .engine_json import EngineInfo, TensorSpec, write_engine_info
 from .gpu import gpu as this_gpu
 from .gpu import select
 from .options import BuildOptions, default_timing_cache, typing_plan, version_tuple
+from .profile import ShapeProfile, resolve
 
 if TYPE_CHECKING:   # the annotations' names; imported for real, lazily, by import_tensorrt()
     import tensorrt as trt
@@ -121,7 +122,8 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
 
     config = builder.create_builder_config()
     _set_flags(trt, config, options, plan, trt_version)
-    _set_profile(builder, network, config, options.batch)
+    profile = resolve(options, manifest.inputs, manifest.sizes)
+    _set_profile(builder, network, config, profile, where)
     cache_path = _cache_path(options, trt.__version__, card)
     if cache_path:
         _use_timing_cache(config, cache_path, log)
@@ -140,7 +142,7 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
         tensorrt_version=trt.__version__, gpu_name=card.name, compute_capability=card.compute_capability,
         options=replace(options, timing_cache=cache_path or ""), strongly_typed=plan.strongly_typed,
         inputs=_specs([network.get_input(i) for i in range(network.num_inputs)]),
-        outputs=_specs([network.get_output(i) for i in range(network.num_outputs)]),
+        outputs=_specs([network.get_output(i) for i in range(network.num_outputs)]), profile=profile,
         onnx_sha256=manifest.artifacts["model.onnx"].sha256, engine_sha256=hashlib.sha256(data).hexdigest(),
         engine_bytes=len(data), build_seconds=round(seconds, 3),
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), resgraph_version=__version__)
@@ -173,14 +175,29 @@ def _set_flags(trt, config: "trt.IBuilderConfig", options: BuildOptions, plan, t
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
 
-def _set_profile(builder: "trt.Builder", network: "trt.INetworkDefinition", config: "trt.IBuilderConfig", b) -> None:
-    """One optimisation profile: every input's batch from b.min to b.max, tuned for b.opt."""
+def _set_profile(builder: "trt.Builder", network: "trt.INetworkDefinition", config: "trt.IBuilderConfig",
+                 shapes: tuple[ShapeProfile, ...], where: str) -> None:
+    """One optimisation profile: every network input (by name) from its MIN to its MAX shape, tuned
+    for OPT. The network's inputs are model.onnx's, which must be the manifest's."""
+    by_name = {p.name: p for p in shapes}
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if sorted(names) != sorted(by_name):
+        raise ArtifactError.at(where, f"model.onnx's inputs are {', '.join(names)}, the manifest's "
+                               f"{', '.join(by_name)}: the two are not from one compile",
+                               "recompile: resgraph compile SPEC --weights W -o FOLDER")
     profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        t = network.get_input(i)
-        rest = tuple(t.shape)[1:]
-        profile.set_shape(t.name, (b.min, *rest), (b.opt, *rest), (b.max, *rest))
-    config.add_optimization_profile(profile)
+    try:
+        for name in names:
+            p = by_name[name]
+            profile.set_shape(name, p.min, p.opt, p.max)     # RuntimeError: shapes TensorRT finds inconsistent
+        ok = config.add_optimization_profile(profile) >= 0    # -1: an invalid profile
+    except RuntimeError as e:
+        ok, why = False, str(e)
+    else:
+        why = "no reason given"
+    if not ok:
+        raise OptionError.at("--shapes", f"TensorRT refused the optimisation profile {','.join(map(str, shapes))}: "
+                             f"{why}", "rerun with --verbose for TensorRT's log")
 
 
 def _use_timing_cache(config: "trt.IBuilderConfig", cache_path: str, log) -> None:
@@ -204,7 +221,7 @@ def _build_hint(options: BuildOptions) -> str:
     hint = "rerun with --verbose for TensorRT's log"
     if options.workspace_mib is not None:
         hint += f"; a larger --workspace than {options.workspace_mib} MiB may let more tactics run"
-    return hint + f"; a smaller --batch than {options.batch} needs less memory"
+    return hint + f"; a smaller --batch than {options.batch}, or smaller MAX shapes (--shapes), need less memory"
 
 
 def _cache_path(options: BuildOptions, trt_version: str, card) -> str | None:
@@ -330,5 +347,6 @@ def plan_build(artifact: str, precision: str | None, flags: dict) -> tuple[str, 
         except Exception:  # noqa: BLE001  (a damaged engine.json: build from the defaults)
             base = None
     options = from_flags(precision or (None if base else manifest.precision), base=base, **flags)
+    resolve(options, manifest.inputs, manifest.sizes)     # a profile the model cannot take: refused before any work
     typing_plan(options.precision, manifest.precision, version_tuple(import_tensorrt().__version__), "--precision")
     return folder, manifest, options

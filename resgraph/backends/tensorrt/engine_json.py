@@ -7,6 +7,11 @@ TensorRT with a serialization error, or worse; so the runtime checks engine.json
 which of the three differs (TensorRT, GPU, model.onnx) and the command that rebuilds the engine.
 model.engine itself is a plain plan, as `trtexec --saveEngine` writes: trtexec, Polygraphy and
 Triton load it as is.
+
+engine.json records the optimisation profile the plan was built for, every input's MIN, OPT and MAX
+shapes (profile.py); the runtime checks it against the model when it opens the engine and refuses a
+request outside it. Format 1 (before per-input profiles) is still read: its profile is the recorded
+shapes at the batch profile.
 """
 from __future__ import annotations
 
@@ -16,14 +21,15 @@ from dataclasses import dataclass
 
 from ...errors import ArtifactError, OptionError
 from .options import BuildOptions, version_tuple
+from .profile import ShapeProfile, from_specs
 
-FORMAT = 1
+FORMAT = 2      # 2: "profile" holds "inputs", every input's MIN, OPT and MAX shapes
 
 
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    shape: tuple[int, ...]          # -1 for the batch dimension
+    shape: tuple[int, ...]          # -1 for the batch dimension and size variables
     dtype: str                      # numpy's name: float32, float16, ...
 
 
@@ -36,6 +42,7 @@ class EngineInfo:
     strongly_typed: bool
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    profile: tuple[ShapeProfile, ...]   # every input's, in the engine's input order
     onnx_sha256: str                # of the model.onnx it was built from
     engine_sha256: str
     engine_bytes: int
@@ -50,7 +57,8 @@ class EngineInfo:
                 "tensorrt_version": self.tensorrt_version,
                 "gpu": {"name": self.gpu_name, "compute_capability": self.compute_capability},
                 "precision": self.options.precision, "strongly_typed": self.strongly_typed,
-                "profile": {"batch": [self.options.batch.min, self.options.batch.opt, self.options.batch.max]},
+                "profile": {"batch": [self.options.batch.min, self.options.batch.opt, self.options.batch.max],
+                            "inputs": [p.to_json() for p in self.profile]},
                 "build": self.options.to_json(),
                 "inputs": tensors(self.inputs), "outputs": tensors(self.outputs),
                 "onnx_sha256": self.onnx_sha256, "engine_sha256": self.engine_sha256, "engine_bytes": self.engine_bytes,
@@ -58,20 +66,26 @@ class EngineInfo:
 
     @classmethod
     def from_json(cls, d: dict, where: str) -> "EngineInfo":
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            fmt = d.get("format") if isinstance(d, dict) else None
-            raise ArtifactError.at(where, f"engine.json format {fmt!r}, this resgraph reads format {FORMAT}",
+        fmt = d.get("format") if isinstance(d, dict) else None
+        if fmt not in (1, FORMAT) or isinstance(fmt, bool):
+            raise ArtifactError.at(where, f"engine.json format {fmt!r}, this resgraph reads formats 1 and {FORMAT}",
                                    "rebuild the engine: resgraph engine build FOLDER")
         try:
             tensors = lambda ts: tuple(TensorSpec(str(t["name"]), tuple(int(x) for x in t["shape"]), str(t["dtype"]))  # noqa: E731
                                        for t in ts)
+            options, inputs = BuildOptions.from_json(d["build"]), tensors(d["inputs"])
+            profile = tuple(ShapeProfile.from_json(p) for p in d["profile"]["inputs"]) if fmt >= 2 else \
+                from_specs(inputs, options.batch)
+            if any((p.min[0], p.opt[0], p.max[0]) != (options.batch.min, options.batch.opt, options.batch.max)
+                   for p in profile):
+                raise ValueError(f"its profile's batch is not the batch profile {options.batch}")
             return cls(tensorrt_version=str(d["tensorrt_version"]), gpu_name=str(d["gpu"]["name"]),
-                       compute_capability=str(d["gpu"]["compute_capability"]),
-                       options=BuildOptions.from_json(d["build"]), strongly_typed=bool(d["strongly_typed"]),
-                       inputs=tensors(d["inputs"]), outputs=tensors(d["outputs"]), onnx_sha256=str(d["onnx_sha256"]),
+                       compute_capability=str(d["gpu"]["compute_capability"]), options=options,
+                       strongly_typed=bool(d["strongly_typed"]), inputs=inputs, outputs=tensors(d["outputs"]),
+                       profile=profile, onnx_sha256=str(d["onnx_sha256"]),
                        engine_sha256=str(d["engine_sha256"]), engine_bytes=int(d["engine_bytes"]),
                        build_seconds=float(d["build_seconds"]), built_at=str(d["built_at"]),
-                       resgraph_version=str(d["resgraph_version"]))
+                       resgraph_version=str(d["resgraph_version"]), format=FORMAT)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ArtifactError.at(where, f"a damaged engine.json: {type(e).__name__}: {e}",
                                    "rebuild the engine: resgraph engine build FOLDER") from None
@@ -164,6 +178,36 @@ def check_compatible(folder: str, info: EngineInfo, tensorrt_version: str, compu
                               f"rebuild it from model.onnx: {rebuild_command(folder, info)}  (or pass --rebuild)")
         e.differs = tuple(what for what, _ in found)
         raise e
+
+
+def io_mismatches(info: EngineInfo, manifest) -> list[tuple[str, str]]:
+    """(tensor, why) for each way the engine's recorded I/O and profile do not fit the folder's model:
+    every input and output by name, float32, of the manifest's rank and fixed dims, and a profile
+    (profile.mismatches) the model can take."""
+    from .profile import mismatches as profile_mismatches
+    out = []
+    for kind, got, want in (("inputs", info.inputs, manifest.inputs), ("outputs", info.outputs, manifest.outputs)):
+        names, wanted = [t.name for t in got], [t.name for t in want]
+        if sorted(names) != sorted(wanted):
+            out.append((kind, f"the engine's {kind} are {', '.join(names)}, the manifest's {', '.join(wanted)}"))
+            continue
+        by_name = {t.name: t for t in got}
+        for t in want:
+            e = by_name[t.name]
+            if e.dtype != "float32" or len(e.shape) != len(t.shape) or any(
+                    isinstance(m, int) and g != m for g, m in zip(e.shape[1:], t.shape[1:])):
+                out.append((t.name, f"{t.name} is {list(e.shape)} {e.dtype} in the engine, {list(t.shape)} float32 "
+                                    "in the manifest"))
+    return out or profile_mismatches(info.profile, manifest.inputs, manifest.sizes)
+
+
+def check_io(folder: str, info: EngineInfo, manifest) -> None:
+    """Raise EngineMismatch, at engine.json, where io_mismatches finds anything."""
+    found = io_mismatches(info, manifest)
+    if found:
+        raise EngineMismatch.at(os.path.join(folder, "engine.json"), "the engine does not fit the folder's model: "
+                                + "; ".join(why for _, why in found), f"rebuild it: {rebuild_command(folder, info)}  "
+                                "(or pass --rebuild)")
 
 
 def engine_report(artifact: str, device_id: int = 0) -> tuple[dict, EngineInfo, str]:

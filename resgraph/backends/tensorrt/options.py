@@ -1,5 +1,6 @@
-"""What an engine is built with: precision, batch profile, builder options; and how a precision
-becomes TensorRT network flags and builder flags on each TensorRT version. Pure: no TensorRT import.
+"""What an engine is built with: precision, batch profile, input shapes (profile.py), builder options;
+and how a precision becomes TensorRT network flags and builder flags on each TensorRT version. Pure:
+no TensorRT import.
 
 Precision (the engine's compute; input and output stay fp32, as in model.onnx):
     fp32   fp32 model.onnx; TF32 cleared (TensorRT enables it by default: fp32 means fp32 here,
@@ -16,10 +17,11 @@ Precision (the engine's compute; input and output stay fp32, as in model.onnx):
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from ...errors import OptionError
 from ...limits import MAX_BATCH
+from .profile import ShapeProfile, parse_shapes, parse_trtexec
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 HARDWARE_COMPATIBILITY = ("none", "ampere-plus", "same-compute-capability")
@@ -89,6 +91,10 @@ class BuildOptions:
     timing_cache: str | None = None             # None: default_timing_cache(); "" : no timing cache
     hardware_compatibility: str = "none"        # none | ampere-plus | same-compute-capability
     version_compatible: bool = False            # runs on later TensorRT of the same major (lean runtime)
+    shapes: tuple[ShapeProfile, ...] = ()       # the inputs' profiles given (--shapes); the rest: profile.resolve
+    # the option each point (MIN, OPT, MAX) of the shapes came from, where a problem with it is shown
+    # (not recorded)
+    shapes_from: tuple[str, str, str] = field(default=("--shapes",) * 3, compare=False, repr=False)
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -101,21 +107,29 @@ class BuildOptions:
         if self.hardware_compatibility not in HARDWARE_COMPATIBILITY:
             raise OptionError.at("--hardware-compatibility", f"unknown level '{self.hardware_compatibility}'",
                                  " | ".join(HARDWARE_COMPATIBILITY))
+        for p in self.shapes:      # one batch: the inputs' shapes' and --batch's
+            if (p.min[0], p.opt[0], p.max[0]) != (self.batch.min, self.batch.opt, self.batch.max):
+                raise OptionError.at("--batch", f"the batch profile is {self.batch}, but {p} gives "
+                                     f"{p.min[0]}:{p.opt[0]}:{p.max[0]}",
+                                     "every input has one batch: give it in --shapes (every input alike) or --batch")
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["batch"] = [self.batch.min, self.batch.opt, self.batch.max]
-        return d
+        return {"precision": self.precision, "batch": [self.batch.min, self.batch.opt, self.batch.max],
+                "workspace_mib": self.workspace_mib, "optimization_level": self.optimization_level,
+                "timing_cache": self.timing_cache, "hardware_compatibility": self.hardware_compatibility,
+                "version_compatible": self.version_compatible, "shapes": [p.to_json() for p in self.shapes]}
 
     @classmethod
     def from_json(cls, d: dict) -> "BuildOptions":
         return cls(precision=d["precision"], batch=BatchProfile(*d["batch"]), workspace_mib=d["workspace_mib"],
                    optimization_level=d["optimization_level"], timing_cache=d["timing_cache"],
-                   hardware_compatibility=d["hardware_compatibility"], version_compatible=d["version_compatible"])
+                   hardware_compatibility=d["hardware_compatibility"], version_compatible=d["version_compatible"],
+                   shapes=tuple(ShapeProfile.from_json(p) for p in d.get("shapes", ())))   # format 1: none
 
     def command_flags(self) -> str:
         """The `resgraph engine build` flags that reproduce these options."""
-        flags = [f"--precision {self.precision}", f"--batch {self.batch}"]
+        flags = [f"--precision {self.precision}", f"--shapes {','.join(map(str, self.shapes))}" if self.shapes
+                 else f"--batch {self.batch}"]
         if self.workspace_mib is not None:
             flags.append(f"--workspace {self.workspace_mib}")
         if self.optimization_level != 3:
@@ -127,16 +141,53 @@ class BuildOptions:
         return " ".join(flags)
 
 
+def shapes_from_flags(shapes: str | None, min_shapes: str | None, opt_shapes: str | None,
+                      max_shapes: str | None) -> tuple[tuple[ShapeProfile, ...] | None, tuple[str, str, str]]:
+    """(the profiles given, None where none; the option each point came from)."""
+    trtexec = [t for t in (min_shapes, opt_shapes, max_shapes) if t is not None]
+    if shapes is not None and trtexec:
+        raise OptionError.at("--shapes", "--shapes and --min-shapes/--opt-shapes/--max-shapes together",
+                             "give MIN:OPT:MAX per input in --shapes, or trtexec's three options, not both")
+    if shapes is not None:
+        return parse_shapes(shapes), ("--shapes",) * 3
+    if trtexec:
+        return parse_trtexec(min_shapes, opt_shapes, max_shapes)
+    return None, ("--shapes",) * 3
+
+
+def _batch_and_shapes(batch: str | None, shapes, base: "BuildOptions") -> tuple[BatchProfile, tuple]:
+    """The batch profile and shapes from --batch and the shapes given: the shapes' batch (every input's
+    the same, and --batch's where both are given); --batch alone keeps `base`'s shapes at its batch."""
+    b = BatchProfile.parse(batch) if batch is not None else None
+    if shapes is None:
+        if b is None:
+            return base.batch, base.shapes
+        return b, tuple(ShapeProfile(p.name, (b.min, *p.min[1:]), (b.opt, *p.opt[1:]), (b.max, *p.max[1:]))
+                        for p in base.shapes)
+    batches = {(p.min[0], p.opt[0], p.max[0]) for p in shapes}
+    if len(batches) > 1:
+        raise OptionError.at("--shapes", "the inputs' batches differ (" + ", ".join(
+            f"{p.name} {p.min[0]}:{p.opt[0]}:{p.max[0]}" for p in shapes) + ")", "every input has one batch profile")
+    given = BatchProfile(*batches.pop())
+    if b is not None and b != given:
+        raise OptionError.at("--batch", f"--batch {b}, but the shapes give the batch {given}",
+                             "give the batch once: in the shapes (the first dim), or with --batch alone")
+    return given, shapes
+
+
 def from_flags(precision, batch, workspace, opt_level, timing_cache, no_timing_cache, hardware_compatibility,
-               version_compatible, base: BuildOptions | None = None) -> BuildOptions:
+               version_compatible, base: BuildOptions | None = None, shapes: str | None = None,
+               min_shapes: str | None = None, opt_shapes: str | None = None,
+               max_shapes: str | None = None) -> BuildOptions:
     """BuildOptions from the engine flags of the command line (trtexec's in brackets in their help);
     what is not given comes from `base` (the engine being rebuilt), else the defaults."""
     if timing_cache and no_timing_cache:
         raise OptionError.at("--timing-cache", "--timing-cache and --no-timing-cache together", "give one of them")
     b = base or BuildOptions(precision=precision or "fp32")
+    given, sources = shapes_from_flags(shapes, min_shapes, opt_shapes, max_shapes)
+    profile, shaped = _batch_and_shapes(batch, given, b)
     return BuildOptions(
-        precision=precision or b.precision,
-        batch=BatchProfile.parse(batch) if batch is not None else b.batch,
+        precision=precision or b.precision, batch=profile, shapes=shaped, shapes_from=sources,
         workspace_mib=workspace if workspace is not None else b.workspace_mib,
         optimization_level=opt_level if opt_level is not None else b.optimization_level,
         timing_cache="" if no_timing_cache else timing_cache,

@@ -18,6 +18,7 @@ from resgraph.backends.tensorrt.engine_json import (EngineInfo, TensorSpec, chec
                                                     read_engine_info, rebuild_command)
 from resgraph.backends.tensorrt.options import (BatchProfile, BuildOptions, default_timing_cache, typing_plan,
                                                 version_tuple)
+from resgraph.backends.tensorrt.profile import from_specs, resolve
 from resgraph.errors import ArtifactError, BackendError, OptionError
 
 
@@ -114,6 +115,7 @@ def _info(**kw) -> EngineInfo:
              outputs=(TensorSpec("logits", (-1, 1000), "float32"),), onnx_sha256="a" * 64, engine_sha256="b" * 64,
              engine_bytes=51_000_000, build_seconds=41.5, built_at="2026-12-01T01:00:00+00:00", resgraph_version="0.2.0")
     d.update(kw)
+    d.setdefault("profile", from_specs(d["inputs"], d["options"].batch))   # the recorded shapes at the batch profile
     return EngineInfo(**d)
 
 
@@ -121,7 +123,9 @@ def test_engine_json_round_trips():
     info = _info()
     d = json.loads(json.dumps(info.to_json()))
     assert EngineInfo.from_json(d, "engine.json") == info
-    assert d["gpu"] == {"name": "NVIDIA H200", "compute_capability": "9.0"} and d["profile"] == {"batch": [1, 32, 256]}
+    assert d["gpu"] == {"name": "NVIDIA H200", "compute_capability": "9.0"}
+    assert d["profile"] == {"batch": [1, 32, 256], "inputs": [{"name": "input", "min": [1, 3, 224, 224],
+                                                               "opt": [32, 3, 224, 224], "max": [256, 3, 224, 224]}]}
     assert set(d) >= {"tensorrt_version", "precision", "build", "inputs", "outputs", "onnx_sha256", "build_seconds",
                       "built_at", "engine_bytes"}
 
@@ -196,8 +200,8 @@ def test_engine_json_problems_are_named(tmp_path):
     (tmp_path / "engine.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="unreadable engine.json"):
         read_engine_info(str(tmp_path))
-    (tmp_path / "engine.json").write_text(json.dumps({**_info().to_json(), "format": 2}))
-    with pytest.raises(ArtifactError, match="format 2"):
+    (tmp_path / "engine.json").write_text(json.dumps({**_info().to_json(), "format": 3}))
+    with pytest.raises(ArtifactError, match="format 3"):
         read_engine_info(str(tmp_path))
     d = _info().to_json()
     del d["gpu"]
@@ -216,7 +220,8 @@ def _plan(onnx_path, manifest, options, device_id, verbose):
     return data, _info(options=options, onnx_sha256=manifest.artifacts["model.onnx"].sha256,
                        engine_sha256=hashlib.sha256(data).hexdigest(), engine_bytes=len(data),
                        inputs=(TensorSpec(manifest.input.name, (-1, *manifest.input.sample_shape), "float32"),),
-                       outputs=(TensorSpec(manifest.output.name, (-1, *manifest.output.sample_shape), "float32"),))
+                       outputs=(TensorSpec(manifest.output.name, (-1, *manifest.output.sample_shape), "float32"),),
+                       profile=resolve(options, manifest.inputs, manifest.sizes))
 
 
 def test_engine_build_republishes_the_folder_with_the_engine_listed(digits_folder, tmp_path):

@@ -178,7 +178,9 @@ def test_every_qualified_tensorrt_use_exists_in_every_supported_release():
         "ICudaEngine.device_memory_size_v2", "ICudaEngine.create_execution_context",
         "ExecutionContextAllocationStrategy.USER_MANAGED", "IExecutionContext.set_device_memory",
         "IExecutionContext.set_tensor_address", "IExecutionContext.set_input_shape",
-        "IExecutionContext.execute_async_v3", "trt.__version__"}, sorted(seen)
+        "IExecutionContext.execute_async_v3", "trt.__version__", "IExecutionContext.get_tensor_shape",
+        "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
+        "TensorIOMode.INPUT", "ICudaEngine.get_tensor_profile_shape"}, sorted(seen)
 
 
 def test_every_name_the_string_check_sees_is_checked_qualified_too():

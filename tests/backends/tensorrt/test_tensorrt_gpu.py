@@ -3,6 +3,9 @@ runs this file there); skipped, with the reason, elsewhere.
 
     every shipped spec at fp32 and fp16, against ONNX Runtime on the same inputs
     the batch profile at MIN, OPT and MAX (and outside it: chunked, padded)
+    a size-variable model with two inputs and two outputs built with --shapes: every output at the
+    profile's MIN, OPT and MAX and between, against ONNX Runtime; engine.json's profile is the plan's;
+    sizes outside the profile refused; buffers grown to a larger request; CUDA graphs per shape
     CUDA graphs, one per batch size, against plain execution
     the timing cache reused (the second build of the same network is faster)
     another TensorRT version, another GPU, another model.onnx: refused before deserialising, naming which;
@@ -60,18 +63,40 @@ def digits_engine(tmp_path_factory):
                     "2:8:32")
 
 
+def _small_profile(spec, batch: str) -> list[str]:
+    """--shapes for a size-variable spec: each variable from its smallest valid size to its largest
+    up to 256 (the default, its whole range up to 2048, makes a long gate); [] for a fixed one."""
+    from resgraph.backends.tensorrt.options import BatchProfile
+    from resgraph.compile import io_infos, size_ranges
+    from resgraph.frontend import check_file
+    c = check_file(str(spec))
+    sizes = size_ranges(c)
+    if not sizes:
+        return []
+    b = BatchProfile.parse(batch)
+    pick = {k: (r.valid[0], max(v for v in r.valid if v <= max(256, r.valid[0]))) for k, r in sizes.items()}
+    dims = lambda t, i: "x".join(str(pick[d][i] if isinstance(d, str) else d) for d in t.sample_shape)  # noqa: E731
+    return ["--shapes", ",".join(f"{t.name}:{b.min}x{dims(t, 0)}:{b.opt}x{dims(t, 1)}:{b.max}x{dims(t, 1)}"
+                                 for t in io_infos(c)[0])]
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("spec", SPECS, ids=[s.stem for s in SPECS])
 def test_every_shipped_spec_builds_and_matches_onnx_runtime(spec, precision, tmp_path):
     from resgraph.runtime import open_session
-    # the compile's own parity gate runs too (against ONNX Runtime and torch where installed)
-    folder = _compile(spec, tmp_path / spec.stem, precision, "1:2:4", "--opt-level", "1")   # 42 builds: a short search
+    # the compile's own parity gate runs too (against ONNX Runtime and torch where installed), every output
+    folder = _compile(spec, tmp_path / spec.stem, precision, "1:2:4", "--opt-level", "1",   # 42 builds: a short search
+                      *_small_profile(spec, "1:2:4"))
     trt, ort = open_session(str(folder), "tensorrt"), open_session(str(folder), "ort-cpu")
-    x = np.random.default_rng(1).standard_normal((4, *trt.input_shape), dtype=np.float32)
-    a, b = trt.run(x), ort.run(x)
-    assert np.isfinite(a).all()
-    # fp16 model.onnx on both sides: the engine's fp16 against ONNX Runtime's
-    assert _close(a, b, precision), float(np.abs(a - b).max())
+    rng = np.random.default_rng(1)
+    feeds = {t.name: rng.standard_normal((4, *trt.shapes[t.name].max[1:]), dtype=np.float32)   # at the profile's MAX
+             for t in trt.inputs}
+    a, b = trt.run_all(feeds), ort.run_all(feeds)
+    assert list(a) == [t.name for t in trt.outputs]
+    for k in a:
+        assert np.isfinite(a[k]).all()
+        # fp16 model.onnx on both sides: the engine's fp16 against ONNX Runtime's
+        assert _close(a[k], b[k], precision), (k, float(np.abs(a[k] - b[k]).max()))
     assert trt.precision == precision
 
 
@@ -97,7 +122,7 @@ def test_cuda_graphs_match_plain_execution_on_fresh_inputs(digits_engine):
         for n in (2, 8, 32, 8):
             x = rng.standard_normal((n, *plain.input_shape), dtype=np.float32)
             np.testing.assert_array_equal(graphs.run(x), plain.run(x))
-    assert sorted(graphs._graphs) == [2, 8, 32]
+    assert sorted(shapes[0][0] for shapes in graphs._graphs) == [2, 8, 32]      # keyed by the inputs' shapes
 
 
 def test_timing_cache_is_reused_and_shared(tmp_path):
@@ -177,3 +202,92 @@ def test_the_plan_is_plain_tensorrt_and_auto_prefers_it(digits_engine):
     assert r.returncode == 0, r.stdout + r.stderr
     r = run_cli("engine", "info", str(digits_engine), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["here"]["runs"] is True
+
+
+TWO_STREAM = """\
+resgraph: 1
+name: two_stream
+inputs:
+  - {name: image, shape: [3, H, W]}
+  - {name: mask, shape: [1, H, W]}
+sizes: {H: {min: 8, max: 64}, W: {min: 8, max: 64}}
+outputs:
+  - {name: fused, from: s}
+  - {name: emb, from: head}
+layers:
+  - conv: {out: 8, kernel: 3, id: a}
+  - conv: {out: 8, kernel: 3, stride: 2, in: mask}
+  - conv_transpose: {out: 8, kernel: 2, stride: 2}
+  - add: {from: [a], id: s}
+  - global_avgpool
+  - flatten: {id: head}
+"""
+SHAPES = "image:1x3x8x8:4x3x16x32:8x3x32x64"       # mask follows in H and W (one size variable, one value)
+
+
+@pytest.fixture(scope="module")
+def two_stream_engine(tmp_path_factory):
+    """Compiled with --engine --shapes: the compile's own parity gate runs at MIN, OPT and MAX, every output."""
+    spec = tmp_path_factory.mktemp("spec") / "two_stream.yaml"
+    spec.write_text(TWO_STREAM)
+    out = tmp_path_factory.mktemp("trt") / "two_stream"
+    r = run_cli("compile", str(spec), "-o", str(out), "--engine", "--shapes", SHAPES, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    for point in ("MIN image 1x3x8x8, mask 1x1x8x8", "OPT image 4x3x16x32, mask 4x1x16x32",
+                  "MAX image 8x3x32x64, mask 8x1x32x64"):
+        for output in ("fused", "emb"):
+            assert f"parity at {point}, output {output}: " in r.stderr, r.stderr
+    return out
+
+
+def _feeds(n, h, w, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.standard_normal((n, 3, h, w), dtype=np.float32),
+            "mask": rng.standard_normal((n, 1, h, w), dtype=np.float32)}
+
+
+def test_a_size_variable_two_input_two_output_engine_matches_onnx_runtime(two_stream_engine):
+    from resgraph.runtime import open_session
+    trt, ort = open_session(str(two_stream_engine), "tensorrt"), open_session(str(two_stream_engine), "ort-cpu")
+    info = json.loads((two_stream_engine / "engine.json").read_text())
+    assert [p["name"] for p in info["profile"]["inputs"]] == ["image", "mask"]
+    assert info["profile"]["inputs"][1] == {"name": "mask", "min": [1, 1, 8, 8], "opt": [4, 1, 16, 32],
+                                            "max": [8, 1, 32, 64]}
+    # small first, then larger: the output buffers grow to the larger request
+    for n, h, w in ((1, 8, 8), (4, 16, 32), (8, 32, 64), (3, 20, 10), (13, 32, 64), (2, 8, 8)):
+        feeds = _feeds(n, h, w, seed=n)
+        a, b = trt.run_all(feeds), ort.run_all(feeds)
+        assert list(a) == ["fused", "emb"] and a["fused"].shape == (n, 8, h, w) and a["emb"].shape == (n, 8)
+        for k in a:
+            assert _close(a[k], b[k], "fp32"), (n, h, w, k, float(np.abs(a[k] - b[k]).max()))
+    with pytest.raises(Exception) as e:              # outside the profile (H 34 > 32): refused, naming the range
+        trt.run_all(_feeds(1, 34, 8))
+    assert "H = 34 is outside the engine's profile, which takes image's H from 8 to 32" in str(e.value)
+    r = run_cli("engine", "info", str(two_stream_engine))
+    assert r.returncode == 0 and "shapes image:1x3x8x8:4x3x16x32:8x3x32x64,mask:1x1x8x8:4x1x16x32:8x1x32x64" in \
+        r.stdout, r.stdout
+
+
+def test_cuda_graphs_per_input_shapes_on_a_size_variable_engine(two_stream_engine):
+    from resgraph.runtime import Options, open_session
+    plain = open_session(str(two_stream_engine), "tensorrt")
+    graphs = open_session(str(two_stream_engine), "tensorrt", Options(cuda_graph=True))
+    for _ in range(2):
+        for n, h, w in ((2, 8, 8), (4, 16, 32), (8, 32, 64), (4, 16, 32)):
+            feeds = _feeds(n, h, w, seed=h)
+            a, b = graphs.run_all(feeds), plain.run_all(feeds)
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k])
+    assert len(graphs._graphs) == 3
+
+
+def test_the_shipped_unet_engine_runs_at_two_sizes(tmp_path):
+    """A dense output at the input's own size, on a profile given with --shapes (sizes from 32 to 256)."""
+    from resgraph.runtime import open_session
+    folder = _compile(ROOT / "specs" / "unet.yaml", tmp_path / "unet", "fp32", "1:4:4", "--shapes",
+                      "image:1x3x32x32:4x3x128x128:4x3x256x256")
+    trt, ort = open_session(str(folder), "tensorrt"), open_session(str(folder), "ort-cpu")
+    for h, w in ((64, 96), (256, 128)):
+        x = np.random.default_rng(h).standard_normal((2, 3, h, w), dtype=np.float32)
+        a, b = trt.run(x), ort.run(x)
+        assert a.shape == (2, 2, h, w) and _close(a, b, "fp32"), float(np.abs(a - b).max())
