@@ -3,7 +3,7 @@ loop, report and checks as an in-process back end (and `parity` could compare it
 
     http://HOST:PORT or HOST:PORT    Triton's HTTP/REST protocol (tritonclient.http)
     grpc://HOST:PORT                 its gRPC protocol (tritonclient.grpc)
-One request per run(x); last_io is not split out (the network and Triton's queue are in the latency).
+One request per run(x) or run_all(feeds); last_io is not split out (the network and Triton's queue are in the latency).
 """
 from __future__ import annotations
 
@@ -48,14 +48,22 @@ class TritonSession(Session):
         return f"triton model {self.model} at {self.device}"
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        x = self.check_batch(x)
-        i = self.client_module.InferInput(self.input_name, list(x.shape), "FP32")
-        i.set_data_from_numpy(x)
+        self.one_to_one()
+        return self.run_all({self.input_name: x})[self.output_name]
+
+    def run_all(self, feeds: dict) -> dict:
+        """One request with every input, answered with every output (by name, spec order)."""
+        feeds = self.check_feeds(feeds)
+        inputs = []
+        for t in self.inputs:
+            i = self.client_module.InferInput(t.name, list(feeds[t.name].shape), "FP32")
+            i.set_data_from_numpy(feeds[t.name])
+            inputs.append(i)
         if self.client_module.__name__.endswith("grpc"):
-            r = self.client.infer(self.model, [i], client_timeout=self.timeout)
+            r = self.client.infer(self.model, inputs, client_timeout=self.timeout)
         else:                     # bounded by the client's network_timeout
-            r = self.client.infer(self.model, [i])
-        return r.as_numpy(self.output_name)
+            r = self.client.infer(self.model, inputs)
+        return {t.name: r.as_numpy(t.name) for t in self.outputs}
 
     def close(self) -> None:
         self.client.close()

@@ -748,6 +748,27 @@ def test_serve_answers_a_dynamic_multi_output_model_at_two_sizes(served_seg, seg
         assert not any(t.is_alive() for t in threads) and failures == [], failures[:5]
 
 
+@needs_triton
+def test_a_triton_session_runs_every_input_and_output_of_a_served_model(served_seg, seg_folder):
+    """bench --triton's Session: run_all sends every input in one request and returns every output by
+    name, as the in-process session does; run() of a two-input model says what to call instead."""
+    from resgraph.errors import DataError
+    from resgraph.manifest import read_manifest
+    from resgraph.runtime import open_session
+    from resgraph.runtime.triton_client import TritonSession
+    remote = TritonSession(str(seg_folder), read_manifest(str(seg_folder)), f"http://{served_seg.http_url}", "tiny_seg")
+    with open_session(str(seg_folder), "ort-cpu") as direct:
+        feeds = _seg_feeds(3, 24, 16, seed=5)
+        got, want = remote.run_all(feeds), direct.run_all(feeds)
+    assert list(got) == list(want) == ["seg", "c2", "emb"]
+    assert all(got[k].shape == want[k].shape and float(np.abs(got[k] - want[k]).max()) <= 1e-5 for k in want)
+    with pytest.raises(DataError, match="takes 2 input"):
+        remote.run(feeds["image"])
+    with pytest.raises(DataError, match="H = 17 is not a size the model takes"):
+        remote.run_all(_seg_feeds(1, 17, 16))
+    remote.close()
+
+
 def _seg_infer(*tensors) -> bytes:
     """An inference request of (name, shape) tensors, each with one value in "data" (a shape refused
     is refused before its values are counted)."""
