@@ -92,6 +92,9 @@ def human_int(n: int) -> str:
 def summary_table(checked, depth: int | None = None) -> Table:
     g = checked.graph
     title = f"{g.name}  ({os.path.basename(checked.spec.file)})"
+    if checked.spec.sizes:   # a size-variable spec shown at one size (cli/spec.py's at_size)
+        title += "  at " + ", ".join(f"{name} {'x'.join(map(str, g[p].shape[1:]))}" for name, p in g.inputs
+                                     if len(g[p].shape) == 3)
     t = Table(title=title, title_justify="left", header_style="bold", show_footer=True, box=None, pad_edge=False)
     t.add_column("Layer (path)", footer="Total")
     t.add_column("Op")

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import ResgraphError
-from .common import fail_internal, print_diagnostics, run, say
+from .common import HxW, fail_internal, print_diagnostics, run, say
 
 
 def checked(path):
@@ -59,13 +59,29 @@ def check(specs, as_json, strict):
 @click.argument("spec", type=click.Path())
 @click.option("--depth", type=click.IntRange(1, 16), default=None,
               help="Collapse paths deeper than this into one row (like torchinfo's depth).")
-def summary(spec, depth):
+@click.option("--size", type=HxW(), default=None,
+              help="HxW: for a spec with size variables, the input size to show [default: the largest valid].")
+def summary(spec, depth, size):
     """A layer table of SPEC: path, op, output shape, params, MACs, skip edges; inserted Ws marked."""
-    c = run(lambda: checked(spec))
+    c = run(lambda: at_size(checked(spec), size))
     from ..render import console, summary_table, totals_text
     out = console()
     out.print(summary_table(c, depth))
     out.print(totals_text(c))
+
+
+def at_size(c, size):
+    """A checked spec with size variables at `size` (HxW of its first input), or at the reference
+    size its check uses (the largest valid one) where none is given; one without them as it is."""
+    from ..errors import OptionError
+    from ..frontend import check_at
+    if c.sizes is None:
+        if size is not None:
+            raise OptionError.at("--size", "the spec's input has a fixed size", "leave out --size")
+        return c
+    if size is None:
+        size = tuple(c.graph.nodes[0].shape[1:])
+    return check_at(c, size)
 
 
 @click.command()

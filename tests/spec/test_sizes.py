@@ -221,3 +221,16 @@ def test_train_takes_fixed_sizes_and_says_so_writing_nothing(write_spec, tmp_pat
     pytest.importorskip("torch", reason="the torch extra is not installed")
     p = run_cli("train", path, "--data", "digits", "-o", str(tmp_path / "run"), "--epochs", "1")
     assert p.returncode == 1 and "train takes fixed input sizes" in p.stderr and not (tmp_path / "run").exists()
+
+
+def test_summary_shows_a_sized_spec_at_one_size_and_says_which():
+    from conftest import run_cli
+    unet = str(ROOT / "specs" / "unet.yaml")
+    p = run_cli("summary", unet, "--depth", "1", "--size", "64x96")
+    assert p.returncode == 0 and "unet  (unet.yaml)  at image 64x96" in p.stdout
+    assert "[2, 64, 96]" in p.stdout and "MACs: 150,700,032" in p.stdout      # 25,116,672 at 32x32, times 6
+    p = run_cli("summary", unet, "--depth", "1")
+    assert "at image 1024x1024" in p.stdout and "[3, 1024, 1024]" in p.stdout   # the reference: the largest size
+    p = run_cli("summary", unet, "--size", "66x64")
+    assert p.returncode == 1 and "--size: error: H = 66 is not a size the network takes" in p.stderr
+    assert "the nearest valid sizes are 64 or 68" in p.stderr
