@@ -79,6 +79,22 @@ class FiniteFloat(click.FloatRange):
         return super().convert(v, param, ctx)
 
 
+class HxW(click.ParamType):
+    """An input size, height x width in pixels: 224x224 -> (224, 224)."""
+    name = "HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        import re
+        from ..limits import MAX_SPATIAL
+        m = re.fullmatch(r"\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*", str(value))
+        if not m or not all(1 <= int(v) <= MAX_SPATIAL for v in m.groups()):
+            self.fail(f"{value!r} is not a size HxW (height x width in pixels, 1 to {MAX_SPATIAL}, e.g. 256x256)",
+                      param, ctx)
+        return int(m[1]), int(m[2])
+
+
 @dataclass(frozen=True)
 class Requires:
     """One row of a command's option-compatibility table (as Ultralytics' export_formats() is a table):
