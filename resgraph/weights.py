@@ -29,7 +29,7 @@ def import_file(source: str, spec: str, output: str, pretrained: bool = False, w
     from .frontend import check_file
     src = parse_source(source)
     c = check_file(spec)
-    module, report = import_model(src, c.graph, pretrained=pretrained, weights_file=weights_file, seed=seed)
+    module, report = import_model(src, c, pretrained=pretrained, weights_file=weights_file, seed=seed)
     origin = "pretrained" if pretrained else (weights_file or f"random init, seed {seed}")
     save_checkpoint(module, output, {"spec": c.spec.name, "spec_sha256": c.spec.sha256,
                                      "untrained": str(not (pretrained or weights_file)).lower(),

@@ -141,7 +141,8 @@ def test_schema_accepts_and_rejects(doc, valid):
 IMAGENET_LABELS = ROOT / "specs" / "imagenet_classes.txt"
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # shipped specs whose output names no classes, and why
-UNLABELLED = {"residual_mlp": "a textbook residual block on 128 abstract features: no data set, no class names"}
+UNLABELLED = {"residual_mlp": "a textbook residual block on 128 abstract features: no data set, no class names",
+              "resnet50_backbone": "feature maps (C3-C5) for a detection neck: no classes"}
 
 
 def imagenet_names():

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from .common import FiniteFloat, run
+from .common import FiniteFloat, HxW, run
 
 
 @click.command("init")
@@ -39,25 +39,49 @@ def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
 
     Tensors are paired in the order the two models use them, by kind, shape and layer, not by name,
     so any spec with the same architecture works whatever its ids; a different architecture fails at
-    the first mismatch. Both models then run on one random input and must agree.
+    the first mismatch. A spec that ends before SOURCE (a backbone without the classifier's head)
+    takes the tensors it has a place for; the rest are listed as left out. Both models then run on
+    one random input and must agree: the spec's outputs with SOURCE's, or with the output of the
+    SOURCE module each output stands for (c3 from layer2: SOURCE's layer2).
     """
     def body():
         from ..weights import import_file
         report = import_file(source, spec, output, pretrained, weights_file, seed)
-        click.echo(f"wrote {output}: {report['tensors']} tensors, {report['params']:,} parameters from "
-                   f"{report['source']} ({report['origin']}); verified: largest output difference "
-                   f"{report['max_abs_diff']:.2g}")
-        if report["unused"]:   # e.g. an auxiliary classifier that only runs in training
-            n, first = len(report["unused"]), ", ".join(report["unused"][:3])
-            click.echo(f"left out {n} tensors of {report['source']} that its eval-mode forward does not use: {first}"
-                       + (", ..." if n > 3 else ""))
+        for line in import_lines(output, report):
+            click.echo(line)
     run(body)
+
+
+def import_lines(output: str, r: dict) -> list[str]:
+    """What import-weights prints: what it wrote, how it verified, what it left out."""
+    diff = r["max_abs_diff"]
+    lines = [f"wrote {output}: {r['tensors']} tensors, {r['params']:,} parameters from {r['source']} "
+             f"({r['origin']}); " + (f"verified: largest output difference {diff:.2g}" if diff is not None
+                                     else "not verified: no output could be compared")]
+    compared = r["compared"]
+    if set(compared.values()) != {""}:   # not just the one output against theirs
+        shown = [f"{name} with {m}" if m else f"{name} not compared (no one module computes it)"
+                 for name, m in compared.items()]
+        lines.append(f"outputs compared with {r['source']}'s modules, on one input of "
+                     + "x".join(map(str, r["shape"])) + ": " + ", ".join(shown))
+    if r["left_out"]:   # the head of a classifier imported into a backbone
+        listed = [f"{k} {v}" for k, v in list(r["left_out"].items())[:4]]
+        n = len(r["left_out"])
+        lines.append(f"left out {n} tensor{'s' * (n != 1)} of {r['source']} that the spec has no place for: "
+                     + ", ".join(listed) + (", ..." if n > 4 else ""))
+    if r["unused"]:   # e.g. an auxiliary classifier that only runs in training
+        n, first = len(r["unused"]), ", ".join(r["unused"][:3])
+        lines.append(f"left out {n} tensors of {r['source']} that its eval-mode forward does not use: {first}"
+                     + (", ..." if n > 3 else ""))
+    return lines
 
 
 @click.command("train")
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, help="'digits' (scikit-learn's, bundled) or an ImageFolder-style folder.")
+@click.option("--data", required=True, help="'digits' (scikit-learn's, bundled), an ImageFolder-style folder, or "
+              "a folder of images/ and masks/ (a [C, H, W] output: per-pixel cross-entropy).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Run folder (default runs/<spec name>).")
+@click.option("--size", type=HxW(), default=None, help="HxW: the input size a spec with size variables trains at.")
 @click.option("--epochs", type=click.IntRange(1, 100000), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1 << 20), default=64, show_default=True, help="Global batch.")
 @click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)

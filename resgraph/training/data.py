@@ -20,7 +20,7 @@ from ..errors import DataError, PathError, listed
 from ..runtime.preprocess import InputError
 from .split import split as _split
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from .segmentation import IMAGE_EXTENSIONS, is_segmentation_folder, segmentation_folder
 
 
 @dataclass
@@ -36,8 +36,19 @@ def load_data(source: str, spec, val_split: float = 0.2, seed: int = 0) -> Data:
         return digits(spec, val_split, seed)
     if not os.path.isdir(source):
         raise DataError.at(source, "no such data folder",
-                           "give a folder of class subfolders (ImageFolder layout) or 'digits'")
+                           "give a folder of class subfolders (ImageFolder layout), of images/ and masks/ "
+                           "(segmentation), or 'digits'")
+    if is_segmentation_folder(source):
+        _image_input(spec)
+        return Data(*segmentation_folder(source, spec, val_split, seed), source)
     return image_folder(source, spec, val_split, seed)
+
+
+def _image_input(spec) -> None:
+    if len(spec.input_shape) != 3 or spec.input_shape[0] not in (1, 3):
+        raise DataError.at(spec.file, "image folders need an input of [1 or 3, H, W]; the spec's is "
+                           f"{list(spec.input_shape)}",
+                           "train vector models from Python with your own DataLoader")
 
 
 def _normalise(x: torch.Tensor, spec) -> torch.Tensor:
@@ -156,10 +167,7 @@ def _scan(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:
-    if len(spec.input_shape) != 3 or spec.input_shape[0] not in (1, 3):
-        raise DataError.at(spec.file, "image folders need an input of [1 or 3, H, W]; the spec's is "
-                           f"{list(spec.input_shape)}",
-                           "train vector models from Python with your own DataLoader")
+    _image_input(spec)
     train_dir, val_dir = os.path.join(folder, "train"), os.path.join(folder, "val")
     split = os.path.isdir(train_dir)
     if split and not os.path.isdir(val_dir):

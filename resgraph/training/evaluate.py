@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import DataError, listed
 from .data import collate, load_data, report_bad
+from .segmentation import IGNORE, counts
 
 
 @torch.no_grad()
@@ -38,9 +39,11 @@ def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool
             x = x.contiguous(memory_format=torch.channels_last)
         out = module(x).float()
         _check_classes(out, y, classes, where)
-        loss += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        n += len(y)
+        dense = {"ignore_index": IGNORE} if y.dim() > 1 else {}   # per pixel, the unlabelled left out
+        loss += F.cross_entropy(out, y, reduction="sum", **dense).item()
+        right, counted = counts(out, y)
+        correct += right
+        n += counted
     module.train(was)
     if report:
         report_bad(bad, dataset)
@@ -51,7 +54,7 @@ def evaluate(module, dataset, device, batch_size: int = 256, channels_last: bool
 
 
 def _check_classes(out, y, classes, where: str) -> None:
-    k = out.shape[1] if out.dim() == 2 else None
+    k = out.shape[1] if out.dim() == 2 or out.dim() == 4 and y.dim() == 3 else None
     if k is None:
         raise DataError.at(where, f"the network's output is {list(out.shape[1:])}, not a vector of class scores",
                            "train and evaluate classifiers: end the spec with linear: {out: CLASSES}")
@@ -60,8 +63,9 @@ def _check_classes(out, y, classes, where: str) -> None:
                            f"{k} outputs",
                            f"evaluate on data with the {k} classes the model was trained on (or give the spec "
                            "labels: naming the classes, so that folders are matched by name)")
-    if len(y) and int(y.max()) >= k:
-        raise DataError.at(where, f"a label is {int(y.max())} but the network has {k} outputs",
+    labelled = y[y != IGNORE] if y.dim() > 1 else y
+    if len(labelled) and int(labelled.max()) >= k:
+        raise DataError.at(where, f"a label is {int(labelled.max())} but the network has {k} outputs",
                            "the data has more classes than the model")
 
 

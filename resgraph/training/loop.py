@@ -28,6 +28,7 @@ from ..errors import DataError, OptionError, WeightsError
 from .data import collate, load_data, report_bad
 from .evaluate import evaluate
 from .progress import progress as _progress
+from .segmentation import IGNORE, counts
 from .state import resume, save_trainer_state, write_metrics
 from .threads import set_threads
 
@@ -60,6 +61,7 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = False
     progress: bool = True
+    size: tuple | None = None            # (H, W) for a spec with size variables: the size it trains at
     log_every: int | None = None         # off a terminal, a progress line every N batches (0: none); default ~10%
     on_epoch: object = None              # Python API: called with each epoch's metrics row (rank 0)
 
@@ -218,25 +220,19 @@ def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
     """The module, data, loader, optimizer, schedule and AMP of a run, every option checked, and its
     folder made (cfg.out filled in)."""
     from ..backends.torch import to_torch
-    from ..frontend import check_file
     device = _device(cfg, d)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     threads = set_threads(cfg.threads, cfg.workers)
     if d.main and console is not None:
         print(threads, file=sys.stderr, flush=True)
-    checked = check_file(cfg.spec)
-    from ..sized import fixed_size
-    fixed_size(checked, "train")
+    checked = _checked(cfg)
     spec = checked.spec
     cfg.out = cfg.out or os.path.join("runs", spec.name)
     torch.manual_seed(cfg.seed)
     module = to_torch(checked.graph, seed=cfg.seed, weights=cfg.weights)
     data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
-    n_out = checked.graph[checked.graph.output].shape
-    if n_out != (len(data.classes),):
-        raise DataError.at(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is "
-                           f"{list(n_out)}", f"set the last layer to linear: {{out: {len(data.classes)}}}")
+    _check_output(cfg, checked.graph[checked.graph.output].shape, data)
     sampler, loader = _loader(cfg, d, data, device)
     # no validation set (--val-split 0, a class too small to hold one out, an empty val/): val_loss
     # and val_acc are nan (not 0) and best.safetensors is the lowest training loss, said so
@@ -262,6 +258,40 @@ def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
             os.makedirs(cfg.out, exist_ok=True)
     return _Run(cfg, d, device, spec, data, module, model, loader, sampler, optimizer, scheduler, scaler, amp, amp_dtype,
                 has_val, "val_acc" if has_val else "train_loss")
+
+
+def _checked(cfg: TrainConfig):
+    """The spec, checked; with size variables, at --size (one size: a batch is one tensor)."""
+    from ..frontend import check_at, check_file
+    checked = check_file(cfg.spec)
+    g = checked.graph
+    if len(g.inputs) != 1 or len(g.outputs) != 1:
+        raise DataError.at(cfg.spec, f"train takes a network with one input and one output; this one has "
+                           f"{len(g.inputs)} and {len(g.outputs)}",
+                           "train it from Python: resgraph.to_torch(SPEC) is an nn.Module taking every input, "
+                           "returning a tuple of the outputs")
+    if checked.sizes is None:
+        if cfg.size is not None:
+            raise OptionError.at("--size", "the spec's input has a fixed size", "leave out --size")
+        return checked
+    if cfg.size is None:
+        from ..sized import fixed_size
+        fixed_size(checked, "train")
+    return check_at(checked, cfg.size)
+
+
+def _check_output(cfg: TrainConfig, out: tuple, data) -> None:
+    """A classifier's output is a vector of the data's classes; a dense one [C, H, W], C the labels."""
+    from .segmentation import Masks
+    dense = isinstance(data.train, Masks)
+    if dense and len(out) != 3:
+        raise DataError.at(cfg.data, f"the data are per-pixel masks, but the network's output is {list(out)}",
+                           "end a segmentation network with a [C, H, W] map, e.g. conv: {out: CLASSES, kernel: 1}")
+    if not dense and out != (len(data.classes),):
+        hint = (f"set the last layer to linear: {{out: {len(data.classes)}}}" if len(out) == 1 else
+                "a [C, H, W] output trains on a folder of images/ and masks/ (see docs/pytorch.md)")
+        raise DataError.at(cfg.spec, f"the data has {len(data.classes)} classes but the network's output is "
+                           f"{list(out)}", hint)
 
 
 def _loader(cfg: TrainConfig, d: _Dist, data, device: torch.device) -> tuple[DistributedSampler, DataLoader]:
@@ -298,15 +328,19 @@ def _train_epoch(run: _Run, epoch: int, console, bad_train: dict) -> dict:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp):
             logits = run.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing,
+                                   **({"ignore_index": IGNORE} if y.dim() > 1 else {}))   # per pixel
+        right, counted = counts(logits, y)
+        if not counted:   # every pixel of the batch unlabelled: no loss to learn from
+            continue
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.scheduler.step()
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
+        loss_sum += loss.item() * counted
+        correct += right
+        seen += counted
         progress.advance(loss_sum / seen, correct / seen, len(y) * d.world)
     progress.close()
     if new_bad:   # each process its own shard's, once a run

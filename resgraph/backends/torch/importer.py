@@ -9,6 +9,13 @@ of tensor, of the same shape, in the same kind of layer (matching.py). The first
 error naming both sides: their key, shape and layer, and ours with its spec line. Nothing is copied
 unless everything fits. What has no tensors (activations, pooling, padding, the order of a concat)
 is invisible to that matching, so both models then run on one random input and must agree (verify).
+
+A spec may end before the source: a backbone (outputs from layer2..layer4, no head) takes a
+classifier's weights. Their tensors after our last one are left out and listed (report["left_out"]),
+and each of our outputs is compared with the module of theirs that computes it (matching.counterparts):
+c3 from layer2 with their layer2's output. A spec that stops inside one of their modules (a stage
+shorter than theirs) is refused. A spec with size variables is imported at each variable's valid
+size nearest 224 (the size torchvision's classifiers are trained at).
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from torch import nn
 
 from ...errors import Diagnostic, Loc, WeightsError
 from .execution_order import Order, execution_order
-from .matching import describe, first_mismatch, layer_mapping
+from .matching import Counterpart, counterparts, describe, first_mismatch, layer_mapping
 from .sources import LIBRARIES, Source, parse_source, source_of
 from .timm import timm_model
 from .torchvision import torchvision_model
@@ -25,6 +32,7 @@ from .torchvision import torchvision_model
 # each weights source's library -> the function that builds its model (random, pretrained or from a file)
 BUILDERS = {"torchvision": torchvision_model, "timm": timm_model}
 assert tuple(BUILDERS) == LIBRARIES, "a source library without a builder, or a builder for none"
+IMPORT_SIZE = 224   # a size variable is imported at its valid size nearest this: what ImageNet classifiers take
 
 
 def build(source: Source, pretrained: bool = False, weights_file: str | None = None,
@@ -45,9 +53,31 @@ def import_model(source, spec, pretrained: bool = False, weights_file: str | Non
     from ... import graph_of
     from . import to_torch
     source = source if isinstance(source, Source) else parse_source(source)
-    module = to_torch(graph_of(spec), init=False)   # checks the spec first: its errors come before any download
+    checked = _checked(spec)   # checks the spec first: its errors come before any download
+    module = to_torch(graph_of(checked), init=False)
     model = build(source, pretrained=pretrained, weights_file=weights_file, seed=seed)
-    return module, import_weights(module, model, name=str(source), verify=verify)
+    return module, import_weights(module, model, name=str(source), verify=verify, shape=import_shape(checked))
+
+
+def _checked(spec):
+    """A spec path, Spec or Checked as a Checked (it knows the valid sizes); a Graph stays one."""
+    from ...frontend import Checked, check_file, check_spec
+    from ...ir import Graph
+    from ...spec import Spec
+    if isinstance(spec, (Checked, Graph)):
+        return spec
+    return check_spec(spec) if isinstance(spec, Spec) else check_file(str(spec))
+
+
+def import_shape(checked) -> tuple:
+    """The input shape an import runs both models at: the spec's; where it has size variables, each
+    at its valid size nearest IMPORT_SIZE (the graph itself is checked at the largest, too slow to run)."""
+    from ...ir import Graph
+    if isinstance(checked, Graph) or checked.sizes is None:
+        graph = checked if isinstance(checked, Graph) else checked.graph
+        return tuple(graph.nodes[0].shape)
+    at = {var: min(valid, key=lambda n: (abs(n - IMPORT_SIZE), n)) for var, valid in checked.sizes.valid.items()}
+    return tuple(at.get(d, d) for d in checked.sizes.input_shapes[0])
 
 
 def import_torchvision(name: str, spec, pretrained: bool = False, weights_file: str | None = None,
@@ -59,35 +89,72 @@ def import_torchvision(name: str, spec, pretrained: bool = False, weights_file: 
 
 
 @torch.no_grad()
-def import_weights(module: nn.Module, model: nn.Module, name: str | None = None, verify: bool = False) -> dict:
-    """Copy `model`'s tensors into `module` (from resgraph.to_torch), paired in execution order.
+def import_weights(module: nn.Module, model: nn.Module, name: str | None = None, verify: bool = False,
+                   shape=None) -> dict:
+    """Copy `model`'s tensors into `module` (from resgraph.to_torch), paired in execution order, both
+    run at `shape` (without the batch; default the module's input shape).
 
-    Returns {"model", "source", "tensors", "params", "mapping", "keys", "unused", "max_abs_diff"}: mapping
-    is our layer path -> theirs (e.g. "layer2.0.shortcut.conv" -> "layer2.0.downsample.0"), in order;
-    keys, our state-dict key -> theirs (a layer scale that a block holds itself is not <layer>.weight
-    there: "features1.0.layer_scale.weight" -> "features.1.0.layer_scale"); unused, their tensors that
-    the eval-mode forward never touches (an auxiliary head); max_abs_diff is None unless verify.
+    Returns {"model", "source", "tensors", "params", "mapping", "keys", "unused", "left_out", "compared",
+    "shape", "max_abs_diff"}: mapping is our layer path -> theirs (e.g. "layer2.0.shortcut.conv" ->
+    "layer2.0.downsample.0"), in order; keys, our state-dict key -> theirs (a layer scale that a block
+    holds itself is not <layer>.weight there: "features1.0.layer_scale.weight" -> "features.1.0.layer_scale");
+    unused, their tensors that the eval-mode forward never touches (an auxiliary head); left_out, their
+    tensors after our last one, key -> shape (the head of a classifier imported into a backbone);
+    compared, our output -> the module of theirs it is compared with ("" for their model's output,
+    None where no module of theirs computes it alone); shape, the input both ran at; max_abs_diff is
+    None unless verify.
     """
     source = source_of(model, name)
-    shape = tuple(module.meta["resgraph"]["input_shape"])
+    shape = tuple(shape or module.meta["resgraph"]["input_shape"])
     ours = execution_order(module, shape)
     theirs = _their_order(module, model, source, shape)
     keys = ours.keys + ours.unused         # every one of ours must be filled: untouched ones too
-    mismatch = first_mismatch(module, keys, model, theirs.keys)
+    mismatch = first_mismatch(module, keys, model, theirs.keys, tail=True)
     if mismatch is not None:
         raise _mismatch_error(module, model, source, mismatch, len(keys), len(theirs.keys))
     a_state, b_state = module.state_dict(), model.state_dict()
-    pairs = list(zip(keys, theirs.keys, strict=True))
+    pairs = list(zip(keys, theirs.keys, strict=False))
+    left_out = theirs.keys[len(pairs):]
+    against = counterparts(_graph(module), pairs, theirs.keys, left_out)
+    _refuse_cuts(module, model, source, against)
     # the same numbers in our layout: a linear's [out, in] as a 1x1 conv's [out, in, 1, 1], torchvision's
     # (C, 1, 1) layer scale as [C] (matching.fits has checked that only such layouts differ)
     module.load_state_dict({a: b_state[b].detach().reshape(a_state[a].shape).to(a_state[a].device)
                             for a, b in pairs}, strict=True)
     report = {"model": source.name, "source": str(source), "tensors": len(pairs),
               "params": sum(p.numel() for p in module.parameters()), "mapping": layer_mapping(pairs),
-              "keys": dict(pairs), "unused": list(theirs.unused), "max_abs_diff": None}
+              "keys": dict(pairs), "unused": list(theirs.unused),
+              "left_out": {k: list(b_state[k].shape) for k in left_out},
+              "compared": {c.output: c.module for c in against}, "shape": list(shape), "max_abs_diff": None}
     if verify:
-        report["max_abs_diff"] = verify_import(module, model, name=str(source))
+        report["max_abs_diff"] = verify_import(module, model, name=str(source), shape=shape, against=against)
     return report
+
+
+def _graph(module: nn.Module):
+    return module.meta["resgraph"]["graph"]
+
+
+def _refuse_cuts(module: nn.Module, model: nn.Module, source: Source, against: list[Counterpart]) -> None:
+    """A WeightsError at the first output whose group stops inside a module of theirs (whose tensors
+    after ours are left out): c4 from a layer3 of 6 blocks, with their layer3 of 23."""
+    for c in against:
+        if c.cut:
+            state = model.state_dict()
+            first = ", ".join(f"{k} {list(state[k].shape)}" for k in c.cut[:2])
+            more = f" and {len(c.cut) - 2} more" if len(c.cut) > 2 else ""
+            raise WeightsError([Diagnostic(
+                _group_loc(module, c), f"cannot import {source.who} weights: output {c.output} ends the "
+                f"spec's {c.group}, whose weights are {source.whose} {c.module}, but {c.module} goes on where "
+                f"the spec stops: {first}{more} would be left out",
+                f"the spec's {c.group} is shorter than {source.whose} {c.module}: give it the same layers, or "
+                f"take the output from a layer that ends where one of {source.whose} modules ends")])
+
+
+def _group_loc(module: nn.Module, c: Counterpart) -> Loc:
+    """The line that makes output `c`'s group: the layer entry that called its outermost block."""
+    node = _graph(module)[c.path]
+    return next((loc for path, loc in node.calls if path.split(".")[0] == c.group.split(".")[0]), node.loc)
 
 
 def _their_order(module: nn.Module, model: nn.Module, source: Source, shape) -> Order:
@@ -135,39 +202,69 @@ def spec_loc(module: nn.Module, key: str | None) -> Loc:
 
 
 @torch.no_grad()
-def verify_import(module: nn.Module, model: nn.Module, name: str | None = None, seed: int = 0) -> float:
-    """Run both (in eval mode) on one random input of the spec's shape; WeightsError unless they agree.
-    Returns the largest absolute difference of the outputs."""
+def verify_import(module: nn.Module, model: nn.Module, name: str | None = None, seed: int = 0, shape=None,
+                  against: list[Counterpart] | None = None) -> float | None:
+    """Run both (in eval mode) on one random input of `shape` (default the spec's); WeightsError unless
+    each of our outputs agrees with its counterpart in `against` (matching.counterparts; default: one
+    output, compared with their model's output). Returns the largest absolute difference of the outputs
+    compared (None if none could be)."""
     source = source_of(model, name)
-    shape = tuple(module.meta["resgraph"]["input_shape"])
-    modes = [(m, m.training) for m in (module, model)]
+    shape = tuple(shape or module.meta["resgraph"]["input_shape"])
+    graph = _graph(module)
+    against = against or [Counterpart(graph.output_name, graph.output, module="")]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         x = torch.randn(1, *shape)
+    ours, theirs = _run_both(module, model, source, x, [c.module for c in against])
+    diffs = [_compare(module, source, c, a, theirs[c.module]) for c, a in zip(against, ours, strict=True)
+             if c.module is not None]
+    return max(diffs, default=None)
+
+
+def _run_both(module: nn.Module, model: nn.Module, source: Source, x, modules) -> tuple[list, dict]:
+    """(our outputs in spec order, {their module: its output}) on input x, both in eval mode."""
+    modes = [(m, m.training) for m in (module, model)]
+    seen: dict[str, list] = {m: [] for m in modules if m is not None}
+    hooks = [model.get_submodule(m).register_forward_hook(lambda _m, _a, out, m=m: seen[m].append(out))
+             for m in seen]
     try:
         module.eval(), model.eval()
         try:
             ours = module(x.to(_device(module)))
-            theirs = model(x.to(_device(model)))
+            model(x.to(_device(model)))
         except RuntimeError as e:
             raise WeightsError([Diagnostic(spec_loc(module, None),
                                            f"after importing {source.who} weights, running {source.who} on the "
-                                           f"spec's input {list(shape)} failed: {_summary(e, 300)}",
+                                           f"spec's input {list(x.shape[1:])} failed: {_summary(e, 300)}",
                                            f"the spec's input differs from what {source.who} accepts")]) from None
     finally:
+        for h in hooks:
+            h.remove()
         for m, training in modes:
             m.train(training)
+    return list(ours) if isinstance(ours, tuple) else [ours], {m: outs[0] if len(outs) == 1 else outs
+                                                               for m, outs in seen.items()}
+
+
+def _compare(module: nn.Module, source: Source, c: Counterpart, ours, theirs) -> float:
+    """The largest difference of our output `c` and theirs; WeightsError unless they agree."""
+    what = "its output" if c.module == "" else f"the output of its {c.module}"
+    if isinstance(theirs, list):   # a module that their forward calls more than once (or never)
+        raise WeightsError([Diagnostic(spec_loc(module, None),
+                                       f"{source.whose} {c.module} runs {len(theirs)} times in one forward, so "
+                                       f"which of its outputs the spec's {c.output} is cannot be told",
+                                       "take the output from another layer, or pass verify=False")])
     if not isinstance(theirs, torch.Tensor):
         raise WeightsError([Diagnostic(spec_loc(module, None),
-                                       f"{source.who} returns a {type(theirs).__name__}, not a tensor, so its "
-                                       "outputs cannot be compared with the spec's",
+                                       f"{source.who} returns a {type(theirs).__name__}, not a tensor, as {what}, "
+                                       f"so it cannot be compared with the spec's {c.output}",
                                        "import a classification model (its eval-mode forward returns the logits), "
                                        "or pass verify=False")])
     ours, theirs = ours.float().cpu(), theirs.float().cpu()
     if ours.shape != theirs.shape:
         raise WeightsError([Diagnostic(spec_loc(module, None),
                                        f"after importing {source.who} weights, the outputs differ in shape: "
-                                       f"ours {list(ours.shape[1:])}, {source.whose} {list(theirs.shape[1:])}",
+                                       f"ours ({c.output}) {list(ours.shape[1:])}, {what} {list(theirs.shape[1:])}",
                                        f"the spec's architecture differs from {source.who}")])
     diff = (ours - theirs).abs().max().item()
     scale = theirs.abs().max().item()
@@ -176,7 +273,8 @@ def verify_import(module: nn.Module, model: nn.Module, name: str | None = None, 
     if not diff <= 1e-3 * scale:
         raise WeightsError([Diagnostic(spec_loc(module, None),
                                        f"the weights of {source.who} were imported, but the outputs differ: "
-                                       f"largest difference {diff:.3g} on outputs up to {scale:.3g}",
+                                       f"largest difference {diff:.3g} on outputs up to {scale:.3g}"
+                                       + ("" if c.module == "" else f" (ours {c.output}, {what})"),
                                        f"the spec's architecture differs from {source.who} in something without "
                                        "weights (an activation, a pooling, a stride, padding, the order of a "
                                        "concat or add)")])
@@ -193,4 +291,4 @@ def _summary(e: Exception, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-__all__ = ["BUILDERS", "build", "import_model", "import_torchvision", "import_weights", "spec_loc", "verify_import"]
+__all__ = ["BUILDERS", "IMPORT_SIZE", "build", "import_model", "import_shape", "import_torchvision", "import_weights", "spec_loc", "verify_import"]

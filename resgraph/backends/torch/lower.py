@@ -37,13 +37,14 @@ class _Ctx:
     def __init__(self, graph: Graph):
         self.ir = graph
         self.users = graph.users()
+        self.outputs = {p for _, p in graph.outputs}   # returned to the caller: never overwritten
         self.root = nn.Module()
         self.fx = fx.Graph()
         self.paths: dict[str, str] = {}   # fx node name -> IR path
 
     def may_overwrite(self, node: Node, path: str) -> bool:
         """True if `node` is the only reader of `path`'s value and that value may be overwritten."""
-        return self.ir[path].op in _OVERWRITABLE and self.users[path] == [node.path]
+        return self.ir[path].op in _OVERWRITABLE and self.users[path] == [node.path] and path not in self.outputs
 
     def shape(self, path: str):
         return self.ir[path].shape

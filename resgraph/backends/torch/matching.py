@@ -14,6 +14,12 @@ Three spellings of one computation pair across kinds, their tensors reshaped on 
   LayerScale / LayerScale2d;
 - layer norms over the channels, whatever the layout: nn.LayerNorm on [N, H, W, C] and the
   channels-first LayerNorm2d of torchvision, timm and resgraph.
+
+A spec may stop before the source does (a backbone without the classifier's head): their tensors
+after our last one are then left out, as long as ours ends between two of their layers, never
+inside one (`first_mismatch(..., tail=True)`). Each of our outputs is then compared with the module
+of theirs that holds exactly the weights of the spec layer it ends (`counterparts`): a spec that
+stops inside such a module (a stage with fewer blocks than theirs) is refused there.
 Pure functions of the two models and their ordered keys.
 """
 from __future__ import annotations
@@ -39,12 +45,17 @@ class Mismatch:
     theirs: str | None    # their key (None: theirs has ended)
 
 
-def first_mismatch(ours: nn.Module, our_keys, theirs: nn.Module, their_keys) -> Mismatch | None:
-    """The first position where the two ordered key lists disagree, or None if every pair fits."""
+def first_mismatch(ours: nn.Module, our_keys, theirs: nn.Module, their_keys, tail: bool = False) -> Mismatch | None:
+    """The first position where the two ordered key lists disagree, or None if every pair fits. With
+    `tail`, theirs may go on after ours has ended (those tensors are left out), but not from inside a
+    layer: ours ending after a conv's weight where theirs has its bias is a mismatch."""
     a_state, b_state = ours.state_dict(), theirs.state_dict()
     for i in range(max(len(our_keys), len(their_keys))):
         a = our_keys[i] if i < len(our_keys) else None
         b = their_keys[i] if i < len(their_keys) else None
+        if tail and a is None:
+            inside = i > 0 and their_keys[i - 1].rpartition(".")[0] == b.rpartition(".")[0]
+            return Mismatch(i, "ours has ended inside a layer", a, b) if inside else None
         problem = pair_problem(ours, a, a_state.get(a), theirs, b, b_state.get(b))
         if problem:
             return Mismatch(i, problem, a, b)
@@ -179,6 +190,63 @@ def layer_mapping(pairs) -> dict[str, str]:
     for a, b in pairs:
         mapping.setdefault(a.rpartition(".")[0], b.rpartition(".")[0])
     return mapping
+
+
+@dataclass(frozen=True)
+class Counterpart:
+    """What one of our outputs is compared with after an import."""
+    output: str                  # our output's name
+    path: str                    # its node
+    group: str | None = None     # the spec layer or block that the output ends and whose weights located theirs
+    module: str | None = None    # their module that computes the same tensor ("": their model's own output)
+    cut: tuple[str, ...] = ()    # their tensors inside `module` that are left out: the spec stops inside it
+
+
+def counterparts(graph, pairs, their_keys, left_out) -> list[Counterpart]:
+    """Our outputs' counterparts in their model. `pairs`: (our key, their key) in execution order;
+    `their_keys`: every tensor their forward uses; `left_out`: those of them that have no place in ours.
+    One output and nothing left out: their model's own output. Otherwise each output's node ends one
+    or more spec groups (layer2.3.post ends layer2.3 and layer2); the outermost that holds weights
+    names, through the pairs, the smallest module of theirs holding them all. That module is the
+    counterpart if it holds nothing else; if it holds left-out tensors, the spec stops inside it
+    (`cut`); if it holds other paired ones, the next group inward is tried. None found: module None."""
+    if len(graph.outputs) == 1 and not left_out:
+        return [Counterpart(graph.output_name, graph.output, module="")]
+    images, left = dict(pairs), set(left_out)
+    return [_counterpart(graph, name, path, images, their_keys, left) for name, path in graph.outputs]
+
+
+def _counterpart(graph, name: str, path: str, images: dict, their_keys, left: set) -> Counterpart:
+    for group in _groups_ended(graph, path):
+        mine = {b for a, b in images.items() if a.startswith(group + ".")}
+        if not mine:
+            continue
+        module = _common_module(mine)
+        inside = [k for k in their_keys if not module or k.startswith(module + ".")]
+        cut = tuple(k for k in inside if k in left) if module else ()   # their model itself is no module to stop in
+        if cut or set(inside) == mine:
+            return Counterpart(name, path, group, module, cut)
+    return Counterpart(name, path)
+
+
+def _groups_ended(graph, path: str) -> list[str]:
+    """The spec groups (a layer, a block instance, a repeated layer) whose last node is `path`,
+    outermost first: layer2.3.post ends layer2, layer2.3 and itself."""
+    parts = path.split(".")
+    prefixes = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return [p for p in prefixes
+            if [n.path for n in graph.nodes if n.path == p or n.path.startswith(p + ".")][-1] == path]
+
+
+def _common_module(keys) -> str:
+    """The innermost module holding every one of `keys` ("" for the model itself)."""
+    owners = [k.split(".")[:-1] for k in keys]
+    common = []
+    for parts in zip(*owners):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return ".".join(common)
 
 
 def _fmt(v) -> str:
