@@ -203,6 +203,9 @@ def ok_text(path, checked) -> Text:
         from .passes.sizes import compact
         for name, valid in sz.valid.items():
             t.append(f"   {name}: {compact(valid)}\n", style="cyan")
+    if sz is not None and g.projections:   # its shapes are the reference graph's: say at which size
+        at = ", ".join(f"{name} {'x'.join(map(str, g[p].shape[1:]))}" for name, p in g.inputs if len(g[p].shape) == 3)
+        t.append(f"   Ws shapes at {at} (the reference size check uses: the largest that checks):\n", style="yellow")
     for p in g.projections:
         kind = p.kind + ("" if p.bn or p.kind != "conv1x1" else " (no bn)")
         t.append(f"   Ws at {p.at}: {kind} {fmt(p.from_shape)} -> {fmt(p.to_shape)}, stride {p.stride}, "
