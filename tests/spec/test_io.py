@@ -77,6 +77,24 @@ def test_size_variables_size_every_input_that_names_them(write_spec):
     assert d["projections"][0]["at"] == "s1" and d["projections"][0]["stride"] == 2
 
 
+@pytest.mark.parametrize("mask", ["[1, H, W]", "[1, 32, 32]", "[1, 16, 16]"])
+def test_the_sweep_over_two_inputs_equals_brute_force(mask, write_spec):
+    """Both inputs take each size where both name H; a fixed mask keeps its own (and the join with
+    it then decides): the sweep's answer is re-inferring every size one by one."""
+    from test_sizes import brute
+    from resgraph.passes.sizes import axis_sizes
+    text = TWO_STREAMS.replace("[3, 32, 32]", "[3, H, W]").replace("[1, 32, 32]", mask).replace(
+        "inputs:", "sizes: {H: {min: 1, max: 80}, W: {min: 1, max: 80}}\ninputs:")
+    g = resgraph.check(write_spec(text)).graph
+    varying = ("input", "mask") if "H" in mask else ("input",)
+    for axis in (1, 2):
+        r = axis_sizes(g, axis, range(1, 81), varying)
+        want = brute(g, axis, range(1, 81), varying)
+        assert [bool(v) for v in r.valid] == [f is None for f, _ in want], (mask, axis)
+        assert [None if v else r.why(n)[0] for n, v in zip(range(1, 81), r.valid)] == [f for f, _ in want]
+        assert r.valid.any()
+
+
 def _error(write_spec, text, where, says, hint=None):
     path = write_spec(text)
     p = run_cli("check", path, "--json")

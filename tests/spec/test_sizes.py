@@ -73,15 +73,17 @@ layers:
 """
 
 
-def brute(g, axis: int, sizes) -> list:
-    """(path, None) for each size: the first node whose shape rule or edge refuses it, or None."""
+def brute(g, axis: int, sizes, varying=("input",)) -> list:
+    """(path, None) for each size: the first node whose shape rule or edge refuses it, or None. The
+    inputs in `varying` take each size on `axis`; any others keep theirs."""
     out = []
     for n in sizes:
         shapes, failed = {}, None
         for node in g.nodes:
-            if node is g.nodes[0]:
+            if node.op == "input":
                 s = list(node.shape)
-                s[axis] = n
+                if node.path in varying:
+                    s[axis] = n
                 shapes[node.path] = tuple(s)
                 continue
             ins = [shapes[i] for i in node.inputs]
