@@ -28,13 +28,15 @@ def checked(path):
 @click.argument("specs", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (the contract's format).")
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-def check(specs, as_json, strict):
+@click.option("--at", "at", type=HxW(), default=None,
+              help="HxW: for specs with size variables, give the MACs at this input size [default: the smallest valid].")
+def check(specs, as_json, strict, at):
     """Check every dimension along every edge of SPECS ('-' reads standard input); report inserted
     projections (Ws). With --json and several specs, one JSON object per line."""
     failed = False
     for path in specs:
         try:
-            c = checked(path)
+            c = macs_at(checked(path), at)
         except ResgraphError as e:
             failed = True
             if as_json:
@@ -70,18 +72,29 @@ def summary(spec, depth, size):
     out.print(totals_text(c))
 
 
-def at_size(c, size):
+def macs_at(c, at):
+    """check --at HxW: a sized spec's MACs (and macs_at) at that size instead of the smallest valid one."""
+    if at is None:
+        return c
+    import dataclasses
+    fixed = at_size(c, at, "--at")
+    names = c.spec.inputs[0].vars[1:] if c.spec.inputs and c.spec.inputs[0].vars else ()
+    where = {v: n for v, n in zip(names, at) if v}
+    return dataclasses.replace(c, sizes=dataclasses.replace(c.sizes, macs=fixed.macs, macs_at=where))
+
+
+def at_size(c, size, option: str = "--size"):
     """A checked spec with size variables at `size` (HxW of its first input), or at the reference
     size its check uses (the largest valid one) where none is given; one without them as it is."""
     from ..errors import OptionError
     from ..frontend import check_at
     if c.sizes is None:
         if size is not None:
-            raise OptionError.at("--size", "the spec's input has a fixed size", "leave out --size")
+            raise OptionError.at(option, "the spec's input has a fixed size", f"leave out {option}")
         return c
     if size is None:
         size = tuple(c.graph.nodes[0].shape[1:])
-    return check_at(c, size)
+    return check_at(c, size, option)
 
 
 @click.command()

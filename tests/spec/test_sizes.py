@@ -236,3 +236,18 @@ def test_summary_shows_a_sized_spec_at_one_size_and_says_which():
     p = run_cli("summary", unet, "--size", "66x64")
     assert p.returncode == 1 and "--size: error: H = 66 is not a size the network takes" in p.stderr
     assert "the nearest valid sizes are 64 or 68" in p.stderr
+
+
+def test_check_at_gives_the_macs_at_one_size():
+    import json
+
+    from conftest import run_cli
+    unet = str(ROOT / "specs" / "unet.yaml")
+    d = json.loads(run_cli("check", unet, "--json").stdout)
+    assert d["macs"] == 25_116_672 and d["macs_at"] == {"H": 32, "W": 32}           # the smallest valid size
+    d = json.loads(run_cli("check", unet, "--json", "--at", "64x96").stdout)
+    assert d["macs"] == 150_700_032 and d["macs_at"] == {"H": 64, "W": 96}          # summary --size's total
+    p = run_cli("check", unet, "--at", "66x96")
+    assert p.returncode == 1 and "--at: error: H = 66 is not a size the network takes" in p.stderr
+    p = run_cli("check", str(ROOT / "specs" / "resnet18.yaml"), "--at", "64x64")
+    assert p.returncode == 1 and "--at: error: the spec's input has a fixed size" in p.stderr
