@@ -12,7 +12,8 @@ import sys
 import click
 
 from ..limits import MAX_BATCH
-from .common import FiniteFloat, run, say
+from .common import FiniteFloat, HxW, run, say
+from .run_lines import RunLines
 
 BACKEND_HELP = ("auto, tensorrt, ort-cuda, torch-cuda, ort-cpu, torch-cpu, ort-trt (only when named); ort / torch: that "
                 "package's best device")
@@ -73,17 +74,24 @@ def _progress(total: int, enabled: bool):
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=32, show_default=True)
 @click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, one object per input, in input order.")
+@click.option("--save", "save", type=click.Path(), default=None,
+              help="Save every output of every input as DIR/<input stem>.<output>.npy (docs/inference.md).")
+@click.option("--save-masks", "save_masks", type=click.Path(), default=None,
+              help="For each [C, H, W] output with labels: DIR/<input stem>.<output>.png, the arg-max class of "
+                   "each pixel as a palette PNG at the input image's own size.")
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
               help="Threads decoding images beside inference (0: decode in line) [default: the cores --threads "
                    "leaves, at most 4; without --threads, half the cores, 0 on 1 or 2 cores].")
 @session_options
-def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **opts):
-    """Classify INPUTS with the compiled model ARTIFACT (a compiled folder, or its model.onnx).
+def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, save, save_masks, workers, **opts):
+    """Run the compiled model ARTIFACT (a compiled folder, or its model.onnx) on INPUTS.
 
     INPUTS: image files (JPEG, PNG, BMP, GIF, TIFF, WebP), folders (recursive, sorted), .npy files
-    holding the network's input as is ([C, H, W] or a batch [N, C, H, W]), or - for paths on standard
-    input. An input that cannot be used is reported on its own line and skipped; the exit status is
-    1 if any input failed.
+    holding the network's input as is ([C, H, W] or a batch [N, C, H, W]), .npz files holding one
+    sample of every input by name (models with several inputs take these), or - for paths on
+    standard input. A vector output prints its top-k classes; other outputs are saved with --save
+    (and class maps with --save-masks). An input that cannot be used is reported on its own line
+    and skipped; the exit status is 1 if any input failed.
     """
     def body():
         from ..runtime import open_session
@@ -91,7 +99,7 @@ def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **op
         session = open_session(artifact, backend, _options(artifact, backend, **opts))
         try:
             with session:
-                return _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
+                return _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers, save, save_masks)
         except BrokenPipeError:   # `resgraph run ... | head`: the reader has what it wanted; stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
@@ -99,51 +107,36 @@ def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, workers, **op
     sys.exit(1 if run(body) else 0)
 
 
-def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers) -> int:
+def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers, save=None, save_masks=None) -> int:
     """run's loop: the table or JSON Lines on stdout, a batch at a time; returns how many inputs failed."""
     import time
 
-    import numpy as np
-
-    from ..errors import ArtifactError
     from ..render import escape   # names, labels and errors come from files: no escape sequence reaches the terminal
-    from ..runtime import expand, predict_batches, top_k_batch
+    from ..runtime import expand, predict_batches
     from ..runtime.inputs import no_inputs
+    from ..runtime.outputs import Writer, check_saving, file_stems, plan_outputs
     say(f"resgraph: {escape(session.manifest.name)} on {session.describe()} ({session.why})")
     if not session.manifest.trained:   # once, on stderr: the answers below come from untrained weights
         say(f"note: {escape(session.manifest.name)} is untrained ({escape(session.manifest.weights_source)}): its "
             "answers are not predictions; compile it with --weights from resgraph train or import-weights")
+    plans = plan_outputs(session.outputs, session.labels)
+    check_saving(artifact, session.manifest.name, plans, save, save_masks)
     items = expand(inputs, sys.stdin, session.input_shape)
     if not items:
         raise no_inputs(inputs)
-    if len(session.output_shape) != 1:
-        raise ArtifactError.at(artifact, f"the model's output is {list(session.output_shape)}, not a vector of "
-                               "class scores: run prints top-k classes", "call resgraph.runtime.open_session(...).run(x) "
-                               "from Python for other outputs")
-    k = min(top_k, session.output_shape[0])
-    width = min(max(len(escape(i.name)) for i in items), 60)
+    classic = len(plans) == 1 and plans[0].vector and not (save or save_masks)   # today's classifier lines
+    writer = None if classic else Writer(plans, file_stems(items), save, save_masks)
+    lines = RunLines(items, plans, top_k, as_json, writer)
     out = click.get_text_stream("stdout")
-    header = [] if as_json else [f"{'input':<{width}}  top-{k} (softmax score)"]   # written with the first batch
-    failed = 0
+    failed, done = 0, 0
     t0 = time.perf_counter()
     long_run = sys.stderr.isatty() and len(items) > 2 * batch_size
     with _progress(len(items), long_run) as advance:
-        for batch in predict_batches(session, items, batch_size, workers):
-            good = [r for r in batch if r.ok]
-            tops = iter(top_k_batch(np.stack([r.output for r in good]), k, session.labels) if good else ())
-            lines, header = header, []
-            for r in batch:
-                failed += not r.ok
-                if as_json:
-                    lines.append(json.dumps({"input": r.item.name, "ok": True, "top": next(tops)} if r.ok else
-                                            {"input": r.item.name, "ok": False, "error": r.error}, ensure_ascii=False))
-                elif r.ok:
-                    cells = "  ".join(f"{escape(t['label'])} ({t['score']:.3f})" for t in next(tops))
-                    lines.append(f"{escape(r.item.name):<{width}}  {cells}")
-                else:
-                    lines.append(f"{escape(r.item.name):<{width}}  error: {escape(r.error)}")
-            out.write("\n".join(lines) + "\n")   # a batch at a time: one write, not one per line
+        for batch in predict_batches(session, items, batch_size, workers, geometry=bool(save_masks)):
+            out.write("\n".join(lines.batch(batch, done)) + "\n")   # a batch at a time: one write, not one per line
             out.flush()
+            failed += sum(not r.ok for r in batch)
+            done += len(batch)
             advance(len(batch))
     seconds = time.perf_counter() - t0
     n = len(items)
@@ -151,11 +144,18 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
     return failed
 
 
+SHAPE_HELP = ("HxW of the first input, for a model with size variables: several comma-separated or repeated, "
+              "each a valid size (docs/inference.md)")
+
+
 @click.command("bench")
 @click.argument("artifact", type=click.Path())
 @click.option("--backend", default="auto", show_default=True,
               help="One back end, a comma-separated list, or 'all' (every usable one, side by side). " + BACKEND_HELP)
 @click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--shape", "shapes", multiple=True,
+              help=SHAPE_HELP + " [default: the preprocess crop if valid, else the smallest valid size from 224 up, "
+                                "else the largest].")
 @click.option("--duration", type=FiniteFloat(0.01, 3600), default=3.0, show_default=True,
               help="Seconds measured per back end and batch size.")
 @click.option("--warmup", type=FiniteFloat(0, 3600), default=1.0, show_default=True, help="Seconds run first, unmeasured.")
@@ -166,24 +166,41 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers)
               help="Also measure this Triton endpoint serving the model (http://HOST:PORT or grpc://HOST:PORT).")
 @click.option("--triton-model", default=None, help="The model's name on the Triton server [default: the spec's name].")
 @session_options
-def bench_cmd(artifact, backend, batch, duration, warmup, cv_threshold, as_json, triton_url, triton_model, **opts):
-    """Latency and throughput of ARTIFACT per back end and batch size, trtexec-style."""
+def bench_cmd(artifact, backend, batch, shapes, duration, warmup, cv_threshold, as_json, triton_url, triton_model, **opts):
+    """Latency and throughput of ARTIFACT per back end, shape and batch size, trtexec-style."""
     def body():
-        from ..manifest import folder_of
-        from ..runtime.bench import bench_all, report
+        from ..manifest import folder_of, read_manifest
+        from ..runtime.bench import bench_all, report, sizes_at
         from ..runtime.session import named_backends
         sizes = _int_list(batch, "--batch")
         folder = folder_of(artifact)
+        at = sizes_at(read_manifest(folder), _shape_list(shapes)) if shapes else None
         names, skipped = named_backends(backend, folder)
         results, failed = bench_all(folder, names, sizes, duration, warmup, _options(artifact, backend, **opts),
                                     cv_threshold, (triton_url, triton_model) if triton_url else None,
-                                    keep_going=backend == "all", say=(lambda m: None) if as_json else say)
+                                    keep_going=backend == "all", say=(lambda m: None) if as_json else say, shapes=at)
         r = report(folder, results, skipped + failed, duration, warmup)
         if as_json:
             click.echo(json.dumps(r, indent=2))
         else:
             _bench_table(r)
     run(body)
+
+
+def _shape_list(values) -> list[tuple[int, int]]:
+    """--shape values (repeated, each possibly comma-separated) as (H, W) pairs, each once; each part
+    read by the HxW option type (one home for what a size looks like)."""
+    from ..errors import OptionError
+    out = []
+    for part in (p.strip() for v in values for p in v.split(",")):
+        try:
+            hw = HxW().convert(part, None, None)
+        except click.BadParameter as e:
+            raise OptionError.at("--shape", e.message, "e.g. --shape 224x224, or --shape 224x224,512x512") from None
+        if hw in out:
+            raise OptionError.at("--shape", f"--shape names {hw[0]}x{hw[1]} twice", "give each shape once")
+        out.append(hw)
+    return out
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -203,41 +220,39 @@ def _int_list(text: str, option: str) -> list[int]:
 
 def _bench_table(report: dict) -> None:
     """Two tables that fit an 80-column terminal: throughput (with the host<->device copies where a
-    back end has a device) and latency per query. The mean is in --json."""
-    from rich import box
+    back end has a device) and latency per query. The mean is in --json. A model with size variables
+    gets the two for each shape measured, the shape in their titles."""
     from rich.markup import escape
-    from rich.table import Table
 
     from ..render import console
     from ..render import escape as plain   # then rich's escape: no control character, no markup
     results = report["results"]
     device = any(r["h2d_ms"] is not None for r in results)
+    shaped = bool(report.get("macs_at"))
     ms = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-    rate = lambda v: f"{v:,.0f}" if v >= 1000 else f"{v:,.1f}"  # noqa: E731  (a tenth of 10^6/s says nothing)
-
-    def table(title: str, cols: tuple[str, ...]) -> Table:
-        t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
-                  collapse_padding=True, show_edge=False)
-        for col in ("backend", "batch", *cols):
-            t.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
-        return t
+    rate = lambda v: "—" if v is None else f"{v:,.0f}" if v >= 1000 else f"{v:,.1f}"  # noqa: E731  (a tenth of 10^6/s says nothing)
     out = console()
+    macs_at = f" at {report['macs_at']}" if shaped else ""
     out.print(escape(plain(f"{report['model']} ({report['precision']}): {report['duration_s']:g} s per row, "
-                           f"{report['macs_per_image']:,} MACs per image")))
-    thr = table("throughput", ("queries/s", "images/s", "GFLOP/s", *(("H2D ms", "D2H ms") if device else ()), "CV"))
-    lat = table("latency per query, ms", ("median", "p90", "p95", "p99", "min", "max"))
+                           f"{report['macs_per_image']:,} MACs per image{macs_at}")))
     noisy = []
-    for r in results:
-        head = (escape(plain(r["backend"])), str(r["batch"]))
-        thr.add_row(*head, rate(r["throughput"]["queries_per_s"]), rate(r["throughput"]["images_per_s"]),
-                    rate(r["gflops"]), *((ms(r["h2d_ms"]), ms(r["d2h_ms"])) if device else ()),
-                    f"{r['cv']:.1%}" + (" !" if r["noisy"] else ""))
-        lat.add_row(*head, *(ms(r["latency_ms"][k]) for k in ("median", "p90", "p95", "p99", "min", "max")))
-        if r["noisy"]:
-            noisy.append(f"{r['backend']} batch {r['batch']}")
-    out.print(thr)
-    out.print(lat)
+    for shape in dict.fromkeys(r.get("shape") for r in results):
+        at = f", {shape}" if shaped and shape else ""
+        thr = _table(f"throughput{at}", ("queries/s", "images/s", "GFLOP/s", *(("H2D ms", "D2H ms") if device else ()), "CV"))
+        lat = _table(f"latency per query, ms{at}", ("median", "p90", "p95", "p99", "min", "max"))
+        for r in (r for r in results if r.get("shape") == shape):
+            head = (escape(plain(r["backend"])), str(r["batch"]))
+            thr.add_row(*head, rate(r["throughput"]["queries_per_s"]), rate(r["throughput"]["images_per_s"]),
+                        rate(r["gflops"]), *((ms(r["h2d_ms"]), ms(r["d2h_ms"])) if device else ()),
+                        f"{r['cv']:.1%}" + (" !" if r["noisy"] else ""))
+            lat.add_row(*head, *(ms(r["latency_ms"][k]) for k in ("median", "p90", "p95", "p99", "min", "max")))
+            if r["noisy"]:
+                noisy.append(f"{r['backend']} batch {r['batch']}" + (f" at {shape}" if at else ""))
+        out.print(thr)
+        out.print(lat)
     out.print("one query = one batch; images/s = queries/s x batch; mean latency: --json")
+    if shaped:
+        out.print(f"GFLOP/s{macs_at} only: the manifest's MACs are that size's")
     for s in report["skipped"]:
         out.print(escape(plain(f"skipped {s['backend']}: {s['reason']}" + (f"  ({s['install']})" if s.get("install") else ""))))
     if noisy:
@@ -245,22 +260,43 @@ def _bench_table(report: dict) -> None:
             "Rerun with a longer --duration")
 
 
+def _table(title: str, cols: tuple[str, ...]):
+    from rich import box
+    from rich.table import Table
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+              collapse_padding=True, show_edge=False)
+    for col in ("backend", "batch", *cols):
+        t.add_column(col, justify="left" if col == "backend" else "right", no_wrap=True)
+    return t
+
+
 @click.command("parity")
 @click.argument("artifact", type=click.Path())
 @click.option("--backends", default="all", show_default=True,
               help="Comma-separated back ends to compare, or 'all' (every usable one). " + BACKEND_HELP)
 @click.option("--inputs", "source", default="16", show_default=True,
-              help="N random normalised inputs (seeded), or a folder of images / .npy files.")
+              help="N random normalised inputs (seeded), or a folder of images / .npy / .npz files.")
+@click.option("--shape", "shapes", multiple=True,
+              help=SHAPE_HELP + ", for random inputs [default: the smallest valid size, a middle one and the largest "
+                                "up to 512].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @session_options
-def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):
+def parity_cmd(artifact, backends, source, shapes, batch_size, as_json, **opts):
     """The same inputs through every back end: max abs and relative error and top-1 agreement for
-    each pair; exit 1 if any pair is beyond the tolerance for the artifact's precision."""
+    each pair on each output (and, with size variables, at several sizes); exit 1 if any is beyond
+    the tolerance for the artifact's precision."""
     def body():
-        from ..manifest import folder_of
+        from ..errors import OptionError
+        from ..manifest import folder_of, read_manifest
+        from ..runtime.bench import sizes_at
         from ..runtime.parity import parity
-        r = parity(folder_of(artifact), backends, source, batch_size, _options(artifact, backends, **opts))
+        folder = folder_of(artifact)
+        if shapes and not source.isdigit():
+            raise OptionError.at("--shape", "--shape sizes random inputs; a folder's inputs run at their own sizes",
+                                 "leave --shape out, or give --inputs N")
+        at = sizes_at(read_manifest(folder), _shape_list(shapes)) if shapes else None
+        r = parity(folder, backends, source, batch_size, _options(artifact, backends, **opts), at)
         if as_json:
             click.echo(json.dumps(r, indent=2))
         else:
@@ -270,20 +306,32 @@ def parity_cmd(artifact, backends, source, batch_size, as_json, **opts):
 
 
 def _parity_table(report: dict) -> None:
+    """One row per pair (one output at one size: today's table), else one per pair, output and size,
+    then each pair's worst."""
     from rich.markup import escape
     from rich.table import Table
 
     from ..render import console
     from ..render import escape as plain   # then rich's escape: no control character, no markup
     out = console()
+    rows = report["outputs"]
+    several = len(rows) > len(report["pairs"])
+    shaped = bool(report["shapes"])
     t = Table(title=escape(plain(f"{report['model']} ({report['precision']}): {report['inputs']}")), title_justify="left")
-    for col in ("reference", "other", "max |a-b|", "max |a-b|/(1+|ref|)", "top-1 agree", "tolerance", ""):
+    extra = (("output",) if several else ()) + (("size",) if several and shaped else ())
+    for col in ("reference", "other", *extra, "max |a-b|", "max |a-b|/(1+|ref|)", "top-1 agree", "tolerance", ""):
         t.add_column(col)
-    for p in report["pairs"]:
-        t.add_row(p["reference"], p["other"], f"{p['max_abs']:.3e}", f"{p['max_scaled']:.3e}",
+    for p in rows if several else report["pairs"]:
+        t.add_row(p["reference"], p["other"], *((p["output"],) if several else ()),
+                  *((p["shape"] or "",) if several and shaped else ()), f"{p['max_abs']:.3e}", f"{p['max_scaled']:.3e}",
                   "—" if p["top1_agreement"] is None else f"{p['top1_agreement']:.1%}", escape(p["tolerance"]),
                   "[green]ok[/]" if p["ok"] else "[bold red]FAIL[/]")
     out.print(t)
+    if several:
+        for p in report["pairs"]:
+            at = f" at {p['shape']}" if p["shape"] else ""
+            out.print(f"worst {p['reference']} vs {p['other']}: {p['output']}{at}, max |a-b| {p['max_abs']:.3e} "
+                      + ("[green]ok[/]" if p["ok"] else "[bold red]FAIL[/]"))
     for name, sha in report["changed_since_compile"].items():
         out.print(f"[yellow]note:[/] {name} is not the file compile wrote (sha256 {sha[:16]}..., manifest says otherwise)")
     for f in report["failed_inputs"]:

@@ -172,7 +172,7 @@ def checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
     """The manifest's preprocess and labels, checked against its shapes: a hand-edited or foreign
     manifest fails here, naming the field, not on every input later."""
     from ..errors import ArtifactError
-    from .preprocess import PIL_FILTERS
+    from .preprocess import FITS, PIL_FILTERS
     where = os.path.join(folder, "manifest.json")
     shape_in, shape_out = manifest.input.sample_shape, manifest.output.sample_shape   # bounded: Manifest.from_json
     pre = manifest.preprocess
@@ -187,15 +187,18 @@ def checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
     if pre.get("interpolation", "bilinear") not in PIL_FILTERS:
         raise ArtifactError.at(where, f"unknown preprocess.interpolation {pre.get('interpolation')!r}",
                                f"one of {', '.join(PIL_FILTERS)}")
+    if pre.get("fit", FITS[0]) not in FITS:
+        raise ArtifactError.at(where, f"unknown preprocess.fit {pre.get('fit')!r}", f"one of {', '.join(FITS)}")
     for k in ("resize", "crop"):   # the spec language's bounds: a forged resize of 10^6 would allocate 10^12 pixels
         if pre.get(k) is not None and not (isinstance(pre[k], int) and not isinstance(pre[k], bool)
                                            and 0 < pre[k] <= MAX_SPATIAL):
             raise ArtifactError.at(where, f"preprocess.{k} is {pre[k]!r}, not a positive integer up to {MAX_SPATIAL:,}",
                                    "recompile: resgraph compile SPEC -o FOLDER")
-    if manifest.labels is not None and (len(shape_out) != 1 or len(manifest.labels) != shape_out[0]):
+    if manifest.labels is not None and not any(len(t.sample_shape) in (1, 3) and t.sample_shape[0] == len(manifest.labels)
+                                               for t in manifest.outputs):   # a vector's classes, or a map's channels
         raise ArtifactError.at(where, f"{len(manifest.labels)} labels for an output of shape {list(shape_out)}",
                                "recompile: resgraph compile SPEC -o FOLDER")
-    return Preprocess.from_json(pre, shape_in)
+    return Preprocess.from_json(pre, shape_in, manifest.sizes)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,12 @@ Tolerances are the test suite's (the compiler's proof):
     bf16 on either side           |a - b| <= 8e-2 x (1 + |reference|)
 The reference of a pair is its first back end; torch-cpu (the checkpoint, unfolded, fp32) comes
 first wherever it takes part, so a model.onnx altered after compiling fails against it.
+
+Every output is compared on its own (its own tolerance, its own noise floor), and a model with size
+variables at several sizes: by default three (default_sizes: the smallest valid, the valid one
+nearest the middle, and the largest valid up to AFFORDABLE, 512, so that parity stays quick on
+large ranges), or those --shape asks for. The report lists each (pair, output, size) and, under
+"pairs", the worst of each back-end pair (a failing one first, then the largest max |a - b|).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import numpy as np
 
 FP32_ABS = 1e-4
 FP32_NOISE_FACTOR = 4.0
+AFFORDABLE = 512     # the largest size parity runs at by default (models with size variables)
 HALF_REL = {"fp16": 2e-2, "tf32": 2e-2, "bf16": 8e-2}   # x (1 + |ref|); TF32 keeps fp16's 10-bit mantissa, bf16 7
 
 
@@ -31,6 +38,8 @@ class Pair:
     top1_agreement: float | None  # share of inputs whose arg-max agrees (vector outputs)
     tolerance: str
     ok: bool
+    output: str | None = None    # which output (parity fills these in; compare() leaves them None)
+    shape: str | None = None     # at which input size, HxW (models with size variables)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -41,18 +50,32 @@ def order(backends: list[str]) -> list[str]:
     return sorted(backends, key=lambda b: (b != "torch-cpu", b != "torch-cuda"))
 
 
-def run_all(sessions: dict, x: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    return {name: np.concatenate([s.run(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
-            for name, s in sessions.items()}
+def run_batches(sessions: dict, feeds: dict, batch_size: int) -> dict[str, dict[str, np.ndarray]]:
+    """back end -> output name -> [N, ...]: every input (name -> [N, ...]) through each session,
+    batch_size samples at a time."""
+    from .pipeline import run_feeds
+    n = len(next(iter(feeds.values())))
+    out = {}
+    for name, s in sessions.items():
+        parts = [run_feeds(s, {k: v[i:i + batch_size] for k, v in feeds.items()}) for i in range(0, n, batch_size)]
+        out[name] = {o: np.concatenate([p[o] for p in parts]) for o in parts[0]}
+    return out
 
 
 def noise_floor(torch_session, x: np.ndarray, ref: np.ndarray) -> float:
-    """max |fp32 - fp64| of the torch module on x: how far fp32 arithmetic itself is from exact."""
+    """max |fp32 - fp64| of a one-input, one-output torch module on x: how far fp32 arithmetic itself is from exact."""
+    y = fp64_outputs(torch_session, {torch_session.input_name: x})
+    return float(np.abs(ref - y[torch_session.output_name]).max())
+
+
+def fp64_outputs(torch_session, feeds: dict) -> dict[str, np.ndarray]:
+    """The torch session's module in fp64 on the CPU: every output by name, for these inputs."""
     import torch
     m = copy.deepcopy(torch_session.module).to("cpu").double()
     with torch.inference_mode():
-        r64 = m(torch.from_numpy(x).double()).numpy()
-    return float(np.abs(ref - r64).max())
+        y = m(*[torch.from_numpy(np.asarray(feeds[t.name])).double() for t in torch_session.inputs])
+    ys = list(y) if isinstance(y, (tuple, list)) else [y]
+    return {t.name: v.numpy() for t, v in zip(torch_session.outputs, ys)}
 
 
 def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=None,
@@ -90,40 +113,107 @@ def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=No
     return pairs
 
 
-def parity_inputs(source: str, input_shape: tuple, preprocess) -> tuple[np.ndarray, str, list[dict]]:
-    """(the inputs, what they are, the inputs that failed to decode) for `parity --inputs SOURCE`:
-    a count of seeded random normalised inputs, or a folder of images / .npy files."""
+def default_sizes(manifest) -> list[dict]:
+    """parity's sizes for a model with size variables: per variable its smallest valid size, the
+    valid size nearest the middle, and its largest valid size up to AFFORDABLE (its smallest where
+    none is); each distinct combination once."""
+    picks = {}
+    for k, r in manifest.sizes.items():
+        top = max((v for v in r.valid if v <= AFFORDABLE), default=r.valid[0])
+        mid = min((v for v in r.valid if v <= top), key=lambda v: (abs(2 * v - r.valid[0] - top), v))
+        picks[k] = (r.valid[0], mid, top)
+    out = []
+    for i in range(3):
+        at = {k: p[i] for k, p in picks.items()}
+        if at not in out:
+            out.append(at)
+    return out
+
+
+def random_cases(source: str, session, sizes: list[dict]) -> tuple[list[tuple[str | None, dict]], str]:
+    """`parity --inputs N`: N seeded random normalised samples of every input at each of `sizes`
+    -> ([(the size's label, input name -> [N, ...])], what they are)."""
+    from ..errors import OptionError
+    from ..limits import MAX_PARITY_BYTES
+    from .bench import shape_label
+    n = int(source)
+    if n < 1:
+        raise OptionError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
+    cases = []
+    for at in sizes:
+        full = session.default_sizes(at)
+        shapes = {t.name: t.at(full) for t in session.inputs}
+        per = 4 * sum(math.prod(s) for s in shapes.values())
+        if n * per > MAX_PARITY_BYTES:   # refused before allocating (10^9 inputs asked for 238 GiB)
+            shown = ", ".join(f"{k} {list(v)}" for k, v in shapes.items())
+            raise OptionError.at("--inputs", f"{n:,} random inputs of {shown} take {n * per / 2**30:,.1f} GiB",
+                                 f"at most {max(1, MAX_PARITY_BYTES // per):,} of this model's inputs "
+                                 f"({MAX_PARITY_BYTES >> 30} GiB); parity's figures settle within a few hundred")
+        rng = np.random.default_rng(0)
+        feeds = {k: rng.standard_normal((n, *v), dtype=np.float32) for k, v in shapes.items()}
+        cases.append((shape_label(shapes[session.input_name]) if session.sizes else None, feeds))
+    return cases, f"{n} random normalised inputs (seed 0)" + (f" at {len(cases)} sizes" if len(cases) > 1 else "")
+
+
+def folder_cases(source: str, session) -> tuple[list[tuple[str | None, dict]], str, list[dict]]:
+    """`parity --inputs DIR`: the images, .npy and .npz files of a folder through the preprocess,
+    grouped by size (images of several sizes cannot share a batch) -> (cases, what, the failures)."""
     import os
 
     from ..errors import OptionError
-    from .inputs import expand, no_inputs
-    from .pipeline import decode_batch
-    if source.isdigit():
-        from ..limits import MAX_PARITY_BYTES
-        n, per = int(source), 4 * math.prod(input_shape)
-        if n < 1:
-            raise OptionError.at("--inputs", "--inputs 0: nothing to compare", "give a count of at least 1, or a folder")
-        if n * per > MAX_PARITY_BYTES:   # refused before allocating (10^9 inputs asked for 238 GiB)
-            raise OptionError.at("--inputs", f"{n:,} random inputs of {list(input_shape)} take {n * per / 2**30:,.1f} GiB",
-                                 f"at most {max(1, MAX_PARITY_BYTES // per):,} of this model's inputs "
-                                 f"({MAX_PARITY_BYTES >> 30} GiB); parity's figures settle within a few hundred")
-        x = np.random.default_rng(0).standard_normal((n, *input_shape), dtype=np.float32)
-        return x, f"{int(source)} random normalised inputs (seed 0)", []
+    from .bench import shape_label
+    from .inputs import Feeder, expand, no_inputs
+    from .pipeline import decode_samples
     if not os.path.isdir(source):
         raise OptionError.at(source, "--inputs is neither a count nor a folder", "e.g. --inputs 32 or --inputs images/")
-    items = expand([source], None, input_shape)
-    decoded = decode_batch(items, preprocess)
+    items = expand([source], None, session.input_shape)
+    decoded = decode_samples(items, Feeder.of(session))
     failed = [{"input": i.name, "error": d} for i, d in zip(items, decoded) if isinstance(d, str)]
-    good = [d for d in decoded if not isinstance(d, str)]
-    if not good:
+    groups: dict = {}
+    for d in decoded:
+        if not isinstance(d, str):
+            groups.setdefault(d.key, []).append(d)
+    if not groups:
         raise no_inputs([source])
-    return np.stack(good), f"{len(good)} inputs from {source}", failed
+    cases = [(shape_label(g[0].feeds[session.input_name].shape) if session.sizes else None,
+              {k: np.stack([d.feeds[k] for d in g]) for k in g[0].feeds}) for g in groups.values()]
+    good = sum(len(g) for g in groups.values())
+    return cases, f"{good} inputs from {source}" + (f" at {len(cases)} sizes" if len(cases) > 1 else ""), failed
 
 
-def parity(folder: str, backends: str, source: str, batch_size: int, options) -> dict:
+def compare_case(shape: str | None, feeds: dict, outputs: dict, sessions: dict) -> list[Pair]:
+    """Every output's pairs on one case (one size); the fp32 noise floor measured once, if needed."""
+    torch_ref = sessions.get("torch-cpu")
+    fp64: dict = {}
+
+    def floor(name: str) -> float:
+        if not fp64:
+            fp64.update(fp64_outputs(torch_ref, feeds))
+        return float(np.abs(outputs["torch-cpu"][name] - fp64[name]).max())
+    pairs = []
+    for name in next(iter(outputs.values())):
+        got = compare({b: outputs[b][name] for b in sessions}, {b: s.precision for b, s in sessions.items()},
+                      (lambda name=name: floor(name)) if torch_ref is not None else None)
+        pairs += [replace(p, output=name, shape=shape) for p in got]
+    return pairs
+
+
+def worst(pairs: list[Pair]) -> list[Pair]:
+    """Each back-end pair's worst comparison: a failing one first, then the largest max |a - b|."""
+    out: dict = {}
+    for p in pairs:
+        key = (p.reference, p.other)
+        if key not in out or (not p.ok, p.max_abs) > (not out[key].ok, out[key].max_abs):
+            out[key] = p
+    return list(out.values())
+
+
+def parity(folder: str, backends: str, source: str, batch_size: int, options, shapes: list[dict] | None = None) -> dict:
     """`resgraph parity`: the same inputs through every back end that `backends` names (--backends:
-    'all' or a list; ordered: the checkpoint's torch module first), every pair compared at its tolerance. The report's `ok` is False when a pair
-    is beyond it; `changed_since_compile` names the files that differ from the manifest's record."""
+    'all' or a list; ordered: the checkpoint's torch module first), every pair compared on every
+    output at its tolerance, at every size of `shapes` (size-variable values; default: default_sizes)
+    for random inputs. The report's `ok` is False when a pair is beyond it; `changed_since_compile`
+    names the files that differ from the manifest's record."""
     from ..manifest import read_manifest, verify_artifacts
     from .session import BackendError, named_backends, open_session
     names, skipped = named_backends(backends, folder, "--backends")
@@ -138,16 +228,19 @@ def parity(folder: str, backends: str, source: str, batch_size: int, options) ->
         for n in names:   # files changed since compiling are compared, and reported, not refused
             sessions[n] = open_session(folder, n, replace(options, verify=False))
         first = next(iter(sessions.values()))
-        x, what, failed_inputs = parity_inputs(source, first.input_shape, first.preprocess)
-        outputs = run_all(sessions, x, batch_size)
-        torch_ref = sessions.get("torch-cpu")
-        floor = (lambda: noise_floor(torch_ref, x, outputs["torch-cpu"])) if torch_ref is not None else None
-        pairs = compare(outputs, {n: s.precision for n, s in sessions.items()}, floor)
-        backends = {n: s.describe() for n, s in sessions.items()}
+        if source.isdigit():
+            sizes = shapes or (default_sizes(manifest) if manifest.sizes else [{}])
+            (cases, what), failed_inputs = random_cases(source, first, sizes), []
+        else:
+            cases, what, failed_inputs = folder_cases(source, first)
+        pairs = [p for shape, feeds in cases
+                 for p in compare_case(shape, feeds, run_batches(sessions, feeds, batch_size), sessions)]
+        described = {n: s.describe() for n, s in sessions.items()}
     finally:
         for s in sessions.values():
             s.close()
     return {"artifact": folder, "model": manifest.name, "precision": manifest.precision, "inputs": what,
-            "backends": backends, "pairs": [p.to_json() for p in pairs],
+            "shapes": [c[0] for c in cases if c[0] is not None], "backends": described,
+            "pairs": [p.to_json() for p in worst(pairs)], "outputs": [p.to_json() for p in pairs],
             "changed_since_compile": verify_artifacts(folder, manifest), "failed_inputs": failed_inputs,
             "skipped": skipped, "ok": all(p.ok for p in pairs)}

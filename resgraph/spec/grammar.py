@@ -149,6 +149,9 @@ PREPROCESS = Mapping("preprocess", (
         bad="unknown preprocess.interpolation {value!r}", noun="interpolations"),
     Key("mean", "numbers", "per channel, on RGB scaled to [0, 1]"),
     Key("std", "numbers", "per channel: (x - mean) / std; every std > 0"),
+    Key("fit", "choice", "with size variables: how an image not of a valid size becomes one (pad: zeros at the "
+        "bottom and right up to the next valid size; resize: to the nearest valid size)", choices=("pad", "resize"),
+        bad="unknown preprocess.fit {value!r}", noun="fit rules"),
 ), doc="how the inference tools turn an image file into the input")
 
 # Policies of the PyTorch back end (backends/torch/init.py); first = default

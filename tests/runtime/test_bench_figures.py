@@ -20,6 +20,7 @@ class FakeSession:
 
     def __init__(self, clock, manifest, latencies, io=None, warmup_s=0.5):
         self.clock, self.manifest = clock, manifest
+        self.inputs, self.outputs, self.sizes = manifest.inputs, manifest.outputs, manifest.sizes   # one of each, fixed
         self.todo = [warmup_s, *latencies]
         self.io = None if io is None else [io[0], *io]
         self.last_io = None
