@@ -192,6 +192,8 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
     from .backends.onnx import DEFAULT_OPSET, OPSETS
     from .frontend import check_file
     checked = check_file(spec_path)
+    from .sized import writable
+    writable(checked)
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
         raise OptionError.at("--opset", f"opset {opset} is not supported",

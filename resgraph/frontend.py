@@ -30,21 +30,29 @@ class Checked:
 
     def to_json(self) -> dict:
         """`check --json`: "inputs" and "outputs", every one with its name and shape (a size variable
-        stays its name, an output's dims are expressions of it), and "input" and "output" where
-        there is exactly one (the contract's form for graphs with one of each)."""
+        stays its name, an output's dims are expressions of it); and "input" and "output", the first
+        of each in the contract's version-1 form, whole numbers: where the spec has size variables, at
+        the size "macs" is given at ("macs_at"), so that a reader of one input and one output finds
+        the same network it always did, and these three numbers describe one size of it."""
         ins, outs = self.io_shapes()
         ins = [{"name": name, "shape": s} for (name, _), s in zip(self.graph.inputs, ins)]
         outs = [{"name": name, "shape": s} for (name, _), s in zip(self.graph.outputs, outs)]
-        d = {"name": self.graph.name, **({"input": ins[0]} if len(ins) == 1 else {}),
-             **({"output": outs[0]} if len(outs) == 1 else {}), "inputs": ins, "outputs": outs,
+        first = [{"name": x["name"], "shape": self._concrete(x["shape"])} for x in (ins[0], outs[0])]
+        d = {"name": self.graph.name, "input": first[0], "output": first[1], "inputs": ins, "outputs": outs,
              "params": self.params, "macs": self.macs,
              "projections": [p.to_json() for p in self.graph.projections],
              "warnings": [w.to_json() for w in self.warnings]}
         if self.sizes is not None:
             d["valid_sizes"] = {k: list(v) for k, v in self.sizes.valid.items()}
             d["macs"], d["macs_at"] = self.sizes.macs, self.sizes.macs_at
-        order = ("name", "input", "output", "inputs", "outputs")
-        return {**{k: d[k] for k in order if k in d}, **{k: v for k, v in d.items() if k not in order}}
+        return d
+
+    def _concrete(self, shape: list) -> list[int]:
+        """A shape of io_shapes() at the size of "macs_at" (itself where it has no size variable)."""
+        if self.sizes is None:
+            return shape
+        from .manifest import evaluate_dim
+        return [d if isinstance(d, int) else evaluate_dim(d, self.sizes.macs_at) for d in shape]
 
     def io_shapes(self) -> tuple[list, list]:
         """Every input's and output's shape (no batch), in spec order: lists of ints, where a spec has

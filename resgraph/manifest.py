@@ -93,6 +93,9 @@ def evaluate_dim(expr: str, sizes: dict) -> int:
     """An output dim written by sized.expression: H, H * s, H + c, ceil(H / s), floor((H + c) / s)."""
     import re
     e = expr.replace(" ", "")
+    m = re.fullmatch(r"(\d+)\*(.+)", e)
+    if m:
+        return int(m[1]) * evaluate_dim(m[2], sizes)
     m = re.fullmatch(r"([A-Za-z_]\w*)", e)
     if m:
         return int(sizes[m[1]])

@@ -155,7 +155,8 @@ def _macs_at(g: Graph, spec, smallest: dict) -> int:
 
 def expression(var: str, sizes: list[int], outs: list[int]) -> str | int:
     """The output's length as an expression of the input's, fitted exactly over every valid size:
-    H, H * s, H + c, ceil(H / s), floor((H + c) / s); a constant where it does not vary."""
+    H, H * s, H + c, ceil(H / s), floor((H + c) / s), and m * one of those; a constant where it does
+    not vary; f(H) where none fits (manifest.evaluate_dim reads every other form)."""
     pairs = list(zip(sizes, outs))
     if len(set(outs)) == 1:
         return outs[0]
@@ -173,7 +174,26 @@ def expression(var: str, sizes: list[int], outs: list[int]) -> str | int:
         for c in range(-64, 65):
             if all(o == (n + c) // s for n, o in pairs):
                 return f"floor(({var} {'+' if c >= 0 else '-'} {abs(c)}) / {s})"
-    return f"f({var})"
+    for m in range(2, 65):   # upsampled after a stride: m * ceil(H / s), m * floor((H + c) / s)
+        if all(o % m == 0 for o in outs) and len(set(o // m for o in outs)) > 1:
+            inner = expression(var, sizes, [o // m for o in outs])
+            if "*" not in str(inner) and not str(inner).startswith("f("):
+                return f"{m} * {inner}"
+    return f"f({var})"   # none of the forms: compile refuses it (a manifest's dims must be evaluable)
+
+
+def writable(checked) -> None:
+    """compile writes every output dim as an expression the runtime evaluates: one that no form
+    fits (f(H)) is refused at `sizes:`, with the way out."""
+    if checked.sizes is None:
+        return
+    for (name, _), shape in zip(checked.graph.outputs, checked.sizes.output_shapes):
+        odd = [d for d in shape if isinstance(d, str) and d.startswith("f(")]
+        if odd:
+            loc = next(iter(checked.spec.sizes.values())).loc
+            raise SpecError([Diagnostic(loc, f"output '{name}' has a dim that is no expression resgraph writes "
+                                        f"({odd[0]}: not H, H * s, H + c, ceil(H / s), floor((H + c) / s) or m * one "
+                                        "of those)", "compile it at fixed sizes, or narrow the size range")])
 
 
 def fixed_size(checked, what: str) -> None:

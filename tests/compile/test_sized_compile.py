@@ -77,3 +77,36 @@ def test_a_size_the_graph_cannot_take_is_refused_with_the_nearest_valid_sizes(wr
     with pytest.raises(DataError, match=r"a batch of shape \[1, 1, 66, 66\], but the model takes \[N, 3, H, W\]"):
         s.run(np.zeros((1, 1, 66, 66), np.float32))
     assert s.run(np.zeros((1, 3, 66, 70), np.float32)).shape == (1, 2, 64, 68)
+
+
+UPSAMPLED = """resgraph: 1
+name: up_after_stride
+sizes: {H: {min: 4, max: 40}, W: {min: 4, max: 40}}
+input: {shape: [3, H, W]}
+layers:
+  - conv: {out: 4, kernel: 3, stride: 2}
+  - relu
+  - upsample: {scale: 2}
+  - conv: {out: 2, kernel: 1}
+"""
+
+
+def test_an_output_upsampled_after_a_stride_is_an_expression_the_runtime_evaluates(write_spec, tmp_path):
+    """2 * ceil(H / 2): an odd input gives one row more; the manifest's dims are evaluated per request."""
+    import math
+
+    from resgraph.manifest import evaluate_dim
+    from resgraph.runtime import open_session
+    from resgraph.sized import expression
+    sizes = list(range(5, 300))
+    for f, want in ((lambda n: 2 * math.ceil(n / 2), "2 * ceil(H / 2)"), (lambda n: 4 * ((n - 1) // 4), "4 * floor((H - 1) / 4)")):
+        e = expression("H", sizes, [f(n) for n in sizes])
+        assert e == want and all(evaluate_dim(e, {"H": n}) == f(n) for n in sizes)
+    m = _compile(write_spec(UPSAMPLED), tmp_path / "up")
+    assert m["outputs"][0]["shape"] == ["batch", 2, "2 * ceil(H / 2)", "2 * ceil(W / 2)"]
+    s = open_session(str(tmp_path / "up"), "ort-cpu")
+    x = np.random.default_rng(0).standard_normal((1, 3, 9, 12), dtype=np.float32)
+    assert s.output_shapes({"input": x}) == {"output": (1, 2, 10, 12)}
+    y = s.run(x)
+    assert y.shape == (1, 2, 10, 12)
+    np.testing.assert_allclose(y, open_session(str(tmp_path / "up"), "torch-cpu").run(x), atol=1e-5)

@@ -39,7 +39,7 @@ def test_check_reports_every_input_and_output_in_spec_order(write_spec):
     assert g.outputs == (("c3", "s2"), ("c4", "s3.conv2"), ("emb", "head"))
     assert g["m"].inputs == ("mask",) and g["a"].inputs == ("input",)
     d = c.to_json()
-    assert "input" not in d and "output" not in d   # kept only where there is exactly one
+    assert d["input"] == d["inputs"][0] and d["output"] == d["outputs"][0]   # the first, for one-of-each readers
     assert d["inputs"] == [{"name": "image", "shape": [3, 32, 32]}, {"name": "mask", "shape": [1, 32, 32]}]
     assert d["outputs"] == [{"name": "c3", "shape": [16, 8, 8]}, {"name": "c4", "shape": [32, 4, 4]},
                             {"name": "emb", "shape": [32]}]

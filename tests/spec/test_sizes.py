@@ -177,8 +177,10 @@ def test_check_reports_the_exact_valid_sizes_as_brute_force_finds_them(write_spe
     for name, axis, top in (("H", 1, 300), ("W", 2, 120)):
         assert d["valid_sizes"][name] == [n for n, (f, _) in zip(range(1, top + 1), brute(g, axis, range(1, top + 1)))
                                           if f is None]
-    assert d["input"]["shape"] == [3, "H", "W"] and d["inputs"] == [d["input"]]
-    assert d["output"]["shape"] == [2, "H - 2", "W - 2"]                 # the unpadded first conv
+    assert d["inputs"] == [{"name": "input", "shape": [3, "H", "W"]}]
+    assert d["outputs"] == [{"name": "output", "shape": [2, "H - 2", "W - 2"]}]   # the unpadded first conv
+    # the contract's one input and output in whole numbers: at the size macs is given at
+    assert d["input"]["shape"] == [3, 6, 6] and d["output"]["shape"] == [2, 4, 4]
     assert d["macs_at"] == {"H": 6, "W": 6} and d["macs"] == resgraph.check(write_spec(
         UNET_VALID.replace("[3, 66, 66]", "[3, 6, 6]"), "at6.yaml")).macs
     p = run_cli("check", path)
