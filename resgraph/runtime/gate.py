@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from .base import Options
-from .parity import FP32_ABS, Pair, compare, order
+from .parity import FP32_ABS, Pair, compare, fp64_outputs, order
 from .session import BACKENDS, open_session
 
 
@@ -77,7 +77,7 @@ def _compare_point(label: str, feeds: dict, outputs: dict, sessions: dict, where
     def floor(name: str):
         """max |fp32 - fp64| of the torch module's output `name` here: fp32 arithmetic's own noise."""
         if not fp64:
-            fp64.update(_fp64(torch_ref, feeds))
+            fp64.update(fp64_outputs(torch_ref, feeds))
         return float(np.abs(outputs["torch-cpu"][name] - fp64[name]).max())
     out = []
     for name in trt:
@@ -90,18 +90,6 @@ def _compare_point(label: str, feeds: dict, outputs: dict, sessions: dict, where
         shown = label if len(trt) == 1 else f"{label}, output {name}"
         out += [(shown, p) for p in pairs]
     return out
-
-
-def _fp64(torch_session, feeds: dict) -> dict:
-    """The torch module in fp64 on the CPU: every output by name."""
-    import copy
-
-    import torch
-    m = copy.deepcopy(torch_session.module).to("cpu").double()
-    with torch.inference_mode():
-        y = m(*[torch.from_numpy(feeds[t.name]).double() for t in torch_session.inputs])
-    ys = list(y) if isinstance(y, tuple) else [y]
-    return {t.name: v.numpy() for t, v in zip(torch_session.outputs, ys)}
 
 
 def rebuild_stale(folder: str, backend: str, device_id: int) -> str | None:
