@@ -1,0 +1,1 @@
+"""INT8 quantisation (issue 23): calibration of activation ranges from the IR (calibrate.py)."""
