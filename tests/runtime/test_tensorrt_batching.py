@@ -21,25 +21,8 @@ from resgraph.manifest import read_manifest
 from resgraph.runtime.base import Options, Session
 from resgraph.runtime.tensorrt import TensorRTSession
 
-# two inputs, two outputs (a map at the input's size and a vector), size variables H and W (even sizes)
-TWO_STREAM = """\
-resgraph: 1
-name: two_stream
-inputs:
-  - {name: image, shape: [3, H, W]}
-  - {name: mask, shape: [1, H, W]}
-sizes: {H: {min: 8, max: 64}, W: {min: 8, max: 64}}
-outputs:
-  - {name: fused, from: s}
-  - {name: emb, from: head}
-layers:
-  - conv: {out: 8, kernel: 3, id: a}
-  - conv: {out: 8, kernel: 3, stride: 2, in: mask}
-  - conv_transpose: {out: 8, kernel: 2, stride: 2}
-  - add: {from: [a], id: s}
-  - global_avgpool
-  - flatten: {id: head}
-"""
+# two inputs, two outputs (a map at the input's size and a vector), even sizes: one spec for the TensorRT tests
+from test_tensorrt_profile import TWO_STREAM  # noqa: E402
 
 
 @pytest.fixture(scope="module")
