@@ -67,7 +67,14 @@ class SizeRange:
 
     def nearest(self, n: int, k: int = 2) -> list[int]:
         """The k valid sizes nearest to n (the smaller first on a tie)."""
-        return sorted(sorted(self.valid, key=lambda v: (abs(v - n), v))[:k])
+        return nearest(self.valid, n, k)
+
+
+def nearest(valid, n: int, k: int = 2) -> list[int]:
+    """The k sizes of `valid` (ascending) nearest to n (the smaller first on a tie), in increasing order."""
+    import bisect
+    i = bisect.bisect_left(valid, n)
+    return sorted(sorted(valid[max(0, i - k):i + k], key=lambda v: (abs(v - n), v))[:k])
 
 
 def compact(valid_sizes) -> str:

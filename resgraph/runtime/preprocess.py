@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..manifest import compact
+from ..manifest import compact, nearest
 
 # torchvision's InterpolationMode names -> Pillow's filters (Image.Resampling values); the spec
 # language lists the same names (spec.model.INTERPOLATIONS; a test keeps the two equal)
@@ -307,12 +307,6 @@ def _shorter_side_to(size: tuple[int, int], s: int) -> tuple[int, int]:
     short, long = (iw, ih) if iw <= ih else (ih, iw)
     new_long = int(s * long / short)
     return (s, new_long) if iw <= ih else (new_long, s)
-
-
-def nearest(valid, n: int, k: int = 2) -> list[int]:
-    """The k valid sizes nearest to n (the smaller first on a tie), in increasing order."""
-    i = bisect.bisect_left(valid, n)
-    return sorted(sorted(valid[max(0, i - k):i + k], key=lambda v: (abs(v - n), v))[:k])
 
 
 def check_sample(got: tuple, want: tuple, sizes: dict | None, seen: dict | None = None) -> None:
