@@ -21,12 +21,18 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ArtifactError, PathError
 
-FORMAT = 2   # manifest.json's format; bump on any change a reader must know about
+FORMAT = 3   # manifest.json's format; bump on any change a reader must know about
 # 2: "inputs", "outputs" (every one, "input"/"output" their first) and "sizes" (size variables)
+# 3: "quantization" (precision int8: how it was calibrated, which model file each back end reads, the
+#    accuracy gate's figures, the CPU the gate ran on); model.s8.onnx
 # every file a compiled folder may hold, in publishing order: the manifest, which describes the
 # others, goes last
-ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx", "model.engine", "engine.json",
-             "manifest.json")
+ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx", "model.s8.onnx", "model.engine",
+             "engine.json", "manifest.json")
+# an int8 folder holds two encodings of one calibration: model.onnx (uint8 activations, ONNX Runtime's
+# CPU integer kernels) and model.s8.onnx (int8, zero point 0: what TensorRT requires). Back ends of
+# the TensorRT family read the second.
+S8_BACKENDS = ("tensorrt", "ort-trt")
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,45 @@ def evaluate_dim(expr: str, sizes: dict) -> int:
 
 
 @dataclass(frozen=True)
+class Quantization:
+    """How an int8 folder was quantised (manifest.json's "quantization").
+
+    method, percentile: the calibration (quant.calibrate); samples: how many inputs it read, drawn
+    from `calibration` (a description: 'digits (train split)', '512 of 1,300 files under data/cal,
+    seed 0'); calibration_sha256: of the ordered list of inputs read (same list, same model);
+    state_bytes: the observers' memory. keep_float: the spec paths or ids asked to stay float;
+    float_nodes: the IR paths that did. models: file -> its activation encoding ("u8" | "s8").
+    gate: the accuracy gate's figures (quant.gate.GateResult.to_json). cpu: the CPU the gate ran on
+    (runtime.cpu.describe())."""
+    method: str
+    percentile: float | None
+    samples: int
+    seed: int
+    calibration: str
+    calibration_sha256: str
+    state_bytes: int
+    keep_float: tuple[str, ...]
+    float_nodes: tuple[str, ...]
+    models: dict
+    gate: dict
+    cpu: dict
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["keep_float"], d["float_nodes"] = list(self.keep_float), list(self.float_nodes)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Quantization":
+        return cls(method=str(d["method"]), percentile=None if d["percentile"] is None else float(d["percentile"]),
+                   samples=int(d["samples"]), seed=int(d["seed"]), calibration=str(d["calibration"]),
+                   calibration_sha256=str(d["calibration_sha256"]), state_bytes=int(d["state_bytes"]),
+                   keep_float=tuple(str(x) for x in d["keep_float"]),
+                   float_nodes=tuple(str(x) for x in d["float_nodes"]),
+                   models={str(k): str(v) for k, v in d["models"].items()}, gate=dict(d["gate"]), cpu=dict(d["cpu"]))
+
+
+@dataclass(frozen=True)
 class Artifact:
     sha256: str
     bytes: int
@@ -136,7 +181,7 @@ class Manifest:
     spec_source: str               # the path compile read the spec from
     trained: bool
     weights_source: str
-    precision: str                 # fp32 | fp16 (of model.onnx; its input and output are fp32)
+    precision: str                 # fp32 | fp16 | int8 (of model.onnx; its input and output are fp32)
     opset: int
     folded: bool
     input: TensorInfo              # inputs[0], outputs[0]
@@ -153,6 +198,7 @@ class Manifest:
     inputs: tuple = ()             # every input and output (TensorInfo), in spec order; () = (input,)
     outputs: tuple = ()
     sizes: dict = field(default_factory=dict)   # size variable -> SizeRange
+    quantization: Quantization | None = None    # precision int8 only
 
     def __post_init__(self):
         if not self.inputs:
@@ -164,6 +210,13 @@ class Manifest:
     def dynamic(self) -> bool:
         return bool(self.sizes)
 
+    def onnx_file(self, backend: str | None = None) -> str:
+        """The ONNX file `backend` reads: model.onnx, except that an int8 folder's TensorRT back ends
+        (S8_BACKENDS; None: the TensorRT builder) read the int8 zero-point-0 encoding, model.s8.onnx."""
+        if self.quantization is not None and (backend is None or backend in S8_BACKENDS):
+            return "model.s8.onnx"
+        return "model.onnx"
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["input"], d["output"] = self.input.to_json(), self.output.to_json()
@@ -171,9 +224,11 @@ class Manifest:
         d["sizes"] = {k: {"min": v.lo, "max": v.hi, "valid": list(v.valid)} for k, v in self.sizes.items()}
         d["labels"] = list(self.labels) if self.labels is not None else None
         d["projections"] = list(self.projections)
+        d["quantization"] = self.quantization.to_json() if self.quantization is not None else None
         order = ("format", "resgraph_version", "name", "spec", "spec_source", "spec_sha256", "trained",
                  "weights_source", "precision", "opset", "folded", "external_data", "input", "output",
-                 "inputs", "outputs", "sizes", "preprocess", "labels", "params", "macs", "projections", "artifacts")
+                 "inputs", "outputs", "sizes", "preprocess", "labels", "params", "macs", "projections",
+                 "quantization", "artifacts")
         assert set(order) == set(d), set(order) ^ set(d)
         return {k: d[k] for k in order}
 
@@ -209,6 +264,8 @@ class Manifest:
                 labels=tuple(str(x) for x in d["labels"]) if d["labels"] is not None else None,
                 params=int(d["params"]), macs=int(d["macs"]), projections=tuple(d["projections"]),
                 external_data=d["external_data"], format=fmt, spec=str(d["spec"]),
+                quantization=Quantization.from_json(d["quantization"]) if fmt >= 3 and d["quantization"] is not None
+                else None,
                 artifacts={str(k): Artifact(str(v["sha256"]), int(v["bytes"])) for k, v in d["artifacts"].items()})
         except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as e:
             raise ArtifactError.at(where, f"a damaged manifest: {type(e).__name__}: {e}",
@@ -244,6 +301,10 @@ class Manifest:
             if dims[0] > MAX_CHANNELS or any(v > MAX_SPATIAL for v in dims[1:]) or math.prod(dims) > MAX_ELEMENTS:
                 return (f"{t.name}'s shape {list(t.shape)} is beyond the spec language's limits ({MAX_CHANNELS:,} "
                         f"channels, {MAX_SPATIAL:,} pixels a side, {MAX_ELEMENTS:,} elements a sample)")
+        if (self.precision == "int8") != (self.quantization is not None):
+            return f"precision {self.precision!r} {'with' if self.quantization else 'without'} a quantization record"
+        if self.quantization is not None and set(self.quantization.models) != {"model.onnx", "model.s8.onnx"}:
+            return f"its int8 models are {sorted(self.quantization.models)}, not model.onnx and model.s8.onnx"
         if self.labels is not None and len(self.labels) > MAX_LABELS:
             return f"{len(self.labels):,} labels, more than {MAX_LABELS:,}"
         names = [self.spec, *self.artifacts] + ([self.external_data] if self.external_data is not None else [])
