@@ -90,12 +90,13 @@ def engine_group():
 
 @engine_group.command("build")
 @click.argument("artifact", type=click.Path())
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16"]), default=None,
-              help="Engine precision [default: the engine's own when rebuilding, else model.onnx's].")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8"]), default=None,
+              help="Engine precision [default: the engine's own when rebuilding, else the folder's]; int8: from an "
+                   "int8 folder (resgraph quantize), a strongly typed network of its model.s8.onnx.")
 @engine_options
 def build_cmd(artifact, precision, engine_device, no_parity_gate, verbose, **flags):
-    """Build model.engine (+ engine.json) in the compiled folder ARTIFACT from its model.onnx, replacing
-    any engine there; the folder is republished atomically, like compile's."""
+    """Build model.engine (+ engine.json) in the compiled folder ARTIFACT from its model.onnx (an int8
+    folder's model.s8.onnx), replacing any engine there; the folder is republished atomically, like compile's."""
     def body():
         from ..backends.tensorrt.build import build_engine, plan_build
         from ..render import console
@@ -132,7 +133,8 @@ def _print_info(report: dict, info, folder: str) -> None:
     click.echo(escape(f"  inputs  {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.inputs)}"))
     click.echo(escape(f"  outputs {', '.join(f'{t.name} {list(t.shape)} {t.dtype}' for t in info.outputs)}"))
     click.echo(escape(f"  profile {','.join(map(str, info.profile))}  (per input NAME:MIN:OPT:MAX)"))
-    click.echo(escape(f"  from model.onnx sha256 {info.onnx_sha256[:16]}"))
+    onnx = "model.s8.onnx" if info.options.precision == "int8" else "model.onnx"
+    click.echo(escape(f"  from {onnx} sha256 {info.onnx_sha256[:16]}"))
     if here["runs"] is None:
         click.echo(f"  here: cannot tell ({escape(str(here.get('why')))})")
     elif not here["runs"]:

@@ -9,6 +9,9 @@ model) into the compiled folder's ort-trt-cache/ (engines and timing cache), whi
 load; its profile (every input's MIN, OPT, MAX shapes) is the folder's engine.json's where there is
 one, else engine build's default (batch 1:32:32, size variables over their valid range). TensorRT
 enables TF32 by default and the provider has no option to turn it off: an fp32 model reports tf32.
+An int8 folder: ort-trt reads model.s8.onnx (Q/DQ with int8 zero points, which TensorRT requires;
+Manifest.onnx_file) with the provider's INT8 mode on (trt_int8_enable: the Q/DQ scales, no
+calibration table); ort-cpu and ort-cuda read model.onnx (uint8 activations, the CPU's integer kernels).
 With cuda_graph, ONNX Runtime captures the whole run as one CUDA graph on its second run and
 replays it after (enable_cuda_graph); a graph is bound to its buffers' addresses and shapes, so
 each batch size gets its own session and preallocated device buffers.
@@ -35,9 +38,11 @@ class OrtSession(Session):
         # mantissa: off unless asked for, so that an fp32 folder computes in fp32 on every back end
         tf32 = tensorrt or (cuda and options.tf32)
         self.precision = "tf32" if tf32 and manifest.precision == "fp32" else manifest.precision
-        self.path = os.path.join(folder, "model.onnx")
+        self.onnx = manifest.onnx_file(self.backend)      # model.onnx; an int8 folder's ort-trt: model.s8.onnx
+        self.path = os.path.join(folder, self.onnx)
         if not os.path.isfile(self.path):
-            raise BackendError.at(self.path, "no model.onnx in the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
+            raise BackendError.at(self.path, f"no {self.onnx} in the compiled folder",
+                                  "recompile: resgraph compile SPEC -o FOLDER")
         self._graphs: dict[tuple, tuple] = {}     # input shapes -> (session, binding, inputs and outputs on device)
         self.sess = self._session(cuda_graph=False)
         if cuda and options.cuda_graph:            # fail at open, not at the first batch, if graphs cannot be had
@@ -88,7 +93,7 @@ class OrtSession(Session):
         if got != want:   # another model in the folder's place
             from ..errors import ArtifactError
             said = lambda io: ", ".join(f"{n} {s}" for n, s in io)  # noqa: E731
-            raise ArtifactError.at(self.path, f"model.onnx has {said(got)}, but the manifest says {said(want)}: "
+            raise ArtifactError.at(self.path, f"{self.onnx} has {said(got)}, but the manifest says {said(want)}: "
                                    "the two are not from one compile",
                                    "recompile: resgraph compile SPEC --weights W -o FOLDER")
         return sess
@@ -97,7 +102,8 @@ class OrtSession(Session):
         """The TensorRT provider's options: engine and timing cache in the compiled folder, and one
         profile: every input's MIN, OPT and MAX shapes from engine.json where there is one, else the
         profile `engine build` gives by default (backends/tensorrt/profile.py: batch 1:32:32, each
-        size variable from its smallest valid size to its largest)."""
+        size variable from its smallest valid size to its largest); an int8 folder's model.s8.onnx in
+        the provider's INT8 mode (its Q/DQ scales: no calibration table)."""
         from ..backends.tensorrt.engine_json import read_engine_info
         from ..backends.tensorrt.options import BuildOptions
         from ..backends.tensorrt.profile import dims_text, resolve
@@ -106,11 +112,12 @@ class OrtSession(Session):
         except Exception:  # noqa: BLE001  (no engine.json, or a damaged one: the default profile)
             profile = resolve(BuildOptions(), self.inputs, self.sizes)
         cache = os.path.join(self.folder, "ort-trt-cache")
+        int8 = {"trt_int8_enable": True} if self.manifest.precision == "int8" else {}
         shapes = lambda point: ",".join(f"{p.name}:{dims_text(p.at(point))}" for p in profile)  # noqa: E731
         return {"device_id": str(self.options.device_id), "trt_engine_cache_enable": True,
                 "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache,
                 "trt_profile_min_shapes": shapes("min"), "trt_profile_opt_shapes": shapes("opt"),
-                "trt_profile_max_shapes": shapes("max")}
+                "trt_profile_max_shapes": shapes("max"), **int8}
 
     def run(self, x: np.ndarray) -> np.ndarray:
         self.one_to_one()

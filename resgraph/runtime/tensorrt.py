@@ -1,7 +1,8 @@
 """model.engine on TensorRT.
 
 Opening: engine.json is checked against this machine first (TensorRT version, GPU compute
-capability, the folder's model.onnx: backends/tensorrt/engine_json.py), then model.engine against
+capability, the folder's ONNX file: model.onnx, an int8 folder's model.s8.onnx; Manifest.onnx_file;
+backends/tensorrt/engine_json.py), then model.engine against
 engine.json's sha256 (a corrupt or replaced file), and only then deserialised with trt.Runtime;
 `--rebuild` (runtime/rebuild.py, a step before opening) rebuilds a mismatched engine from model.onnx.
 
@@ -88,8 +89,10 @@ def check_engine(folder: str, manifest, device_id: int):
     trt = import_tensorrt()
     info = read_engine_info(folder)
     card = gpu(device_id)
-    onnx = manifest.artifacts.get("model.onnx")
-    check_compatible(folder, info, trt.__version__, card.compute_capability, onnx.sha256 if onnx else "", card.name)
+    name = manifest.onnx_file("tensorrt")       # the file the engine is built from: model.onnx or model.s8.onnx
+    onnx = manifest.artifacts.get(name)
+    check_compatible(folder, info, trt.__version__, card.compute_capability, onnx.sha256 if onnx else "", card.name,
+                     name)
     path = os.path.join(folder, "model.engine")
     rebuild = f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}  (or pass --rebuild)"
     with open(path, "rb") as f:

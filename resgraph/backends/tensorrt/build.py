@@ -1,9 +1,13 @@
 """model.onnx + Manifest -> model.engine + engine.json, with TensorRT's Python API.
 
+The ONNX file is the manifest's for the builder (Manifest.onnx_file(None)): model.onnx, or an int8
+folder's model.s8.onnx (Q/DQ with int8 zero points, which TensorRT requires), built strongly typed.
+
     log     = logger(): a trt.ILogger that keeps errors for the message (warnings shown with --verbose)
     builder = trt.Builder(log)
     network = builder.create_network(1 << STRONGLY_TYPED  if the precision plan is strongly typed else 0)
-    parser  = trt.OnnxParser(network, log); parser.parse_from_file(model.onnx)   (resolves model.onnx.data)
+    parser  = trt.OnnxParser(network, log); parser.parse_from_file(model.onnx)   (resolves model.onnx.data;
+              an int8 folder: model.s8.onnx)
     config  = builder.create_builder_config(): precision flags (options.typing_plan), workspace pool
               limit, builder_optimization_level, hardware compatibility level, VERSION_COMPATIBLE,
               one optimisation profile (batch MIN:OPT:MAX, every other dimension as the spec fixes it),
@@ -33,7 +37,7 @@ from ...fileio import link_or_copy
 from .engine_json import EngineInfo, TensorSpec, write_engine_info
 from .gpu import gpu as this_gpu
 from .gpu import select
-from .options import BuildOptions, default_timing_cache, typing_plan, version_tuple
+from .options import BuildOptions, default_timing_cache, int8_plan, typing_plan, version_tuple
 from .profile import ShapeProfile, resolve
 
 if TYPE_CHECKING:   # the annotations' names; imported for real, lazily, by import_tensorrt()
@@ -95,10 +99,13 @@ def parser_failures(parser: "trt.OnnxParser", onnx_path: str) -> str:
 
 def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device_id: int = 0,
                verbose: bool = False) -> tuple[bytes, EngineInfo]:
-    """Build the serialised engine (a plain TensorRT plan) and its engine.json record."""
+    """Build the serialised engine (a plain TensorRT plan) from `onnx_path` (the manifest's
+    onnx_file(None), model.onnx or model.s8.onnx) and its engine.json record."""
     trt = import_tensorrt()
     trt_version = version_tuple(trt.__version__)
-    where = os.path.join(os.path.dirname(onnx_path), "model.onnx")
+    where = onnx_path
+    onnx_name = os.path.basename(onnx_path)
+    assert onnx_name == manifest.onnx_file(None), (onnx_name, manifest.onnx_file(None))
     plan = typing_plan(options.precision, manifest.precision, trt_version, where)
     card = this_gpu(device_id)
     need = {"ampere-plus": ((8, 0), "Ampere"), "same-compute-capability": ((7, 5), "Turing")}.get(
@@ -143,7 +150,7 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
         options=replace(options, timing_cache=cache_path or ""), strongly_typed=plan.strongly_typed,
         inputs=_specs([network.get_input(i) for i in range(network.num_inputs)]),
         outputs=_specs([network.get_output(i) for i in range(network.num_outputs)]), profile=profile,
-        onnx_sha256=manifest.artifacts["model.onnx"].sha256, engine_sha256=hashlib.sha256(data).hexdigest(),
+        onnx_sha256=manifest.artifacts[onnx_name].sha256, engine_sha256=hashlib.sha256(data).hexdigest(),
         engine_bytes=len(data), build_seconds=round(seconds, 3),
         built_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), resgraph_version=__version__)
     return data, info
@@ -178,11 +185,11 @@ def _set_flags(trt, config: "trt.IBuilderConfig", options: BuildOptions, plan, t
 def _set_profile(builder: "trt.Builder", network: "trt.INetworkDefinition", config: "trt.IBuilderConfig",
                  shapes: tuple[ShapeProfile, ...], where: str) -> None:
     """One optimisation profile: every network input (by name) from its MIN to its MAX shape, tuned
-    for OPT. The network's inputs are model.onnx's, which must be the manifest's."""
+    for OPT. The network's inputs are the ONNX file's (`where`), which must be the manifest's."""
     by_name = {p.name: p for p in shapes}
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     if sorted(names) != sorted(by_name):
-        raise ArtifactError.at(where, f"model.onnx's inputs are {', '.join(names)}, the manifest's "
+        raise ArtifactError.at(where, f"{os.path.basename(where)}'s inputs are {', '.join(names)}, the manifest's "
                                f"{', '.join(by_name)}: the two are not from one compile",
                                "recompile: resgraph compile SPEC --weights W -o FOLDER")
     profile = builder.create_optimization_profile()
@@ -289,9 +296,10 @@ def _save_timing_cache(config: "trt.IBuilderConfig", path: str) -> None:
 
 def add_engine(stage: Stage, manifest: Manifest, options: BuildOptions, device_id: int = 0,
                verbose: bool = False, build=build_plan) -> tuple[Manifest, EngineInfo]:
-    """Build from the staged model.onnx; stage model.engine and engine.json; the manifest listing them.
-    `build` makes the plan (build_plan: TensorRT; the publishing tests pass their own)."""
-    data, info = build(os.path.join(stage.path, "model.onnx"), manifest, options, device_id, verbose)
+    """Build from the staged ONNX file the builder reads (model.onnx; an int8 folder's model.s8.onnx);
+    stage model.engine and engine.json; the manifest listing them. `build` makes the plan (build_plan:
+    TensorRT; the publishing tests pass their own)."""
+    data, info = build(os.path.join(stage.path, manifest.onnx_file(None)), manifest, options, device_id, verbose)
     with open(stage.file("model.engine"), "wb") as f:
         f.write(data)
     write_engine_info(stage.file("engine.json"), info)
@@ -310,8 +318,9 @@ def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=No
     staging folder (no copy), the engine and the updated manifest are written there, `gate(staged
     folder)` may refuse it (parity), and the set then takes the folder's place atomically."""
     manifest = read_manifest(folder)
-    if "model.onnx" not in manifest.artifacts:
-        raise ArtifactError.at(folder, "the manifest lists no model.onnx", "recompile: resgraph compile SPEC -o FOLDER")
+    if manifest.onnx_file(None) not in manifest.artifacts:
+        raise ArtifactError.at(folder, f"the manifest lists no {manifest.onnx_file(None)}",
+                               "recompile: resgraph compile SPEC -o FOLDER")
     stage = Stage(folder)
     try:
         for name in (*manifest.artifacts, "spec.yaml"):
@@ -334,8 +343,8 @@ def build_engine(folder: str, options: BuildOptions, device_id: int = 0, gate=No
 def plan_build(artifact: str, precision: str | None, flags: dict) -> tuple[str, Manifest, BuildOptions]:
     """`resgraph engine build`'s options, before any work: (the folder, its manifest, the options).
     Flags not given come from the engine being replaced (a damaged engine.json: the defaults), the
-    precision from it or else model.onnx's; TensorRT must be present and the precision buildable
-    from this model.onnx on its version."""
+    precision from it or else the folder's (an int8 folder: int8); TensorRT must be present and the
+    precision buildable from the folder's ONNX file on its version."""
     from .engine_json import read_engine_info
     from .options import from_flags
     folder = folder_of(artifact)
@@ -348,5 +357,7 @@ def plan_build(artifact: str, precision: str | None, flags: dict) -> tuple[str, 
             base = None
     options = from_flags(precision or (None if base else manifest.precision), base=base, **flags)
     resolve(options, manifest.inputs, manifest.sizes)     # a profile the model cannot take: refused before any work
+    if "int8" in (options.precision, manifest.precision):    # int8 and the folder: decided without TensorRT
+        int8_plan(options.precision, manifest.precision, "--precision")
     typing_plan(options.precision, manifest.precision, version_tuple(import_tensorrt().__version__), "--precision")
     return folder, manifest, options

@@ -43,7 +43,7 @@ class EngineInfo:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     profile: tuple[ShapeProfile, ...]   # every input's, in the engine's input order
-    onnx_sha256: str                # of the model.onnx it was built from
+    onnx_sha256: str                # of the ONNX file it was built from (model.onnx; int8: model.s8.onnx)
     engine_sha256: str
     engine_bytes: int
     build_seconds: float
@@ -133,8 +133,9 @@ CROSS_MAJOR = {(8, 9), (8, 10), (10, 11)}
 
 
 def mismatches(info: EngineInfo, tensorrt_version: str, compute_capability: str, onnx_sha256: str,
-               gpu_name: str | None = None) -> list[tuple[str, str]]:
-    """(what, why) for each of TensorRT version, GPU and model.onnx that keeps the engine from running here.
+               gpu_name: str | None = None, onnx_name: str = "model.onnx") -> list[tuple[str, str]]:
+    """(what, why) for each of TensorRT version, GPU and the ONNX file it was built from (`onnx_name`:
+    Manifest.onnx_file("tensorrt")) that keeps the engine from running here.
 
     TensorRT: the same version; a version-compatible plan, that version or later of the same major
     (or 8 -> 9/10, 10 -> 11). GPU: hardware compatibility `none` supports the plan only on the GPU
@@ -163,19 +164,19 @@ def mismatches(info: EngineInfo, tensorrt_version: str, compute_capability: str,
                            f"{compute_capability}, another model: build with --hardware-compatibility "
                            "same-compute-capability to run on both)"))
     if onnx_sha256 != info.onnx_sha256:
-        out.append(("onnx", f"built from another model.onnx (sha256 {info.onnx_sha256[:12]}, the folder's is "
+        out.append(("onnx", f"built from another {onnx_name} (sha256 {info.onnx_sha256[:12]}, the folder's is "
                             f"{onnx_sha256[:12]}): the folder was recompiled after the engine was built"))
     return out
 
 
 def check_compatible(folder: str, info: EngineInfo, tensorrt_version: str, compute_capability: str,
-                     onnx_sha256: str, gpu_name: str | None = None) -> None:
+                     onnx_sha256: str, gpu_name: str | None = None, onnx_name: str = "model.onnx") -> None:
     """Raise EngineMismatch, before anything deserialises the plan, if it cannot run here."""
-    found = mismatches(info, tensorrt_version, compute_capability, onnx_sha256, gpu_name)
+    found = mismatches(info, tensorrt_version, compute_capability, onnx_sha256, gpu_name, onnx_name)
     if found:
         e = EngineMismatch.at(os.path.join(folder, "model.engine"),
                               "model.engine cannot run here: " + "; ".join(why for _, why in found),
-                              f"rebuild it from model.onnx: {rebuild_command(folder, info)}  (or pass --rebuild)")
+                              f"rebuild it from {onnx_name}: {rebuild_command(folder, info)}  (or pass --rebuild)")
         e.differs = tuple(what for what, _ in found)
         raise e
 
@@ -221,10 +222,10 @@ def engine_report(artifact: str, device_id: int = 0) -> tuple[dict, EngineInfo, 
     info = read_engine_info(folder)
     here = this_machine(device_id)
     found = None
+    onnx = manifest.onnx_file("tensorrt")
     if here.get("tensorrt_version") and here.get("compute_capability"):
         found = mismatches(info, here["tensorrt_version"], here["compute_capability"],
-                           manifest.artifacts["model.onnx"].sha256 if "model.onnx" in manifest.artifacts else "",
-                           here.get("gpu"))
+                           manifest.artifacts[onnx].sha256 if onnx in manifest.artifacts else "", here.get("gpu"), onnx)
     report = {**info.to_json(), "here": {**here, "runs": None if found is None else not found,
                                           "mismatches": [{"what": w, "why": y} for w, y in found or []],
                                           "rebuild": rebuild_command(folder, info)}}

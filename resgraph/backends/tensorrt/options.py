@@ -13,6 +13,12 @@ Precision (the engine's compute; input and output stay fp32, as in model.onnx):
     bf16   TensorRT 10.x: the BF16 builder flag on the fp32 model.onnx (deprecated from 10.12, still
            there). TensorRT 11 builds only strongly typed networks and resgraph emits no bf16
            model.onnx yet (ONNX's Conv takes bf16 from opset 22): refused there, with the reason.
+    int8   an int8 folder only (`resgraph quantize` or `compile --precision int8`), and an int8 folder
+           only int8: a strongly typed network from model.s8.onnx (Q/DQ, int8 zero point 0: what
+           TensorRT requires; Manifest.onnx_file), on every supported TensorRT (STRONGLY_TYPED exists
+           from 10.0). The Q/DQ pairs decide which layers compute in int8 (explicit quantization);
+           no INT8 or FP16 builder flag, which a strongly typed network refuses. TF32 cleared: the
+           layers kept float (--keep-float, the output's) compute in fp32.
 """
 from __future__ import annotations
 
@@ -23,9 +29,13 @@ from ...errors import OptionError
 from ...limits import MAX_BATCH
 from .profile import ShapeProfile, parse_shapes, parse_trtexec
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")
 HARDWARE_COMPATIBILITY = ("none", "ampere-plus", "same-compute-capability")
-STRONGLY_TYPED_FROM = (10, 12)     # the first TensorRT whose strongly typed networks resgraph builds
+STRONGLY_TYPED_FROM = (10, 12)     # the first TensorRT whose strongly typed fp16 networks resgraph builds
+# (int8 ones: every supported version; NetworkDefinitionCreationFlag.STRONGLY_TYPED is in 10.0)
+MAKE_INT8 = ("make an int8 folder from this one and build from it: resgraph quantize FOLDER --calibrate INPUT... "
+             "-o OUT (or resgraph compile SPEC --weights W --precision int8 --calibrate INPUT...), then "
+             "resgraph engine build OUT --precision int8")
 
 
 def version_tuple(version: str) -> tuple[int, ...]:
@@ -205,8 +215,11 @@ class TypingPlan:
 
 def typing_plan(precision: str, onnx_precision: str, trt_version: tuple[int, ...], where: str) -> TypingPlan:
     """The network flags and builder flags that give `precision` from a model.onnx of
-    `onnx_precision` (fp32 | fp16) on TensorRT `trt_version`; a combination that cannot be built is
-    an OptionError (at `where`: the option, or the model.onnx it does not fit) that says what would work."""
+    `onnx_precision` (fp32 | fp16 | int8: the folder's, whose model.s8.onnx TensorRT reads) on TensorRT
+    `trt_version`; a combination that cannot be built is an OptionError (at `where`: the option, or the
+    model file it does not fit) that says what would work."""
+    if onnx_precision == "int8" or precision == "int8":
+        return int8_plan(precision, onnx_precision, where)
     strong = trt_version >= STRONGLY_TYPED_FROM
     if onnx_precision == "fp16" and precision != "fp16":
         raise OptionError.at(where, f"model.onnx is fp16 (compiled with --precision fp16): it cannot give a "
@@ -230,6 +243,21 @@ def typing_plan(precision: str, onnx_precision: str, trt_version: tuple[int, ...
                              "model.onnx, which resgraph does not emit (ONNX's Conv takes bf16 from opset 22)",
                              "build --precision fp16 (same speed on recent GPUs), or use TensorRT 10.x for bf16")
     return TypingPlan(False, ("BF16",), ("TF32",))
+
+
+def int8_plan(precision: str, onnx_precision: str, where: str) -> TypingPlan:
+    """int8 from an int8 folder: strongly typed (the Q/DQ types decide every layer), no precision
+    builder flag; anything else with an int8 folder, or int8 from a float one, refused. The same on
+    every TensorRT version: callers may check it before importing TensorRT."""
+    if onnx_precision != "int8":
+        raise OptionError.at(where, f"an int8 engine is built from an int8 folder's model.s8.onnx (Q/DQ, calibrated), "
+                             f"and this folder is {onnx_precision}", MAKE_INT8)
+    if precision != "int8":
+        raise OptionError.at(where, f"this folder is int8 (quantised): its Q/DQ model decides every layer's "
+                             f"precision, so it cannot give a {precision} engine",
+                             "build --precision int8 (the default for this folder), or build the float engine "
+                             "from the folder it was quantised from")
+    return TypingPlan(True, (), ("TF32",))
 
 
 def default_timing_cache(trt_version: str, compute_capability: str, gpu_name: str) -> str:

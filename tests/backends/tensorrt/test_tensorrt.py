@@ -39,7 +39,7 @@ def test_batch_profile_errors_name_the_option_and_the_form(text):
     assert e.value.file == "--batch" and "MIN" in (e.value.message + e.value.hint)
 
 
-@pytest.mark.parametrize("kw, option", [({"precision": "int8"}, "--precision"), ({"optimization_level": 6}, "--opt-level"),
+@pytest.mark.parametrize("kw, option", [({"precision": "fp8"}, "--precision"), ({"optimization_level": 6}, "--opt-level"),
                                         ({"workspace_mib": 0}, "--workspace"),
                                         ({"hardware_compatibility": "hopper"}, "--hardware-compatibility")])
 def test_build_options_refuse_what_tensorrt_would(kw, option):
