@@ -1,6 +1,11 @@
 """`resgraph compile`: a spec (+ weights) -> compiled/<name>/{model.onnx, weights.safetensors, spec.yaml,
 manifest.json} (+ model.onnx.data with --external-data, and for any model of 2 GiB or more).
 
+With --precision int8 (quant/pipeline.py): calibrate on the given inputs, then model.onnx holds the
+uint8-activation Q/DQ model (ONNX Runtime) and model.s8.onnx the int8 zero-point-0 one (TensorRT;
+an engine is built from it), published only if the accuracy gate passes. With --engine: the engine
+is built from the fp16 model.onnx for fp16, the fp32 one for fp32, tf32 and bf16.
+
     check -> weights (a safetensors file, checked against the spec, flagged untrained if `resgraph
     init` made it; or a fresh seeded init, flagged untrained) -> inference passes (drop no-ops,
     spell out projections, fold bn unless --no-fold) -> ONNX -> validate -> write the artifacts
@@ -54,6 +59,7 @@ class Plan:
     opset: int
     fold: bool
     seed: int
+    quant: object = None         # quant.pipeline.QuantOptions: precision int8
 
 
 @dataclass
@@ -70,13 +76,13 @@ class Weights:
 
 def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
                  opset: int | None = None, fold: bool = True, seed: int = 0, external_data: bool = False,
-                 progress=None, engine=None, engine_device: int = 0, gate=None, verbose: bool = False) -> Compiled:
-    """`engine`: BuildOptions of a TensorRT engine to build from the staged model.onnx and publish with
-    the rest (its precision: fp16 -> the fp16 model.onnx; fp32, tf32, bf16 -> the fp32 one); `gate(staged
-    folder)` may then refuse the set before anything is published (compile --engine's parity gate)."""
-    step, clock = progress or (lambda name: None), Clock()
+                 progress=None, engine=None, engine_device: int = 0, gate=None, verbose: bool = False,
+                 quant=None) -> Compiled:
+    """`engine`: BuildOptions of a TensorRT engine built from the staged model; `gate(staged folder)` may
+    refuse the set before it is published; `quant` (QuantOptions): int8 (see the module docstring)."""
+    step, clock = progress or (lambda name, *counts: None), Clock()
     step("checking the spec")
-    plan = prepare(spec_path, out, precision, opset, fold, seed, engine)
+    plan = prepare(spec_path, out, precision, opset, fold, seed, engine, quant, external_data)
     clock("check")
     stage = open_stage(plan.out)
     pool = ThreadPoolExecutor(2, thread_name_prefix="resgraph-compile")   # copying and hashing the checkpoint
@@ -87,14 +93,16 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         step("inference passes")
         igraph, iw = inference(plan, w)
         clock("passes")
-        step("lowering to ONNX")
         manifest = describe(plan, w)
-        model, big = lower_onnx(plan, igraph, iw, manifest, weights or spec_path)
+        if plan.quant is None:
+            (model, big), s8 = lower_onnx(plan, igraph, iw, manifest, weights or spec_path, step), None
+        else:   # calibrate, then the two int8 encodings, gated
+            manifest, model, s8, big = *quantize(plan, igraph, iw, manifest, step), {}
         del iw
         clock("onnx")
         step("writing artifacts")
-        manifest = write(stage, plan, w, model, big, manifest, external_data)
-        del model, big
+        manifest = write(stage, plan, w, model, big, manifest, external_data, s8)
+        del model, big, s8
         if engine is not None:
             step("building the TensorRT engine")
             manifest = build_engine(stage, manifest, engine, engine_device, verbose)
@@ -186,7 +194,7 @@ class Clock:
 
 
 def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, fold: bool, seed: int,
-            engine) -> Plan:
+            engine, quant=None, external_data: bool = False) -> Plan:
     """Check the spec and every option before any work: the opset, the precision, the engine's
     precision on the TensorRT there is, the output path (a folder, its parent creatable)."""
     from .backends.onnx import DEFAULT_OPSET, OPSETS
@@ -198,9 +206,10 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
     if opset not in OPSETS:
         raise OptionError.at("--opset", f"opset {opset} is not supported",
                              f"choose {OPSETS.start} to {OPSETS.stop - 1} (default {DEFAULT_OPSET})")
-    if precision not in ("fp32", "fp16"):
+    if precision not in ("fp32", "fp16", "int8"):
         raise OptionError.at("--precision", f"unknown precision '{precision}'",
-                             "fp32 or fp16 (tf32 and bf16: with --engine)")
+                             "fp32, fp16 or int8 (tf32 and bf16: with --engine)")
+    _check_int8(precision, quant, external_data, checked)
     if engine is not None:   # a profile the model takes (--shapes), TensorRT present, the precision buildable on it
         from .backends.tensorrt.build import import_tensorrt
         from .backends.tensorrt.options import typing_plan, version_tuple
@@ -217,7 +226,41 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
     except OSError as e:
         raise PathError.at(parent, f"cannot create the output folder: {e.strerror}",
                            "choose a writable place with -o") from None
-    return Plan(spec_path, checked, out, precision, opset, fold, seed)
+    return Plan(spec_path, checked, out, precision, opset, fold, seed, quant)
+
+
+def _check_int8(precision: str, quant, external_data: bool, checked) -> None:
+    """int8 needs calibration inputs, and they mean int8; an int8 model is a quarter of the fp32 one's
+    size and always fits one .onnx file; it takes one input."""
+    if precision == "int8" and quant is None:
+        raise OptionError.at("--precision", "int8 needs calibration inputs",
+                             "add --calibrate INPUT... (images, folders or .npy files the model takes, or digits)")
+    if quant is not None and precision != "int8":
+        raise OptionError.at("--calibrate", f"calibration inputs with --precision {precision}",
+                             "add --precision int8 (calibration is for int8 only)")
+    if quant is not None and external_data:
+        raise OptionError.at("--external-data", "an int8 model is written whole into model.onnx",
+                             "leave out --external-data")
+    if quant is not None and len(checked.graph.inputs) > 1:
+        raise OptionError.at("--precision", f"int8 takes models with one input; {checked.spec.name} has "
+                             f"{len(checked.graph.inputs)}", "compile it with --precision fp32 or fp16")
+
+
+def quantize(plan: Plan, igraph, iw: dict, manifest: Manifest, step) -> tuple[Manifest, object, object]:
+    """(the manifest with its Quantization record, model.onnx's u8 model, model.s8.onnx's s8 model):
+    quant/pipeline.py, with a progress bar through `step`."""
+    from .quant.pipeline import quantize_graph
+    step("calibrating")
+    dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
+    u8, s8, q = quantize_graph(igraph, iw, manifest, plan.quant, plan.opset, onnx_metadata(manifest), dims,
+                               lambda what, done, total: step(f"{what} {bar(done, total)} {done:,}/{total:,}"))
+    return replace(manifest, quantization=q), u8, s8
+
+
+def bar(done: int, total: int, width: int = 24) -> str:
+    """A text progress bar: ━━━━━━────── (the status line's spinner shows it turning)."""
+    k = round(width * done / total) if total else width
+    return "━" * k + "─" * (width - k)
 
 
 def open_stage(out: str) -> Stage:
@@ -263,6 +306,18 @@ def inference(plan: Plan, w: Weights):
     return igraph, iw
 
 
+def inference_graph(spec_path: str, weights_path: str, manifest: Manifest):
+    """(inference graph, its weights, the size-variable dims) of a compiled folder's spec and checkpoint,
+    folded as the folder was: what quantize --explain measures."""
+    from .frontend import check_file
+    from .passes.inference import for_inference
+    checked = check_file(spec_path)
+    mapped = load_weights(weights_path, checked.graph)
+    igraph, iw = for_inference(checked.graph, mapped.tensors, fold=manifest.folded)
+    dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
+    return igraph, iw, dims
+
+
 def describe(plan: Plan, w: Weights) -> Manifest:
     """The folder's manifest, before its artifacts are written (their sha256s and sizes come after)."""
     from .version import __version__
@@ -295,9 +350,10 @@ def io_infos(checked) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
             tuple(TensorInfo(name, ("batch", *s)) for (name, _), s in zip(g.outputs, outs)))
 
 
-def lower_onnx(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str):
+def lower_onnx(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str, step=lambda name: None):
     """The ONNX model (the large initializers apart, to be streamed), its metadata from the manifest;
     fp16 overflow refused (an error at `where`, the checkpoint or the spec); validated."""
+    step("lowering to ONNX")
     from .backends.onnx import validate
     from .backends.onnx.lower import build
     dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
@@ -309,13 +365,16 @@ def lower_onnx(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str):
     return model, big
 
 
-def write(stage: Stage, plan: Plan, w: Weights, model, big: dict, manifest: Manifest, external_data: bool) -> Manifest:
-    """model.onnx (+ .data), weights.safetensors and spec.yaml into the stage; the manifest completed
-    with their sha256s and sizes (written by publish)."""
+def write(stage: Stage, plan: Plan, w: Weights, model, big: dict, manifest: Manifest, external_data: bool,
+          s8=None) -> Manifest:
+    """model.onnx (+ .data; + model.s8.onnx for int8), weights.safetensors and spec.yaml into the
+    stage; the manifest completed with their sha256s and sizes (written by publish)."""
     import numpy as np
 
-    from .backends.onnx.writer import save
+    from .backends.onnx.writer import save, write_model
     shas = save(stage.file, model, big, external_data)
+    if s8 is not None:
+        shas["model.s8.onnx"] = write_model(stage.file("model.s8.onnx"), s8, {})[0]
     if w.copied is not None:
         w.copied.result()
         shas["weights.safetensors"] = w.sha256.result()

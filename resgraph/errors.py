@@ -52,7 +52,7 @@ class Diagnostic:
     loc: Loc
     message: str
     hint: str = ""
-    severity: str = "error"   # "error" | "warning"
+    severity: str = "error"   # "error" | "warning" | "note" (a place that explains an error before it)
     span: int = 1             # how many characters to underline
 
     def to_json(self) -> dict:

@@ -5,6 +5,7 @@ import click
 
 from .common import Requires, check_requires, run
 from .engine import ENGINE_FLAGS, engine_options, parity_gate, print_engine
+from .quantize import print_gate, quant_from_flags, quant_options
 
 # which options need which: checked in order, the first broken row is the error
 REQUIRES = (
@@ -20,20 +21,23 @@ REQUIRES = (
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(dir_okay=False), help="A .safetensors checkpoint (default: a fresh seeded init, flagged untrained).")
 @click.option("-o", "--out", type=click.Path(file_okay=False), help="Output folder [default: compiled/<name>].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "tf32", "bf16"]), default="fp32", show_default=True,
-              help="fp16: fp16 weights and compute, fp32 input and output. tf32, bf16: engine precisions (with "
-                   "--engine; model.onnx stays fp32).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "tf32", "bf16"]), default="fp32",
+              show_default=True,
+              help="fp16: fp16 weights and compute, fp32 input and output. int8: calibrated Q/DQ (with --calibrate; "
+                   "docs/int8.md). tf32, bf16: engine precisions (with --engine; model.onnx stays fp32).")
 @click.option("--opset", type=int, default=None, help="ONNX opset, 17 to 21 [default: 17].")
 @click.option("--no-fold", is_flag=True, help="Keep batch norms instead of folding them into the layer before.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh init when no --weights.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh init when no --weights, and of the calibration sample.")
 @click.option("--external-data", is_flag=True,
               help="Weights in model.onnx.data beside model.onnx: ONNX Runtime maps them (faster start-up). "
                    "Automatic from 2 GiB, which one .onnx file cannot hold.")
 @click.option("--engine", is_flag=True, help="Also build a TensorRT engine (model.engine + engine.json) and check it "
                                              "against ONNX Runtime and PyTorch; see docs/tensorrt.md.")
 @engine_options
+@quant_options
 def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_data, engine, engine_device,
-                no_parity_gate, verbose, **flags):
+                no_parity_gate, verbose, calibrate, calibration_samples, calibration_method, percentile, keep_float,
+                eval_set, min_accuracy, min_agreement, min_sqnr, no_gate, **flags):
     """Compile SPEC to ONNX: model.onnx, weights.safetensors and manifest.json (and model.onnx.data with
     --external-data; model.engine and engine.json with --engine), written atomically."""
     def body():
@@ -41,13 +45,15 @@ def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_da
         from ..compile import compile_spec
         from ..render import console
         check_requires(REQUIRES, {"precision": precision, "engine": engine, "no_parity_gate": no_parity_gate, **flags})
+        quant = quant_from_flags(calibrate, calibration_samples, calibration_method, percentile, keep_float, eval_set,
+                                 min_accuracy, min_agreement, min_sqnr, no_gate, seed)
         build = from_flags(precision, **flags) if engine else None
         gate = parity_gate(build, engine_device) if engine and not no_parity_gate else None
         with console(stderr=True).status("compiling") as status:
-            c = compile_spec(spec, weights=weights, out=out, precision="fp16" if precision == "fp16" else "fp32",
+            c = compile_spec(spec, weights=weights, out=out, precision=precision if precision in ("fp16", "int8") else "fp32",
                              opset=opset, fold=not no_fold, seed=seed, external_data=external_data,
-                             progress=lambda s: status.update(s), engine=build, engine_device=engine_device, gate=gate,
-                             verbose=verbose)
+                             progress=lambda s, *_: status.update(s), engine=build, engine_device=engine_device,
+                             gate=gate, verbose=verbose, quant=quant)
         _print_compiled(c, weights, seed)
     run(body)
 
@@ -61,6 +67,8 @@ def _print_compiled(c, weights, seed) -> None:
     for name, info in m.artifacts.items():
         if name not in ("model.engine", "engine.json"):
             click.echo(f"  {name:<20} {info.bytes:>12,} bytes  sha256 {info.sha256[:16]}")
+    if m.quantization is not None:
+        print_gate(m.quantization)
     if "model.engine" in m.artifacts:
         from ..backends.tensorrt.engine_json import read_engine_info
         print_engine(read_engine_info(c.out), c.out)

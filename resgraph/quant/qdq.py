@@ -57,10 +57,16 @@ _NONNEG = {"relu", "relu6"}
 _INT8_MIN_SCALE = 1e-12   # a range of 0 (an all-zero channel or tensor) still needs a positive scale
 
 
+class Node(str):
+    """A keep_float entry that means that node alone: not the nodes below its path (an add's path is
+    its block's, `layer1`; quant/explain.py keeps single units float with it)."""
+
+
 def is_float(path: str, keep_float) -> bool:
     """True when `path` (an IR path or an ONNX node name built on one, `p.conv`, `p/add1`) is one
-    of `keep_float` or lies below one."""
-    return any(path == k or path.startswith((k + ".", k + "/")) for k in keep_float)
+    of `keep_float` or lies below one (a `Node` entry: is that node, or an ONNX node of it)."""
+    return any(path == k or path.startswith((k + "/",) if isinstance(k, Node) else (k + ".", k + "/"))
+               for k in keep_float)
 
 
 def _sole_user(graph: Graph, users: dict, path: str):
@@ -220,7 +226,7 @@ class _Emitter:
 
 
 def quantize(graph: Graph, weights: dict, amax: dict, encoding: str, keep_float=(),
-             opset: int = 17) -> onnx.ModelProto:
+             opset: int = 17, metadata: dict | None = None, dims: dict | None = None) -> onnx.ModelProto:
     """The QDQ model of `graph` (see the module docstring for what goes where).
 
     Pre:  `graph`, `weights` from for_inference; amax[p] > 0 for every p in
@@ -231,7 +237,7 @@ def quantize(graph: Graph, weights: dict, amax: dict, encoding: str, keep_float=
     from ..backends.onnx.lower import to_onnx
     assert encoding in ENCODINGS, encoding
     keep_float = tuple(keep_float)
-    model = to_onnx(graph, weights, opset=opset)
+    model = to_onnx(graph, weights, opset=opset, metadata=metadata, dims=dims)   # dims: size variables, as compile's
     g = model.graph
     place = placement(graph, keep_float, encoding)
     missing = sorted({s for s in place.values() if s not in amax})

@@ -16,11 +16,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from ..errors import DataError, PathError, listed
+from ..errors import DataError, listed
 from ..runtime.preprocess import InputError
+from .split import scan_classes as _scan
 from .split import split as _split
 
-from .segmentation import IMAGE_EXTENSIONS, is_segmentation_folder, segmentation_folder
+from .segmentation import is_segmentation_folder, segmentation_folder
 
 
 @dataclass
@@ -146,24 +147,6 @@ def preprocess_image(im, spec) -> torch.Tensor:
     from ..runtime.preprocess import Preprocess
     pre = Preprocess.resolve(spec.preprocess, spec.input_shape)
     return torch.from_numpy(np.ascontiguousarray(pre.image(im)))
-
-
-def _scan(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """Class folders and their image files (by extension; dot-files and dot-folders left out, as
-    `resgraph run` leaves them: macOS's ._name.png are not images)."""
-    try:
-        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-    except OSError as e:
-        raise PathError.at(folder, f"cannot read the data folder: {e.strerror}",
-                           "check the path and its permissions") from None
-    items = []
-    for c in classes:
-        for root, dirs, files in os.walk(os.path.join(folder, c)):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for f in sorted(files):
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
-                    items.append((os.path.join(root, f), c))
-    return classes, items
 
 
 def image_folder(folder: str, spec, val_split: float, seed: int) -> Data:

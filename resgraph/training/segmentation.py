@@ -25,9 +25,9 @@ from torch.utils.data import Dataset
 
 from ..errors import DataError, listed
 from ..runtime.preprocess import InputError, Preprocess
+from .split import IMAGE_EXTENSIONS
 
 IGNORE = 255   # a mask's "not labelled" value (VOC's border): no loss, not counted in the accuracy
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")   # data.py reads class folders by them too
 
 
 def is_segmentation_folder(folder: str) -> bool:
