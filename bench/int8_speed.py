@@ -42,11 +42,11 @@ def ours(graph, weights, cal: np.ndarray, out: str) -> float:
     """resgraph: minmax calibration over `cal` in batches of 4, then the u8 Q/DQ model. Seconds."""
     import onnx
 
-    from resgraph.quant.calibrate import calibrate
+    from resgraph.quant.calibrate import calibrate_full
     from resgraph.quant.qdq import quantize, tensors_to_calibrate
     t0 = time.perf_counter()
-    amax = calibrate(graph, weights, (cal[i:i + 4] for i in range(0, len(cal), 4)), tensors_to_calibrate(graph))
-    onnx.save(quantize(graph, weights, amax, "u8"), out)
+    c = calibrate_full(graph, weights, (cal[i:i + 4] for i in range(0, len(cal), 4)), tensors_to_calibrate(graph))
+    onnx.save(quantize(graph, weights, c.amax, "u8", ranges=c.ranges), out)
     return time.perf_counter() - t0
 
 

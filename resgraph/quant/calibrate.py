@@ -141,11 +141,16 @@ class Observer:
         self.method, self.percentile = method, percentile
         self.hist = AbsHistogram(bins) if method != "minmax" else None
         self.max = 0.0
+        self.lo, self.hi = 0.0, 0.0    # the signed range seen (with 0 in it): u8's asymmetric encoding
         self.seen = 0
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x)
         self.seen += x.size
+        if x.size:
+            finite = x[np.isfinite(x)] if not np.isfinite(x).all() else x
+            if finite.size:
+                self.lo, self.hi = min(self.lo, float(finite.min())), max(self.hi, float(finite.max()))
         if self.hist is not None:
             self.hist.add(x)
             self.max = self.hist.amax
@@ -237,6 +242,12 @@ class Calibration:
     observers: dict[str, Observer]
     batches: int
     samples: int
+
+    @property
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """The signed (min, max) seen per tensor, 0 included: what qdq's u8 encoding reads for
+        tensors that can be negative."""
+        return {p: (o.lo, o.hi) for p, o in self.observers.items()}
 
 
 def calibrate_full(graph: Graph, weights: dict, batches: Iterable[np.ndarray], tensors: Iterable[str],

@@ -73,10 +73,11 @@ def quantize_graph(graph: Graph, weights: dict, manifest, options: QuantOptions,
     floats = check_keep_float(graph, options.keep_float)
     c, cal, feeder = _calibrate(graph, weights, manifest, options, progress)
     models = {f"model{'.s8' if e == 's8' else ''}.onnx": quantize(graph, weights, c.amax, e, options.keep_float, opset,
-                                                                metadata, dims) for e in ("u8", "s8")}
+                                                                metadata, dims, c.ranges) for e in ("u8", "s8")}
     record = {"on": "not gated (--no-gate)", "passed": None}
     if options.gate:
-        build = (lambda keep: quantize(graph, weights, c.amax, "u8", options.keep_float + keep, opset, dims=dims))
+        build = (lambda keep: quantize(graph, weights, c.amax, "u8", options.keep_float + keep, opset, dims=dims,
+                                       ranges=c.ranges))
         record = _gate(graph, weights, build, models, options, manifest, feeder, cal, opset, dims, progress)
     q = Quantization(options.method, options.percentile if options.method == "percentile" else None, c.samples,
                      options.seed, cal.description, cal.sha256, sum(o.state_bytes() for o in c.observers.values()),
@@ -130,7 +131,8 @@ def sensitivity(graph: Graph, weights: dict, manifest, options: QuantOptions, op
     fp32 = to_onnx(graph, weights, opset=opset, dims=dims)
 
     def build(keep, encoding="u8"):
-        return quantize(graph, weights, c.amax, encoding, options.keep_float + tuple(keep), opset, dims=dims)
+        return quantize(graph, weights, c.amax, encoding, options.keep_float + tuple(keep), opset, dims=dims,
+                        ranges=c.ranges)
 
     def gate(keep) -> dict:
         models = {"model.onnx": build(keep), "model.s8.onnx": build(keep, "s8")}

@@ -33,8 +33,12 @@ keep-float readers read the original float tensor, the network's output never ge
       (IsClipMadeRedundantByQ: the zero point is the type's minimum). So a tensor known to be
       non-negative (a relu's output, and pools/flatten of one) is encoded uint8 with zero point 0 and
       scale amax / 255 (the same calibrated range, [0, amax]); the Q goes after the relu, and ONNX
-      Runtime folds the relu into QLinearConv / QLinearAdd. Other tensors: uint8, zero point 128,
-      scale amax / 127 (exactly the symmetric int8 grid, shifted).
+      Runtime folds the relu into QLinearConv / QLinearAdd. Other tensors: given their signed range
+      seen in calibration (`ranges`), uint8 over [max(min, -amax), min(max, amax)], asymmetric (a
+      skewed tensor spends no codes where it never goes: the digits model's input, -0.8..1.8);
+      without, zero point 128 and scale amax / 127 (the symmetric int8 grid, shifted).
+    - zeropad (option A's Ws) shares its input's scale and zero point: padding with the zero point
+      is exact, and a relu's output padded stays non-negative.
     - Gemm (the classifier) may have no Q after it (GemmNodeGroupSelector allows empty q_nodes):
       the network output stays float; its bias is int32 as for conv.
 
@@ -51,7 +55,7 @@ from ..ir import Graph
 
 ENCODINGS = ("s8", "u8")
 # ops that keep their input's quantisation; the first set also keeps its scale and zero point
-_SHARE = {"maxpool", "flatten", "identity", "dropout", "drop_path"}
+_SHARE = {"maxpool", "flatten", "identity", "dropout", "drop_path", "zeropad"}   # zeropad: option A's Ws
 _POOL = {"avgpool", "global_avgpool"}
 _NONNEG = {"relu", "relu6"}
 _INT8_MIN_SCALE = 1e-12   # a range of 0 (an all-zero channel or tensor) still needs a positive scale
@@ -136,13 +140,22 @@ def tensors_to_calibrate(graph: Graph, keep_float=(), encoding: str | None = Non
     return [n.path for n in graph.nodes if n.path in need]
 
 
-def act_params(amax: float, encoding: str, nonneg: bool) -> tuple[float, int]:
-    """(scale, zero point) of a tensor with symmetric range amax: s8 -> amax/127, 0; u8 -> amax/127,
-    128, or amax/255, 0 for a non-negative tensor."""
+def act_params(amax: float, encoding: str, nonneg: bool, seen: tuple[float, float] | None = None) -> tuple[float, int]:
+    """(scale, zero point) of a tensor with symmetric range amax: s8 -> amax/127, 0; u8 -> amax/255, 0
+    for a non-negative tensor, else amax/127, 128 -- or, given the signed range `seen` (min, max,
+    0 within), the asymmetric grid over [max(min, -amax), min(max, amax)]: the calibrated clip on each
+    side, no codes spent where the tensor never goes (a skewed tensor, -0.8..1.8, gets 255 steps over
+    its range instead of 127 a side)."""
     amax = max(float(amax), _INT8_MIN_SCALE)
     if encoding == "s8":
         return amax / 127.0, 0
-    return (amax / 255.0, 0) if nonneg else (amax / 127.0, 128)
+    if nonneg:
+        return amax / 255.0, 0
+    if seen is None:
+        return amax / 127.0, 128
+    lo, hi = max(min(seen[0], 0.0), -amax), min(max(seen[1], 0.0), amax)
+    scale = max(hi - lo, _INT8_MIN_SCALE) / 255.0
+    return scale, int(np.clip(np.rint(-lo / scale), 0, 255))
 
 
 def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,8 +170,9 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Emitter:
     """The Q/DQ nodes and int8/int32 initializers quantize() adds while it walks the lowered model."""
 
-    def __init__(self, graph: Graph, amax: dict, encoding: str, place: dict, inits: dict):
+    def __init__(self, graph: Graph, amax: dict, encoding: str, place: dict, inits: dict, ranges: dict):
         self.graph, self.amax, self.encoding, self.place, self.inits = graph, amax, encoding, place, inits
+        self.ranges = ranges
         self.tensor = {path: name for name, path in graph.inputs}   # IR path -> ONNX tensor name
         self.new_inits: list = []
         self.params: dict[str, tuple[float, int]] = {}
@@ -169,7 +183,8 @@ class _Emitter:
 
     def qdq(self, path: str) -> list:
         """Q -> DQ of the tensor at `path`, its scale and zero point from its calibrated range."""
-        s, z = act_params(self.amax[self.place[path]], self.encoding, nonnegative(self.graph, path))
+        src = self.place[path]
+        s, z = act_params(self.amax[src], self.encoding, nonnegative(self.graph, path), self.ranges.get(src))
         self.params[path] = (s, z)
         t = self.tensor.get(path, path)
         sc = self.const(f"{path}/scale", np.array(s, np.float32))
@@ -226,11 +241,13 @@ class _Emitter:
 
 
 def quantize(graph: Graph, weights: dict, amax: dict, encoding: str, keep_float=(),
-             opset: int = 17, metadata: dict | None = None, dims: dict | None = None) -> onnx.ModelProto:
+             opset: int = 17, metadata: dict | None = None, dims: dict | None = None,
+             ranges: dict | None = None) -> onnx.ModelProto:
     """The QDQ model of `graph` (see the module docstring for what goes where).
 
     Pre:  `graph`, `weights` from for_inference; amax[p] > 0 for every p in
-          tensors_to_calibrate(graph, keep_float, encoding) (KeyError naming it otherwise).
+          tensors_to_calibrate(graph, keep_float, encoding) (KeyError naming it otherwise);
+          `ranges` (u8 only: signed (min, max) per path, Calibration.ranges) optional.
     Post: onnx.checker full check passes; weights of non-float conv/linear are int8 + DQ(axis 0);
           graph outputs are float and produced by no Q/DQ.
     """
@@ -244,7 +261,7 @@ def quantize(graph: Graph, weights: dict, amax: dict, encoding: str, keep_float=
     if missing:
         raise KeyError(f"no calibrated range for {missing[:5]} ({len(missing)} tensors)")
     inits = {i.name: i for i in g.initializer}
-    e = _Emitter(graph, amax, encoding, place, inits)
+    e = _Emitter(graph, amax, encoding, place, inits, ranges or {})
     nodes = e.walk(g, keep_float)
     del g.node[:]
     g.node.extend(nodes)

@@ -128,3 +128,30 @@ def test_scales_and_zero_points():
     assert act_params(25.5, "u8", True) == (pytest.approx(0.1), 0)
     q, s = quantize_weight(np.array([[1.0, -0.5], [0.0, 0.0]], np.float32))
     assert q.tolist() == [[127, -64], [0, 0]] and s[0] == pytest.approx(1 / 127) and s[1] > 0
+
+
+def test_u8_spends_its_codes_on_the_range_a_signed_tensor_takes():
+    """Given the signed range seen, u8 is asymmetric over [max(min, -amax), min(max, amax)]: the
+    calibrated clip on each side, 0 exactly representable; s8 and non-negative tensors ignore it."""
+    s, z = act_params(1.8, "u8", False, (-0.8, 1.8))
+    assert s == pytest.approx(2.6 / 255) and z == round(0.8 / s)
+    assert (0 - z) * s <= -0.8 + s and (255 - z) * s >= 1.8 - s
+    s, z = act_params(2.0, "u8", False, (-5.0, 1.0))         # clipped at -amax on the wide side
+    assert s == pytest.approx(3.0 / 255) and z == round(2.0 / s)
+    assert act_params(2.0, "u8", False, (0.5, 1.0)) == (pytest.approx(1.0 / 255), 0)   # 0 kept in the range
+    assert act_params(12.7, "s8", False, (-1.0, 12.7)) == (pytest.approx(0.1), 0)
+    assert act_params(25.5, "u8", True, (0.0, 3.0)) == (pytest.approx(0.1), 0)
+
+
+def test_option_a_zero_pad_shortcut_shares_its_inputs_quantisation():
+    """zeropad (option A's Ws) pads with the zero point: it keeps its input's scale and zero point, and
+    a relu's output padded is non-negative (u8 zero point 0, not 128 at half the resolution)."""
+    from resgraph.quant.qdq import nonnegative, placement
+    graph = resgraph.check("specs/cifar_resnet20_a.yaml").graph
+    pads = [n for n in graph.nodes if n.op == "zeropad"]
+    assert pads
+    for e in ("u8", "s8"):
+        place = placement(graph, (), e)
+        for n in pads:
+            assert place[n.path] == place[n.inputs[0]] == n.inputs[0], (e, n.path)
+            assert nonnegative(graph, n.path)
