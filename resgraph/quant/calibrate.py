@@ -52,11 +52,13 @@ START_BIN = 128            # the smallest candidate threshold, in bins (pytorch_
 METHODS = ("minmax", "percentile", "entropy")
 
 
-def activation_model(graph: Graph, weights: dict, tensors: Iterable[str], opset: int = 17) -> onnx.ModelProto:
+def activation_model(graph: Graph, weights: dict, tensors: Iterable[str], opset: int = 17,
+                     dims: dict | None = None) -> onnx.ModelProto:
     """The inference graph lowered with each IR path in `tensors` as an extra graph output named by its
     path. Pre: `graph`/`weights` are for_inference's (bn folded); every path is a node of `graph`
     (the input's path, "input", included). Post: the model's outputs are graph.outputs, then the new
-    paths in the given order; ORT returns those activations."""
+    paths in the given order; ORT returns those activations. `dims` (size variables, as compile's):
+    the model takes every valid size, each extra output's H and W declared symbolic."""
     from ..backends.onnx.lower import to_onnx
     tensors = list(dict.fromkeys(tensors))
     missing = [p for p in tensors if p not in graph]
@@ -66,7 +68,10 @@ def activation_model(graph: Graph, weights: dict, tensors: Iterable[str], opset:
     extra = tuple((p, p) for p in tensors if (p, p) not in graph.outputs)
     clash = [p for p, _ in extra if p in names]
     assert not clash, f"an output is already named {clash}"
-    return to_onnx(graph.replace(outputs=graph.outputs + extra), weights, opset=opset)
+    if dims is not None:
+        dims = {**dims, **{p: [graph[p].shape[0], *(f"{p}:{i}" for i in range(1, len(graph[p].shape)))]
+                           for p, _ in extra}}
+    return to_onnx(graph.replace(outputs=graph.outputs + extra), weights, opset=opset, dims=dims)
 
 
 # --- the fixed-size state of one tensor ----------------------------------------------------------
@@ -252,11 +257,12 @@ class Calibration:
 
 def calibrate_full(graph: Graph, weights: dict, batches: Iterable[np.ndarray], tensors: Iterable[str],
                    method: str = "minmax", percentile: float = 99.999,
-                   progress: Callable[[int, int], None] | None = None, threads: int = 0) -> Calibration:
-    """`calibrate`, returning the observers and counts as well."""
+                   progress: Callable[[int, int], None] | None = None, threads: int = 0,
+                   dims: dict | None = None) -> Calibration:
+    """`calibrate`, returning the observers and counts as well; `dims`: as activation_model's."""
     import onnxruntime as ort
     tensors = list(dict.fromkeys(tensors))
-    model = activation_model(graph, weights, tensors)
+    model = activation_model(graph, weights, tensors, dims=dims)
     so = ort.SessionOptions()
     if threads:
         so.intra_op_num_threads = threads

@@ -46,11 +46,11 @@ def session(model):
 
 
 def outputs(model, batches) -> list[np.ndarray]:
-    """Every output of `model` over `batches` (of its first input), concatenated along the batch."""
+    """Every output of `model` for each of `batches` (of its first input), batch by batch: one list
+    (batches may differ in size, a sized model's outputs too)."""
     sess = session(model)
     name = sess.get_inputs()[0].name
-    got = [sess.run(None, {name: b}) for b in batches]
-    return [np.concatenate([g[i] for g in got]) for i in range(len(got[0]))]
+    return [o for b in batches for o in sess.run(None, {name: b})]
 
 
 def sqnr_db(ref: list[np.ndarray], q: list[np.ndarray]) -> float:

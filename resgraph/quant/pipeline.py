@@ -71,7 +71,7 @@ def quantize_graph(graph: Graph, weights: dict, manifest, options: QuantOptions,
     from ..runtime import cpu
     from .qdq import quantize
     floats = check_keep_float(graph, options.keep_float)
-    c, cal, feeder = _calibrate(graph, weights, manifest, options, progress)
+    c, cal, feeder = _calibrate(graph, weights, manifest, options, progress, dims)
     models = {f"model{'.s8' if e == 's8' else ''}.onnx": quantize(graph, weights, c.amax, e, options.keep_float, opset,
                                                                 metadata, dims, c.ranges) for e in ("u8", "s8")}
     record = {"on": "not gated (--no-gate)", "passed": None}
@@ -85,7 +85,7 @@ def quantize_graph(graph: Graph, weights: dict, manifest, options: QuantOptions,
     return models["model.onnx"], models["model.s8.onnx"], q
 
 
-def _calibrate(graph: Graph, weights: dict, manifest, options: QuantOptions, progress):
+def _calibrate(graph: Graph, weights: dict, manifest, options: QuantOptions, progress, dims=None):
     """(calibrate.Calibration, the calibration Samples, the Feeder that reads them)."""
     from ..runtime.inputs import Feeder
     from ..runtime.preprocess import Preprocess
@@ -99,7 +99,7 @@ def _calibrate(graph: Graph, weights: dict, manifest, options: QuantOptions, pro
                     [(t.name, t.sample_shape) for t in manifest.inputs])
     cal = calibration_set(options.calibrate, manifest, options.samples, options.seed, options.stdin)
     c = calibrate_full(graph, weights, _progress_batches(cal.batches(feeder), progress, len(cal), "calibrating"),
-                       tensors_to_calibrate(graph, options.keep_float), options.method, options.percentile)
+                       tensors_to_calibrate(graph, options.keep_float), options.method, options.percentile, dims=dims)
     return c, cal, feeder
 
 
@@ -126,7 +126,7 @@ def sensitivity(graph: Graph, weights: dict, manifest, options: QuantOptions, op
     from .data import labelled_set
     from .qdq import quantize
     check_keep_float(graph, options.keep_float)
-    c, cal, feeder = _calibrate(graph, weights, manifest, options, progress)
+    c, cal, feeder = _calibrate(graph, weights, manifest, options, progress, dims)
     data = labelled_set(options.eval, manifest) if options.eval else cal
     fp32 = to_onnx(graph, weights, opset=opset, dims=dims)
 

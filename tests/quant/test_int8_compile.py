@@ -166,3 +166,24 @@ def test_a_folder_manifest_without_its_quantization_record_is_refused(tmp_path, 
     from resgraph.errors import ArtifactError
     with pytest.raises(ArtifactError, match="precision 'int8' without a quantization record"):
         read_manifest(str(tmp_path / "x"))
+
+
+def test_a_sized_model_calibrates_on_several_sizes_and_runs_at_any_valid_one(tmp_path):
+    """The U-Net (sizes: multiples of 4): calibration inputs of two sizes in one set; both int8 models
+    keep the symbolic H and W and run at a third size, agreeing with fp32 per pixel."""
+    from resgraph.runtime import open_session
+    rng = np.random.default_rng(0)
+    for n, s in ((4, 64), (2, 96)):
+        np.save(tmp_path / f"cal{s}.npy", rng.standard_normal((n, 3, s, s)).astype(np.float32))
+    r = compile_spec("specs/unet.yaml", out=str(tmp_path / "u8"), precision="int8",
+                     quant=QuantOptions((str(tmp_path / "cal64.npy"), str(tmp_path / "cal96.npy")), gate=False))
+    assert r.manifest.quantization.samples == 6 and r.manifest.quantization.gate["passed"] is None
+    for f in ("model.onnx", "model.s8.onnx"):
+        dims = [d.dim_param or d.dim_value for d in onnx.load(os.path.join(r.out, f)).graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", 3, "H", "W"], (f, dims)
+    fp32 = compile_spec("specs/unet.yaml", out=str(tmp_path / "u32")).out
+    x = rng.standard_normal((1, 3, 128, 128)).astype(np.float32)
+    with open_session(r.out, "ort-cpu") as q, open_session(fp32, "ort-cpu") as f:
+        a, b = q.run(x), f.run(x)
+    assert a.shape == b.shape == (1, 2, 128, 128)
+    assert (a.argmax(1) == b.argmax(1)).mean() > 0.95
