@@ -132,7 +132,7 @@ def test_a_bad_compiled_folder_is_an_artifact_error(tmp_path):
 def test_a_bad_option_is_an_option_error():
     from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions
     with pytest.raises(OptionError) as e:
-        BuildOptions(precision="int8")
+        BuildOptions(precision="fp8")
     kind_of(e.value, OptionError, "--precision")
     with pytest.raises(OptionError) as e:
         BatchProfile.parse("8:4:16")
