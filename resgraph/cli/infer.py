@@ -119,6 +119,10 @@ def _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers,
     if not session.manifest.trained:   # once, on stderr: the answers below come from untrained weights
         say(f"note: {escape(session.manifest.name)} is untrained ({escape(session.manifest.weights_source)}): its "
             "answers are not predictions; compile it with --weights from resgraph train or import-weights")
+    from ..runtime.base import cpu_warning
+    weaker = cpu_warning(session.manifest, session.backend)   # an int8 folder on a CPU weaker than its gate's
+    if weaker:
+        say(f"warning: {escape(weaker)}")
     plans = plan_outputs(session.outputs, session.labels)
     check_saving(artifact, session.manifest.name, plans, save, save_masks)
     items = expand(inputs, sys.stdin, session.input_shape)
@@ -180,6 +184,8 @@ def bench_cmd(artifact, backend, batch, shapes, duration, warmup, cv_threshold, 
                                     cv_threshold, (triton_url, triton_model) if triton_url else None,
                                     keep_going=backend == "all", say=(lambda m: None) if as_json else say, shapes=at)
         r = report(folder, results, skipped + failed, duration, warmup)
+        for w in r["warnings"]:   # on stderr in either form; --json also holds them
+            say(f"warning: {w}")
         if as_json:
             click.echo(json.dumps(r, indent=2))
         else:
@@ -319,12 +325,16 @@ def _parity_table(report: dict) -> None:
     shaped = bool(report["shapes"])
     t = Table(title=escape(plain(f"{report['model']} ({report['precision']}): {report['inputs']}")), title_justify="left")
     extra = (("output",) if several else ()) + (("size",) if several and shaped else ())
-    for col in ("reference", "other", *extra, "max |a-b|", "max |a-b|/(1+|ref|)", "top-1 agree", "tolerance", ""):
+    int8 = report.get("int8")
+    for col in ("reference", "other", *extra, "max |a-b|", "max |a-b|/(1+|ref|)", "top-1 agree",
+                *(("SQNR dB",) if int8 else ()), "tolerance", ""):
         t.add_column(col)
     for p in rows if several else report["pairs"]:
+        agree = p["agreement"] if p.get("rule") == "int8" else p["top1_agreement"]
+        sqnr = ("—" if p.get("rule") != "int8" else "inf" if p["sqnr_db"] is None else f"{p['sqnr_db']:.1f}",)
         t.add_row(p["reference"], p["other"], *((p["output"],) if several else ()),
                   *((p["shape"] or "",) if several and shaped else ()), f"{p['max_abs']:.3e}", f"{p['max_scaled']:.3e}",
-                  "—" if p["top1_agreement"] is None else f"{p['top1_agreement']:.1%}", escape(p["tolerance"]),
+                  "—" if agree is None else f"{agree:.1%}", *(sqnr if int8 else ()), escape(p["tolerance"]),
                   "[green]ok[/]" if p["ok"] else "[bold red]FAIL[/]")
     out.print(t)
     if several:
@@ -338,6 +348,10 @@ def _parity_table(report: dict) -> None:
         out.print(f"[yellow]skipped input[/] {escape(plain(f['input']))}: {escape(plain(f['error']))}")
     for s in report["skipped"]:
         out.print(escape(plain(f"not compared: {s['backend']}: {s['reason']}")))
+    if int8 and int8["inputs"] == "random":
+        out.print(f"[yellow]note:[/] int8 is judged against its gate (top-1 agreement >= {100 * int8['min_agreement']:g}%, "
+                  f"SQNR >= {int8['min_sqnr']:g} dB) on real inputs only: give --inputs DIR; on random ones int8 vs "
+                  "fp32 is reported, not judged")
     out.print("[green]parity ok[/]" if report["ok"] else "[bold red]parity FAILED[/]: a pair is beyond its tolerance")
 
 
@@ -359,6 +373,10 @@ def doctor_cmd(as_json):
         out = console()
         out.print(f"python      {r['python']['version']} ({r['python']['executable']})")
         out.print(f"platform    {r['platform']}")
+        from ..runtime.cpu import meaning
+        c = r["cpu"]
+        out.print(escape(f"CPU int8    {c['int8_dot'] or 'unknown'}: {meaning(c['int8_dot'])}; "
+                         f"flags {' '.join(c['flags']) if c['flags'] is not None else 'unknown'} ({c['model'] or '?'})"))
         out.print(f"resgraph    {r['resgraph']}")
         for p, v in r["packages"].items():
             if v or p in ("onnxruntime", "torch", "tensorrt", "onnx"):

@@ -216,8 +216,16 @@ def nvidia_gpu_visible() -> bool:
 
 # what each back end loads from the folder and is hashed against the manifest here (a file absent from
 # the manifest is not loaded: .data). Held elsewhere, not hashed twice: spec.yaml (read_spec) and
-# model.engine (runtime.tensorrt.check_engine, against engine.json's sha256, which is checked here)
-LOADS = {"ort": ("model.onnx", "model.onnx.data"), "torch": ("weights.safetensors",), "tensorrt": ("engine.json",)}
+# model.engine (runtime.tensorrt.check_engine, against engine.json's sha256, which is checked here).
+# "ort": its ONNX file, Manifest.onnx_file (an int8 folder's ort-trt: model.s8.onnx), and that file's .data
+LOADS = {"ort": ("{onnx}", "{onnx}.data"), "torch": ("weights.safetensors",), "tensorrt": ("engine.json",)}
+
+
+def loads(manifest: Manifest, backend: str) -> tuple[str, ...]:
+    """The files `backend` loads from a folder with this manifest (LOADS, the ONNX file named)."""
+    family = "ort" if backend.startswith("ort") else "torch" if backend.startswith("torch") else backend
+    onnx = manifest.onnx_file(backend)
+    return tuple(n.format(onnx=onnx) for n in LOADS.get(family, ()))
 
 
 def verify_loaded(folder: str, manifest: Manifest, backend: str) -> None:
@@ -226,8 +234,7 @@ def verify_loaded(folder: str, manifest: Manifest, backend: str) -> None:
     missing model.onnx to another back end as if the machine lacked a package."""
     from ..errors import ArtifactError
     from ..manifest import sha256_file
-    family = "ort" if backend.startswith("ort") else "torch" if backend.startswith("torch") else backend
-    needed = LOADS.get(family, ())
+    needed = loads(manifest, backend)
     if needed and needed[0] not in manifest.artifacts:
         raise ArtifactError.at(os.path.join(folder, "manifest.json"), f"the manifest lists no {needed[0]}, which "
                                f"{backend} runs", "recompile: resgraph compile SPEC --weights W -o FOLDER")
@@ -243,3 +250,14 @@ def verify_loaded(folder: str, manifest: Manifest, backend: str) -> None:
             raise ArtifactError.at(path, f"{name} is not the file compile wrote (its sha256 is not the manifest's)",
                                    "recompile: resgraph compile SPEC --weights W -o FOLDER; resgraph parity FOLDER "
                                    "shows how far it is from the checkpoint")
+
+
+def cpu_warning(manifest: Manifest, backend: str) -> str | None:
+    """Where `backend` runs an int8 folder's model on this CPU's integer kernels (ort-cpu) and this
+    CPU's integer dot product is weaker than the one its accuracy gate ran on (runtime.cpu.weaker_than:
+    without VNNI, u8 x s8 pairs saturate), the warning `run` and `bench` give; else None."""
+    if manifest.quantization is None or backend != "ort-cpu":
+        return None
+    from .cpu import weaker_than
+    why = weaker_than(manifest.quantization.cpu)
+    return f"{manifest.name} is int8: {why}" if why else None

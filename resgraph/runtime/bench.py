@@ -184,12 +184,15 @@ def bench_all(folder: str, names: list[str], sizes: list[int], duration: float, 
 
 
 def report(folder: str, results: list[BenchResult], skipped: list[dict], duration: float, warmup: float) -> dict:
-    """bench's JSON report (docs/inference.md)."""
+    """bench's JSON report (docs/inference.md). `warnings`: an int8 folder run on a CPU weaker than
+    its gate's (base.cpu_warning), once."""
     from ..version import __version__
     from ..manifest import read_manifest
+    from .base import cpu_warning
     m = read_manifest(folder)
+    warnings = [w for w in dict.fromkeys(cpu_warning(m, b) for b in dict.fromkeys(r.backend for r in results)) if w]
     return {"resgraph_version": __version__, "artifact": folder, "model": m.name, "precision": m.precision,
             "macs_per_image": m.macs, "macs_at": shape_label(m.input.at({k: r.valid[0] for k, r in m.sizes.items()}))
             if m.sizes else None,
             "params": m.params, "duration_s": duration, "warmup_s": warmup,
-            "results": [r.to_json() for r in results], "skipped": skipped}
+            "results": [r.to_json() for r in results], "skipped": skipped, "warnings": warnings}

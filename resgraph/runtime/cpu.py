@@ -9,10 +9,12 @@ this reason). So an int8 folder records the CPU its accuracy gate ran on (`descr
 manifest's quantization.cpu), and `run`/`bench` warn when the CPU they run on has a weaker tier
 (`weaker_than`).
 
-Linux: the flags of /proc/cpuinfo (the kernel's names). Elsewhere: unknown, and no warning is given.
+Linux: the flags of /proc/cpuinfo (the kernel's names), or of the file RESGRAPH_CPUINFO names (a copy
+of another machine's: what run would say there). Elsewhere: unknown, and no warning is given.
 """
 from __future__ import annotations
 
+import os
 import platform
 
 # integer dot-product tiers, best first: (tier, the cpuinfo flags that give it, what it means)
@@ -23,11 +25,13 @@ TIERS = (
     ("avx2", ("avx2",), "AVX2 without VNNI: u8 x s8 pairs saturate at int16"),
     ("none", (), "no SIMD integer dot product ONNX Runtime uses"),
 )
-_RANK = {t: i for i, (t, _, _) in enumerate(TIERS)}
+# for the warning, what matters is the arithmetic, not the speed: AMX and VNNI both sum exact u8 x s8
+# products into int32; AVX-512BW and AVX2 saturate pairs at int16; "none" runs other kernels again
+_ARITHMETIC = {"amx": 0, "vnni": 0, "avx512": 1, "avx2": 1, "none": 2}
 FLAGS = ("amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx512bw", "avx512f", "avx2", "avx512_bf16")
 
 
-def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str | None, set[str] | None]:
+def _cpuinfo(path: str) -> tuple[str | None, set[str] | None]:
     """(model name, flags) of the first processor in /proc/cpuinfo; (None, None) where there is none."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -54,9 +58,10 @@ def tier(flags: set[str] | None) -> str | None:
     return next(t for t, needs, _ in TIERS if not needs or any(f in flags for f in needs))
 
 
-def describe(path: str = "/proc/cpuinfo") -> dict:
-    """{"model", "machine", "int8_dot" (a tier or None), "flags" (those of FLAGS it has; None: unknown)}."""
-    model, flags = _cpuinfo(path)
+def describe(path: str | None = None) -> dict:
+    """{"model", "machine", "int8_dot" (a tier or None), "flags" (those of FLAGS it has; None: unknown)}
+    of the CPU `path` describes (default: $RESGRAPH_CPUINFO, else /proc/cpuinfo)."""
+    model, flags = _cpuinfo(path or os.environ.get("RESGRAPH_CPUINFO") or "/proc/cpuinfo")
     return {"model": model or platform.processor() or None, "machine": platform.machine(),
             "int8_dot": tier(flags), "flags": sorted(f for f in FLAGS if f in flags) if flags is not None else None}
 
@@ -66,11 +71,12 @@ def meaning(t: str | None) -> str:
 
 
 def weaker_than(recorded: dict, now: dict | None = None) -> str | None:
-    """A warning when this CPU's tier (`now`, default describe()) is weaker than `recorded`'s (an int8
-    folder's quantization.cpu); None when it is as good or either is unknown."""
+    """A warning when this CPU's arithmetic (`now`, default describe()) is other than `recorded`'s (an
+    int8 folder's quantization.cpu) in a way that can change results: exact (AMX, VNNI) on the gate's,
+    saturating here; None when it is the same or better, or either is unknown."""
     now = describe() if now is None else now
     a, b = recorded.get("int8_dot"), now.get("int8_dot")
-    if a not in _RANK or b not in _RANK or _RANK[b] <= _RANK[a]:
+    if a not in _ARITHMETIC or b not in _ARITHMETIC or _ARITHMETIC[b] <= _ARITHMETIC[a]:
         return None
     return (f"this CPU's integer dot product is {b} ({meaning(b)}); the accuracy gate ran on {a} "
             f"({recorded.get('model') or 'another CPU'}): int8 results may differ from the gate's figures")

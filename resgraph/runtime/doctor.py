@@ -3,7 +3,9 @@
 Versions come from the installed distributions' metadata (nothing imported to read them); torch and
 onnxruntime are imported only where installed, to ask for their CUDA and execution providers (and
 tensorrt, to see that its libraries load); the
-GPUs come from nvidia-smi (the driver's own tool), or from torch where nvidia-smi is absent.
+GPUs come from nvidia-smi (the driver's own tool), or from torch where nvidia-smi is absent. "cpu":
+the CPU's integer dot-product support (runtime.cpu.describe(): what an int8 folder's model.onnx runs
+on; an int8 folder records its gate's, and run/bench warn on a weaker one).
 """
 from __future__ import annotations
 
@@ -42,10 +44,12 @@ def _gpus() -> tuple[str | None, list[dict]]:
 
 def report() -> dict:
     from ..version import __version__
+    from . import cpu
     from .session import BACKENDS
     r: dict = {
         "python": {"version": platform.python_version(), "executable": sys.executable},
         "platform": platform.platform(),
+        "cpu": cpu.describe(),
         "resgraph": __version__,
         "packages": {p: _version(p) for p in PACKAGES},
     }

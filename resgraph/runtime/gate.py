@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from .base import Options
-from .parity import FP32_ABS, Pair, compare, fp64_outputs, order
+from .parity import FP32_ABS, Int8Rule, Pair, compare, fp64_outputs, order
 from .session import BACKENDS, open_session
 
 
@@ -20,7 +20,10 @@ def gate(folder: str, options) -> list[tuple[str, Pair]]:
     """compile --engine's parity gate: the engine against ONNX Runtime and, where torch is installed,
     the checkpoint's PyTorch module, on random normalised inputs at each point of the engine's profile
     (engine.json's: every input at its MIN shapes, then OPT, then MAX), every output compared at the
-    engine precision's tolerance. Returns (where: the point, its shapes and the output; the pair).
+    engine precision's tolerance (an int8 engine: parity's int8 rule on random inputs, Int8Rule: the
+    accuracy gate's SQNR against ONNX Runtime on model.s8.onnx, the file it is built from; against the
+    fp32 module and ort-cpu's model.onnx, reported). Returns (where: the point, its shapes and the
+    output; the pair).
     Raises ArtifactError on any pair beyond it, and on any NaN or infinity in the engine's outputs
     (fp16 overflow) before comparing."""
     from ..backends.tensorrt.engine_json import read_engine_info
@@ -32,6 +35,8 @@ def gate(folder: str, options) -> list[tuple[str, Pair]]:
     try:
         for n in ["tensorrt", *refs]:
             sessions[n] = open_session(folder, n, options)
+        if sessions["tensorrt"].manifest.quantization is not None and BACKENDS["ort-cpu"].probe(folder).ok:
+            sessions[S8_REFERENCE] = s8_reference(folder, options)
         for label, shapes in points:
             feeds = {name: rng.standard_normal(shape, dtype=np.float32) for name, shape in shapes.items()}
             outputs = {n: s.run_all(feeds) for n, s in sessions.items()}
@@ -42,10 +47,23 @@ def gate(folder: str, options) -> list[tuple[str, Pair]]:
     bad = [(w, p) for w, p in pairs if not p.ok and "tensorrt" in (p.reference, p.other)]
     if bad:
         raise ArtifactError.at(where, f"the engine fails the parity gate ({len(bad)} of {len(pairs)} comparisons): "
-                               + "; ".join(f"at {w}, {p.other} vs {p.reference}: max |a-b| {p.max_abs:.3g}, scaled "
-                                           f"{p.max_scaled:.3g} (needs {p.tolerance})" for w, p in bad[:6]),
+                               + "; ".join(f"at {w}, {p.other} vs {p.reference}: {p.figures()} (needs {p.tolerance})"
+                                           for w, p in bad[:6]),
                                "compare precisions with resgraph parity FOLDER; --no-parity-gate keeps the engine anyway")
     return pairs
+
+
+S8_REFERENCE = "ort-cpu:model.s8.onnx"
+
+
+def s8_reference(folder: str, options):
+    """ONNX Runtime's CPU provider on model.s8.onnx, the file an int8 engine is built from (the accuracy
+    gate measured that file under this arithmetic): the engine's same-file reference, the one pair that
+    random inputs can judge (parity.Int8Rule)."""
+    from ..manifest import read_manifest
+    from .ort import OrtSession
+    manifest = read_manifest(folder)
+    return OrtSession(folder, manifest, options, cuda=False, onnx_file=manifest.onnx_file("tensorrt"))
 
 
 def profile_points(profile) -> list[tuple[str, dict]]:
@@ -65,12 +83,15 @@ def profile_points(profile) -> list[tuple[str, dict]]:
 def _compare_point(label: str, feeds: dict, outputs: dict, sessions: dict, where: str) -> list[tuple[str, Pair]]:
     """Every output's pairs at one point of the profile; an engine output holding NaN or infinity refused."""
     trt = outputs["tensorrt"]
+    int8 = Int8Rule.of(sessions["tensorrt"].manifest, False, sessions)   # random inputs
     for name, y in trt.items():
         if not np.isfinite(y).all():
             raise ArtifactError.at(where, f"the {sessions['tensorrt'].precision} engine's output {name} holds NaN or "
-                                   f"infinity at {label}, on random normalised inputs (fp16 overflow?)",
-                                   "build with --precision fp32 or tf32 (or compile with --no-fold); --no-parity-gate "
-                                   "skips this check")
+                                   f"infinity at {label}, on random normalised inputs"
+                                   + (" (fp16 overflow?)" if int8 is None else ""),
+                                   ("requantize the folder (resgraph quantize), or compile it in fp32" if int8 else
+                                    "build with --precision fp32 or tf32 (or compile with --no-fold)")
+                                   + "; --no-parity-gate skips this check")
     torch_ref = sessions.get("torch-cpu")
     fp64: dict = {}
 
@@ -86,7 +107,7 @@ def _compare_point(label: str, feeds: dict, outputs: dict, sessions: dict, where
         pairs = compare({n: outputs[n][name] for n in order(list(outputs))},
                         {n: s.precision for n, s in sessions.items()},
                         (lambda name=name: floor(name)) if torch_ref is not None else None,
-                        fp32_rel=None if torch_ref is not None else FP32_ABS)
+                        fp32_rel=None if torch_ref is not None else FP32_ABS, int8=int8)
         shown = label if len(trt) == 1 else f"{label}, output {name}"
         out += [(shown, p) for p in pairs]
     return out

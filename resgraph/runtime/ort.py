@@ -28,7 +28,10 @@ from .base import Options, Session
 
 
 class OrtSession(Session):
-    def __init__(self, folder: str, manifest, options: Options, cuda: bool, tensorrt: bool = False):
+    def __init__(self, folder: str, manifest, options: Options, cuda: bool, tensorrt: bool = False,
+                 onnx_file: str | None = None):
+        """`onnx_file`: another ONNX file of the folder than the back end's own (Manifest.onnx_file): the
+        parity gate runs an int8 folder's model.s8.onnx on the CPU as its engine's same-file reference."""
         super().__init__(folder, manifest, options)
         import onnxruntime as ort
         self.ort, self.cuda, self.tensorrt = ort, cuda or tensorrt, tensorrt
@@ -38,7 +41,7 @@ class OrtSession(Session):
         # mantissa: off unless asked for, so that an fp32 folder computes in fp32 on every back end
         tf32 = tensorrt or (cuda and options.tf32)
         self.precision = "tf32" if tf32 and manifest.precision == "fp32" else manifest.precision
-        self.onnx = manifest.onnx_file(self.backend)      # model.onnx; an int8 folder's ort-trt: model.s8.onnx
+        self.onnx = onnx_file or manifest.onnx_file(self.backend)   # model.onnx; an int8 folder's ort-trt: model.s8.onnx
         self.path = os.path.join(folder, self.onnx)
         if not os.path.isfile(self.path):
             raise BackendError.at(self.path, f"no {self.onnx} in the compiled folder",

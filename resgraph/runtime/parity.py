@@ -6,6 +6,16 @@ Tolerances are the test suite's (the compiler's proof):
                          module in fp32 against the same module in fp64 on the same inputs
     fp16 or TF32 on either side   |a - b| <= 2e-2 x (1 + |reference|), element by element
     bf16 on either side           |a - b| <= 8e-2 x (1 + |reference|)
+    int8 on either side (an int8 folder's ONNX Runtime and TensorRT back ends; its torch back ends run
+    the float checkpoint, the fp32 reference): the thresholds its accuracy gate recorded
+    (quantization.gate["thresholds"]: top-1 agreement, argmax over axis 1 per sample or per pixel,
+    >= min_agreement, and output SQNR 10 log10(sum ref^2 / sum (ref - q)^2) >= min_sqnr dB), on real
+    inputs (--inputs DIR). Random inputs are not what the model was calibrated on: noise clips at the
+    calibrated ranges and its near-tied logits make agreement meaningless, so there a pair of two int8
+    back ends running one file (ort-cpu and ort-cuda: model.onnx; tensorrt and ort-trt:
+    model.s8.onnx) is held to the SQNR alone, and int8 against fp32, or against the other encoding
+    (whose clipping ranges differ: noise beyond them clips differently), is reported, not judged
+    (Int8Rule).
 The reference of a pair is its first back end; torch-cpu (the checkpoint, unfolded, fp32) comes
 first wherever it takes part, so a model.onnx altered after compiling fails against it.
 
@@ -13,13 +23,14 @@ Every output is compared on its own (its own tolerance, its own noise floor), an
 variables at several sizes: by default three (default_sizes: the smallest valid, the valid one
 nearest the middle, and the largest valid up to AFFORDABLE, 512, so that parity stays quick on
 large ranges), or those --shape asks for. The report lists each (pair, output, size) and, under
-"pairs", the worst of each back-end pair (a failing one first, then the largest max |a - b|).
+"pairs", the worst of each back-end pair (a failing one first, then the largest max |a - b|; int8:
+the lowest SQNR).
 """
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -27,6 +38,52 @@ FP32_ABS = 1e-4
 FP32_NOISE_FACTOR = 4.0
 AFFORDABLE = 512     # the largest size parity runs at by default (models with size variables)
 HALF_REL = {"fp16": 2e-2, "tf32": 2e-2, "bf16": 8e-2}   # x (1 + |ref|); TF32 keeps fp16's 10-bit mantissa, bf16 7
+
+
+@dataclass(frozen=True)
+class Int8Rule:
+    """How a pair with an int8 side is judged: the gate's thresholds; `real`: the inputs are real
+    (a folder), not random noise; `files`: the ONNX file each int8 back end runs."""
+    min_agreement: float
+    min_sqnr: float
+    real: bool
+    files: dict = field(default_factory=dict)
+    recorded: bool = True        # False: the folder was not gated (--no-gate); the gate's defaults
+
+    @classmethod
+    def of(cls, manifest, real: bool, sessions: dict) -> "Int8Rule | None":
+        """The rule of an int8 folder's manifest for these sessions (None for a float folder)."""
+        if manifest.quantization is None:
+            return None
+        from ..quant.gate import Thresholds
+        files = {n: getattr(s, "onnx", None) or manifest.onnx_file(n) for n, s in sessions.items()
+                 if s.precision == "int8"}
+        t = manifest.quantization.gate.get("thresholds")
+        if not isinstance(t, dict):
+            d = Thresholds()
+            return cls(d.min_agreement, d.min_sqnr, real, files, recorded=False)
+        return cls(float(t["min_agreement"]), float(t["min_sqnr"]), real, files)
+
+    def same_file(self, a: str, b: str) -> bool:
+        return a in self.files and self.files[a] == self.files.get(b)
+
+    def to_json(self) -> dict:
+        return {"min_agreement": self.min_agreement, "min_sqnr": self.min_sqnr, "inputs": "real" if self.real else
+                "random", "files": self.files,
+                "thresholds": "the gate's" if self.recorded else "defaults (the folder was not gated)"}
+
+    def judge(self, ref: np.ndarray, got: np.ndarray, same_file: bool) -> tuple[bool, str, float | None, float]:
+        """(ok, the tolerance in words, top-1 agreement or None (no class axis), SQNR dB) of one pair."""
+        from ..quant.gate import sqnr_db
+        agree = float(np.mean(ref.argmax(1) == got.argmax(1))) if ref.ndim >= 2 and ref.shape[1] >= 2 else None
+        sqnr = sqnr_db([ref], [got])
+        need_sqnr = f"SQNR >= {self.min_sqnr:g} dB"
+        if self.real:
+            ok = sqnr >= self.min_sqnr and (agree is None or agree >= self.min_agreement)
+            return ok, f"top-1 agreement >= {100 * self.min_agreement:g}%, {need_sqnr} (int8 gate)", agree, sqnr
+        if same_file:
+            return sqnr >= self.min_sqnr, f"{need_sqnr} (one int8 file, random inputs)", agree, sqnr
+        return True, "reported, not judged: random inputs (give --inputs DIR of real ones)", agree, sqnr
 
 
 @dataclass(frozen=True)
@@ -40,9 +97,22 @@ class Pair:
     ok: bool
     output: str | None = None    # which output (parity fills these in; compare() leaves them None)
     shape: str | None = None     # at which input size, HxW (models with size variables)
+    rule: str = "fp32"           # fp32 | fp16 | tf32 | bf16 | int8: which precision's tolerance judged it
+    agreement: float | None = None   # int8: top-1 agreement, per sample or per pixel (argmax over axis 1)
+    sqnr_db: float | None = None     # int8: output SQNR of other against reference (None in JSON: identical)
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if d["sqnr_db"] is not None and not math.isfinite(d["sqnr_db"]):
+            d["sqnr_db"] = None if d["sqnr_db"] > 0 else -1e9   # JSON has no infinity
+        return d
+
+    def figures(self) -> str:
+        """The figures its rule judges, in words."""
+        if self.rule == "int8":
+            agree = "" if self.agreement is None else f"top-1 agreement {100 * self.agreement:.2f}%, "
+            return f"{agree}SQNR {self.sqnr_db:.1f} dB"
+        return f"max |a-b| {self.max_abs:.3g}, scaled {self.max_scaled:.3g}"
 
 
 def order(backends: list[str]) -> list[str]:
@@ -79,9 +149,10 @@ def fp64_outputs(torch_session, feeds: dict) -> dict[str, np.ndarray]:
 
 
 def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=None,
-            fp32_rel: float | None = None) -> list[Pair]:
+            fp32_rel: float | None = None, int8: Int8Rule | None = None) -> list[Pair]:
     """Every pair; `floor()` gives the fp32 noise floor on demand (None: no torch to measure it);
-    without one, `fp32_rel` (if given) admits fp32 pairs within |a-b| <= fp32_rel (1 + |ref|)."""
+    without one, `fp32_rel` (if given) admits fp32 pairs within |a-b| <= fp32_rel (1 + |ref|).
+    A pair with an int8 side is judged by `int8` (Int8Rule.of the folder's manifest)."""
     names = list(outputs)
     pairs = []
     measured = None
@@ -95,7 +166,13 @@ def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=No
             top1 = None
             if ref.ndim == 2 and ref.shape[1] > 1:
                 top1 = float(np.mean(ref.argmax(1) == got.argmax(1)))
-            half = [HALF_REL[p] for p in (precisions[a], precisions[b]) if p in HALF_REL]
+            sides = (precisions[a], precisions[b])
+            half = [HALF_REL[p] for p in sides if p in HALF_REL]
+            if "int8" in sides:
+                assert int8 is not None, "an int8 session without the folder's Int8Rule"
+                ok, tol, agree, sqnr = int8.judge(ref, got, int8.same_file(a, b))
+                pairs.append(Pair(a, b, max_abs, max_scaled, top1, tol, ok, rule="int8", agreement=agree, sqnr_db=sqnr))
+                continue
             if half:
                 ok, tol = max_scaled <= max(half), f"|a-b| <= {max(half):g} (1 + |ref|)"
             elif max_abs <= FP32_ABS:
@@ -109,7 +186,8 @@ def compare(outputs: dict[str, np.ndarray], precisions: dict[str, str], floor=No
                 ok, tol = max_scaled <= fp32_rel, f"max |a-b| <= {FP32_ABS:g}, or |a-b| <= {fp32_rel:g} (1 + |ref|)"
             else:
                 ok, tol = False, f"max |a-b| <= {FP32_ABS:g}"
-            pairs.append(Pair(a, b, max_abs, max_scaled, top1, tol, ok))
+            rule = max((p for p in sides if p in HALF_REL), key=HALF_REL.get, default="fp32")
+            pairs.append(Pair(a, b, max_abs, max_scaled, top1, tol, ok, rule=rule))
     return pairs
 
 
@@ -181,7 +259,8 @@ def folder_cases(source: str, session) -> tuple[list[tuple[str | None, dict]], s
     return cases, f"{good} inputs from {source}" + (f" at {len(cases)} sizes" if len(cases) > 1 else ""), failed
 
 
-def compare_case(shape: str | None, feeds: dict, outputs: dict, sessions: dict) -> list[Pair]:
+def compare_case(shape: str | None, feeds: dict, outputs: dict, sessions: dict,
+                 int8: Int8Rule | None = None) -> list[Pair]:
     """Every output's pairs on one case (one size); the fp32 noise floor measured once, if needed."""
     torch_ref = sessions.get("torch-cpu")
     fp64: dict = {}
@@ -193,17 +272,19 @@ def compare_case(shape: str | None, feeds: dict, outputs: dict, sessions: dict) 
     pairs = []
     for name in next(iter(outputs.values())):
         got = compare({b: outputs[b][name] for b in sessions}, {b: s.precision for b, s in sessions.items()},
-                      (lambda name=name: floor(name)) if torch_ref is not None else None)
+                      (lambda name=name: floor(name)) if torch_ref is not None else None, int8=int8)
         pairs += [replace(p, output=name, shape=shape) for p in got]
     return pairs
 
 
 def worst(pairs: list[Pair]) -> list[Pair]:
-    """Each back-end pair's worst comparison: a failing one first, then the largest max |a - b|."""
+    """Each back-end pair's worst comparison: a failing one first, then the largest max |a - b| (int8: the
+    lowest SQNR)."""
     out: dict = {}
+    bad = lambda p: (not p.ok, -p.sqnr_db if p.rule == "int8" else p.max_abs)  # noqa: E731  (int8: lowest SQNR)
     for p in pairs:
         key = (p.reference, p.other)
-        if key not in out or (not p.ok, p.max_abs) > (not out[key].ok, out[key].max_abs):
+        if key not in out or bad(p) > bad(out[key]):
             out[key] = p
     return list(out.values())
 
@@ -233,8 +314,9 @@ def parity(folder: str, backends: str, source: str, batch_size: int, options, sh
             (cases, what), failed_inputs = random_cases(source, first, sizes), []
         else:
             cases, what, failed_inputs = folder_cases(source, first)
+        int8 = Int8Rule.of(manifest, not source.isdigit(), sessions)
         pairs = [p for shape, feeds in cases
-                 for p in compare_case(shape, feeds, run_batches(sessions, feeds, batch_size), sessions)]
+                 for p in compare_case(shape, feeds, run_batches(sessions, feeds, batch_size), sessions, int8)]
         described = {n: s.describe() for n, s in sessions.items()}
     finally:
         for s in sessions.values():
@@ -243,4 +325,4 @@ def parity(folder: str, backends: str, source: str, batch_size: int, options, sh
             "shapes": [c[0] for c in cases if c[0] is not None], "backends": described,
             "pairs": [p.to_json() for p in worst(pairs)], "outputs": [p.to_json() for p in pairs],
             "changed_since_compile": verify_artifacts(folder, manifest), "failed_inputs": failed_inputs,
-            "skipped": skipped, "ok": all(p.ok for p in pairs)}
+            "skipped": skipped, "int8": int8.to_json() if int8 else None, "ok": all(p.ok for p in pairs)}

@@ -15,6 +15,11 @@ under its compute capability (the default file name left absent, so another GPU 
 load), and max_batch_size is its profile's MAX. Triton's onnxruntime and tensorrt backends add
 dynamic batching themselves unless the server runs with --disable-auto-complete-config.
 
+An int8 folder: the onnxruntime platform serves its model.onnx (Q/DQ, uint8 activations: ONNX
+Runtime's CPU integer kernels, which the accuracy gate measured), on CPU instances unless --kind gpu
+asks otherwise; the tensorrt platform serves the engine built from model.s8.onnx; the python platform
+carries the folder whole (its back ends read the file each reads, Manifest.onnx_file).
+
 The model folder is published as a compiled folder is (publish.Stage, layout MODEL): written in full
 beside the repository, then put in place whole, or, where the model folder holds other versions or
 files of its own, entry by entry (version 1, labels.txt, config.pbtxt last), leaving the others as
@@ -145,6 +150,8 @@ def _platform(folder: str, m, o: TritonOptions) -> tuple[str, list[str], dict[st
         files[plan] = os.path.join(folder, "model.engine")
     elif o.platform == "onnxruntime":
         extra.append('platform: "onnxruntime_onnx"')
+        if m.precision == "int8" and kind == "auto":   # uint8 Q/DQ: made for ONNX Runtime's CPU kernels
+            kind = "cpu"
         if m.external_data:   # a model of several files is a folder named model.onnx (Triton's layout)
             files["model.onnx/model.onnx"] = os.path.join(folder, "model.onnx")
             files[f"model.onnx/{m.external_data}"] = os.path.join(folder, m.external_data)
