@@ -198,8 +198,8 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
     """Check the spec and every option before any work: the opset, the precision, the engine's
     precision on the TensorRT there is, the output path (a folder, its parent creatable)."""
     from .backends.onnx import DEFAULT_OPSET, OPSETS
-    from .frontend import check_file
-    checked = check_file(spec_path)
+    from .frontend import check_compiled, check_file
+    checked = check_compiled(spec_path) if os.path.isdir(spec_path) else check_file(spec_path)   # quantize: a folder
     from .sized import writable
     writable(checked)
     opset = DEFAULT_OPSET if opset is None else opset
@@ -306,13 +306,13 @@ def inference(plan: Plan, w: Weights):
     return igraph, iw
 
 
-def inference_graph(spec_path: str, weights_path: str, manifest: Manifest):
+def inference_graph(folder: str, manifest: Manifest):
     """(inference graph, its weights, the size-variable dims) of a compiled folder's spec and checkpoint,
     folded as the folder was: what quantize --explain measures."""
-    from .frontend import check_file
+    from .frontend import check_compiled
     from .passes.inference import for_inference
-    checked = check_file(spec_path)
-    mapped = load_weights(weights_path, checked.graph)
+    checked = check_compiled(folder)
+    mapped = load_weights(os.path.join(folder, "weights.safetensors"), checked.graph)
     igraph, iw = for_inference(checked.graph, mapped.tensors, fold=manifest.folded)
     dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
     return igraph, iw, dims

@@ -196,5 +196,18 @@ def spec_source(path: str, stdin=None) -> SpecSource:
                       f"{spec_path}", read_files=False)
 
 
+def check_compiled(folder: str) -> Checked:
+    """The spec compiled into `folder` (spec.yaml, checked against the manifest's sha256), checked, with
+    the labels its manifest holds (a `labels:` file of the spec's own folder is not beside the copy):
+    what compiling a compiled folder again (resgraph quantize) starts from."""
+    from dataclasses import replace
+
+    from .manifest import read_manifest, read_spec
+    manifest = read_manifest(folder)
+    path, raw = read_spec(folder, manifest)
+    checked = check_text(raw.decode("utf-8"), path, read_files=False)
+    return replace(checked, spec=replace(checked.spec, labels=manifest.labels))
+
+
 def check_source(src: SpecSource) -> Checked:
     return check_file(src.where) if src.text is None else check_text(src.text, src.where, read_files=src.read_files)

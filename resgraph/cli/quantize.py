@@ -88,7 +88,7 @@ def quantize_cmd(artifact, out, seed, explain, **flags):
         if explain:
             return _explain(src, options)
         with console(stderr=True).status("quantising") as status:
-            c = compile_spec(src.spec, weights=src.weights, out=out or f"compiled/{src.manifest.name}-int8",
+            c = compile_spec(src.folder, weights=src.weights, out=out or f"compiled/{src.manifest.name}-int8",
                              precision="int8", opset=src.manifest.opset, fold=src.manifest.folded, quant=options,
                              progress=lambda s, *_: status.update(s))
         _print_int8(c)
@@ -99,13 +99,13 @@ def _explain(src, options) -> None:
     from ..compile import inference_graph
     from ..quant.pipeline import sensitivity
     from ..render import console, escape
-    graph, weights, dims = inference_graph(src.spec, src.weights, src.manifest)
+    graph, weights, dims = inference_graph(src.folder, src.manifest)
     with console(stderr=True).status("measuring") as status:
         from ..compile import bar
         s = sensitivity(graph, weights, src.manifest, options, src.manifest.opset, dims,
                         lambda what, i, n: status.update(f"{what} {bar(i, n)} {i}/{n}"))
     click.echo(f"{src.manifest.name}: output SQNR against fp32 on {escape(s.on)}, per layer quantised alone and "
-               f"with every layer up to it quantised")
+               f"with every layer up to it quantised (an add is its block's: --keep-float of it keeps the block)")
     click.echo(f"  {'layer':<34} {'op':<7} {'alone dB':>9} {'cumul. dB':>10}  spec line")
     for u, a, c in s.rows:
         click.echo(f"  {escape(u.path):<34} {u.op:<7} {a:>9.1f} {c:>10.1f}  {escape(str(u.loc))}")

@@ -114,8 +114,9 @@ def calibration_set(sources: tuple[str, ...], manifest, samples: int | None, see
         raise DataError.at(" ".join(sources)[:200], "no calibration inputs found (empty folders?)",
                            "give images, folders of images or .npy files the model takes")
     chosen = _choose(len(items), samples, seed, " ".join(sources)[:200])
-    what = f"{len(chosen):,} of {len(items):,} inputs under {listed(list(sources))}" + (
-        f", seed {seed}" if len(chosen) < len(items) else "")
+    under = f"inputs under {listed(list(sources))}"
+    what = f"{len(chosen):,} of {len(items):,} {under}, seed {seed}" if len(chosen) < len(items) else \
+        f"{len(items):,} {under}"
     picked = tuple(items[i] for i in chosen)
     return Samples(what, tuple(i.name for i in picked), items=picked)
 

@@ -147,7 +147,7 @@ def sensitivity(graph: Graph, weights: dict, manifest, options: QuantOptions, op
     whole = gate(())
     suggestion = () if whole["passed"] else explain.suggest(lambda keep: gate(keep)["passed"], alone)
     return Sensitivity([(u, a, s) for (u, a), (_, s) in zip(alone, cum, strict=True)], whole, suggestion,
-                       f"{sum(len(b) for b in few)} inputs of {data.description}")
+                       f"the first {sum(len(b) for b in few)} of {data.description}")
 
 
 def _gate(graph, weights, build, models, options, manifest, feeder, cal, opset, dims, progress) -> dict:
@@ -174,9 +174,10 @@ def _gate(graph, weights, build, models, options, manifest, feeder, cal, opset, 
 
 @dataclass(frozen=True)
 class Source:
-    """A compiled fp32 folder to quantise: its manifest, its spec.yaml and weights.safetensors."""
+    """A compiled fp32 folder to quantise: the folder (compile_spec takes it as its spec: its spec.yaml,
+    with the manifest's labels), its manifest, its weights.safetensors."""
+    folder: str
     manifest: object
-    spec: str
     weights: str
 
 
@@ -186,7 +187,7 @@ def source_folder(folder: str, out: str | None, options: QuantOptions | None) ->
     import os
 
     from ..errors import ArtifactError
-    from ..manifest import read_manifest, read_spec
+    from ..manifest import read_manifest
     m = read_manifest(folder)
     if m.precision != "fp32":
         raise ArtifactError.at(folder, f"an {m.precision} folder: quantize starts from an fp32 one",
@@ -198,5 +199,4 @@ def source_folder(folder: str, out: str | None, options: QuantOptions | None) ->
                              "files the model takes, or digits)")
     if out is not None and os.path.realpath(out) == os.path.realpath(folder):
         raise OptionError.at("-o", "the output is the source folder", "give a new folder: -o compiled/NAME-int8")
-    spec, _ = read_spec(folder, m)
-    return Source(m, spec, os.path.join(folder, "weights.safetensors"))
+    return Source(folder, m, os.path.join(folder, "weights.safetensors"))

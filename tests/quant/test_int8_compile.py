@@ -187,3 +187,20 @@ def test_a_sized_model_calibrates_on_several_sizes_and_runs_at_any_valid_one(tmp
         a, b = q.run(x), f.run(x)
     assert a.shape == b.shape == (1, 2, 128, 128)
     assert (a.argmax(1) == b.argmax(1)).mean() > 0.95
+
+
+def test_quantize_keeps_the_labels_of_a_spec_that_reads_them_from_a_file(tmp_path):
+    """A compiled folder's spec.yaml is a copy: its `labels: FILE` is not beside it, the manifest holds
+    the labels; quantize (and --explain) check the copy with those."""
+    text = open(SPEC).read().replace('labels: ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]', "labels: names.txt")
+    assert "labels: names.txt" in text
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "digits.yaml").write_text(text)
+    (tmp_path / "src" / "names.txt").write_text("".join(f"digit {i}\n" for i in range(10)))
+    fp32 = compile_spec(str(tmp_path / "src" / "digits.yaml"), weights=WEIGHTS, out=str(tmp_path / "f")).out
+    r = run_cli("quantize", fp32, "--calibrate", "digits", "--calibration-samples", "64", "-o", str(tmp_path / "q"),
+                timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert read_manifest(str(tmp_path / "q")).labels == tuple(f"digit {i}" for i in range(10))
+    r = run_cli("run", str(tmp_path / "q"), "examples/digits/samples/0012_digit-2.png")
+    assert "digit 2" in r.stdout, r.stdout + r.stderr
