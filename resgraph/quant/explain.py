@@ -11,7 +11,8 @@ or an add (Q/DQ on both inputs), in graph order, not kept float. For each unit, 
 passes (at most MAX_SUGGESTED). Every model here is the u8 encoding run by ONNX Runtime's CPU
 provider: what the gate measures.
 
-Cost: two models built and run per unit (resnet50, 70 units, 32 inputs: about 3 minutes on 2 cores).
+Cost: two models built and run per unit (resnet50, 70 units, 32 inputs: 5 minutes on 2 cores, with the
+suggestion's gate runs).
 """
 from __future__ import annotations
 

@@ -132,14 +132,15 @@ def record(measured: dict, t: Thresholds, on: str, samples: int, labelled: bool)
             "passed": all(p["passed"] for p in per.values())}
 
 
-def failure(gate: dict, worst: list, where: str) -> QuantizationError:
+def failure(gate: dict, worst: list, where: str, method: str) -> QuantizationError:
     """The gate's failure as an error: the failing model's figures, then the five most sensitive layers
     (explain.Unit, SQNR alone), each at its spec line, and what to do."""
     bad = [f"{f}: {p['why']}" for f, p in gate["models"].items() if not p["passed"]]
     keep = " ".join(u.path for u, _ in worst[:3])
+    others = "|".join(m for m in ("percentile", "minmax", "entropy") if m != method)
     first = Diagnostic(Loc(where, 0, 0), f"the int8 model fails its accuracy gate on {gate['on']}: " + "; ".join(bad),
                        f"keep the most sensitive layers float (--keep-float {keep}), calibrate on more or other inputs "
-                       "(--calibration-method percentile|entropy), or see every layer: resgraph quantize FOLDER "
+                       f"or by another method (--calibration-method {others}), or see every layer: resgraph quantize FOLDER "
                        "--explain --calibrate ...; nothing was written")
     notes = [Diagnostic(u.loc, f"quantising {u.path} ({u.op}) alone: output SQNR {s:.1f} dB", severity="note")
              for u, s in worst[:5]]

@@ -169,7 +169,8 @@ def _gate(graph, weights, build, models, options, manifest, feeder, cal, opset, 
     ref = g.outputs(fp32, few)
     sens = explain.alone(explain.units(graph, options.keep_float), build, few, ref,
                          (lambda i, n: progress("finding the sensitive layers", i, n)) if progress else None)
-    raise g.failure(record, explain.worst(sens), options.eval or "--calibrate " + " ".join(options.calibrate))
+    raise g.failure(record, explain.worst(sens), options.eval or "--calibrate " + " ".join(options.calibrate),
+                    options.method)
 
 
 @dataclass(frozen=True)
