@@ -3,8 +3,15 @@ what TensorRT's own Python samples use; the `tensorrt` extra installs it, torch 
 
 Every cuda-python call returns a tuple whose first item is a cudaError_t; `call` turns a failure
 into a BackendError naming the call and the error, and returns the rest.
+
+Every device resource (DeviceBuffer, Stream, Event, Graph) is released by a weakref.finalize as
+well as by its free()/destroy(): a session that is dropped without close() (an exception between
+opening and closing, a caller that forgets) gives its device memory back when it is collected, not
+at process exit. The finalizers hold the handle, never the object, and run at most once.
 """
 from __future__ import annotations
+
+import weakref
 
 import numpy as np
 
@@ -32,15 +39,24 @@ def call(result, what: str):
     return None if not rest else rest[0] if len(rest) == 1 else tuple(rest)
 
 
+def _release(fn: str, handle) -> None:
+    """cudart().<fn>(handle), for a finalizer: no exception escapes (at interpreter exit, or after the
+    context is gone, the driver frees what is left)."""
+    try:
+        getattr(cudart(), fn)(handle)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class DeviceBuffer:
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
         self.ptr = call(cudart().cudaMalloc(max(nbytes, 1)), "cudaMalloc")
+        self._release = weakref.finalize(self, _release, "cudaFree", self.ptr)
 
     def free(self) -> None:
-        if self.ptr:
-            cudart().cudaFree(self.ptr)
-            self.ptr = 0
+        self._release()      # once: a second call, or the finalizer after it, does nothing
+        self.ptr = 0
 
 
 class _PinnedMemory:
@@ -84,15 +100,13 @@ class Stream:
     def __init__(self):
         rt = cudart()
         self.handle = call(rt.cudaStreamCreateWithFlags(rt.cudaStreamNonBlocking), "cudaStreamCreateWithFlags")
+        self._release = weakref.finalize(self, _release, "cudaStreamDestroy", self.handle)
+        self._int = _native(self.handle)
 
     def __int__(self) -> int:
-        """The cudaStream_t as the integer TensorRT's execute_async_v3 takes (int(obj) is deprecated
-        in cuda-python 13: get_cuda_native_handle where it exists)."""
-        try:
-            from cuda.bindings.utils import get_cuda_native_handle
-        except ImportError:
-            return int(self.handle)
-        return int(get_cuda_native_handle(self.handle))
+        """The cudaStream_t as the integer TensorRT's execute_async_v3 takes (worked out once: this is
+        on every batch's path)."""
+        return self._int
 
     def h2d(self, dst: int, src: int, nbytes: int) -> None:
         rt = cudart()
@@ -106,14 +120,24 @@ class Stream:
         call(cudart().cudaStreamSynchronize(self.handle), "cudaStreamSynchronize")
 
     def destroy(self) -> None:
-        if self.handle is not None:
-            cudart().cudaStreamDestroy(self.handle)
-            self.handle = None
+        self._release()
+        self.handle = None
+
+
+def _native(handle) -> int:
+    """A cuda-python handle as an integer (int(obj) is deprecated in cuda-python 13:
+    get_cuda_native_handle where it exists)."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle
+    except ImportError:
+        return int(handle)
+    return int(get_cuda_native_handle(handle))
 
 
 class Event:
     def __init__(self):
         self.handle = call(cudart().cudaEventCreate(), "cudaEventCreate")
+        self._release = weakref.finalize(self, _release, "cudaEventDestroy", self.handle)
 
     def record(self, stream: Stream) -> None:
         call(cudart().cudaEventRecord(self.handle, stream.handle), "cudaEventRecord")
@@ -122,15 +146,14 @@ class Event:
         return float(call(cudart().cudaEventElapsedTime(start.handle, self.handle), "cudaEventElapsedTime"))
 
     def destroy(self) -> None:
-        if self.handle is not None:
-            cudart().cudaEventDestroy(self.handle)
-            self.handle = None
+        self._release()
+        self.handle = None
 
 
 class Graph:
     """A CUDA graph captured from the work `enqueue()` puts on `stream`, replayed with launch().
     `enqueue` returns False where its work cannot be captured (TensorRT's enqueue does when the
-    capture fails): the capture is then ended, its graph discarded and the error raised."""
+    capture fails), or raises: the capture is then ended, its graph discarded and the error raised."""
 
     def __init__(self, stream: Stream, enqueue, what: str):
         rt = cudart()
@@ -139,12 +162,14 @@ class Graph:
         ok = False
         try:
             ok = enqueue()
-        finally:
+        finally:   # on False and on an exception alike: end the capture, destroy what it made
             err, graph = rt.cudaStreamEndCapture(stream.handle)
-        if not ok or err != rt.cudaError_t.cudaSuccess:
-            if graph is not None and err == rt.cudaError_t.cudaSuccess:
+            captured = graph is not None and err == rt.cudaError_t.cudaSuccess
+            if captured and not ok:
                 rt.cudaGraphDestroy(graph)
-            rt.cudaGetLastError()       # clear the capture's error so that later calls do not inherit it
+            if not ok or not captured:
+                rt.cudaGetLastError()   # clear the capture's error so that later calls do not inherit it
+        if not ok or not captured:
             raise BackendError.at(what, "this engine cannot be captured into a CUDA graph"
                                   + (f" ({err.name})" if err != rt.cudaError_t.cudaSuccess else ""),
                                   "leave out --cuda-graph")
@@ -152,11 +177,11 @@ class Graph:
             self.exec = call(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
         finally:
             rt.cudaGraphDestroy(graph)  # the executable graph is all that is replayed
+        self._release = weakref.finalize(self, _release, "cudaGraphExecDestroy", self.exec)
 
     def launch(self, stream: Stream) -> None:
         call(cudart().cudaGraphLaunch(self.exec, stream.handle), "cudaGraphLaunch")
 
     def destroy(self) -> None:
-        if self.exec is not None:
-            cudart().cudaGraphExecDestroy(self.exec)
-            self.exec = None
+        self._release()
+        self.exec = None
