@@ -53,40 +53,46 @@ def throughput(step, seconds: float, batch: int, sync=None, args: tuple = ()) ->
     return len(lat) * batch / wall
 
 
+def _checked(ok, what: str) -> None:
+    """TensorRT's bool returns: a refused call would otherwise time nothing and show as huge img/s."""
+    if not ok:
+        raise SystemExit(f"trt_speed: TensorRT refused {what}: the raw baseline would measure nothing")
+
+
 def raw(folder: str, batch: int, seconds: float) -> dict:
-    """The engine driven directly: its own runtime, context, stream and buffers."""
-    import tensorrt as trt
+    """The engine driven directly: a context of its own, its own stream and buffers, on the engine the
+    session deserialised (so a version-compatible plan loads as the session loads it:
+    engine_host_code_allowed); every bool TensorRT returns checked."""
+    from resgraph.runtime import cuda, open_session
+    with open_session(folder, "tensorrt") as s:
+        m, engine = s.manifest, s.engine
+        ctx = engine.create_execution_context()
+        shape_in, shape_out = (batch, *m.input.sample_shape), (batch, *m.output.sample_shape)
+        hin, hout = cuda.PinnedBuffer(shape_in), cuda.PinnedBuffer(shape_out)
+        din, dout = cuda.DeviceBuffer(hin.nbytes), cuda.DeviceBuffer(hout.nbytes)
+        hin.array[...] = np.random.default_rng(0).standard_normal(shape_in, dtype=np.float32)
+        stream = cuda.Stream()
+        _checked(ctx.set_input_shape(m.input.name, shape_in), f"the input shape {shape_in}")
+        _checked(ctx.set_tensor_address(m.input.name, din.ptr), "the input's address")
+        _checked(ctx.set_tensor_address(m.output.name, dout.ptr), "the output's address")
+        handle = int(stream)
+        _checked(ctx.execute_async_v3(handle), "execute_async_v3")
+        stream.synchronize()
 
-    from resgraph.manifest import read_manifest
-    from resgraph.runtime import cuda
-    m = read_manifest(folder)
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(open(os.path.join(folder, "model.engine"), "rb").read())
-    ctx = engine.create_execution_context()
-    shape_in, shape_out = (batch, *m.input.sample_shape), (batch, *m.output.sample_shape)
-    hin, hout = cuda.PinnedBuffer(shape_in), cuda.PinnedBuffer(shape_out)
-    din, dout = cuda.DeviceBuffer(hin.nbytes), cuda.DeviceBuffer(hout.nbytes)
-    hin.array[...] = np.random.default_rng(0).standard_normal(shape_in, dtype=np.float32)
-    stream = cuda.Stream()
-    ctx.set_input_shape(m.input.name, shape_in)
-    ctx.set_tensor_address(m.input.name, din.ptr)
-    ctx.set_tensor_address(m.output.name, dout.ptr)
-    handle = int(stream)
+        def compute():
+            _checked(ctx.execute_async_v3(handle), "execute_async_v3")
 
-    def compute():
-        ctx.execute_async_v3(handle)
-
-    def with_copies():
-        stream.h2d(din.ptr, hin.ptr, hin.nbytes)
-        ctx.execute_async_v3(handle)
-        stream.d2h(hout.ptr, dout.ptr, hout.nbytes)
-    out = {}
-    for name, step in (("compute", compute), ("with_copies", with_copies)):
-        out[name] = throughput(step, seconds, batch, stream.synchronize)
-    stream.synchronize()
-    for b in (hin, hout, din, dout):
-        b.free()
-    stream.destroy()
+        def with_copies():
+            stream.h2d(din.ptr, hin.ptr, hin.nbytes)
+            _checked(ctx.execute_async_v3(handle), "execute_async_v3")
+            stream.d2h(hout.ptr, dout.ptr, hout.nbytes)
+        out = {}
+        for name, step in (("compute", compute), ("with_copies", with_copies)):
+            out[name] = throughput(step, seconds, batch, stream.synchronize)
+        stream.synchronize()
+        for b in (hin, hout, din, dout):
+            b.free()
+        stream.destroy()
     return out
 
 

@@ -208,15 +208,20 @@ def _set_profile(builder: "trt.Builder", network: "trt.INetworkDefinition", conf
 
 
 def _use_timing_cache(config: "trt.IBuilderConfig", cache_path: str, log) -> None:
-    """Build with the timing cache at `cache_path`; one timed on another GPU or TensorRT is set aside
-    (built without, and replaced after)."""
+    """Build with the timing cache at `cache_path`. One that TensorRT cannot read (create_timing_cache
+    returns None for a corrupt or foreign file) or that was timed on another GPU or TensorRT is set
+    aside as `<path>.bad` (kept for a look, no longer read): the build starts an empty cache, which
+    replaces it after."""
     cache = config.create_timing_cache(_read(cache_path))
-    if not config.set_timing_cache(cache, False):   # ignore_mismatch=False: timed on another device
-        _warn(f"timing cache {cache_path} was made on another GPU or TensorRT: building without it, and "
-              "replacing it after")
-        log.errors.clear()
-        config.set_timing_cache(config.create_timing_cache(b""), False)
-        _unlink(cache_path)
+    if cache is not None and config.set_timing_cache(cache, False):   # ignore_mismatch=False: another device's
+        return
+    why = "is not a timing cache TensorRT can read" if cache is None else "was made on another GPU or TensorRT"
+    _warn(f"timing cache {cache_path} {why}: building without it (set aside as {cache_path}.bad), and replacing "
+          "it after")
+    log.errors.clear()
+    config.set_timing_cache(config.create_timing_cache(b""), False)
+    with contextlib.suppress(OSError):
+        os.replace(cache_path, cache_path + ".bad")
 
 
 def _specs(tensors: "list[trt.ITensor]") -> tuple[TensorSpec, ...]:
@@ -240,11 +245,6 @@ def _cache_path(options: BuildOptions, trt_version: str, card) -> str | None:
 def _warn(message: str) -> None:
     import sys
     print(f"resgraph: warning: {message}", file=sys.stderr)
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _read(path: str) -> bytes:
@@ -272,12 +272,13 @@ def _locked(path: str):
 
 def _save_timing_cache(config: "trt.IBuilderConfig", path: str) -> None:
     """Merge this build's timings into the cache on disk (another build may have added to it since
-    it was read) and replace the file atomically."""
-    ours = config.get_timing_cache()
+    it was read) and replace the file atomically. Never raises: the engine is built, and a cache that
+    cannot be saved costs time at the next build, not this engine."""
     try:
+        ours = config.get_timing_cache()
         with _locked(path):
-            merged = config.create_timing_cache(_read(path))
-            if not merged.combine(ours, False):    # the file changed to another device's meanwhile: ours alone
+            merged = config.create_timing_cache(_read(path))   # None: unreadable meanwhile
+            if merged is None or not merged.combine(ours, False):   # or another device's: ours alone
                 merged = ours
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".timing-")
             try:
@@ -288,8 +289,8 @@ def _save_timing_cache(config: "trt.IBuilderConfig", path: str) -> None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
                 raise
-    except OSError as e:   # the engine is built: a cache that cannot be written costs time next build, not this one
-        _warn(f"timing cache {path} not saved: {e}")
+    except Exception as e:  # noqa: BLE001  (TensorRT's own errors too: the engine is built, keep it)
+        _warn(f"timing cache {path} not saved: {type(e).__name__}: {e}")
 
 
 # --- into a compiled folder ----------------------------------------------------------------------

@@ -15,6 +15,7 @@ runs this file there); skipped, with the reason, elsewhere.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 import json
 import os
 import shutil
@@ -121,30 +122,55 @@ def test_cuda_graphs_match_plain_execution_on_fresh_inputs(digits_engine):
     for _ in range(2):
         for n in (2, 8, 32, 8):
             x = rng.standard_normal((n, *plain.input_shape), dtype=np.float32)
-            np.testing.assert_array_equal(graphs.run(x), plain.run(x))
+            # two sessions may pick tactics whose atomics sum in another order: equal to ~1e-6, not bitwise
+            np.testing.assert_allclose(graphs.run(x), plain.run(x), rtol=0, atol=1e-6)
     assert sorted(shapes[0][0] for shapes in graphs._graphs) == [2, 8, 32]      # keyed by the inputs' shapes
 
 
-def test_timing_cache_is_reused_and_shared(tmp_path):
+def _resnet18(tmp_path):
     from resgraph.manifest import read_manifest
-    from resgraph.backends.tensorrt.build import build_plan
-    from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions
     folder = tmp_path / "r"
     r = run_cli("compile", str(ROOT / "specs" / "resnet18.yaml"), "-o", str(folder), timeout=600)
     assert r.returncode == 0, r.stderr
-    m = read_manifest(str(folder))
+    return folder, read_manifest(str(folder))
+
+
+def test_timing_cache_is_reused_and_shared(tmp_path):
+    """A build with a warm cache selects its tactics faster than one with a cold cache, both after a
+    first build that paid CUDA's and TensorRT's lazy start-up (which wall time would otherwise hold)."""
+    from resgraph.backends.tensorrt.build import build_plan
+    from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions
+    folder, m = _resnet18(tmp_path)
+    o = BuildOptions(batch=BatchProfile(1, 8, 8), optimization_level=3)
+    build_plan(str(folder / "model.onnx"), m, replace(o, timing_cache=""))          # start-up, no cache
     cache = tmp_path / "timing.cache"
-    o = BuildOptions(batch=BatchProfile(1, 8, 8), timing_cache=str(cache), optimization_level=3)
+    o = replace(o, timing_cache=str(cache))
     t0 = time.perf_counter()
-    build_plan(str(folder / "model.onnx"), m, o)
-    first = time.perf_counter() - t0
+    build_plan(str(folder / "model.onnx"), m, o)                                     # cold cache
+    cold = time.perf_counter() - t0
     size = cache.stat().st_size
     assert size > 0 and not list(tmp_path.glob(".timing-*"))       # written whole, no temporary left
     t0 = time.perf_counter()
-    build_plan(str(folder / "model.onnx"), m, o)
-    second = time.perf_counter() - t0
-    assert second < first, (first, second)
+    build_plan(str(folder / "model.onnx"), m, o)                                     # warm cache
+    warm = time.perf_counter() - t0
+    assert warm < 0.7 * cold, (cold, warm)
     assert cache.stat().st_size >= size
+
+
+def test_a_corrupt_timing_cache_is_set_aside_and_the_engine_still_built(tmp_path, capfd):
+    """create_timing_cache returns None for bytes it cannot read: the file is set aside as .bad, the
+    build starts an empty cache and writes a good one; no TypeError, no engine lost."""
+    from resgraph.backends.tensorrt.build import build_plan
+    from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions
+    folder, m = _resnet18(tmp_path)
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"not a timing cache" * 100)
+    plan, _ = build_plan(str(folder / "model.onnx"), m,
+                         BuildOptions(batch=BatchProfile(1, 1, 1), timing_cache=str(cache), optimization_level=0))
+    assert len(bytes(plan)) > 0
+    assert (tmp_path / "timing.cache.bad").read_bytes() == b"not a timing cache" * 100
+    assert cache.stat().st_size > 0 and cache.read_bytes() != b"not a timing cache" * 100
+    assert "is not a timing cache TensorRT can read" in capfd.readouterr().err
 
 
 def test_the_three_mismatches_are_refused_before_deserialising_and_rebuild_fixes_them(digits_engine, tmp_path):
