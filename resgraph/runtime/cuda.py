@@ -25,6 +25,9 @@ def cudart():
         raise BackendError.at("cuda-python", f"cuda-python is not installed ({e})",
                               "pip install 'resgraph[tensorrt]' (it brings cuda-python; take cuda-python 12.x for a "
                               "CUDA 12 driver: pip install 'cuda-python<13')") from None
+    except RuntimeError as e:   # some releases (12.6.1, yanked) raise at import where no driver loads
+        raise BackendError.at("cuda-python", f"cuda-python cannot load the CUDA driver ({e})",
+                              "see resgraph doctor and nvidia-smi; pip install -U 'cuda-python>=12.9.10'") from None
     return runtime
 
 

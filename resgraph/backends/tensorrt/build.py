@@ -114,8 +114,7 @@ def build_plan(onnx_path: str, manifest: Manifest, options: BuildOptions, device
         raise OptionError.at("--hardware-compatibility", f"{options.hardware_compatibility} engines are built on "
                              f"{need[1]} or later GPUs; this one is {card.name} ({card.compute_capability})",
                              "build on a newer GPU, or without --hardware-compatibility")
-    if device_id:
-        select(device_id)
+    select(device_id)      # per thread (cudaSetDevice): every build selects its device, 0 included
     started = time.perf_counter()
     log = logger(trt, verbose)
     builder = trt.Builder(log)

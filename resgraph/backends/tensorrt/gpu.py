@@ -55,10 +55,13 @@ def _from_nvidia_smi(index: int) -> Gpu:
 
 
 def select(index: int) -> None:
-    """Make GPU `index` the current CUDA device of this thread (TensorRT builds and runs on it)."""
+    """Make GPU `index` the current CUDA device of this thread (TensorRT builds and runs on it). Without
+    cuda-python, GPU 0 (every thread's default) needs no call."""
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
+        if index == 0:
+            return
         raise BackendError.at(f"GPU {index}", "selecting a GPU needs cuda-python",
                               "pip install 'resgraph[tensorrt]'") from None
     (err,) = cudart.cudaSetDevice(index)
