@@ -43,6 +43,32 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def tensorrt_version() -> str | None:
+    """The installed TensorRT's version, from its distribution's metadata (nothing imported): the
+    `tensorrt` meta-package, or the CUDA-specific wheel pip installs under it."""
+    import importlib.metadata as md
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return None
+
+
+def ort_trt_problem(ort_version: str, trt_version: str | None) -> str | None:
+    """Why ONNX Runtime's TensorRT provider cannot use this TensorRT, or None. It links TensorRT's
+    libraries, which a pip-installed TensorRT makes loadable only once `import tensorrt` has run (we
+    import it before the session); TensorRT 11 changed its ABI: onnxruntime-gpu 1.27 is the first
+    release built against it (NVIDIA's TensorRT 10 -> 11 migration notes)."""
+    if trt_version is None:
+        return "tensorrt is not installed (the provider loads TensorRT's libraries)"
+    v = lambda s: tuple(int(p) for p in s.split("+")[0].split(".")[:2] if p.isdigit())  # noqa: E731
+    if v(trt_version) >= (11,) and v(ort_version) < (1, 27):
+        return (f"TensorRT {trt_version} needs onnxruntime-gpu 1.27 or later for its TensorRT provider; this is "
+                f"{ort_version}")
+    return None
+
+
 def _ort_probe(cuda: bool, tensorrt: bool = False):
     def probe(folder):
         if not _has("onnxruntime"):
@@ -52,6 +78,9 @@ def _ort_probe(cuda: bool, tensorrt: bool = False):
             if "TensorrtExecutionProvider" not in ort.get_available_providers():
                 return Availability(False, f"onnxruntime {ort.__version__} has no TensorrtExecutionProvider",
                                     INSTALL["gpu"] + " and TensorRT's libraries (docs/tensorrt.md)")
+            problem = ort_trt_problem(ort.__version__, tensorrt_version() if _has("tensorrt") else None)
+            if problem:
+                return Availability(False, problem, "pip install -U 'resgraph[gpu,tensorrt]' (docs/tensorrt.md)")
             if not nvidia_gpu_visible():
                 return Availability(False, "no NVIDIA GPU visible")
             return Availability(True, f"onnxruntime {ort.__version__}, TensorrtExecutionProvider")
@@ -87,6 +116,12 @@ def _torch_probe(cuda: bool):
 def _open_ort(cuda: bool, tensorrt: bool = False):
     def open_(folder, manifest, options):
         from .ort import OrtSession
+        if tensorrt:   # a pip-installed TensorRT's libnvinfer loads only once tensorrt_libs is imported
+            try:
+                importlib.import_module("tensorrt")
+            except ImportError as e:
+                raise BackendError.at("ort-trt", f"TensorRT cannot be imported ({e}): ONNX Runtime's TensorRT "
+                                      "provider needs its libraries", INSTALL["tensorrt"]) from None
         return OrtSession(folder, manifest, options, cuda=cuda, tensorrt=tensorrt)
     return open_
 

@@ -355,3 +355,14 @@ def test_the_gate_without_torch_holds_fp32_to_a_relative_bound():
     assert not compare({"ort-cpu": ref, "tensorrt": near}, fp32)[0].ok          # parity's rule without a floor
     assert compare({"ort-cpu": ref, "tensorrt": near}, fp32, fp32_rel=1e-4)[0].ok
     assert not compare({"ort-cpu": ref, "tensorrt": far}, fp32, fp32_rel=1e-4)[0].ok
+
+
+def test_ort_trt_refuses_a_tensorrt_its_provider_cannot_load():
+    """TensorRT 11 needs onnxruntime-gpu >= 1.27 (NVIDIA's 10 -> 11 notes); no TensorRT at all: its
+    provider has no libraries to load. Decided from the versions, before any session."""
+    from resgraph.runtime.session import ort_trt_problem
+    assert ort_trt_problem("1.26.0", "11.1.0.4") == ("TensorRT 11.1.0.4 needs onnxruntime-gpu 1.27 or later for its "
+                                                    "TensorRT provider; this is 1.26.0")
+    assert ort_trt_problem("1.27.0", "11.1.0.4") is None
+    assert ort_trt_problem("1.20.1", "10.16.0.72") is None
+    assert "tensorrt is not installed" in ort_trt_problem("1.31.0", None)
