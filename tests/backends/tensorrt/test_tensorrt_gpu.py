@@ -43,6 +43,23 @@ pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
 TOL = {"fp32": dict(abs_=1e-4), "fp16": dict(rel=2e-2)}
 
 
+@pytest.fixture(autouse=True)
+def close_sessions(monkeypatch):
+    """Every session a test opens is closed when it ends: device memory comes back between tests (the
+    parametrized build test alone opens 42 engines), not at the process's end."""
+    import resgraph.runtime
+    opened, real = [], resgraph.runtime.open_session
+
+    def tracked(*args, **kwargs):
+        s = real(*args, **kwargs)
+        opened.append(s)
+        return s
+    monkeypatch.setattr(resgraph.runtime, "open_session", tracked)
+    yield
+    for s in opened:
+        s.close()
+
+
 def _compile(spec, out, precision="fp32", batch="1:4:8", *extra):
     weights = ["--weights", str(ROOT / "specs" / "weights" / "digits_resnet.safetensors")] \
         if os.path.basename(spec) == "digits_resnet.yaml" else []
