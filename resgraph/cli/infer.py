@@ -287,8 +287,11 @@ def _table(title: str, cols: tuple[str, ...]):
                                 "up to 512].")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--locate", is_flag=True,
+              help="Re-run the first failing pair (else the fp16/fp32 pair, else the first) with every layer's output "
+                   "exposed and name the first spec line beyond the tolerance, with a per-layer error table.")
 @session_options
-def parity_cmd(artifact, backends, source, shapes, batch_size, as_json, **opts):
+def parity_cmd(artifact, backends, source, shapes, batch_size, as_json, locate, **opts):
     """The same inputs through every back end: max abs and relative error and top-1 agreement for
     each pair on each output (and, with size variables, at several sizes); exit 1 if any is beyond
     the tolerance for the artifact's precision."""
@@ -301,14 +304,53 @@ def parity_cmd(artifact, backends, source, shapes, batch_size, as_json, **opts):
         if shapes and not source.isdigit():
             raise OptionError.at("--shape", "--shape sizes random inputs; a folder's inputs run at their own sizes",
                                  "leave --shape out, or give --inputs N")
-        at = sizes_at(read_manifest(folder), _shape_list(shapes)) if shapes else None
-        r = parity(folder, backends, source, batch_size, _options(artifact, backends, **opts), at)
+        manifest = read_manifest(folder)
+        if locate:   # refused before parity runs: an int8 folder
+            from ..locate import check_locatable
+            check_locatable(manifest, ())
+        at = sizes_at(manifest, _shape_list(shapes)) if shapes else None
+        options = _options(artifact, backends, **opts)
+        r = parity(folder, backends, source, batch_size, options, at)
+        located = _locate(folder, r, source, options) if locate else None
         if as_json:
-            click.echo(json.dumps(r, indent=2))
+            click.echo(json.dumps({**r, "locate": located.to_json() if located else None} if locate else r, indent=2))
         else:
             _parity_table(r)
+            if located:
+                _locate_report(located)
         return r["ok"]
     sys.exit(0 if run(body) else 1)
+
+
+def _locate(folder: str, report: dict, source: str, options):
+    """parity --locate on the pair locate.pick chooses; None (and a note) where there is none."""
+    from ..locate import LOCATABLE, locate, pick
+    p = pick(report["pairs"])
+    if p is None:
+        say(f"note: --locate opens up {', '.join(LOCATABLE)}; no pair here has two of them")
+    return p and locate(folder, p["reference"], p["other"], source, p["shape"], options)
+
+
+def _locate_report(located) -> None:
+    """The per-layer table, then the located line as a compiler diagnostic (on stdout: it is the result)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..render import console, diagnostic
+    from ..render import escape as plain   # then rich's escape: no control character, no markup
+    L, first = located, located.first
+    t = Table("layer", "op", "line", "max |a-b|", "max |a-b|/(1+|ref|)", "SQNR dB", "growth", "", title_justify="left",
+              title=escape(plain(f"per layer, {L.other} against {L.reference} ({L.rule}): {L.inputs}")))
+    fmt = lambda v: "—" if v is None else f"{v:.3g}"  # noqa: E731
+    for r in located.rows:   # merged: a bn folded into the conv, a dropped no-op
+        mark = "[bold red]FIRST[/]" if r is first else "[green]ok[/]" if r.ok else "[red]beyond[/]"
+        t.add_row(escape(plain(r.path + (f" (+{', '.join(r.merged)})" if r.merged else ""))), r.op, str(r.loc.line),
+                  f"{r.max_abs:.3e}", f"{r.max_scaled:.3e}", fmt(r.sqnr_db), fmt(r.growth), mark)
+    (out := console()).print(t)
+    for n in located.notes:
+        out.print(f"[yellow]note:[/] {escape(plain(n))}")
+    d = located.diagnostic()
+    out.print(diagnostic(d) if d else f"locate: every layer of {L.other} is within the tolerance of {L.reference}")
 
 
 def _parity_table(report: dict) -> None:
