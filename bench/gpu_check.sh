@@ -4,7 +4,8 @@
 #   fp32 and fp16 (engines with the batch profile 1:256:256): parity across every back end, bench of every
 #   back end at batch 1 and 256, and bench/trt_speed.py (resgraph's runtime vs the raw engine, share of peak);
 #   then INT8 against FP16: the fp32 folder quantised (resgraph quantize, random calibration inputs: a speed
-#   figure, not an accuracy one), its strongly typed int8 engine built at 1:256:256, both timed at batch 256.
+#   figure, not an accuracy one), its strongly typed int8 engine built at 1:256:256, both timed at batch 256;
+#   and resgraph profile of the fp32 folder on tensorrt (IProfiler), ort-cuda and torch-cuda.
 #
 #   bash bench/gpu_check.sh [OUT]          (OUT default: gpu-check-<date>; needs .venv with resgraph[tensorrt,dev])
 #
@@ -23,8 +24,9 @@ status=0
 export RESGRAPH_REQUIRE_GPU=${RESGRAPH_REQUIRE_GPU:-1}
 step() { echo "== $*" >&2; "$@" || { local rc=$?; echo "!! failed ($rc): $*" >&2; status=1; return $rc; }; }
 
-step "$PY" -m pytest tests/backends/tensorrt/test_tensorrt_gpu.py tests/backends/tensorrt/test_tensorrt_int8.py tests/runtime/test_cuda.py tests/runtime/test_runtime_cuda.py \
-    tests/backends/tensorrt/test_tensorrt_api.py tests/runtime/test_tensorrt_batching.py -rs -n 0 \
+step "$PY" -m pytest tests/backends/tensorrt/test_tensorrt_gpu.py tests/backends/tensorrt/test_tensorrt_int8.py tests/runtime/test_cuda.py tests/runtime/test_runtime_cuda.py tests/runtime/test_cuda_resources.py tests/backends/tensorrt/test_trt_speed.py \
+    tests/backends/tensorrt/test_tensorrt_api.py tests/runtime/test_tensorrt_batching.py \
+    tests/runtime/test_profile.py::test_tensorrt_layer_times_through_its_iprofiler -rs -n 0 \
     --junitxml="$OUT/gpu-tests.xml"
 "${RG[@]}" doctor --json > "$OUT/doctor.json" || status=1
 
@@ -74,6 +76,21 @@ json.dump({"goal": 1.3, **out}, open(sys.argv[3], "w"), indent=2)
 PY
 }
 int8_vs_fp16
+
+# per-layer times by spec line (resgraph profile, issue 24) of the fp32 folder: TensorRT's IProfiler (skipped,
+# with the reason, where TensorRT does not import), and ONNX Runtime's and torch's profilers on CUDA
+profile_gpu() {
+    local folder="$OUT/resnet50-fp32" b why
+    [ -f "$folder/manifest.json" ] || { echo "!! profile: no $folder" >&2; status=1; return 0; }
+    for b in ort-cuda torch-cuda; do
+        "${RG[@]}" profile "$folder" --backend "$b" --depth 2 --json > "$OUT/profile-$b.json" || status=1
+    done
+    why=$("$PY" -c "import tensorrt" 2>&1 | tail -1) || { echo "== skipped profile on tensorrt: TensorRT does not import here ($why)" >&2; return 0; }
+    [ -f "$folder/model.engine" ] || { echo "!! profile: no model.engine in $folder" >&2; status=1; return 0; }
+    step "${RG[@]}" profile "$folder" --backend tensorrt --runs 50 --html "$OUT/profile-tensorrt.html"
+    "${RG[@]}" profile "$folder" --backend tensorrt --runs 50 --json > "$OUT/profile-tensorrt.json" || status=1
+}
+profile_gpu
 
 for precision in fp32 fp16 int8; do   # keep the reports small
     rm -f "$OUT/resnet50-$precision"/model*.onnx* "$OUT/resnet50-$precision"/weights.safetensors

@@ -52,25 +52,8 @@ class BenchResult:
 def bench(session, batch: int, duration: float = 3.0, warmup: float = 1.0, min_iterations: int = 10,
           cv_threshold: float = NOISY_CV, seed: int = 0, sizes: dict | None = None) -> BenchResult:
     """One back end at one batch size (and, with size variables, at `sizes`: variable -> length)."""
-    run, x = _workload(session, batch, sizes, seed)
-    end = time.perf_counter() + warmup
-    run(x)                                        # at least once: lazy initialisation, graph capture
-    while time.perf_counter() < end:
-        run(x)
-    lat, io = [], []
-    clock = time.perf_counter
-    start = clock()
-    end = start + duration
-    while True:
-        t0 = clock()
-        run(x)
-        t1 = clock()
-        lat.append(t1 - t0)
-        if session.last_io is not None:
-            io.append(session.last_io)
-        if t1 >= end and len(lat) >= min_iterations:
-            break
-    wall = clock() - start
+    run, x = workload(session, batch, sizes, seed)
+    lat, io, wall = time_runs(session, run, x, duration, warmup, min_iterations)
     ms = np.asarray(lat) * 1e3
     pct = np.percentile(ms, [50, 90, 95, 99])
     qps = len(lat) / wall
@@ -90,7 +73,34 @@ def bench(session, batch: int, duration: float = 3.0, warmup: float = 1.0, min_i
         cv=cv, noisy=cv > cv_threshold)
 
 
-def _workload(session, batch: int, sizes: dict | None, seed: int):
+def time_runs(session, run, x, duration: float, warmup: float,
+              min_iterations: int) -> tuple[list[float], list[tuple], float]:
+    """bench's timing core, shared with `resgraph profile`: `run(x)` for `warmup` seconds (at least once:
+    lazy initialisation, graph capture), then timed with perf_counter around each call until `duration`
+    seconds have passed and at least `min_iterations` calls were made (duration 0: exactly that many).
+    Returns (seconds per call, the session's host<->device copy times per call where it has a
+    device, the measured wall time)."""
+    end = time.perf_counter() + warmup
+    run(x)
+    while time.perf_counter() < end:
+        run(x)
+    lat, io = [], []
+    clock = time.perf_counter
+    start = clock()
+    end = start + duration
+    while True:
+        t0 = clock()
+        run(x)
+        t1 = clock()
+        lat.append(t1 - t0)
+        if session.last_io is not None:
+            io.append(session.last_io)
+        if t1 >= end and len(lat) >= min_iterations:
+            break
+    return lat, io, clock() - start
+
+
+def workload(session, batch: int, sizes: dict | None, seed: int):
     """(the call bench times, its argument): random standard normal inputs (the normalised input
     space) at `sizes`. One input and one output: run() on the back end's own staging buffer; else
     run_all() on a batch of every input."""

@@ -104,6 +104,24 @@ def check_engine(folder: str, manifest, device_id: int):
     return info, plan
 
 
+def layer_profiler():
+    """A trt.IProfiler whose `times` collects every report_layer_time call: layer name -> [ms, ...]
+    (report_layer_time is the method TensorRT calls: tests/backends/tensorrt holds every override of
+    a TensorRT interface to the interface's members in each release)."""
+    from ..backends.tensorrt.build import import_tensorrt
+    trt = import_tensorrt()
+
+    class LayerTimes(trt.IProfiler):
+        def __init__(self):
+            trt.IProfiler.__init__(self)   # pybind11: the C++ side of the trampoline
+            self.times: dict[str, list[float]] = {}
+
+        def report_layer_time(self, layer_name: str, ms: float) -> None:
+            self.times.setdefault(layer_name, []).append(ms)
+
+    return LayerTimes()
+
+
 class TensorRTSession(Session):
     backend = "tensorrt"
 
@@ -156,6 +174,16 @@ class TensorRTSession(Session):
         except BaseException:
             self.close()
             raise
+
+    def profile_layers(self) -> dict:
+        """From now on TensorRT reports each layer's time in each run of the plain context (not a CUDA
+        graph's: a replay reports nothing) to an IProfiler; returns the dict it fills, layer name -> ms
+        per run, in run order. Layer names are TensorRT's: fused layers joined by " + ", each carrying
+        the ONNX node names (resgraph profile maps them to spec lines)."""
+        profiler = layer_profiler()
+        self.context.profiler = profiler   # enqueue_emits_profile (the default): reported at each execute
+        self._profiler = profiler          # alive as long as the context reports to it
+        return profiler.times
 
     def _plan_differs(self) -> str:
         """What in the deserialised plan is not engine.json's record: its I/O tensors by name, and

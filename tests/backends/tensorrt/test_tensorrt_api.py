@@ -163,7 +163,8 @@ def test_every_tensorrt_name_resgraph_uses_exists_in_every_supported_version(exp
                      "create_optimization_profile", "set_shape", "create_timing_cache", "combine",
                      "build_serialized_network", "Runtime", "deserialize_cuda_engine", "create_execution_context",
                      "set_input_shape", "set_tensor_address", "execute_async_v3", "FP16", "TF32", "get_tensor_shape",
-                     "get_tensor_profile_shape", "num_io_tensors", "get_tensor_mode", "TensorIOMode"}, names
+                     "get_tensor_profile_shape", "num_io_tensors", "get_tensor_mode", "TensorIOMode", "IProfiler",
+                     "profiler"}, names
     assert problems(uses, exported) == []
 
 

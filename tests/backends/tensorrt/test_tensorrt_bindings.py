@@ -180,7 +180,45 @@ def test_every_qualified_tensorrt_use_exists_in_every_supported_release():
         "IExecutionContext.set_tensor_address", "IExecutionContext.set_input_shape",
         "IExecutionContext.execute_async_v3", "trt.__version__", "IExecutionContext.get_tensor_shape",
         "ICudaEngine.num_io_tensors", "ICudaEngine.get_tensor_name", "ICudaEngine.get_tensor_mode",
-        "TensorIOMode.INPUT", "ICudaEngine.get_tensor_profile_shape"}, sorted(seen)
+        "TensorIOMode.INPUT", "ICudaEngine.get_tensor_profile_shape", "trt.IProfiler", "IProfiler.__init__",
+        "IExecutionContext.profiler"}, sorted(seen)
+
+
+def overrides(source: str, file: str) -> list[tuple[str, int, str, str]]:
+    """(file, line, TensorRT class, method) of each method a class deriving from `trt.X` defines
+    (dunders aside): the methods TensorRT calls back (ILogger.log, IProfiler.report_layer_time)."""
+    import ast
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for base in node.bases:
+            if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name) and base.value.id == "trt":
+                out += [(file, f.lineno, base.attr, f.name) for f in node.body
+                        if isinstance(f, ast.FunctionDef) and not f.name.startswith("__")]
+    return out
+
+
+def override_problems(found, releases: list[dict] = RELEASES) -> list[str]:
+    """A callback TensorRT never calls: a method its interface does not declare in some release."""
+    return [f"{os.path.relpath(file, ROOT)}:{line}: {cls}.{name} overrides nothing in TensorRT "
+            + ", ".join(label(r) for r in releases if member_kind(r["classes"], cls, name) != "method")
+            for file, line, cls, name in found
+            if any(member_kind(r["classes"], cls, name) != "method" for r in releases)]
+
+
+def test_every_override_of_a_tensorrt_interface_is_one_tensorrt_calls():
+    """A Python subclass of a TensorRT interface (the logger's ILogger, profile's IProfiler) is
+    called back through the interface's methods only: a misspelt override (report_layer_times) is
+    never called, and no error says so. Each method such a subclass defines is one the interface
+    declares, as a method, in every release."""
+    found = [o for f in _trt_files() for o in overrides(open(f, encoding="utf-8").read(), f)]
+    assert {(c, m) for _, _, c, m in found} >= {("ILogger", "log"), ("IProfiler", "report_layer_time")}, found
+    assert override_problems(found) == []
+    typo = overrides("class P(trt.IProfiler):\n    def report_layer_times(self, name, ms): pass\n",
+                     os.path.join(ROOT, "snippet.py"))
+    assert override_problems(typo) == ["snippet.py:2: IProfiler.report_layer_times overrides nothing in TensorRT "
+                                       + ", ".join(label(r) for r in RELEASES)]
 
 
 def test_every_name_the_string_check_sees_is_checked_qualified_too():
