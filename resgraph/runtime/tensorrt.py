@@ -33,6 +33,7 @@ they run one at a time on one stream; a lock keeps one run at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -140,7 +141,8 @@ class TensorRTSession(Session):
         self.precision = info.options.precision
         path = os.path.join(folder, "model.engine")
         rebuild = f"rebuild it: resgraph engine build {folder} {info.options.command_flags()}  (or pass --rebuild)"
-        select(options.device_id)
+        self._select = lambda: select(options.device_id)   # cudaSetDevice is per thread: before every use
+        self._select()
         self._log = logger(trt, verbose=False)
         self.runtime = trt.Runtime(self._log)
         if info.options.version_compatible:
@@ -297,6 +299,9 @@ class TensorRTSession(Session):
             padded = {k: np.concatenate([x, np.zeros((b.min - n, *x.shape[1:]), np.float32)]) for k, x in feeds.items()}
             return {k: y[:n] for k, y in self.run_all(padded).items()}
         with self._lock:
+            if self.engine is None:
+                raise BackendError.at(self.folder, "this TensorRT session is closed", "open the folder again")
+            self._select()
             return self._run(feeds)
 
     def input_buffer(self, n: int, shape: tuple | None = None) -> np.ndarray:
@@ -306,6 +311,7 @@ class TensorRTSession(Session):
                 all(isinstance(v, int) and lo <= v <= hi for v, lo, hi in zip(shape, p.min[1:], p.max[1:])):
             count = n * int(np.prod(shape))
             with self._lock:
+                self._select()
                 self._reserve(self.input_name, count)
                 return self.host[self.input_name].array[:count].reshape(n, *shape)   # pinned: run() sends it as is
         return super().input_buffer(n, shape)
@@ -385,8 +391,14 @@ class TensorRTSession(Session):
 
     def close(self) -> None:
         """Free everything this session holds, each resource on its own (one failure does not keep the
-        others); pinned memory goes with the last array viewing it (input_buffer's included)."""
-        import contextlib
+        others); pinned memory goes with the last array viewing it (input_buffer's included). Under the
+        session's lock (a run in another thread finishes first), on the session's device."""
+        with self._lock:
+            with contextlib.suppress(Exception):
+                self._select()
+            self._close()
+
+    def _close(self) -> None:
         if self.stream is not None:
             with contextlib.suppress(BackendError):
                 self.stream.synchronize()

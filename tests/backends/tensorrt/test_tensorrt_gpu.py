@@ -318,3 +318,29 @@ def test_the_shipped_unet_engine_runs_at_two_sizes(tmp_path):
         x = np.random.default_rng(h).standard_normal((2, 3, h, w), dtype=np.float32)
         a, b = trt.run(x), ort.run(x)
         assert a.shape == (2, 2, h, w) and _close(a, b, "fp32"), float(np.abs(a - b).max())
+
+
+def test_close_waits_for_a_run_in_another_thread_and_runs_select_their_device(digits_engine):
+    """close() takes the session's lock: a batch running in another thread finishes before the buffers
+    go; and a run from a thread that never selected a device (cudaSetDevice is per thread) works."""
+    import threading
+
+    from resgraph.runtime import open_session
+    s = open_session(str(digits_engine), "tensorrt")
+    x = np.zeros((32, *s.input_shape), np.float32)
+    got, errors = [], []
+
+    def work():
+        try:
+            for _ in range(20):
+                got.append(s.run(x).shape)
+        except Exception as e:  # noqa: BLE001  (a run after close is refused; none may crash)
+            errors.append(e)
+    t = threading.Thread(target=work)
+    t.start()
+    while not got and t.is_alive():
+        time.sleep(0.001)
+    s.close()
+    t.join()
+    assert got and all(g == (32, 10) for g in got)
+    assert all(isinstance(e, BackendError) and "session is closed" in e.message for e in errors), errors
