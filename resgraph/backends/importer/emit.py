@@ -1,0 +1,101 @@
+"""The recovered structure as spec YAML text: flow mappings one entry a line, arguments that equal
+their default (the op's, or the spec's `defaults:`) left out, ids only where the source's name
+differs from nothing (top level) or from what resgraph would name the entry anyway (inside a block).
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from ...ops import OPS
+from .structure import Block, full
+from .units import Unit
+
+
+def spec_text(name: str, source: str, shape: tuple, items: list, found: dict, entries: list) -> str:
+    ops = [o for it in items for o in (it.body + ([it.post] if it.post else []) if isinstance(it, Unit) else [it])]
+    convs = [o for o in ops if o.op == "conv"]
+    defaults = {"conv": {"bias": False}} if convs and all(o.args.get("bias") is False for o in convs) else {}
+    policies = Counter(b.policy for b in found.values() for _ in b.units if b.policy)
+    policy = policies.most_common(1)[0][0] if policies else None
+    lines = ["resgraph: 1", f"name: {name}", f"description: imported from {source} by resgraph import",
+             f"input: {{shape: [{', '.join(map(str, shape))}]}}"]
+    if policy:
+        lines.append(f"shortcut: {policy}")
+    if defaults:
+        lines += ["defaults:", "  conv: {bias: false}"]
+    if found:
+        lines.append("blocks:")
+        for b in found.values():
+            lines += _block_lines(b, defaults, policy)
+    lines.append("layers:")
+    for e in entries:
+        lines.append("  - " + (_op_entry(e[1], full(e[1]), defaults, e[2]) if e[0] == "op" else _call(*e[1:])))
+    return "\n".join(lines) + "\n"
+
+
+def _block_lines(b: Block, defaults: dict, policy: str | None) -> list[str]:
+    u = b.units[0]
+    lines = [f"  {b.name}:"]
+    if b.args:
+        lines.append(f"    args: {_flow(b.args)}")
+    lines += ["    residual:", "      layers:"]
+    auto = Counter()
+    for i, o in enumerate(u.body):
+        auto[o.op] += 1
+        slots = {k: v for (j, k), v in b.slots.items() if j == i}
+        args = {k: (_ref(slots[k]) if isinstance(slots[k], tuple) and slots[k][:1] == ("$",) else slots[k])
+                for k in full(o)}
+        ident = b.ids[i] if b.ids[i] != f"{o.op}{auto[o.op]}" else None
+        lines.append("        - " + _op_entry(o, args, defaults, ident))
+    if u.post:
+        lines.append("      post: " + _op_entry(u.post, full(u.post), defaults, None))
+    if b.policy and b.policy != policy:
+        lines.append(f"      shortcut: {b.policy}")
+    return lines
+
+
+def _ref(v: tuple) -> str:
+    return f"${v[1]}" if v[2] == 1 else f"${v[1]} * {v[2]}"
+
+
+def _op_entry(o, args: dict, defaults: dict, ident: str | None) -> str:
+    """`conv: {id: conv1, out: 64, kernel: 7, stride: 2}`, or a bare `relu`."""
+    kept = {"id": ident} if ident else {}
+    plain = {k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("$"))}
+    for k, v in args.items():
+        others = {**defaults.get(o.op, {}), **{x: y for x, y in plain.items() if x != k}}
+        if isinstance(v, str) and v.startswith("$") or OPS[o.op].with_defaults(**others).get(k) != v:
+            kept[k] = v
+    return f"{o.op}: {_flow(kept)}" if kept else o.op
+
+
+def _call(b: Block, ident, args: dict, repeat, first: dict) -> str:
+    kept = {"id": ident} if ident else {}
+    kept.update({k: v for k, v in args.items() if b.args.get(k) != v})
+    if repeat:
+        kept["repeat"] = repeat
+    if first:
+        kept["first"] = first
+    return f"{b.name}: {_flow(kept)}" if kept else b.name
+
+
+def _flow(d: dict) -> str:
+    return "{" + ", ".join(f"{k}: {_value(v)}" for k, v in d.items()) + "}"
+
+
+def _value(v) -> str:
+    if isinstance(v, dict):
+        return _flow(v)
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        text = repr(v)
+        if "e" in text:
+            mant, exp = text.split("e")
+            text = f"{mant if '.' in mant else mant + '.0'}e{int(exp):+d}"
+        return text
+    if isinstance(v, str) and (" " in v or v in ("yes", "no", "on", "off", "true", "false", "null")):
+        return f'"{v}"'
+    return str(v)

@@ -1,0 +1,117 @@
+"""Residual units found in a traced op list: every two-input add whose inputs fork from one op.
+
+A unit is the body (the add's main input back to the fork), the shortcut (the other input back to
+the fork: nothing, or a Ws that one of resgraph's shortcut policies inserts) and an optional post op
+(the activation right after the add, inside the same module). What lies outside every unit must be
+a chain; anything else is refused, naming the node.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...errors import WeightsError
+from .trace import Op
+
+
+@dataclass
+class Unit:
+    scope: str            # the module path that holds the body ("layer3.4")
+    body: list[Op]
+    post: Op | None
+    policy: str | None    # the shortcut policy that rebuilds its Ws; None: an identity shortcut
+    fork: str             # the key of the op both branches read
+    out: str              # the key of its output (the post's, else the add's)
+    ws_stride: int = 1    # the stride of its Ws conv (1 where it has none)
+
+
+def chain(ops: list[Op], start: str, where: str) -> list:
+    """The model as a chain of Ops and Units, each reading the previous one's output."""
+    index = {o.key: i for i, o in enumerate(ops)}
+    index[start] = -1
+    units = {}
+    for j, o in enumerate(ops):
+        if o.op == "add" and len(o.inputs) == 2:
+            u = _unit(ops, index, j, where)
+            units[index[u.fork] + 1] = (u, index[u.out])
+    items, i, prev = [], 0, start
+    while i < len(ops):
+        item, end = units.get(i, (ops[i], i))
+        reads = [item.fork] if isinstance(item, Unit) else item.inputs
+        if reads != [prev]:
+            key = item.body[0].key if isinstance(item, Unit) else item.key
+            raise _refuse(where, key, "reads something other than the previous layer's output (a branch resgraph "
+                                      "import cannot rebuild yet: only residual adds join two paths)")
+        items.append(item)
+        prev = item.out if isinstance(item, Unit) else item.key
+        i = end + 1
+    return items
+
+
+def _ancestors(ops: list[Op], index: dict, key: str, low: int) -> set[int]:
+    seen, todo = set(), [key]
+    while todo:
+        i = index[todo.pop()]
+        if i > low and i not in seen:
+            seen.add(i)
+            todo.extend(ops[i].inputs if i >= 0 else [])
+    return seen
+
+
+def _unit(ops: list[Op], index: dict, j: int, where: str) -> Unit:
+    add = ops[j]
+    a, b = (_ancestors(ops, index, k, -2) | {index[k]} for k in add.inputs)
+    fork = max(a & b)
+    main, side = (_ancestors(ops, index, k, fork) for k in add.inputs)
+    if len(side) > len(main):
+        main, side = side, main
+    if main & side or main | side != set(range(fork + 1, j)) or not main:
+        raise _refuse(where, add.key, "joins paths that are not a residual body and its shortcut")
+    body = [ops[i] for i in sorted(main)]
+    fork_key = next(k for k, i in index.items() if i == fork)
+    for prev, o in zip([fork_key, *[x.key for x in body]], body, strict=False):
+        if o.inputs != [prev]:
+            raise _refuse(where, o.key, "is a branch inside a residual body (resgraph import rebuilds chains only)")
+    scope = _common([o.path for o in body])
+    post = ops[j + 1] if j + 1 < len(ops) else None
+    if post is None or post.inputs != [add.key] or post.op == "add" or _users(ops, add.key) != 1 \
+            or not (post.path + ".").startswith(scope + ".") or not scope:
+        post = None
+    side_ops = [ops[i] for i in sorted(side)]
+    stride = max([o.args.get("stride", 1) for o in side_ops if o.op in ("conv", "avgpool")], default=1)
+    return Unit(scope, body, post, _policy(side_ops, where, add.key), fork_key, (post or add).key, stride)
+
+
+def _users(ops: list[Op], key: str) -> int:
+    return sum(key in o.inputs for o in ops)
+
+
+def _common(paths: list[str]) -> str:
+    parts = [p.split(".")[:-1] for p in paths]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _policy(side: list[Op], where: str, key: str) -> str | None:
+    """The shortcut policy whose inserted Ws is exactly `side` (torchvision's `downsample`)."""
+    kinds = [o.op for o in side]
+    conv = next((o for o in side if o.op == "conv"), None)
+    one = conv is not None and conv.args.get("kernel") == 1 and conv.args.get("groups", 1) == 1 \
+        and conv.args.get("bias") is False and conv.args.get("padding", "same") in ("same", "valid", 0)
+    if not side:
+        return None
+    if one and kinds == ["conv", "bn"]:
+        return "projection"
+    if one and kinds == ["conv"]:
+        return "conv"
+    pool = side[0]
+    if one and kinds == ["avgpool", "conv", "bn"] and pool.args.get("ceil_mode") and "stride" not in conv.args:
+        return "avgpool_projection"
+    raise _refuse(where, key, f"has a shortcut ({', '.join(kinds)}) that no shortcut policy inserts")
+
+
+def _refuse(where: str, key: str, why: str) -> WeightsError:
+    return WeightsError.at(where, f"node '{key}' {why}", "nothing was written; write this part of the spec by hand")
