@@ -11,7 +11,7 @@ import json
 import click
 
 from ..limits import MAX_BATCH
-from .common import HxW, run, say
+from .common import FiniteFloat, HxW, run, say
 
 BACKENDS = "auto, ort-cpu, torch-cpu, ort-cuda, torch-cuda, tensorrt"
 
@@ -26,7 +26,7 @@ BACKENDS = "auto, ort-cpu, torch-cpu, ort-cuda, torch-cuda, tensorrt"
               help="Fold paths deeper than this into one row (summary --depth's folding): 1 stages, 2 blocks.")
 @click.option("--runs", type=click.IntRange(3, 10_000), default=20, show_default=True,
               help="Profiled runs (each row is the median over them); bench's latency is timed over as many.")
-@click.option("--warmup", type=click.FloatRange(0, 3600), default=1.0, show_default=True,
+@click.option("--warmup", type=FiniteFloat(0, 3600), default=1.0, show_default=True,
               help="Seconds run first, unmeasured.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="CPU threads for one inference (ONNX Runtime intra-op, torch) [default: all cores].")
