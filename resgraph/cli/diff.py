@@ -8,8 +8,14 @@ import sys
 import click
 
 from ..errors import ResgraphError
-from ..ops import fmt
 from .common import Requires, check_requires, fail_internal, print_diagnostics
+
+
+def fmt(shape) -> str:
+    """[C, H, W] as check writes it (the op table imported only when diff runs: `run` and `bench`
+    load every command module and must stay off the front end)."""
+    from ..ops import fmt as ops_fmt
+    return ops_fmt(shape)
 
 RULES = (
     Requires("output", "weights_a", "-o writes B's weights carried from A's", "add --carry-weights WA.safetensors"),

@@ -299,9 +299,6 @@ class TensorRTSession(Session):
             padded = {k: np.concatenate([x, np.zeros((b.min - n, *x.shape[1:]), np.float32)]) for k, x in feeds.items()}
             return {k: y[:n] for k, y in self.run_all(padded).items()}
         with self._lock:
-            if self.engine is None:
-                raise BackendError.at(self.folder, "this TensorRT session is closed", "open the folder again")
-            self._select()
             return self._run(feeds)
 
     def input_buffer(self, n: int, shape: tuple | None = None) -> np.ndarray:
@@ -317,6 +314,10 @@ class TensorRTSession(Session):
         return super().input_buffer(n, shape)
 
     def _run(self, feeds: dict) -> dict:
+        """One batch the profile admits, through the engine (under the lock, on the session's device)."""
+        if self.engine is None:
+            raise BackendError.at(self.folder, "this TensorRT session is closed", "open the folder again")
+        self._select()
         s, (e0, e1, e2, e3) = self.stream, self._events
         key = tuple(x.shape for x in feeds.values())
         for name, x in feeds.items():
