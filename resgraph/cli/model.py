@@ -3,6 +3,7 @@ resgraph.training."""
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -120,6 +121,13 @@ def train_cmd(spec, data, out, **options):
         if rows and int(os.environ.get("RANK", "0")) == 0:
             click.echo(done_line(cfg, rows))
     run(body)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # under torchrun, after the group is destroyed and every file written: leave without the
+        # interpreter's teardown, where gloo's threads can still abort a rank ("terminate called without
+        # an active exception", SIGABRT) and torchrun then reports a finished run as failed
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @click.command("eval")
