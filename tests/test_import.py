@@ -101,7 +101,7 @@ def test_an_untraceable_model_says_why():
         import_model(_Branchy())
 
 
-def test_cli_writes_the_spec_and_weights_and_refuses_onnx(tmp_path):
+def test_cli_writes_the_spec_and_weights_and_refuses_a_bad_source(tmp_path):
     spec, weights = tmp_path / "r18.yaml", tmp_path / "r18.safetensors"
     r = CliRunner().invoke(cli, ["import", "torchvision:resnet18", "-o", str(spec), "--weights-out", str(weights),
                                  "--name", "my18"])
@@ -109,6 +109,6 @@ def test_cli_writes_the_spec_and_weights_and_refuses_onnx(tmp_path):
     assert "params 11,689,512" in r.output and spec.exists() and weights.exists()
     assert "name: my18" in spec.read_text()
     r = CliRunner().invoke(cli, ["import", "model.onnx", "-o", str(tmp_path / "x.yaml")])
-    assert r.exit_code == 1 and "not supported yet" in r.output and not (tmp_path / "x.yaml").exists()
-    with pytest.raises(OptionError, match="not supported yet"):
-        import_model("model.onnx")
+    assert r.exit_code == 1 and "no such ONNX file" in r.output and not (tmp_path / "x.yaml").exists()
+    with pytest.raises(OptionError, match="unknown model source"):
+        import_model("model.pt")

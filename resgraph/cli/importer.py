@@ -11,7 +11,7 @@ from .common import run
 
 def _shape(text: str | None) -> tuple:
     if text is None:
-        return (3, 224, 224)
+        return None   # the model's own (an .onnx file's input), else 3,224,224
     try:
         shape = tuple(int(x) for x in text.split(","))
     except ValueError:
@@ -27,10 +27,11 @@ def _shape(text: str | None) -> tuple:
 @click.option("--weights-out", type=click.Path(dir_okay=False),
               help="Also write the model's weights in the spec's layout (.safetensors).")
 @click.option("--name", help="The spec's name (default: the model's).")
-@click.option("--input-shape", help="C,H,W of the input the model is traced and checked at (default 3,224,224).")
+@click.option("--input-shape", help="C,H,W of the input the model is traced and checked at (default: an .onnx file's own, else 3,224,224).")
 def import_cmd(source, output, weights_out, name, input_shape):
     """Write SOURCE as a spec: torchvision:NAME, timm:NAME (built randomly initialised; no download),
-    or module:pkg.mod:factory (imports pkg.mod and calls factory(): this runs your code).
+    module:pkg.mod:factory (imports pkg.mod and calls factory(): this runs your code), or FILE.onnx
+    (read with onnx, external data included; checked against ONNX Runtime).
 
     Residual units become blocks, their differences the blocks' arguments, consecutive copies one
     entry with repeat and first. The spec is checked (its parameter count must be the model's) and

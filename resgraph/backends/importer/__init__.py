@@ -25,14 +25,14 @@ from .structure import blocks, entries
 from .trace import trace
 from .units import chain
 
-SOURCES = ("torchvision:NAME", "timm:NAME", "module:pkg.mod:factory")
+SOURCES = ("torchvision:NAME", "timm:NAME", "module:pkg.mod:factory", "FILE.onnx")
 
 
 @dataclass
 class Imported:
     text: str          # the spec's YAML
     checked: object    # the written spec, checked (frontend.Checked)
-    model: nn.Module   # the source model, eval mode
+    model: object      # the source model: an nn.Module in eval mode, or an onnx ModelProto
     source: str
     module: nn.Module  # the spec's torch module carrying the model's weights
     report: dict       # import_weights' report (max_abs_diff: the verify)
@@ -43,9 +43,6 @@ def load_source(source: str, seed: int = 0) -> nn.Module:
     for module:pkg.mod:factory, whatever the user's factory returns (this runs the user's code)."""
     from ..torch.importer import build
     from ..torch.sources import parse_source
-    if source.endswith(".onnx"):
-        raise OptionError.at(source, "importing an ONNX file is not supported yet",
-                             "import the torch model it was exported from: " + ", ".join(SOURCES))
     if source.startswith("module:"):
         return _user_model(source)
     if not source.startswith(("torchvision:", "timm:")):
@@ -68,8 +65,13 @@ def _user_model(source: str) -> nn.Module:
     return model.eval()
 
 
-def import_model(source, name: str | None = None, input_shape: tuple = (3, 224, 224), seed: int = 0) -> Imported:
-    """The spec and weights for `source` (a SOURCES string, or an nn.Module), verified; writes nothing."""
+def import_model(source, name: str | None = None, input_shape: tuple | None = None, seed: int = 0) -> Imported:
+    """The spec and weights for `source` (a SOURCES string, an .onnx file, or an nn.Module), verified;
+    writes nothing."""
+    if isinstance(source, str) and source.endswith(".onnx"):
+        from .onnx_import import import_onnx
+        text, checked, model, module, report = import_onnx(source, name, input_shape)
+        return Imported(text, checked, model, source, module, report)
     model = source if isinstance(source, nn.Module) else load_source(source, seed)
     where = source if isinstance(source, str) else type(model).__name__
     name = name or (where.rpartition(":")[2] if isinstance(source, str) else where)
@@ -77,8 +79,9 @@ def import_model(source, name: str | None = None, input_shape: tuple = (3, 224, 
     items = chain(ops, start, where)
     modules = dict(model.named_modules())
     found = blocks(items, lambda scope: type(modules[scope]).__name__ if scope in modules else "", where)
-    text = spec_text(name, where, tuple(input_shape), items, found, entries(items, found))
-    return _verified(text, model, where, name, tuple(input_shape))
+    input_shape = tuple(input_shape or (3, 224, 224))
+    text = spec_text(name, where, input_shape, items, found, entries(items, found))
+    return _verified(text, model, where, name, input_shape)
 
 
 def _verified(text: str, model: nn.Module, where: str, name: str, shape: tuple) -> Imported:

@@ -100,13 +100,16 @@ def _policy(side: list[Op], where: str, key: str) -> str | None:
     kinds = [o.op for o in side]
     conv = next((o for o in side if o.op == "conv"), None)
     one = conv is not None and conv.args.get("kernel") == 1 and conv.args.get("groups", 1) == 1 \
-        and conv.args.get("bias") is False and conv.args.get("padding", "same") in ("same", "valid", 0)
+        and conv.args.get("padding", "same") in ("same", "valid", 0)
     if not side:
         return None
+    if one and kinds == ["conv"]:   # with a bias where the spec's convs have one (a folded projection)
+        return "conv"
+    if kinds == ["linear"] and side[0].args.get("bias") is False:
+        return "projection"   # on vectors: a bias-free linear
+    one = one and conv.args.get("bias") is False
     if one and kinds == ["conv", "bn"]:
         return "projection"
-    if one and kinds == ["conv"]:
-        return "conv"
     pool = side[0]
     if one and kinds == ["avgpool", "conv", "bn"] and pool.args.get("ceil_mode") and "stride" not in conv.args:
         return "avgpool_projection"
