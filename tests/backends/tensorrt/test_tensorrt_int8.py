@@ -21,9 +21,10 @@ import pytest
 from conftest import ROOT, run_cli
 from resgraph.backends.tensorrt.engine_json import EngineInfo, TensorSpec, mismatches, read_engine_info, rebuild_command
 from resgraph.backends.tensorrt.options import BatchProfile, BuildOptions, from_flags, typing_plan
-from resgraph.backends.tensorrt.profile import from_specs, resolve
+from resgraph.backends.tensorrt.profile import resolve
 from resgraph.errors import BackendError, OptionError
 from resgraph.manifest import Artifact, Quantization, read_manifest, sha256_file, verify_artifacts, write_manifest
+from test_tensorrt import _info as _engine_info
 from test_tensorrt_gpu import _missing
 
 VERSIONS = [(10, 0, 1), (10, 8), (10, 16), (11, 0), (11, 4)]    # the name checks' releases
@@ -67,14 +68,8 @@ def test_build_options_take_int8_and_reproduce_it():
 
 
 def _info(**kw) -> EngineInfo:
-    d = dict(tensorrt_version="10.16.1.11", gpu_name="NVIDIA H200", compute_capability="9.0",
-             options=BuildOptions(precision="int8", batch=BatchProfile(1, 256, 256)), strongly_typed=True,
-             inputs=(TensorSpec("input", (-1, 3, 224, 224), "float32"),),
-             outputs=(TensorSpec("logits", (-1, 1000), "float32"),), onnx_sha256="a" * 64, engine_sha256="b" * 64,
-             engine_bytes=27_000_000, build_seconds=80.5, built_at="2026-12-01T01:00:00+00:00", resgraph_version="0.2.0")
-    d.update(kw)
-    d.setdefault("profile", from_specs(d["inputs"], d["options"].batch))
-    return EngineInfo(**d)
+    """test_tensorrt's engine record, built int8 at batch 1:256:256."""
+    return _engine_info(**{"options": BuildOptions(precision="int8", batch=BatchProfile(1, 256, 256)), **kw})
 
 
 def test_engine_json_records_an_int8_engine(tmp_path):
