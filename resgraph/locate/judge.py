@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Loc
+from ..quant.gate import sqnr_of
 from ..runtime.parity import FP32_ABS, FP32_NOISE_FACTOR, HALF_REL
 
 LOCATE_BYTES = 1 << 30          # the recorded tensors of one batch, all sides together
@@ -39,9 +40,7 @@ class Row:
 
     @property
     def sqnr_db(self) -> float:
-        if self.err_sq == 0:
-            return math.inf
-        return 10 * math.log10(self.ref_sq / self.err_sq) if self.ref_sq > 0 and math.isfinite(self.err_sq) else -math.inf
+        return sqnr_of(self.ref_sq, self.err_sq)
 
     def to_json(self) -> dict:
         num = lambda v: v if v is None or math.isfinite(v) else ("inf" if v > 0 else "-inf")  # noqa: E731

@@ -53,6 +53,14 @@ def outputs(model, batches) -> list[np.ndarray]:
     return [o for b in batches for o in sess.run(None, {name: b})]
 
 
+def sqnr_of(signal: float, noise: float) -> float:
+    """10 log10(signal / noise) from the two sums of squares: inf when nothing differs, -inf when the
+    reference is all zeros or the difference is not finite (a NaN or inf on one side)."""
+    if noise == 0:
+        return math.inf
+    return 10 * math.log10(signal / noise) if signal > 0 and math.isfinite(noise) else -math.inf
+
+
 def sqnr_db(ref: list[np.ndarray], q: list[np.ndarray]) -> float:
     """Signal-to-quantisation-noise ratio of q against ref, over every output, in dB (inf: identical)."""
     t = Tally()
@@ -100,7 +108,7 @@ class Tally:
             self.n += len(labels)
 
     def figures(self) -> "Figures":
-        sq = math.inf if self.noise == 0 else (10 * math.log10(self.signal / self.noise) if self.signal > 0 else -math.inf)
+        sq = sqnr_of(self.signal, self.noise)
         top = (self.correct / self.n, self.fp32_correct / self.n) if self.n else (None, None)
         return Figures(self.same / self.total if self.total else 1.0, sq, *top)
 
