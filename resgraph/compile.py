@@ -251,7 +251,7 @@ def quantize(plan: Plan, igraph, iw: dict, manifest: Manifest, step) -> tuple[Ma
     quant/pipeline.py, with a progress bar through `step`."""
     from .quant.pipeline import quantize_graph
     step("calibrating")
-    dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
+    dims = onnx_dims(manifest)
     u8, s8, q = quantize_graph(igraph, iw, manifest, plan.quant, plan.opset, onnx_metadata(manifest), dims,
                                lambda what, done, total: step(f"{what} {bar(done, total)} {done:,}/{total:,}"))
     return replace(manifest, quantization=q), u8, s8
@@ -314,7 +314,7 @@ def inference_graph(folder: str, manifest: Manifest):
     checked = check_compiled(folder)
     mapped = load_weights(os.path.join(folder, "weights.safetensors"), checked.graph)
     igraph, iw = for_inference(checked.graph, mapped.tensors, fold=manifest.folded)
-    dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
+    dims = onnx_dims(manifest)
     return igraph, iw, dims
 
 
@@ -333,6 +333,13 @@ def describe(plan: Plan, w: Weights) -> Manifest:
         labels=tuple(spec.labels) if spec.labels is not None else None,
         params=c.params, macs=c.sizes.macs if c.sizes is not None else c.macs,
         projections=tuple(p.to_json() for p in graph.projections))
+
+
+def onnx_dims(manifest: Manifest) -> dict | None:
+    """What the ONNX lowering declares for a model with size variables: every input's and output's dims
+    without the batch, symbolic ones as their names or expressions (lower.build's `dims`); None for a
+    model of fixed sizes."""
+    return {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
 
 
 def size_ranges(c) -> dict:
@@ -356,7 +363,7 @@ def lower_onnx(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str, ste
     step("lowering to ONNX")
     from .backends.onnx import validate
     from .backends.onnx.lower import build
-    dims = {t.name: list(t.sample_shape) for t in manifest.inputs + manifest.outputs} if manifest.dynamic else None
+    dims = onnx_dims(manifest)
     model, big = build(igraph, iw, opset=plan.opset, precision=plan.precision, metadata=onnx_metadata(manifest),
                        dims=dims)
     if plan.precision == "fp16":
