@@ -18,6 +18,9 @@ from ..manifest import Quantization
 from .gate import Thresholds
 
 
+ENCODED = {"model.onnx": "u8", "model.s8.onnx": "s8"}   # the folder's int8 files and their activations' encoding
+
+
 @dataclass(frozen=True)
 class QuantOptions:
     calibrate: tuple[str, ...]
@@ -72,8 +75,8 @@ def quantize_graph(graph: Graph, weights: dict, manifest, options: QuantOptions,
     from .qdq import quantize
     floats = check_keep_float(graph, options.keep_float)
     c, cal, feeder = _calibrate(graph, weights, manifest, options, progress, dims)
-    models = {f"model{'.s8' if e == 's8' else ''}.onnx": quantize(graph, weights, c.amax, e, options.keep_float, opset,
-                                                                metadata, dims, c.ranges) for e in ("u8", "s8")}
+    models = {f: quantize(graph, weights, c.amax, e, options.keep_float, opset, metadata, dims, c.ranges)
+              for f, e in ENCODED.items()}
     record = {"on": "not gated (--no-gate)", "passed": None}
     if options.gate:
         build = (lambda keep: quantize(graph, weights, c.amax, "u8", options.keep_float + keep, opset, dims=dims,
@@ -81,7 +84,7 @@ def quantize_graph(graph: Graph, weights: dict, manifest, options: QuantOptions,
         record = _gate(graph, weights, build, models, options, manifest, feeder, cal, opset, dims, progress)
     q = Quantization(options.method, options.percentile if options.method == "percentile" else None, c.samples,
                      options.seed, cal.description, cal.sha256, sum(o.state_bytes() for o in c.observers.values()),
-                     options.keep_float, floats, {"model.onnx": "u8", "model.s8.onnx": "s8"}, record, cpu.describe())
+                     options.keep_float, floats, dict(ENCODED), record, cpu.describe())
     return models["model.onnx"], models["model.s8.onnx"], q
 
 
@@ -135,7 +138,7 @@ def sensitivity(graph: Graph, weights: dict, manifest, options: QuantOptions, op
                         ranges=c.ranges)
 
     def gate(keep) -> dict:
-        models = {"model.onnx": build(keep), "model.s8.onnx": build(keep, "s8")}
+        models = {f: build(keep, e) for f, e in ENCODED.items()}
         return g.record(g.measure(fp32, models, data.batches(feeder), data.labels), options.thresholds,
                         data.description, len(data), data.labels is not None)
     few = list(itertools.islice(data.batches(feeder), max(1, explain.SENSITIVITY_SAMPLES // 8)))
