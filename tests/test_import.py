@@ -19,7 +19,8 @@ from resgraph.errors import OptionError, WeightsError
 from resgraph.frontend import check_file
 
 FAMILIES = ["torchvision:resnet18", "torchvision:resnet34", "torchvision:resnet50",
-            "torchvision:resnext50_32x4d", "torchvision:wide_resnet50_2", "timm:resnet50d"]
+            "torchvision:resnext50_32x4d", "torchvision:wide_resnet50_2", "timm:resnet50d",
+            "torchvision:mobilenet_v3_small"]
 
 
 def _macs(model: nn.Module, shape=(3, 224, 224)) -> int:
@@ -60,6 +61,49 @@ def test_resnet50_reads_as_written_by_hand_and_imports_in_time(tmp_path):
     assert '        - conv: {out: "$width * 4", kernel: 1}' in lines
     paths = {n.path for n in imported.checked.graph.nodes}
     assert {"layer3.4.conv2", "layer1.0.shortcut.conv", "fc"} <= paths
+
+
+def test_a_gate_inside_a_body_and_between_blocks_is_wired_with_in_and_from():
+    """MobileNetV3's squeeze-and-excitation: the mul reads the map the gate was computed from, inside a
+    residual body and in the blocks without one; the bn settings every layer shares become `defaults:`."""
+    text = import_model("torchvision:mobilenet_v3_small").text
+    lines = text.splitlines()
+    assert "        - mul: {in: block_1_2, from: [block_2_scale_activation]}" in lines, text
+    assert "        - hardswish: {id: block_1_2}" in lines
+    assert "  - mul: {in: features_1_block_0_2, from: [features_1_block_1_scale_activation]}" in lines
+    assert "  bn: {eps: 0.001, momentum: 0.01}" in lines and "        - bn" in lines
+    assert "  inverted_residual2:" in lines   # named after torchvision's class, not its inner Sequential
+
+
+class _Unit(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+class _Dense(nn.Module):
+    """A stage of two residual units, then a concat of the stage's input and one unit's output."""
+
+    def __init__(self, tap: int):
+        super().__init__()
+        self.stem, self.layer, self.tap = nn.Conv2d(3, 8, 3, padding=1), nn.Sequential(_Unit(), _Unit()), tap
+
+    def forward(self, x):
+        x = self.stem(x)
+        a = self.layer[0](x)
+        b = self.layer[1](a)
+        return torch.cat([x, (a, b)[self.tap]], 1)
+
+
+def test_a_skip_to_a_stages_output_is_written_and_one_from_inside_a_repeat_is_refused():
+    imported = import_model(_Dense(tap=1), input_shape=(3, 16, 16))
+    assert "  - concat: {in: stem, from: [layer]}" in imported.text.splitlines(), imported.text
+    assert imported.report["max_abs_diff"] == 0
+    with pytest.raises(WeightsError, match="reads a copy inside a repeat other than its last"):
+        import_model(_Dense(tap=0), input_shape=(3, 16, 16))
 
 
 class _Odd(nn.Module):

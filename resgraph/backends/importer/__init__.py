@@ -80,7 +80,7 @@ def import_model(source, name: str | None = None, input_shape: tuple | None = No
     modules = dict(model.named_modules())
     found = blocks(items, lambda scope: type(modules[scope]).__name__ if scope in modules else "", where)
     input_shape = tuple(input_shape or (3, 224, 224))
-    text = spec_text(name, where, input_shape, items, found, entries(items, found))
+    text = spec_text(name, where, input_shape, items, found, entries(items, found, where))
     return _verified(text, model, where, name, input_shape)
 
 

@@ -13,8 +13,7 @@ from .units import Unit
 
 def spec_text(name: str, source: str, shape: tuple, items: list, found: dict, entries: list) -> str:
     ops = [o for it in items for o in (it.body + ([it.post] if it.post else []) if isinstance(it, Unit) else [it])]
-    convs = [o for o in ops if o.op == "conv"]
-    defaults = {"conv": {"bias": False}} if convs and all(o.args.get("bias") is False for o in convs) else {}
+    defaults = _defaults(ops)
     policies = Counter(b.policy for b in found.values() for _ in b.units if b.policy)
     policy = policies.most_common(1)[0][0] if policies else None
     lines = ["resgraph: 1", f"name: {name}", f"description: imported from {source} by resgraph import",
@@ -22,15 +21,31 @@ def spec_text(name: str, source: str, shape: tuple, items: list, found: dict, en
     if policy:
         lines.append(f"shortcut: {policy}")
     if defaults:
-        lines += ["defaults:", "  conv: {bias: false}"]
+        lines += ["defaults:", *(f"  {op}: {_flow(args)}" for op, args in defaults.items())]
     if found:
         lines.append("blocks:")
         for b in found.values():
             lines += _block_lines(b, defaults, policy)
     lines.append("layers:")
     for e in entries:
-        lines.append("  - " + (_op_entry(e[1], full(e[1]), defaults, e[2]) if e[0] == "op" else _call(*e[1:])))
+        lines.append("  - " + (_op_entry(e[1], full(e[1]), defaults, e[2], e[-1]) if e[0] == "op" else _call(*e[1:])))
     return "\n".join(lines) + "\n"
+
+
+_SHARED = ("bias", "eps", "momentum")   # the arguments a spec's `defaults:` sets when every instance agrees
+
+
+def _defaults(ops: list) -> dict:
+    """op -> the _SHARED arguments that most instances of the op give one value other than the op's default
+    (`conv: {bias: false}` under a trunk of conv + bn; torchvision MobileNet's `bn: {eps: 0.001, momentum: 0.01}`)."""
+    out = {}
+    for kind in dict.fromkeys(o.op for o in ops):
+        rows = [full(o) for o in ops if o.op == kind]
+        base = OPS[kind].with_defaults()
+        common = {k: Counter(r[k] for r in rows).most_common(1)[0] for k in _SHARED if k in rows[0]}
+        if changed := {k: v for k, (v, n) in common.items() if v != base.get(k) and 2 * n > len(rows)}:
+            out[kind] = changed
+    return out
 
 
 def _block_lines(b: Block, defaults: dict, policy: str | None) -> list[str]:
@@ -40,13 +55,14 @@ def _block_lines(b: Block, defaults: dict, policy: str | None) -> list[str]:
         lines.append(f"    args: {_flow(b.args)}")
     lines += ["    residual:", "      layers:"]
     auto = Counter()
+    read = {p for e in u.edges for p in e[1:]} | {e[0] for i, e in enumerate(u.edges) if e and e[0] != i - 1}
     for i, o in enumerate(u.body):
         auto[o.op] += 1
         slots = {k: v for (j, k), v in b.slots.items() if j == i}
         args = {k: (_ref(slots[k]) if isinstance(slots[k], tuple) and slots[k][:1] == ("$",) else slots[k])
                 for k in full(o)}
-        ident = b.ids[i] if b.ids[i] != f"{o.op}{auto[o.op]}" else None
-        lines.append("        - " + _op_entry(o, args, defaults, ident))
+        ident = b.ids[i] if b.ids[i] != f"{o.op}{auto[o.op]}" or i in read else None   # `in:`/`from:` need ids
+        lines.append("        - " + _op_entry(o, args, defaults, ident, _edges(u.edges[i], i, b.ids)))
     if u.post:
         lines.append("      post: " + _op_entry(u.post, full(u.post), defaults, None))
     if b.policy and b.policy != policy:
@@ -54,13 +70,21 @@ def _block_lines(b: Block, defaults: dict, policy: str | None) -> list[str]:
     return lines
 
 
+def _edges(edges: tuple, i: int, ids: list) -> dict:
+    """`in:` where the op's main input is not the op before it, `from:` for its other inputs."""
+    refs = [(n, p) for n, p in enumerate(edges) if n or p != i - 1]
+    name = {n: "input" if p < 0 else ids[p] for n, p in refs}
+    assert None not in name.values(), (edges, ids)   # structure._referenced gave every read op an id
+    return {**({"in": name[0]} if 0 in name else {}), **({"from": [name[n] for n in name if n]} if len(edges) > 1 else {})}
+
+
 def _ref(v: tuple) -> str:
-    return f"${v[1]}" if v[2] == 1 else f"${v[1]} * {v[2]}"
+    return f"${v[1]}" if v[2] == 1 else f"${v[1]} {v[3] if len(v) > 3 else '*'} {v[2]}"
 
 
-def _op_entry(o, args: dict, defaults: dict, ident: str | None) -> str:
-    """`conv: {id: conv1, out: 64, kernel: 7, stride: 2}`, or a bare `relu`."""
-    kept = {"id": ident} if ident else {}
+def _op_entry(o, args: dict, defaults: dict, ident: str | None, edges: dict | None = None) -> str:
+    """`conv: {id: conv1, out: 64, kernel: 7, stride: 2}`, `mul: {in: bn3, from: [se_gate]}`, or a bare `relu`."""
+    kept = {**({"id": ident} if ident else {}), **(edges or {})}
     plain = {k: v for k, v in args.items() if not (isinstance(v, str) and v.startswith("$"))}
     for k, v in args.items():
         others = {**defaults.get(o.op, {}), **{x: y for x, y in plain.items() if x != k}}
@@ -69,8 +93,8 @@ def _op_entry(o, args: dict, defaults: dict, ident: str | None) -> str:
     return f"{o.op}: {_flow(kept)}" if kept else o.op
 
 
-def _call(b: Block, ident, args: dict, repeat, first: dict) -> str:
-    kept = {"id": ident} if ident else {}
+def _call(b: Block, ident, args: dict, repeat, first: dict, edges: dict) -> str:
+    kept = {**({"id": ident} if ident else {}), **edges}
     kept.update({k: v for k, v in args.items() if b.args.get(k) != v})
     if repeat:
         kept["repeat"] = repeat
@@ -86,6 +110,8 @@ def _flow(d: dict) -> str:
 def _value(v) -> str:
     if isinstance(v, dict):
         return _flow(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(map(_value, v)) + "]"
     if v is None:
         return "null"
     if isinstance(v, bool):

@@ -44,7 +44,7 @@ class Block:
 
 def signature(u: Unit) -> tuple:
     taken = Counter(o.path for o in u.body)
-    body = tuple((o.op, local(o, u.scope, taken)) for o in u.body)
+    body = tuple((o.op, local(o, u.scope, taken), e) for o, e in zip(u.body, u.edges, strict=True))
     post = (u.post.op, tuple(sorted(full(u.post).items()))) if u.post else None
     return body, post
 
@@ -61,7 +61,7 @@ def blocks(items: list, class_of, where: str) -> dict[tuple, Block]:
         if name in OPS or name in ("input", "residual") or name in names:
             name = _unique(name + "_block" if name in OPS else name, names)
         names.add(name)
-        out[sig] = _block(name, units, [i for _, i in sig[0]])
+        out[sig] = _block(name, units, _referenced(units[0], [i for _, i, _ in sig[0]]))
         out[sig].policy = _policy(units, where)
     return out
 
@@ -76,6 +76,19 @@ def _policy(units: list[Unit], where: str) -> str | None:
         raise WeightsError.at(where, f"copies of one block ({units[0].scope}, ...) have different shortcuts: "
                                      f"{', '.join(sorted(found))}", "nothing was written; write this block by hand")
     return found.pop() if found else None
+
+
+def _referenced(u: Unit, ids: list) -> list:
+    """The body ids, with one made for each op that a later op reads other than as its previous
+    op (an `in:` or `from:` target): its path below the unit's scope, dots as underscores."""
+    wanted = {p for i, e in enumerate(u.edges) for n, p in enumerate(e) if p >= 0 and (n or p != i - 1)}
+    ids, taken = list(ids), set(ids)
+    for p in sorted(wanted - {i for i, x in enumerate(ids) if x}):
+        o = u.body[p]
+        name = o.path[len(u.scope) + 1:].replace(".", "_") if o.path.startswith(u.scope + ".") else ""
+        ids[p] = _unique(name if _ID.fullmatch(name) and name != "input" else f"{o.op}_at_{p}", taken)
+        taken.add(ids[p])
+    return ids
 
 
 def _snake(name: str) -> str:
@@ -103,11 +116,9 @@ def _block(name: str, units: list[Unit], ids: list) -> Block:
         groups.setdefault(v, []).append(s)
     last_out = max((s for s in varying if s[1] == "out"), default=None)
     names, args, base = {}, {}, {}
-    for v, ss in groups.items():   # a width that is k times another: an expression, not an argument
-        for w in groups:
-            k = v[0] // w[0] if w[0] and all(isinstance(x, int) for x in v + w) else 0
-            if w != v and k >= 2 and all(x == k * y for x, y in zip(v, w, strict=True)) and v not in base:
-                base[v] = (w, k)
+    order = list(groups)
+    for n, v in enumerate(order):   # a width that is k times, or a k-th of, an earlier one: an expression
+        base.update({v: r for r in [_based(v, [w for w in order[:n] if w not in base])] if r})
     for v, ss in groups.items():
         if v in base:
             continue
@@ -116,15 +127,29 @@ def _block(name: str, units: list[Unit], ids: list) -> Block:
         names[v] = arg = _unique(arg, args)
         args[arg] = Counter(v).most_common(1)[0][0] if kind == "stride" else None
     for v, ss in groups.items():
-        ref = ("$", names[v], 1) if v in names else ("$", names[base[v][0]], base[v][1])
+        ref = ("$", names[v], 1) if v in names else ("$", names[base[v][0]], *base[v][1:])
         for s in ss:
             slots[s] = ref
     values = {id(u): {names[v]: v[n] for v in names} for n, u in enumerate(units)}
     return Block(name, units, ids, slots, args, values)
 
 
-def entries(items: list, found: dict[tuple, Block]) -> list[tuple]:
-    """The spec's top-level entries: ("op", Op, id) or ("call", Block, id, args, repeat, first)."""
+def _based(v: tuple, roots: list) -> tuple | None:
+    """(root, k, "*") where v is k times a root in every copy, (root, k, "//") where a root is k times v;
+    the first root (in body order) that fits, else None. Roots are vectors not based on another."""
+    if not all(isinstance(x, int) and x > 0 for x in v):
+        return None
+    for r in (r for r in roots if all(isinstance(x, int) and x > 0 for x in r)):
+        for big, small, op in ((v, r, "*"), (r, v, "//")):
+            k = big[0] // small[0]
+            if k >= 2 and all(x == k * y for x, y in zip(big, small, strict=True)):
+                return r, k, op
+    return None
+
+
+def entries(items: list, found: dict[tuple, Block], where: str = "model") -> list[tuple]:
+    """The spec's top-level entries: ("op", Op, id, edges) or ("call", Block, id, args, repeat, first, edges),
+    edges being the entry's `in:`/`from:` (wire)."""
     out, i = [], 0
     taken = Counter(it.path for it in items if isinstance(it, Op))
     while i < len(items):
@@ -141,10 +166,59 @@ def entries(items: list, found: dict[tuple, Block]) -> list[tuple]:
         first = {k: v for k, v in vals[0].items() if v != rest[k]}
         parent, _, idx = it.scope.rpartition(".")
         stage = parent if idx == "0" and _ID.fullmatch(parent or "-") else None
-        ident = stage or it.scope.replace(".", "_") or None
+        ident = stage or re.sub(r"\W", "_", it.scope) or None
         out.append(("call", b, ident, rest, n if stage else None, first))
         i += n
-    return out
+    out, edges = wire(items, out, where)
+    return [(*e, w) for e, w in zip(out, edges, strict=True)]
+
+
+def wire(items: list, out: list[tuple], where: str) -> list[dict]:
+    """Each entry's `in:` (where its main input is not the entry before it) and `from:` (its other
+    inputs), naming the entries they read; an entry that is read this way gets an id if it has none.
+    A mul reads its operands earliest first, so a gate scales the map it was computed from."""
+    at, k = {}, 0
+    for j, e in enumerate(out):   # item key -> (entry index, is it the entry's output)
+        n = (e[4] or 1) if e[0] == "call" else 1
+        for m, it in enumerate(items[k:k + n]):
+            at[it.out if isinstance(it, Unit) else it.key] = (j, m == n - 1)
+        k += n
+    wires, ids = [], [e[2] for e in out]
+    taken = set(ids)
+    for j, it in enumerate(_firsts(items, out)):
+        reads = [it.fork] if isinstance(it, Unit) else list(it.inputs)
+        pos = [at.get(r, (-1, True)) for r in reads]
+        if not all(last for _, last in pos):
+            raise WeightsError.at(where, f"'{it.scope if isinstance(it, Unit) else it.key}' reads a copy inside a "
+                                         "repeat other than its last", "nothing was written; write this part by hand")
+        pos = [p for p, _ in pos]
+        pos = sorted(pos) if not isinstance(it, Unit) and it.op == "mul" else pos
+        for p in [p for n, p in enumerate(pos) if (n or p != j - 1) and p >= 0 and not ids[p]]:
+            name = re.sub(r"\W", "_", _key_path(items, out, p))
+            ids[p] = _unique(name if _ID.fullmatch(name) and name != "input" else f"{getattr(out[p][1], 'name', None) or out[p][1].op}_{p}", taken)
+            taken.add(ids[p])
+        wires.append(pos)
+    edges = [{**({"in": _name(p[0], ids)} if p[0] != j - 1 else {}),
+              **({"from": [_name(x, ids) for x in p[1:]]} if len(p) > 1 else {})} for j, p in enumerate(wires)]
+    return [(*e[:2], ids[j], *e[3:]) for j, e in enumerate(out)], edges
+
+
+def _name(p: int, ids: list) -> str:
+    return "input" if p < 0 else ids[p]
+
+
+def _firsts(items: list, out: list[tuple]) -> list:
+    """The first item of each entry."""
+    firsts, k = [], 0
+    for e in out:
+        firsts.append(items[k])
+        k += (e[4] or 1) if e[0] == "call" else 1
+    return firsts
+
+
+def _key_path(items: list, out: list[tuple], p: int) -> str:
+    it = _firsts(items, out)[p]
+    return it.scope if isinstance(it, Unit) else it.path
 
 
 def _run(items: list, i: int, b: Block) -> int:

@@ -2,8 +2,10 @@
 
 A unit is the body (the add's main input back to the fork), the shortcut (the other input back to
 the fork: nothing, or a Ws that one of resgraph's shortcut policies inserts) and an optional post op
-(the activation right after the add, inside the same module). What lies outside every unit must be
-a chain; anything else is refused, naming the node.
+(the activation right after the add, inside the same module). A body is a small DAG: each op reads the
+fork or earlier body ops (a squeeze-and-excitation gate reads the map it scales), and `edges` records
+which, as positions in the body (-1: the fork). What lies outside every unit must be a chain;
+anything else is refused, naming the node.
 """
 from __future__ import annotations
 
@@ -22,10 +24,13 @@ class Unit:
     fork: str             # the key of the op both branches read
     out: str              # the key of its output (the post's, else the add's)
     ws_stride: int = 1    # the stride of its Ws conv (1 where it has none)
+    edges: tuple = ()     # per body op, the body positions it reads (-1: the fork), main input first
 
 
 def chain(ops: list[Op], start: str, where: str) -> list:
-    """The model as a chain of Ops and Units, each reading the previous one's output."""
+    """The model as a list of Ops and Units in execution order. Each reads the outputs of earlier items
+    (a squeeze-and-excitation gate or a concat reads more than the previous one's); nothing outside a
+    unit reads inside it."""
     index = {o.key: i for i, o in enumerate(ops)}
     index[start] = -1
     units = {}
@@ -33,16 +38,16 @@ def chain(ops: list[Op], start: str, where: str) -> list:
         if o.op == "add" and len(o.inputs) == 2:
             u = _unit(ops, index, j, where)
             units[index[u.fork] + 1] = (u, index[u.out])
-    items, i, prev = [], 0, start
+    items, i, seen = [], 0, {start}
     while i < len(ops):
         item, end = units.get(i, (ops[i], i))
         reads = [item.fork] if isinstance(item, Unit) else item.inputs
-        if reads != [prev]:
+        if not set(reads) <= seen:
             key = item.body[0].key if isinstance(item, Unit) else item.key
-            raise _refuse(where, key, "reads something other than the previous layer's output (a branch resgraph "
-                                      "import cannot rebuild yet: only residual adds join two paths)")
+            raise _refuse(where, key, "reads a layer inside a residual unit from outside it (a branch resgraph "
+                                      "import cannot rebuild)")
         items.append(item)
-        prev = item.out if isinstance(item, Unit) else item.key
+        seen.add(item.out if isinstance(item, Unit) else item.key)
         i = end + 1
     return items
 
@@ -68,17 +73,31 @@ def _unit(ops: list[Op], index: dict, j: int, where: str) -> Unit:
         raise _refuse(where, add.key, "joins paths that are not a residual body and its shortcut")
     body = [ops[i] for i in sorted(main)]
     fork_key = next(k for k, i in index.items() if i == fork)
-    for prev, o in zip([fork_key, *[x.key for x in body]], body, strict=False):
-        if o.inputs != [prev]:
-            raise _refuse(where, o.key, "is a branch inside a residual body (resgraph import rebuilds chains only)")
-    scope = _common([o.path for o in body])
+    if body[-1].key not in add.inputs:
+        raise _refuse(where, add.key, "adds a body whose output is not its last op")
+    edges = _edges(body, fork_key, where)
+    scope = _common([o.path for o in body])   # the add's own module where it holds the body (torchvision's
+    scope = add.path if add.path and (scope + ".").startswith(add.path + ".") else scope   # InvertedResidual)
     post = ops[j + 1] if j + 1 < len(ops) else None
     if post is None or post.inputs != [add.key] or post.op == "add" or _users(ops, add.key) != 1 \
             or not (post.path + ".").startswith(scope + ".") or not scope:
         post = None
     side_ops = [ops[i] for i in sorted(side)]
     stride = max([o.args.get("stride", 1) for o in side_ops if o.op in ("conv", "avgpool")], default=1)
-    return Unit(scope, body, post, _policy(side_ops, where, add.key), fork_key, (post or add).key, stride)
+    return Unit(scope, body, post, _policy(side_ops, where, add.key), fork_key, (post or add).key, stride, edges)
+
+
+def _edges(body: list[Op], fork: str, where: str) -> tuple:
+    """Each body op's inputs as body positions (-1: the fork). A mul reads its operands earliest first,
+    so that a gate scales the map it was computed from (`mul: {in: input, from: [gate]}`)."""
+    at = {fork: -1, **{o.key: i for i, o in enumerate(body)}}
+    edges = []
+    for o in body:
+        if not all(k in at for k in o.inputs):
+            raise _refuse(where, o.key, "reads from outside its residual body (a skip across the unit)")
+        pos = [at[k] for k in o.inputs]
+        edges.append(tuple(sorted(pos)) if o.op == "mul" else tuple(pos))
+    return tuple(edges)
 
 
 def _users(ops: list[Op], key: str) -> int:
