@@ -20,7 +20,7 @@ from resgraph.frontend import check_file
 
 FAMILIES = ["torchvision:resnet18", "torchvision:resnet34", "torchvision:resnet50",
             "torchvision:resnext50_32x4d", "torchvision:wide_resnet50_2", "timm:resnet50d",
-            "torchvision:mobilenet_v3_small"]
+            "torchvision:mobilenet_v3_small", "torchvision:regnet_y_400mf"]
 
 
 def _macs(model: nn.Module, shape=(3, 224, 224)) -> int:
@@ -73,6 +73,17 @@ def test_a_gate_inside_a_body_and_between_blocks_is_wired_with_in_and_from():
     assert "  - mul: {in: features_1_block_0_2, from: [features_1_block_1_scale_activation]}" in lines
     assert "  bn: {eps: 0.001, momentum: 0.01}" in lines and "        - bn" in lines
     assert "  inverted_residual2:" in lines   # named after torchvision's class, not its inner Sequential
+
+
+def test_a_shortcut_that_runs_first_is_written_out_and_a_stage_opens_with_another_block():
+    """torchvision's RegNet computes proj(x) + f(x): weights pair in execution order, so the stage's first
+    block is plain layers with the projection first, and `first: {block: ...}` opens each stage with it."""
+    text = import_model("torchvision:regnet_y_400mf").text
+    lines = text.splitlines()
+    assert len(lines) <= 65, text
+    assert "  - res_bottleneck_block2: {id: trunk_output_block3, out: 208, repeat: 6, first: {block: " \
+           "res_bottleneck_block, width: 26}}" in lines, text
+    assert "      - add: {from: [proj_1]}" in lines and "      - conv: {in: input, out: $out, kernel: 1}" in lines
 
 
 class _Unit(nn.Module):

@@ -53,7 +53,8 @@ def _block_lines(b: Block, defaults: dict, policy: str | None) -> list[str]:
     lines = [f"  {b.name}:"]
     if b.args:
         lines.append(f"    args: {_flow(b.args)}")
-    lines += ["    residual:", "      layers:"]
+    lines += ["    layers:"] if u.plain else ["    residual:", "      layers:"]
+    pad = "      - " if u.plain else "        - "
     auto = Counter()
     read = {p for e in u.edges for p in e[1:]} | {e[0] for i, e in enumerate(u.edges) if e and e[0] != i - 1}
     for i, o in enumerate(u.body):
@@ -62,8 +63,10 @@ def _block_lines(b: Block, defaults: dict, policy: str | None) -> list[str]:
         args = {k: (_ref(slots[k]) if isinstance(slots[k], tuple) and slots[k][:1] == ("$",) else slots[k])
                 for k in full(o)}
         ident = b.ids[i] if b.ids[i] != f"{o.op}{auto[o.op]}" or i in read else None   # `in:`/`from:` need ids
-        lines.append("        - " + _op_entry(o, args, defaults, ident, _edges(u.edges[i], i, b.ids)))
-    if u.post:
+        lines.append(pad + _op_entry(o, args, defaults, ident, _edges(u.edges[i], i, b.ids)))
+    if u.post and u.plain:
+        lines.append(pad + _op_entry(u.post, full(u.post), defaults, None))
+    elif u.post:
         lines.append("      post: " + _op_entry(u.post, full(u.post), defaults, None))
     if b.policy and b.policy != policy:
         lines.append(f"      shortcut: {b.policy}")

@@ -46,7 +46,7 @@ def signature(u: Unit) -> tuple:
     taken = Counter(o.path for o in u.body)
     body = tuple((o.op, local(o, u.scope, taken), e) for o, e in zip(u.body, u.edges, strict=True))
     post = (u.post.op, tuple(sorted(full(u.post).items()))) if u.post else None
-    return body, post
+    return body, post, u.plain
 
 
 def blocks(items: list, class_of, where: str) -> dict[tuple, Block]:
@@ -159,13 +159,13 @@ def entries(items: list, found: dict[tuple, Block], where: str = "model") -> lis
             out.append(("op", it, it.path if ok else None))
             i += 1
             continue
-        b = found[signature(it)]
-        n = _run(items, i, b)
-        vals = [b.values[id(u)] for u in items[i:i + n]]
-        rest = vals[1] if n > 1 else vals[0]
-        first = {k: v for k, v in vals[0].items() if v != rest[k]}
+        n = _run(items, i, found)
+        b0, b = found[signature(it)], found[signature(items[i + n - 1])]
+        vals0 = b0.values[id(it)]
+        rest = b.values[id(items[i + n - 1])]
+        first = {**({"block": b0.name} if b0 is not b else {}), **{k: v for k, v in vals0.items() if rest.get(k) != v}}
         parent, _, idx = it.scope.rpartition(".")
-        stage = parent if idx == "0" and _ID.fullmatch(parent or "-") else None
+        stage = re.sub(r"\W", "_", parent) if re.fullmatch(r"(.*\D)?0", idx) and parent else None
         ident = stage or re.sub(r"\W", "_", it.scope) or None
         out.append(("call", b, ident, rest, n if stage else None, first))
         i += n
@@ -221,14 +221,17 @@ def _key_path(items: list, out: list[tuple], p: int) -> str:
     return it.scope if isinstance(it, Unit) else it.path
 
 
-def _run(items: list, i: int, b: Block) -> int:
-    """How many units from i are copies P.0, P.1, … of one block whose copies after the first agree."""
+def _run(items: list, i: int, found: dict) -> int:
+    """How many units from i are copies P.0, P.1, … (or torchvision RegNet's P.P-0, P.P-1, …) of one
+    block whose copies after the first agree; copy 0 may be another block (`first: {block: ...}`)."""
     parent, _, idx = items[i].scope.rpartition(".")
-    if idx != "0":
+    m = re.fullmatch(r"(.*\D)?0", idx)
+    if not m:
         return 1
-    n = 1
-    while i + n < len(items) and isinstance(items[i + n], Unit) and items[i + n].scope == f"{parent}.{n}" \
-            and signature(items[i + n]) == signature(items[i]) \
-            and (n == 1 or b.values[id(items[i + n])] == b.values[id(items[i + 1])]):
+    n, sig = 1, None
+    while i + n < len(items) and isinstance(items[i + n], Unit) and items[i + n].scope == f"{parent}.{m[1] or ''}{n}":
+        u, sig = items[i + n], sig or signature(items[i + 1])
+        if signature(u) != sig or found[sig].values[id(u)] != found[sig].values[id(items[i + 1])]:
+            break
         n += 1
     return n

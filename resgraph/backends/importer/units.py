@@ -25,6 +25,8 @@ class Unit:
     out: str              # the key of its output (the post's, else the add's)
     ws_stride: int = 1    # the stride of its Ws conv (1 where it has none)
     edges: tuple = ()     # per body op, the body positions it reads (-1: the fork), main input first
+    plain: bool = False   # the shortcut runs before the body (torchvision's RegNet: proj(x) + f(x)): the body
+                          # then holds the shortcut's ops, the body's and the add, written as plain layers
 
 
 def chain(ops: list[Op], start: str, where: str) -> list:
@@ -84,18 +86,24 @@ def _unit(ops: list[Op], index: dict, j: int, where: str) -> Unit:
         post = None
     side_ops = [ops[i] for i in sorted(side)]
     stride = max([o.args.get("stride", 1) for o in side_ops if o.op in ("conv", "avgpool")], default=1)
+    if side and max(side) < min(main):   # weights pair in execution order: keep the shortcut first
+        body = side_ops + body + [add]
+        return Unit(scope, body, post, None, fork_key, (post or add).key, 1, _edges(body, fork_key, where), True)
     return Unit(scope, body, post, _policy(side_ops, where, add.key), fork_key, (post or add).key, stride, edges)
 
 
 def _edges(body: list[Op], fork: str, where: str) -> tuple:
     """Each body op's inputs as body positions (-1: the fork). A mul reads its operands earliest first,
-    so that a gate scales the map it was computed from (`mul: {in: input, from: [gate]}`)."""
+    so that a gate scales the map it was computed from (`mul: {in: input, from: [gate]}`); a plain
+    unit's closing add reads the body's output first (`add: {from: [proj]}`)."""
     at = {fork: -1, **{o.key: i for i, o in enumerate(body)}}
     edges = []
     for o in body:
         if not all(k in at for k in o.inputs):
             raise _refuse(where, o.key, "reads from outside its residual body (a skip across the unit)")
         pos = [at[k] for k in o.inputs]
+        if o.op == "add" and len(body) - 2 in pos:   # the add after the body reads the body's output first
+            pos = [len(body) - 2, *(p for p in pos if p != len(body) - 2)]
         edges.append(tuple(sorted(pos)) if o.op == "mul" else tuple(pos))
     return tuple(edges)
 
