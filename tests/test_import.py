@@ -20,7 +20,7 @@ from resgraph.frontend import check_file
 
 FAMILIES = ["torchvision:resnet18", "torchvision:resnet34", "torchvision:resnet50",
             "torchvision:resnext50_32x4d", "torchvision:wide_resnet50_2", "timm:resnet50d",
-            "torchvision:mobilenet_v3_small", "torchvision:regnet_y_400mf"]
+            "torchvision:mobilenet_v3_small", "torchvision:regnet_y_400mf", "timm:seresnet50"]
 
 
 def _macs(model: nn.Module, shape=(3, 224, 224)) -> int:
@@ -65,14 +65,19 @@ def test_resnet50_reads_as_written_by_hand_and_imports_in_time(tmp_path):
 
 def test_a_gate_inside_a_body_and_between_blocks_is_wired_with_in_and_from():
     """MobileNetV3's squeeze-and-excitation: the mul reads the map the gate was computed from, inside a
-    residual body and in the blocks without one; the bn settings every layer shares become `defaults:`."""
+    residual body and in the blocks without one; the bn settings every layer shares become `defaults:`;
+    a module between the residual ones that reads only the value before it is a block too."""
     text = import_model("torchvision:mobilenet_v3_small").text
     lines = text.splitlines()
     assert "        - mul: {in: block_1_2, from: [block_2_scale_activation]}" in lines, text
     assert "        - hardswish: {id: block_1_2}" in lines
-    assert "  - mul: {in: features_1_block_0_2, from: [features_1_block_1_scale_activation]}" in lines
+    assert "      - mul: {in: block_0_2, from: [block_1_scale_activation]}" in lines   # a block without a shortcut
     assert "  bn: {eps: 0.001, momentum: 0.01}" in lines and "        - bn" in lines
     assert "  inverted_residual2:" in lines   # named after torchvision's class, not its inner Sequential
+    # the modules between the residual ones are blocks too, and the same one is called twice
+    assert "  - conv2d_norm_activation: {id: features_0, out: 16, kernel: 3}" in lines
+    assert "  - conv2d_norm_activation: {id: features_12, out: 576, kernel: 1, stride: 1}" in lines
+    assert len(lines) <= 105, len(lines)
 
 
 def test_a_shortcut_that_runs_first_is_written_out_and_a_stage_opens_with_another_block():
@@ -115,6 +120,23 @@ def test_a_skip_to_a_stages_output_is_written_and_one_from_inside_a_repeat_is_re
     assert imported.report["max_abs_diff"] == 0
     with pytest.raises(WeightsError, match="reads a copy inside a repeat other than its last"):
         import_model(_Dense(tap=0), input_shape=(3, 16, 16))
+
+
+class _CatOfOne(nn.Module):
+    """torchvision's DenseNet concatenates a list that holds one map in its first layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.conv(torch.cat([x], 1)), x], 1)
+
+
+def test_a_concat_of_one_map_is_that_map():
+    imported = import_model(_CatOfOne(), input_shape=(3, 8, 8))
+    assert [n.op for n in imported.checked.graph.nodes][1:] == ["conv", "concat"], imported.text
+    assert "  - concat: {from: [input]}" in imported.text.splitlines() and imported.report["max_abs_diff"] == 0
 
 
 class _Odd(nn.Module):

@@ -165,7 +165,8 @@ def entries(items: list, found: dict[tuple, Block], where: str = "model") -> lis
         rest = b.values[id(items[i + n - 1])]
         first = {**({"block": b0.name} if b0 is not b else {}), **{k: v for k, v in vals0.items() if rest.get(k) != v}}
         parent, _, idx = it.scope.rpartition(".")
-        stage = re.sub(r"\W", "_", parent) if re.fullmatch(r"(.*\D)?0", idx) and parent else None
+        sibling = n == 1 and i + 1 < len(items) and _scope(items[i + 1]).startswith(parent + ".")
+        stage = re.sub(r"\W", "_", parent) if re.fullmatch(r"(.*\D)?0", idx) and parent and not sibling else None
         ident = stage or re.sub(r"\W", "_", it.scope) or None
         out.append(("call", b, ident, rest, n if stage else None, first))
         i += n
@@ -221,6 +222,14 @@ def _key_path(items: list, out: list[tuple], p: int) -> str:
     return it.scope if isinstance(it, Unit) else it.path
 
 
+def _scope(it) -> str:
+    return it.scope if isinstance(it, Unit) else it.path
+
+
+def _kind(name: str) -> str:
+    return re.sub(r"\d+$", "", name)
+
+
 def _run(items: list, i: int, found: dict) -> int:
     """How many units from i are copies P.0, P.1, … (or torchvision RegNet's P.P-0, P.P-1, …) of one
     block whose copies after the first agree; copy 0 may be another block (`first: {block: ...}`)."""
@@ -233,5 +242,7 @@ def _run(items: list, i: int, found: dict) -> int:
         u, sig = items[i + n], sig or signature(items[i + 1])
         if signature(u) != sig or found[sig].values[id(u)] != found[sig].values[id(items[i + 1])]:
             break
+        if n == 1 and _kind(found[sig].name) != _kind(found[signature(items[i])].name):
+            return 1   # copy 0 may be another block of the same module class only (a stage's first block)
         n += 1
     return n

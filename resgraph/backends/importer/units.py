@@ -9,6 +9,7 @@ anything else is refused, naming the node.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from ...errors import WeightsError
@@ -51,7 +52,38 @@ def chain(ops: list[Op], start: str, where: str) -> list:
         items.append(item)
         seen.add(item.out if isinstance(item, Unit) else item.key)
         i = end + 1
-    return items
+    return regions(items, start, where)
+
+
+def regions(items: list, start: str, where: str) -> list:
+    """Runs of two or more top-level ops inside one module at the depth where the residual units live
+    (MobileNet's `features.1`, an InvertedResidual without a shortcut; a stem's conv, bn and act) become
+    plain units, so that they are blocks too, as long as they read only the value before them and
+    nothing after them reads inside them."""
+    depths = Counter(u.scope.count(".") + 1 for u in items if isinstance(u, Unit))
+    if not depths:
+        return items
+    d = depths.most_common(1)[0][0]
+    key = lambda it: ".".join(it.path.split(".")[:d]) if isinstance(it, Op) and it.path.count(".") >= d else None
+    out, i, prev = [], 0, start
+    while i < len(items):
+        j = i + 1
+        while key(items[i]) and j < len(items) and key(items[j]) == key(items[i]):
+            j += 1
+        run = items[i:j]
+        if len(run) >= 2 and _closed(run, prev, items[j:]):
+            run = [Unit(key(run[0]), run, None, None, prev, run[-1].key, 1, _edges(run, prev, where), True)]
+        out += run
+        prev = run[-1].out if isinstance(run[-1], Unit) else run[-1].key
+        i = j
+    return out
+
+
+def _closed(run: list[Op], fork: str, after: list) -> bool:
+    """The run reads nothing from before it but `fork`, and nothing after it reads inside it but its output."""
+    keys = {o.key for o in run}
+    reads_after = {k for it in after for k in ([it.fork] if isinstance(it, Unit) else it.inputs)}
+    return all(set(o.inputs) <= keys | {fork} for o in run) and not (reads_after & (keys - {run[-1].key}))
 
 
 def _ancestors(ops: list[Op], index: dict, key: str, low: int) -> set[int]:
