@@ -20,7 +20,8 @@ from resgraph.frontend import check_file
 
 FAMILIES = ["torchvision:resnet18", "torchvision:resnet34", "torchvision:resnet50",
             "torchvision:resnext50_32x4d", "torchvision:wide_resnet50_2", "timm:resnet50d",
-            "torchvision:mobilenet_v3_small", "torchvision:regnet_y_400mf", "timm:seresnet50"]
+            "torchvision:mobilenet_v3_small", "torchvision:regnet_y_400mf", "timm:seresnet50",
+            "torchvision:efficientnet_b0"]
 
 
 def _macs(model: nn.Module, shape=(3, 224, 224)) -> int:
@@ -89,6 +90,17 @@ def test_a_shortcut_that_runs_first_is_written_out_and_a_stage_opens_with_anothe
     assert "  - res_bottleneck_block2: {id: trunk_output_block3, out: 208, repeat: 6, first: {block: " \
            "res_bottleneck_block, width: 26}}" in lines, text
     assert "      - add: {from: [proj_1]}" in lines and "      - conv: {in: input, out: $out, kernel: 1}" in lines
+
+
+def test_a_rate_that_grows_block_by_block_is_one_variable():
+    """torchvision's stochastic depth p = 0.2 * k / 16 in the k-th of EfficientNet-B0's 16 blocks: one
+    `vars:` step and `"$p_step * (k0 + $copy)"` per stage, so each stage is still one repeat."""
+    text = import_model("torchvision:efficientnet_b0").text
+    lines = text.splitlines()
+    assert "vars: {p_step: 0.0125}" in lines, text
+    assert '  - mbconv3: {id: features_4, width: 480, kernel: 3, p: "$p_step * (5 + $copy)", repeat: 3, first: ' \
+           '{block: mbconv2, width: 240, stride: 2, out: 80}}' in lines, text
+    assert len(lines) <= 80
 
 
 class _Unit(nn.Module):

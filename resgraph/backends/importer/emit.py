@@ -20,6 +20,8 @@ def spec_text(name: str, source: str, shape: tuple, items: list, found: dict, en
              f"input: {{shape: [{', '.join(map(str, shape))}]}}"]
     if policy:
         lines.append(f"shortcut: {policy}")
+    if steps := {b.var[a]: b.steps[a] for b in found.values() for a in b.steps}:
+        lines.append(f"vars: {_flow(steps)}")
     if defaults:
         lines += ["defaults:", *(f"  {op}: {_flow(args)}" for op, args in defaults.items())]
     if found:

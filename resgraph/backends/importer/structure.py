@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...errors import WeightsError
 from ...ops import OPS
@@ -40,6 +40,9 @@ class Block:
     args: dict[str, object]                # the block's arguments and their defaults (None: required)
     values: dict[int, dict]                # id(unit) -> its argument values
     policy: str | None = None              # the shortcut policy of its Ws (None: identity shortcuts only)
+    steps: dict = field(default_factory=dict)   # arg -> step: a rate that is step * k in the block's k-th copy
+    var: dict = field(default_factory=dict)     # arg -> the spec variable that holds its step (spec_text)
+    order: dict = field(default_factory=dict)   # id(unit) -> k: its place among all the network's units
 
 
 def signature(u: Unit) -> tuple:
@@ -56,13 +59,19 @@ def blocks(items: list, class_of, where: str) -> dict[tuple, Block]:
         if isinstance(it, Unit):
             groups.setdefault(signature(it), []).append(it)
     out, names = {}, set()
+    order = {id(u): k for k, u in enumerate(it for it in items if isinstance(it, Unit))}
     for sig, units in groups.items():
         name = _snake(class_of(units[0].scope)) or "block"
         if name in OPS or name in ("input", "residual") or name in names:
             name = _unique(name + "_block" if name in OPS else name, names)
         names.add(name)
-        out[sig] = _block(name, units, _referenced(units[0], [i for _, i, _ in sig[0]]))
+        out[sig] = _block(name, units, _referenced(units[0], [i for _, i, _ in sig[0]]), order)
         out[sig].policy = _policy(units, where)
+    taken = set()
+    for b in out.values():   # the spec variables that hold the stepped rates
+        for a in b.steps:
+            b.var[a] = _unique(f"{a}_step", taken)
+            taken.add(b.var[a])
     return out
 
 
@@ -103,7 +112,7 @@ def _unique(name: str, taken) -> str:
     return new
 
 
-def _block(name: str, units: list[Unit], ids: list) -> Block:
+def _block(name: str, units: list[Unit], ids: list, place: dict) -> Block:
     rows = [[full(o) for o in u.body] for u in units]
     vectors = {}
     for i, args in enumerate(rows[0]):
@@ -130,8 +139,21 @@ def _block(name: str, units: list[Unit], ids: list) -> Block:
         ref = ("$", names[v], 1) if v in names else ("$", names[base[v][0]], *base[v][1:])
         for s in ss:
             slots[s] = ref
-    values = {id(u): {names[v]: v[n] for v in names} for n, u in enumerate(units)}
-    return Block(name, units, ids, slots, args, values)
+    ks = [place[id(u)] for u in units]
+    steps = {names[v]: step for v in names if (step := _step(v, ks))}
+    values = {id(u): {names[v]: v[n] for v in names if names[v] not in steps} for n, u in enumerate(units)}
+    return Block(name, units, ids, slots, args, values, steps=steps, order=place)
+
+
+def _step(v: tuple, ks: list) -> float | None:
+    """The step of a float argument that is step * k in the network's k-th block (k counts every
+    block, in execution order): the stochastic-depth rate of torchvision's ConvNeXt and EfficientNet
+    (p = 0.1 * k / 17). None where the argument is anything else."""
+    if len(v) < 3 or not all(type(x) is float for x in v) or not any(ks):
+        return None
+    step = next(x / k for x, k in zip(v, ks, strict=True) if k)
+    ok = step > 0 and all(abs(x - k * step) <= 1e-9 * max(abs(x), step) for x, k in zip(v, ks, strict=True))
+    return step if ok else None
 
 
 def _based(v: tuple, roots: list) -> tuple | None:
@@ -164,6 +186,9 @@ def entries(items: list, found: dict[tuple, Block], where: str = "model") -> lis
         vals0 = b0.values[id(it)]
         rest = b.values[id(items[i + n - 1])]
         first = {**({"block": b0.name} if b0 is not b else {}), **{k: v for k, v in vals0.items() if rest.get(k) != v}}
+        mine = [u for u in items[i:i + n] if any(u is x for x in b.units)]
+        rest = {**rest, **_stepped(b, mine, n > 1, int(b0 is not b))}
+        first.update(_stepped(b0, [it], False) if b0 is not b else {})
         parent, _, idx = it.scope.rpartition(".")
         sibling = n == 1 and i + 1 < len(items) and _scope(items[i + 1]).startswith(parent + ".")
         stage = re.sub(r"\W", "_", parent) if re.fullmatch(r"(.*\D)?0", idx) and parent and not sibling else None
@@ -172,6 +197,16 @@ def entries(items: list, found: dict[tuple, Block], where: str = "model") -> lis
         i += n
     out, edges = wire(items, out, where)
     return [(*e, w) for e, w in zip(out, edges, strict=True)]
+
+
+def _stepped(b: Block, copies: list, repeat: bool, offset: int = 0) -> dict:
+    """The call's value of each stepped argument: `"$p_step * (5 + $copy)"` over a repeat whose copy 0
+    is the block's copy 5 (`offset`: the repeat's copies before the first of this block), `"$p_step * 5"`
+    for one call."""
+    if not copies or not b.steps:
+        return {}
+    k = b.order[id(copies[0])] - offset
+    return {a: f"${b.var[a]} * ({k} + $copy)" if repeat else f"${b.var[a]} * {k}" for a in b.steps}
 
 
 def wire(items: list, out: list[tuple], where: str) -> list[dict]:
