@@ -66,13 +66,13 @@ def _user_model(source: str) -> nn.Module:
 
 
 def import_model(source, name: str | None = None, input_shape: tuple | None = None, seed: int = 0) -> Imported:
-    """The spec and weights for `source` (a SOURCES string, an .onnx file, or an nn.Module), verified;
-    writes nothing."""
+    """The spec and weights for `source` (a SOURCES string, an .onnx file, or an nn.Module, which is put
+    in eval mode: traced and compared as inference runs it), verified; writes nothing."""
     if isinstance(source, str) and source.endswith(".onnx"):
         from .onnx_import import import_onnx
         text, checked, model, module, report = import_onnx(source, name, input_shape)
         return Imported(text, checked, model, source, module, report)
-    model = source if isinstance(source, nn.Module) else load_source(source, seed)
+    model = source.eval() if isinstance(source, nn.Module) else load_source(source, seed)   # as inference runs it
     where = source if isinstance(source, str) else type(model).__name__
     name = name or (where.rpartition(":")[2] if isinstance(source, str) else where)
     ops, start = trace(model, where)
