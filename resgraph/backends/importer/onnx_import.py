@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ...errors import WeightsError
+from ...ops import OPS
 from .emit import spec_text
 from .onnx_trace import read, trace_onnx
 from .structure import blocks, entries
@@ -59,7 +60,7 @@ def _verified(text: str, path: str, name: str, shape: tuple, ops: list, tensors:
         raise WeightsError.at(path, f"the written spec has {checked.params:,} parameters, the model {theirs:,}",
                               "a part of the model that resgraph import does not rebuild; nothing was written")
     module = to_torch(checked.graph, init=False).eval()
-    state = _state(checked.graph, ops, tensors, path)
+    state = _state(checked.graph, ops, tensors, path, {k: tuple(v.shape) for k, v in module.state_dict().items()})
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     assert not missing and not unexpected, (missing, unexpected)
@@ -72,18 +73,23 @@ def _verified(text: str, path: str, name: str, shape: tuple, ops: list, tensors:
     return text, checked, model, module, report
 
 
-def _state(graph, ops: list, tensors: dict, where: str) -> dict:
+def _state(graph, ops: list, tensors: dict, where: str, shapes: dict) -> dict:
     """The file's tensors under the spec's names: each node with parameters takes the op of its own
-    path, else the next unused op of its kind (in graph order), whose shapes must agree."""
+    path, else the next unused op of its kind (in graph order) whose tensors have the module's shapes
+    (a projection that the file computes before the body, the spec after it, still pairs)."""
     by_path = {o.path: o for o in ops if tensors.get(o.key)}
     queue = [o for o in ops if tensors.get(o.key)]
     used, state = set(), {}
+
+    def fits(o) -> bool:
+        return o.key not in used and o.op == node.op and \
+            all(shapes.get(f"{node.path}.{k}") == tuple(a.shape) for k, a in tensors[o.key].items())
     for node in graph.nodes:
-        if node.op not in ("conv", "linear", "bn"):
+        if node.op not in OPS or OPS[node.op].init is None:   # the input, or an op without parameters
             continue
         o = by_path.get(node.path)
-        if o is None or o.op != node.op or o.key in used:
-            o = next((x for x in queue if x.key not in used and x.op == node.op), None)
+        if o is None or not fits(o):
+            o = next((x for x in queue if fits(x)), None)
         if o is None:
             raise WeightsError.at(where, f"no tensors in the file for '{node.path}' ({node.op})",
                                   "nothing was written")
@@ -97,8 +103,9 @@ def _compare(path: str, module, shape: tuple) -> tuple[float, float]:
     """The largest absolute difference of the two models' first outputs on one normal random input, and
     the largest absolute output (deep untrained nets output thousands: float32 rounding scales with it)."""
     import onnxruntime as ort
-    x = np.random.default_rng(0).standard_normal((2, *shape)).astype(np.float32)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    batch = sess.get_inputs()[0].shape[0]   # a file exported without a dynamic batch takes its own
+    x = np.random.default_rng(0).standard_normal((batch if isinstance(batch, int) else 2, *shape)).astype(np.float32)
     theirs = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     with torch.no_grad():
         ours = module(torch.from_numpy(x))

@@ -162,6 +162,8 @@ def _policy(side: list[Op], where: str, key: str) -> str | None:
         and conv.args.get("padding", "same") in ("same", "valid", 0)
     if not side:
         return None
+    if kinds == ["zeropad"]:   # option A: every s-th pixel, zero channels (ONNX: Slice + Pad, onnx_patterns.py)
+        return "zeropad"
     if one and kinds == ["conv"]:   # with a bias where the spec's convs have one (a folded projection)
         return "conv"
     if kinds == ["linear"] and side[0].args.get("bias") is False:
