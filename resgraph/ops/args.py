@@ -38,7 +38,7 @@ class Arg:
             return _bounded(self, name, value)
         if k == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
-                raise ArgError(f"'{name}' must be a finite number, got {_show(value)}", _range_hint(self) or "e.g. 0.001")
+                raise ArgError(f"'{name}' must be a finite number, got {_show(value)}", _float_hint(self, value))
             return _bounded(self, name, float(value))
         if k == "bool":
             if not isinstance(value, bool):
@@ -68,6 +68,19 @@ class Arg:
                 raise ArgError(f"'{name}' must be a list of ids, got {_show(value)}", "for example: from: [input] or from: [stem, layer1]")
             return tuple(value)
         raise AssertionError(f"unknown arg kind {k}")
+
+
+def _float_hint(arg, value) -> str:
+    """YAML 1.1 reads `1e-6` (no dot) as a string: say how to write it as a number."""
+    if isinstance(value, str):
+        try:
+            if _finite(float(value)):
+                mant, _, exp = repr(float(value)).partition("e")
+                mant = mant if "." in mant else mant + ".0"
+                return f"YAML reads {value} as text: write it with a dot, {mant}" + (f"e{int(exp):+d}" if exp else "")
+        except ValueError:
+            pass
+    return _range_hint(arg) or "e.g. 0.001"
 
 
 def _finite(v) -> bool:

@@ -11,7 +11,8 @@ Back ends (name: what it runs)
     torch-cuda   the PyTorch module rebuilt from spec.yaml + weights.safetensors, on the GPU
     ort-cpu      model.onnx on ONNX Runtime's CPU execution provider
     torch-cpu    the PyTorch module on the CPU
-`auto` takes the first usable one in AUTO_ORDER (fastest first) and says why the others were passed
+`auto` takes the first usable one in AUTO_ORDER (a fixed order, the one expected to be fastest, not
+measured: `bench --backend all` measures) and says why the others were passed
 over; `ort` / `onnxruntime` and `torch` take that package's GPU form where usable, else its CPU one.
 Probing imports nothing heavy: a back end's package is imported when that back end is opened
 (torch only where an NVIDIA GPU is visible), so the ONNX Runtime path runs without torch.
