@@ -20,7 +20,9 @@ from ...ops.table import check_lowerings, tensors
 from .writer import initializer_header
 
 DEFAULT_OPSET = 17
-OPSETS = range(17, 22)
+OPSETS = range(13, 22)   # docs/onnx.md: which runtimes read which
+# ops whose lowering depends on the opset: from this opset one ONNX op, below it an exact decomposition
+SINGLE_OP_FROM = {"hardswish": 14, "layernorm": 17, "gelu": 20, "groupnorm": 21}
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -102,8 +104,11 @@ def _per_channel(b, n, name: str) -> str:
 
 def layernorm(b, n, xs):
     """LayerNormalization normalises trailing axes; over the channels of a map that is the last
-    axis of [N, H, W, C], so maps go there and back (as torchvision's LayerNorm2d permutes)."""
+    axis of [N, H, W, C], so maps go there and back (as torchvision's LayerNorm2d permutes).
+    Below opset 17, which has no LayerNormalization, its exact decomposition (`_layernorm_parts`)."""
     eps = float(n.args["eps"])
+    if b.opset < SINGLE_OP_FROM["layernorm"]:
+        return _layernorm_parts(b, n, xs[0], eps)
     if len(n.shape) == 1:
         return b.op("LayerNormalization", [xs[0], b.param(n, "weight"), b.param(n, "bias")], n.path, axis=-1, epsilon=eps)
     t = b.op("Transpose", xs, f"{n.path}/nhwc", perm=[0, 2, 3, 1])
@@ -111,11 +116,37 @@ def layernorm(b, n, xs):
     return b.op("Transpose", [t], n.path, perm=[0, 3, 1, 2])
 
 
+def _layernorm_parts(b, n, x: str, eps: float) -> str:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the channel axis (1, of [N, C] or
+    [N, C, H, W]: no transposes needed), var the biased variance, as PyTorch's LayerNorm and
+    ONNX's own function body for LayerNormalization. In fp16 the statistics are taken in fp32 (a
+    Cast each way), as LayerNormalization's default stash_type does."""
+    p, fp16 = n.path, b.dtype == np.float16
+    if fp16:
+        x = b.op("Cast", [x], f"{p}/fp32", to=TensorProto.FLOAT)
+    mean = reduce_mean(b, x, [1], f"{p}/mean")
+    d = b.op("Sub", [x, mean], f"{p}/centred")
+    var = reduce_mean(b, b.op("Mul", [d, d], f"{p}/squared"), [1], f"{p}/var")
+    std = b.op("Sqrt", [b.op("Add", [var, b.const(f"const.eps{eps!r}", eps, np.float32)], f"{p}/var_eps")], f"{p}/std")
+    t = b.op("Div", [d, std], f"{p}/normed")
+    if fp16:
+        t = b.op("Cast", [t], f"{p}/normed_fp16", to=TensorProto.FLOAT16)
+    t = b.op("Mul", [t, _per_channel(b, n, "weight")], f"{p}/scale")
+    return b.op("Add", [t, _per_channel(b, n, "bias")], p)
+
+
+def reduce_mean(b, x: str, axes: list[int], out: str) -> str:
+    """ReduceMean keeping the reduced axes, in the form of opsets 13 to 17 (`axes` an attribute;
+    from 18 it is an input): only layernorm below 17 uses it."""
+    assert b.opset < 18, b.opset
+    return b.op("ReduceMean", [x], out, axes=axes, keepdims=1)
+
+
 def groupnorm(b, n, xs):
     """GroupNormalization from opset 21 (whose scale and bias are per channel, as PyTorch's; opset
     18's were per group). Below: InstanceNormalization over [N, G, C/G * H * W], then the affine."""
     g, eps, p = n.args["groups"], float(n.args["eps"]), n.path
-    if b.opset >= 21:
+    if b.opset >= SINGLE_OP_FROM["groupnorm"]:
         # onnx (1.23) infers no shape through this function op: declare the IR's, so inference goes on
         # past it and check.py still compares every later tensor (parity tests check this one's values)
         b.declared[p] = n.shape
@@ -125,6 +156,8 @@ def groupnorm(b, n, xs):
     t = b.op("InstanceNormalization", [t, b.const(f"const.ones{g}", np.ones(g)), b.const(f"const.zeros{g}", np.zeros(g))],
              f"{p}/norm", epsilon=eps)
     t = b.op("Reshape", [t, b.op("Shape", xs, f"{p}/shape")], f"{p}/ungrouped")
+    if b.opset < 14:   # onnx's Reshape-13 shape inference does not read a shape that Shape computes
+        b.declared[t] = n.shape
     t = b.op("Mul", [t, _per_channel(b, n, "weight")], f"{p}/scale")
     return b.op("Add", [t, _per_channel(b, n, "bias")], p)
 
@@ -156,7 +189,7 @@ def relu6(b, n, xs):
 
 
 def gelu(b, n, xs):
-    if b.opset >= 20:
+    if b.opset >= SINGLE_OP_FROM["gelu"]:
         return b.op("Gelu", xs, n.path)
     # 0.5 * x * (1 + erf(x / sqrt(2))), PyTorch's exact gelu
     p = n.path
@@ -170,6 +203,13 @@ def gelu(b, n, xs):
 def silu(b, n, xs):
     s = b.op("Sigmoid", xs, f"{n.path}/sigmoid")
     return b.op("Mul", [xs[0], s], n.path)
+
+
+def hardswish(b, n, xs):
+    """HardSwish from opset 14; below, its definition: x * HardSigmoid(x) (alpha 1/6, beta 0.5)."""
+    if b.opset >= SINGLE_OP_FROM["hardswish"]:
+        return b.op("HardSwish", xs, n.path)
+    return b.op("Mul", [xs[0], b.op("HardSigmoid", xs, f"{n.path}/gate", alpha=1 / 6, beta=0.5)], n.path)
 
 
 def leaky_relu(b, n, xs):
@@ -265,7 +305,7 @@ def zeropad(b, n, xs):
 LOWER = {
     "conv": conv, "conv_transpose": conv_transpose, "bn": bn, "linear": linear,
     "relu": simple("Relu"), "relu6": relu6, "sigmoid": simple("Sigmoid"), "tanh": simple("Tanh"), "gelu": gelu,
-    "silu": silu, "leaky_relu": leaky_relu, "hardswish": simple("HardSwish"),
+    "silu": silu, "leaky_relu": leaky_relu, "hardswish": hardswish,
     "hardsigmoid": simple("HardSigmoid", alpha=1 / 6, beta=0.5),   # PyTorch's: relu6(x + 3) / 6
     "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": simple("Identity"), "mul": mul, "maxpool": maxpool, "avgpool": avgpool,
     "global_avgpool": simple("GlobalAveragePool"), "flatten": flatten, "dropout": simple("Identity"),
