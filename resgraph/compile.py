@@ -60,6 +60,7 @@ class Plan:
     fold: bool
     seed: int
     quant: object = None         # quant.pipeline.QuantOptions: precision int8
+    contract: object = None      # backends.onnx.contract.Contract: what the model takes and gives
 
 
 @dataclass
@@ -77,12 +78,12 @@ class Weights:
 def compile_spec(spec_path: str, weights: str | None = None, out: str | None = None, precision: str = "fp32",
                  opset: int | None = None, fold: bool = True, seed: int = 0, external_data: bool = False,
                  progress=None, engine=None, engine_device: int = 0, gate=None, verbose: bool = False,
-                 quant=None) -> Compiled:
-    """`engine`: BuildOptions of a TensorRT engine built from the staged model; `gate(staged folder)` may
-    refuse the set before it is published; `quant` (QuantOptions): int8 (see the module docstring)."""
+                 quant=None, contract=None) -> Compiled:
+    """`engine`: BuildOptions of a TensorRT engine; `gate(staged folder)` may refuse the set before it is
+    published; `quant` (QuantOptions): int8; `contract` (onnx.contract.Contract): --input, --output."""
     step, clock = progress or (lambda name, *counts: None), Clock()
     step("checking the spec")
-    plan = prepare(spec_path, out, precision, opset, fold, seed, engine, quant, external_data)
+    plan = prepare(spec_path, out, precision, opset, fold, seed, engine, quant, external_data, contract)
     clock("check")
     stage = open_stage(plan.out)
     pool = ThreadPoolExecutor(2, thread_name_prefix="resgraph-compile")   # copying and hashing the checkpoint
@@ -94,10 +95,7 @@ def compile_spec(spec_path: str, weights: str | None = None, out: str | None = N
         igraph, iw = inference(plan, w)
         clock("passes")
         manifest = describe(plan, w)
-        if plan.quant is None:
-            (model, big), s8 = lower_onnx(plan, igraph, iw, manifest, weights or spec_path, step), None
-        else:   # calibrate, then the two int8 encodings, gated
-            manifest, model, s8, big = *quantize(plan, igraph, iw, manifest, step), {}
+        manifest, model, big, s8 = models(plan, igraph, iw, manifest, weights or spec_path, step)
         del iw
         clock("onnx")
         step("writing artifacts")
@@ -194,7 +192,7 @@ class Clock:
 
 
 def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, fold: bool, seed: int,
-            engine, quant=None, external_data: bool = False) -> Plan:
+            engine, quant=None, external_data: bool = False, contract=None) -> Plan:
     """Check the spec and every option before any work: the opset, the precision, the engine's
     precision on the TensorRT there is, the output path (a folder, its parent creatable)."""
     from .backends.onnx import DEFAULT_OPSET, OPSETS
@@ -210,6 +208,9 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
         raise OptionError.at("--precision", f"unknown precision '{precision}'",
                              "fp32, fp16 or int8 (tf32 and bf16: with --engine)")
     _check_int8(precision, quant, external_data, checked)
+    from .backends.onnx.contract import Contract, check
+    contract = contract or Contract()
+    check(contract, io_infos(checked)[0], checked.spec.preprocess, checked.spec.name)
     if engine is not None:   # a profile the model takes (--shapes), TensorRT present, the precision buildable on it
         from .backends.tensorrt.build import import_tensorrt
         from .backends.tensorrt.options import typing_plan, version_tuple
@@ -226,7 +227,7 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
     except OSError as e:
         raise PathError.at(parent, f"cannot create the output folder: {e.strerror}",
                            "choose a writable place with -o") from None
-    return Plan(spec_path, checked, out, precision, opset, fold, seed, quant)
+    return Plan(spec_path, checked, out, precision, opset, fold, seed, quant, contract)
 
 
 def _check_int8(precision: str, quant, external_data: bool, checked) -> None:
@@ -255,6 +256,33 @@ def quantize(plan: Plan, igraph, iw: dict, manifest: Manifest, step) -> tuple[Ma
     u8, s8, q = quantize_graph(igraph, iw, manifest, plan.quant, plan.opset, onnx_metadata(manifest), dims,
                                lambda what, done, total: step(f"{what} {bar(done, total)} {done:,}/{total:,}"))
     return replace(manifest, quantization=q), u8, s8
+
+
+def models(plan: Plan, igraph, iw: dict, manifest: Manifest, where: str, step) -> tuple:
+    """(manifest, model.onnx's model, its streamed initializers, model.s8.onnx's model or None): lowered,
+    or calibrated and quantised (two int8 encodings, gated), then put behind the contract."""
+    if plan.quant is None:
+        (model, big), s8 = lower_onnx(plan, igraph, iw, manifest, where, step), None
+    else:
+        manifest, model, s8, big = *quantize(plan, igraph, iw, manifest, step), {}
+    return under_contract(plan, manifest, model, big, s8), model, big, s8
+
+
+def under_contract(plan: Plan, manifest: Manifest, model, big: dict, s8=None) -> Manifest:
+    """The models (model.onnx, and model.s8.onnx for int8) put behind --input/--output in place, checked;
+    the manifest's inputs and outputs say what they now take and give."""
+    if plan.contract.default:
+        return manifest
+    import onnx
+
+    from .backends.onnx.check import skeleton
+    from .backends.onnx.contract import apply, infos
+    ins, outs = infos(plan.contract, manifest.inputs, manifest.outputs)
+    for m in (model, s8):
+        if m is not None:
+            apply(m, plan.contract, ins, outs, manifest.preprocess)
+            onnx.checker.check_model(skeleton(m, big if m is model else None), full_check=True)
+    return replace(manifest, input=ins[0], output=outs[0], inputs=ins, outputs=outs)
 
 
 def bar(done: int, total: int, width: int = 24) -> str:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import ArtifactError, PathError
 
-FORMAT = 3   # manifest.json's format; bump on any change a reader must know about
+FORMAT = 4   # manifest.json's format; bump on any change a reader must know about (4: input dtypes and layouts)
 # 2: "inputs", "outputs" (every one, "input"/"output" their first) and "sizes" (size variables)
 # 3: "quantization" (precision int8: how it was calibrated, which model file each back end reads, the
 #    accuracy gate's figures, the CPU the gate ran on); model.s8.onnx
@@ -35,12 +35,24 @@ ARTIFACTS = ("weights.safetensors", "spec.yaml", "model.onnx.data", "model.onnx"
 S8_BACKENDS = ("tensorrt", "ort-trt")
 
 
+DTYPES = ("float32", "float16", "uint8")   # what an input or output of a compiled model may be
+KSERVE = {"float32": "FP32", "float16": "FP16", "uint8": "UINT8"}   # their names in Triton's protocol
+LAYOUTS = ("nchw", "nhwc")
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
-    shape: tuple          # ("batch", C, H, W) or ("batch", F); H, W may be symbolic: a size
-    #                       variable's name for an input ("H"), an expression of it for an output
-    dtype: str = "float32"
+    shape: tuple          # ("batch", C, H, W) ("batch", H, W, C) in nhwc, or ("batch", F); H, W may be symbolic:
+    #                       a size variable's name for an input ("H"), an expression of it for an output
+    dtype: str = "float32"   # or float16, or uint8: raw pixels, normalised by the model (compile --input)
+    layout: str = "nchw"     # nhwc: an image input channels-last, as a decoder gives it
+
+    @property
+    def chw(self) -> tuple:
+        """The sample shape channels first, whatever the layout: what a preprocess makes."""
+        s = self.sample_shape
+        return (s[2], s[0], s[1]) if self.layout == "nhwc" else s
 
     @property
     def sample_shape(self) -> tuple:
@@ -57,11 +69,20 @@ class TensorInfo:
         return tuple(d if isinstance(d, int) else evaluate_dim(d, sizes) for d in self.sample_shape)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
+                **({"layout": self.layout} if self.layout != "nchw" else {})}
 
     @classmethod
     def from_json(cls, d: dict) -> "TensorInfo":
-        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]))
+        return cls(str(d["name"]), tuple(d["shape"]), str(d["dtype"]), str(d.get("layout", "nchw")))
+
+
+def scale_shift(c: int, preprocess: dict) -> tuple:
+    """[C] float32 scale and shift, x * scale + shift = (x / 255 - mean) / std: a uint8 model's first nodes."""
+    import numpy as np
+    mean = np.asarray(preprocess.get("mean") or [0.0] * c, np.float64)
+    std = np.asarray(preprocess.get("std") or [1.0] * c, np.float64)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -298,6 +319,10 @@ class Manifest:
                 return f"{t.name}'s shape {list(t.shape)} names a size variable the manifest does not have"
             if not dims or len(dims) > 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in dims):
                 return f"{t.name}'s shape {list(t.shape)} is not [batch, C, H, W] or [batch, F] of positive integers"
+            if t.dtype not in DTYPES or t.layout not in LAYOUTS or (t.layout == "nhwc" and len(dims) != 3):
+                return f"{t.name} is {t.dtype} {t.layout}, which no compile writes"
+            if t.layout == "nhwc":
+                dims = (dims[2], dims[0], dims[1])
             if dims[0] > MAX_CHANNELS or any(v > MAX_SPATIAL for v in dims[1:]) or math.prod(dims) > MAX_ELEMENTS:
                 return (f"{t.name}'s shape {list(t.shape)} is beyond the spec language's limits ({MAX_CHANNELS:,} "
                         f"channels, {MAX_SPATIAL:,} pixels a side, {MAX_ELEMENTS:,} elements a sample)")

@@ -150,7 +150,7 @@ def test_compile_spec_reads_as_its_steps():
     fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "compile_spec")
     assert fn.end_lineno - fn.lineno + 1 <= 40
     called = {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-    assert {"prepare", "load", "inference", "lower_onnx", "write", "build_engine", "publish"} <= called, called
+    assert {"prepare", "load", "inference", "models", "write", "build_engine", "publish"} <= called, called
 
 
 @pytest.mark.parametrize("name", ["tensorrt", "triton", "torch", "onnx", "onnxruntime", "cuda", "timm"])

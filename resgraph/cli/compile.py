@@ -25,7 +25,13 @@ REQUIRES = (
               show_default=True,
               help="fp16: fp16 weights and compute, fp32 input and output. int8: calibrated Q/DQ (with --calibrate; "
                    "docs/int8.md). tf32, bf16: engine precisions (with --engine; model.onnx stays fp32).")
-@click.option("--opset", type=int, default=None, help="ONNX opset, 17 to 21 [default: 17].")
+@click.option("--opset", type=int, default=None, help="ONNX opset, 13 to 21 [default: 17].")
+@click.option("--input", "input_", type=click.Choice(["fp32", "fp16", "uint8-nchw", "uint8-nhwc"]), default="fp32",
+              show_default=True,
+              help="What the model takes: uint8-nhwc/-nchw: raw pixels after the client's resize and crop, the "
+                   "preprocess's scale, mean and std the graph's first nodes; fp16: half the bytes of fp32 (docs/deploy.md).")
+@click.option("--output", "output_", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="What the model gives: fp16 casts every output last.")
 @click.option("--no-fold", is_flag=True, help="Keep batch norms instead of folding them into the layer before.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh init when no --weights, and of the calibration sample.")
 @click.option("--external-data", is_flag=True,
@@ -35,12 +41,13 @@ REQUIRES = (
                                              "against ONNX Runtime and PyTorch; see docs/tensorrt.md.")
 @engine_options
 @quant_options
-def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_data, engine, engine_device,
+def compile_cmd(spec, weights, out, precision, opset, input_, output_, no_fold, seed, external_data, engine, engine_device,
                 no_parity_gate, verbose, calibrate, calibration_samples, calibration_method, percentile, keep_float,
                 eval_set, min_accuracy, min_agreement, min_sqnr, no_gate, **flags):
     """Compile SPEC to ONNX: model.onnx, weights.safetensors and manifest.json (and model.onnx.data with
     --external-data; model.engine and engine.json with --engine), written atomically."""
     def body():
+        from ..backends.onnx.contract import Contract
         from ..backends.tensorrt.options import from_flags
         from ..compile import compile_spec
         from ..render import console
@@ -53,7 +60,7 @@ def compile_cmd(spec, weights, out, precision, opset, no_fold, seed, external_da
             c = compile_spec(spec, weights=weights, out=out, precision=precision if precision in ("fp16", "int8") else "fp32",
                              opset=opset, fold=not no_fold, seed=seed, external_data=external_data,
                              progress=lambda s, *_: status.update(s), engine=build, engine_device=engine_device,
-                             gate=gate, verbose=verbose, quant=quant)
+                             gate=gate, verbose=verbose, quant=quant, contract=Contract(input_, output_))
         _print_compiled(c, weights, seed)
     run(body)
 
@@ -62,8 +69,10 @@ def _print_compiled(c, weights, seed) -> None:
     m = c.manifest
     untrained = "" if m.trained else (f"  (untrained: fresh init, seed {seed})" if not weights
                                          else "  (untrained: the checkpoint is marked so by resgraph init)")
+    io = "" if (m.input.dtype, m.output.dtype) == ("float32", "float32") else \
+        f", takes {m.input.dtype} {m.input.layout} {list(m.input.sample_shape)}, gives {m.output.dtype}"
     click.echo(f"compiled {m.name} -> {c.out}/  {m.precision}, opset {m.opset}, "
-               f"{'folded' if m.folded else 'unfolded'} bn, {c.seconds['total']:.2f} s{untrained}")
+               f"{'folded' if m.folded else 'unfolded'} bn{io}, {c.seconds['total']:.2f} s{untrained}")
     for name, info in m.artifacts.items():
         if name not in ("model.engine", "engine.json"):
             click.echo(f"  {name:<20} {info.bytes:>12,} bytes  sha256 {info.sha256[:16]}")

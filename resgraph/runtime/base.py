@@ -74,7 +74,7 @@ class Session:
         device it is the session's page-locked staging memory, which run() then sends to the GPU as is
         (no copy into it first); elsewhere a plain array. Valid until the next call. `shape`: the
         sample's shape where the model has size variables."""
-        return np.empty((n, *(shape or self.input_shape)), np.float32)
+        return np.empty((n, *(shape or self.input_shape)), self.manifest.input.dtype)
 
     def sample_shape(self, sizes: dict | None = None) -> tuple[int, ...]:
         """The first input's sample shape, with the size variables at `sizes` (default: the largest
@@ -97,17 +97,17 @@ class Session:
         return f"{self.backend} on {self.device}, {self.precision}"
 
     def check_batch(self, x: np.ndarray) -> np.ndarray:
-        """The batch every back end accepts: [N, *input shape] float32, C-contiguous."""
+        """The batch every back end accepts: [N, *input shape] in the input's dtype, C-contiguous."""
         if self.sizes:
             return self.check_feeds({self.input_name: x})[self.input_name]
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = as_dtype(x, self.manifest.input)
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise DataError.at(self.input_name, f"a batch of shape {list(x.shape)}, but the model takes "
                                f"[N, {', '.join(map(str, self.input_shape))}]", "stack samples along a first axis")
         return x
 
     def check_feeds(self, feeds: dict) -> dict:
-        """Every input, as every back end takes it: float32, C-contiguous, one batch size, each
+        """Every input, as every back end takes it: its dtype, C-contiguous, one batch size, each
         fixed dim the model's, each size variable one valid size across all inputs."""
         return check_feeds(self.inputs, self.sizes, feeds)
 
@@ -116,6 +116,26 @@ class Session:
         sizes = feed_sizes(self.inputs, feeds)
         n = next(iter(feeds.values())).shape[0]
         return {t.name: (n, *t.at(sizes)) for t in self.outputs}
+
+
+def as_dtype(x, t) -> np.ndarray:
+    """A batch for input `t` in its dtype, C-contiguous. Numbers convert to a float input's dtype; a
+    uint8 input (raw pixels, normalised in the graph) takes uint8 only: floats fed to it are most
+    likely already normalised, and casting them would silently give wrong answers."""
+    x = np.asarray(x)
+    if t.dtype == "uint8" and x.dtype != np.uint8:
+        raise DataError.at(t.name, f"{x.dtype} values, but {t.name} takes uint8 raw pixels "
+                           f"[N, {', '.join(map(str, t.sample_shape))}] (the model scales and normalises them itself)",
+                           "send the image's pixels as uint8 after resizing and cropping, without normalising them")
+    return np.ascontiguousarray(x, dtype=t.dtype)
+
+
+def random_batch(rng, shape: tuple, dtype: str) -> np.ndarray:
+    """Random samples as an input takes them (bench, parity): uniform raw pixels for a uint8 input (the
+    model normalises them), standard normal ones (the normalised input space) for a float input."""
+    if dtype == "uint8":
+        return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
 
 
 def feed_sizes(inputs, feeds: dict) -> dict:
@@ -137,7 +157,7 @@ def check_feeds(inputs, sizes: dict, feeds: dict) -> dict:
                            "feed every input by its name")
     out, seen, batch = {}, {}, None
     for t in inputs:
-        x = np.ascontiguousarray(feeds[t.name], dtype=np.float32)
+        x = as_dtype(feeds[t.name], t)
         want = t.sample_shape
         shown = "[N, " + ", ".join(map(str, want)) + "]"
         if x.ndim != len(want) + 1 or any(isinstance(d, int) and d != got for d, got in zip(want, x.shape[1:])):
@@ -174,7 +194,7 @@ def checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
     from ..errors import ArtifactError
     from .preprocess import FITS, PIL_FILTERS
     where = os.path.join(folder, "manifest.json")
-    shape_in, shape_out = manifest.input.sample_shape, manifest.output.sample_shape   # bounded: Manifest.from_json
+    shape_in, shape_out = manifest.input.chw, manifest.output.sample_shape   # bounded: Manifest.from_json
     pre = manifest.preprocess
     for k in ("mean", "std"):
         v = pre.get(k)
@@ -198,7 +218,8 @@ def checked_preprocess(manifest: Manifest, folder: str) -> Preprocess:
                                                for t in manifest.outputs):   # a vector's classes, or a map's channels
         raise ArtifactError.at(where, f"{len(manifest.labels)} labels for an output of shape {list(shape_out)}",
                                "recompile: resgraph compile SPEC -o FOLDER")
-    return Preprocess.from_json(pre, shape_in, manifest.sizes)
+    raw = manifest.input.layout if manifest.input.dtype == "uint8" else None   # the graph normalises
+    return Preprocess.from_json(pre, shape_in, manifest.sizes, raw)
 
 
 @dataclass(frozen=True)

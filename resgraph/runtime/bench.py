@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .base import random_batch
+
 NOISY_CV = 0.10   # latencies varying more than this (std / mean) make a figure worth rerunning
 
 
@@ -101,17 +103,17 @@ def time_runs(session, run, x, duration: float, warmup: float,
 
 
 def workload(session, batch: int, sizes: dict | None, seed: int):
-    """(the call bench times, its argument): random standard normal inputs (the normalised input
-    space) at `sizes`. One input and one output: run() on the back end's own staging buffer; else
+    """(the call bench times, its argument): random inputs at `sizes` (base.random_batch: standard normal
+    ones, the normalised input space; raw pixels for a uint8 input). One input and one output: run() on the back end's own staging buffer; else
     run_all() on a batch of every input."""
     rng = np.random.default_rng(seed)
     if len(session.inputs) == 1 and len(session.outputs) == 1:
         # the back end's staging memory where it has some: no extra copy
         x = session.input_buffer(batch, session.sample_shape(sizes)) if session.sizes else session.input_buffer(batch)
-        x[...] = rng.standard_normal(x.shape, dtype=np.float32)
+        x[...] = random_batch(rng, x.shape, x.dtype.name)
         return session.run, x
     full = session.default_sizes(sizes)
-    return session.run_all, {t.name: rng.standard_normal((batch, *t.at(full)), dtype=np.float32) for t in session.inputs}
+    return session.run_all, {t.name: random_batch(rng, (batch, *t.at(full)), t.dtype) for t in session.inputs}
 
 
 def shape_label(sample_shape: tuple) -> str | None:

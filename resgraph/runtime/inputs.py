@@ -68,14 +68,16 @@ class Feeder:
     """How one model's samples are read: its preprocess (the first input's), every input's (name,
     sample shape), and whether samples keep their Geometry (what drawing a class map needs)."""
 
-    def __init__(self, pre: Preprocess, inputs, geometry: bool = False):
+    def __init__(self, pre: Preprocess, inputs, geometry: bool = False, dtypes: dict | None = None):
         self.pre, self.inputs, self.geometry = pre, tuple(inputs), geometry
         self.names = [n for n, _ in self.inputs]
+        self.dtypes = {n: (dtypes or {}).get(n, "float32") for n in self.names}   # a uint8 input: raw pixels
         self.image_input = self.names[0] if len(self.inputs) == 1 and pre.takes_images else None
 
     @classmethod
     def of(cls, session, geometry: bool = False) -> "Feeder":
-        return cls(session.preprocess, ((t.name, t.sample_shape) for t in session.inputs), geometry)
+        return cls(session.preprocess, ((t.name, t.sample_shape) for t in session.inputs), geometry,
+                   {t.name: t.dtype for t in session.inputs})
 
     def load(self, item: Item) -> Sample:
         """One item as a Sample; InputError if it cannot be used."""
@@ -87,12 +89,12 @@ class Feeder:
             return Sample({self.image_input: x}, geometry, (x.shape,))
         names = self.names
         if low.endswith(".npz"):
-            return _tensors(_npz(item.path, self.inputs, self.pre.sizes))
+            return _tensors(_npz(item.path, self.inputs, self.pre.sizes, self.dtypes))
         if len(self.inputs) > 1:
             raise InputError(f"this model takes {len(names)} inputs ({', '.join(names)}): give .npz files holding "
                              f"one sample of each by name (numpy.savez(FILE, {'=..., '.join(names)}=...))")
         if low.endswith(".npy"):
-            return _tensors({names[0]: _npy(item, self.pre.shape, self.pre.sizes)})
+            return _tensors({names[0]: _npy(item, self.inputs[0][1], self.pre.sizes, self.dtypes[names[0]])})
         raise InputError(f"this model's input is {show(self.pre.shape)}, not an image: give .npy files of that shape")
 
 
@@ -183,7 +185,7 @@ def load(item: Item, pre: Preprocess) -> np.ndarray:
     return pre.file(item.path)
 
 
-def _npy(item: Item, shape: tuple, sizes: dict | None = None) -> np.ndarray:
+def _npy(item: Item, shape: tuple, sizes: dict | None = None, dtype: str = "float32") -> np.ndarray:
     regular_file(item.path)
     npy_shape(item.path)   # the header held to the file before numpy maps anything
     try:
@@ -199,15 +201,19 @@ def _npy(item: Item, shape: tuple, sizes: dict | None = None) -> np.ndarray:
     if not _matches(a.shape, shape):
         raise InputError(f"shape {list(a.shape)}, but the model takes {show(shape)} (or a batch [N, {show(shape)[1:]})")
     check_sample(a.shape, shape, sizes)
-    return _numbers(a, ".npy file")
+    return _numbers(a, ".npy file", dtype)
 
 
-def _numbers(a, what: str) -> np.ndarray:
-    """An array as float32 samples: numbers, readable, finite."""
+def _numbers(a, what: str, dtype: str = "float32") -> np.ndarray:
+    """An array as samples in the input's dtype: numbers, readable, finite; a uint8 input (raw pixels,
+    normalised in the model) takes uint8 only, never floats that may be normalised already."""
     if a.dtype.kind not in "fiub":
         raise InputError(f"dtype {a.dtype}: numbers expected")
+    if dtype == "uint8" and a.dtype != np.uint8:
+        raise InputError(f"{a.dtype} values, but this model takes uint8 raw pixels (it scales and normalises "
+                         "them itself): save the image's pixels as uint8, without normalising them")
     try:
-        out = np.asarray(a, dtype=np.float32)
+        out = np.asarray(a, dtype=dtype)
     except (OSError, ValueError) as e:   # a file shorter than its header says
         raise InputError(f"not a readable {what}: {e}") from None
     if not np.isfinite(out).all():
@@ -215,7 +221,7 @@ def _numbers(a, what: str) -> np.ndarray:
     return out
 
 
-def _npz(path: str, inputs: tuple, sizes: dict | None) -> dict:
+def _npz(path: str, inputs: tuple, sizes: dict | None, dtypes: dict | None = None) -> dict:
     """One sample of every input from a .npz file (numpy.savez: one member NAME.npy per input), each
     member's header checked against its input's shape before its data is read, so that what is
     allocated is bounded by the model's own sample size."""
@@ -227,7 +233,8 @@ def _npz(path: str, inputs: tuple, sizes: dict | None) -> dict:
             members = {(i.filename[:-4] if i.filename.endswith(".npy") else i.filename): i for i in z.infolist()}
             _npz_names(list(members), names)
             seen: dict = {}
-            return {name: _npz_member(z, members[name], name, want, sizes, seen) for name, want in inputs}
+            return {name: _npz_member(z, members[name], name, want, sizes, seen, (dtypes or {}).get(name, "float32"))
+                    for name, want in inputs}
     except InputError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
@@ -245,7 +252,7 @@ def _npz_names(held: list[str], names: list[str]) -> None:
         raise InputError(f"holds no {', '.join(missing)}: the model takes {', '.join(names)}, one sample of each by name")
 
 
-def _npz_member(z, info, name: str, want: tuple, sizes: dict | None, seen: dict) -> np.ndarray:
+def _npz_member(z, info, name: str, want: tuple, sizes: dict | None, seen: dict, dtype: str = "float32") -> np.ndarray:
     where = f"member {name}"
     with z.open(info) as f:
         got = _npy_header(f, info.file_size, f".npz {where}")
@@ -257,4 +264,4 @@ def _npz_member(z, info, name: str, want: tuple, sizes: dict | None, seen: dict)
         raise InputError(f"{name}: {e}") from None
     with z.open(info) as f:
         a = np.lib.format.read_array(f, allow_pickle=False)
-    return _numbers(a, f".npz {where}")
+    return _numbers(a, f".npz {where}", dtype)

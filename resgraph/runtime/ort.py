@@ -49,7 +49,7 @@ class OrtSession(Session):
         self._graphs: dict[tuple, tuple] = {}     # input shapes -> (session, binding, inputs and outputs on device)
         self.sess = self._session(cuda_graph=False)
         if cuda and options.cuda_graph:            # fail at open, not at the first batch, if graphs cannot be had
-            first = {t.name: np.zeros((1, *t.at(self.default_sizes())), np.float32) for t in self.inputs}
+            first = {t.name: np.zeros((1, *t.at(self.default_sizes())), t.dtype) for t in self.inputs}
             self._graphs[self._key(first)] = self._capture(first)
 
     def _session(self, cuda_graph: bool):
@@ -125,7 +125,7 @@ class OrtSession(Session):
     def run(self, x: np.ndarray) -> np.ndarray:
         self.one_to_one()
         if not self.cuda and not self.sizes:
-            if x.dtype != np.float32 or x.shape[1:] != self.input_shape:   # else ONNX Runtime's own error
+            if x.dtype != self.manifest.input.dtype or x.shape[1:] != self.input_shape:   # else ONNX Runtime's error
                 x = self.check_batch(x)
             return self.sess.run([self.output_name], {self.input_name: x})[0]
         return self.run_all({self.input_name: x})[self.output_name]
@@ -163,10 +163,11 @@ class OrtSession(Session):
         io = sess.io_binding()
         xs = {}
         for k, x in feeds.items():
-            xs[k] = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, np.float32, "cuda", dev)
+            xs[k] = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, "cuda", dev)
             io.bind_ortvalue_input(k, xs[k])
             xs[k].update_inplace(x)
-        ys = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, "cuda", dev)
+        dtypes = {t.name: t.dtype for t in self.outputs}
+        ys = {k: ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(dtypes[k]), "cuda", dev)
               for k, shape in self.output_shapes(feeds).items()}
         for k, yd in ys.items():
             io.bind_ortvalue_output(k, yd)

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .base import random_batch
+
 FP32_ABS = 1e-4
 FP32_NOISE_FACTOR = 4.0
 AFFORDABLE = 512     # the largest size parity runs at by default (models with size variables)
@@ -228,9 +230,10 @@ def random_cases(source: str, session, sizes: list[dict]) -> tuple[list[tuple[st
                                  f"at most {max(1, MAX_PARITY_BYTES // per):,} of this model's inputs "
                                  f"({MAX_PARITY_BYTES >> 30} GiB); parity's figures settle within a few hundred")
         rng = np.random.default_rng(0)
-        feeds = {k: rng.standard_normal((n, *v), dtype=np.float32) for k, v in shapes.items()}
+        feeds = {t.name: random_batch(rng, (n, *shapes[t.name]), t.dtype) for t in session.inputs}
         cases.append((shape_label(shapes[session.input_name]) if session.sizes else None, feeds))
-    return cases, f"{n} random normalised inputs (seed 0)" + (f" at {len(cases)} sizes" if len(cases) > 1 else "")
+    kind = "pixels" if session.manifest.input.dtype == "uint8" else "normalised inputs"
+    return cases, f"{n} random {kind} (seed 0)" + (f" at {len(cases)} sizes" if len(cases) > 1 else "")
 
 
 def folder_cases(source: str, session) -> tuple[list[tuple[str | None, dict]], str, list[dict]]:

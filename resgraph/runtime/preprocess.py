@@ -25,7 +25,7 @@ order; tests/runtime/test_runtime.py matches its output against torchvision's ow
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -94,6 +94,8 @@ class Preprocess:
     std: tuple[float, ...] | None = None   # None: 1
     fit: str = FITS[0]                     # where the model has size variables: pad | resize
     sizes: dict | None = field(default=None, compare=False)   # size variable -> its SizeRange (the manifest's)
+    raw: str | None = None                 # nchw | nhwc: a uint8 model's raw pixels in that layout, after
+    #                                        the resize and crop (its graph scales and normalises); None: float32 [C, H, W]
 
     @classmethod
     def resolve(cls, pre: dict, shape, sizes: dict | None = None) -> "Preprocess":
@@ -110,9 +112,11 @@ class Preprocess:
                 "std": list(self.std) if self.std is not None else None, "fit": self.fit}
 
     @classmethod
-    def from_json(cls, d: dict, shape, sizes: dict | None = None) -> "Preprocess":
-        """A manifest's preprocess (one written before `fit` existed reads as fit: pad)."""
-        return cls.resolve({k: v for k, v in d.items() if v is not None}, shape, sizes)
+    def from_json(cls, d: dict, shape, sizes: dict | None = None, raw: str | None = None) -> "Preprocess":
+        """A manifest's preprocess (one written before `fit` existed reads as fit: pad); `raw`: the
+        layout of a uint8 input's raw pixels (shape stays [C, H, W])."""
+        pre = cls.resolve({k: v for k, v in d.items() if v is not None}, shape, sizes)
+        return replace(pre, raw=raw) if raw else pre
 
     @property
     def takes_images(self) -> bool:
@@ -173,6 +177,9 @@ class Preprocess:
         if target != content and (fixed or self.fit == "resize"):
             im = im.resize(target, flt)
             content = target
+        if self.raw:
+            return self._raw(im, scale), Geometry(size, resized, box or (0, 0, *resized), content, target) \
+                if geometry else None
         a = np.asarray(im, dtype=np.float32)
         if scale != 1.0:
             a = a / np.float32(scale)                            # ToTensor: float32 x / 255
@@ -184,6 +191,16 @@ class Preprocess:
         if content != target:                                    # fit: pad, after normalisation
             a = np.pad(a, ((0, 0), (0, target[1] - content[1]), (0, target[0] - content[0])))
         return a, Geometry(size, resized, box or (0, 0, *resized), content, target) if geometry else None
+
+    def _raw(self, im, scale: float) -> np.ndarray:
+        """A uint8 model's sample: the pixels as they are (16-bit ones scaled to 8), in its layout."""
+        a = np.asarray(im) if scale == 255.0 else \
+            np.clip(np.rint(np.asarray(im, dtype=np.float32) * (255.0 / scale)), 0, 255)
+        a = np.asarray(a, dtype=np.uint8)
+        a = a[..., None] if a.ndim == 2 else a
+        if a.shape[2] != self.shape[0]:                           # a grey image for an RGB model
+            a = np.broadcast_to(a, (*a.shape[:2], self.shape[0]))
+        return np.ascontiguousarray(a if self.raw == "nhwc" else a.transpose(2, 0, 1))
 
     def fit_size(self, w: int, h: int) -> tuple[int, int]:
         """The model's input size (width, height) for an image of w x h after resize and crop: the

@@ -296,7 +296,7 @@ class TensorRTSession(Session):
             parts = [self.run_all({k: x[i:i + b.max] for k, x in feeds.items()}) for i in range(0, n, b.max)]
             return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if n < b.min:                              # padded: samples are independent at inference
-            padded = {k: np.concatenate([x, np.zeros((b.min - n, *x.shape[1:]), np.float32)]) for k, x in feeds.items()}
+            padded = {k: np.concatenate([x, np.zeros((b.min - n, *x.shape[1:]), x.dtype)]) for k, x in feeds.items()}
             return {k: y[:n] for k, y in self.run_all(padded).items()}
         with self._lock:
             return self._run(feeds)

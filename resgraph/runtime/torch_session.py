@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ..errors import BackendError, OptionError
-from ..manifest import read_spec
+from ..manifest import read_spec, scale_shift
 from .base import Options, Session
 
 
@@ -73,13 +73,29 @@ class TorchSession(Session):
 
     def run_all(self, feeds: dict) -> dict:
         feeds = self.check_feeds(feeds)
-        torch, names = self.torch, [t.name for t in self.outputs]
-        xs = [torch.from_numpy(feeds[t.name]) for t in self.inputs]
+        torch = self.torch
+        xs = [self._contract_in(t, feeds[t.name]) for t in self.inputs]
         if self.dev.type == "cpu":
-            return dict(zip(names, (y.float().numpy() for y in self._forward(xs))))
-        with torch.cuda.device(self.dev):           # streams, graphs and kernels on this GPU, not cuda:0
-            ys = self._run_graph(xs) if self.options.cuda_graph else self._run_cuda(xs)
-        return dict(zip(names, ys))
+            ys = [y.float().numpy() for y in self._forward(xs)]
+        else:
+            with torch.cuda.device(self.dev):           # streams, graphs and kernels on this GPU, not cuda:0
+                ys = self._run_graph(xs) if self.options.cuda_graph else self._run_cuda(xs)
+        return {t.name: y.astype(t.dtype, copy=False) for t, y in zip(self.outputs, ys)}
+
+    def _contract_in(self, t, x: np.ndarray):
+        """What model.onnx's first nodes do to an input (compile --input), for the module, which takes
+        the normalised float32 map: raw uint8 pixels cast, put channels first and normalised with the
+        same multiply-add; float16 cast up."""
+        xt = self.torch.from_numpy(x)
+        if t.dtype == "float32":
+            return xt
+        xt = xt.float()
+        if t.dtype == "uint8":
+            xt = xt.permute(0, 3, 1, 2).contiguous() if t.layout == "nhwc" else xt
+            scale, shift = (self.torch.from_numpy(v).reshape(1, -1, 1, 1)
+                            for v in scale_shift(t.chw[0], self.manifest.preprocess))
+            xt = xt * scale + shift
+        return xt
 
     def _run_cuda(self, xs: list) -> list:
         torch = self.torch

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendError, OptionError
+from ..manifest import KSERVE
 from .base import Options, Session
 
 
@@ -56,7 +57,7 @@ class TritonSession(Session):
         feeds = self.check_feeds(feeds)
         inputs = []
         for t in self.inputs:
-            i = self.client_module.InferInput(t.name, list(feeds[t.name].shape), "FP32")
+            i = self.client_module.InferInput(t.name, list(feeds[t.name].shape), KSERVE[t.dtype])
             i.set_data_from_numpy(feeds[t.name])
             inputs.append(i)
         if self.client_module.__name__.endswith("grpc"):

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from ..errors import ArtifactError, OptionError
 from ..fileio import link_or_copy
-from ..manifest import ARTIFACTS, folder_of, read_manifest
+from ..manifest import ARTIFACTS, KSERVE, folder_of, read_manifest
 from ..publish import Layout, Stage, wait_for_cleanup
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
@@ -44,7 +44,7 @@ PLATFORMS = ("onnxruntime", "tensorrt", "python")
 # letters, digits, '_', '-' and '.', not starting with '.' or '-'; every spec name (the manifest's) fits
 NAME_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 NAME_HINT = "letters, digits, '_', '-' and '.', at most 128, not starting with '.' or '-'"
-DTYPES = {"float32": "TYPE_FP32"}   # a manifest's dtype -> Triton's data_type
+DTYPES = {k: f"TYPE_{v}" for k, v in KSERVE.items()}   # a manifest's dtype -> Triton's data_type
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 # a model folder of the repository, as the publisher writes it: the version, then its labels, then the
 # config that describes them last (what a polling server reads first)
@@ -187,7 +187,7 @@ def _tensors(field: str, items: list[str]) -> str:
 
 
 def _tensor(t, labelled: bool = False) -> str:
-    """One input or output of the config: its name, TYPE_FP32 and its dims without the batch, -1 for
+    """One input or output of the config: its name, its data_type (TYPE_UINT8 for raw pixels) and its dims without the batch, -1 for
     a dynamic one (a size variable, or an output dim derived from one: Triton takes any length there,
     the model's valid sizes are checked by the runtime and serve's front). The labels are the first
     output's (a classifier's vector, as run reads them)."""

@@ -36,7 +36,7 @@ import threading
 import urllib.parse
 from dataclasses import dataclass, field
 
-from ..manifest import compact
+from ..manifest import KSERVE, compact
 
 JSON_BYTES_PER_VALUE = 32       # "-1.2345678901234567e-05, " and room for layout
 # headers of one hop, not passed on; a request's body is passed on inflated, without its 100-continue
@@ -44,7 +44,7 @@ HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te"
        "content-length"}
 REQUEST_ONLY = {"content-encoding", "expect", "host"}
 INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/(infer|generate|generate_stream)")
-BYTES = {"FP32": 4}
+BYTES = {"FP32": 4, "FP16": 2, "UINT8": 1}
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Fit:
     def of(cls, model: str, manifest, max_batch: int) -> "Fit":
         largest = {k: r.valid[-1] for k, r in manifest.sizes.items()}
         values = max_batch * sum(math.prod(t.at(largest)) for t in manifest.inputs)
-        return cls(model, {t.name: ("FP32", tuple(t.sample_shape)) for t in manifest.inputs}, max_batch,
+        return cls(model, {t.name: (KSERVE[t.dtype], tuple(t.sample_shape)) for t in manifest.inputs}, max_batch,
                    max_body=(64 << 10) + values * JSON_BYTES_PER_VALUE, sizes=dict(manifest.sizes))
 
 

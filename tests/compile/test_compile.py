@@ -30,7 +30,7 @@ def test_compile_writes_four_artifacts_and_an_honest_manifest(tmp_path):
     assert m["name"] == "digits_resnet" and m["trained"] is True and m["precision"] == "fp32" and m["opset"] == 17
     assert m["folded"] is True and m["input"] == {"name": "image", "shape": ["batch", 1, 8, 8], "dtype": "float32"}
     assert m["output"] == {"name": "logits", "shape": ["batch", 10], "dtype": "float32"} and m["labels"][3] == "3"
-    assert m["format"] == 3 and m["quantization"] is None and m["spec"] == "spec.yaml" and m["spec_sha256"] == sha(out / "spec.yaml")
+    assert m["format"] == 4 and m["quantization"] is None and m["spec"] == "spec.yaml" and m["spec_sha256"] == sha(out / "spec.yaml")
     assert [p["at"] for p in m["projections"]] == ["layer2", "layer3"] and m["params"] == 77_754
     for name, info in m["artifacts"].items():
         assert info["sha256"] == sha(out / name) and info["bytes"] == os.path.getsize(out / name)
