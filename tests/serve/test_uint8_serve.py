@@ -76,3 +76,21 @@ def test_served_raw_bytes_answer_as_run_does_and_floats_are_refused(u8_folder):
         with pytest.raises(InferenceServerException, match="datatype 'FP32': the model takes UINT8"):
             c.infer("digits_resnet", [f])
         c.close()
+
+
+@pytest.mark.skipif(_no_triton() is not None, reason=str(_no_triton()))
+def test_the_raw_pixel_client_of_the_deployment_guide_runs(u8_folder, capsys, monkeypatch):
+    """docs/deploy.md's uint8 client, as written, against the real server (its folder and address
+    replaced by the test's), printing the digit run finds."""
+    import re
+
+    from resgraph.triton.server import serve
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    section = text[text.index("### Raw pixels: a uint8 model"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace('"compiled/digits_resnet_u8"', repr(u8_folder))
+    monkeypatch.chdir(ROOT)
+    options = TritonOptions(platform="python", backend="ort-cpu", max_batch=8)
+    with serve(u8_folder, options, 0, 0, 0) as (_, service):
+        exec(compile(code.replace('"localhost:8000"', repr(service.http_url)), "docs/deploy.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == "2"
