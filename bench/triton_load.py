@@ -13,7 +13,14 @@ For one compiled folder (default: the shipped digits model, compiled into a temp
 Reported: requests/s, p50 and p99 latency (ms) per row; ratios triton/direct and batch/no-batch; and
 the mean batch Triton formed (inference count / execution count from its statistics).
 
+With --contract, instead: what a uint8 model saves over the wire. One cheap network with resnet50's
+input, [3, 224, 224] (so that the request, not the network, is what is measured), compiled twice, fp32
+and --input uint8-nhwc, both served (Python backend, dynamic batching); clients send batch-1 binary
+requests (what tritonclient sends with binary_data=True) to each in turn. Reported per model: the
+request body's bytes and requests/s, p50, p99, and the ratios uint8/fp32.
+
     python bench/triton_load.py [FOLDER] [--concurrency 1,4,16] [--seconds 5] [--json out.json]
+    python bench/triton_load.py --contract [--concurrency 1,4] [--seconds 5]
 """
 from __future__ import annotations
 
@@ -73,7 +80,10 @@ def main() -> None:
     ap.add_argument("--delay-us", type=int, default=500)
     ap.add_argument("--backend", default="ort-cpu")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--contract", action="store_true", help="uint8 against fp32 requests (resnet50-sized input)")
     a = ap.parse_args()
+    if a.contract:
+        return contract(a)
     import tritonclient.http as th
 
     from resgraph.manifest import read_manifest
@@ -163,6 +173,80 @@ def _measure(a, m, session, rows, th, core, front) -> None:
         f = row["serve"]
         print(f"                   through serve's front {f['requests_per_s']:>7,.0f} req/s ({f['p50_ms']:.2f} / "
               f"{f['p99_ms']:.2f} ms) = {f['requests_per_s'] / b['requests_per_s']:.2f}x the core's own HTTP")
+
+
+# a cheap network with resnet50's input: what is measured is the request, not the network
+IMAGENET_SIZED = """resgraph: 1
+name: imagenet_sized
+input: {shape: [3, 224, 224]}
+preprocess: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
+layers:
+  - conv: {out: 8, kernel: 32, stride: 32, padding: valid}
+  - global_avgpool
+  - flatten
+  - linear: {out: 10}
+"""
+
+
+def contract(a) -> None:
+    """fp32 against uint8-nhwc requests of one [3, 224, 224] model, served side by side."""
+    import tritonclient.http as th
+
+    from resgraph.backends.onnx.contract import Contract
+    from resgraph.compile import compile_spec
+    from resgraph.triton.export import Batching, TritonOptions, export_triton
+    from resgraph.triton.server import TritonServer
+    work = tempfile.mkdtemp(prefix="triton-contract-")
+    spec = os.path.join(work, "imagenet_sized.yaml")
+    with open(spec, "w") as f:
+        f.write(IMAGENET_SIZED)
+    repo, models = os.path.join(work, "repo"), {}
+    for name, c in (("fp32", Contract()), ("uint8", Contract("uint8-nhwc"))):
+        folder = compile_spec(spec, out=os.path.join(work, name), contract=c).out
+        export_triton(folder, repo, TritonOptions(platform="python", name=name, backend=a.backend,
+                                                  batching=Batching(a.delay_us)))
+        models[name] = folder
+    rng = np.random.default_rng(0)
+    x = {"fp32": rng.standard_normal((1, 3, 224, 224), dtype=np.float32),
+         "uint8": rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)}
+    print(f"imagenet_sized ([3, 224, 224] in, 10 out): fp32 vs --input uint8-nhwc, {a.backend}, batch-1 binary "
+          f"requests, {a.seconds:g} s per row; {cpu_name()}, {usable_cpus()} CPUs, load {load()}")
+    rows = []
+    try:
+        with TritonServer(repo) as server:
+            for c in (int(v) for v in a.concurrency.split(",")):
+                row = {"concurrency": c}
+                for name in ("fp32", "uint8"):
+                    row[name] = _contract_row(th, server.http_url, name, x[name], c, a.seconds)
+                rows.append(row)
+                f, u = row["fp32"], row["uint8"]
+                print(f"  concurrency {c:>3}: fp32 {f['bytes']:>9,} B/request {f['requests_per_s']:>7,.0f} req/s "
+                      f"(p50 {f['p50_ms']:.2f}, p99 {f['p99_ms']:.2f} ms) | uint8 {u['bytes']:>9,} B "
+                      f"{u['requests_per_s']:>7,.0f} req/s ({u['p50_ms']:.2f} / {u['p99_ms']:.2f}) | uint8/fp32: "
+                      f"bytes {u['bytes'] / f['bytes']:.2f}x, req/s {u['requests_per_s'] / f['requests_per_s']:.2f}x")
+    finally:
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        write_json(a.json, {"contract": True, "backend": a.backend, "seconds": a.seconds, "rows": rows})
+
+
+def _contract_row(th, url: str, model: str, x: np.ndarray, concurrency: int, seconds: float) -> dict:
+    kind = "UINT8" if x.dtype == np.uint8 else "FP32"
+    i = th.InferInput("input", list(x.shape), kind)
+    i.set_data_from_numpy(x, binary_data=True)
+    body, _ = th.InferenceServerClient.generate_request_body([i])
+
+    def client():
+        cl = th.InferenceServerClient(url, connection_timeout=60, network_timeout=60)
+
+        def call(_):
+            inp = th.InferInput("input", list(x.shape), kind)
+            inp.set_data_from_numpy(x, binary_data=True)
+            return cl.infer(model, [inp]).as_numpy("output")
+        call.close = cl.close
+        return call
+    return {"bytes": len(body), **drive(client, concurrency, seconds, x.shape[1:])}
 
 
 if __name__ == "__main__":
