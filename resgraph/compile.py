@@ -209,7 +209,7 @@ def prepare(spec_path: str, out: str | None, precision: str, opset: int | None, 
                              "fp32, fp16 or int8 (tf32 and bf16: with --engine)")
     _check_int8(precision, quant, external_data, checked)
     from .backends.onnx.contract import Contract, check
-    contract = contract or Contract()
+    contract = (contract or Contract(None, None)).over(checked.spec.contract)
     check(contract, io_infos(checked)[0], checked.spec.preprocess, checked.spec.name)
     if engine is not None:   # a profile the model takes (--shapes), TensorRT present, the precision buildable on it
         from .backends.tensorrt.build import import_tensorrt

@@ -26,12 +26,12 @@ REQUIRES = (
               help="fp16: fp16 weights and compute, fp32 input and output. int8: calibrated Q/DQ (with --calibrate; "
                    "docs/int8.md). tf32, bf16: engine precisions (with --engine; model.onnx stays fp32).")
 @click.option("--opset", type=int, default=None, help="ONNX opset, 13 to 21 [default: 17].")
-@click.option("--input", "input_", type=click.Choice(["fp32", "fp16", "uint8-nchw", "uint8-nhwc"]), default="fp32",
-              show_default=True,
+@click.option("--input", "input_", type=click.Choice(["fp32", "fp16", "uint8-nchw", "uint8-nhwc"]), default=None,
               help="What the model takes: uint8-nhwc/-nchw: raw pixels after the client's resize and crop, the "
-                   "preprocess's scale, mean and std the graph's first nodes; fp16: half the bytes of fp32 (docs/deploy.md).")
-@click.option("--output", "output_", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="What the model gives: fp16 casts every output last.")
+                   "preprocess's scale, mean and std the graph's first nodes; fp16: half the bytes of fp32 "
+                   "(docs/deploy.md) [default: the spec's input: {dtype, layout}, else fp32].")
+@click.option("--output", "output_", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="What the model gives: fp16 casts every output last [default: the spec's output: {dtype}, else fp32].")
 @click.option("--no-fold", is_flag=True, help="Keep batch norms instead of folding them into the layer before.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fresh init when no --weights, and of the calibration sample.")
 @click.option("--external-data", is_flag=True,

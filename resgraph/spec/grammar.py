@@ -114,13 +114,23 @@ BLOCK = Mapping("block", (
     Key("residual", "map", "a residual block as the whole body", of=RESIDUAL),
 ), doc="a reusable, parametrised sub-graph", one_of=("layers", "residual"))
 
+IN_DTYPES, LAYOUTS, OUT_DTYPES = ("float32", "float16", "uint8"), ("nchw", "nhwc"), ("float32", "float16")
 INPUT = Mapping("input", (
     Key("name", "id", "the network input's name (default: input)"),
     Key("shape", "shape", "[C, H, W] or [F]; the batch dimension is implicit",
         missing=("input needs a shape", "e.g. shape: [3, 224, 224] for images or [128] for vectors")),
+    Key("dtype", "choice", "what the compiled model takes: float32 (preprocessed), float16, or uint8 raw pixels "
+                           "(the preprocess's scale, mean and std become its first nodes; compile --input)",
+        choices=IN_DTYPES, bad="unknown input dtype {value!r}", noun="dtypes"),
+    Key("layout", "choice", "a uint8 image input's layout: nchw, or nhwc as a decoder gives pixels",
+        choices=LAYOUTS, bad="unknown input layout {value!r}", noun="layouts"),
 ))
 
-OUTPUT = Mapping("output", (Key("name", "id", "the network output's name (default: output)"),))
+OUTPUT = Mapping("output", (
+    Key("name", "id", "the network output's name (default: output)"),
+    Key("dtype", "choice", "what the compiled model gives: float32, or float16 (compile --output)",
+        choices=OUT_DTYPES, bad="unknown output dtype {value!r}", noun="dtypes"),
+))
 
 # `inputs:` and `outputs:`, the forms for graphs with several (or to name the tensor an output is)
 NAMED_INPUT = Mapping("an input", (

@@ -211,6 +211,23 @@ class IOParser:
             dims.append(v)
         return name, tuple(dims), s.loc, tuple(named) if any(named) else ()
 
+    def contract(self, m) -> tuple[str, str]:
+        """`input: {dtype, layout}` and `output: {dtype}` as compile's --input and --output values
+        (fp32, fp16, uint8-nchw, uint8-nhwc; fp32, fp16): what the compiled model takes and gives."""
+        got = {}
+        for where, grammar in (("input", INPUT), ("output", OUTPUT)):
+            y = m.get(where)
+            for k in ("dtype", "layout"):
+                if y is not None and y.is_map and k in y.value:
+                    got[where, k] = (self.choice(y.value[k], grammar[k]), y.value[k].loc)
+        dtype, layout = got.get(("input", "dtype"), ("float32", None))[0], got.get(("input", "layout"), (None, None))
+        if layout[0] == "nhwc" and dtype not in ("uint8", None):
+            self.d.error(layout[1], f"layout nhwc with dtype {dtype}", "the nhwc layout is for uint8 raw pixels: "
+                         "add dtype: uint8, or leave the layout out")
+        short = {"float32": "fp32", "float16": "fp16"}
+        taken = f"uint8-{layout[0] or 'nchw'}" if dtype == "uint8" else short.get(dtype, "fp32")
+        return taken, short.get(got.get(("output", "dtype"), ("float32", None))[0], "fp32")
+
     def output(self, y) -> str:
         y = self.mapping(y, "output")
         if y is None:

@@ -56,6 +56,7 @@ class Spec:
     # input_loc, input_vars and output_name are the first's)
     inputs: tuple = ()
     outputs: tuple = ()
+    contract: tuple = ("fp32", "fp32")   # input: {dtype, layout}, output: {dtype} as compile's --input, --output
 
 
 def read_source(path: str) -> str:
@@ -186,7 +187,7 @@ class _Parser(IOParser, LayersParser):
                 self.d.error(m["layers"].loc, "'layers' is empty", "a network needs at least one layer")
         return Spec(self.file, text, hashlib.sha256(text.encode()).hexdigest(), name, desc, in_name, in_shape,
                     in_loc, out_name, policy, defaults, env, init, pre, labels, labels_loc, blocks, layers, root.loc,
-                    sizes, in_vars, inputs, outputs)
+                    sizes, in_vars, inputs, outputs, self.contract(m))
 
     def name(self, m) -> str:
         if "name" not in m:

@@ -106,3 +106,18 @@ def test_a_contract_the_model_cannot_take_is_refused_and_nothing_is_written(spec
     with pytest.raises(OptionError, match=says):
         compile_spec(str(ROOT / "specs" / f"{spec}.yaml"), out=str(tmp_path / "c"), contract=contract)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_spec_can_say_the_contract_and_the_flags_override_it(tmp_path):
+    text = (ROOT / "specs" / "digits_resnet.yaml").read_text()
+    text = text.replace("input: {name: image, shape: [1, 8, 8]}",
+                        "input: {name: image, shape: [1, 8, 8], dtype: uint8, layout: nhwc}")
+    assert "dtype: uint8" in text
+    spec = tmp_path / "digits_u8.yaml"
+    spec.write_text(text)
+    m = compile_spec(str(spec), weights=WEIGHTS, out=str(tmp_path / "a")).manifest
+    assert (m.input.dtype, m.input.layout, m.output.dtype) == ("uint8", "nhwc", "float32")
+    m = compile_spec(str(spec), weights=WEIGHTS, out=str(tmp_path / "b"), contract=Contract("fp32", "fp16")).manifest
+    assert (m.input.dtype, m.input.layout, m.output.dtype) == ("float32", "nchw", "float16")
+    m = compile_spec(str(spec), weights=WEIGHTS, out=str(tmp_path / "c"), contract=Contract(None, "fp16")).manifest
+    assert (m.input.dtype, m.output.dtype) == ("uint8", "float16")

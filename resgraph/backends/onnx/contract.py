@@ -35,6 +35,11 @@ class Contract:
     input: str = "fp32"
     output: str = "fp32"
 
+    def over(self, spec: tuple) -> "Contract":
+        """This contract where it is set (compile's flags), the spec's (`input: {dtype, layout}`,
+        `output: {dtype}`) where it is None."""
+        return Contract(self.input or spec[0], self.output or spec[1])
+
     @property
     def default(self) -> bool:
         return (self.input, self.output) == ("fp32", "fp32")
