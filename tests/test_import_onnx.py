@@ -82,6 +82,7 @@ def test_resnet50_from_onnx_keeps_its_structure(tmp_path):
     assert len(lines) <= 45, imported.text
     assert sum("repeat:" in line for line in lines) == 4
     assert "  - bottleneck: {id: layer2, width: 128, repeat: 4, first: {stride: 2}}" in lines, imported.text
+    assert "input: {name: image, shape: [3, 224, 224]}" in lines and "output: {name: logits}" in lines   # the file's
     paths = {n.path for n in imported.checked.graph.nodes}
     assert {"layer3.4.conv2", "layer1.0.shortcut", "fc"} <= paths
 
@@ -128,10 +129,7 @@ _UNCARRIED = {"bn": ("momentum",), "scale": ("init",), "add": ("from", "shortcut
 _NAMES = ("the graph imports exactly but names change: ops of a block without a residual come back as top-level ops "
           "named by kind and count, and a block nested in another loses its scope (e.g. 'layer1.0.conv1' -> 'conv2' in "
           "cifar_plain20, 'layer1.0.se.fc1' -> 'layer1.0.conv4' in se_resnet50)")
-BROKEN = {   # both checks fail: nothing imports
-    "resnet50_backbone": "three outputs (c3, c4, c5): resgraph import writes one output (c5), so its ONNX Runtime "
-                         "check compares c3 with it: \"differs from ONNX Runtime by inf\"",
-}
+BROKEN = {}   # both checks fail: nothing imports
 RENAMED = {**BROKEN, **{n: _NAMES for n in ("cifar_plain20", "cifar_plain56", "convnext_tiny", "densenet121",
                                             "efficientnet_b0", "mobilenet_v3_small", "regnet_y_400mf", "se_resnet50",
                                             "unet")}}

@@ -7,17 +7,20 @@ from __future__ import annotations
 from collections import Counter
 
 from ...ops import OPS
-from .structure import Block, full
+from .structure import _ID, Block, full
 from .units import Unit
 
 
-def spec_text(name: str, source: str, shape: tuple, items: list, found: dict, entries: list) -> str:
+def spec_text(name: str, source: str, shape: tuple, items: list, found: dict, entries: list,
+              io: dict | None = None) -> str:
+    """The spec. `io`: the source's tensor names where it has them (an ONNX file's): "input", "output",
+    and "outputs" [(name, the id of the entry it is the output of)] where it has several."""
     ops = [o for it in items for o in (it.body + ([it.post] if it.post else []) if isinstance(it, Unit) else [it])]
     defaults = _defaults(ops)
     policies = Counter(b.policy for b in found.values() for _ in b.units if b.policy)
     policy = policies.most_common(1)[0][0] if policies else None
-    lines = ["resgraph: 1", f"name: {name}", f"description: imported from {source} by resgraph import",
-             f"input: {{shape: [{', '.join(map(str, shape))}]}}"]
+    lines = ["resgraph: 1", f"name: {name}", f"description: imported from {source} by resgraph import"]
+    lines += _io_lines(shape, io or {})
     if policy:
         lines.append(f"shortcut: {policy}")
     if steps := {b.var[a]: b.steps[a] for b in found.values() for a in b.steps}:
@@ -32,6 +35,18 @@ def spec_text(name: str, source: str, shape: tuple, items: list, found: dict, en
     for e in entries:
         lines.append("  - " + (_op_entry(e[1], full(e[1]), defaults, e[2], e[-1]) if e[0] == "op" else _call(*e[1:])))
     return "\n".join(lines) + "\n"
+
+
+def _io_lines(shape: tuple, io: dict) -> list[str]:
+    """`input:` (with the source's input name where it is one), and `output:` or `outputs:`."""
+    named = lambda n: n if n and _ID.fullmatch(n) and n != "input" else None  # noqa: E731
+    inp = {**({"name": named(io.get("input"))} if named(io.get("input")) else {}), "shape": list(shape)}
+    lines = [f"input: {_flow(inp)}"]
+    if io.get("outputs"):
+        lines += ["outputs:", *(f"  - {{name: {n}, from: {ref}}}" for n, ref in io["outputs"])]
+    elif named(io.get("output")) and io["output"] != "output":
+        lines.append(f"output: {{name: {io['output']}}}")
+    return lines
 
 
 _SHARED = ("bias", "eps", "momentum")   # the arguments a spec's `defaults:` sets when every instance agrees

@@ -36,7 +36,11 @@ def import_onnx(path: str, name: str | None = None, input_shape: tuple | None = 
     items = chain(ops, start, path)
     kinds = {u.scope: _kind(u) for u in items if isinstance(u, Unit)}
     found = blocks(items, lambda scope: kinds.get(scope, ""), path)
-    text = spec_text(name, path, shape, items, found, entries(items, found))
+    g = model.graph
+    outs = [o.name for o in g.output]
+    listed, taps = entries(items, found, path, outs if len(outs) > 1 else ())
+    io = {"input": start, "outputs": list(zip(outs, taps)) if len(outs) > 1 else [], "output": outs[0]}
+    text = spec_text(name, path, shape, items, found, listed, io)
     return _verified(text, path, name, shape, ops, tensors, model)
 
 
@@ -100,16 +104,18 @@ def _state(graph, ops: list, tensors: dict, where: str, shapes: dict) -> dict:
 
 
 def _compare(path: str, module, shape: tuple) -> tuple[float, float]:
-    """The largest absolute difference of the two models' first outputs on one normal random input, and
-    the largest absolute output (deep untrained nets output thousands: float32 rounding scales with it)."""
+    """The largest absolute difference of the two models' outputs (every one, in order) on one normal random
+    input, and the largest absolute output (deep untrained nets output thousands: float32 rounding scales
+    with it)."""
     import onnxruntime as ort
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     batch = sess.get_inputs()[0].shape[0]   # a file exported without a dynamic batch takes its own
     x = np.random.default_rng(0).standard_normal((batch if isinstance(batch, int) else 2, *shape)).astype(np.float32)
-    theirs = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    theirs = sess.run(None, {sess.get_inputs()[0].name: x})
     with torch.no_grad():
         ours = module(torch.from_numpy(x))
-    ours = ours[0] if isinstance(ours, (tuple, list)) else ours
-    if tuple(ours.shape) != tuple(theirs.shape):
+    ours = list(ours) if isinstance(ours, (tuple, list)) else [ours]
+    if [tuple(a.shape) for a in ours] != [tuple(b.shape) for b in theirs]:
         return float("inf"), 0.0
-    return float(np.abs(ours.numpy() - theirs).max()), float(np.abs(theirs).max())
+    return (max(float(np.abs(a.numpy() - b).max()) for a, b in zip(ours, theirs)),
+            max(float(np.abs(b).max()) for b in theirs))

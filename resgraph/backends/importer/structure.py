@@ -169,9 +169,10 @@ def _based(v: tuple, roots: list) -> tuple | None:
     return None
 
 
-def entries(items: list, found: dict[tuple, Block], where: str = "model") -> list[tuple]:
+def entries(items: list, found: dict[tuple, Block], where: str = "model", taps=None):
     """The spec's top-level entries: ("op", Op, id, edges) or ("call", Block, id, args, repeat, first, edges),
-    edges being the entry's `in:`/`from:` (wire)."""
+    edges being the entry's `in:`/`from:` (wire). With `taps` (keys of the model's outputs): (the entries,
+    the id of the entry each tap is the output of), for `outputs:`."""
     out, i = [], 0
     taken = Counter(it.path for it in items if isinstance(it, Op))
     while i < len(items):
@@ -195,8 +196,9 @@ def entries(items: list, found: dict[tuple, Block], where: str = "model") -> lis
         ident = stage or re.sub(r"\W", "_", it.scope) or None
         out.append(("call", b, ident, rest, n if stage else None, first))
         i += n
-    out, edges = wire(items, out, where)
-    return [(*e, w) for e, w in zip(out, edges, strict=True)]
+    out, edges, tapped = wire(items, out, where, taps or ())
+    listed = [(*e, w) for e, w in zip(out, edges, strict=True)]
+    return listed if taps is None else (listed, tapped)
 
 
 def _stepped(b: Block, copies: list, repeat: bool, offset: int = 0) -> dict:
@@ -209,7 +211,7 @@ def _stepped(b: Block, copies: list, repeat: bool, offset: int = 0) -> dict:
     return {a: f"${b.var[a]} * ({k} + $copy)" if repeat else f"${b.var[a]} * {k}" for a in b.steps}
 
 
-def wire(items: list, out: list[tuple], where: str) -> list[dict]:
+def wire(items: list, out: list[tuple], where: str, taps=()) -> tuple:
     """Each entry's `in:` (where its main input is not the entry before it) and `from:` (its other
     inputs), naming the entries they read; an entry that is read this way gets an id if it has none.
     A mul reads its operands earliest first, so a gate scales the map it was computed from."""
@@ -234,9 +236,21 @@ def wire(items: list, out: list[tuple], where: str) -> list[dict]:
             ids[p] = _unique(name if _ID.fullmatch(name) and name != "input" else f"{getattr(out[p][1], 'name', None) or out[p][1].op}_{p}", taken)
             taken.add(ids[p])
         wires.append(pos)
+    tapped = []
+    for key in taps:   # the model's outputs: each the output of an entry, which then needs an id
+        p, last = at.get(key, (None, False))
+        if p is None or not last:
+            raise WeightsError.at(where, f"the model's output '{key}' is not the output of a layer or a stage "
+                                         "(a copy inside a repeat other than its last?)",
+                                  "nothing was written; write the spec's outputs: by hand")
+        if not ids[p]:
+            name = re.sub(r"\W", "_", _key_path(items, out, p))
+            ids[p] = _unique(name if _ID.fullmatch(name) and name != "input" else f"out_{p}", taken)
+            taken.add(ids[p])
+        tapped.append(ids[p])
     edges = [{**({"in": _name(p[0], ids)} if p[0] != j - 1 else {}),
               **({"from": [_name(x, ids) for x in p[1:]]} if len(p) > 1 else {})} for j, p in enumerate(wires)]
-    return [(*e[:2], ids[j], *e[3:]) for j, e in enumerate(out)], edges
+    return [(*e[:2], ids[j], *e[3:]) for j, e in enumerate(out)], edges, tapped
 
 
 def _name(p: int, ids: list) -> str:
