@@ -8,6 +8,8 @@ repeat them). Torch, ONNX and TensorRT are never imported here.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from .errors import Diagnostic, Diagnostics
@@ -15,7 +17,10 @@ from .ir import Graph, expand
 from .ops.count import totals
 from .passes import infer_shapes, insert_shortcuts, lint, resolve_ops, verify
 from .spec import Spec, parse_spec
-from .spec.model import read_source
+from .spec.model import read_source, with_vars
+
+# the command line's --var NAME=VALUE: applied to every spec file a command reads (spec_vars)
+_VARS: ContextVar[dict | None] = ContextVar("resgraph_vars", default=None)
 
 
 @dataclass(frozen=True)
@@ -63,13 +68,32 @@ class Checked:
         return [list(g[p].shape) for _, p in g.inputs], [list(g[p].shape) for _, p in g.outputs]
 
 
-def check_file(path: str) -> Checked:
-    return check_text(read_source(path), path)
+def check_file(path: str, vars: dict | None = None) -> Checked:
+    """Check the spec file at `path`; `vars` ({"n": 9}) overrides values of its `vars:` (see
+    spec.model.with_vars), by default those of the command line's --var (spec_vars)."""
+    if vars is None:
+        return check_text(read_source(path), path, vars=_VARS.get(), option="--var")
+    return check_text(read_source(path), path, vars=vars)
 
 
-def check_text(text: str, file: str = "<spec>", read_files: bool = True) -> Checked:
+@contextmanager
+def spec_vars(overrides: dict | None):
+    """Within the block, every spec file read by check_file has these `vars:` overridden: the
+    command line's --var, for commands whose library call reads the spec itself (compile, train)."""
+    token = _VARS.set(dict(overrides) if overrides else None)
+    try:
+        yield
+    finally:
+        _VARS.reset(token)
+
+
+def check_text(text: str, file: str = "<spec>", read_files: bool = True, vars: dict | None = None,
+               option: str = "vars") -> Checked:
+    """Check a spec's text (`vars`: as check_file's; `option` names them in an error)."""
     # Structure, references and op arguments are checked together, so that one run reports the
     # unknown key, the dangling id and the misspelt argument at once; shapes only once they are sound.
+    if vars:
+        text = with_vars(text, file, vars, option)
     d = Diagnostics()
     spec = parse_spec(text, file, d, read_files)
     if spec is None:
@@ -209,5 +233,18 @@ def check_compiled(folder: str) -> Checked:
     return replace(checked, spec=replace(checked.spec, labels=manifest.labels))
 
 
+def with_overrides(src: SpecSource) -> SpecSource:
+    """The source with the command line's --var applied (spec_vars): its text, rewritten, is what is
+    checked and what a diagnostic's carets show. Without --var, the source as it is."""
+    overrides = _VARS.get()
+    if not overrides:
+        return src
+    text = read_source(src.where) if src.text is None else src.text
+    return dataclasses.replace(src, text=with_vars(text, src.where, overrides, "--var"))
+
+
 def check_source(src: SpecSource) -> Checked:
-    return check_file(src.where) if src.text is None else check_text(src.text, src.where, read_files=src.read_files)
+    """Check what spec_source found (with_overrides already applied: no --var is applied here)."""
+    if src.text is None:
+        return check_file(src.where, vars={})
+    return check_text(src.text, src.where, read_files=src.read_files)

@@ -114,3 +114,75 @@ def check_requires(rules: tuple[Requires, ...], params: dict) -> None:
         v = params[r.option]
         if r.when(v) and not params[r.needs]:
             raise OptionError.at("--" + r.option.replace("_", "-"), r.message.format(value=v), r.hint.format(value=v))
+
+
+VAR_HELP = ("NAME=VALUE: override the spec's vars: NAME (a YAML value: 9, 0.5, relu, [16,32,64]); "
+            "repeatable.")
+
+
+def parse_var(text: str) -> tuple[str, list]:
+    """--var NAME=VALUE -> (NAME, [values]): VALUE read as YAML (9, relu, [16,32,64]); commas outside
+    brackets and quotes separate the values of a sweep (n=3,5,7: three)."""
+    import re
+
+    import yaml
+    name, eq, value = text.partition("=")
+    name = name.strip()
+    if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise click.BadParameter(f"{text!r} is not NAME=VALUE (e.g. --var n=9, --var widths=[16,32,64])")
+    if len(value) > 4096:
+        raise click.BadParameter(f"the value of {name} is {len(value):,} characters; a variable's is a few")
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(value + ","):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(value[start:i].strip())
+            start = i + 1
+    if depth or quote or not parts:
+        raise click.BadParameter(f"{name}={value}: an unclosed bracket or quote")
+    try:
+        values = [yaml.safe_load(p) for p in parts]
+    except yaml.YAMLError as e:
+        raise click.BadParameter(f"{name}={value}: not a YAML value ({getattr(e, 'problem', None) or e})") from None
+    if any(v is None for v in values):
+        raise click.BadParameter(f"{name}={value}: a value is missing (e.g. --var {name}=9)")
+    return name, values
+
+
+def var_option(sweep: bool = False):
+    """The --var option of every command that reads a spec. The command's library call reads the spec
+    within frontend.spec_vars, so the overrides reach it however deep it checks the spec. With
+    sweep=True (check) the command gets `var`, NAME -> [values], and runs each itself; without,
+    several values are a usage error."""
+    import functools
+
+    def convert(ctx, param, texts):
+        out = {}
+        for text in texts:
+            name, values = parse_var(text)
+            if name in out:
+                raise click.BadParameter(f"{name} is given twice; a sweep is one --var {name}=3,5,7")
+            if len(values) > 1 and not sweep:
+                raise click.BadParameter(f"{name}={','.join(map(str, values))}: a sweep of several values is for "
+                                         f"'resgraph check'; give {name} one value here")
+            out[name] = values
+        return out
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, var, **kwargs):
+            if sweep:
+                return fn(*args, var=var, **kwargs)
+            from ..frontend import spec_vars
+            with spec_vars({k: v[0] for k, v in var.items()}):
+                return fn(*args, **kwargs)
+        return click.option("--var", "var", multiple=True, callback=convert, metavar="NAME=VALUE",
+                            help=VAR_HELP + (" NAME=3,5,7 checks each value: one row each." if sweep else ""))(wrapper)
+    return decorate

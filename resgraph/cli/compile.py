@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import Requires, check_requires, run
+from .common import Requires, check_requires, run, var_option
 from .engine import ENGINE_FLAGS, engine_options, parity_gate, print_engine
 from .quantize import print_gate, quant_from_flags, quant_options
 
@@ -41,6 +41,7 @@ REQUIRES = (
                                              "against ONNX Runtime and PyTorch; see docs/tensorrt.md.")
 @engine_options
 @quant_options
+@var_option()
 def compile_cmd(spec, weights, out, precision, opset, input_, output_, no_fold, seed, external_data, engine, engine_device,
                 no_parity_gate, verbose, calibrate, calibration_samples, calibration_method, percentile, keep_float,
                 eval_set, min_accuracy, min_agreement, min_sqnr, no_gate, **flags):

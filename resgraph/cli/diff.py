@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..errors import ResgraphError
-from .common import Requires, check_requires, fail_internal, print_diagnostics
+from .common import Requires, check_requires, fail_internal, print_diagnostics, var_option
 
 
 def fmt(shape) -> str:
@@ -34,6 +34,7 @@ RULES = (
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="With --carry-weights: the .safetensors file to write B's weights to.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for the layers B's init: initialises.")
+@var_option()
 def diff(a, b, as_json, depth, weights_a, output, seed):
     """Compare spec A with spec B (two versions of one network, same input): every block or layer
     added, removed or changed, with its output shape, params and MACs deltas and the inserted Ws that

@@ -7,13 +7,14 @@ import sys
 
 import click
 
-from .common import FiniteFloat, HxW, run
+from .common import FiniteFloat, HxW, run, var_option
 
 
 @click.command("init")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The .safetensors file to write.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed: the same seed gives the same weights.")
+@var_option()
 def init_cmd(spec, output, seed):
     """Write freshly initialised weights for SPEC (the spec's init: policies), marked untrained."""
     def body():
@@ -34,6 +35,7 @@ def init_cmd(spec, output, seed):
               help="The model's state_dict (.pth or .safetensors) downloaded elsewhere, for machines without internet.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for a randomly initialised model (without --pretrained or --weights-file).")
+@var_option()
 def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
     """Import weights from SOURCE (torchvision:NAME or timm:NAME, e.g. torchvision:resnet50,
     timm:resnet50d) into SPEC's layout.
@@ -111,6 +113,7 @@ def import_lines(output: str, r: dict) -> list[str]:
                    "[default: a tenth of an epoch, at most 50].")
 @click.option("--channels-last", is_flag=True)
 @click.option("--sync-bn", is_flag=True, help="Synchronise BatchNorm statistics across processes (torchrun).")
+@var_option()
 def train_cmd(spec, data, out, **options):
     """Train SPEC on DATA; a checkpoint per epoch, metrics.csv, resumable. Works under torchrun."""
     def body():
@@ -137,6 +140,7 @@ def train_cmd(spec, data, out, **options):
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--val-split", type=FiniteFloat(0.0, 0.9), default=0.2, show_default=True)
 @click.option("--split-seed", "seed", type=int, default=0, show_default=True, help="The seed of the train/val split.")
+@var_option()
 def eval_cmd(spec, weights, data, split, val_split, seed):
     """Accuracy and loss of SPEC with WEIGHTS on DATA (the held-out split by default)."""
     def body():

@@ -8,17 +8,24 @@ import sys
 import click
 
 from ..errors import ResgraphError
-from .common import HxW, fail_internal, print_diagnostics, run, say
+from .common import HxW, fail_internal, print_diagnostics, run, say, var_option
 
 
 def checked(path):
     """Check the spec behind a command's argument (frontend.spec_source), its text remembered for
     the carets of any diagnostic."""
-    from ..frontend import check_source, spec_source
-    from ..render import remember_source
+    from ..frontend import spec_source
     src = spec_source(path, sys.stdin)
     if src.note:
         say(src.note)
+    return checked_source(src)
+
+
+def checked_source(src):
+    """check_source with the command line's --var applied, the text checked remembered for carets."""
+    from ..frontend import check_source, with_overrides
+    from ..render import remember_source
+    src = with_overrides(src)
     if src.text is not None:
         remember_source(src.where, src.text)
     return check_source(src)
@@ -30,9 +37,23 @@ def checked(path):
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.option("--at", "at", type=HxW(), default=None,
               help="HxW: for specs with size variables, give the MACs at this input size [default: the smallest valid].")
-def check(specs, as_json, strict, at):
+@var_option(sweep=True)
+def check(specs, as_json, strict, at, var):
     """Check every dimension along every edge of SPECS ('-' reads standard input); report inserted
-    projections (Ws). With --json and several specs, one JSON object per line."""
+    projections (Ws). With --json and several specs, one JSON object per line.
+
+    With --var NAME=3,5,7 (a sweep; several swept NAMEs step together), one row per value: params,
+    MACs and the Ws inserted; with --json, one list of check's objects (each with its "vars") per spec."""
+    from ..frontend import spec_vars
+    runs = run(lambda: sweep_runs(var))
+    if len(runs) > 1:
+        sys.exit(sweep(specs, runs, as_json, strict, at))
+    with spec_vars(runs[0]):
+        sys.exit(check_each(specs, as_json, strict, at))
+
+
+def check_each(specs, as_json, strict, at) -> int:
+    """check without a sweep: each spec's report (or its errors), and the exit code."""
     failed = False
     for path in specs:
         try:
@@ -54,7 +75,85 @@ def check(specs, as_json, strict, at):
             console().print(ok_text(path, c))
             for w in c.warnings:
                 console(stderr=True).print(diagnostic(w))
-    sys.exit(1 if failed else 0)
+    return 1 if failed else 0
+
+
+def sweep_runs(var: dict) -> list[dict]:
+    """--var's NAME -> [values] as one {NAME: value} per run: the swept names step together."""
+    from ..errors import OptionError
+    lengths = {len(v) for v in var.values() if len(v) > 1}
+    if len(lengths) > 1:
+        raise OptionError.at("--var", "swept variables have different numbers of values ("
+                             + ", ".join(f"{k}: {len(v)}" for k, v in var.items() if len(v) > 1) + ")",
+                             "several swept names step together (compound scaling): give each as many values")
+    n = lengths.pop() if lengths else 1
+    return [{k: v[i] if len(v) > 1 else v[0] for k, v in var.items()} for i in range(n)]
+
+
+def sweep(specs, runs: list[dict], as_json: bool, strict: bool, at) -> int:
+    """check --var n=3,5,7: per spec, each run's params, MACs and Ws as a table (or a JSON list of
+    check's objects, each with its "vars"); a run that fails is a row with its first error, its
+    diagnostics after the table. The exit code: 1 if a run failed (or warned, with --strict)."""
+    from ..frontend import spec_source, spec_vars
+    failed = False
+    for path in specs:
+        rows, src = [], None
+        for values in runs:
+            with spec_vars(values):
+                try:
+                    src = src or spec_source(path, sys.stdin)   # read once: '-' is standard input
+                    rows.append((values, macs_at(checked_source(src), at)))
+                except ResgraphError as e:
+                    rows.append((values, e))
+                except Exception as e:  # noqa: BLE001
+                    fail_internal(e)
+        failed |= any(isinstance(c, ResgraphError) or (strict and c.warnings) for _, c in rows)
+        first = {(str(c.diagnostics[0].loc), c.diagnostics[0].message) if isinstance(c, ResgraphError) else None
+                 for _, c in rows}
+        if not as_json and len(first) == 1 and None not in first:   # the same for every value: --var m of no spec
+            print_diagnostics(rows[0][1].diagnostics, path)
+        elif as_json:
+            click.echo(json.dumps([{"vars": v, **(c.to_json() if not isinstance(c, ResgraphError)
+                                                  else {"errors": [d.to_json() for d in c.diagnostics]})}
+                                   for v, c in rows]))
+        else:
+            print_sweep(path, rows)
+    return 1 if failed else 0
+
+
+def print_sweep(path, rows) -> None:
+    """The sweep's table: a row per run (the values, params, MACs, Ws: how many and where)."""
+    from rich.table import Table
+
+    from ..render import console, diagnostic, escape, human_int
+    names = list(rows[0][0])
+    good = next((c for _, c in rows if not isinstance(c, ResgraphError)), None)
+    t = Table(title=f"{escape(good.graph.name) + ' ' if good else ''}({escape(str(path))}): "
+              + ", ".join(f"{k} = {', '.join(str(v[k]) for v, _ in rows)}" for k in names), title_justify="left")
+    for k in names:
+        t.add_column(escape(k), justify="right")
+    for col in ("params", "MACs"):
+        t.add_column(col, justify="right")
+    t.add_column("Ws inserted")
+    for values, c in rows:
+        cells = [escape(json.dumps(values[k])) for k in names]
+        if isinstance(c, ResgraphError):
+            d = c.diagnostics[0]
+            where = f" at {d.loc}" if d.loc.line else ""
+            t.add_row(*cells, "-", "-", f"[red]error[/red]{escape(where)}: {escape(d.message)}")
+            continue
+        macs = c.macs if c.sizes is None else c.sizes.macs
+        ws = c.graph.projections
+        where = ", ".join(p.at for p in ws[:6]) + (", ..." if len(ws) > 6 else "")
+        t.add_row(*cells, f"{c.params:,} ({human_int(c.params)})", f"{macs:,} ({human_int(macs)})",
+                  f"{len(ws)}" + (f": {escape(where)}" if ws else "") + (f"  [yellow]{len(c.warnings)} warnings[/yellow]"
+                                                                          if c.warnings else ""))
+    console().print(t)
+    err = console(stderr=True)
+    for values, c in rows:
+        for d in (c.diagnostics if isinstance(c, ResgraphError) else c.warnings):
+            err.print(f"with {', '.join(f'{k}={json.dumps(v)}' for k, v in values.items())}:")
+            err.print(diagnostic(d))
 
 
 @click.command()
@@ -63,6 +162,7 @@ def check(specs, as_json, strict, at):
               help="Collapse paths deeper than this into one row (like torchinfo's depth).")
 @click.option("--size", type=HxW(), default=None,
               help="HxW: for a spec with size variables, the input size to show [default: the largest valid].")
+@var_option()
 def summary(spec, depth, size):
     """A layer table of SPEC: path, op, output shape, params, MACs, skip edges; inserted Ws marked."""
     c = run(lambda: at_size(checked(spec), size))
@@ -102,6 +202,7 @@ def at_size(c, size, option: str = "--size"):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Draw it instead: .svg, .png, .pdf (Graphviz's dot renders them) or .dot.")
 @click.option("--collapse", is_flag=True, help="One node per residual block (large networks).")
+@var_option()
 def graph(spec, output, collapse):
     """Print the compiled IR of SPEC as readable Python (shapes and source lines as comments), or draw
     it with -o: blocks as clusters, skip edges dashed, inserted Ws highlighted, shapes on the edges."""

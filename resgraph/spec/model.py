@@ -107,6 +107,69 @@ def parse_spec(text: str, file: str = "<spec>", diags: Diagnostics | None = None
     return spec
 
 
+def with_vars(text: str, file: str, overrides: dict, option: str = "--var") -> str:
+    """The spec's text with the `vars:` named in `overrides` given new values, each written as a YAML
+    flow value where the old one was, on as many lines, so every other location stays where it was.
+    The result is a spec of its own: its sha256 is what a checkpoint or compiled folder records, and
+    its text is what a compiled folder keeps. A name the spec does not declare, or a value of another
+    kind than the declared one (a list for a number), is an OptionError at `option`; a spec that
+    does not parse is returned as it is (parse_spec reports it)."""
+    import yaml
+
+    from ..errors import OptionError
+    from .yamlsrc import _LOADER
+    d = Diagnostics()
+    root = load_yaml(text, file, d)
+    if root is None or d.errors or not root.is_map or not overrides:
+        return text
+    vy = root.value.get("vars")
+    names = vy.value if vy is not None and vy.is_map else {}
+    declared = _Parser(file, Diagnostics()).vars(vy) if names else {}
+    for name, value in overrides.items():
+        where, kind = f"{option} {name}", _kind(value)
+        if name not in names:
+            raise OptionError.at(where, f"{file} declares no variable '{name}'", did_you_mean(name, names, "variables")
+                                 or "declare it under the spec's vars: (n: 3) and use it as $n")
+        if kind is None:
+            raise OptionError.at(where, f"{value!r} is not a value a variable takes",
+                                 "a number, a word, true/false or a list of those: n=9, act=relu, widths=[16,32,64]")
+        if name in declared and kind != _kind(declared[name]):
+            raise OptionError.at(where, f"'{name}' is {_kind(declared[name])} in {file} ({declared[name]!r}); "
+                                 f"{value!r} is {kind}", f"give {_kind(declared[name])}, as the spec's own value is")
+    top = yaml.compose(text, Loader=_LOADER)   # the same document load_yaml read within its budgets
+    nodes = {k.value: (k, v) for k, v in next(v for k, v in top.value if k.value == "vars").value}
+    for name in sorted(overrides, key=lambda n: -nodes[n][1].start_mark.index):
+        key, node = nodes[name]
+        start = node.start_mark.index
+        if start < key.end_mark.index:
+            raise OptionError.at(f"{option} {name}", f"'{name}' is an alias in {file}", "write its value out to override it")
+        old = text[start:node.end_mark.index].rstrip()    # a block list ends where the next key begins
+        text = text[:start] + _flow(overrides[name]) + "\n" * old.count("\n") + text[start + len(old):]
+    return text
+
+
+def _kind(value) -> str | None:
+    """What a variable is, in words (None: not a value a variable takes)."""
+    if isinstance(value, list):
+        return "a list" if all(_kind(x) not in (None, "a list") for x in value) else None
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number" if math.isfinite(value) else None
+    return "a word" if isinstance(value, str) else None
+
+
+def _flow(value) -> str:
+    """A variable's value as YAML flow text: [16, 32], 9, 0.5, true, "relu"."""
+    import json
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_flow, value)) + "]"
+    if isinstance(value, float):   # PyYAML's own writing: 1e+20 would read back as a word
+        import yaml
+        return yaml.safe_dump(value).split("\n")[0]
+    return json.dumps(value)
+
+
 class _Parser(IOParser, LayersParser):
     """The spec's top-level sections; the layers and blocks are LayersParser's (layers.py)."""
 
@@ -209,12 +272,12 @@ class _Parser(IOParser, LayersParser):
             if not ID_RE.match(k):
                 self.d.error(y.keylocs[k], f"invalid variable name '{k}'", "use letters, digits and '_'")
                 continue
-            val = self.const(v, env)
-            if val is None:
-                continue
-            if not isinstance(val, (int, float, str, bool)):
-                self.d.error(v.loc, f"variable '{k}' must be a number, a word or true/false, got {kind_of(v)}",
-                             "for example: width: 64")
+            val = [self.const(x, env) for x in v.value] if v.is_list else self.const(v, env)
+            if val is None or v.is_list and any(r is None and x.value is not None for r, x in zip(val, v.value)):
+                continue   # reported
+            if not all(isinstance(x, (int, float, str, bool)) for x in (val if isinstance(val, list) else [val])):
+                self.d.error(v.loc, f"variable '{k}' must be a number, a word, true/false or a list of those, got "
+                             f"{kind_of(v)}", "for example: width: 64, or widths: [16, 32, 64]")
                 continue
             env[k] = val
         return env

@@ -9,11 +9,13 @@ declarations and proves they name the same keys.
 from __future__ import annotations
 
 from ..limits import MAX_LABELS, MAX_REPEAT, MAX_SPATIAL
+from .expr import FUNCTIONS
 from .grammar import ENTRY, ID_PATTERN, INLINE_RESIDUAL, NAME_PATTERN, RESIDUAL, SPEC, VERSION, Key, Mapping
 
 SCHEMA_ID = "https://resgraph.dev/schema/spec-v1.json"
 # an expression: written once under $defs, referred to wherever a number may be computed
-EXPR_DEF = {"type": "string", "pattern": r"\$", "description": "an expression over $vars and block args: \"$out * 4\""}
+EXPR_DEF = {"type": "string", "pattern": r"\$|^\s*(?:" + "|".join(FUNCTIONS) + r")\s*\(",
+            "description": "an expression over $vars and block args: \"$out * 4\", \"make_divisible($c * 0.75, 8)\""}
 EXPR = {"$ref": "#/$defs/expr"}
 NULL = {"type": "null"}
 
@@ -98,7 +100,8 @@ def _value(key: Key, ops: dict) -> dict:
         return {"type": "object", "propertyNames": _names(ID_PATTERN), "additionalProperties": _mapping(key.of, ops)}
     if k == "vars":
         return {"type": "object", "propertyNames": _names(ID_PATTERN),
-                "additionalProperties": {"type": ["number", "string", "boolean"]}}
+                "additionalProperties": {"anyOf": [{"type": ["number", "string", "boolean"]}, {
+                    "type": "array", "items": {"type": ["number", "string", "boolean"]}}]}}
     if k == "defaults":   # per op: its arguments but those set per entry
         return {"type": "object", "additionalProperties": False, "properties": {
             name: _args(op, key.reserved) if set(op.args) & set(key.reserved) else {"$ref": f"#/$defs/args.{name}"}
