@@ -201,3 +201,28 @@ def test_cli_writes_the_spec_and_weights_and_refuses_a_bad_source(tmp_path):
     assert r.exit_code == 1 and "no such ONNX file" in r.output and not (tmp_path / "x.yaml").exists()
     with pytest.raises(OptionError, match="unknown model source"):
         import_model("model.pt")
+
+
+class _Activations(nn.Module):
+    """PReLU (a slope per channel) and Mish, which the spec language has as prelu and mish."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.mish = nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8, init=0.1), nn.Mish()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.mish(self.act(self.conv(x)))), 1))
+
+
+def test_prelu_and_mish_import_from_torch_and_from_onnx(tmp_path):
+    model = _Activations().eval()
+    with torch.no_grad():
+        model.act.weight.uniform_(-0.5, 0.5)   # slopes that differ per channel
+    imported = import_model(model, input_shape=(3, 8, 8))
+    assert [n.op for n in imported.checked.graph.nodes][1:4] == ["conv", "prelu", "mish"]
+    assert imported.report["max_abs_diff"] <= 1e-6
+    path = str(tmp_path / "act.onnx")
+    torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), path, dynamo=False, opset_version=18)
+    back = import_model(path)
+    assert [n.op for n in back.checked.graph.nodes][1:4] == ["conv", "prelu", "mish"], back.text

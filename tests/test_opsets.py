@@ -112,6 +112,7 @@ layers:
   - gelu
   - groupnorm: {groups: 2, eps: 0.3}
   - hardswish
+  - mish
   - upsample: {scale: 2, mode: bilinear}
   - global_avgpool
   - flatten

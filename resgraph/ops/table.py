@@ -137,7 +137,7 @@ def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
         return {**t, "bias": (args["out"],)} if args["bias"] else t
     if op in ("layernorm", "groupnorm"):
         return {"weight": (ins[0][0],), "bias": (ins[0][0],)}
-    if op == "scale":
+    if op in ("scale", "prelu"):
         return {"weight": (ins[0][0],)}
     if op == "bn":
         c = ins[0][0]
@@ -222,6 +222,13 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
           bn_folds_into=False, init=None, import_kind=None, aliases=()),
     OpDef("hardsigmoid", {}, unchanged, doc=_ACT, keeps_zero=False, zeroable=False, inference="keep",
           bn_folds_into=False, init=None, import_kind=None, aliases=()),
+    OpDef("prelu", {"init": Float(0.25)}, norm_shape("prelu"), lambda a, i, o: i[0][0],
+          doc="parametric ReLU: max(0, x) + a min(0, x) with a learned slope a per channel (or feature), "
+              "starting at `init` (He et al. 2015)",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init="scale",
+          import_kind="prelu", aliases=("parametric_relu",)),
+    OpDef("mish", {}, unchanged, doc=_ACT + ": x tanh(softplus(x)) (Misra 2019)", keeps_zero=True, zeroable=False,
+          inference="keep", bn_folds_into=False, init=None, import_kind=None, aliases=()),
     OpDef("leaky_relu", {"slope": Float(0.01)}, unchanged, doc=_ACT, keeps_zero=True, zeroable=False,
           inference="keep", bn_folds_into=False, init=None, import_kind=None, aliases=("leakyrelu",)),
     OpDef("maxpool", {"kernel": Int(hi=MAX_KERNEL), "stride": Int(0, lo=0, hi=MAX_KERNEL),

@@ -101,7 +101,7 @@ def test_every_fact_of_every_row_is_valid(name):
 
 
 def test_weight_import_knows_exactly_the_kinds_of_the_table():
-    assert set(_LAYERS) == {"conv", "bn", "linear", "layernorm", "groupnorm", "scale"}
+    assert set(_LAYERS) == {"conv", "bn", "linear", "layernorm", "groupnorm", "scale", "prelu"}
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_parameters_take_the_init_policy_the_row_names(allops):
     from torch import nn
 
     from resgraph.backends.torch.modules import Scale
-    modules = {"conv": (nn.Conv2d, nn.ConvTranspose2d), "linear": (nn.Linear,), "scale": (Scale,),
+    modules = {"conv": (nn.Conv2d, nn.ConvTranspose2d), "linear": (nn.Linear,), "scale": (Scale, nn.PReLU),
                "norm": (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)}
     for n in allops.nodes[1:]:
         op, g = OPS[n.op], _alone(allops, n)

@@ -1,6 +1,6 @@
 """Several ONNX nodes that are exactly one resgraph op, read back as that op (resgraph's own lowerings,
 backends/onnx/lower.py, spell these ops so): a layer norm over the channels between two Transposes,
-PyTorch's exact gelu as erf (opsets below 20), silu as x * sigmoid(x), the zeropad shortcut as Slice +
+PyTorch's exact gelu as erf (opsets below 20), silu as x * sigmoid(x), mish as x * tanh(softplus(x)), the zeropad shortcut as Slice +
 Pad, a group norm as InstanceNormalization between Reshapes (opsets below 21). Each pattern matches at
 its last node and only where every inner tensor has that one reader, so the nodes it absorbs compute
 nothing else.
@@ -30,7 +30,6 @@ class _Ctx:
         """The node of `op_type` that makes `name`, where `name` has no other reader; else None."""
         n = self.producer.get(name)
         return n if n is not None and n.op_type == op_type and self.users[name] == 1 else None
-
 
 
 def _attrs(n) -> dict:
@@ -109,6 +108,16 @@ def _silu(n, ctx: _Ctx):
     return None
 
 
+def _mish(n, ctx: _Ctx):
+    """x * tanh(softplus(x)) (Mish below opset 18), one reader of each inner tensor."""
+    for i, x in enumerate(n.input):
+        t = ctx.only(n.input[1 - i], "Tanh") if len(n.input) == 2 else None
+        sp = ctx.only(t.input[0], "Softplus") if t is not None else None
+        if sp is not None and sp.input[0] == x:
+            return ("mish", {}, {}, [x]), [t, sp]
+    return None
+
+
 def _zeropad(n, ctx: _Ctx):
     """Option A's shortcut: every s-th pixel (a Slice, where s > 1), then zero channels at the end."""
     a = _attrs(n)
@@ -163,4 +172,4 @@ def _groupnorm(n, ctx: _Ctx):
     return ("groupnorm", args, ts, [grouped.input[0]]), [m, back, shape, norm, grouped]
 
 
-_PATTERNS = {"Transpose": (_layernorm_map,), "Mul": (_gelu, _silu), "Pad": (_zeropad,), "Add": (_groupnorm,)}
+_PATTERNS = {"Transpose": (_layernorm_map,), "Mul": (_gelu, _silu, _mish), "Pad": (_zeropad,), "Add": (_groupnorm,)}

@@ -23,7 +23,7 @@ from .onnx_patterns import _attrs, _Ctx, _f32, _fuse, _layernorm
 from .trace import Op, _drop_identities, _nondefault, _padding
 
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
-_PLAIN = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Mul": "mul",
+_PLAIN = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Mul": "mul", "Mish": "mish",
           "GlobalAveragePool": "global_avgpool", "Identity": "identity", "Dropout": "identity"}
 _HINT = "resgraph has no op for it; see docs/spec-language.md section 3.13; nothing was written"
 _BIG = 64   # initializers above this many elements are left out of the copy that shape inference reads
@@ -138,6 +138,8 @@ def _map(n, ctx: _Ctx):
     consts = [i for i in n.input[1:] if i in init]
     if t in _PLAIN and not any(i in init for i in n.input):
         return _PLAIN[t], {}, {}
+    if t == "PRelu" and len(consts) == 1 and init[consts[0]].size > 1:   # one slope per channel
+        return "prelu", {}, {"weight": np.ascontiguousarray(init[consts[0]].reshape(-1))}
     if t == "LeakyRelu":
         return "leaky_relu", _nondefault({"slope": _f32(a.get("alpha", 0.01))}, {"slope": 0.01}), {}
     if t == "Add" and not consts and len(n.input) == 2:

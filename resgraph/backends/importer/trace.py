@@ -26,13 +26,13 @@ from torch import nn
 from ...errors import Diagnostic, Loc, WeightsError
 
 _ACTS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.GELU: "gelu",
-         nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid"}
+         nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Mish: "mish"}
 F = nn.functional
 # functions and methods that are one of resgraph's ops as they are (in-place forms too, where nothing
 # reads their input after them: see _inplace_ok); add and mul only of two tensors (_two_tensors)
 _FUNCS = {torch.relu: "relu", F.relu: "relu", torch.relu_: "relu", F.relu_: "relu", F.relu6: "relu6",
           torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", torch.tanh: "tanh", F.tanh: "tanh", F.gelu: "gelu",
-          F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", operator.add: "add",
+          F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", F.mish: "mish", operator.add: "add",
           torch.add: "add", operator.iadd: "add", operator.mul: "mul", torch.mul: "mul", operator.imul: "mul",
           torch.cat: "concat", torch.concat: "concat"}
 _METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh",
@@ -331,6 +331,8 @@ def _map_module(m: nn.Module):
             return (op, {}, "") if exact else "module GELU with the tanh approximation (resgraph's gelu is exact)"
     if isinstance(m, nn.LeakyReLU):
         return "leaky_relu", _nondefault({"slope": m.negative_slope}, {"slope": 0.01}), ""
+    if isinstance(m, nn.PReLU) and m.num_parameters > 1:   # one slope per channel (a shared one is not an op)
+        return "prelu", {}, ""
     if isinstance(m, nn.Conv2d):
         return _conv(m)
     if isinstance(m, nn.BatchNorm2d):

@@ -22,7 +22,7 @@ from .writer import initializer_header
 DEFAULT_OPSET = 17
 OPSETS = range(13, 22)   # docs/onnx.md: which runtimes read which
 # ops whose lowering depends on the opset: from this opset one ONNX op, below it an exact decomposition
-SINGLE_OP_FROM = {"hardswish": 14, "layernorm": 17, "gelu": 20, "groupnorm": 21}
+SINGLE_OP_FROM = {"hardswish": 14, "layernorm": 17, "mish": 18, "gelu": 20, "groupnorm": 21}
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -212,6 +212,19 @@ def hardswish(b, n, xs):
     return b.op("Mul", [xs[0], b.op("HardSigmoid", xs, f"{n.path}/gate", alpha=1 / 6, beta=0.5)], n.path)
 
 
+def prelu(b, n, xs):
+    """PRelu with the [C] slope broadcast over [N, C, H, W] as [C, 1, 1] (unidirectional broadcasting)."""
+    return b.op("PRelu", [xs[0], _per_channel(b, n, "weight")], n.path)
+
+
+def mish(b, n, xs):
+    """Mish from opset 18; below, its definition: x * tanh(softplus(x))."""
+    if b.opset >= SINGLE_OP_FROM["mish"]:
+        return b.op("Mish", xs, n.path)
+    t = b.op("Tanh", [b.op("Softplus", xs, f"{n.path}/softplus")], f"{n.path}/tanh")
+    return b.op("Mul", [xs[0], t], n.path)
+
+
 def leaky_relu(b, n, xs):
     return b.op("LeakyRelu", xs, n.path, alpha=float(n.args["slope"]))
 
@@ -305,7 +318,7 @@ def zeropad(b, n, xs):
 LOWER = {
     "conv": conv, "conv_transpose": conv_transpose, "bn": bn, "linear": linear,
     "relu": simple("Relu"), "relu6": relu6, "sigmoid": simple("Sigmoid"), "tanh": simple("Tanh"), "gelu": gelu,
-    "silu": silu, "leaky_relu": leaky_relu, "hardswish": hardswish,
+    "silu": silu, "leaky_relu": leaky_relu, "hardswish": hardswish, "prelu": prelu, "mish": mish,
     "hardsigmoid": simple("HardSigmoid", alpha=1 / 6, beta=0.5),   # PyTorch's: relu6(x + 3) / 6
     "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": simple("Identity"), "mul": mul, "maxpool": maxpool, "avgpool": avgpool,
     "global_avgpool": simple("GlobalAveragePool"), "flatten": flatten, "dropout": simple("Identity"),

@@ -120,6 +120,10 @@ def scale(ctx, n, xs):
     return ctx.module(n.path, Scale(n.shape[0], n.args["init"]), xs[0], n)
 
 
+def prelu(ctx, n, xs):
+    return ctx.module(n.path, nn.PReLU(n.shape[0], n.args["init"]), xs[0], n)
+
+
 def drop_path(ctx, n, xs):
     return ctx.module(n.path, DropPath(n.args["p"]), xs[0], n)
 
@@ -234,8 +238,8 @@ LOWER = {
     "conv": conv, "conv_transpose": conv_transpose, "bn": bn, "linear": linear,
     "relu": relu, "relu6": pointwise(F.relu6), "sigmoid": pointwise(torch.sigmoid),
     "tanh": pointwise(torch.tanh), "gelu": pointwise(F.gelu), "silu": pointwise(F.silu), "leaky_relu": leaky_relu,
-    "hardswish": pointwise(F.hardswish), "hardsigmoid": pointwise(F.hardsigmoid),
-    "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": drop_path, "mul": mul,
+    "hardswish": pointwise(F.hardswish), "hardsigmoid": pointwise(F.hardsigmoid), "mish": pointwise(F.mish),
+    "prelu": prelu, "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": drop_path, "mul": mul,
     "maxpool": maxpool, "avgpool": avgpool, "global_avgpool": global_avgpool, "flatten": flatten,
     "dropout": dropout, "softmax": softmax, "add": add, "concat": concat, "upsample": upsample,
     "identity": identity, "project": project, "zeropad": zeropad,

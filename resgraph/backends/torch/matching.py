@@ -153,6 +153,8 @@ def layer_kind(module: nn.Module | None) -> str:
         return "groupnorm"
     if _is_scale(module):
         return "scale"
+    if isinstance(module, nn.PReLU):
+        return "prelu"
     return type(module).__name__
 
 

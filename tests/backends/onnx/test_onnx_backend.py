@@ -101,7 +101,9 @@ layers:
   - identity
   - layernorm: {id: ln, eps: 0.001}
   - groupnorm: {groups: 3}
+  - prelu: {init: 0.1}
   - hardswish
+  - mish
   - residual:
       id: se
       layers:
