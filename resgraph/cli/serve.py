@@ -38,11 +38,48 @@ def serving_options(f):
 
 
 def _options(platform, name, max_batch, instances, kind, dynamic_batching, max_queue_delay_us, preferred_batch,
-             backend):
+             backend, **more):
     from ..triton.export import Batching, TritonOptions
     batching = Batching(max_queue_delay_us, _ints(preferred_batch, "--preferred-batch")) if dynamic_batching else None
     return TritonOptions(platform=platform, name=name, max_batch=max_batch, instances=instances, kind=kind,
-                         batching=batching, backend=backend)
+                         batching=batching, backend=backend, **more)
+
+
+def _accelerator(accelerator, fp16, workspace, cache):
+    """--accelerator and its options -> sections.Accelerator (None without --accelerator)."""
+    from ..errors import OptionError
+    from ..triton.sections import Accelerator
+    if accelerator is None:
+        given = [o for o, v in (("--accelerator-fp16", fp16), ("--accelerator-workspace", workspace),
+                                ("--accelerator-cache", cache)) if v]
+        if given:
+            raise OptionError.at(given[0], "only with --accelerator tensorrt", "add --accelerator tensorrt")
+        return None
+    return Accelerator(fp16=fp16, workspace_mib=workspace, cache=cache)
+
+
+def version_options(f):
+    for opt in reversed([
+        click.option("--version", "version", type=click.IntRange(1, 2**63 - 1), default=None,
+                     help="The version folder to write [default: the version holding this same model file, "
+                          "else the next free one; other versions are left in place]."),
+        click.option("--version-policy", default=None, metavar="latest:K|all|specific:A,B",
+                     help="Which versions Triton serves [default: Triton's, the newest]."),
+        click.option("--warmup", type=click.Choice(["zero", "random", "none"]), default="zero", show_default=True,
+                     help="model_warmup: one sample of the model's input shape and dtype, run at load."),
+        click.option("--accelerator", type=click.Choice(["tensorrt"]), default=None,
+                     help="onnxruntime platform: ONNX Runtime's TensorRT execution provider (GPU instances)."),
+        click.option("--accelerator-fp16", is_flag=True, help="The accelerator's precision_mode FP16 [default: FP32]."),
+        click.option("--accelerator-workspace", type=click.IntRange(1, 1 << 20), default=None, metavar="MiB",
+                     help="The accelerator's max_workspace_size_bytes, in MiB [default: the backend's, 1 GiB]."),
+        click.option("--accelerator-cache", default=None, metavar="PATH",
+                     help="Cache built TensorRT engines in this folder of the server's machine."),
+        click.option("--with-preprocess", is_flag=True,
+                     help="Add <name>_preprocess (Python: decodes encoded images as `run` does) and <name>_ensemble "
+                          "(encoded images in, the model's outputs out)."),
+    ]):
+        f = opt(f)
+    return f
 
 
 @click.group("export")
@@ -63,20 +100,28 @@ def export_group():
 @click.option("--force", is_flag=True, help="Replace a config.pbtxt that serves the folder's other versions "
                                             "differently (platform, batch size, inputs, outputs).")
 @serving_options
+@version_options
 def export_triton_cmd(artifact, repo, platform, name, kind, backend, force, max_batch, instances, dynamic_batching,
-                      max_queue_delay_us, preferred_batch):
-    """Write REPO/<name>/ (config.pbtxt, labels.txt, 1/...) for the compiled folder ARTIFACT."""
+                      max_queue_delay_us, preferred_batch, version, version_policy, warmup, accelerator,
+                      accelerator_fp16, accelerator_workspace, accelerator_cache, with_preprocess):
+    """Write REPO/<name>/ (config.pbtxt, labels.txt, N/...) for the compiled folder ARTIFACT."""
     def body():
         from ..triton.export import export_triton
         o = _options(platform, name, max_batch, instances, kind, dynamic_batching, max_queue_delay_us,
-                     preferred_batch, backend)
+                     preferred_batch, backend, version=version, version_policy=version_policy, warmup=warmup,
+                     accelerator=_accelerator(accelerator, accelerator_fp16, accelerator_workspace, accelerator_cache),
+                     with_preprocess=with_preprocess)
         path = export_triton(artifact, repo, o, force=force)
-        click.echo(f"exported {os.path.basename(path)} -> {path}/  ({platform})")
-        for root, _, files in sorted(os.walk(path)):
-            for f in sorted(files):
-                rel = os.path.relpath(os.path.join(root, f), path)
-                if not rel.startswith("1/artifact/"):
-                    click.echo(f"  {rel}")
+        model = os.path.basename(path)
+        names = [model, f"{model}_preprocess", f"{model}_ensemble"] if with_preprocess else [model]
+        for n in names:
+            where = os.path.join(os.path.dirname(path), n)
+            click.echo(f"exported {n} -> {where}/  ({platform if n == model else n.rsplit('_', 1)[1]})")
+            for root, _, files in sorted(os.walk(where)):
+                for f in sorted(files):
+                    rel = os.path.relpath(os.path.join(root, f), where)
+                    if "/artifact/" not in rel:
+                        click.echo(f"  {rel}")
     run(body)
 
 

@@ -2,7 +2,7 @@
 
     REPO/<name>/config.pbtxt     Triton's ModelConfig, text format
     REPO/<name>/labels.txt       the class names, one a line (output label_filename), where the folder has labels
-    REPO/<name>/1/               the version: by platform
+    REPO/<name>/N/               the version (--version N; default: the next free one, the others left in place): by platform
         onnxruntime   model.onnx (with external data: model.onnx/{model.onnx, model.onnx.data})  "onnxruntime_onnx"
         tensorrt      model.smXY.plan (model.engine, as is)                 platform "tensorrt_plan", cc_model_filenames
         python        model.py + artifact/ (the compiled folder, whole)     backend "python": resgraph.runtime in Triton
@@ -25,6 +25,12 @@ beside the repository, then put in place whole, or, where the model folder holds
 files of its own, entry by entry (version 1, labels.txt, config.pbtxt last), leaving the others as
 they are. A half-written model is never loaded by a server polling the repository, and nothing but
 models is ever in it.
+
+The config may also carry a version_policy (--version-policy), a warm-up sample (model_warmup, on by
+default: zero data of the model's own input shape and dtype), the onnxruntime platform's TensorRT
+accelerator (--accelerator tensorrt) and, with --with-preprocess, two more model folders: a Python
+step that decodes encoded images and an ensemble that feeds it to the model (ensemble.py). Every
+config is parsed by Triton's own ModelConfig before anything is written (sections.py: the pieces).
 """
 from __future__ import annotations
 
@@ -36,19 +42,25 @@ from dataclasses import dataclass
 
 from ..errors import ArtifactError, OptionError
 from ..fileio import link_or_copy
-from ..manifest import ARTIFACTS, KSERVE, folder_of, read_manifest
+from ..manifest import ARTIFACTS, folder_of, read_manifest
 from ..publish import Layout, Stage, wait_for_cleanup
+from .sections import (DTYPES, Accelerator, ModelFolder, accelerator_text, check_policy, dims_of, parse_policy,
+                       policy_text, q as _q, tensors as _tensors, warmup_text)
 
 PLATFORMS = ("onnxruntime", "tensorrt", "python")
 # a model's name: a folder of the repository and a segment of Triton's URLs (/v2/models/NAME), so
 # letters, digits, '_', '-' and '.', not starting with '.' or '-'; every spec name (the manifest's) fits
 NAME_RULE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 NAME_HINT = "letters, digits, '_', '-' and '.', at most 128, not starting with '.' or '-'"
-DTYPES = {k: f"TYPE_{v}" for k, v in KSERVE.items()}   # a manifest's dtype -> Triton's data_type
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
-# a model folder of the repository, as the publisher writes it: the version, then its labels, then the
-# config that describes them last (what a polling server reads first)
-MODEL = Layout(("1", "labels.txt", "config.pbtxt"), folders=frozenset({"1"}))
+ACCELERATORS = ("tensorrt",)
+MAX_VERSION = 2**63 - 1     # Triton's versions are int64
+
+
+def model_layout(version: int) -> Layout:
+    """A model folder of the repository, as the publisher writes it: the version, then its labels,
+    then the config that describes them last (what a polling server reads first)."""
+    return Layout((str(version), "labels.txt", "config.pbtxt"), folders=frozenset({str(version)}))
 
 
 @dataclass(frozen=True)
@@ -67,20 +79,23 @@ class TritonOptions:
     kind: str = "auto"                      # auto | cpu | gpu (tensorrt: gpu)
     batching: Batching | None = Batching()  # None: no dynamic batching
     backend: str = "auto"                   # python platform: the resgraph back end model.py opens
+    version: int | None = None              # default: the next free version of the model folder
+    version_policy: str | None = None       # latest:K | all | specific:A,B (default: Triton's, latest 1)
+    warmup: str = "zero"                    # zero | random | none: model_warmup's sample
+    accelerator: Accelerator | None = None  # onnxruntime platform: TensorRT execution provider
+    with_preprocess: bool = False           # + <name>_preprocess and <name>_ensemble: encoded images in
 
 
 def export_triton(artifact: str, repo: str, o: TritonOptions, force: bool = False) -> str:
-    """Write REPO/<name>/ for the compiled folder `artifact`; returns that path. Where the model folder
-    holds other versions, a config that would serve them differently (another platform, batch size,
-    input or output) is refused unless `force`."""
+    """Write REPO/<name>/ (version o.version, else the next free one) for the compiled folder
+    `artifact`, and with o.with_preprocess its preprocess step and ensemble beside it; returns the
+    model's path. Where a model folder holds other versions, a config that would serve them
+    differently (another platform, batch size, input or output) is refused unless `force`. Every
+    check runs before anything is written."""
     folder = folder_of(artifact)
     m = read_manifest(folder)
-    if o.platform not in PLATFORMS:
-        raise OptionError.at("--platform", f"unknown platform '{o.platform}'", " | ".join(PLATFORMS))
-    if o.instances < 1:
-        raise OptionError.at("--instances", f"{o.instances} instances", "one or more")
-    if o.kind not in KINDS:
-        raise OptionError.at("--kind", f"unknown instance kind '{o.kind}'", " | ".join(KINDS))
+    _check_options(o)
+    policy = parse_policy(o.version_policy)
     name = model_name(o.name, m.name, folder)
     kind, extra, files, max_batch = _platform(folder, m, o)
     if max_batch is None:
@@ -90,38 +105,101 @@ def export_triton(artifact: str, repo: str, o: TritonOptions, force: bool = Fals
     for src in files.values():
         if not os.path.isfile(src):
             raise ArtifactError.at(src, "missing from the compiled folder", "recompile: resgraph compile SPEC -o FOLDER")
-
-    config = _config(name, m, o, kind, extra, max_batch)
-    parsed = _check_config(config, name)
-    if not force:
-        _check_other_versions(os.path.join(repo, name), config, parsed)
+    models = [ModelFolder(name, _config(name, m, o, kind, extra, max_batch), files, labels=tuple(m.labels or ()))]
+    if o.platform == "python":
+        models[0].files.update(_python_files(folder, m))
+        models[0].package["model.py"] = os.path.join(os.path.dirname(__file__), "model.py")
+    if o.with_preprocess:
+        from .ensemble import folders
+        models += folders(name, folder, m, max_batch, o.instances)
+    primary = next(iter(files.values()), os.path.join(folder, "model.onnx"))   # the model file itself
+    version = o.version if o.version is not None else \
+        default_version(os.path.join(repo, name), primary, [os.path.join(repo, x.name) for x in models])
+    check_policy(policy, set(versions_in(os.path.join(repo, name))) | {version})
+    for x in models:
+        if not NAME_RULE.fullmatch(x.name):
+            raise OptionError.at("--name", f"'{x.name}' (a model of the ensemble) cannot name a Triton model", NAME_HINT)
+        parsed = _check_config(x.config, x.name)
+        if not force:
+            _check_other_versions(os.path.join(repo, x.name), x.config, parsed, version)
 
     os.makedirs(repo, exist_ok=True)
-    # staged beside the repository, not in it (a server polling the repository would try to load it),
-    # unless the repository is a filesystem of its own (a mount point), where only a rename inside works
+    paths = [_publish(repo, x, version) for x in models]   # the ensemble last: it names the others
+    wait_for_cleanup()   # a replaced export is deleted before returning: nothing left beside the repository
+    return paths[0]
+
+
+def _check_options(o: TritonOptions) -> None:
+    if o.platform not in PLATFORMS:
+        raise OptionError.at("--platform", f"unknown platform '{o.platform}'", " | ".join(PLATFORMS))
+    if o.instances < 1:
+        raise OptionError.at("--instances", f"{o.instances} instances", "one or more")
+    if o.kind not in KINDS:
+        raise OptionError.at("--kind", f"unknown instance kind '{o.kind}'", " | ".join(KINDS))
+    if o.version is not None and not 1 <= o.version <= MAX_VERSION:
+        raise OptionError.at("--version", f"version {o.version}", "a whole number from 1 (Triton's versions)")
+    if o.accelerator is not None and o.platform != "onnxruntime":
+        raise OptionError.at("--accelerator", f"the {o.platform} platform has no execution accelerators",
+                             "--platform onnxruntime (a TensorRT plan is TensorRT already)")
+
+
+def versions_in(folder: str) -> list[int]:
+    """The versions a model folder holds (its sub-folders named by a number), ascending."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(int(e.name) for e in os.scandir(folder)
+                  if e.name.isdigit() and e.name.isascii() and e.is_dir(follow_symlinks=False))
+
+
+# where a version folder holds the model file, by platform (a plan: model.smXY.plan, found by name)
+MODEL_FILES = ("model.onnx", "model.onnx/model.onnx", "artifact/model.onnx")
+
+
+def default_version(folder: str, primary: str, folders: list[str]) -> int:
+    """The version an export without --version writes: the newest version of the model folder that
+    holds this very model (its model file byte for byte `primary`: a re-export with other settings
+    replaces it), else one above the newest version any of `folders` holds (1 for none: the model,
+    its preprocess step and its ensemble keep one number)."""
+    import filecmp
+    for v in reversed(versions_in(folder)):
+        here = os.path.join(folder, str(v))
+        plans = [e.name for e in os.scandir(here) if e.name.startswith("model.sm") and e.name.endswith(".plan")]
+        for rel in (*MODEL_FILES, *plans):
+            path = os.path.join(here, rel)
+            if os.path.isfile(path) and os.path.getsize(path) == os.path.getsize(primary) \
+                    and filecmp.cmp(path, primary, shallow=False):
+                return v
+    return max((v for f in folders for v in versions_in(f)), default=0) + 1
+
+
+def _publish(repo: str, x: ModelFolder, version: int) -> str:
+    """One model folder, staged beside the repository (not in it: a server polling the repository
+    would try to load it) unless the repository is a filesystem of its own (a mount point, where only
+    a rename inside works), then published; returns its path."""
     parent = os.path.dirname(os.path.abspath(repo))
     side = parent if os.stat(parent).st_dev == os.stat(repo).st_dev else repo
-    stage = Stage(os.path.join(repo, name), MODEL, stage_in=side)
+    v = str(version)
+    stage = Stage(os.path.join(repo, x.name), model_layout(version), stage_in=side)
     try:
-        for dst, src in files.items():
-            link_or_copy(src, stage.file(f"1/{dst}"))
-        if o.platform == "python":
-            _python_model(folder, m, stage)
-        if m.labels:
+        os.makedirs(stage.file(v), exist_ok=True)
+        for dst, src in x.files.items():
+            link_or_copy(src, stage.file(f"{v}/{dst}"))
+        for dst, src in x.package.items():   # resgraph's own files: copied, never linked
+            shutil.copyfile(src, stage.file(f"{v}/{dst}"))
+        if x.labels:
             with open(stage.file("labels.txt"), "w", encoding="utf-8") as f:
-                f.write("".join(f"{x}\n" for x in m.labels))
+                f.write("".join(f"{label}\n" for label in x.labels))
         with open(stage.file("config.pbtxt"), "w", encoding="utf-8") as f:
-            f.write(config)
+            f.write(x.config)
         final = stage.publish()
     finally:
         stage.close()
-    wait_for_cleanup()   # a replaced export is deleted before returning: nothing left beside the repository
     return os.path.dirname(final["config.pbtxt"])
 
 
 def _platform(folder: str, m, o: TritonOptions) -> tuple[str, list[str], dict[str, str], int | None]:
-    """What the platform puts in the model folder: (instance kind, its config lines, version 1's files
-    as {path in 1/: source}, max_batch_size where the platform fixes it)."""
+    """What the platform puts in the model folder: (instance kind, its config lines, the version's files
+    as {path in the version folder: source}, max_batch_size where the platform fixes it)."""
     kind, extra, files = o.kind, [], {}
     max_batch = o.max_batch
     if o.platform == "tensorrt":
@@ -150,13 +228,21 @@ def _platform(folder: str, m, o: TritonOptions) -> tuple[str, list[str], dict[st
         files[plan] = os.path.join(folder, "model.engine")
     elif o.platform == "onnxruntime":
         extra.append('platform: "onnxruntime_onnx"')
-        if m.precision == "int8" and kind == "auto":   # uint8 Q/DQ: made for ONNX Runtime's CPU kernels
+        # the TensorRT accelerator runs on GPU instances, and an int8 folder's TensorRT encoding
+        # (model.s8.onnx, zero point 0); otherwise an int8 folder's uint8 Q/DQ model.onnx is made for
+        # ONNX Runtime's CPU kernels
+        source = m.onnx_file("ort-trt" if o.accelerator else "ort-cpu")
+        if o.accelerator is not None:
+            if kind == "cpu":
+                raise OptionError.at("--kind", "the TensorRT accelerator runs on GPU instances", "--kind gpu (or auto)")
+            kind = "gpu"
+        elif m.precision == "int8" and kind == "auto":
             kind = "cpu"
         if m.external_data:   # a model of several files is a folder named model.onnx (Triton's layout)
-            files["model.onnx/model.onnx"] = os.path.join(folder, "model.onnx")
+            files["model.onnx/model.onnx"] = os.path.join(folder, source)
             files[f"model.onnx/{m.external_data}"] = os.path.join(folder, m.external_data)
         else:
-            files["model.onnx"] = os.path.join(folder, "model.onnx")
+            files["model.onnx"] = os.path.join(folder, source)
     else:
         extra.append('backend: "python"')
         extra.append(f'parameters [{{ key: "resgraph_backend" value: {{ string_value: {_q(o.backend)} }} }}]')
@@ -168,7 +254,9 @@ def _config(name: str, m, o: TritonOptions, kind: str, extra: list[str], max_bat
     lines = [f"name: {_q(name)}", *extra, f"max_batch_size: {max_batch}",
              _tensors("input", [_tensor(t) for t in m.inputs]),
              _tensors("output", [_tensor(t, bool(m.labels) and i == 0) for i, t in enumerate(m.outputs)]),
-             f"instance_group [{{ kind: {KINDS[kind]} count: {o.instances} }}]"]
+             f"instance_group [{{ kind: {KINDS[kind]} count: {o.instances} }}]",
+             *policy_text(parse_policy(o.version_policy)), *warmup_text(m, o.warmup),
+             *accelerator_text(o.accelerator, m.precision == "int8")]
     if o.batching is not None:
         b = o.batching
         preferred = f"preferred_batch_size: [{', '.join(map(str, b.preferred))}] " if b.preferred else ""
@@ -179,13 +267,6 @@ def _config(name: str, m, o: TritonOptions, kind: str, extra: list[str], max_bat
     return "\n".join(lines) + "\n"
 
 
-def _tensors(field: str, items: list[str]) -> str:
-    """`input [...]` or `output [...]`: on one line for one tensor, one a line for several."""
-    if len(items) == 1:
-        return f"{field} [{items[0]}]"
-    return f"{field} [\n" + ",\n".join(f"  {x}" for x in items) + "\n]"
-
-
 def _tensor(t, labelled: bool = False) -> str:
     """One input or output of the config: its name, its data_type (TYPE_UINT8 for raw pixels) and its dims without the batch, -1 for
     a dynamic one (a size variable, or an output dim derived from one: Triton takes any length there,
@@ -194,9 +275,8 @@ def _tensor(t, labelled: bool = False) -> str:
     if t.dtype not in DTYPES:
         raise ArtifactError.at("manifest.json", f"{t.name} has dtype {t.dtype!r}, which no compile writes",
                                "recompile: resgraph compile SPEC")
-    dims = ", ".join("-1" if isinstance(d, str) else str(d) for d in t.sample_shape)
     label = ' label_filename: "labels.txt"' if labelled else ""
-    return f"{{ name: {_q(t.name)} data_type: {DTYPES[t.dtype]} dims: [{dims}]{label} }}"
+    return f"{{ name: {_q(t.name)} data_type: {DTYPES[t.dtype]} dims: [{dims_of(t)}]{label} }}"
 
 
 def model_name(given: str | None, manifest_name: str, folder: str) -> str:
@@ -243,11 +323,10 @@ def _check_config(config: str, name: str):
 SHARED = ("platform", "backend", "max_batch_size", "input", "output")
 
 
-def _check_other_versions(folder: str, config: str, parsed) -> None:
-    """Refused (naming what differs) where `folder` holds versions other than 1 whose config.pbtxt
-    differs from `config` (`parsed`: _check_config's) in what they are served with (SHARED)."""
-    versions = sorted(e.name for e in os.scandir(folder) if e.name.isdigit() and e.name != "1"
-                      and e.is_dir(follow_symlinks=False)) if os.path.isdir(folder) else []
+def _check_other_versions(folder: str, config: str, parsed, version: int = 1) -> None:
+    """Refused (naming what differs) where `folder` holds versions other than `version` whose
+    config.pbtxt differs from `config` (`parsed`: _check_config's) in what they are served with (SHARED)."""
+    versions = [str(v) for v in versions_in(folder) if v != version]
     existing = os.path.join(folder, "config.pbtxt")
     if not versions or not os.path.isfile(existing):
         return
@@ -283,17 +362,9 @@ def _differences(old: str, new: str, b) -> list[str]:
             for field in SHARED if getattr(a, field) != getattr(b, field)]
 
 
-def _q(s: str) -> str:
-    """A protobuf text-format string literal."""
-    return '"' + str(s).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _python_model(folder: str, m, stage: Stage) -> None:
-    """model.py (Triton's Python backend) and the compiled folder beside it, so the repository
-    carries everything it serves."""
-    for name in (*m.artifacts, "manifest.json", "spec.yaml"):
-        src = os.path.join(folder, name)
-        dst = stage.file(f"1/artifact/{name}")
-        if name in ARTIFACTS and os.path.isfile(src) and not os.path.exists(dst):
-            link_or_copy(src, dst)
-    shutil.copyfile(os.path.join(os.path.dirname(__file__), "model.py"), stage.file("1/model.py"))
+def _python_files(folder: str, m) -> dict[str, str]:
+    """The python platform's version folder: the compiled folder, whole, as artifact/ (model.py, the
+    package's, goes beside it), so the repository carries everything it serves."""
+    names = [n for n in dict.fromkeys((*m.artifacts, "manifest.json", "spec.yaml"))
+             if n in ARTIFACTS and os.path.isfile(os.path.join(folder, n))]
+    return {f"artifact/{n}": os.path.join(folder, n) for n in names}
