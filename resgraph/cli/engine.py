@@ -93,13 +93,23 @@ def engine_group():
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "fp16", "bf16", "int8"]), default=None,
               help="Engine precision [default: the engine's own when rebuilding, else the folder's]; int8: from an "
                    "int8 folder (resgraph quantize), a strongly typed network of its model.s8.onnx.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="A plain ONNX file's engine [default: FILE.engine beside it, its record FILE.engine.json] "
+                   "[trtexec's --saveEngine].")
 @engine_options
-def build_cmd(artifact, precision, engine_device, no_parity_gate, verbose, **flags):
+def build_cmd(artifact, precision, output, engine_device, no_parity_gate, verbose, **flags):
     """Build model.engine (+ engine.json) in the compiled folder ARTIFACT from its model.onnx (an int8
-    folder's model.s8.onnx), replacing any engine there; the folder is republished atomically, like compile's."""
+    folder's model.s8.onnx), replacing any engine there; the folder is republished atomically, like compile's.
+    ARTIFACT may be a plain ONNX file: its engine goes beside it (-o), without a parity gate."""
     def body():
         from ..backends.tensorrt.build import build_engine, plan_build
         from ..render import console
+        from ..runtime.foreign import is_plain_onnx
+        if is_plain_onnx(artifact):
+            return _build_plain(artifact, precision, output, engine_device, verbose, flags)
+        if output:
+            from ..errors import OptionError
+            raise OptionError.at("--output", "a compiled folder's engine is its model.engine", "leave -o out")
         folder, manifest, options = plan_build(artifact, precision, flags)
         gate = None if no_parity_gate else parity_gate(options, engine_device)
         with console(stderr=True).status(f"building model.engine ({options.command_flags()})"):
@@ -107,6 +117,16 @@ def build_cmd(artifact, precision, engine_device, no_parity_gate, verbose, **fla
         click.echo(f"built {manifest.name} -> {folder}/")
         print_engine(info, folder)
     run(body)
+
+
+def _build_plain(path, precision, output, engine_device, verbose, flags) -> None:
+    """engine build of a plain ONNX file (runtime.foreign_engine): FILE.engine + FILE.engine.json."""
+    from ..render import console
+    from ..runtime.foreign_engine import build_foreign_engine, plan_foreign_build
+    model, options = plan_foreign_build(path, precision, flags)
+    with console(stderr=True).status(f"building {output or 'the engine'} ({options.command_flags()})"):
+        out, info = build_foreign_engine(model, options, output, engine_device, verbose)
+    click.echo(f"built {model.manifest.name} -> {out} (+ {out}.json)")
 
 
 @engine_group.command("info")

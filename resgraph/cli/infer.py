@@ -13,6 +13,7 @@ import click
 
 from ..limits import MAX_BATCH
 from .common import FiniteFloat, HxW, run, say
+from .foreign import batch_sizes, model_arg, preprocess_options
 from .run_lines import RunLines
 
 BACKEND_HELP = ("auto, tensorrt, ort-cuda, torch-cuda, ort-cpu, torch-cpu, ort-trt (only when named); ort / torch: that "
@@ -82,24 +83,27 @@ def _progress(total: int, enabled: bool):
 @click.option("--workers", type=click.IntRange(0, 256), default=None,
               help="Threads decoding images beside inference (0: decode in line) [default: the cores --threads "
                    "leaves, at most 4; without --threads, half the cores, 0 on 1 or 2 cores].")
+@preprocess_options
 @session_options
 def run_cmd(artifact, inputs, backend, batch_size, top_k, as_json, save, save_masks, workers, **opts):
-    """Run the compiled model ARTIFACT (a compiled folder, or its model.onnx) on INPUTS.
+    """Run the model ARTIFACT (a compiled folder, its model.onnx, or a plain ONNX file) on INPUTS.
 
     INPUTS: image files (JPEG, PNG, BMP, GIF, TIFF, WebP), folders (recursive, sorted), .npy files
     holding the network's input as is ([C, H, W] or a batch [N, C, H, W]), .npz files holding one
     sample of every input by name (models with several inputs take these), or - for paths on
     standard input. A vector output prints its top-k classes; other outputs are saved with --save
     (and class maps with --save-masks). An input that cannot be used is reported on its own line
-    and skipped; the exit status is 1 if any input failed.
+    and skipped; the exit status is 1 if any input failed. A plain ONNX file takes its preprocess from
+    --mean/--std/--resize/--crop (else its metadata's), its class names from --labels.
     """
     def body():
         from ..runtime import open_session
-
-        session = open_session(artifact, backend, _options(artifact, backend, **opts))
+        model = model_arg(artifact, opts)
+        size = getattr(model, "batch", None) or batch_size   # an ONNX file that fixes its batch at 1: 1
+        session = open_session(model, backend, _options(artifact, backend, **opts))
         try:
             with session:
-                return _run_session(session, artifact, inputs, batch_size, top_k, as_json, workers, save, save_masks)
+                return _run_session(session, artifact, inputs, size, top_k, as_json, workers, save, save_masks)
         except BrokenPipeError:   # `resgraph run ... | head`: the reader has what it wanted; stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 1
@@ -156,7 +160,8 @@ SHAPE_HELP = ("HxW of the first input, for a model with size variables: several 
 @click.argument("artifact", type=click.Path())
 @click.option("--backend", default="auto", show_default=True,
               help="One back end, a comma-separated list, or 'all' (every usable one, side by side). " + BACKEND_HELP)
-@click.option("--batch", default="1,8,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--batch", default=None, help="Batch sizes, comma-separated [default: 1,8,32; a model whose ONNX file "
+                                             "fixes its batch at 1: 1].")
 @click.option("--shape", "shapes", multiple=True,
               help=SHAPE_HELP + " [default: the preprocess crop if valid, else the smallest valid size from 224 up, "
                                 "else the largest].")
@@ -171,14 +176,15 @@ SHAPE_HELP = ("HxW of the first input, for a model with size variables: several 
 @click.option("--triton-model", default=None, help="The model's name on the Triton server [default: the spec's name].")
 @session_options
 def bench_cmd(artifact, backend, batch, shapes, duration, warmup, cv_threshold, as_json, triton_url, triton_model, **opts):
-    """Latency and throughput of ARTIFACT per back end, shape and batch size, trtexec-style."""
+    """Latency and throughput of ARTIFACT (a compiled folder or a plain ONNX file) per back end, shape
+    and batch size, trtexec-style."""
     def body():
-        from ..manifest import folder_of, read_manifest
         from ..runtime.bench import bench_all, report, sizes_at
+        from ..runtime.foreign import manifest_of, model_of
         from ..runtime.session import named_backends
-        sizes = _int_list(batch, "--batch")
-        folder = folder_of(artifact)
-        at = sizes_at(read_manifest(folder), _shape_list(shapes)) if shapes else None
+        folder = model_of(artifact)
+        sizes = batch_sizes(folder, _int_list(batch, "--batch") if batch else None, "--batch")
+        at = sizes_at(manifest_of(folder), _shape_list(shapes)) if shapes else None
         names, skipped = named_backends(backend, folder)
         results, failed = bench_all(folder, names, sizes, duration, warmup, _options(artifact, backend, **opts),
                                     cv_threshold, (triton_url, triton_model) if triton_url else None,

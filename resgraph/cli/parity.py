@@ -13,6 +13,7 @@ import click
 
 from ..limits import MAX_BATCH
 from .common import run, say
+from .foreign import model_arg, preprocess_options
 from .infer import BACKEND_HELP, SHAPE_HELP, _options, _shape_list, session_options
 
 
@@ -30,27 +31,38 @@ from .infer import BACKEND_HELP, SHAPE_HELP, _options, _shape_list, session_opti
 @click.option("--locate", is_flag=True,
               help="Re-run the first failing pair (else the fp16/fp32 pair, else the first) with every layer's output "
                    "exposed and name the first spec line beyond the tolerance, with a per-layer error table.")
+@click.option("--reference", "reference", type=click.Path(dir_okay=False), default=None,
+              help="Compare each back end with the inputs and outputs saved in this .npz, by tensor name "
+                   "(docs/inference.md).")
+@click.option("--save-reference", "save_reference", type=click.Path(dir_okay=False), default=None,
+              help="Write the --inputs and the first back end's outputs to this .npz, for a later --reference.")
+@preprocess_options
 @session_options
-def parity_cmd(artifact, backends, source, shapes, batch_size, as_json, locate, **opts):
+def parity_cmd(artifact, backends, source, shapes, batch_size, as_json, locate, reference, save_reference, **opts):
     """The same inputs through every back end: max abs and relative error and top-1 agreement for
     each pair on each output (and, with size variables, at several sizes); exit 1 if any is beyond
-    the tolerance for the artifact's precision."""
+    the tolerance for the artifact's precision. ARTIFACT: a compiled folder or a plain ONNX file
+    (its preprocess, for --inputs DIR, from --mean/--std/--resize/--crop)."""
     def body():
         from ..errors import OptionError
-        from ..manifest import folder_of, read_manifest
         from ..runtime.bench import sizes_at
+        from ..runtime.foreign import manifest_of
         from ..runtime.parity import parity
-        folder = folder_of(artifact)
+        folder = model_arg(artifact, opts)
+        size = getattr(folder, "batch", None) or batch_size   # an ONNX file that fixes its batch at 1: 1
         if shapes and not source.isdigit():
             raise OptionError.at("--shape", "--shape sizes random inputs; a folder's inputs run at their own sizes",
                                  "leave --shape out, or give --inputs N")
-        manifest = read_manifest(folder)
+        if reference or save_reference:
+            return _reference(folder, backends, source, reference, save_reference, size, as_json, locate,
+                              _options(artifact, backends, **opts))
+        manifest = manifest_of(folder)
         if locate:   # refused before parity runs: an int8 folder
             from ..locate import check_locatable
             check_locatable(manifest, ())
         at = sizes_at(manifest, _shape_list(shapes)) if shapes else None
         options = _options(artifact, backends, **opts)
-        r = parity(folder, backends, source, batch_size, options, at)
+        r = parity(folder, backends, source, size, options, at)
         located = _locate(folder, r, source, options) if locate else None
         if as_json:
             click.echo(json.dumps({**r, "locate": located.to_json() if located else None} if locate else r, indent=2))
@@ -60,6 +72,29 @@ def parity_cmd(artifact, backends, source, shapes, batch_size, as_json, locate, 
                 _locate_report(located)
         return r["ok"]
     sys.exit(0 if run(body) else 1)
+
+
+def _reference(model, backends, source, reference, save_reference, batch_size, as_json, locate, options) -> bool:
+    """parity --reference FILE (compare) or --save-reference FILE (write): runtime.reference."""
+    from ..errors import OptionError
+    from ..runtime.reference import compare_reference, save_reference as save
+    clash = "--save-reference" if reference and save_reference else "--locate" if locate else None
+    if clash:
+        raise OptionError.at(clash, f"{clash} does not go with --reference" if reference else
+                             "--locate does not go with --save-reference", "run them one at a time")
+    if save_reference:
+        r = save(model, backends, source, save_reference, batch_size, options)
+        click.echo(json.dumps(r, indent=2) if as_json else f"wrote {r['written']}: {r['inputs']} and {r['backend']}'s "
+                   f"outputs ({', '.join(r['arrays'])})")
+        return True
+    if source != "16":
+        raise OptionError.at("--inputs", "--reference holds its own inputs", "leave --inputs out")
+    r = compare_reference(model, backends, reference, batch_size, options)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+    else:
+        _parity_table(r)
+    return r["ok"]
 
 
 def _locate(folder: str, report: dict, source: str, options):

@@ -168,11 +168,11 @@ def bench_all(folder: str, names: list[str], sizes: list[int], duration: float, 
     shape (`shapes`: size-variable values, each checked by sizes_at; default: default_sizes) and
     every batch size: (results, the back ends passed over). With `keep_going` (bench --backend all),
     a back end that fails to open is listed as skipped instead of raising. `say` gets one line per session."""
-    from ..manifest import read_manifest
+    from .foreign import manifest_of
     from .session import BackendError, open_session
     cv = NOISY_CV if cv_threshold is None else cv_threshold
     results, skipped = [], []
-    manifest = read_manifest(folder)
+    manifest = manifest_of(folder)
     shapes = shapes or [default_sizes(manifest) if manifest.sizes else {}]
 
     def measure(label: str, session):
@@ -191,7 +191,7 @@ def bench_all(folder: str, names: list[str], sizes: list[int], duration: float, 
         measure(name, session)
     if triton:
         from .triton_client import TritonSession
-        measure("triton", TritonSession(folder, read_manifest(folder), *triton))
+        measure("triton", TritonSession(folder, manifest, *triton))
     return results, skipped
 
 
@@ -199,9 +199,9 @@ def report(folder: str, results: list[BenchResult], skipped: list[dict], duratio
     """bench's JSON report (docs/inference.md). `warnings`: an int8 folder run on a CPU weaker than
     its gate's (base.cpu_warning), once."""
     from ..version import __version__
-    from ..manifest import read_manifest
     from .base import cpu_warning
-    m = read_manifest(folder)
+    from .foreign import manifest_of
+    m = manifest_of(folder)
     warnings = [w for w in dict.fromkeys(cpu_warning(m, b) for b in dict.fromkeys(r.backend for r in results)) if w]
     return {"resgraph_version": __version__, "artifact": folder, "model": m.name, "precision": m.precision,
             "macs_per_image": m.macs, "macs_at": shape_label(m.input.at({k: r.valid[0] for k, r in m.sizes.items()}))

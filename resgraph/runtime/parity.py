@@ -298,15 +298,17 @@ def parity(folder: str, backends: str, source: str, batch_size: int, options, sh
     output at its tolerance, at every size of `shapes` (size-variable values; default: default_sizes)
     for random inputs. The report's `ok` is False when a pair is beyond it; `changed_since_compile`
     names the files that differ from the manifest's record."""
-    from ..manifest import read_manifest, verify_artifacts
+    from ..manifest import verify_artifacts
+    from .foreign import manifest_of
     from .session import BackendError, named_backends, open_session
     names, skipped = named_backends(backends, folder, "--backends")
     names = order(names)
     if len(names) < 2:
         raise BackendError.at(backends, f"parity needs two back ends; usable here: {', '.join(names) or 'none'}",
-                              "; ".join(f"{s['backend']}: {s['install']}" for s in skipped if s.get("install"))
-                              or "name two with --backends, e.g. --backends torch-cpu,ort-cpu")
-    manifest = read_manifest(folder)
+                              ("; ".join(f"{s['backend']}: {s['install']}" for s in skipped if s.get("install"))
+                               or "name two with --backends, e.g. --backends torch-cpu,ort-cpu")
+                              + "; or compare one with recorded outputs: --reference FILE.npz (docs/inference.md)")
+    manifest = manifest_of(folder)   # a compiled folder's, or a plain ONNX file's (runtime.foreign)
     sessions = {}
     try:
         for n in names:   # files changed since compiling are compared, and reported, not refused

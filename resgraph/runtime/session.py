@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from ..manifest import Manifest, read_manifest
+from ..manifest import Manifest, folder_of, read_manifest
 from ..errors import BackendError
 from .base import INSTALL, Availability, Options, Session, nvidia_gpu_visible, verify_loaded
 
@@ -116,6 +116,7 @@ def _torch_probe(cuda: bool):
 
 def _open_ort(cuda: bool, tensorrt: bool = False):
     def open_(folder, manifest, options):
+        from .foreign import ForeignModel, ForeignSession
         from .ort import OrtSession
         if tensorrt:   # a pip-installed TensorRT's libnvinfer loads only once tensorrt_libs is imported
             try:
@@ -123,6 +124,8 @@ def _open_ort(cuda: bool, tensorrt: bool = False):
             except ImportError as e:
                 raise BackendError.at("ort-trt", f"TensorRT cannot be imported ({e}): ONNX Runtime's TensorRT "
                                       "provider needs its libraries", INSTALL["tensorrt"]) from None
+        if isinstance(folder, ForeignModel):   # a plain ONNX file: its own name, its opset checked
+            return ForeignSession(folder, options, cuda=cuda, tensorrt=tensorrt)
         return OrtSession(folder, manifest, options, cuda=cuda, tensorrt=tensorrt)
     return open_
 
@@ -155,11 +158,23 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 assert [b for b in BACKENDS if b in AUTO_ORDER] == list(AUTO_ORDER)
 
 
+def probe(name: str, folder: str | None) -> Availability:
+    """Whether back end `name` can open `folder` here. A plain ONNX file (runtime.foreign) has no spec
+    to rebuild a torch module from and no model.engine: ONNX Runtime's back ends alone run it."""
+    from .foreign import FOREIGN_BACKENDS, ForeignModel
+    if isinstance(folder, ForeignModel) and name not in FOREIGN_BACKENDS:
+        why = ("it has no model.engine (ort-trt runs it on TensorRT)" if name == "tensorrt" else
+               "it has no spec.yaml and weights to rebuild a torch module from")
+        return Availability(False, f"{os.path.basename(folder)} is a plain ONNX file: {why}",
+                            f"name {', '.join(FOREIGN_BACKENDS)}; or import and compile the model into a folder")
+    return BACKENDS[name].probe(folder)
+
+
 def choose(name: str, folder: str | None, exclude: tuple[str, ...] = ()) -> tuple[str, str]:
     """(the back end to open, why): `auto` and the aliases pick the first usable candidate; an
     unusable explicit choice is a BackendError naming what to install."""
     if name in BACKENDS:
-        a = BACKENDS[name].probe(folder)
+        a = probe(name, folder)
         if not a.ok:
             raise BackendError.at(name, f"the {name} back end is not usable here: {a.reason}",
                                   a.install or f"see resgraph doctor; other back ends: {', '.join(AUTO_ORDER)}")
@@ -169,9 +184,12 @@ def choose(name: str, folder: str | None, exclude: tuple[str, ...] = ()) -> tupl
         raise BackendError.at(name, f"unknown back end '{name}'",
                               did_you_mean(name, [*AUTO_ORDER, *ALIASES, "auto"], "back ends"))
     passed, installs = [], set()
+    from .foreign import FOREIGN_BACKENDS, ForeignModel
+    only = FOREIGN_BACKENDS if isinstance(folder, ForeignModel) else BACKENDS   # a plain ONNX file: ONNX Runtime's
     candidates = [c for c in (AUTO_ORDER if name == "auto" else ALIASES[name]) if c not in exclude]
+    candidates = [c for c in candidates if c in only] or candidates   # none of them: each says why
     for cand in candidates:
-        a = BACKENDS[cand].probe(folder)
+        a = probe(cand, folder)
         if a.ok:
             why = f"{name}: {a.reason}" + (f"; passed over {'; '.join(passed)}" if passed else "")
             return cand, why
@@ -183,14 +201,18 @@ def choose(name: str, folder: str | None, exclude: tuple[str, ...] = ()) -> tupl
 
 
 def open_session(artifact: str, backend: str = "auto", options: Options | None = None) -> Session:
-    """Open a compiled folder (or the model.onnx inside one) on a back end; `session.why` says why that one.
+    """Open a compiled folder (or the model.onnx inside one), or a plain ONNX file (runtime.foreign:
+    a path, its preprocess from its metadata, or foreign.model_of's ForeignModel, from flags), on a
+    back end; `session.why` says why that one.
 
     Where `auto` or an alias chose, a back end that probes usable but fails to open (onnxruntime-gpu
     lists its CUDA provider even when the CUDA or cuDNN libraries it needs are missing) is passed
     over for the next candidate, and the reason joins `why`."""
-    from ..manifest import folder_of
-    folder = folder_of(artifact)
-    manifest = read_manifest(folder)
+    from .foreign import ForeignModel, model_of
+    artifact = model_of(artifact)
+    foreign = isinstance(artifact, ForeignModel)
+    folder = artifact if foreign else folder_of(artifact)
+    manifest = artifact.manifest if foreign else read_manifest(folder)
     options = options or Options()
     failed: list[str] = []
     while True:
@@ -201,7 +223,7 @@ def open_session(artifact: str, backend: str = "auto", options: Options | None =
                 raise
             raise BackendError.at(backend, "no back end could open the model: " + "; ".join(f"{n} ({m})" for n, m in failed),
                                   "see resgraph doctor") from None
-        if options.verify:
+        if options.verify and not foreign:   # a plain file has no record to check against: it was read just now
             verify_loaded(folder, manifest, name)
         try:
             s = BACKENDS[name].open(folder, manifest, options)
@@ -223,9 +245,10 @@ def named_backends(spec: str, folder: str, option: str = "--backend") -> tuple[l
     directly or through an alias ('ort,ort-cpu' on a CPU machine), or an empty name, is an OptionError."""
     from ..errors import OptionError
     if spec == "all":
+        from .foreign import FOREIGN_BACKENDS, ForeignModel
         names, skipped = [], []
-        for name in BACKENDS:
-            a = BACKENDS[name].probe(folder)
+        for name in FOREIGN_BACKENDS if isinstance(folder, ForeignModel) else BACKENDS:   # a plain ONNX file: ORT's
+            a = probe(name, folder)
             if a.ok:
                 names.append(name)
             else:
