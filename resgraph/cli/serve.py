@@ -135,15 +135,17 @@ def export_triton_cmd(artifact, repo, platform, name, kind, backend, force, max_
 @click.option("--backend", default="auto", show_default=True, help="The resgraph back end the model runs on.")
 @click.option("--restarts", type=click.IntRange(0, 100), default=3, show_default=True,
               help="Start Triton's core again after it dies, up to this many times in 5 minutes; then exit.")
+@click.option("--with-preprocess", is_flag=True,
+              help="Also serve <name>_ensemble: encoded images (JPEG, PNG... as BYTES) in, decoded as `run` does.")
 @serving_options
-def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, restarts, max_batch, instances,
-              dynamic_batching, max_queue_delay_us, preferred_batch):
+def serve_cmd(artifact, http_port, grpc_port, metrics_port, address, backend, restarts, with_preprocess, max_batch,
+              instances, dynamic_batching, max_queue_delay_us, preferred_batch):
     """Serve the compiled folder ARTIFACT with a real Triton Inference Server (HTTP, gRPC, metrics),
     until Ctrl-C or SIGTERM. Its model repository is temporary: nothing is left behind."""
     def body():
         from ..triton.server import serve, wait
         o = _options("python", None, max_batch, instances, "cpu", dynamic_batching, max_queue_delay_us,
-                     preferred_batch, backend)
+                     preferred_batch, backend, with_preprocess=with_preprocess)
         try:
             with serve(artifact, o, http_port, grpc_port, metrics_port, address) as (name, service):
                 p = service.ports

@@ -44,7 +44,8 @@ HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te"
        "content-length"}
 REQUEST_ONLY = {"content-encoding", "expect", "host"}
 INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/(infer|generate|generate_stream)")
-BYTES = {"FP32": 4, "FP16": 2, "UINT8": 1}
+BYTES = {"FP32": 4, "FP16": 2, "UINT8": 1}   # per value; BYTES (encoded images) vary: _check_bytes
+MAX_ENCODED = 32 << 20   # one encoded image's bytes at most (a 12k x 12k JPEG is about 30 MB)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class Fit:
     max_batch: int
     max_body: int
     sizes: dict = field(default_factory=dict)
+    also: tuple = ()    # other models the same front admits (export --with-preprocess's ensemble), each a Fit
+
+    @property
+    def largest_body(self) -> int:
+        return max(f.max_body for f in (self, *self.also))
 
     @classmethod
     def of(cls, model: str, manifest, max_batch: int) -> "Fit":
@@ -93,8 +99,11 @@ def check_infer(fit: Fit, path: str, body: bytes, header_length: str | None) -> 
     m = INFER.fullmatch(urllib.parse.unquote(path.split("?", 1)[0]))
     if m is None:
         return
-    if m.group(1) != fit.model:
-        raise Refused(404, f"no model '{m.group(1)[:128]}' here: this server serves '{fit.model}'")
+    fits = {f.model: f for f in (fit, *fit.also)}
+    if m.group(1) not in fits:
+        raise Refused(404, f"no model '{m.group(1)[:128]}' here: this server serves "
+                      + " and ".join(f"'{n}'" for n in fits))
+    fit = fits[m.group(1)]
     if m.group(3) != "infer":
         raise Refused(400, f"'{m.group(3)}' is for decoupled models: send POST /v2/models/{fit.model}/infer")
     head, binary = _split(body, header_length)
@@ -166,6 +175,8 @@ def _check_data(fit: Fit, t) -> int | None:
     params = t.get("parameters") or {}
     if not isinstance(params, dict):
         raise Refused(400, f"input '{name}': \"parameters\" must be an object")
+    if datatype == "BYTES":
+        return _check_bytes(fit, t, count, params)
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if type(size) is not int or size != count * BYTES[datatype]:
@@ -181,6 +192,23 @@ def _check_data(fit: Fit, t) -> int | None:
     if _values(t.get("data")) != count:
         raise Refused(400, f"input '{name}' of shape {shape} needs {count:,} numbers in \"data\", "
                       f"it holds {_values(t.get('data')):,}")
+    return None
+
+
+def _check_bytes(fit: Fit, t, count: int, params: dict) -> int | None:
+    """A BYTES input (encoded images): in binary, each element a 4-byte length and its bytes, so its
+    binary_data_size is at least 4 per element and within the body's bound; in "data", one string each."""
+    name = t["name"]
+    if "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if type(size) is not int or not 4 * count <= size <= fit.max_body:
+            raise Refused(400, f"input '{name}': binary_data_size {str(size)[:20]} is not the size of {count} "
+                          f"encoded element(s) (4 bytes of length each, {fit.max_body:,} bytes in all at most)")
+        return size
+    data = t.get("data")
+    if not isinstance(data, list) or len(data) != count or not all(isinstance(x, str) for x in data):
+        raise Refused(400, f"input '{name}' of shape {t['shape']} needs {count} strings in \"data\" "
+                      "(or binary data)")
     return None
 
 
@@ -244,10 +272,10 @@ class Front:
         # aiohttp logs each malformed request with its bytes: a client could write to serve's terminal
         logging.getLogger("aiohttp.server").disabled = True
         self.fit, self.core = fit, f"http://127.0.0.1:{core_port}"
-        self.budget = Budget(max(1 << 30, 2 * fit.max_body))
+        self.budget = Budget(max(1 << 30, 2 * fit.largest_body))
         self.loop = asyncio.new_event_loop()
         # client_max_size bounds the body aiohttp reads, inflated (gzip, deflate), chunked or not
-        app = web.Application(client_max_size=fit.max_body, handler_args={"max_field_size": 16384})
+        app = web.Application(client_max_size=fit.largest_body, handler_args={"max_field_size": 16384})
         app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=self.expect)
         app.on_startup.append(self._open_pool)
         app.on_cleanup.append(self._close_pool)
@@ -289,7 +317,7 @@ class Front:
     async def expect(self, request):
         """curl asks before sending a body of more than 1 KB: a body too large is refused unsent."""
         from aiohttp import web
-        if request.content_length is not None and request.content_length > self.fit.max_body:
+        if request.content_length is not None and request.content_length > self.fit.largest_body:
             return _refusal(Refused(413, too_large(request.content_length, self.fit)), close=True)
         if request.version != (1, 1) or request.headers.get("Expect", "").lower() != "100-continue":
             raise web.HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect', '')[:40]}")
@@ -300,7 +328,8 @@ class Front:
         from aiohttp import web
         # a chunked body states no length: it may take up to the bound, and holds that much of the budget
         length = request.content_length
-        held = self.fit.max_body if length is None and request.body_exists else min(length or 0, self.fit.max_body)
+        bound = self.fit.largest_body
+        held = bound if length is None and request.body_exists else min(length or 0, bound)
         try:
             encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("identity", "gzip", "deflate"):

@@ -22,6 +22,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+from dataclasses import replace
 
 from ..errors import BackendError, OptionError
 
@@ -334,6 +335,11 @@ def serve(artifact: str, options, http_port: int = 8000, grpc_port: int = 8001, 
         name = os.path.basename(path)
         from ..manifest import read_manifest
         fit = Fit.of(name, read_manifest(os.path.join(path, "1", "artifact")), options.max_batch or 32)
+        if options.with_preprocess:   # the ensemble too: encoded images in, each up to MAX_ENCODED bytes
+            from .ensemble import ENCODED
+            from .front import MAX_ENCODED
+            body = min(256 << 20, (64 << 10) + fit.max_batch * (MAX_ENCODED + 4))
+            fit = replace(fit, also=(Fit(f"{name}_ensemble", {ENCODED: ("BYTES", (1,))}, fit.max_batch, body),))
         service = Service(os.path.join(work, "repo"), fit, http_port, grpc_port, metrics_port, address)
         service.start()
         yield name, service

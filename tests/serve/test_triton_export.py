@@ -362,3 +362,31 @@ def test_the_core_serves_the_versions_the_policy_names(digits_folder, untrained,
         with pytest.raises(InferenceServerException):
             c.infer("digits_resnet", [i], model_version="1")
         c.close()
+
+
+@needs_triton
+def test_serve_answers_through_the_ensemble_behind_its_front(digits_folder):
+    """`serve --with-preprocess`: the front admits <name>_ensemble's encoded images (BYTES, bounded) as
+    well as the model's own tensors, and refuses what fits neither, before the core sees it."""
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+
+    from resgraph.triton.server import serve
+    want = _run_json(str(digits_folder), SAMPLES)
+    options = TritonOptions(platform="python", backend="ort-cpu", max_batch=8, with_preprocess=True)
+    with serve(str(digits_folder), options, 0, 0, 0) as (name, service):
+        c = th.InferenceServerClient(service.http_url)   # the front's port
+        logits = _ask_bytes(c, SAMPLES, f"{name}_ensemble")
+        assert [int(k) for k in logits.argmax(1)] == [w["index"] for w in want]
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        i = th.InferInput("image", [1, 1, 8, 8], "FP32")
+        i.set_data_from_numpy(x)
+        assert c.infer(name, [i]).as_numpy("logits").shape == (1, 10)   # the model itself, as before
+        with pytest.raises(InferenceServerException, match="this server serves 'digits_resnet' and "
+                                                           "'digits_resnet_ensemble'"):
+            c.infer(f"{name}_preprocess", [i])
+        with pytest.raises(InferenceServerException, match="datatype 'FP32': the model takes BYTES"):
+            f = th.InferInput("encoded_image", [1, 1], "FP32")
+            f.set_data_from_numpy(np.zeros((1, 1), np.float32))
+            c.infer(f"{name}_ensemble", [f])
+        c.close()
