@@ -265,9 +265,9 @@ def test_parity_on_every_shipped_spec(path):
     unfolded = to_onnx(*for_inference(checked.graph, w, fold=False))
     validate(unfolded, for_inference(checked.graph, w, fold=False)[0])
     rng = np.random.default_rng(0)
-    # a batch of several shows that samples stay apart; for the three nets of 7.8-11.5 GMACs two do
-    # (they add repeats of blocks resnet50 has, and seven images there took ~90 s of the suite each)
-    for batch in (1, 7 if checked.macs < 5e9 else 2):
+    # a batch of several shows that samples stay apart (seven images); the three nets of 7.8-11.5 GMACs
+    # run one image, folded and not: they add repeats of blocks resnet50 has, whose batch of 7 shows it
+    for batch in (1, 7) if checked.macs < 5e9 else (1,):
         x = rng.standard_normal((batch, *checked.graph.nodes[0].shape)).astype(np.float32)
         ref = torch_eval(checked.graph, w, x)
         errs = [np.abs(ort_run(model, x) - ref).max()] + ([np.abs(ort_run(unfolded, x) - ref).max()] if batch == 1 else [])
