@@ -260,10 +260,20 @@ class Preprocess:
     def load_file(self, path: str, geometry: bool = True) -> tuple[np.ndarray, Geometry | None]:
         """file(), with where the image's pixels went (a Geometry; None without `geometry`, which
         keeps a run that draws no class map from holding one per image)."""
-        from PIL import Image, ImageOps, UnidentifiedImageError
         regular_file(path)
+        return self._decode(path, geometry)
+
+    def load_bytes(self, data: bytes) -> np.ndarray:
+        """An encoded image's bytes (a served request's) transformed as file() transforms a file."""
+        import io
+        return self._decode(io.BytesIO(data), False)[0]
+
+    def _decode(self, source, geometry: bool) -> tuple[np.ndarray, Geometry | None]:
+        """A path or a binary file object: decoded with Pillow's bounds, oriented, transformed;
+        InputError for anything a user's file can do wrong."""
+        from PIL import Image, ImageOps, UnidentifiedImageError
         try:
-            with Image.open(path) as im:                       # at the first frame (GIF, TIFF, WebP)
+            with Image.open(source) as im:                     # at the first frame (GIF, TIFF, WebP)
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit and im.width * im.height > limit:    # Pillow only warns up to twice its limit
                     raise InputError(f"refused: {im.width} x {im.height} = {im.width * im.height:,} pixels, over "

@@ -64,49 +64,16 @@ def folders(name: str, folder: str, m, max_batch: int, instances: int) -> list[M
 
 
 def decoder(folder: str):
-    """decode() bound to the compiled folder's (or a preprocess step's) manifest: bytes -> one sample."""
+    """An encoded image's bytes -> one sample of the compiled folder's (or a preprocess step's) model, as
+    `run` makes it from a file (Preprocess.load_bytes: Pillow's decompression-bomb bound, EXIF
+    orientation, the first frame, the transform), in the input's dtype; InputError for bytes that are
+    not such an image."""
     import numpy as np
 
     from ..manifest import read_manifest
     from ..runtime.preprocess import Preprocess
     m = read_manifest(folder)
     t = m.input
-    raw = t.layout if t.dtype == "uint8" else None
-    pre = Preprocess.from_json(m.preprocess, t.chw, m.sizes, raw=raw)
+    pre = Preprocess.from_json(m.preprocess, t.chw, m.sizes, raw=t.layout if t.dtype == "uint8" else None)
     dtype = np.dtype(t.dtype)
-    return lambda data: decode(data, pre, dtype, None if raw else t.layout)
-
-
-def decode(data: bytes, pre, dtype, layout: str | None = "nchw"):
-    """An encoded image's bytes -> the model's input sample, as `run` makes it from a file (Preprocess.
-    load_file: Pillow's decompression-bomb bound, EXIF orientation, the first frame, the transform);
-    `layout` nhwc: a float sample channels-last. InputError for bytes that are not such an image."""
-    import io
-
-    import numpy as np
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    from ..runtime.preprocess import InputError
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and im.width * im.height > limit:
-                raise InputError(f"refused: {im.width} x {im.height} = {im.width * im.height:,} pixels, over "
-                                 f"Pillow's decompression-bomb limit of {limit:,}")
-            if "exif" in im.info or im.format in ("TIFF", "MPO"):
-                im = ImageOps.exif_transpose(im)
-            im.load()
-            x, _ = pre.transform(im, False)
-    except InputError:
-        raise
-    except UnidentifiedImageError:
-        raise InputError("not an image Pillow can read (JPEG, PNG, BMP, GIF, TIFF, WebP)") from None
-    except Image.DecompressionBombError as e:
-        raise InputError(f"refused: {e}") from None
-    except Exception as e:  # noqa: BLE001  (Pillow's decoders raise what their formats do)
-        raise InputError(f"cannot decode the image: {type(e).__name__}: {e}") from None
-    if x.dtype != np.uint8 and not np.isfinite(x).all():
-        raise InputError("holds NaN or inf")
-    if layout == "nhwc":
-        x = x.transpose(1, 2, 0)
-    return np.ascontiguousarray(x, dtype=dtype)
+    return lambda data: np.ascontiguousarray(pre.load_bytes(data), dtype=dtype)

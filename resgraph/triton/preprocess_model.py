@@ -2,7 +2,7 @@
 (copied as <name>_preprocess/N/model.py, the compiled folder's manifest.json beside it).
 
 Each request holds encoded images (TYPE_STRING, [n, 1]: JPEG, PNG... one a row); each is decoded and
-preprocessed as `resgraph run` does a file (resgraph.triton.ensemble.decode, from the manifest's
+preprocessed as `resgraph run` does a file (resgraph.triton.ensemble.decoder, from the manifest's
 preprocess), and the request gets the model's input back, [n, *dims]. A request whose image cannot
 be decoded, or whose images come to different sizes, gets an error naming it; the others go on.
 """
