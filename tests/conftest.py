@@ -173,3 +173,20 @@ def run_interrupted_and_resumed(tmp_path, **cfg):
     rows = train(TrainConfig(out=str(b), resume=True, **cfg))
     assert [r["epoch"] for r in rows] == list(range(1, cfg["epochs"] + 1))
     return read_checkpoint(str(a / "last.safetensors"))[0], read_checkpoint(str(b / "last.safetensors"))[0]
+
+
+def no_triton() -> str | None:
+    """Why Triton's core (nvidia-pytriton's) cannot be started here, or None: the serve tests' skip reason."""
+    from resgraph.errors import BackendError
+    try:
+        from resgraph.triton.server import _dist
+        _dist()
+    except (ImportError, BackendError) as e:
+        return f"Triton's core is not installed (pip install 'resgraph[serve]'): {e}"
+    return None
+
+
+def needs_triton(test):
+    """Skip `test` where Triton's core is not installed (the reason is no_triton()'s)."""
+    why = no_triton()
+    return pytest.mark.skipif(why is not None, reason=str(why))(test)

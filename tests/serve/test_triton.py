@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import resgraph_cmd, run_cli
+from conftest import needs_triton, resgraph_cmd, run_cli
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] is not installed (pip install 'resgraph[serve]')")
@@ -193,16 +193,6 @@ def test_export_errors(digits_folder, tmp_path, args, says):
 
 # --- a real Triton core -------------------------------------------------------------------------
 
-def _no_triton() -> str | None:
-    try:
-        from resgraph.triton.server import _dist
-        _dist()
-    except (ImportError, BackendError) as e:
-        return f"Triton's core is not installed (pip install 'resgraph[serve]'): {e}"
-    return None
-
-
-needs_triton = pytest.mark.skipif(_no_triton() is not None, reason=str(_no_triton()))
 
 
 SERVED = TritonOptions(platform="python", backend="ort-cpu", max_batch=32, batching=Batching(200))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, resgraph_cmd, run_cli
+from conftest import ROOT, needs_triton, resgraph_cmd, run_cli
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] is not installed (pip install 'resgraph[serve]')")
@@ -237,16 +237,6 @@ def test_decoding_bytes_is_runs_decoding_of_the_file(digits_folder, u8_folder, t
 
 # --- the real core ------------------------------------------------------------------------------
 
-def _no_triton() -> str | None:
-    try:
-        from resgraph.triton.server import _dist
-        _dist()
-    except Exception as e:  # noqa: BLE001
-        return f"Triton's core is not installed (pip install 'resgraph[serve]'): {e}"
-    return None
-
-
-needs_triton = pytest.mark.skipif(_no_triton() is not None, reason=str(_no_triton()))
 
 
 def _run_json(folder: str, files: list[str]) -> list[dict]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, resgraph_cmd
+from conftest import ROOT, needs_triton, resgraph_cmd
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] is not installed (pip install 'resgraph[serve]')")
@@ -22,15 +22,6 @@ from resgraph.compile import compile_spec  # noqa: E402
 from resgraph.triton.export import Batching, TritonOptions, export_triton  # noqa: E402
 
 SAMPLES = sorted(glob.glob(str(ROOT / "examples" / "digits" / "samples" / "*.png")))[:8]
-
-
-def _no_triton() -> str | None:
-    try:
-        from resgraph.triton.server import _dist
-        _dist()
-    except Exception as e:  # noqa: BLE001
-        return f"Triton's core is not installed (pip install 'resgraph[serve]'): {e}"
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +42,7 @@ def test_the_config_takes_uint8_and_triton_parses_it(u8_folder, tmp_path, platfo
     assert model_config_pb2.DataType.Name(o.data_type) == "TYPE_FP32"
 
 
-@pytest.mark.skipif(_no_triton() is not None, reason=str(_no_triton()))
+@needs_triton
 def test_served_raw_bytes_answer_as_run_does_and_floats_are_refused(u8_folder):
     import tritonclient.http as th
     from tritonclient.utils import InferenceServerException
@@ -78,7 +69,7 @@ def test_served_raw_bytes_answer_as_run_does_and_floats_are_refused(u8_folder):
         c.close()
 
 
-@pytest.mark.skipif(_no_triton() is not None, reason=str(_no_triton()))
+@needs_triton
 def test_the_raw_pixel_client_of_the_deployment_guide_runs(u8_folder, capsys, monkeypatch):
     """docs/deploy.md's uint8 client, as written, against the real server (its folder and address
     replaced by the test's), printing the digit run finds."""
