@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from ..version import __version__
-from . import compile, diff, engine, importer, infer, model, parity, profile, quantize, serve, spec
+from . import compile, diff, engine, importer, infer, model, parity, profile, quantize, serve, spec, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +19,7 @@ def cli():
     """resgraph: compile residual-network specs (YAML) into checked graphs, PyTorch, ONNX and TensorRT."""
 
 
-for _group in (spec, diff, importer, model, compile, quantize, infer, parity, profile, engine, serve):
+for _group in (spec, diff, importer, model, train, compile, quantize, infer, parity, profile, engine, serve):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 
