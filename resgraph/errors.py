@@ -18,6 +18,7 @@ Its subclasses say what kind of thing was wrong, so a caller can catch one kind:
     ├── BackendError    a back end or tool resgraph drives (ONNX Runtime, torch, TensorRT, CUDA, Triton,
     │                   Graphviz) that cannot run here or cannot open this folder; `auto` passes over a
     │                   back end that raises it
+    ├── PluginError     an op plugin (package) that fails to load or breaks the op table's rules
     └── OptionError     a command-line option or combination that cannot work; names the option
 
 Where two could apply, the cause decides: a weights file that is missing is a PathError (the path),
@@ -108,6 +109,11 @@ class ArtifactError(ResgraphError):
 class BackendError(ResgraphError):
     """A back end (or a tool such as Graphviz) that cannot run here, or cannot open this folder; the
     hint says how to fix it. (Also importable from resgraph.runtime, where it was defined.)"""
+
+
+class PluginError(ResgraphError):
+    """An op plugin (a package registering ops under the `resgraph.ops` entry points) that cannot be
+    loaded or breaks the op table's rules; names the plugin's distribution and entry point."""
 
 
 class OptionError(ResgraphError):

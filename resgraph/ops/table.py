@@ -51,6 +51,7 @@ from .shapes import (
 __all__ = [
     "FACTS",
     "INFERENCE",
+    "BUILTIN",
     "INIT_POLICIES",
     "MAX_ELEMENTS",
     "MAX_LAYER_PARAMS",
@@ -71,8 +72,9 @@ __all__ = [
 # What an `add` does when an input's shape differs from the main input's (passes/shortcuts.py has the maths)
 SHORTCUT_POLICIES = ("projection", "conv", "zeropad", "avgpool_projection", "error")
 INFERENCE = ("keep", "noop")
-# backends/torch/init.py has one function per name; "parts": each sub-layer by its own kind (an explicit Ws)
-INIT_POLICIES = ("conv", "linear", "norm", "scale", "parts")
+# backends/torch/init.py has one function per name; "parts": each sub-layer by its own kind (an explicit Ws);
+# "module": the module's own reset_parameters, all the way down (a plugin's module)
+INIT_POLICIES = ("conv", "linear", "norm", "scale", "parts", "module")
 # the per-op facts every row states, none with a default (OpDef's keyword-only fields)
 FACTS = ("keeps_zero", "zeroable", "inference", "bn_folds_into", "init", "import_kind", "aliases")
 _ALIAS = re.compile(r"[a-z][a-z0-9_]*")
@@ -91,6 +93,11 @@ class OpDef:
     # defaults that depend on other arguments (a pool's stride is its kernel unless given): resolve_ops
     # applies it once, so shape rules and lowerings read complete arguments
     complete: Callable[[dict], dict] = lambda a: a
+    # --- for ops that plugins register (ops/plugins.py); the built-ins leave these empty --------------
+    weights: Callable[[dict, list[Shape], Shape], dict[str, tuple]] | None = None   # its tensors (see `tensors`)
+    torch: str = ""    # "module:function" (args, input shapes, output shape) -> nn.Module, imported to lower it
+    onnx: str = ""     # "module:function" (builder, node, input names) -> output name, as the ONNX column's
+    plugin: str = ""   # the distribution that registered it; set by the loader
     _: KW_ONLY
     # --- facts (FACTS): required on every row, no defaults, checked below -------------------------
     # output exactly 0 wherever an input is 0, at initialisation (a callable of the args where the bias decides)
@@ -126,6 +133,9 @@ class OpDef:
 
 def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
     """The op's state-dict tensors (suffix -> shape), as every back end names them."""
+    row = OPS.get(op)
+    if row is not None and row.weights is not None:   # a plugin's op states its own
+        return row.weights(args, ins, out)
     if op == "conv":
         t = {"weight": (args["out"], ins[0][0] // args["groups"], args["kernel"], args["kernel"])}
         return {**t, "bias": (args["out"],)} if args["bias"] else t
@@ -289,6 +299,7 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
 ]}
 
 USER_OPS = sorted(n for n, op in OPS.items() if op.user)
+BUILTIN = frozenset(OPS)   # OPS grows by the plugin ops a process loads (ops/plugins.py); these are resgraph's
 
 
 def check_facts(ops: dict[str, OpDef]) -> None:
@@ -311,9 +322,9 @@ check_facts(OPS)
 
 
 def check_lowerings(lower: dict, backend: str, module: str) -> None:
-    """At a back end's import: one lowering for every op in the table, so a new op without its
-    lowering fails there, naming what to add, not with a KeyError when a spec first uses it."""
-    missing, unknown = sorted(set(OPS) - set(lower)), sorted(set(lower) - set(OPS))
+    """At a back end's import: one lowering for every built-in op of the table (plugin ops bring
+    their own: OpDef.torch, .onnx), so a new op without its lowering fails there, naming what to add, not with a KeyError when a spec first uses it."""
+    missing, unknown = sorted(BUILTIN - set(lower)), sorted(set(lower) - BUILTIN)
     if missing or unknown:
         raise ImportError(f"resgraph's {backend} back end " + "; ".join(
             x for x in (f"has no lowering for op(s) {', '.join(missing)}: add them to LOWER in {module}" if missing else "",

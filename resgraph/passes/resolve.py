@@ -40,9 +40,28 @@ def alias_of(name: str) -> str | None:
 
 
 def _unknown_hint(name: str, blocks: list[str]) -> str:
+    from ..ops.plugins import names
     alias = alias_of(name)
-    return f"resgraph calls it '{alias}'" if alias else did_you_mean(name, USER_OPS + blocks + ["residual"],
-                                                                      "ops and blocks")
+    return f"resgraph calls it '{alias}'" if alias else did_you_mean(
+        name, USER_OPS + names() + blocks + ["residual"], "ops and blocks")
+
+
+_BROKEN = object()   # a plugin registers the op but cannot be loaded: reported where the spec names it
+
+
+def _op(name: str, loc: Loc, d: Diagnostics):
+    """The op table's row for `name`: a built-in's, or one an installed plugin registers (loaded now,
+    the first time a spec names it); None if nothing has it."""
+    op = OPS.get(name)
+    if op is not None:
+        return op
+    from ..errors import PluginError
+    from ..ops.plugins import load
+    try:
+        return load(name)
+    except PluginError as e:
+        d.error(loc, f"op '{name}': {e.message}", e.hint, span=len(name))
+        return _BROKEN
 
 
 def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = None) -> Graph:
@@ -53,25 +72,13 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
     for name in blocks:
         if name in OPS:
             d.error(spec.blocks[name].loc, f"block '{name}' has the name of an op", "rename the block")
-    defaults: dict[str, dict] = {}   # resolved, for nodes that passes insert (a Ws bn follows defaults: {bn: ...})
-    for op, args in (spec.defaults.items() if spec else ()):
-        if op not in OPS or not OPS[op].user:
-            loc = next(iter(args.values())).loc if args else spec.root_loc
-            d.error(loc, f"defaults for unknown op '{op}'", did_you_mean(op, USER_OPS, "ops"))
-            continue
-        defaults[op] = {}
-        for k, y in args.items():
-            if k not in OPS[op].args:
-                continue   # reported on every node that receives it
-            v = evaluate_located(y, spec.vars, d, failed=FAILED)
-            try:
-                if v is not FAILED and v is not None:
-                    defaults[op][k] = OPS[op].args[k].check(k, v)
-            except ArgError:
-                pass       # reported on every node that receives it
+    defaults = _defaults(spec, d) if spec else {}   # resolved, for nodes that passes insert
     nodes = list(g.input_nodes)
     for n in g.nodes[len(nodes):]:
-        op = OPS.get(n.op)
+        op = _op(n.op, n.loc, d)
+        if op is _BROKEN:
+            nodes.append(n)
+            continue
         if op is None or (not op.user and not n.inserted):
             d.error(n.loc, f"unknown op or block '{n.op}'", _unknown_hint(n.op, blocks), span=len(n.op))
             nodes.append(n)
@@ -123,6 +130,31 @@ def resolve_ops(g: Graph, spec: Spec | None = None, diags: Diagnostics | None = 
     if diags is None:
         d.raise_if_any()
     return g.replace(nodes=tuple(nodes), settings=_settings(g.settings, defaults, spec))
+
+
+def _defaults(spec: Spec, d: Diagnostics) -> dict[str, dict]:
+    """The spec's `defaults:`, op by op, values checked (a Ws's bn follows defaults: {bn: ...}); an
+    unknown op is reported here, an unknown or bad argument on every node that receives it."""
+    defaults: dict[str, dict] = {}
+    for op, args in spec.defaults.items():
+        loc = next(iter(args.values())).loc if args else spec.root_loc
+        row = _op(op, loc, d)
+        if row is _BROKEN:
+            continue
+        if row is None or not row.user:
+            d.error(loc, f"defaults for unknown op '{op}'", did_you_mean(op, USER_OPS, "ops"))
+            continue
+        defaults[op] = {}
+        for k, y in args.items():
+            if k not in OPS[op].args:
+                continue   # reported on every node that receives it
+            v = evaluate_located(y, spec.vars, d, failed=FAILED)
+            try:
+                if v is not FAILED and v is not None:
+                    defaults[op][k] = OPS[op].args[k].check(k, v)
+            except ArgError:
+                pass       # reported on every node that receives it
+    return defaults
 
 
 def _settings(settings: Settings, defaults: dict, spec: Spec | None) -> Settings:

@@ -38,6 +38,13 @@ def infer_shapes(g: Graph) -> Graph:
                 names = {p: name for name, p in g.inputs}
                 msg = e.message.format(*(names.get(i, i) for i in n.inputs)) if e.named else e.message
                 d.error(n.loc, f"{n.path}: {msg}{n.site()}", e.hint, span=len(n.op))
+            except Exception as e:   # a plugin's shape rule that fails other than by ShapeError
+                op = OPS[n.op]
+                if not op.plugin:
+                    raise
+                d.error(n.loc, f"{n.path}: the shape rule of op '{n.op}' (plugin {op.plugin}) raised "
+                        f"{type(e).__name__}: {e}", f"a bug in {op.plugin}: report it there; a shape rule "
+                        "refuses its inputs by raising resgraph.ops.ShapeError", span=len(n.op))
             if n.op == "add" and shape is not None and not can_join(d, n, shapes, g.settings.shortcut):
                 shape = None
         shapes[n.path] = shape

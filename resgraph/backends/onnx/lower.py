@@ -328,6 +328,14 @@ LOWER = {
 check_lowerings(LOWER, "ONNX", __name__)   # every op of the table, at import
 
 
+def _plugin(op: str):
+    """A plugin op's ONNX lowering (OpDef.onnx): a function of the same (builder, node, input names)
+    -> output name signature as LOWER's, building its nodes with the builder's op, param and const."""
+    from ...ops import OPS
+    from ...ops.plugins import lowering
+    return lowering(OPS[op], "onnx")
+
+
 SMALL = 64   # initializers up to this many elements travel inside the model even when weights stream
 
 
@@ -353,7 +361,7 @@ def build(graph: Graph, weights: dict, opset: int = DEFAULT_OPSET, precision: st
     for name, path in graph.inputs:
         env[path] = b.op("Cast", [name], f"{name}/fp16", to=TensorProto.FLOAT16) if precision == "fp16" else name
     for n in graph.nodes[len(graph.inputs):]:
-        env[n.path] = LOWER[n.op](b, n, [env[i] for i in n.inputs])
+        env[n.path] = (LOWER.get(n.op) or _plugin(n.op))(b, n, [env[i] for i in n.inputs])
     # each output tensor takes its name: renamed where it is computed, or a Cast (fp16) or an
     # Identity (an input, or a tensor that is already another output) in front of it
     renamed: dict[str, str] = {}

@@ -172,6 +172,14 @@ def _parts(m, policy: dict) -> None:
             fn(m, policy)
 
 
-_INIT = {"conv": _conv, "linear": _linear, "norm": _norm, "scale": _scale, "parts": _parts}
+def _module(m, policy: dict) -> None:
+    """A plugin op's module: reset_parameters of it and of every submodule that has one, as PyTorch
+    initialises them (seeded with the rest)."""
+    for sub in m.modules():
+        if callable(getattr(sub, "reset_parameters", None)):
+            sub.reset_parameters()
+
+
+_INIT = {"conv": _conv, "linear": _linear, "norm": _norm, "scale": _scale, "parts": _parts, "module": _module}
 # every policy the op table names has its function here
 assert {op.init for op in OPS.values()} - {None} <= set(_INIT), {op.init for op in OPS.values()} - set(_INIT)

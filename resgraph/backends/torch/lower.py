@@ -49,9 +49,10 @@ class _Ctx:
     def shape(self, path: str):
         return self.ir[path].shape
 
-    def module(self, path: str, mod: nn.Module, x: fx.Node, node: Node | None) -> fx.Node:
+    def module(self, path: str, mod: nn.Module, x: fx.Node | list, node: Node | None) -> fx.Node:
+        """`mod` at `path`, called on x (or on each of a list of inputs)."""
         _set_submodule(self.root, path, mod)
-        return self._create("call_module", path, (x,), {}, node)
+        return self._create("call_module", path, tuple(x) if isinstance(x, list) else (x,), {}, node)
 
     def call(self, fn, args, node: Node | None, **kwargs) -> fx.Node:
         return self._create("call_function", fn, tuple(args), kwargs, node)
@@ -256,7 +257,8 @@ def lower(graph: Graph) -> fx.GraphModule:
         ctx.paths[x.name] = path
         env[path] = x
     for n in graph.nodes[len(graph.inputs):]:
-        env[n.path] = LOWER[n.op](ctx, n, [env[i] for i in n.inputs])
+        fn = LOWER.get(n.op) or _plugin(n.op)
+        env[n.path] = fn(ctx, n, [env[i] for i in n.inputs])
     # one output: the tensor; several (outputs:): a tuple in spec order, as ONNX and Triton list them
     outs = [env[p] for _, p in graph.outputs]
     ctx.fx.output(outs[0] if len(outs) == 1 else tuple(outs))
@@ -269,6 +271,32 @@ def lower(graph: Graph) -> fx.GraphModule:
                            "inputs": [(n, graph[p].shape) for n, p in graph.inputs],
                            "outputs": [(n, graph[p].shape) for n, p in graph.outputs]}
     return gm
+
+
+def _plugin(op: str):
+    """A plugin op's lowering: the nn.Module its OpDef.torch builds, at the node's path, called on the
+    node's inputs. The module's tensors must be the ones its OpDef.weights states (the names every
+    back end and checkpoint use)."""
+    from ...errors import PluginError
+    from ...ops import OPS
+    from ...ops.plugins import lowering
+    from ...ops.table import tensors
+    row = OPS[op]
+    build = lowering(row, "torch")
+
+    def lower_plugin(ctx, n, xs):
+        ins = [ctx.shape(i) for i in n.inputs]
+        mod = build(dict(n.args), ins, n.shape)
+        if not isinstance(mod, nn.Module):
+            raise PluginError.at(row.plugin, f"plugin {row.plugin}'s {row.torch} returned a {type(mod).__name__} for "
+                                 f"{n.path}, not a torch.nn.Module", f"fix {row.plugin}")
+        have = {k: tuple(v.shape) for k, v in mod.state_dict().items()}
+        want = tensors(op, dict(n.args), ins, n.shape)
+        if have != want:
+            raise PluginError.at(row.plugin, f"plugin {row.plugin}'s module for {n.path} ({op}) holds tensors {have}; "
+                                 f"its OpDef.weights states {want}", f"make the two agree in {row.plugin}")
+        return ctx.module(n.path, mod, xs, n)
+    return lower_plugin
 
 
 def _class_name(name: str) -> str:
