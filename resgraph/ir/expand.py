@@ -4,6 +4,8 @@ Naming (stable across compiles, so checkpoints keep loading):
 - an entry with `id: x` is `<scope>.x`; without one it is `<op><k>`, k counting that op in its
   scope from 1 (conv1, bn1, relu1, conv2, ... as in torchvision), skipping names taken by ids;
 - `repeat: n` makes `<name>.0` ... `<name>.<n-1>`; referring to `<name>` means the last copy;
+- a split or chunk into n parts makes `<name>.0` ... `<name>.<n-1>`, one node each, as a repeat
+  does (without an id, `from:` cannot name a part); `<name>` and the next entry mean the last part;
 - a residual block at path P is: body nodes `P.*`, the add `P` itself, and `P.post`.
 
 References (`in:`, `from:`) name an id of the current scope, `<id>.<i>` for one copy of a repeat,
@@ -18,11 +20,14 @@ from dataclasses import dataclass, field
 
 from ..errors import Diagnostics, Loc, SpecError, did_you_mean
 from ..limits import MAX_NODES, MAX_REPEAT
+from ..ops.args import MAX_PARTS
+from ..ops.table import PARTS
 from ..spec.expr import FAILED
 from ..spec.layers import Entry, Residual, evaluate_located
 from ..spec.model import Spec
 from ..spec.yamlsrc import Y
 from .graph import INPUT, Graph, Node, Settings, freeze
+from .outputs import output_paths
 
 
 class _Abort(Exception):
@@ -103,7 +108,7 @@ class _Expander:
         self.check_forward()
         self.check_input_names(top)
         names = tuple(d.name for d in s.inputs) or (s.input_name,)
-        outputs = self.outputs(top, out)
+        outputs = output_paths(self.spec, self.nodes, top.ids, out, self.d)
         return Graph(s.name, tuple(self.nodes), outputs[0][1], names[0], outputs[0][0],
                      settings=Settings(s.shortcut, init=freeze(dict(s.init))),
                      inputs=tuple(zip(names, paths)), outputs=outputs)
@@ -115,31 +120,6 @@ class _Expander:
                 e = self.spec.layers[top.declared[decl.name]]
                 self.d.error(e.id.loc, f"id '{decl.name}' is also an input's name",
                              "rename the entry or the input: in: and from: would mean either", span=len(decl.name))
-
-    def outputs(self, top: _Scope, last: str) -> tuple[tuple[str, str], ...]:
-        """(name, path) of each output: `from:` is a top-level id (or `id.i`) or any node's dotted
-        path; without outputs:, the last entry's tensor."""
-        decls = self.spec.outputs or ()
-        if not decls or decls[0].ref is None:
-            return (((decls[0].name if decls else self.spec.output_name), last),)
-        paths = {n.path for n in self.nodes}
-        inputs = {n.path for n in self.nodes if n.op == "input"} | {d.name for d in self.spec.inputs}
-        out = []
-        for d in decls:
-            path = top.ids.get(d.ref, d.ref if d.ref in paths else None)
-            if path is not None and (path in inputs or d.ref in inputs or d.ref == "input"):
-                self.d.error(d.loc, f"output '{d.name}' is the input '{d.ref}' itself: no layer feeds it",
-                             "name an entry's id or path: from: layer2", span=len(d.ref))
-            elif path is None and d.ref == "input":
-                self.d.error(d.loc, f"output '{d.name}' is the input itself: no layer feeds it",
-                             "name an entry's id or path: from: layer2", span=len(d.ref))
-            elif path is None:
-                hint = did_you_mean(d.ref, [k for k in top.ids if k not in inputs] + sorted(paths - inputs), "ids and paths")
-                self.d.error(d.loc, f"output '{d.name}': unknown id or path '{d.ref}'",
-                             hint or "name a top-level id (from: layer2) or a node's path (from: layer3.1.conv2)",
-                             span=len(d.ref))
-            out.append((d.name, path if path is not None and path not in inputs else last))
-        return tuple(out)
 
     # -- scopes ---------------------------------------------------------------------------------
     def entries(self, entries: tuple[Entry, ...], scope: _Scope) -> str:
@@ -370,8 +350,31 @@ class _Expander:
                 values["from"] = tuple(inputs[1:])
                 continue
             values[k] = self.value(y, scope.env)
+        if e.kind in PARTS:
+            return self.parts(e, path, scope, values, locs, inputs)
         self.nodes.append(Node(path, e.kind, freeze(values), tuple(inputs), e.loc, freeze(locs), calls=tuple(self.calls)))
         return path
+
+    def parts(self, e: Entry, path: str, scope: _Scope, values: dict, locs: dict, inputs: list) -> str:
+        """A split or chunk: one node per part, `<path>.<k>` with part k, each an id `<name>.<k>` of
+        the scope (a repeated split's copies are referred to as wholes); returns the last part."""
+        if "part" in values:
+            self.d.error(locs["part"], f"{e.kind}: 'part' is set by resgraph, one node per part",
+                         "remove it; refer to part k as <id>.k", span=4)
+            values.pop("part")
+        how = values.get(PARTS[e.kind])
+        n = len(how) if isinstance(how, list) else how
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTS:
+            n = 1   # resolve_ops reports the argument
+        name = path[len(scope.prefix):]
+        for k in range(n):
+            self.count(e)
+            part = f"{path}.{k}"
+            self.nodes.append(Node(part, e.kind, freeze({**values, "part": k}), tuple(inputs), e.loc, freeze(locs),
+                                   calls=tuple(self.calls)))
+            if path == scope.prefix + name and "." not in name:
+                scope.ids[f"{name}.{k}"] = part
+        return part
 
     def block(self, e: Entry, path: str, scope: _Scope, main: str, given: dict[str, Y]) -> str:
         b = self.spec.blocks[e.kind]

@@ -8,6 +8,8 @@ REQUIRED = object()
 
 from ..limits import MAX_CHANNELS, MAX_KERNEL
 
+MAX_PARTS = 64   # parts of one split
+
 
 class ArgError(Exception):
     def __init__(self, message: str, hint: str = ""):
@@ -17,7 +19,7 @@ class ArgError(Exception):
 
 @dataclass(frozen=True)
 class Arg:
-    kind: str                       # int | float | bool | choice | padding | ids | ref
+    kind: str                       # int | float | bool | choice | padding | ids | ref | ints | pair
     default: object = REQUIRED
     lo: float | None = None
     hi: float | None = None
@@ -61,6 +63,19 @@ class Arg:
             if not isinstance(value, str):
                 raise ArgError(f"'{name}' must be an id, got {_show(value)}", f"for example: {name}: pre")
             return value
+        if k == "ints":   # a list of integers, each within lo..hi (split's sizes)
+            if not isinstance(value, list) or not 1 <= len(value) <= MAX_PARTS:
+                raise ArgError(f"'{name}' must be a list of 1 to {MAX_PARTS} integers, got {_show(value)}",
+                               f"for example: {name}: [32, 32]")
+            return tuple(Arg("int", lo=self.lo, hi=self.hi).check(f"{name}[{i}]", v) for i, v in enumerate(value))
+        if k == "pair":   # an integer, or [height, width]: a square value is kept as the integer
+            if isinstance(value, list):
+                if len(value) != 2:
+                    raise ArgError(f"'{name}' must be an integer or [height, width], got {_show(value)}",
+                                   f"for example: {name}: 3 or {name}: [1, 7]")
+                h, w = (Arg("int", lo=self.lo, hi=self.hi).check(f"{name}[{i}]", v) for i, v in enumerate(value))
+                return h if h == w else (h, w)
+            return Arg("int", lo=self.lo, hi=self.hi).check(name, value)
         if k == "ids":
             if isinstance(value, str):
                 value = [value]
@@ -138,6 +153,15 @@ def Choice(*choices, default=REQUIRED, doc=""):
 
 def Padding(default="same", doc=""):
     return Arg("padding", default, 0, MAX_KERNEL, doc=doc)
+
+
+def Ints(lo=1, hi=MAX_CHANNELS, doc=""):
+    return Arg("ints", REQUIRED, lo, hi, doc=doc)
+
+
+def Pair(default=REQUIRED, lo=1, hi=MAX_KERNEL, doc=""):
+    """An integer, or [height, width] (a non-square kernel or stride)."""
+    return Arg("pair", default, lo, hi, doc=doc)
 
 
 def Ids(doc=""):

@@ -315,3 +315,33 @@ def pool_stride(a: dict) -> dict:
     """stride 0 (the default) means stride = kernel, as in PyTorch's pools."""
     return {**a, "stride": a["kernel"]} if a.get("stride") == 0 and a.get("kernel") is not None else a
 
+
+
+def channel_range(op: str, a: dict, c: int) -> tuple[int, int]:
+    """[begin, end) of the channels (or features) that part a["part"] of a split or chunk takes from c:
+    the shape rules and both lowerings read it here."""
+    if op == "chunk":
+        size = c // a["chunks"]
+        return a["part"] * size, (a["part"] + 1) * size
+    begin = sum(a["sizes"][:a["part"]])
+    return begin, begin + a["sizes"][a["part"]]
+
+
+def split_shape(op: str):
+    """split (sizes) and chunk (equal parts): one node per part, [C, H, W] -> [size, H, W], or on [F]."""
+    def rule(a, ins):
+        x = ins[0]
+        if len(x) not in (1, 3):
+            raise ShapeError(f"{op} expects [C, H, W] or [F], got {fmt(x)}")
+        c = x[0]
+        if op == "chunk" and c % a["chunks"]:
+            raise ShapeError(f"chunk: {c} channels do not make {a['chunks']} equal parts",
+                             "choose chunks that divide the channels, or split: {sizes: [...]} for unequal parts")
+        if op == "split" and sum(a["sizes"]) != c:
+            raise ShapeError(f"split sizes {list(a['sizes'])} add up to {sum(a['sizes'])}, but the input has {c} "
+                             f"channels", f"make the sizes add up to {c}, or use chunk: {{chunks: N}} for equal parts")
+        parts = a["chunks"] if op == "chunk" else len(a["sizes"])
+        assert 0 <= a["part"] < parts, (op, a)   # the expansion makes one node per part
+        b, e = channel_range(op, a, c)
+        return (e - b, *x[1:])
+    return rule

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, MISSING, dataclass, fields
 
 from ..limits import MAX_KERNEL, MAX_SCALE
-from .args import Above, Arg, Bool, Choice, Float, Ids, Int, Padding, Ref
+from .args import MAX_PARTS, Above, Arg, Bool, Choice, Float, Ids, Int, Ints, Padding, Ref
 from .shapes import (
     MAX_ELEMENTS,
     MAX_LAYER_PARAMS,
@@ -42,6 +42,7 @@ from .shapes import (
     project_params,
     project_shape,
     spatial,
+    split_shape,
     transpose_pads,
     unchanged,
     upsample_shape,
@@ -56,6 +57,7 @@ __all__ = [
     "MAX_ELEMENTS",
     "MAX_LAYER_PARAMS",
     "OPS",
+    "PARTS",
     "SHORTCUT_POLICIES",
     "USER_OPS",
     "OpDef",
@@ -175,6 +177,10 @@ def _unless_bias(a: dict) -> bool:
 
 
 _ACT = "elementwise; shape unchanged"
+# split's and chunk's: which part a node is. The expansion makes one node per part and sets it
+_PART = Int(0, lo=0, hi=MAX_PARTS - 1, doc="which part this node is: set by resgraph for each part, never written")
+# ops whose one entry becomes one node per part (ir/expand.py): the argument that says how many
+PARTS = {"split": "sizes", "chunk": "chunks"}
 
 OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("conv", {"out": Int(), "kernel": Int(hi=MAX_KERNEL), "stride": Int(1, hi=MAX_KERNEL),
@@ -277,6 +283,16 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("concat", {"from": Ids()}, concat_shape, variadic=True, doc="channels add up",
           keeps_zero=False, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
           aliases=("cat", "concatenate")),
+    OpDef("split", {"sizes": Ints(), "part": _PART}, split_shape("split"),
+          doc="channels (or features) in consecutive parts of these sizes, as torch.split(x, sizes, 1): the "
+              "entry ID makes ID.0, ID.1, ...; the next entry reads the last part",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
+    OpDef("chunk", {"chunks": Int(hi=MAX_PARTS), "part": _PART}, split_shape("chunk"),
+          doc="channels (or features) in `chunks` equal parts, as torch.chunk(x, chunks, 1) (CSP, C2f): the entry "
+              "ID makes ID.0, ID.1, ...; the next entry reads the last part",
+          keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,
+          aliases=()),
     OpDef("upsample", {"scale": Int(hi=MAX_SCALE), "mode": Choice("nearest", "bilinear", default="nearest")},
           upsample_shape, doc="H, W times scale",
           keeps_zero=True, zeroable=False, inference="keep", bn_folds_into=False, init=None, import_kind=None,

@@ -213,6 +213,9 @@ def evaluate_located(y: Y, env: dict, diags: Diagnostics, failed=None):
             if not any(v is ex.FAILED and f"${k}" in y.value for k, v in env.items()):
                 diags.error(_shift(y.loc, e.offset), e.message, e.hint)
             return failed
+    if isinstance(y.value, list):   # a list argument (split's sizes, kernel: [1, 7]): each item evaluated
+        items = [evaluate_located(v, env, diags, failed) if isinstance(v, Y) else v for v in y.value]
+        return failed if any(v is failed for v in items) else items
     return y.value
 
 

@@ -52,6 +52,11 @@ def _arg(a) -> dict:
         forms = [{"enum": ["same", "valid"]}, _int(0), EXPR]
     elif k == "ids":
         forms = [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string"}]
+    elif k == "ints":
+        forms = [{"type": "array", "items": {"anyOf": [_int(int(a.lo), int(a.hi)), EXPR]}, "minItems": 1}, EXPR]
+    elif k == "pair":
+        one = {"anyOf": [_int(int(a.lo), int(a.hi)), EXPR]}
+        forms = [_int(int(a.lo), int(a.hi)), {"type": "array", "items": one, "minItems": 2, "maxItems": 2}, EXPR]
     elif k == "ref":
         forms = [{"type": "string", "pattern": f"^{ID_PATTERN}$"}]
     else:

@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from ...ir import Graph
 from ...ops import pads, transpose_pads
+from ...ops.shapes import channel_range
 from ...ops.table import check_lowerings, tensors
 from .writer import initializer_header
 
@@ -281,6 +282,13 @@ def add(b, n, xs):
     return acc
 
 
+def split(b, n, xs):
+    """One part of a split or chunk: channels [begin, end) of its input, a Slice on axis 1."""
+    begin, end = channel_range(n.op, n.args, b.ir[n.inputs[0]].shape[0])
+    return b.op("Slice", [xs[0], b.const(f"{n.path}/starts", [begin], np.int64), b.const(f"{n.path}/ends", [end], np.int64),
+                          b.const("const.axis1", [1], np.int64)], n.path)
+
+
 def upsample(b, n, xs):
     s = float(n.args["scale"])
     scales = b.const(f"{n.path}/scales", [1.0, 1.0, s, s], np.float32)
@@ -322,7 +330,8 @@ LOWER = {
     "hardsigmoid": simple("HardSigmoid", alpha=1 / 6, beta=0.5),   # PyTorch's: relu6(x + 3) / 6
     "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": simple("Identity"), "mul": mul, "maxpool": maxpool, "avgpool": avgpool,
     "global_avgpool": simple("GlobalAveragePool"), "flatten": flatten, "dropout": simple("Identity"),
-    "softmax": simple("Softmax", axis=1), "add": add, "concat": simple("Concat", axis=1), "upsample": upsample,
+    "softmax": simple("Softmax", axis=1), "add": add, "concat": simple("Concat", axis=1), "split": split, "chunk": split,
+    "upsample": upsample,
     "identity": simple("Identity"), "project": project, "zeropad": zeropad,
 }
 check_lowerings(LOWER, "ONNX", __name__)   # every op of the table, at import

@@ -19,6 +19,7 @@ from torch import nn
 
 from ...ir import Graph, Node
 from ...ops import pads, transpose_pads
+from ...ops.shapes import channel_range
 from ...ops.count import state_dict_shapes
 from ...ops.table import check_lowerings
 from . import functional as RF
@@ -210,6 +211,12 @@ def concat(ctx, n, xs):
     return ctx.call(torch.cat, (list(xs), 1), n)
 
 
+def split(ctx, n, xs):
+    """One part of a split or chunk: channels [begin, end) of its input (a view, as torch.split's parts)."""
+    b, e = channel_range(n.op, n.args, ctx.shape(n.inputs[0])[0])
+    return ctx.call(torch.narrow, (xs[0], 1, b, e - b), n)
+
+
 def upsample(ctx, n, xs):
     a = n.args
     kw = {"align_corners": False} if a["mode"] == "bilinear" else {}
@@ -242,7 +249,8 @@ LOWER = {
     "hardswish": pointwise(F.hardswish), "hardsigmoid": pointwise(F.hardsigmoid), "mish": pointwise(F.mish),
     "prelu": prelu, "layernorm": layernorm, "groupnorm": groupnorm, "scale": scale, "drop_path": drop_path, "mul": mul,
     "maxpool": maxpool, "avgpool": avgpool, "global_avgpool": global_avgpool, "flatten": flatten,
-    "dropout": dropout, "softmax": softmax, "add": add, "concat": concat, "upsample": upsample,
+    "dropout": dropout, "softmax": softmax, "add": add, "concat": concat, "split": split, "chunk": split,
+    "upsample": upsample,
     "identity": identity, "project": project, "zeropad": zeropad,
 }
 check_lowerings(LOWER, "PyTorch", __name__)   # every op of the table, at import
