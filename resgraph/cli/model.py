@@ -31,10 +31,14 @@ def init_cmd(spec, output, seed):
                    "Hugging Face hub; needs internet unless cached).")
 @click.option("--weights-file", type=click.Path(exists=True, dir_okay=False),
               help="The model's state_dict (.pth or .safetensors) downloaded elsewhere, for machines without internet.")
+@click.option("--reinit", "reinit", multiple=True, metavar="PATHS",
+              help="Layers of SPEC to initialise by its init: instead of importing (a new head: --reinit fc): "
+                   "spec paths of layers, blocks or stages, comma-separated or repeated.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for a randomly initialised model (without --pretrained or --weights-file).")
+              help="Seed for a randomly initialised model (without --pretrained or --weights-file), and for "
+                   "the --reinit layers' init.")
 @var_option()
-def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
+def import_weights_cmd(source, spec, output, pretrained, weights_file, reinit, seed):
     """Import weights from SOURCE (torchvision:NAME or timm:NAME, e.g. torchvision:resnet50,
     timm:resnet50d) into SPEC's layout.
 
@@ -44,23 +48,31 @@ def import_weights_cmd(source, spec, output, pretrained, weights_file, seed):
     takes the tensors it has a place for; the rest are listed as left out. Both models then run on
     one random input and must agree: the spec's outputs with SOURCE's, or with the output of the
     SOURCE module each output stands for (c3 from layer2: SOURCE's layer2).
+
+    With --reinit (e.g. a 10-class head: --reinit fc), those layers are initialised by the spec's init:
+    and everything else is imported; verification then compares the input of the first reinitialised
+    layer (the features) with SOURCE's, and says what it could not verify.
     """
     def body():
         from ..weights import import_file
-        report = import_file(source, spec, output, pretrained, weights_file, seed)
+        report = import_file(source, spec, output, pretrained, weights_file, seed, reinit)
         for line in import_lines(output, report):
             click.echo(line)
     run(body)
 
 
 def import_lines(output: str, r: dict) -> list[str]:
-    """What import-weights prints: what it wrote, how it verified, what it left out."""
-    diff = r["max_abs_diff"]
+    """What import-weights prints: what it wrote, how it verified, what it reinitialised or left out."""
+    diff, at = r["max_abs_diff"], r.get("verified_at")
+    verified = "not verified: no output could be compared" if diff is None else \
+        f"verified: largest output difference {diff:.2g}" if not r.get("reinit") else \
+        f"verified before the reinitialised layers: largest difference {diff:.2g}" + \
+        (f" between the inputs of {at['ours']} and {r['source']}'s {at['theirs']}" if at else "")
     lines = [f"wrote {output}: {r['tensors']} tensors, {r['params']:,} parameters from {r['source']} "
-             f"({r['origin']}); " + (f"verified: largest output difference {diff:.2g}" if diff is not None
-                                     else "not verified: no output could be compared")]
+             f"({r['origin']}); {verified}"]
+    lines += reinit_lines(r)
     compared = r["compared"]
-    if set(compared.values()) != {""}:   # not just the one output against theirs
+    if compared and set(compared.values()) != {""}:   # not just the one output against theirs
         shown = [f"{name} with {m}" if m else f"{name} not compared (no one module computes it)"
                  for name, m in compared.items()]
         lines.append(f"outputs compared with {r['source']}'s modules, on one input of "
@@ -74,6 +86,29 @@ def import_lines(output: str, r: dict) -> list[str]:
         n, first = len(r["unused"]), ", ".join(r["unused"][:3])
         lines.append(f"left out {n} tensors of {r['source']} that its eval-mode forward does not use: {first}"
                      + (", ..." if n > 3 else ""))
+    return lines
+
+
+def reinit_lines(r: dict) -> list[str]:
+    """The layers --reinit initialised (with the source's tensors they replace), and what no
+    comparison covered."""
+    fresh = r.get("reinit") or {}
+    if not fresh:
+        return []
+    names = ",".join(dict.fromkeys(v["by"] for v in fresh.values()))
+    shown = [f"{key} {v['shape']}" + ("" if v["their_shape"] == v["shape"] else
+                                       f" ({r['source']} has none at its place)" if v["theirs"] is None else
+                                       f" ({r['source']}'s {v['theirs']} is {v['their_shape']})")
+             for key, v in list(fresh.items())[:4]]
+    n, same = len(fresh), sum(v["their_shape"] == v["shape"] for v in fresh.values())
+    fits = ("" if not same else f"; it fits {r['source']}'s tensor at its place, reinitialised anyway" if n == 1 else
+            f"; {same} of them fit{'s' * (same == 1)} {r['source']}'s tensor at their place, reinitialised anyway")
+    lines = [f"initialised {n} tensor{'s' * (n != 1)} by the spec's init: (--reinit {names}) instead of importing: "
+             + ", ".join(shown) + (", ..." if n > 4 else "") + fits + "; not verified at those layers"]
+    if r.get("unverified"):
+        k, first = len(r["unverified"]), ", ".join(r["unverified"][:3])
+        lines.append(f"not verified by outputs: {k} imported tensor{'s' * (k != 1)} that act only after the "
+                     f"reinitialised layers (paired by structure alone): {first}" + (", ..." if k > 3 else ""))
     return lines
 
 

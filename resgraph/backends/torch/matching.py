@@ -20,7 +20,14 @@ after our last one are then left out, as long as ours ends between two of their 
 inside one (`first_mismatch(..., tail=True)`). Each of our outputs is then compared with the module
 of theirs that holds exactly the weights of the spec layer it ends (`counterparts`): a spec that
 stops inside such a module (a stage with fewer blocks than theirs) is refused there.
-Pure functions of the two models and their ordered keys.
+
+Layers of ours that are to be initialised afresh (`reinit`: a new classifier head) still take their
+place in the order, so that the tensors after them pair as before: one of ours that is reinitialised
+pairs with whatever of theirs stands at its position as long as both are the same kind of entry
+(weight, bias, ...), whatever their shapes, or with nothing where theirs has ended (a head longer than
+theirs). `head_layers` finds the layers whose reinitialisation alone would make a refused pairing fit,
+when they are the last of ours: what the error of a classifier imported at another number of classes
+proposes. Pure functions of the two models and their ordered keys.
 """
 from __future__ import annotations
 
@@ -45,20 +52,64 @@ class Mismatch:
     theirs: str | None    # their key (None: theirs has ended)
 
 
-def first_mismatch(ours: nn.Module, our_keys, theirs: nn.Module, their_keys, tail: bool = False) -> Mismatch | None:
+def first_mismatch(ours: nn.Module, our_keys, theirs: nn.Module, their_keys, tail: bool = False,
+                   reinit=frozenset()) -> Mismatch | None:
     """The first position where the two ordered key lists disagree, or None if every pair fits. With
     `tail`, theirs may go on after ours has ended (those tensors are left out), but not from inside a
-    layer: ours ending after a conv's weight where theirs has its bias is a mismatch."""
+    layer: ours ending after a conv's weight where theirs has its bias is a mismatch (unless our last
+    tensor is reinitialised: their layer is replaced anyway). Our keys in `reinit` pair by kind alone
+    (reinit_problem)."""
     a_state, b_state = ours.state_dict(), theirs.state_dict()
     for i in range(max(len(our_keys), len(their_keys))):
         a = our_keys[i] if i < len(our_keys) else None
         b = their_keys[i] if i < len(their_keys) else None
         if tail and a is None:
             inside = i > 0 and their_keys[i - 1].rpartition(".")[0] == b.rpartition(".")[0]
-            return Mismatch(i, "ours has ended inside a layer", a, b) if inside else None
-        problem = pair_problem(ours, a, a_state.get(a), theirs, b, b_state.get(b))
+            replaced = i > 0 and our_keys[i - 1] in reinit
+            return Mismatch(i, "ours has ended inside a layer", a, b) if inside and not replaced else None
+        if a in reinit:
+            problem = reinit_problem(ours, a, theirs, b)
+        else:
+            problem = pair_problem(ours, a, a_state.get(a), theirs, b, b_state.get(b))
         if problem:
             return Mismatch(i, problem, a, b)
+    return None
+
+
+def reinit_problem(ours: nn.Module, a: str, theirs: nn.Module, b: str | None) -> str:
+    """Why our reinitialised tensor `a` cannot stand where their `b` stands ("" if it can): only
+    another kind of entry (a weight where theirs has a bias) says the order has come apart there.
+    Shapes and layers may differ (that is why it is reinitialised); theirs may have ended."""
+    if b is None:
+        return ""
+    ka, kb = entry(ours, a)[0], entry(theirs, b)[0]
+    return "" if ka == kb else f"{ka} vs {kb} (reinitialised: pairs by kind of entry only)"
+
+
+def head_layers(ours: nn.Module, our_keys, theirs: nn.Module, their_keys, layer_of, reinit=frozenset(),
+                limit: int = 3) -> list[str] | None:
+    """The layers of ours (`layer_of(key)`: the spec path of a key's layer) that, reinitialised besides
+    `reinit`, would make the pairing fit, if they are at most `limit` and nothing of ours runs after the
+    first of them but reinitialised tensors: a classifier's head at another number of classes (fc
+    [10, 512] against [1000, 512]). None where the difference is not just a head."""
+    fresh, layers = set(reinit), []
+    while (m := first_mismatch(ours, our_keys, theirs, their_keys, tail=True, reinit=fresh)) is not None:
+        if m.ours is None or m.ours in fresh or len(layers) == limit:
+            return None
+        layers.append(layer_of(m.ours))
+        fresh |= {k for k in our_keys if layer_of(k) == layers[-1]}
+    new = [i for i, k in enumerate(our_keys) if k in fresh and k not in reinit]
+    return layers if new and all(k in fresh for k in our_keys[new[0]:]) else None
+
+
+def layer_of(graph, key: str) -> str | None:
+    """The spec path of the node that owns state-dict `key` of a resgraph module (the longest prefix
+    of the key that is a node: an inserted Ws's layer2.0.shortcut.conv.weight is layer2.0.shortcut.conv's)."""
+    parts = key.split(".")[:-1]
+    while parts:
+        if ".".join(parts) in graph:
+            return ".".join(parts)
+        parts.pop()
     return None
 
 
@@ -202,6 +253,7 @@ class Counterpart:
     group: str | None = None     # the spec layer or block that the output ends and whose weights located theirs
     module: str | None = None    # their module that computes the same tensor ("": their model's own output)
     cut: tuple[str, ...] = ()    # their tensors inside `module` that are left out: the spec stops inside it
+    at: str = "output"           # "input": `path`'s and `module`'s inputs are compared (before a reinitialised layer)
 
 
 def counterparts(graph, pairs, their_keys, left_out) -> list[Counterpart]:
