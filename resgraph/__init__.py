@@ -18,6 +18,7 @@ _LAZY = {"Checked": "frontend", "check_file": "frontend", "check_spec": "fronten
          "check": "frontend", "Diagnostic": "errors", "Loc": "errors", "SpecError": "errors",
          "ResgraphError": "errors", "WeightsError": "errors", "DataError": "errors", "DownloadError": "errors",
          "PathError": "errors", "ArtifactError": "errors", "BackendError": "errors", "OptionError": "errors",
+         "PluginError": "errors",
          "load_spec": "spec", "parse_spec": "spec"}
 
 
@@ -53,14 +54,16 @@ def graph_of(source, vars: dict | None = None):
 
 
 def to_torch(source, seed: int | None = None, weights: str | None = None, init: bool = True,
-             vars: dict | None = None):
+             vars: dict | None = None, checkpointing: bool = False):
     """A trainable torch.nn.Module (a torch.fx.GraphModule) for a spec path, Spec, Checked or Graph;
-    `vars` ({"n": 9}) overrides a spec path's `vars:` as `resgraph check --var n=9` does.
+    `vars` ({"n": 9}) overrides a spec path's `vars:` as `resgraph check --var n=9` does;
+    `checkpointing` runs each block under torch.utils.checkpoint (less activation memory, the same
+    gradients and state-dict keys).
     Imports torch on first use; see resgraph.backends.torch.to_torch."""
     from .backends.torch import to_torch as _to_torch
-    return _to_torch(graph_of(source, vars), seed=seed, weights=weights, init=init)
+    return _to_torch(graph_of(source, vars), seed=seed, weights=weights, init=init, checkpointing=checkpointing)
 
 
 __all__ = ["to_torch", "graph_of", "Checked", "Diagnostic", "Loc", "ResgraphError", "SpecError", "WeightsError", "DataError",
-           "DownloadError", "PathError", "ArtifactError", "BackendError", "OptionError", "check", "check_file",
+           "DownloadError", "PathError", "ArtifactError", "BackendError", "OptionError", "PluginError", "check", "check_file",
            "check_spec", "check_text", "load_spec", "parse_spec", "__version__"]

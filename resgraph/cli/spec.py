@@ -37,27 +37,60 @@ def checked_source(src):
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
 @click.option("--at", "at", type=HxW(), default=None,
               help="HxW: for specs with size variables, give the MACs at this input size [default: the smallest valid].")
+@click.option("--memory", is_flag=True,
+              help="Estimate training memory from the shapes: weights, gradients, optimizer state and the "
+                   "activations saved for backward, per block and in total (fp32). Needs --batch.")
+@click.option("--batch", type=click.IntRange(1, 1 << 20), default=None, help="With --memory: the batch size.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default=None,
+              help="With --memory: its state per parameter, SGD's momentum (1) or AdamW's moments (2) [default: sgd].")
+@click.option("--checkpointing", is_flag=True,
+              help="With --memory: also the estimate with each block checkpointed (to_torch(checkpointing=True)).")
 @var_option(sweep=True)
-def check(specs, as_json, strict, at, var):
+def check(specs, as_json, strict, at, memory, batch, optimizer, checkpointing, var):
     """Check every dimension along every edge of SPECS ('-' reads standard input); report inserted
     projections (Ws). With --json and several specs, one JSON object per line.
 
     With --var NAME=3,5,7 (a sweep; several swept NAMEs step together), one row per value: params,
-    MACs and the Ws inserted; with --json, one list of check's objects (each with its "vars") per spec."""
+    MACs and the Ws inserted; with --json, one list of check's objects (each with its "vars") per spec.
+
+    With --memory --batch N, the training memory of one step at batch N, per block and in total
+    (with --json, check's object gets a "memory" object)."""
     from ..frontend import spec_vars
     runs = run(lambda: sweep_runs(var))
+    mem = run(lambda: memory_options(memory, batch, optimizer, checkpointing, len(runs) > 1))
     if len(runs) > 1:
         sys.exit(sweep(specs, runs, as_json, strict, at))
     with spec_vars(runs[0]):
-        sys.exit(check_each(specs, as_json, strict, at))
+        sys.exit(check_each(specs, as_json, strict, at, mem))
 
 
-def check_each(specs, as_json, strict, at) -> int:
+def memory_options(memory: bool, batch, optimizer, checkpointing: bool, swept: bool):
+    """--memory's settings as (batch, optimizer, checkpointing), None without --memory; its options
+    without it, or it without --batch, are errors."""
+    from ..errors import OptionError
+    if not memory:
+        for name, given in (("--batch", batch is not None), ("--optimizer", optimizer is not None),
+                            ("--checkpointing", checkpointing)):
+            if given:
+                raise OptionError.at(name, f"{name} is an option of --memory, which is not given",
+                                     f"add --memory (resgraph check SPEC --memory --batch 32), or leave out {name}")
+        return None
+    if batch is None:
+        raise OptionError.at("--memory", "--memory needs the batch size to estimate for",
+                             "add --batch N, e.g. --memory --batch 32")
+    if swept:
+        raise OptionError.at("--memory", "--memory estimates one spec at a time, not a sweep of --var values",
+                             "give each --var one value with --memory")
+    return batch, optimizer or "sgd", checkpointing
+
+
+def check_each(specs, as_json, strict, at, mem=None) -> int:
     """check without a sweep: each spec's report (or its errors), and the exit code."""
     failed = False
     for path in specs:
         try:
             c = macs_at(checked(path), at)
+            est = memory_at(c, at, mem) if mem else None
         except ResgraphError as e:
             failed = True
             if as_json:
@@ -69,13 +102,58 @@ def check_each(specs, as_json, strict, at) -> int:
             fail_internal(e)
         failed |= bool(strict and c.warnings)
         if as_json:
-            click.echo(json.dumps(c.to_json()))
+            click.echo(json.dumps(c.to_json() | ({"memory": est.to_json(mem[2])} if est else {})))
         else:
             from ..render import console, diagnostic, ok_text
             console().print(ok_text(path, c))
+            if est:
+                print_memory(est, mem[2])
             for w in c.warnings:
                 console(stderr=True).print(diagnostic(w))
     return 1 if failed else 0
+
+
+def memory_at(c, at, mem):
+    """check --memory: the training-memory estimate of the checked spec (a sized one at --at, or at
+    its reference size)."""
+    from ..memory import training_memory
+    return training_memory(at_size(c, at, "--at").graph, mem[0], mem[1])
+
+
+def human_bytes(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n} B"
+
+
+def print_memory(m, checkpointing: bool) -> None:
+    """check --memory's table: a row per block (params, the bytes it saves for backward, and with
+    --checkpointing the bytes that enter it), then the totals."""
+    from rich.table import Table
+
+    from ..render import console, escape
+    what = {"sgd": "SGD: momentum, 1 per parameter", "adamw": "AdamW: 2 moments per parameter"}[m.optimizer]
+    t = Table(title=f"training memory at batch {m.batch}, fp32", title_justify="left")
+    for col in ("block", "params", "saved for backward") + (("block inputs (kept)",) if checkpointing else ()):
+        t.add_column(col, justify="left" if col == "block" else "right")
+    for b in m.blocks:
+        t.add_row(escape(b.name), f"{b.params:,}", human_bytes(b.activations),
+                  *((human_bytes(b.inputs),) if checkpointing else ()))
+    out = console()
+    out.print(t)
+    rows = [("weights", m.weights, "parameters and bn statistics"), ("gradients", m.gradients, "one per parameter"),
+            ("optimizer state", m.optimizer_state, what), ("activations", m.activations, "saved for backward"),
+            ("total", m.total, "")]
+    if checkpointing:
+        big = max(m.blocks, key=lambda b: b.activations)
+        note = f"activations: block inputs {human_bytes(m.kept)} + the largest block's {human_bytes(big.activations)}"
+        rows += [("checkpointed", m.checkpointed_activations, f"{note} ({big.name})"),
+                 ("total checkpointed", m.total - m.activations + m.checkpointed_activations, "")]
+    for name, n, note in rows:
+        out.print(f"  {name:<19}{human_bytes(n):>14}" + (f"   {escape(note)}" if note else ""))
+    if m.assumed:
+        out.print(f"  [yellow]ops {escape(', '.join(m.assumed))} (plugins): assumed to save their inputs and output[/yellow]")
 
 
 def sweep_runs(var: dict) -> list[dict]:

@@ -7,12 +7,15 @@ from .init import init_weights, last_bn_of_each_residual_body, zero_residual_lay
 from .lower import LOWER, lower
 
 
-def to_torch(graph: Graph, seed: int | None = None, weights: str | None = None, init: bool = True):
+def to_torch(graph: Graph, seed: int | None = None, weights: str | None = None, init: bool = True,
+             checkpointing: bool = False):
     """A trainable nn.Module for a checked `graph` (resgraph.to_torch takes a spec path, Spec or
     Checked and resolves it once, there).
 
     Parameters are initialised by the spec's `init:` policies (seeded if `seed` is given), or loaded
-    from a safetensors checkpoint `weights` after checking that it fits.
+    from a safetensors checkpoint `weights` after checking that it fits. With `checkpointing`, each
+    block runs under torch.utils.checkpoint (recompute.py): less activation memory in training, the
+    same outputs, gradients and state-dict keys.
     """
     assert isinstance(graph, Graph), f"backends.torch.to_torch takes a Graph, not {type(graph).__name__}: use resgraph.to_torch"
     module = lower(graph)
@@ -21,6 +24,9 @@ def to_torch(graph: Graph, seed: int | None = None, weights: str | None = None, 
     elif init:
         init_weights(module, graph, seed)
     module.meta["resgraph"]["graph"] = graph
+    if checkpointing:
+        from .recompute import checkpointed
+        module = checkpointed(module, graph)
     return module
 
 
