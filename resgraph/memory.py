@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from .ops import OPS, pads
 from .ops.count import node_params, state_dict_shapes
+from .ops.shapes import pads_hw
 from .ops.table import BUILTIN
 
 FP32 = 4
@@ -49,15 +50,16 @@ def _nothing(a, ins, out, g):
     return []
 
 
-def _padded(shape, b, e):
-    return math.prod(shape[:-2]) * (shape[-2] + b + e) * (shape[-1] + b + e)
+def _padded(shape, h, w):
+    """Elements of `shape` padded by h = (begin, end) rows and w = (begin, end) columns."""
+    return math.prod(shape[:-2]) * (shape[-2] + sum(h)) * (shape[-1] + sum(w))
 
 
 def _conv(a, ins, out, g):
     """convolution saves its input (for the weight's gradient) and weight; an asymmetric 'same'
     padding (even kernels) is an explicit F.pad before it, and the padded copy is what it saves."""
-    b, e = pads(a["padding"], a["kernel"], a["dilation"])
-    return [("in", 0)] if b == e else [("own", _padded(ins[0], b, e), 0, FP32)]
+    (bh, eh), (bw, ew) = pads_hw(a["padding"], a["kernel"], a["dilation"])
+    return [("in", 0)] if (bh, bw) == (eh, ew) else [("own", _padded(ins[0], (bh, eh), (bw, ew)), 0, FP32)]
 
 
 def _bn(a, ins, out, g):
@@ -114,7 +116,7 @@ def _pool(kind):
         if not g[0]:
             return []
         b, e = pads(a["padding"], a["kernel"])
-        x = [("in", 0)] if b == e else [("own", _padded(ins[0], b, e), 0, FP32)]
+        x = [("in", 0)] if b == e else [("own", _padded(ins[0], (b, e), (b, e)), 0, FP32)]
         if kind == "maxpool":
             return x + [("own", math.prod(out), 0, 8)]
         return x + ([] if b == e else [("own", math.prod(out[1:]), 0, FP32)])

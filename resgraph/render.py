@@ -113,6 +113,7 @@ def summary_table(checked, depth: int | None = None) -> Table:
 def _rows(g, depth):
     from .ops import fmt   # here, not at the top: the runtime's commands render without the front end
     from .ops.count import node_macs, node_params
+    from .ops.shapes import hw
     """One row per node; with `depth`, nodes whose paths share the first `depth` parts become one row."""
     rows, prev = [], None
     via_ws = {p.nodes[-1]: p.edge for p in g.projections}
@@ -126,8 +127,9 @@ def _rows(g, depth):
             prev = n.path
         op = n.op
         if n.op in ("conv", "conv_transpose"):
-            k = n.args["kernel"]
-            op = f"{n.op} {k}x{k}" + (f"{'/' if n.op == 'conv' else 'x'}{n.args['stride']}" if n.args["stride"] > 1 else "")
+            (kh, kw), st = hw(n.args["kernel"]), n.args["stride"]
+            stride = "x".join(map(str, st)) if isinstance(st, tuple) else str(st)
+            op = f"{n.op} {kh}x{kw}" + (f"{'/' if n.op == 'conv' else 'x'}{stride}" if st != 1 else "")
         if n.inserted:
             op += "  (Ws)"
         path = name(n.path)

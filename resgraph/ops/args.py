@@ -19,7 +19,7 @@ class ArgError(Exception):
 
 @dataclass(frozen=True)
 class Arg:
-    kind: str                       # int | float | bool | choice | padding | ids | ref | ints | pair
+    kind: str                       # int | float | bool | choice | padding | padding2 | ids | ref | ints | pair
     default: object = REQUIRED
     lo: float | None = None
     hi: float | None = None
@@ -52,9 +52,15 @@ class Arg:
                 raise ArgError(f"'{name}' must be one of {', '.join(map(str, self.choices))}; got {value!r}",
                                did_you_mean(str(value), map(str, self.choices)))
             return value
-        if k == "padding":
+        if k in ("padding", "padding2"):
             if value in ("same", "valid"):
                 return value
+            if k == "padding2" and isinstance(value, list):   # [height, width]
+                if len(value) != 2:
+                    raise ArgError(f"'{name}' must be 'same', 'valid', an integer or [height, width], got "
+                                   f"{_show(value)}", f"for example: {name}: [0, 3] with kernel: [1, 7]")
+                h, w = (Arg("int", lo=self.lo, hi=self.hi).check(f"{name}[{i}]", v) for i, v in enumerate(value))
+                return h if h == w else (h, w)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ArgError(f"'{name}' must be 'same', 'valid' or a non-negative integer, got {_show(value)}",
                                "'same' keeps the size (divided by the stride); 'valid' pads nothing")
@@ -151,8 +157,9 @@ def Choice(*choices, default=REQUIRED, doc=""):
     return Arg("choice", default, choices=tuple(choices), doc=doc)
 
 
-def Padding(default="same", doc=""):
-    return Arg("padding", default, 0, MAX_KERNEL, doc=doc)
+def Padding(default="same", doc="", pair=False):
+    """'same', 'valid' or an integer; with `pair`, also [height, width]."""
+    return Arg("padding2" if pair else "padding", default, 0, MAX_KERNEL, doc=doc)
 
 
 def Ints(lo=1, hi=MAX_CHANNELS, doc=""):

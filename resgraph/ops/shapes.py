@@ -37,6 +37,19 @@ def _map(op: str, x: Shape) -> Shape:
     return x
 
 
+def hw(v) -> tuple:
+    """(height, width) of an argument that is one value for both axes (3, 'same') or a pair ([1, 7]:
+    the op table keeps a square pair as its integer, a non-square one as a tuple)."""
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def pads_hw(padding, k, d=1) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((begin, end) of H, (begin, end) of W): `pads` per axis, for kernels, dilations and paddings
+    that may differ between the axes."""
+    (ph, pw), (kh, kw), (dh, dw) = hw(padding), hw(k), hw(d)
+    return pads(ph, kh, dh), pads(pw, kw, dw)
+
+
 def pads(padding, k: int, d: int = 1) -> tuple[int, int]:
     """(begin, end) padding of one spatial axis, for every back end: 'same' pads d*(k-1) in total,
     begin = total // 2 and the rest at the end (an even kernel's extra one goes last, as TensorFlow's
@@ -95,11 +108,12 @@ def spatial(n: int, k: int, s: int, d: int, padding, ceil_mode: bool = False) ->
     return (num // s + 1 if num >= 0 else num // s + 1), f"floor(({n} + 2*{p} - {d}*({k}-1) - 1) / {s}) + 1"
 
 
-def _spatial_out(op: str, a: dict, x: Shape, k: int, s: int, d: int, ceil_mode=False) -> tuple[int, int]:
+def _spatial_out(op: str, a: dict, x: Shape, k, s, d, ceil_mode=False) -> tuple[int, int]:
+    """Output H and W; k, s, d and the padding may each be an integer or (height, width)."""
     _, h, w = x
     out = []
-    for axis, n in (("H", h), ("W", w)):
-        o, eq = spatial(n, k, s, d, a["padding"], ceil_mode)
+    for i, (axis, n) in enumerate((("H", h), ("W", w))):
+        o, eq = spatial(n, hw(k)[i], hw(s)[i], hw(d)[i], hw(a["padding"])[i], ceil_mode)
         if o < 1:
             raise ShapeError(f"{op} output {axis} collapses to {o}: {eq} = {o} for input {fmt(x)}",
                              "the input is smaller than the kernel; use padding: same, a smaller kernel or stride, "
@@ -149,11 +163,11 @@ def conv_shape(a, ins):
 
 def conv_params(a, ins, out):
     c = ins[0][0]
-    return a["out"] * (c // a["groups"]) * a["kernel"] ** 2 + (a["out"] if a["bias"] else 0)
+    return a["out"] * (c // a["groups"]) * math.prod(hw(a["kernel"])) + (a["out"] if a["bias"] else 0)
 
 
 def conv_macs(a, ins, out):
-    return math.prod(out) * (ins[0][0] // a["groups"]) * a["kernel"] ** 2
+    return math.prod(out) * (ins[0][0] // a["groups"]) * math.prod(hw(a["kernel"]))
 
 
 def conv_transpose_shape(a, ins):

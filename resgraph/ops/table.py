@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, MISSING, dataclass, fields
 
 from ..limits import MAX_KERNEL, MAX_SCALE
-from .args import MAX_PARTS, Above, Arg, Bool, Choice, Float, Ids, Int, Ints, Padding, Ref
+from .args import MAX_PARTS, Above, Arg, Bool, Choice, Float, Ids, Int, Ints, Padding, Pair, Ref
 from .shapes import (
     MAX_ELEMENTS,
     MAX_LAYER_PARAMS,
@@ -31,6 +31,7 @@ from .shapes import (
     flatten_shape,
     fmt,
     global_pool_shape,
+    hw,
     linear_params,
     linear_shape,
     mul_shape,
@@ -139,7 +140,7 @@ def tensors(op: str, args: dict, ins: list, out) -> dict[str, tuple]:
     if row is not None and row.weights is not None:   # a plugin's op states its own
         return row.weights(args, ins, out)
     if op == "conv":
-        t = {"weight": (args["out"], ins[0][0] // args["groups"], args["kernel"], args["kernel"])}
+        t = {"weight": (args["out"], ins[0][0] // args["groups"], *hw(args["kernel"]))}
         return {**t, "bias": (args["out"],)} if args["bias"] else t
     if op == "conv_transpose":   # PyTorch's and ONNX's layout: [in, out / groups, k, k]
         t = {"weight": (ins[0][0], args["out"] // args["groups"], args["kernel"], args["kernel"])}
@@ -183,10 +184,11 @@ _PART = Int(0, lo=0, hi=MAX_PARTS - 1, doc="which part this node is: set by resg
 PARTS = {"split": "sizes", "chunk": "chunks"}
 
 OPS: dict[str, OpDef] = {op.name: op for op in [
-    OpDef("conv", {"out": Int(), "kernel": Int(hi=MAX_KERNEL), "stride": Int(1, hi=MAX_KERNEL),
-                   "padding": Padding("same"), "dilation": Int(1, hi=MAX_KERNEL), "groups": Int(1),
-                   "bias": Bool(True)},
-          conv_shape, conv_params, conv_macs, doc="2-D convolution; padding 'same' keeps ceil(in / stride)",
+    OpDef("conv", {"out": Int(), "kernel": Pair(), "stride": Pair(1), "padding": Padding("same", pair=True),
+                   "dilation": Pair(1), "groups": Int(1), "bias": Bool(True)},
+          conv_shape, conv_params, conv_macs,
+          doc="2-D convolution; padding 'same' keeps ceil(in / stride); kernel, stride, dilation and padding "
+              "may be [height, width] (kernel: [1, 7])",
           keeps_zero=_unless_bias, zeroable=False, inference="keep", bn_folds_into=True, init="conv",
           import_kind="conv", aliases=("conv2d", "convolution")),
     OpDef("conv_transpose", {"out": Int(), "kernel": Int(hi=MAX_KERNEL), "stride": Int(1, hi=MAX_KERNEL),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ..ir import Graph, Node
 from ..limits import MAX_SPATIAL
 from ..manifest import compact  # noqa: F401  (the words for a list of sizes: check and the runtime say them alike)
-from ..ops.shapes import transpose_pads
+from ..ops.shapes import hw, transpose_pads
 
 if TYPE_CHECKING:   # numpy is imported where sizes are swept, not with the front end
     import numpy as np
@@ -93,11 +93,12 @@ class _Sweep:
         if n.op in IDENTITY:
             return x
         if n.op in ("conv", "maxpool", "avgpool"):
-            if a["stride"] == 1 and a["padding"] == "same":   # most layers: the length as it is
+            i = self.axis - 1   # this axis's kernel, stride, dilation and padding (each may be [height, width])
+            k, s, d, p = (hw(v)[i] for v in (a["kernel"], a["stride"], a.get("dilation", 1), a["padding"]))
+            if s == 1 and p == "same":   # most layers: the length as it is
                 return x
-            out = _window(x, a["kernel"], a["stride"], a.get("dilation", 1), a["padding"], a.get("ceil_mode", False))
-            self.fail(n, out < 1, f"{n.op} output {name} collapses below 1 (kernel {a['kernel']}, stride {a['stride']}, "
-                                  f"padding {a['padding']})")
+            out = _window(x, k, s, d, p, a.get("ceil_mode", False))
+            self.fail(n, out < 1, f"{n.op} output {name} collapses below 1 (kernel {k}, stride {s}, padding {p})")
             return out
         if n.op == "conv_transpose":
             p, q = transpose_pads(a["padding"], a["kernel"], a["stride"], a["dilation"], a["output_padding"])

@@ -50,6 +50,9 @@ def _arg(a) -> dict:
         forms = [{"enum": [c for c in a.choices if c is not None]}, EXPR]
     elif k == "padding":
         forms = [{"enum": ["same", "valid"]}, _int(0), EXPR]
+    elif k == "padding2":
+        pair = {"type": "array", "items": {"anyOf": [_int(0, int(a.hi)), EXPR]}, "minItems": 2, "maxItems": 2}
+        forms = [{"enum": ["same", "valid"]}, _int(0), pair, EXPR]
     elif k == "ids":
         forms = [{"type": "array", "items": {"type": "string"}, "minItems": 1}, {"type": "string"}]
     elif k == "ints":

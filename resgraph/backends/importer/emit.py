@@ -130,7 +130,7 @@ def _flow(d: dict) -> str:
 def _value(v) -> str:
     if isinstance(v, dict):
         return _flow(v)
-    if isinstance(v, list):
+    if isinstance(v, (list, tuple)):   # a tuple: [height, width] (kernel: [1, 7])
         return "[" + ", ".join(map(_value, v)) + "]"
     if v is None:
         return "null"

@@ -19,6 +19,7 @@ from collections import Counter
 import numpy as np
 
 from ...errors import Diagnostic, Loc, WeightsError
+from .geometry import conv_args
 from .onnx_patterns import _attrs, _Ctx, _f32, _fuse, _layernorm
 from .trace import Op, _drop_identities, _nondefault, _padding
 
@@ -283,14 +284,14 @@ def _conv(n, a: dict, init: dict):
     if n.input[1] not in init or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
         return "op Conv (weights not constant, or auto_pad)"
     w = init[n.input[1]]
-    k, s, d, p = _square2(a, "kernel_shape", w.shape[-1]), _square2(a, "strides", 1), _square2(a, "dilations", 1), \
-        _pads(a)
-    if w.ndim != 4 or None in (k, s, d, p):
-        return "op Conv (not 2-d, or a non-square kernel, stride, dilation or padding)"
+    if w.ndim != 4:
+        return "op Conv (not 2-d)"
+    k = [int(v) for v in a.get("kernel_shape", w.shape[-2:])]
+    s, d = [int(v) for v in a.get("strides", [1, 1])], [int(v) for v in a.get("dilations", [1, 1])]
+    p = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
     ts = {"weight": w, **({"bias": init[n.input[2]]} if len(n.input) > 2 and n.input[2] else {})}
-    args = {"out": int(w.shape[0]), "kernel": k, "stride": s, "padding": _padding(p, k, d, "same"), "dilation": d,
-            "groups": int(a.get("group", 1)), "bias": "bias" in ts}
-    return "conv", _nondefault(args, {"stride": 1, "padding": "same", "dilation": 1, "groups": 1}), ts
+    args = conv_args(int(w.shape[0]), k, s, d, [(p[0], p[2]), (p[1], p[3])], int(a.get("group", 1)), "bias" in ts)
+    return ("conv", args, ts) if args is not None else "op Conv (asymmetric pads other than 'same')"
 
 
 def _pool(t: str, a: dict):

@@ -24,6 +24,8 @@ import torch.fx as fx
 from torch import nn
 
 from ...errors import Diagnostic, Loc, WeightsError
+from ...ops import pads
+from .geometry import conv_args
 
 _ACTS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.GELU: "gelu",
          nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Mish: "mish"}
@@ -378,13 +380,17 @@ def _square(v) -> int | None:
 
 
 def _conv(m: nn.Conv2d):
-    k, s, d = _square(m.kernel_size), _square(m.stride), _square(m.dilation)
-    p = m.padding if isinstance(m.padding, str) else _square(m.padding)
-    if None in (k, s, d, p) or m.padding_mode != "zeros":
-        return "module Conv2d (non-square kernel, stride, dilation or padding, or non-zero padding mode)"
-    args = {"out": m.out_channels, "kernel": k, "stride": s, "padding": _padding(p, k, d, "same"),
-            "dilation": d, "groups": m.groups, "bias": m.bias is not None}
-    return "conv", _nondefault(args, {"stride": 1, "padding": "same", "dilation": 1, "groups": 1}), ""
+    """Any kernel, stride, dilation and symmetric padding per axis (Inception's 1x7, padding (0, 3));
+    torch's padding='same' is the spec's (extra padding at the end), 'valid' pads nothing."""
+    if m.padding_mode != "zeros":
+        return "module Conv2d (a padding mode other than zeros)"
+    k = tuple(m.kernel_size)
+    if m.padding == "same":
+        begin_end = [pads("same", kk, dd) for kk, dd in zip(k, m.dilation)]
+    else:
+        begin_end = [(0, 0)] * 2 if m.padding == "valid" else [(p, p) for p in m.padding]
+    args = conv_args(m.out_channels, k, m.stride, m.dilation, begin_end, m.groups, m.bias is not None)
+    return ("conv", args, "") if args is not None else "module Conv2d (its padding has no spec form)"
 
 
 def _padding(p, k: int, d: int, default: str):

@@ -15,8 +15,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from ...ir import Graph
-from ...ops import pads, transpose_pads
-from ...ops.shapes import channel_range
+from ...ops import transpose_pads
+from ...ops.shapes import channel_range, hw, pads_hw
 from ...ops.table import check_lowerings, tensors
 from .writer import initializer_header
 
@@ -62,10 +62,10 @@ class _Builder:
         return name in self.w
 
 
-def _pads(padding, k: int, d: int = 1) -> list[int]:
-    """The op table's (begin, end) in ONNX's order: [H_begin, W_begin, H_end, W_end]."""
-    b, e = pads(padding, k, d)
-    return [b, b, e, e]
+def _pads(padding, k, d=1) -> list[int]:
+    """The op table's (begin, end) per axis in ONNX's order: [H_begin, W_begin, H_end, W_end]."""
+    (bh, eh), (bw, ew) = pads_hw(padding, k, d)
+    return [bh, bw, eh, ew]
 
 
 # --- lowerings: (builder, node, input names) -> output name ---------------------------------------
@@ -75,8 +75,8 @@ def conv(b, n, xs):
     ins = [xs[0], b.param(n, "weight")]
     if a["bias"]:
         ins.append(b.param(n, "bias"))
-    return b.op("Conv", ins, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
-                dilations=[a["dilation"]] * 2, group=a["groups"], pads=_pads(a["padding"], a["kernel"], a["dilation"]))
+    return b.op("Conv", ins, n.path, kernel_shape=list(hw(a["kernel"])), strides=list(hw(a["stride"])),
+                dilations=list(hw(a["dilation"])), group=a["groups"], pads=_pads(a["padding"], a["kernel"], a["dilation"]))
 
 
 def conv_transpose(b, n, xs):

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...ir import Graph, Node
 from ...ops import pads, transpose_pads
-from ...ops.shapes import channel_range
+from ...ops.shapes import channel_range, hw, pads_hw
 from ...ops.count import state_dict_shapes
 from ...ops.table import check_lowerings
 from . import functional as RF
@@ -85,12 +85,12 @@ def _set_submodule(root: nn.Module, path: str, mod: nn.Module) -> None:
 def conv(ctx, n, xs):
     a = n.args
     cin = ctx.shape(n.inputs[0])[0]
-    b, e = pads(a["padding"], a["kernel"], a["dilation"])
+    (bh, eh), (bw, ew) = pads_hw(a["padding"], a["kernel"], a["dilation"])
     x = xs[0]
-    if b != e:   # asymmetric 'same' (even kernels): pad explicitly, as TensorFlow and ONNX do
-        x = ctx.call(F.pad, (x, (b, e, b, e)), None)
-        b = 0
-    mod = nn.Conv2d(cin, a["out"], a["kernel"], a["stride"], b, a["dilation"], a["groups"], a["bias"])
+    if bh != eh or bw != ew:   # asymmetric 'same' (even kernels): pad explicitly, as TensorFlow and ONNX do
+        x = ctx.call(F.pad, (x, (bw, ew, bh, eh)), None)
+        bh = bw = 0
+    mod = nn.Conv2d(cin, a["out"], hw(a["kernel"]), hw(a["stride"]), (bh, bw), hw(a["dilation"]), a["groups"], a["bias"])
     return ctx.module(n.path, mod, x, n)
 
 

@@ -94,6 +94,7 @@ layers:
   - sigmoid
   - upsample: {scale: 2, mode: nearest, id: up}
   - conv: {out: 4, kernel: 3, dilation: 2, stride: 2, padding: 1, in: up}
+  - conv: {out: 4, kernel: [2, 3], dilation: [1, 2]}
   - concat: {from: [a]}
   - tanh
   - relu
@@ -397,7 +398,9 @@ def test_one_padding_rule_for_every_back_end():
     assert pads("same", 3) == (1, 1) and pads("same", 4) == (1, 2) and pads("same", 3, 2) == (2, 2)
     assert pads("valid", 7) == (0, 0) and pads(2, 5) == (2, 2)
     import importlib   # (the torch package's `lower` is also a function: import the modules by name)
-    assert all(importlib.import_module(f"resgraph.backends.{m}.lower").pads is pads for m in ("onnx", "torch"))
+    from resgraph.ops.shapes import pads_hw
+    assert all(importlib.import_module(f"resgraph.backends.{m}.lower").pads_hw is pads_hw for m in ("onnx", "torch"))
+    assert pads_hw("same", (1, 7)) == ((0, 0), (3, 3)) and pads_hw((0, 2), 4, 2) == ((0, 0), (2, 2))
     for n in range(1, 20):
         for k in range(1, 8):
             for s in (1, 2, 3):
