@@ -59,29 +59,41 @@ def _normalise(x: torch.Tensor, spec) -> torch.Tensor:
     return (x - mean) / std
 
 
+class Digits(TensorDataset):
+    """The digits of one split: `tensors` (the normalised images, the labels) as a TensorDataset's,
+    and `images`, the same images in [0, 1] before normalisation, which augmentation transforms."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec, split: str, classes: list[str]):
+        super().__init__(_normalise(images, spec), labels)
+        self.images = images
+        self.where, self.split, self.classes = "digits", split, classes   # what evaluate() and report_bad name
+
+
 def digits(spec, val_split: float, seed: int) -> Data:
-    """scikit-learn's 1,797 handwritten digits, 8x8, 16 grey levels; bundled, no download."""
+    """scikit-learn's 1,797 handwritten digits, 8x8, 16 grey levels; bundled, no download. For a
+    larger image input ([1 or 3, H, W], H and W at least 8: a CIFAR-sized network) each digit is
+    upscaled bilinearly to H x W, and to 3 channels by repeating its grey one (as a grey image file
+    is fed to an RGB model)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError.at("digits", "the digits data set needs scikit-learn",
                            "pip install 'resgraph[train]' (or scikit-learn)") from None
     want = tuple(spec.input_shape)
-    if want != (1, 8, 8):
+    if len(want) != 3 or want[0] not in (1, 3) or min(want[1:]) < 8:
         raise DataError.at(spec.file, f"digits are [1, 8, 8] images; the spec's input is {list(want)}",
-                           "use input: {shape: [1, 8, 8]} to train on digits")
+                           "use input: {shape: [1, 8, 8]} to train on digits (or [1 or 3, H, W], H and W at "
+                           "least 8: they are upscaled to it)")
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = _normalise(x, spec)
+    if want[1:] != (8, 8):
+        x = torch.nn.functional.interpolate(x, size=want[1:], mode="bilinear", align_corners=False).clamp_(0, 1)
+    x = x.expand(-1, want[0], -1, -1).contiguous()
     y = torch.tensor(d.target, dtype=torch.long)
     tr, va = _split(len(y), d.target, val_split, seed)
     classes = [str(i) for i in range(10)]
-    sets = []
-    for name, idx in (("train", tr), ("val", va)):
-        ds = TensorDataset(x[idx], y[idx])
-        ds.where, ds.split, ds.classes = "digits", name, classes   # what evaluate() and report_bad name
-        sets.append(ds)
-    return Data(*sets, classes, "digits")
+    return Data(Digits(x[tr], y[tr], spec, "train", classes), Digits(x[va], y[va], spec, "val", classes),
+                classes, "digits")
 
 
 class Images(Dataset):

@@ -1,5 +1,7 @@
 """`resgraph train`: SGD/AdamW, cosine schedule with warm-up, weight decay, AMP on GPU, a rich
-progress bar, a safetensors checkpoint per epoch, --resume, a metrics CSV.
+progress bar, a safetensors checkpoint per epoch, --resume, a metrics CSV. The recipe's pieces live
+beside it: augment.py (--augment), recipe.py (weight decay by op, --freeze, --ema, what --resume
+keeps), step.py (an epoch: --accumulate, --clip-grad, autocast), logs.py (TensorBoard).
 
 Runs unchanged under `torchrun --nproc_per_node N`: it reads RANK / WORLD_SIZE / LOCAL_RANK, uses
 gloo on CPU and NCCL on GPU, wraps the module in DistributedDataParallel, and shards each global
@@ -14,22 +16,22 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
 from ..backends.torch.checkpoint import writing
-from ..errors import DataError, OptionError, WeightsError
+from ..errors import DataError, OptionError
+from . import recipe
+from .augment import augmented
 from .data import collate, load_data, report_bad
 from .evaluate import evaluate
-from .progress import progress as _progress
-from .segmentation import IGNORE, counts
+from .logs import log_row, open_writer
 from .state import resume, save_trainer_state, write_metrics
+from .step import train_epoch
 from .threads import set_threads
 
 
@@ -60,9 +62,20 @@ class TrainConfig:
     workers: int = 0
     channels_last: bool = False
     sync_bn: bool = False
+    checkpointing: bool = False          # each block under torch.utils.checkpoint: less memory, same gradients
     progress: bool = True
     size: tuple | None = None            # (H, W) for a spec with size variables: the size it trains at
     log_every: int | None = None         # off a terminal, a progress line every N batches (0: none); default ~10%
+    # the recipe (recipe.RECIPE): None takes a resumed run's own, else the default in the comment
+    augment: str | None = None           # none | standard | trivialaugment (augment.py)
+    flip: bool | None = None             # standard's horizontal flip (True)
+    ema: float | None = None             # EMA decay of the weights (0: none)
+    clip_grad: float | None = None       # max gradient norm (0: none)
+    accumulate: int | None = None        # micro-batches per optimizer step (1)
+    amp_dtype: str | None = None         # bf16 | fp16 (fp16 on CUDA, bf16 on CPU)
+    wd_all: bool | None = None           # weight decay on norms, scales and biases too (False)
+    freeze: str | None = None            # comma-separated spec paths frozen, their bn in eval mode ("")
+    tensorboard: bool | None = None      # <out>/tensorboard logs; default: when the package is importable
     on_epoch: object = None              # Python API: called with each epoch's metrics row (rank 0)
 
 
@@ -106,14 +119,6 @@ def _device(cfg: TrainConfig, d: _Dist) -> torch.device:
     return torch.device("cpu")
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """The seed of the global generator at the start of an epoch, which the model's random ops
-    (dropout, drop_path) draw from. A function of (--seed, epoch, rank) alone: a run resumed after
-    epoch k draws what an uninterrupted one draws from epoch k + 1 on (the generator's state is not
-    in the trainer state), and each process of a torchrun draws its own masks."""
-    return int(np.random.SeedSequence([seed % (1 << 64), epoch, rank]).generate_state(1, np.uint64)[0]) >> 1
-
-
 def _schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -129,18 +134,18 @@ def _schedule(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 
 
 def _optimizer(module, cfg: TrainConfig):
+    """SGD or AdamW over the trainable parameters, in recipe.param_groups' groups (no decay on norms,
+    scales and biases unless --wd-all)."""
     if cfg.optimizer == "sgd":
         lr = 0.1 if cfg.lr is None else cfg.lr
         wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
-        return torch.optim.SGD(module.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=wd,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(recipe.param_groups(module, wd, cfg.wd_all), lr=lr, momentum=cfg.momentum,
+                               weight_decay=wd, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adamw":
         lr = 1e-3 if cfg.lr is None else cfg.lr
         wd = 0.05 if cfg.weight_decay is None else cfg.weight_decay
-        return torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(recipe.param_groups(module, wd, cfg.wd_all), lr=lr, weight_decay=wd)
     raise OptionError.at("--optimizer", f"unknown optimizer '{cfg.optimizer}'", "use sgd or adamw")
-
-
 
 
 def train(cfg: TrainConfig, console=None) -> list[dict]:
@@ -183,6 +188,10 @@ class _Run:
     amp_dtype: torch.dtype
     has_val: bool
     best_by: str
+    ema: object = None            # the AveragedModel of --ema (rank 0), or None
+    frozen_bn: list = field(default_factory=list)   # --freeze's bn layers, kept in eval mode
+    writer: object = None         # TensorBoard's SummaryWriter (rank 0), or None
+    ema_best: float = -math.inf   # the best EMA val_acc so far (ema-best.safetensors)
 
     @property
     def out(self) -> str:
@@ -203,22 +212,28 @@ def _train(cfg: TrainConfig, console, d: _Dist) -> list[dict]:
     start = 0
     if cfg.resume:
         start, rows = resume(cfg, run.module, run.optimizer, run.scheduler, run.device, run.out, run.state_path,
-                              run.metrics_path)
+                              run.metrics_path, ema=run.ema, scaler=run.scaler)
     best = max((_score(r, run.best_by) for r in rows), default=-math.inf)
+    run.ema_best = max((_score(r, "ema_val_acc") for r in rows), default=-math.inf)
+    run.writer = open_writer(cfg.tensorboard, run.out, start) if d.main else None
     bad_train: dict = {}
     bad_val: dict = {}
-    for epoch in range(start, cfg.epochs):
-        t0 = time.perf_counter()
-        row = _train_epoch(run, epoch, console, bad_train)
-        if d.main:
-            best = _end_epoch(run, epoch, row, rows, best, bad_val, t0, console)
-        d.barrier()
+    try:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            row = train_epoch(run, epoch, console, bad_train)
+            if d.main:
+                best = _end_epoch(run, epoch, row, rows, best, bad_val, t0, console)
+            d.barrier()
+    finally:
+        if run.writer is not None:
+            run.writer.close()
     return rows
 
 
 def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
     """The module, data, loader, optimizer, schedule and AMP of a run, every option checked, and its
-    folder made (cfg.out filled in)."""
+    folder made (cfg.out filled in; the recipe's fields settled: a resumed run's own, or defaults)."""
     from ..backends.torch import to_torch
     device = _device(cfg, d)
     if device.type == "cuda":
@@ -229,10 +244,17 @@ def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
     checked = _checked(cfg)
     spec = checked.spec
     cfg.out = cfg.out or os.path.join("runs", spec.name)
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    recipe.settle(cfg, device.type, os.path.join(cfg.out, "trainer.safetensors"), amp)
     torch.manual_seed(cfg.seed)
-    module = to_torch(checked.graph, seed=cfg.seed, weights=cfg.weights)
+    module = to_torch(checked.graph, seed=cfg.seed, weights=cfg.weights, checkpointing=cfg.checkpointing)
+    frozen_bn = recipe.freeze(module, cfg.freeze, cfg.spec)
+    if cfg.freeze and not cfg.weights and not cfg.resume and d.main and console is not None:
+        console.print(f"note: --freeze {cfg.freeze} without --weights keeps those layers at the spec's random "
+                      "initialisation")
     data = load_data(cfg.data, spec, cfg.val_split, cfg.split_seed)
     _check_output(cfg, checked.graph[checked.graph.output].shape, data)
+    data = augmented(data, cfg.augment, cfg.flip, spec)
     sampler, loader = _loader(cfg, d, data, device)
     # no validation set (--val-split 0, a class too small to hold one out, an empty val/): val_loss
     # and val_acc are nan (not 0) and best.safetensors is the lowest training loss, said so
@@ -246,18 +268,19 @@ def _setup(cfg: TrainConfig, console, d: _Dist) -> _Run:
         module.to(memory_format=torch.channels_last)
     if cfg.sync_bn and d.on:
         module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        frozen_bn = recipe.freeze(module, cfg.freeze, cfg.spec)   # the SyncBatchNorm layers that replaced them
     model = torch.nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.on else module
     optimizer = _optimizer(module, cfg)
-    scheduler = _schedule(optimizer, cfg, len(loader))
-    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scheduler = _schedule(optimizer, cfg, math.ceil(len(loader) / cfg.accumulate))   # optimizer steps
+    amp_dtype = recipe.AMP_DTYPES[cfg.amp_dtype]
     scaler = torch.amp.GradScaler(device.type, enabled=amp and amp_dtype == torch.float16)
     if d.main:
         with writing(cfg.out):
             os.makedirs(cfg.out, exist_ok=True)
+    ema = recipe.make_ema(module, cfg.ema) if d.main else None   # a copy of the module as it trains
     return _Run(cfg, d, device, spec, data, module, model, loader, sampler, optimizer, scheduler, scaler, amp, amp_dtype,
-                has_val, "val_acc" if has_val else "train_loss")
+                has_val, "val_acc" if has_val else "train_loss", ema, frozen_bn)
 
 
 def _checked(cfg: TrainConfig):
@@ -308,57 +331,6 @@ def _loader(cfg: TrainConfig, d: _Dist, data, device: torch.device) -> tuple[Dis
     return sampler, loader
 
 
-def _train_epoch(run: _Run, epoch: int, console, bad_train: dict) -> dict:
-    """One pass over the training data: the epoch's row (lr, train_loss, train_acc over every process).
-    Unusable images are reported once a run; diverged weights stop the run before anything is saved."""
-    cfg, d, device = run.cfg, run.d, run.device
-    run.sampler.set_epoch(epoch)
-    torch.manual_seed(_epoch_seed(cfg.seed, epoch, d.rank))
-    run.model.train()
-    loss_sum = correct = seen = 0.0
-    new_bad: dict = {}
-    progress = _progress(console, d.main and cfg.progress, epoch, cfg.epochs, len(run.loader), cfg.log_every)
-    for x, y, skipped in run.loader:
-        if skipped:
-            new_bad.update((p, why) for p, why in skipped if p not in bad_train)
-        if x is None:   # every image of the batch unusable
-            continue
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if cfg.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp):
-            logits = run.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing,
-                                   **({"ignore_index": IGNORE} if y.dim() > 1 else {}))   # per pixel
-        right, counted = counts(logits, y)
-        if not counted:   # every pixel of the batch unlabelled: no loss to learn from
-            continue
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
-        loss_sum += loss.item() * counted
-        correct += right
-        seen += counted
-        progress.advance(loss_sum / seen, correct / seen, len(y) * d.world)
-    progress.close()
-    if new_bad:   # each process its own shard's, once a run
-        bad_train.update(new_bad)
-        report_bad(new_bad, run.data.train)
-    loss_sum, correct, seen = d.sum([loss_sum, correct, seen], device)
-    if seen == 0:
-        raise DataError.at(cfg.data, f"none of the {len(run.data.train)} training images can be used",
-                           "see the files listed above: replace or remove them")
-    if not all(bool(torch.isfinite(v).all()) for v in run.module.state_dict().values() if v.is_floating_point()):
-        raise WeightsError.at(cfg.spec, f"training diverged in epoch {epoch + 1}: the weights hold NaN or inf "
-                              f"(training loss {loss_sum / seen:.4g}); nothing of this epoch was saved",
-                              f"lower --lr (or add --warmup-epochs) and start again; {run.out}'s checkpoints and "
-                              f"--resume stay at epoch {epoch}" if epoch else "lower --lr (or add --warmup-epochs)")
-    return {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"], "train_loss": loss_sum / seen,
-            "train_acc": correct / seen}
-
-
 def _end_epoch(run: _Run, epoch: int, row: dict, rows: list[dict], best: float, bad_val: dict, t0: float,
                console) -> float:
     """The main process's end of an epoch: validation, the checkpoints (epoch-NNN, best, last), the
@@ -373,6 +345,10 @@ def _end_epoch(run: _Run, epoch: int, row: dict, rows: list[dict], best: float, 
             report_bad(dict(list(bad_val.items())[before:]), data.val)
     else:
         row["val_loss"] = row["val_acc"] = math.nan
+    if run.ema is not None:   # the averaged weights beside the raw ones (their unusable files reported above)
+        row["ema_val_loss"], row["ema_val_acc"] = evaluate(run.ema.module, data.val, run.device, bad={},
+                                                           channels_last=cfg.channels_last) \
+            if run.has_val else (math.nan, math.nan)
     row["seconds"] = time.perf_counter() - t0
     rows.append(row)
     meta = {"spec": run.spec.name, "spec_sha256": run.spec.sha256, "data": data.source, "untrained": "false",
@@ -389,19 +365,38 @@ def _end_epoch(run: _Run, epoch: int, row: dict, rows: list[dict], best: float, 
         best = _score(row, run.best_by)
         save_checkpoint(module, os.path.join(run.out, "best.safetensors"), meta)
     save_checkpoint(module, os.path.join(run.out, "last.safetensors"), meta)
+    _save_ema(run, row, meta)
     write_metrics(run.metrics_path, rows)
+    log_row(run.writer, row)
     save_trainer_state(run.state_path, run.optimizer, run.scheduler, epoch + 1,
                        {"config": {k: v for k, v in asdict(cfg).items() if k != "on_epoch"},
-                        "rows": rows, "best_by": run.best_by},
-                       model=module.state_dict())
+                        "rows": rows, "best_by": run.best_by, "scaler": run.scaler.state_dict()},
+                       model=module.state_dict(), ema=recipe.ema_state(run.ema))
     if cfg.on_epoch is not None:
         cfg.on_epoch(row)
     if console is not None:
         val = (f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}" if run.has_val
                else "no validation set (best by train loss)")
+        if run.ema is not None and run.has_val:
+            val += f"  ema_val_acc {row['ema_val_acc']:.4f}"
         console.print(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
                       f"acc {row['train_acc']:.4f}  {val}  lr {row['lr']:.5f}  {row['seconds']:.1f}s")
     return best
+
+
+def _save_ema(run: _Run, row: dict, meta: dict) -> None:
+    """ema-last.safetensors, and ema-best.safetensors when the EMA's val_acc is its best so far (none
+    without a validation set): checkpoints as the raw weights' (`eval`, `compile` take them)."""
+    from ..backends.torch import save_checkpoint
+    if run.ema is None:
+        return
+    meta = {**meta, "ema_decay": run.cfg.ema, "best_by": "ema_val_acc"}
+    if run.has_val:
+        meta["val_acc"] = f"{row['ema_val_acc']:.6f}"
+        if _score(row, "ema_val_acc") > run.ema_best:
+            run.ema_best = _score(row, "ema_val_acc")
+            save_checkpoint(run.ema.module, os.path.join(run.out, "ema-best.safetensors"), meta)
+    save_checkpoint(run.ema.module, os.path.join(run.out, "ema-last.safetensors"), meta)
 
 
 def done_line(cfg: TrainConfig, rows: list[dict]) -> str:
@@ -415,5 +410,5 @@ def done_line(cfg: TrainConfig, rows: list[dict]) -> str:
 
 def _score(row: dict, best_by: str) -> float:
     """Higher is better; nan (not measured) never wins."""
-    v = row.get("val_acc", math.nan) if best_by == "val_acc" else -row.get("train_loss", math.nan)
+    v = -row.get("train_loss", math.nan) if best_by == "train_loss" else row.get(best_by, math.nan)
     return v if isinstance(v, float) and math.isfinite(v) else -math.inf

@@ -6,8 +6,9 @@ Optimizer state dicts are nested ({'state': {i: {name: tensor|number}}, 'param_g
 safetensors holds flat tensors and string metadata, so tensors go under "state.<i>.<name>" and
 everything else (param groups, scheduler, epoch, numbers in the state) into one JSON string.
 
-The module's weights at that epoch go in too ("model.<name>"), and so do the metrics rows so far
-(in `extra`): the file is the run's one commit point, written after last.safetensors and
+The module's weights at that epoch go in too ("model.<name>"), with --ema the averaged model's
+("ema.<name>", AveragedModel's state dict: "ema.module.<name>" and "ema.n_averaged"), and so do the
+metrics rows so far (in `extra`): the file is the run's one commit point, written after last.safetensors and
 metrics.csv, so a run stopped between two writes (Ctrl-C, a full disk) resumes from one consistent
 epoch. Files written before the weights went in (no "model." tensors) still load.
 """
@@ -28,7 +29,7 @@ from ..fileio import atomic_write, check_regular
 
 
 def save_trainer_state(path: str, optimizer, scheduler, epoch: int, extra: dict | None = None,
-                       model: dict | None = None) -> None:
+                       model: dict | None = None, ema: dict | None = None) -> None:
     opt = optimizer.state_dict()
     tensors, numbers = {}, {}
     for i, st in opt["state"].items():
@@ -37,8 +38,9 @@ def save_trainer_state(path: str, optimizer, scheduler, epoch: int, extra: dict 
                 tensors[f"state.{i}.{name}"] = v.detach().cpu().contiguous()
             else:
                 numbers[f"{i}.{name}"] = v
-    for name, v in (model or {}).items():
-        tensors[f"model.{name}"] = v.detach().cpu().contiguous()
+    for prefix, named in (("model", model), ("ema", ema)):
+        for name, v in (named or {}).items():
+            tensors[f"{prefix}.{name}"] = v.detach().cpu().contiguous()
     meta = {"epoch": epoch, "param_groups": opt["param_groups"], "numbers": numbers,
             "scheduler": scheduler.state_dict() if scheduler is not None else None, "extra": extra or {}}
     with writing(path):
@@ -52,7 +54,8 @@ DAMAGED_HINT = ("start the run again without --resume (or in a new -o folder), o
 
 def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None = None) -> dict:
     """Restore optimizer and scheduler; returns the metadata (epoch = the last finished epoch; "model":
-    the module's weights at that epoch, or None for a file from before they were saved)."""
+    the module's weights at that epoch, or None for a file from before they were saved; "ema": the
+    averaged model's state dict, None without)."""
     import os
     hint = hint or DAMAGED_HINT.format(out=os.path.dirname(path) or ".")
 
@@ -84,13 +87,14 @@ def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None
                               "resuming would go on training a broken model. Start again from an earlier checkpoint "
                               "(best.safetensors or epoch-NNN.safetensors) with --weights, perhaps with a lower --lr")
     state: dict = {}
-    model: dict = {}
+    named: dict = {"model": {}, "ema": {}}
     try:
         for key, v in tensors.items():
             if key == "_empty":
                 continue
-            if key.startswith("model."):
-                model[key[len("model."):]] = v
+            if key.split(".", 1)[0] in named:
+                prefix, name = key.split(".", 1)
+                named[prefix][name] = v
                 continue
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = v
@@ -111,7 +115,7 @@ def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None
             scheduler.load_state_dict(meta["scheduler"])
     except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
         raise damaged(f"its optimizer or schedule does not load ({type(e).__name__}: {e})") from None
-    meta["model"] = model or None
+    meta["model"], meta["ema"] = named["model"] or None, named["ema"] or None
     return meta
 
 
@@ -126,11 +130,18 @@ def _finite_numbers(x) -> bool:
 
 
 METRICS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]   # val_*: nan without a validation set
+EMA_METRICS = ["ema_val_loss", "ema_val_acc"]   # with --ema only: the averaged weights on the validation set
 
 
-def resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_path):
+def columns(rows: list[dict]) -> list[str]:
+    """metrics.csv's columns: METRICS, and the EMA's where the rows have them."""
+    return METRICS + [k for k in EMA_METRICS if any(k in r for r in rows)]
+
+
+def resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_path, ema=None, scaler=None):
     """(the last finished epoch, the metrics rows so far) of the run in `out`, its weights, optimizer and
-    schedule loaded; a ResgraphError saying what to do for anything missing, damaged or inconsistent."""
+    schedule loaded, and its EMA (an AveragedModel) and fp16 GradScaler where given; a ResgraphError
+    saying what to do for anything missing, damaged or inconsistent."""
     from ..backends.torch.checkpoint import check_finite, check_fits, load_checkpoint
     if not os.path.exists(state_path):
         raise OptionError.at("--resume", f"nothing to resume: {out} holds no trainer.safetensors",
@@ -149,14 +160,32 @@ def resume(cfg, module, optimizer, scheduler, device, out, state_path, metrics_p
         module.load_state_dict(meta["model"])
     else:                               # a state from before the weights were saved in it
         load_checkpoint(module, os.path.join(out, "last.safetensors"))
+    _resume_extras(meta, extra, ema, scaler, state_path, out)
     if isinstance(extra.get("rows"), list):
         rows = extra["rows"]
-        if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in METRICS) for r in rows):
+        if not all(isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) for k in METRICS)
+                   and all(isinstance(r[k], (int, float)) for k in EMA_METRICS if k in r) for r in rows):
             raise WeightsError.at(state_path, "the trainer state's metrics rows are damaged",
                                   "start the run again without --resume, or from its weights: "
                          f"--weights {out}/last.safetensors -o NEW")
-        return start, [{k: float(r[k]) for k in METRICS} for r in rows][:start]
+        return start, [{k: float(r[k]) for k in METRICS + EMA_METRICS if k in r} for r in rows][:start]
     return start, read_metrics(metrics_path, out)[:start]
+
+
+def _resume_extras(meta: dict, extra: dict, ema, scaler, state_path: str, out: str) -> None:
+    """The EMA's state and the GradScaler's (its scale and growth count) from the trainer state."""
+    hint = DAMAGED_HINT.format(out=out)
+    if ema is not None:
+        if meta.get("ema") is None:
+            raise WeightsError.at(state_path, "the trainer state holds no EMA weights, but the run has --ema", hint)
+        try:
+            ema.load_state_dict(meta["ema"])
+        except RuntimeError as e:
+            raise WeightsError.at(state_path, f"the trainer state's EMA weights do not load: {str(e)[:300]}",
+                                  hint) from None
+    saved = extra.get("scaler")
+    if scaler is not None and scaler.is_enabled() and isinstance(saved, dict) and saved:
+        scaler.load_state_dict(saved)
 
 
 def read_metrics(path: str, out: str) -> list[dict]:
@@ -172,9 +201,10 @@ def read_metrics(path: str, out: str) -> list[dict]:
                 raise WeightsError.at(path, f"not a metrics file of resgraph train: the columns are "
                                       f"{reader.fieldnames}, not {', '.join(METRICS)}", hint)
             rows = []
+            keys = METRICS + [k for k in EMA_METRICS if k in reader.fieldnames]
             for line, r in enumerate(reader, 2):
                 try:
-                    rows.append({k: float(r[k]) for k in METRICS})
+                    rows.append({k: float(r[k]) for k in keys})
                 except (TypeError, ValueError):
                     raise WeightsError.at(path, f"line {line} is damaged: { {k: r.get(k) for k in METRICS} }",
                                           hint) from None
@@ -188,9 +218,10 @@ def read_metrics(path: str, out: str) -> list[dict]:
 def write_metrics(path: str, rows: list[dict]) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRICS)
+            keys = columns(rows)
+            w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             for r in rows:
-                w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in METRICS})
+                w.writerow({k: (f"{r[k]:.6g}" if isinstance(r.get(k), float) else r.get(k, "nan")) for k in keys})
     with writing(path):
         atomic_write(path, write)

@@ -145,7 +145,7 @@ def test_init_command_and_checkpoint_checks(tmp_path):
 
 
 def test_train_errors_are_clean(spec, tmp_path):
-    p = run_cli("train", "specs/cifar_resnet20_a.yaml", "--data", "digits", "-o", str(tmp_path / "x"))
+    p = run_cli("train", "specs/residual_mlp.yaml", "--data", "digits", "-o", str(tmp_path / "x"))
     assert p.returncode == 1 and "digits are [1, 8, 8] images" in p.stderr and "Traceback" not in p.stderr
     p = run_cli("train", spec(SMALL.replace("out: 10", "out: 7")), "--data", "digits", "-o", str(tmp_path / "y"))
     assert p.returncode == 1 and "the data has 10 classes" in p.stderr
