@@ -94,6 +94,21 @@ def run_cli(*args, cwd=ROOT, timeout=60):
                           env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
 
 
+def run_inproc(*args, timeout=None):
+    """The command line in this process (click's CliRunner: resgraph's own error handling, exit code,
+    stdout and stderr), as a CompletedProcess-like result; for refusals that need no separate process
+    (a hang, a resource limit or a crash do: run_cli). `timeout` is accepted for run_cli's signature
+    and not enforced."""
+    import types
+
+    from click.testing import CliRunner
+
+    from resgraph.cli import cli
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return types.SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
 @pytest.fixture
 def write_spec(tmp_path):
     def write(text: str, name: str = "spec.yaml") -> str:

@@ -46,17 +46,25 @@ def test_check_imports_no_torch(installed):
 
 
 def test_compiled_and_run(installed, tmp_path):
-    """compile lowers it to ONNX and PyTorch (their outputs agree, or compile fails), parity and run use it;
-    the plugin's own tests (against ECA-Net's reference layer) pass."""
-    out = tmp_path / "c"
-    p = _run(["-m", "resgraph", "compile", str(SPEC), "-o", str(out)], [installed])
-    assert p.returncode == 0, p.stderr
-    p = _run(["-m", "resgraph", "parity", str(out)], [installed])
-    assert p.returncode == 0 and "parity ok" in p.stdout, p.stdout + p.stderr
+    """compile lowers it to ONNX and PyTorch, parity finds them equal, run uses it (the three commands
+    in one process); the plugin's own tests (against ECA-Net's reference layer) pass."""
     import numpy as np
     np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((3, 32, 32), dtype=np.float32))
-    p = _run(["-m", "resgraph", "run", str(out), str(tmp_path / "x.npy")], [installed])
-    assert p.returncode == 0 and "x.npy" in p.stdout, p.stdout + p.stderr
+    out = tmp_path / "c"
+    code = textwrap.dedent(f"""
+        from click.testing import CliRunner
+        from resgraph.cli import cli
+        for args in (["compile", {str(SPEC)!r}, "-o", {str(out)!r}], ["parity", {str(out)!r}],
+                     ["run", {str(out)!r}, {str(tmp_path / "x.npy")!r}]):
+            r = CliRunner().invoke(cli, args)
+            print(args[0], r.exit_code, r.output.replace("\\n", " | "))
+    """)
+    p = _run(["-c", code], [installed])
+    assert p.returncode == 0, p.stderr
+    lines = {line.split()[0]: line for line in p.stdout.splitlines() if line.split()}
+    assert lines["compile"].startswith("compile 0 compiled eca_resnet20"), p.stdout
+    assert lines["parity"].startswith("parity 0") and "parity ok" in lines["parity"], p.stdout
+    assert lines["run"].startswith("run 0") and "x.npy" in lines["run"], p.stdout
     p = _run(["-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-c", os.devnull, "--rootdir", str(EXAMPLE),
               str(EXAMPLE / "tests")], [installed])
     assert p.returncode == 0, p.stdout[-3000:]

@@ -3,7 +3,8 @@ a FIFO as --weights, bad images in data folders, odd folder layouts, damaged run
 --resume, no validation set, and writes that fail (a file-size limit, a name too long).
 
 Real files and the real CLI throughout; every refusal is exit 1 with the file named, never the
-internal-error exit 70, and never a hang (each CLI call has a timeout).
+internal-error exit 70, and never a hang (each CLI call that could hang, a FIFO, a write limit, runs
+in its own process with a timeout; quick refusals run the CLI in process: run_inproc).
 """
 import csv
 import json
@@ -18,7 +19,7 @@ torch = pytest.importorskip("torch", reason="the torch extra is not installed")
 pytest.importorskip("sklearn", reason="scikit-learn (digits) is not installed")
 Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
 
-from conftest import ROOT, resgraph_cmd, run_cli
+from conftest import ROOT, resgraph_cmd, run_cli, run_inproc
 from test_training import SMALL  # the same small network
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -83,9 +84,9 @@ def test_weights_of_a_non_float_dtype_are_refused_not_cast(run1, tmp_path, dtype
     rewrite(w, lambda t: t.update({"conv1.weight": (t["conv1.weight"] * 10).to(dtype)}))
     spec = str(run1 / "small.yaml")
     name = str(dtype).removeprefix("torch.")
-    p = run_cli("eval", spec, "--weights", str(w), "--data", "digits")
+    p = run_inproc("eval", spec, "--weights", str(w), "--data", "digits")
     user_error(p, "w.safetensors", "dtype mismatch", f"conv1.weight: checkpoint {name}, spec float32")
-    p = run_cli("train", spec, "--data", "digits", "--weights", str(w), "--epochs", "1", "-o", str(tmp_path / "o"))
+    p = run_inproc("train", spec, "--data", "digits", "--weights", str(w), "--epochs", "1", "-o", str(tmp_path / "o"))
     user_error(p, "dtype mismatch", f"conv1.weight: checkpoint {name}")
     assert not (tmp_path / "o" / "last.safetensors").exists()
 
@@ -97,7 +98,7 @@ def test_integer_buffers_and_other_float_widths_still_load(run1, tmp_path):
     shutil.copy(run1 / "run" / "last.safetensors", w)
     assert load_file(str(w))["bn1.num_batches_tracked"].dtype == torch.int64
     rewrite(w, lambda t: t.update({k: v.half() for k, v in t.items() if v.is_floating_point()}))
-    p = run_cli("eval", str(run1 / "small.yaml"), "--weights", str(w), "--data", "digits")
+    p = run_inproc("eval", str(run1 / "small.yaml"), "--weights", str(w), "--data", "digits")
     assert p.returncode == 0, p.stderr
     assert "accuracy" in p.stdout
 
@@ -168,7 +169,7 @@ def test_a_folder_of_only_bad_images_is_a_user_error(tmp_path):
             (d / f"{i}.png").write_bytes(b"not a png")
     spec = tmp_path / "f.yaml"
     spec.write_text(FOLDERS)
-    p = run_cli("train", str(spec), "--data", str(tmp_path / "imgs"), "--epochs", "1", "--batch-size", "2",
+    p = run_inproc("train", str(spec), "--data", str(tmp_path / "imgs"), "--epochs", "1", "--batch-size", "2",
                 "-o", str(tmp_path / "run"))
     user_error(p, "none of the", "training images can be used", "0.png")
     assert not (tmp_path / "run" / "last.safetensors").exists()
@@ -182,12 +183,12 @@ def test_train_without_val_and_eval_with_more_classes_than_outputs(tmp_path, sma
     data = image_folder(tmp_path / "imgs", n=3)
     import shutil
     shutil.rmtree(data / "val")
-    p = run_cli("train", str(spec), "--data", str(data), "--epochs", "1", "-o", str(tmp_path / "run"))
+    p = run_inproc("train", str(spec), "--data", str(data), "--epochs", "1", "-o", str(tmp_path / "run"))
     user_error(p, "train/ but no val/", "hint:")
-    p = run_cli("init", str(spec), "-o", str(tmp_path / "w.safetensors"))
+    p = run_inproc("init", str(spec), "-o", str(tmp_path / "w.safetensors"))
     assert p.returncode == 0, p.stderr
     three = image_folder(tmp_path / "three", classes=("a", "b", "c"), n=2, split=False)
-    p = run_cli("eval", str(spec), "--weights", str(tmp_path / "w.safetensors"), "--data", str(three),
+    p = run_inproc("eval", str(spec), "--weights", str(tmp_path / "w.safetensors"), "--data", str(three),
                 "--split", "train", "--val-split", "0")
     user_error(p, "three", "3 classes", "2 outputs")
     assert "accuracy" not in p.stdout
@@ -196,8 +197,8 @@ def test_train_without_val_and_eval_with_more_classes_than_outputs(tmp_path, sma
 # --- 5. --resume with a damaged run folder -----------------------------------------------------------
 
 def resume(spec, run, *extra):
-    return run_cli("train", spec, "--data", "digits", "--epochs", "2", "--batch-size", "64", "-o", str(run),
-                   "--resume", *extra)
+    return run_inproc("train", spec, "--data", "digits", "--epochs", "2", "--batch-size", "64", "-o", str(run),
+                      "--resume", *extra)
 
 
 def test_resume_refuses_a_damaged_trainer_state(run1, tmp_path):
@@ -226,7 +227,7 @@ def test_resume_refuses_nan_weights(run1, tmp_path):
     p = resume(spec, run)
     user_error(p, "trainer.safetensors", "NaN or inf", "conv1.weight", "earlier checkpoint")
     rewrite(run / "last.safetensors", lambda t: t["linear1.bias"].__setitem__(0, float("inf")))
-    p = run_cli("eval", spec, "--weights", str(run / "last.safetensors"), "--data", "digits")
+    p = run_inproc("eval", spec, "--weights", str(run / "last.safetensors"), "--data", "digits")
     user_error(p, "last.safetensors", "not all finite", "linear1.bias")
 
 
@@ -256,7 +257,7 @@ def test_resume_refuses_a_damaged_metrics_file_it_needs_and_rewrites_one_it_does
 
 def test_no_validation_set_is_said_and_best_is_by_training_loss(small, tmp_path):
     run = tmp_path / "run"
-    p = run_cli("train", small, "--data", "digits", "--epochs", "2", "--batch-size", "64", "--val-split", "0",
+    p = run_inproc("train", small, "--data", "digits", "--epochs", "2", "--batch-size", "64", "--val-split", "0",
                 "-o", str(run))
     assert p.returncode == 0, p.stderr[-3000:]
     assert "no validation set" in p.stdout and "lowest training loss" in p.stdout
@@ -268,7 +269,7 @@ def test_no_validation_set_is_said_and_best_is_by_training_loss(small, tmp_path)
     with safe_open(str(run / "best.safetensors"), framework="pt") as f:
         meta = f.metadata()
     assert meta["best_by"] == "train_loss" and meta["epoch"] == "2"
-    p = run_cli("eval", small, "--weights", str(run / "best.safetensors"), "--data", "digits", "--val-split", "0")
+    p = run_inproc("eval", small, "--weights", str(run / "best.safetensors"), "--data", "digits", "--val-split", "0")
     user_error(p, "digits", "val split has no samples", "--split train")
 
 
@@ -298,7 +299,7 @@ def test_a_failed_checkpoint_write_is_a_user_error_and_keeps_the_previous_files(
 
 
 def test_an_output_name_too_long_is_a_user_error(small, tmp_path):
-    p = run_cli("train", small, "--data", "digits", "--epochs", "1", "-o", str(tmp_path / ("x" * 300)))
+    p = run_inproc("train", small, "--data", "digits", "--epochs", "1", "-o", str(tmp_path / ("x" * 300)))
     user_error(p, "cannot write", "File name too long", "ENAMETOOLONG")
 
 
@@ -307,7 +308,7 @@ def test_a_diverging_run_stops_before_saving_nan_weights(tmp_path):
     spec = tmp_path / "mlp.yaml"
     spec.write_text("resgraph: 1\nname: digits_mlp\ninput: {shape: [1, 8, 8]}\nlayers:\n  - flatten\n"
                     "  - linear: {out: 32}\n  - relu\n  - linear: {out: 10}\n")
-    p = run_cli("train", str(spec), "--data", "digits", "--epochs", "2", "--lr", "1e30", "--momentum", "0",
+    p = run_inproc("train", str(spec), "--data", "digits", "--epochs", "2", "--lr", "1e30", "--momentum", "0",
                 "--no-nesterov", "-o", str(tmp_path / "run"))
     user_error(p, "training diverged in epoch 1", "lower --lr")
     assert not list((tmp_path / "run").glob("*.safetensors"))
@@ -323,5 +324,5 @@ def test_a_long_list_in_an_error_says_how_many_more(tmp_path):
     for i in range(10):
         (data / f"class{i}").mkdir(parents=True)
         _png(data / f"class{i}" / "0.png", 100)
-    p = run_cli("train", str(spec), "--data", str(data), "--epochs", "1", "-o", str(tmp_path / "run"))
+    p = run_inproc("train", str(spec), "--data", str(data), "--epochs", "1", "-o", str(tmp_path / "run"))
     user_error(p, "class folders not in the spec's labels: class0, class1, class2, class3, class4 (+5 more)")
