@@ -229,3 +229,42 @@ def test_prelu_and_mish_import_from_torch_and_from_onnx(tmp_path):
     torch.onnx.export(model, (torch.randn(1, 3, 8, 8),), path, dynamo=False, opset_version=18)
     back = import_model(path)
     assert [n.op for n in back.checked.graph.nodes][1:4] == ["conv", "prelu", "mish"], back.text
+
+
+class _ConvBnRelu(nn.Module):
+    """torchvision's BasicConv2d (Inception, GoogLeNet): its relu is F.relu in its own forward."""
+
+    def __init__(self, cin, cout, **kw):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(cin, cout, bias=False, **kw), nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class _Factorised(nn.Module):
+    """Inception's 1x7 / 7x1 factorisation in a residual, between stems of _ConvBnRelu."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = _ConvBnRelu(3, 16, kernel_size=3, padding=1)
+        self.a = _ConvBnRelu(16, 8, kernel_size=(1, 7), padding=(0, 3))
+        self.b = _ConvBnRelu(8, 16, kernel_size=(7, 1), padding=(3, 0))
+        self.down = nn.Conv2d(16, 8, kernel_size=(3, 2), stride=(2, 1), dilation=(1, 2), padding=(1, 0))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.first(x)
+        x = self.b(self.a(x)) + x
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.down(x), 1), 1))
+
+
+def test_non_square_convs_and_a_module_with_a_functional_relu_import():
+    """Per-axis kernels, strides, dilations and paddings come back as [height, width]; a module that
+    applies F.relu itself is one block with its relu (not an id given twice)."""
+    imported = import_model(_Factorised().eval(), input_shape=(3, 17, 15))
+    text = imported.text
+    assert "- basic: {id: first}" not in text and text.count("{id: first}") == 1, text
+    assert "kernel: [1, 7]" in text and "kernel: [7, 1]" in text and "stride: [2, 1]" in text, text
+    assert "padding: [1, 0], dilation: [1, 2]" in text, text
+    assert imported.report["max_abs_diff"] <= 1e-5

@@ -64,7 +64,11 @@ def regions(items: list, start: str, where: str) -> list:
     if not depths:
         return items
     d = depths.most_common(1)[0][0]
-    key = lambda it: ".".join(it.path.split(".")[:d]) if isinstance(it, Op) and it.path.count(".") >= d else None
+    def key(it) -> str | None:
+        """The module at depth d an op runs in: its own path's prefix, or its path itself where the module
+        applies a functional op in its forward (torchvision's BasicConv2d: conv, bn, then F.relu)."""
+        parts = it.path.split(".") if isinstance(it, Op) and it.path else []
+        return ".".join(parts[:d]) if len(parts) >= d else None
     out, i, prev = [], 0, start
     while i < len(items):
         j = i + 1
