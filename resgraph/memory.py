@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .ops import OPS, pads
+from .ops import OPS
 from .ops.count import node_params, state_dict_shapes
 from .ops.shapes import pads_hw
 from .ops.table import BUILTIN
@@ -115,11 +115,12 @@ def _pool(kind):
         [1, h, w] count, which div saves."""
         if not g[0]:
             return []
-        b, e = pads(a["padding"], a["kernel"])
-        x = [("in", 0)] if b == e else [("own", _padded(ins[0], (b, e), (b, e)), 0, FP32)]
+        h, w = pads_hw(a["padding"], a["kernel"])
+        even = h[0] == h[1] and w[0] == w[1]
+        x = [("in", 0)] if even else [("own", _padded(ins[0], h, w), 0, FP32)]
         if kind == "maxpool":
             return x + [("own", math.prod(out), 0, 8)]
-        return x + ([] if b == e else [("own", math.prod(out[1:]), 0, FP32)])
+        return x + ([] if even else [("own", math.prod(out[1:]), 0, FP32)])
     return rule
 
 

@@ -122,11 +122,11 @@ def _spatial_out(op: str, a: dict, x: Shape, k, s, d, ceil_mode=False) -> tuple[
     return out[0], out[1]
 
 
-def _pad_ok(op: str, a: dict, k: int):
-    p = a["padding"]
-    if isinstance(p, int) and not isinstance(p, bool) and p > k // 2 and op.endswith("pool"):
-        raise ShapeError(f"{op} padding {p} is more than half the kernel {k}",
-                         "PyTorch and ONNX require padding <= kernel // 2 for pooling")
+def _pad_ok(op: str, a: dict, k):
+    for p, kk in zip(hw(a["padding"]), hw(k)):   # per axis
+        if isinstance(p, int) and not isinstance(p, bool) and p > kk // 2 and op.endswith("pool"):
+            raise ShapeError(f"{op} padding {p} is more than half the kernel {kk}",
+                             "PyTorch and ONNX require padding <= kernel // 2 for pooling")
 
 
 def _elements(shape: Shape, op: str) -> Shape:
@@ -326,8 +326,12 @@ def zeropad_shape(a, ins):
 
 
 def pool_stride(a: dict) -> dict:
-    """stride 0 (the default) means stride = kernel, as in PyTorch's pools."""
-    return {**a, "stride": a["kernel"]} if a.get("stride") == 0 and a.get("kernel") is not None else a
+    """stride 0 (the default) means stride = kernel, as in PyTorch's pools (per axis: [0, 1] with
+    kernel [3, 1] is [3, 1])."""
+    if a.get("kernel") is None or a.get("stride") is None or 0 not in hw(a["stride"]):
+        return a
+    s = tuple(si or ki for si, ki in zip(hw(a["stride"]), hw(a["kernel"])))
+    return {**a, "stride": s[0] if s[0] == s[1] else s}
 
 
 

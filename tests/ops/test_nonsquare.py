@@ -30,6 +30,7 @@ layers:
         - bn
       post: relu
   - conv: {id: c, out: 8, kernel: [3, 2], stride: [2, 1], dilation: [1, 2], padding: [1, 0]}
+  - maxpool: {id: p, kernel: [3, 1], stride: [2, 1], padding: [1, 0]}
   - global_avgpool
   - flatten
   - linear: {id: fc, out: 10}
@@ -57,6 +58,28 @@ def test_shapes_and_counts_are_torchs():
         assert c.graph.nodes[-1].shape == tuple(want.shape[1:]) and c.params == sum(t.numel() for t in ref.parameters())
 
 
+@pytest.mark.parametrize("op", ["maxpool", "avgpool"])
+def test_pools_are_torchs(op):
+    """Pools per axis: the checker's shapes and the module's values are F.max_pool2d's and
+    F.avg_pool2d's (padding never counted), and ONNX Runtime gives the same."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch.nn.functional as F
+
+    from resgraph.backends.onnx import to_onnx
+    x = torch.randn(2, 2, 11, 9)
+    for k, s, p, ceil in [((3, 1), (2, 1), (1, 0), False), ((1, 3), (1, 2), (0, 1), True), ((2, 3), (2, 3), (0, 0), True)]:
+        text = (f"resgraph: 1\nname: one\ninput: {{name: x, shape: [2, 11, 9]}}\nlayers:\n"
+                f"  - {op}: {{kernel: {list(k)}, stride: {list(s)}, padding: {list(p)}, ceil_mode: {str(ceil).lower()}}}\n")
+        c = resgraph.check_text(text)
+        want = F.max_pool2d(x, k, s, p, ceil_mode=ceil) if op == "maxpool" else \
+            F.avg_pool2d(x, k, s, p, ceil_mode=ceil, count_include_pad=False)
+        got = resgraph.to_torch(c)(x)
+        assert c.graph.nodes[-1].shape == tuple(want.shape[1:]) and torch.equal(got, want), (k, s, p, ceil)
+        sess = ort.InferenceSession(to_onnx(c.graph, {}).SerializeToString(), providers=["CPUExecutionProvider"])
+        assert np.abs(sess.run(None, {"x": x.numpy()})[0] - want.numpy()).max() <= 1e-6, (k, s, p, ceil)
+
+
 def test_onnx_runtime_and_both_importers(tmp_path):
     """Compiled, ONNX Runtime gives PyTorch's numbers; resgraph import reads the ONNX file and the
     PyTorch module back to the same kernels, strides, dilations and paddings."""
@@ -80,6 +103,8 @@ def test_onnx_runtime_and_both_importers(tmp_path):
         assert [dict(n.args) for n in back.checked.graph.nodes if n.op == "conv" and not n.inserted] == \
             [a for a in want if a["kernel"] != 1], type(source)
         assert "kernel: [1, 7]" in back.text and "stride: [2, 1]" in back.text
+        pools = [dict(n.args) for n in back.checked.graph.nodes if n.op == "maxpool"]
+        assert pools == [{"kernel": (3, 1), "stride": (2, 1), "padding": "same", "ceil_mode": False}], back.text   # = [1, 0]
 
 
 @pytest.mark.parametrize("change, says, message", [

@@ -34,3 +34,35 @@ def conv_args(out: int, kernel, stride, dilation, begin_end, groups: int, bias: 
             "groups": groups, "bias": bias}
     defaults = {"stride": 1, "padding": "same", "dilation": 1, "groups": 1}
     return {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
+
+
+def pool_args(kernel, stride, padding) -> dict:
+    """A pool's spec arguments (those that differ from the defaults) from per-axis kernel, stride and
+    symmetric padding: 'same' where both axes pad (k - 1) / 2 of an odd kernel and one of them pads at
+    all, 'valid' for none, else the integers."""
+    k, s, p = (tuple(v) if isinstance(v, (tuple, list)) else (v, v) for v in (kernel, stride, padding))
+    if all(kk % 2 and pp == (kk - 1) // 2 for kk, pp in zip(k, p)) and any(p):
+        pad = "same"
+    else:
+        pad = "valid" if not any(p) else pair(p)
+    args = {"kernel": pair(k), "stride": pair(s), "padding": pad}
+    return {n: v for n, v in args.items() if not (n == "stride" and v == args["kernel"]) and v != "valid"}
+
+
+_POOL_ARGS = {"max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+              "avg_pool2d": ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")}
+
+
+def functional_pool(name: str, rest: list, kw: dict):
+    """(op, args) of F.max_pool2d / F.avg_pool2d called in a forward (as resgraph's own modules call
+    them) from its positional and keyword arguments, or why it has no spec form."""
+    a = {**dict(zip(_POOL_ARGS[name], rest)), **kw}
+    k = a["kernel_size"]
+    p = a.get("padding", 0)
+    p = tuple(p) if isinstance(p, (tuple, list)) else (p, p)
+    avg = name == "avg_pool2d"
+    if (not avg and (a.get("dilation", 1) not in (1, (1, 1)) or a.get("return_indices"))) or \
+            (avg and (a.get("divisor_override") or (any(p) and a.get("count_include_pad", True)))):
+        return "dilated, with indices, counting padding or with a divisor"
+    args = pool_args(k, a.get("stride") or k, p)
+    return ("avgpool" if avg else "maxpool"), {**args, **({"ceil_mode": True} if a.get("ceil_mode") else {})}

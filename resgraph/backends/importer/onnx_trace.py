@@ -19,9 +19,9 @@ from collections import Counter
 import numpy as np
 
 from ...errors import Diagnostic, Loc, WeightsError
-from .geometry import conv_args
+from .geometry import conv_args, pool_args
 from .onnx_patterns import _attrs, _Ctx, _f32, _fuse, _layernorm
-from .trace import Op, _drop_identities, _nondefault, _padding
+from .trace import Op, _drop_identities, _nondefault
 
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 _PLAIN = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "HardSwish": "hardswish", "Mul": "mul", "Mish": "mish",
@@ -295,15 +295,17 @@ def _conv(n, a: dict, init: dict):
 
 
 def _pool(t: str, a: dict):
-    k = _square2(a, "kernel_shape", 0)
-    s, p = _square2(a, "strides", k or 1), _pads(a)
+    k = [int(v) for v in a.get("kernel_shape", [])]
+    s = [int(v) for v in a.get("strides", [1, 1])]
+    p = [int(v) for v in a.get("pads", [0, 0, 0, 0])]
     name = "maxpool" if t == "MaxPool" else "avgpool"
-    if None in (k, s, p) or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or \
-            (name == "maxpool" and _square2(a, "dilations", 1) != 1) or (name == "avgpool" and p and
+    if len(k) != 2 or len(p) != 4 or (p[0], p[1]) != (p[2], p[3]) or \
+            a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET") or \
+            (name == "maxpool" and _square2(a, "dilations", 1) != 1) or (name == "avgpool" and any(p) and
                                                                         a.get("count_include_pad", 0)):
-        return f"op {t} (non-square, dilated, auto-padded or counting padding)"
-    args = {"kernel": k, "stride": s, "padding": _padding(p, k, 1, "valid"), "ceil_mode": bool(a.get("ceil_mode", 0))}
-    return name, _nondefault(args, {"stride": k, "padding": "valid", "ceil_mode": False}), {}
+        return f"op {t} (not 2-d, asymmetric pads, dilated, auto-padded or counting padding)"
+    args = pool_args(k, s, p[:2])
+    return name, {**args, **({"ceil_mode": True} if a.get("ceil_mode", 0) else {})}, {}
 
 
 def _linear(n, a: dict, init: dict):

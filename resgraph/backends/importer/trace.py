@@ -25,7 +25,7 @@ from torch import nn
 
 from ...errors import Diagnostic, Loc, WeightsError
 from ...ops import pads
-from .geometry import conv_args
+from .geometry import conv_args, functional_pool, pool_args
 
 _ACTS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.GELU: "gelu",
          nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Mish: "mish"}
@@ -250,6 +250,9 @@ def _map_named(n, lay: str):
         size = rest[0] if rest else kw.get("output_size")
         ok = size in (1, (1, 1), [1, 1]) and lay == "chw"
         return ("global_avgpool", {}, "") if ok else f"{_name(n)} to {size} (only a global pool, size 1, is an op)"
+    if target in (F.max_pool2d, F.avg_pool2d) and lay == "chw":
+        r = functional_pool(target.__name__, rest, kw)
+        return (*r, "") if isinstance(r, tuple) else f"{_name(n)} ({r})"
     if target is F.dropout:
         p = rest[0] if rest else kw.get("p", 0.5)
         return "dropout", _nondefault({"p": p}, {"p": 0.5}), ""
@@ -393,22 +396,13 @@ def _conv(m: nn.Conv2d):
     return ("conv", args, "") if args is not None else "module Conv2d (its padding has no spec form)"
 
 
-def _padding(p, k: int, d: int, default: str):
-    """The spec's padding for torch's: 'same' where it pads d*(k-1)/2 each side (an odd kernel), unless
-    that is 0 and the op's default is 'valid' (a pool)."""
-    if p == "same" or (isinstance(p, int) and k % 2 == 1 and p == d * (k - 1) // 2 and (p or default == "same")):
-        return "same"
-    return "valid" if p in (0, "valid") else p
-
-
 def _pool(m):
-    k, s, p = _square(m.kernel_size), _square(m.stride or m.kernel_size), _square(m.padding)
     name = "maxpool" if isinstance(m, nn.MaxPool2d) else "avgpool"
-    if None in (k, s, p) or (name == "maxpool" and _square(m.dilation) != 1) or \
-            (name == "avgpool" and p and m.count_include_pad):
-        return f"module {type(m).__name__} (non-square, dilated, or counting padding)"
-    args = {"kernel": k, "stride": s, "padding": _padding(p, k, 1, "valid"), "ceil_mode": bool(m.ceil_mode)}
-    return name, _nondefault(args, {"stride": k, "padding": "valid", "ceil_mode": False}), ""
+    p = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding, m.padding)
+    if (name == "maxpool" and _square(m.dilation) != 1) or (name == "avgpool" and any(p) and m.count_include_pad):
+        return f"module {type(m).__name__} (dilated, or counting padding)"
+    args = pool_args(m.kernel_size, m.stride or m.kernel_size, p)
+    return name, {**args, **({"ceil_mode": True} if m.ceil_mode else {})}, ""
 
 
 def _nondefault(args: dict, defaults: dict) -> dict:

@@ -240,23 +240,25 @@ def _pool_pads(b, n) -> list[int]:
     the input or the begin padding. 'same' needs no growth: floor mode already gives ceil(n / s).
     """
     a = n.args
-    k, s = a["kernel"], a["stride"]
-    begin, _, end, _ = _pads(a["padding"], k)
+    k, s = hw(a["kernel"]), hw(a["stride"])
+    bh, bw, eh, ew = _pads(a["padding"], a["kernel"])
     _, h, w = b.ir[n.inputs[0]].shape
     _, oh, ow = n.shape
-    ends = [max(end, (o - 1) * s + k - size - begin) for o, size in ((oh, h), (ow, w))]
-    assert begin < k and all(e < k for e in ends), (n.path, begin, ends)
-    return [begin, begin, *ends]
+    ends = [max(e, (o - 1) * si + ki - size - bg) for e, o, si, ki, size, bg in ((eh, oh, s[0], k[0], h, bh),
+                                                                                (ew, ow, s[1], k[1], w, bw))]
+    assert bh < k[0] and bw < k[1] and ends[0] < k[0] and ends[1] < k[1], (n.path, bh, bw, ends)
+    return [bh, bw, *ends]
 
 
 def maxpool(b, n, xs):
     a = n.args
-    return b.op("MaxPool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2, **_pool_mode(b, n))
+    return b.op("MaxPool", xs, n.path, kernel_shape=list(hw(a["kernel"])), strides=list(hw(a["stride"])),
+                **_pool_mode(b, n))
 
 
 def avgpool(b, n, xs):
     a = n.args   # count_include_pad=0: grown end padding is not counted either, as in PyTorch's ceil_mode
-    return b.op("AveragePool", xs, n.path, kernel_shape=[a["kernel"]] * 2, strides=[a["stride"]] * 2,
+    return b.op("AveragePool", xs, n.path, kernel_shape=list(hw(a["kernel"])), strides=list(hw(a["stride"])),
                 count_include_pad=0, **_pool_mode(b, n))
 
 

@@ -21,7 +21,7 @@ def zeropad(x: torch.Tensor, out: int, stride: int) -> torch.Tensor:
     return F.pad(x, (0, out - x.shape[1]))
 
 
-def avg_pool_padded(x: torch.Tensor, kernel: int, stride: int, pads: tuple[int, int, int, int],
+def avg_pool_padded(x: torch.Tensor, kernel, stride, pads: tuple[int, int, int, int],
                     ceil_mode: bool) -> torch.Tensor:
     """Average pooling with asymmetric padding (W-begin, W-end, H-begin, H-end) that never counts it:
     sum over the zero-padded window divided by the number of real pixels in the window."""

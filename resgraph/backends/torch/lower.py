@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ir import Graph, Node
-from ...ops import pads, transpose_pads
+from ...ops import transpose_pads
 from ...ops.shapes import channel_range, hw, pads_hw
 from ...ops.count import state_dict_shapes
 from ...ops.table import check_lowerings
@@ -163,21 +163,21 @@ def _ceil_mode(a) -> bool:
 
 def maxpool(ctx, n, xs):
     a = n.args
-    b, e = pads(a["padding"], a["kernel"])
+    (bh, eh), (bw, ew) = pads_hw(a["padding"], a["kernel"])
     x = xs[0]
-    if b != e:
-        x = ctx.call(F.pad, (x, (b, e, b, e)), None, value=float("-inf"))
-        b = 0
-    return ctx.call(F.max_pool2d, (x, a["kernel"], a["stride"], b), n, ceil_mode=_ceil_mode(a))
+    if bh != eh or bw != ew:
+        x = ctx.call(F.pad, (x, (bw, ew, bh, eh)), None, value=float("-inf"))
+        bh = bw = 0
+    return ctx.call(F.max_pool2d, (x, hw(a["kernel"]), hw(a["stride"]), (bh, bw)), n, ceil_mode=_ceil_mode(a))
 
 
 def avgpool(ctx, n, xs):
     a = n.args
-    b, e = pads(a["padding"], a["kernel"])
-    if b != e:
-        return ctx.call(RF.avg_pool_padded, (xs[0], a["kernel"], a["stride"], (b, e, b, e), _ceil_mode(a)), n)
-    return ctx.call(F.avg_pool2d, (xs[0], a["kernel"], a["stride"], b), n, ceil_mode=_ceil_mode(a),
-                    count_include_pad=False)
+    (bh, eh), (bw, ew) = pads_hw(a["padding"], a["kernel"])
+    k, s = hw(a["kernel"]), hw(a["stride"])
+    if bh != eh or bw != ew:
+        return ctx.call(RF.avg_pool_padded, (xs[0], k, s, (bw, ew, bh, eh), _ceil_mode(a)), n)
+    return ctx.call(F.avg_pool2d, (xs[0], k, s, (bh, bw)), n, ceil_mode=_ceil_mode(a), count_include_pad=False)
 
 
 def global_avgpool(ctx, n, xs):

@@ -80,6 +80,7 @@ layers:
   - bn
   - relu6
   - maxpool: {kernel: 2, stride: 1, padding: same}
+  - avgpool: {kernel: [1, 2], stride: 1, padding: same}
   - avgpool: {kernel: 4, stride: 2, padding: same}
   - gelu: {id: a}
   - residual:
