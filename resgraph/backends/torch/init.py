@@ -104,7 +104,7 @@ def init_weights(module: nn.Module, graph: Graph, seed: int | None = None, polic
         if seed is not None:
             torch.manual_seed(seed)
         for name, m in module.named_modules():
-            kind = _policy_of(graph, name)
+            kind = policy_of(graph, name)
             if kind is not None:
                 _INIT[kind](m, policy)
         if policy.get("zero_residual"):
@@ -119,7 +119,7 @@ def _default_bias(weight, bias):
     nn.init.uniform_(bias, -bound, bound)
 
 
-def _policy_of(graph: Graph, name: str) -> str | None:
+def policy_of(graph: Graph, name: str) -> str | None:
     """The init policy (OpDef.init) of the module at `name`: its node's op's; a part of a node (an
     explicit Ws's conv and bn, at <path>.conv and <path>.bn) takes "parts" from its owner; containers none."""
     if name in graph:
