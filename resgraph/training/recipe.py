@@ -15,7 +15,6 @@ weight decay by parameter kind, frozen layers, and the EMA of the weights.
 """
 from __future__ import annotations
 
-import json
 import math
 
 import torch
@@ -68,10 +67,9 @@ def _shown(field: str, value) -> str:
 def _saved_config(path: str) -> dict | None:
     """The config a trainer state was written with; None where there is none to read (resume()
     then says what is wrong with the file)."""
+    from .state import trainer_meta
     try:
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            config = json.loads((f.metadata() or {})["trainer"])["extra"]["config"]
+        config = trainer_meta(path)["extra"]["config"]
         return config if isinstance(config, dict) else None
     except Exception:  # noqa: BLE001  (missing, damaged: resume() reports it)
         return None
@@ -112,21 +110,14 @@ def param_groups(module: nn.Module, weight_decay: float, wd_all: bool) -> list[d
 def no_decay(module: nn.Module, graph) -> set[str]:
     """The parameters weight decay leaves alone: biases, and those of ops whose init policy is "norm"
     or "scale" (bn, layernorm, groupnorm, scale, prelu); an explicit Ws's parts by their own kind."""
-    from ..ops import OPS
+    from ..backends.torch.init import policy_of
     out = set()
     for name, _ in module.named_parameters():
         owner, _, suffix = name.rpartition(".")
-        if suffix == "bias":
+        policy = policy_of(graph, owner)   # init_weights' own reading of the module at `owner`
+        if suffix == "bias" or policy in ("norm", "scale") or \
+                (policy == "parts" and isinstance(module.get_submodule(owner), NORMS)):
             out.add(name)
-        elif owner in graph:
-            op = OPS.get(graph[owner].op)
-            if op is not None and op.init in ("norm", "scale"):
-                out.add(name)
-        else:
-            parent = owner.rpartition(".")[0]
-            op = OPS.get(graph[parent].op) if parent in graph else None
-            if op is not None and op.init == "parts" and isinstance(module.get_submodule(owner), NORMS):
-                out.add(name)
     return out
 
 

@@ -52,6 +52,15 @@ DAMAGED_HINT = ("start the run again without --resume (or in a new -o folder), o
                 "with a fresh optimizer and schedule: resgraph train SPEC --weights {out}/last.safetensors -o NEW")
 
 
+def trainer_meta(path: str):
+    """The JSON a trainer state keeps in its "trainer" metadata (epoch, optimizer numbers, the run's
+    config under extra.config). Raises what reading it raises: KeyError without that metadata, OSError,
+    SafetensorError, ValueError for JSON that is not."""
+    from safetensors import safe_open
+    with safe_open(path, framework="pt") as f:
+        return json.loads((f.metadata() or {})["trainer"])
+
+
 def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None = None) -> dict:
     """Restore optimizer and scheduler; returns the metadata (epoch = the last finished epoch; "model":
     the module's weights at that epoch, or None for a file from before they were saved; "ema": the
@@ -64,9 +73,7 @@ def load_trainer_state(path: str, optimizer, scheduler, device, hint: str | None
 
     check_regular(path, "trainer state")
     try:
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["trainer"])
+        meta = trainer_meta(path)
         tensors = load_file(path, device=str(device))
     except KeyError:
         raise damaged("no 'trainer' metadata (is it a trainer.safetensors written by resgraph train?)") from None
