@@ -32,8 +32,7 @@ SMALL = 32   # the largest side that takes the CIFAR recipe (pad-crop) rather th
 def transform(kind: str, shape: tuple, flip: bool = True):
     """The v2 transform of `--augment kind` for [C, H, W] samples; None for none."""
     from torchvision.transforms import v2
-    if kind not in AUGMENTS:
-        raise OptionError.at("--augment", f"unknown augmentation '{kind}'", "use " + ", ".join(AUGMENTS))
+    assert kind in AUGMENTS, kind   # --augment is checked with the rest of the recipe (recipe.settle)
     if kind == "none":
         return None
     _, h, w = shape
