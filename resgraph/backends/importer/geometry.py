@@ -5,12 +5,18 @@ its integers. Both importers (trace.py, onnx_trace.py) read it here."""
 from __future__ import annotations
 
 from ...ops import pads
+from ...ops.shapes import hw
 
 
 def pair(v):
     """(h, w) as the op table keeps it: the integer when h == w."""
-    h, w = (tuple(v) if isinstance(v, (tuple, list)) else (v, v))[:2]
+    h, w = hw(v)[:2]
     return int(h) if h == w else (int(h), int(w))
+
+
+def nondefault(args: dict, defaults: dict) -> dict:
+    """`args` without those equal to their default: what an imported spec writes."""
+    return {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
 
 
 def conv_padding(begin_end: tuple, kernel: tuple, dilation: tuple):
@@ -26,27 +32,24 @@ def conv_padding(begin_end: tuple, kernel: tuple, dilation: tuple):
 def conv_args(out: int, kernel, stride, dilation, begin_end, groups: int, bias: bool) -> dict | None:
     """A conv's spec arguments (those that differ from the defaults), or None where the padding has
     no spec form."""
-    k2, d2 = (tuple(v) if isinstance(v, (tuple, list)) else (v, v) for v in (kernel, dilation))
-    p = conv_padding(begin_end, k2, d2)
+    p = conv_padding(begin_end, hw(kernel), hw(dilation))
     if p is None:
         return None
     args = {"out": out, "kernel": pair(kernel), "stride": pair(stride), "padding": p, "dilation": pair(dilation),
             "groups": groups, "bias": bias}
-    defaults = {"stride": 1, "padding": "same", "dilation": 1, "groups": 1}
-    return {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
+    return nondefault(args, {"stride": 1, "padding": "same", "dilation": 1, "groups": 1})
 
 
 def pool_args(kernel, stride, padding) -> dict:
     """A pool's spec arguments (those that differ from the defaults) from per-axis kernel, stride and
     symmetric padding: 'same' where both axes pad (k - 1) / 2 of an odd kernel and one of them pads at
     all, 'valid' for none, else the integers."""
-    k, s, p = (tuple(v) if isinstance(v, (tuple, list)) else (v, v) for v in (kernel, stride, padding))
+    k, s, p = hw(kernel), hw(stride), hw(padding)
     if all(kk % 2 and pp == (kk - 1) // 2 for kk, pp in zip(k, p)) and any(p):
         pad = "same"
     else:
         pad = "valid" if not any(p) else pair(p)
-    args = {"kernel": pair(k), "stride": pair(s), "padding": pad}
-    return {n: v for n, v in args.items() if not (n == "stride" and v == args["kernel"]) and v != "valid"}
+    return nondefault({"kernel": pair(k), "stride": pair(s), "padding": pad}, {"stride": pair(k), "padding": "valid"})
 
 
 _POOL_ARGS = {"max_pool2d": ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),

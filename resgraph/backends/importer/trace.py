@@ -26,6 +26,7 @@ from torch import nn
 from ...errors import Diagnostic, Loc, WeightsError
 from ...ops import pads
 from .geometry import conv_args, functional_pool, pool_args
+from .geometry import nondefault as _nondefault
 
 _ACTS = {nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.GELU: "gelu",
          nn.SiLU: "silu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Mish: "mish"}
@@ -403,10 +404,6 @@ def _pool(m):
         return f"module {type(m).__name__} (dilated, or counting padding)"
     args = pool_args(m.kernel_size, m.stride or m.kernel_size, p)
     return name, {**args, **({"ceil_mode": True} if m.ceil_mode else {})}, ""
-
-
-def _nondefault(args: dict, defaults: dict) -> dict:
-    return {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
 
 
 def _loc(n, modules: dict, where: str) -> Loc:
