@@ -366,13 +366,13 @@ class _Expander:
         n = len(how) if isinstance(how, list) else how
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PARTS:
             n = 1   # resolve_ops reports the argument
-        name = path[len(scope.prefix):]
+        name = path[len(scope.prefix):]   # "s", or "s.2" for copy 2 of a repeated split: no part ids then
         for k in range(n):
             self.count(e)
             part = f"{path}.{k}"
             self.nodes.append(Node(part, e.kind, freeze({**values, "part": k}), tuple(inputs), e.loc, freeze(locs),
                                    calls=tuple(self.calls)))
-            if path == scope.prefix + name and "." not in name:
+            if "." not in name:
                 scope.ids[f"{name}.{k}"] = part
         return part
 
