@@ -12,7 +12,7 @@ pytest.importorskip("sklearn", reason="scikit-learn (digits) is not installed")
 import resgraph  # noqa: E402
 from resgraph.backends.torch import read_checkpoint  # noqa: E402
 from resgraph.training.loop import TrainConfig, train  # noqa: E402
-from conftest import ROOT, run_cli, run_interrupted_and_resumed  # noqa: E402
+from conftest import ROOT, run_cli, run_inproc, run_interrupted_and_resumed  # noqa: E402
 
 SMALL = """resgraph: 1
 name: digits_small
@@ -147,14 +147,9 @@ def test_init_command_and_checkpoint_checks(tmp_path):
 def test_train_errors_are_clean(spec, tmp_path):
     """In process (the CLI's own error handling, exit code and stderr), as the subprocess tests above
     already show the command line itself."""
-    from click.testing import CliRunner
-
-    from resgraph.cli import cli
-
     def run(*args):
-        r = CliRunner().invoke(cli, list(args))
-        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-        return r.exit_code, r.stderr
+        p = run_inproc(*args)
+        return p.returncode, p.stderr
     code, err = run("train", str(ROOT / "specs" / "residual_mlp.yaml"), "--data", "digits", "-o", str(tmp_path / "x"))
     assert code == 1 and "digits are [1, 8, 8] images" in err and "Traceback" not in err
     code, err = run("train", spec(SMALL.replace("out: 10", "out: 7")), "--data", "digits", "-o", str(tmp_path / "y"))
